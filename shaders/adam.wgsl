@@ -1,0 +1,70 @@
+// Adam and AdamW (DECOUPLED), as torch.optim.Adam / torch.optim.AdamW.
+
+// Keep in sync with `AdamScalars` in src/rules/adam.rs.
+struct Scalars {
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    bias_correction2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay_factor: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const WORKGROUP_SIZE: u32 = 256u;
+override MAXIMIZE: bool = false;
+override EPS_INSIDE_SQRT: bool = false;
+override AMSGRAD: bool = false;
+override DECOUPLED: bool = false;
+
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> exp_avg: array<f32>;
+@group(0) @binding(3) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(4) var<storage, read_write> max_exp_avg_sq: array<f32>;
+@group(0) @binding(5) var<uniform> s: Scalars;
+
+// torch.lerp's two-sided form; the same as `lerp` in src/rules/mod.rs.
+fn lerp_torch(start: f32, end: f32, weight: f32) -> f32 {
+    if (abs(weight) < 0.5) { return start + weight * (end - start); }
+    return end - (end - start) * (1.0 - weight);
+}
+
+fn update(i: u32) {
+    var p = param[i];
+    var g = grad[i];
+    if (MAXIMIZE) { g = -g; }
+    if (s.weight_decay != 0.0) {
+        if (DECOUPLED) { p = p * s.decay_factor; } else { g = g + s.weight_decay * p; }
+    }
+    let m = lerp_torch(exp_avg[i], g, s.one_minus_beta1);
+    exp_avg[i] = m;
+    let v = exp_avg_sq[i] * s.beta2 + s.one_minus_beta2 * (g * g);
+    exp_avg_sq[i] = v;
+    var vv = v;
+    if (AMSGRAD) {
+        vv = max(max_exp_avg_sq[i], v);
+        max_exp_avg_sq[i] = vv;
+    }
+    var denom: f32;
+    if (EPS_INSIDE_SQRT) {
+        denom = sqrt(vv / s.bias_correction2 + s.eps);
+    } else {
+        denom = sqrt(vv) / s.bias_correction2_sqrt + s.eps;
+    }
+    param[i] = p - s.step_size * (m / denom);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = arrayLength(&param);
+    let stride = nwg.x * WORKGROUP_SIZE;
+    for (var i = gid.x; i < n; i = i + stride) {
+        update(i);
+    }
+}

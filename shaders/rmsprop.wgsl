@@ -1,0 +1,65 @@
+// RMSprop, as torch.optim.RMSprop.
+
+// Keep in sync with `RmsPropScalars` in src/rules/rmsprop.rs.
+struct Scalars {
+    lr: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+    momentum: f32,
+    use_momentum: u32,
+    _pad0: u32,
+}
+
+const WORKGROUP_SIZE: u32 = 256u;
+override MAXIMIZE: bool = false;
+override EPS_INSIDE_SQRT: bool = false;
+override CENTERED: bool = false;
+override HAS_MOMENTUM: bool = false;
+
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> square_avg: array<f32>;
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad_avg: array<f32>;
+@group(0) @binding(5) var<uniform> s: Scalars;
+
+// torch.lerp's two-sided form; the same as `lerp` in src/rules/mod.rs.
+fn lerp_torch(start: f32, end: f32, weight: f32) -> f32 {
+    if (abs(weight) < 0.5) { return start + weight * (end - start); }
+    return end - (end - start) * (1.0 - weight);
+}
+
+fn update(i: u32) {
+    let p = param[i];
+    var g = grad[i];
+    if (MAXIMIZE) { g = -g; }
+    if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
+    let sq = square_avg[i] * s.alpha + s.one_minus_alpha * (g * g);
+    square_avg[i] = sq;
+    var v = sq;
+    if (CENTERED) {
+        let ga = lerp_torch(grad_avg[i], g, s.one_minus_alpha);
+        grad_avg[i] = ga;
+        v = sq - ga * ga;
+    }
+    var avg: f32;
+    if (EPS_INSIDE_SQRT) { avg = sqrt(v + s.eps); } else { avg = sqrt(v) + s.eps; }
+    if (HAS_MOMENTUM && s.use_momentum != 0u) {
+        let b = momentum_buffer[i] * s.momentum + g / avg;
+        momentum_buffer[i] = b;
+        param[i] = p - s.lr * b;
+    } else {
+        param[i] = p - s.lr * (g / avg);
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = arrayLength(&param);
+    let stride = nwg.x * WORKGROUP_SIZE;
+    for (var i = gid.x; i < n; i = i + stride) {
+        update(i);
+    }
+}

@@ -1,0 +1,52 @@
+// SGD with optional (Nesterov) momentum, as torch.optim.SGD.
+// One invocation updates one element per grid-stride iteration; the host
+// binds one chunk of the packed tensors at a time (arrayLength gives its size).
+
+// Keep in sync with `SgdScalars` in src/rules/sgd.rs.
+struct Scalars {
+    lr: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    weight_decay: f32,
+    use_momentum: u32,
+    buffer_filled: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WORKGROUP_SIZE: u32 = 256u;
+override MAXIMIZE: bool = false;
+override NESTEROV: bool = false;
+override HAS_MOMENTUM: bool = false;
+
+@group(0) @binding(0) var<storage, read_write> param: array<f32>;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> momentum_buffer: array<f32>;
+@group(0) @binding(3) var<uniform> s: Scalars;
+
+fn update(i: u32) {
+    var p = param[i];
+    var g = grad[i];
+    if (MAXIMIZE) { g = -g; }
+    if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
+    if (HAS_MOMENTUM && s.use_momentum != 0u) {
+        var b: f32;
+        if (s.buffer_filled == 0u) {
+            b = g;
+        } else {
+            b = momentum_buffer[i] * s.momentum + s.one_minus_dampening * g;
+        }
+        momentum_buffer[i] = b;
+        if (NESTEROV) { g = g + s.momentum * b; } else { g = b; }
+    }
+    param[i] = p - s.lr * g;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n = arrayLength(&param);
+    let stride = nwg.x * WORKGROUP_SIZE;
+    for (var i = gid.x; i < n; i = i + stride) {
+        update(i);
+    }
+}

@@ -1,0 +1,129 @@
+//! The one error type of the crate.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in `wgpu-optim`, each variant naming what is
+/// wrong and the offending value. No public function of the crate panics on
+/// bad input; it returns one of these, and a call that returns an error has
+/// changed no parameter and no optimizer state.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hyperparameter is out of its valid range (negative, NaN, infinite, ...).
+    #[error("invalid hyperparameter `{name}` = {value}: {reason}")]
+    InvalidHyperparameter {
+        /// PyTorch's name of the hyperparameter (`lr`, `betas[0]`, `eps`, ...).
+        name: &'static str,
+        /// The value that was given.
+        value: f64,
+        /// What the valid range is.
+        reason: &'static str,
+    },
+    /// A combination of options that PyTorch refuses too.
+    #[error("invalid option combination: {0}")]
+    InvalidOptions(String),
+    /// An operation that needs a momentum buffer on an optimizer built without one.
+    #[error("{rule} was built with momentum = 0, so it has no momentum buffer; build it with momentum > 0 to change the momentum between steps")]
+    NoMomentum {
+        /// The rule's name.
+        rule: &'static str,
+    },
+    /// The number of gradient tensors differs from the number of parameter tensors.
+    #[error("expected {expected} gradient tensors (one per parameter tensor), got {got}")]
+    TensorCountMismatch {
+        /// Parameter tensors the optimizer holds.
+        expected: usize,
+        /// Gradient tensors given.
+        got: usize,
+    },
+    /// A gradient (or other per-tensor input) whose length differs from its parameter's.
+    #[error("tensor {tensor}: expected {expected} elements, got {got}")]
+    LengthMismatch {
+        /// Index of the tensor.
+        tensor: usize,
+        /// Elements the parameter tensor has.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
+    /// A state tensor name the rule does not have.
+    #[error("rule {rule} has no state named `{name}` (it has: {available})")]
+    UnknownState {
+        /// The rule.
+        rule: &'static str,
+        /// The name asked for.
+        name: String,
+        /// The names it has, comma separated.
+        available: String,
+    },
+    /// No GPU adapter could be found.
+    #[error("no GPU adapter found{filter}. Install a Vulkan, Metal or DX12 driver; on a headless Linux machine without a GPU, install Mesa's software Vulkan driver (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`)")]
+    NoAdapter {
+        /// The filters that were in force (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`), as text.
+        filter: String,
+    },
+    /// The adapter refused to create a device.
+    #[error("could not create a device on adapter `{adapter}`: {reason}")]
+    RequestDevice {
+        /// Adapter name.
+        adapter: String,
+        /// wgpu's message.
+        reason: String,
+    },
+    /// A buffer handed over by the user is too small for the tensors it must hold.
+    #[error("{what} buffer is {actual} bytes, but {required} bytes are needed")]
+    BufferTooSmall {
+        /// Which buffer (`parameter`, `gradient`).
+        what: &'static str,
+        /// Bytes needed.
+        required: u64,
+        /// Bytes it has.
+        actual: u64,
+    },
+    /// A buffer handed over by the user lacks a usage flag the optimizer needs.
+    #[error("{what} buffer lacks usage {missing} (it has {has})")]
+    BufferUsage {
+        /// Which buffer.
+        what: &'static str,
+        /// The missing usage flags.
+        missing: String,
+        /// The flags it has.
+        has: String,
+    },
+    /// The model is larger than the device can hold or address.
+    #[error("{0}")]
+    TooLarge(String),
+    /// wgpu reported a validation error (for example a buffer from another device).
+    #[error("wgpu validation error while {during}: {message}")]
+    Validation {
+        /// What the library was doing.
+        during: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
+    /// The GPU ran out of memory.
+    #[error("out of GPU memory while {during}: {message}")]
+    OutOfMemory {
+        /// What the library was doing.
+        during: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
+    /// Mapping a buffer for read-back failed or the device was lost.
+    #[error("reading back from the GPU failed: {0}")]
+    Readback(String),
+    /// A file (conformance case) could not be read or parsed.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Something the library does not support yet.
+    #[error("not supported yet: {0}")]
+    Unsupported(String),
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

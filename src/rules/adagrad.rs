@@ -1,0 +1,115 @@
+//! Adagrad, as `torch.optim.Adagrad`.
+
+use super::check_non_negative;
+use crate::error::Result;
+
+/// Adagrad, as `torch.optim.Adagrad` (PyTorch 2.15) computes it. With `t`
+/// the step number (1 for the first step) and `s` the accumulated squares
+/// (PyTorch's state `sum`), per step:
+///
+/// ```text
+/// g ← −g                          if maximize
+/// g ← g + weight_decay·θ          if weight_decay ≠ 0
+/// clr = lr / (1 + (t − 1)·lr_decay)
+/// s ← s + g²
+/// θ ← θ − clr · g / (sqrt(s) + eps)      (PyTorch, default)
+/// θ ← θ − clr · g / sqrt(s + eps)        (eps_inside_sqrt)
+/// ```
+///
+/// Defaults: `lr = 1e-2`, `lr_decay = 0`, `weight_decay = 0`,
+/// `initial_accumulator_value = 0`, `eps = 1e-10`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adagrad {
+    /// Learning rate, default 1e-2.
+    pub lr: f64,
+    /// Learning-rate decay, default 0.
+    pub lr_decay: f64,
+    /// L2 penalty added to the gradient, default 0.
+    pub weight_decay: f64,
+    /// Starting value of the accumulator `sum`, default 0.
+    pub initial_accumulator_value: f64,
+    /// Added to the denominator, default 1e-10.
+    pub eps: f64,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// Put `eps` inside the square root (`sqrt(s + eps)`), as the original
+    /// article and optax write it, instead of PyTorch's `sqrt(s) + eps`.
+    pub eps_inside_sqrt: bool,
+}
+
+impl Default for Adagrad {
+    fn default() -> Self {
+        Adagrad {
+            lr: 1e-2,
+            lr_decay: 0.0,
+            weight_decay: 0.0,
+            initial_accumulator_value: 0.0,
+            eps: 1e-10,
+            maximize: false,
+            eps_inside_sqrt: false,
+        }
+    }
+}
+
+/// Uniforms of `shaders/adagrad.wgsl` (`struct Scalars` there; keep in sync).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct AdagradScalars {
+    /// `lr / (1 + (t − 1)·lr_decay)`, computed in f64.
+    pub clr: f32,
+    pub weight_decay: f32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<AdagradScalars>() == 16);
+
+impl Adagrad {
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr)?;
+        check_non_negative("lr_decay", self.lr_decay)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        check_non_negative("initial_accumulator_value", self.initial_accumulator_value)?;
+        check_non_negative("eps", self.eps)?;
+        Ok(())
+    }
+
+    pub(crate) fn scalars(&self, step: u64) -> AdagradScalars {
+        let clr = self.lr / (1.0 + (step.saturating_sub(1)) as f64 * self.lr_decay);
+        AdagradScalars {
+            clr: clr as f32,
+            weight_decay: self.weight_decay as f32,
+            eps: self.eps as f32,
+            _pad: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn step_element(s: &AdagradScalars, c: &Adagrad, param: &mut f32, grad: f32, sum: &mut f32) {
+    let mut g = if c.maximize { -grad } else { grad };
+    if s.weight_decay != 0.0 {
+        g += s.weight_decay * *param;
+    }
+    *sum += g * g;
+    let std = if c.eps_inside_sqrt {
+        (*sum + s.eps).sqrt()
+    } else {
+        sum.sqrt() + s.eps
+    };
+    *param -= s.clr * (g / std);
+}
+
+pub(crate) fn step_slice(
+    s: &AdagradScalars,
+    c: &Adagrad,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [&mut [f32]],
+) {
+    let [sum] = states else {
+        unreachable!("adagrad has one state tensor")
+    };
+    for ((p, &g), acc) in params.iter_mut().zip(grads).zip(sum.iter_mut()) {
+        step_element(s, c, p, g, acc);
+    }
+}

@@ -1,0 +1,291 @@
+//! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW`.
+
+use super::{check_non_negative, check_unit_interval, lerp};
+use crate::error::Result;
+
+/// Adam, as `torch.optim.Adam` (PyTorch 2.15) computes it. With `t` the step
+/// number, `m` (`exp_avg`) and `v` (`exp_avg_sq`) the moments, per step:
+///
+/// ```text
+/// g ← −g                          if maximize
+/// g ← g + weight_decay·θ          if weight_decay ≠ 0 (L2, coupled)
+/// m ← lerp(m, g, 1 − β1)          (= β1·m + (1 − β1)·g)
+/// v ← β2·v + (1 − β2)·g²
+/// v̂max ← max(v̂max, v)            if amsgrad (`max_exp_avg_sq`); use it for v below
+/// d = sqrt(v) / sqrt(1 − β2ᵗ) + eps          (PyTorch, default)
+/// d = sqrt(v / (1 − β2ᵗ) + eps)              (eps_inside_sqrt, optax's `eps_root`)
+/// θ ← θ − (lr / (1 − β1ᵗ)) · m / d
+/// ```
+///
+/// The bias corrections use the `β1` in force at step `t`, as PyTorch does
+/// when a schedule cycles it, and are computed on the host in f64.
+/// Defaults: `lr = 1e-3`, `betas = (0.9, 0.999)`, `eps = 1e-8`,
+/// `weight_decay = 0`, `amsgrad = false`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Adam {
+    /// Learning rate, default 1e-3.
+    pub lr: f64,
+    /// `(β1, β2)`, default `(0.9, 0.999)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator, default 1e-8.
+    pub eps: f64,
+    /// L2 penalty added to the gradient, default 0.
+    pub weight_decay: f64,
+    /// Use the AMSGrad variant (keep the maximum of `v`).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// Put `eps` inside the square root (`sqrt(v̂ + eps)`) instead of
+    /// PyTorch's `sqrt(v̂) + eps`.
+    pub eps_inside_sqrt: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+            eps_inside_sqrt: false,
+        }
+    }
+}
+
+/// AdamW, as `torch.optim.AdamW` computes it: Adam with the weight decay
+/// decoupled from the gradient. Before the Adam update (no L2 term):
+///
+/// ```text
+/// θ ← θ · (1 − lr·weight_decay)
+/// ```
+///
+/// Defaults as [`Adam`] except `weight_decay = 0.01`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate, default 1e-3.
+    pub lr: f64,
+    /// `(β1, β2)`, default `(0.9, 0.999)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator, default 1e-8.
+    pub eps: f64,
+    /// Decoupled weight decay, default 0.01.
+    pub weight_decay: f64,
+    /// Use the AMSGrad variant.
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// Put `eps` inside the square root.
+    pub eps_inside_sqrt: bool,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+            maximize: false,
+            eps_inside_sqrt: false,
+        }
+    }
+}
+
+/// Adam and AdamW share one kernel switched by `decoupled`, as PyTorch's
+/// fused CUDA Adam does.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct AdamFamily {
+    pub lr: f64,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub amsgrad: bool,
+    pub maximize: bool,
+    pub eps_inside_sqrt: bool,
+    pub decoupled: bool,
+}
+
+impl Adam {
+    pub(crate) fn to_family(&self, decoupled: bool) -> AdamFamily {
+        AdamFamily {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            eps_inside_sqrt: self.eps_inside_sqrt,
+            decoupled,
+        }
+    }
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.to_family(false).validate()
+    }
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        self.to_family(false).state_names()
+    }
+    pub(crate) fn scalars(&self, step: u64) -> AdamScalars {
+        self.to_family(false).scalars(step)
+    }
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+        self.to_family(false).overrides()
+    }
+}
+
+impl AdamW {
+    pub(crate) fn to_adam_family(&self) -> AdamFamily {
+        AdamFamily {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            eps_inside_sqrt: self.eps_inside_sqrt,
+            decoupled: true,
+        }
+    }
+}
+
+/// Uniforms of `shaders/adam.wgsl` (`struct Scalars` there; keep in sync).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct AdamScalars {
+    pub beta2: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
+    /// `lr / (1 − β1ᵗ)`.
+    pub step_size: f32,
+    /// `sqrt(1 − β2ᵗ)`.
+    pub bias_correction2_sqrt: f32,
+    /// `1 − β2ᵗ`.
+    pub bias_correction2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// `1 − lr·weight_decay` (decoupled decay).
+    pub decay_factor: f32,
+    pub _pad: [u32; 3],
+}
+const _: () = assert!(std::mem::size_of::<AdamScalars>() == 48);
+
+impl AdamFamily {
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr)?;
+        check_non_negative("eps", self.eps)?;
+        check_unit_interval("betas[0]", self.betas.0)?;
+        check_unit_interval("betas[1]", self.betas.1)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        Ok(())
+    }
+
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["exp_avg", "exp_avg_sq"];
+        if self.amsgrad {
+            names.push("max_exp_avg_sq");
+        }
+        names
+    }
+
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+        let b = |x: bool| if x { 1.0 } else { 0.0 };
+        vec![
+            ("MAXIMIZE", b(self.maximize)),
+            ("EPS_INSIDE_SQRT", b(self.eps_inside_sqrt)),
+            ("AMSGRAD", b(self.amsgrad)),
+            ("DECOUPLED", b(self.decoupled)),
+        ]
+    }
+
+    pub(crate) fn scalars(&self, step: u64) -> AdamScalars {
+        let (beta1, beta2) = self.betas;
+        let t = step as f64;
+        // 1 − βᵗ in f64; `-expm1(t·ln β)` keeps its digits for β close to 1.
+        let bias_correction1 = -(t * beta1.ln()).exp_m1();
+        let bias_correction2 = -(t * beta2.ln()).exp_m1();
+        let (bias_correction1, bias_correction2) = (
+            if beta1 == 0.0 { 1.0 } else { bias_correction1 },
+            if beta2 == 0.0 { 1.0 } else { bias_correction2 },
+        );
+        AdamScalars {
+            beta2: beta2 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            step_size: (self.lr / bias_correction1) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            bias_correction2: bias_correction2 as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
+            _pad: [0; 3],
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_element(
+    s: &AdamScalars,
+    c: &AdamFamily,
+    param: &mut f32,
+    grad: f32,
+    exp_avg: &mut f32,
+    exp_avg_sq: &mut f32,
+    max_exp_avg_sq: Option<&mut f32>,
+) {
+    let mut g = if c.maximize { -grad } else { grad };
+    if s.weight_decay != 0.0 {
+        if c.decoupled {
+            *param *= s.decay_factor;
+        } else {
+            g += s.weight_decay * *param;
+        }
+    }
+    *exp_avg = lerp(*exp_avg, g, s.one_minus_beta1);
+    *exp_avg_sq = *exp_avg_sq * s.beta2 + s.one_minus_beta2 * (g * g);
+    let v = match max_exp_avg_sq {
+        Some(vmax) => {
+            *vmax = vmax.max(*exp_avg_sq);
+            *vmax
+        }
+        None => *exp_avg_sq,
+    };
+    let denom = if c.eps_inside_sqrt {
+        (v / s.bias_correction2 + s.eps).sqrt()
+    } else {
+        v.sqrt() / s.bias_correction2_sqrt + s.eps
+    };
+    *param -= s.step_size * (*exp_avg / denom);
+}
+
+pub(crate) fn step_slice(
+    s: &AdamScalars,
+    c: &AdamFamily,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [&mut [f32]],
+) {
+    match states {
+        [m, v] => {
+            for i in 0..params.len() {
+                step_element(s, c, &mut params[i], grads[i], &mut m[i], &mut v[i], None);
+            }
+        }
+        [m, v, vmax] => {
+            for i in 0..params.len() {
+                step_element(
+                    s,
+                    c,
+                    &mut params[i],
+                    grads[i],
+                    &mut m[i],
+                    &mut v[i],
+                    Some(&mut vmax[i]),
+                );
+            }
+        }
+        _ => unreachable!("adam has two or three state tensors"),
+    }
+}

@@ -1,0 +1,413 @@
+//! The update rules: their configurations (PyTorch's names and defaults),
+//! validation, the per-step scalars shared by the CPU and the GPU, and the
+//! CPU reference of each rule written to match its equations.
+//!
+//! Every rule here is element-wise: one parameter element, its gradient and
+//! its state elements in, the same out. The CPU loops and the WGSL kernels
+//! both apply the per-element functions below with the same per-step
+//! scalars, computed once per step on the host in `f64` and rounded to `f32`.
+
+pub mod adagrad;
+pub mod adam;
+pub mod rmsprop;
+pub mod sgd;
+
+pub use adagrad::Adagrad;
+pub use adam::{Adam, AdamW};
+pub use rmsprop::RmsProp;
+pub use sgd::Sgd;
+
+use crate::error::{Error, Result};
+
+/// Which update rule a [`Config`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    /// Stochastic gradient descent, with optional (Nesterov) momentum.
+    Sgd,
+    /// Adagrad.
+    Adagrad,
+    /// RMSprop.
+    RmsProp,
+    /// Adam (L2 weight decay).
+    Adam,
+    /// AdamW (decoupled weight decay).
+    AdamW,
+}
+
+impl RuleKind {
+    /// Every rule, in the order the README lists them.
+    pub const ALL: [RuleKind; 5] = [
+        RuleKind::Sgd,
+        RuleKind::Adagrad,
+        RuleKind::RmsProp,
+        RuleKind::Adam,
+        RuleKind::AdamW,
+    ];
+
+    /// The lower-case name used by PyTorch's class (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RuleKind::Sgd => "sgd",
+            RuleKind::Adagrad => "adagrad",
+            RuleKind::RmsProp => "rmsprop",
+            RuleKind::Adam => "adam",
+            RuleKind::AdamW => "adamw",
+        }
+    }
+
+    /// Parses a name as [`RuleKind::name`] writes it (case-insensitive).
+    pub fn parse(s: &str) -> Option<RuleKind> {
+        RuleKind::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s))
+    }
+
+    /// The rule with PyTorch's default hyperparameters. SGD gets the
+    /// momentum 0.9 that most users pass (PyTorch's default is 0).
+    pub fn default_config(self) -> Config {
+        match self {
+            RuleKind::Sgd => Config::Sgd(Sgd {
+                momentum: 0.9,
+                ..Sgd::default()
+            }),
+            RuleKind::Adagrad => Config::Adagrad(Adagrad::default()),
+            RuleKind::RmsProp => Config::RmsProp(RmsProp::default()),
+            RuleKind::Adam => Config::Adam(Adam::default()),
+            RuleKind::AdamW => Config::AdamW(AdamW::default()),
+        }
+    }
+}
+
+impl std::fmt::Display for RuleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An optimizer's rule and hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Config {
+    /// [`Sgd`].
+    Sgd(Sgd),
+    /// [`Adagrad`].
+    Adagrad(Adagrad),
+    /// [`RmsProp`].
+    RmsProp(RmsProp),
+    /// [`Adam`].
+    Adam(Adam),
+    /// [`AdamW`].
+    AdamW(AdamW),
+}
+
+impl From<Sgd> for Config {
+    fn from(c: Sgd) -> Self {
+        Config::Sgd(c)
+    }
+}
+impl From<Adagrad> for Config {
+    fn from(c: Adagrad) -> Self {
+        Config::Adagrad(c)
+    }
+}
+impl From<RmsProp> for Config {
+    fn from(c: RmsProp) -> Self {
+        Config::RmsProp(c)
+    }
+}
+impl From<Adam> for Config {
+    fn from(c: Adam) -> Self {
+        Config::Adam(c)
+    }
+}
+impl From<AdamW> for Config {
+    fn from(c: AdamW) -> Self {
+        Config::AdamW(c)
+    }
+}
+
+impl Config {
+    /// Which rule this is.
+    pub fn kind(&self) -> RuleKind {
+        match self {
+            Config::Sgd(_) => RuleKind::Sgd,
+            Config::Adagrad(_) => RuleKind::Adagrad,
+            Config::RmsProp(_) => RuleKind::RmsProp,
+            Config::Adam(_) => RuleKind::Adam,
+            Config::AdamW(_) => RuleKind::AdamW,
+        }
+    }
+
+    /// Checks every hyperparameter, as `torch.optim` does at construction.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Config::Sgd(c) => c.validate(),
+            Config::Adagrad(c) => c.validate(),
+            Config::RmsProp(c) => c.validate(),
+            Config::Adam(c) => c.validate(),
+            Config::AdamW(c) => c.to_adam_family().validate(),
+        }
+    }
+
+    /// The names of the rule's state tensors, as PyTorch names them, in the
+    /// order the optimizer stores them. Which exist depends on the options
+    /// (SGD has a `momentum_buffer` only with momentum, RMSprop a `grad_avg`
+    /// only when centered, Adam a `max_exp_avg_sq` only with AMSGrad).
+    pub fn state_names(&self) -> Vec<&'static str> {
+        match self {
+            Config::Sgd(c) => c.state_names(),
+            Config::Adagrad(_) => vec!["sum"],
+            Config::RmsProp(c) => c.state_names(),
+            Config::Adam(c) => c.state_names(),
+            Config::AdamW(c) => c.to_adam_family().state_names(),
+        }
+    }
+
+    /// The value each state tensor starts with (Adagrad's
+    /// `initial_accumulator_value`; zero for everything else).
+    pub(crate) fn state_initial_value(&self, _name: &str) -> f32 {
+        match self {
+            Config::Adagrad(c) => c.initial_accumulator_value as f32,
+            _ => 0.0,
+        }
+    }
+
+    /// The learning rate in force.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Config::Sgd(c) => c.lr,
+            Config::Adagrad(c) => c.lr,
+            Config::RmsProp(c) => c.lr,
+            Config::Adam(c) => c.lr,
+            Config::AdamW(c) => c.lr,
+        }
+    }
+
+    /// Sets the learning rate for the following steps.
+    pub(crate) fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_non_negative("lr", lr)?;
+        match self {
+            Config::Sgd(c) => c.lr = lr,
+            Config::Adagrad(c) => c.lr = lr,
+            Config::RmsProp(c) => c.lr = lr,
+            Config::Adam(c) => c.lr = lr,
+            Config::AdamW(c) => c.lr = lr,
+        }
+        Ok(())
+    }
+
+    /// The momentum in force: SGD's and RMSprop's `momentum`, the Adam
+    /// family's `betas[0]`; `None` for Adagrad.
+    pub fn momentum(&self) -> Option<f64> {
+        match self {
+            Config::Sgd(c) => Some(c.momentum),
+            Config::Adagrad(_) => None,
+            Config::RmsProp(c) => Some(c.momentum),
+            Config::Adam(c) => Some(c.betas.0),
+            Config::AdamW(c) => Some(c.betas.0),
+        }
+    }
+
+    /// Sets the momentum (or `beta1`) for the following steps. Only rules
+    /// built with a momentum buffer can change it.
+    pub(crate) fn set_momentum(&mut self, value: f64) -> Result<()> {
+        match self {
+            Config::Sgd(c) => {
+                if c.momentum == 0.0 {
+                    return Err(Error::NoMomentum { rule: "sgd" });
+                }
+                check_non_negative("momentum", value)?;
+                c.momentum = value;
+            }
+            Config::RmsProp(c) => {
+                if c.momentum == 0.0 {
+                    return Err(Error::NoMomentum { rule: "rmsprop" });
+                }
+                check_non_negative("momentum", value)?;
+                c.momentum = value;
+            }
+            Config::Adam(c) => {
+                check_unit_interval("betas[0]", value)?;
+                c.betas.0 = value;
+            }
+            Config::AdamW(c) => {
+                check_unit_interval("betas[0]", value)?;
+                c.betas.0 = value;
+            }
+            Config::Adagrad(_) => {
+                return Err(Error::NoMomentum { rule: "adagrad" });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-step scalars, one struct per rule family, laid out for the WGSL
+/// uniform buffer (`#[repr(C)]`, 16-byte multiple).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum StepScalars {
+    Sgd(sgd::SgdScalars),
+    Adagrad(adagrad::AdagradScalars),
+    RmsProp(rmsprop::RmsPropScalars),
+    Adam(adam::AdamScalars),
+}
+
+impl StepScalars {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            StepScalars::Sgd(s) => bytemuck::bytes_of(s),
+            StepScalars::Adagrad(s) => bytemuck::bytes_of(s),
+            StepScalars::RmsProp(s) => bytemuck::bytes_of(s),
+            StepScalars::Adam(s) => bytemuck::bytes_of(s),
+        }
+    }
+}
+
+impl Config {
+    /// The scalars of step number `step` (1 for the first step).
+    /// `momentum_initialized` is false until SGD's momentum buffer has been
+    /// filled once (PyTorch fills it with the gradient on its first use).
+    pub(crate) fn step_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
+        match self {
+            Config::Sgd(c) => StepScalars::Sgd(c.scalars(momentum_initialized)),
+            Config::Adagrad(c) => StepScalars::Adagrad(c.scalars(step)),
+            Config::RmsProp(c) => StepScalars::RmsProp(c.scalars()),
+            Config::Adam(c) => StepScalars::Adam(c.scalars(step)),
+            Config::AdamW(c) => StepScalars::Adam(c.to_adam_family().scalars(step)),
+        }
+    }
+
+    /// The boolean options fixed for the optimizer's life, as the WGSL
+    /// `override` constants of the rule's kernel.
+    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+        let b = |x: bool| if x { 1.0 } else { 0.0 };
+        match self {
+            Config::Sgd(c) => vec![
+                ("MAXIMIZE", b(c.maximize)),
+                ("NESTEROV", b(c.nesterov)),
+                ("HAS_MOMENTUM", b(c.momentum != 0.0)),
+            ],
+            Config::Adagrad(c) => vec![
+                ("MAXIMIZE", b(c.maximize)),
+                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
+            ],
+            Config::RmsProp(c) => vec![
+                ("MAXIMIZE", b(c.maximize)),
+                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
+                ("CENTERED", b(c.centered)),
+                ("HAS_MOMENTUM", b(c.momentum > 0.0)),
+            ],
+            Config::Adam(c) => c.overrides(),
+            Config::AdamW(c) => c.to_adam_family().overrides(),
+        }
+    }
+
+    /// Which WGSL file runs this rule.
+    pub(crate) fn shader(&self) -> (&'static str, &'static str) {
+        match self {
+            Config::Sgd(_) => ("sgd", include_str!("../../shaders/sgd.wgsl")),
+            Config::Adagrad(_) => ("adagrad", include_str!("../../shaders/adagrad.wgsl")),
+            Config::RmsProp(_) => ("rmsprop", include_str!("../../shaders/rmsprop.wgsl")),
+            Config::Adam(_) | Config::AdamW(_) => ("adam", include_str!("../../shaders/adam.wgsl")),
+        }
+    }
+
+    /// Bytes one step reads and writes per parameter (f32 everywhere):
+    /// parameter read + write, gradient read, each state tensor read + write.
+    pub fn bytes_per_param(&self) -> usize {
+        4 * (3 + 2 * self.state_names().len())
+    }
+}
+
+/// Applies one step of the rule to flat slices: `params`, `grads` and one
+/// slice per state tensor in [`Config::state_names`] order, all the same
+/// length. Runs on all cores (rayon) over independent chunks; the arithmetic
+/// of each element does not depend on the chunking.
+pub(crate) fn cpu_step(
+    scalars: &StepScalars,
+    config: &Config,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [Vec<f32>],
+) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    let n = params.len();
+    if n == 0 {
+        return;
+    }
+    let mut state_chunks: Vec<std::slice::ChunksMut<'_, f32>> =
+        states.iter_mut().map(|s| s.chunks_mut(CHUNK)).collect();
+    let mut work: Vec<(&mut [f32], &[f32], Vec<&mut [f32]>)> = Vec::new();
+    for (p, g) in params.chunks_mut(CHUNK).zip(grads.chunks(CHUNK)) {
+        let st: Vec<&mut [f32]> = state_chunks
+            .iter_mut()
+            .map(|it| it.next().expect("state lengths equal the parameters'"))
+            .collect();
+        work.push((p, g, st));
+    }
+    let run = |(p, g, mut st): (&mut [f32], &[f32], Vec<&mut [f32]>)| match (scalars, config) {
+        (StepScalars::Sgd(s), Config::Sgd(c)) => sgd::step_slice(s, c, p, g, &mut st),
+        (StepScalars::Adagrad(s), Config::Adagrad(c)) => adagrad::step_slice(s, c, p, g, &mut st),
+        (StepScalars::RmsProp(s), Config::RmsProp(c)) => rmsprop::step_slice(s, c, p, g, &mut st),
+        (StepScalars::Adam(s), Config::Adam(c)) => {
+            adam::step_slice(s, &c.to_family(false), p, g, &mut st)
+        }
+        (StepScalars::Adam(s), Config::AdamW(c)) => {
+            adam::step_slice(s, &c.to_adam_family(), p, g, &mut st)
+        }
+        _ => unreachable!("scalars are always made from the same config"),
+    };
+    if n >= 4 * CHUNK {
+        work.into_par_iter().for_each(run);
+    } else {
+        work.into_iter().for_each(run);
+    }
+}
+
+pub(crate) fn check_finite(name: &'static str, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidHyperparameter {
+            name,
+            value: v,
+            reason: "must be finite",
+        })
+    }
+}
+
+pub(crate) fn check_non_negative(name: &'static str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if v < 0.0 {
+        return Err(Error::InvalidHyperparameter {
+            name,
+            value: v,
+            reason: "must be >= 0",
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_unit_interval(name: &'static str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if !(0.0..1.0).contains(&v) {
+        return Err(Error::InvalidHyperparameter {
+            name,
+            value: v,
+            reason: "must be in [0, 1)",
+        });
+    }
+    Ok(())
+}
+
+/// `torch.lerp(start, end, weight)` in f32, as PyTorch's CPU kernel computes
+/// it (the two-sided form that is exact at both ends). The WGSL kernels
+/// contain the same function.
+#[inline(always)]
+pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
+    if weight.abs() < 0.5 {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (1.0 - weight)
+    }
+}

@@ -1,0 +1,174 @@
+//! RMSprop, as `torch.optim.RMSprop`.
+
+use super::{check_non_negative, lerp};
+use crate::error::Result;
+
+/// RMSprop, as `torch.optim.RMSprop` (PyTorch 2.15) computes it. With `v`
+/// the running average of squared gradients (`square_avg`), `ḡ` the running
+/// average of gradients (`grad_avg`, centered only) and `b` the momentum
+/// buffer (`momentum_buffer`, momentum > 0 only), per step:
+///
+/// ```text
+/// g ← −g                          if maximize
+/// g ← g + weight_decay·θ          if weight_decay ≠ 0
+/// v ← alpha·v + (1 − alpha)·g²
+/// if centered: ḡ ← lerp(ḡ, g, 1 − alpha);  d = sqrt(v − ḡ²)   else d = sqrt(v)
+/// d ← d + eps                     (PyTorch, default; eps_inside_sqrt: d = sqrt(… + eps))
+/// if momentum > 0:  b ← momentum·b + g/d;  θ ← θ − lr·b
+/// else:             θ ← θ − lr·g/d
+/// ```
+///
+/// Defaults: `lr = 1e-2`, `alpha = 0.99`, `eps = 1e-8`, `weight_decay = 0`,
+/// `momentum = 0`, `centered = false`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsProp {
+    /// Learning rate, default 1e-2.
+    pub lr: f64,
+    /// Smoothing constant, default 0.99.
+    pub alpha: f64,
+    /// Added to the denominator, default 1e-8.
+    pub eps: f64,
+    /// L2 penalty added to the gradient, default 0.
+    pub weight_decay: f64,
+    /// Momentum factor, default 0 (no momentum buffer).
+    pub momentum: f64,
+    /// Normalize by the estimated variance of the gradient, default false.
+    pub centered: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+    /// Put `eps` inside the square root, as Hinton's lecture and optax
+    /// write it, instead of PyTorch's `sqrt(v) + eps`.
+    pub eps_inside_sqrt: bool,
+}
+
+impl Default for RmsProp {
+    fn default() -> Self {
+        RmsProp {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+            eps_inside_sqrt: false,
+        }
+    }
+}
+
+/// Uniforms of `shaders/rmsprop.wgsl` (`struct Scalars` there; keep in sync).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RmsPropScalars {
+    pub lr: f32,
+    pub alpha: f32,
+    pub one_minus_alpha: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub momentum: f32,
+    /// 1 while `momentum > 0` this step (PyTorch skips the buffer otherwise).
+    pub use_momentum: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<RmsPropScalars>() == 32);
+
+impl RmsProp {
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr)?;
+        check_non_negative("eps", self.eps)?;
+        check_non_negative("momentum", self.momentum)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        check_non_negative("alpha", self.alpha)?;
+        Ok(())
+    }
+
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        let mut names = vec!["square_avg"];
+        if self.momentum > 0.0 {
+            names.push("momentum_buffer");
+        }
+        if self.centered {
+            names.push("grad_avg");
+        }
+        names
+    }
+
+    pub(crate) fn scalars(&self) -> RmsPropScalars {
+        RmsPropScalars {
+            lr: self.lr as f32,
+            alpha: self.alpha as f32,
+            one_minus_alpha: (1.0 - self.alpha) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+            use_momentum: (self.momentum > 0.0) as u32,
+            _pad: 0,
+        }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn step_element(
+    s: &RmsPropScalars,
+    c: &RmsProp,
+    param: &mut f32,
+    grad: f32,
+    square_avg: &mut f32,
+    buf: Option<&mut f32>,
+    grad_avg: Option<&mut f32>,
+) {
+    let mut g = if c.maximize { -grad } else { grad };
+    if s.weight_decay != 0.0 {
+        g += s.weight_decay * *param;
+    }
+    *square_avg = *square_avg * s.alpha + s.one_minus_alpha * (g * g);
+    let var = match grad_avg {
+        Some(ga) => {
+            *ga = lerp(*ga, g, s.one_minus_alpha);
+            *square_avg - *ga * *ga
+        }
+        None => *square_avg,
+    };
+    let avg = if c.eps_inside_sqrt {
+        (var + s.eps).sqrt()
+    } else {
+        var.sqrt() + s.eps
+    };
+    match (buf, s.use_momentum != 0) {
+        (Some(b), true) => {
+            *b = *b * s.momentum + g / avg;
+            *param -= s.lr * *b;
+        }
+        _ => *param -= s.lr * (g / avg),
+    }
+}
+
+pub(crate) fn step_slice(
+    s: &RmsPropScalars,
+    c: &RmsProp,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [&mut [f32]],
+) {
+    let n = params.len();
+    let (sq, rest) = states.split_first_mut().expect("square_avg");
+    let (buf, rest): (Option<&mut [f32]>, &mut [&mut [f32]]) = if c.momentum > 0.0 {
+        let (b, r) = rest.split_first_mut().expect("momentum_buffer");
+        (Some(&mut **b), r)
+    } else {
+        (None, rest)
+    };
+    let mut ga: Option<&mut [f32]> = rest.first_mut().map(|x| &mut **x);
+    let mut buf = buf;
+    for i in 0..n {
+        step_element(
+            s,
+            c,
+            &mut params[i],
+            grads[i],
+            &mut sq[i],
+            buf.as_deref_mut().map(|b| &mut b[i]),
+            ga.as_deref_mut().map(|a| &mut a[i]),
+        );
+    }
+}

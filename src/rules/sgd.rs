@@ -1,0 +1,157 @@
+//! Stochastic gradient descent with optional momentum and Nesterov momentum,
+//! as `torch.optim.SGD`.
+
+use super::check_non_negative;
+use crate::error::{Error, Result};
+
+/// SGD, as `torch.optim.SGD` (PyTorch 2.15) computes it. With `g` the
+/// gradient, `θ` the parameter, `b` the momentum buffer, per step:
+///
+/// ```text
+/// g ← −g                          if maximize
+/// g ← g + weight_decay·θ          if weight_decay ≠ 0
+/// if momentum ≠ 0:
+///     b ← g                       on the first step
+///     b ← momentum·b + (1 − dampening)·g   afterwards
+///     g ← g + momentum·b          if nesterov
+///     g ← b                       otherwise
+/// θ ← θ − lr·g
+/// ```
+///
+/// Defaults are PyTorch's: `lr = 1e-3`, `momentum = 0`, `dampening = 0`,
+/// `weight_decay = 0`, `nesterov = false`, `maximize = false`.
+///
+/// PyTorch keeps the learning rate out of the buffer; the textbook velocity
+/// form `v ← γv + ηg; θ ← θ − v` folds it in. For a constant learning rate
+/// and no dampening both give the same trajectory (`v = η·b`); they differ
+/// when the learning rate changes between steps (the README explains).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sgd {
+    /// Learning rate (`lr`), default 1e-3.
+    pub lr: f64,
+    /// Momentum factor, default 0 (no momentum buffer).
+    pub momentum: f64,
+    /// Dampening of the momentum, default 0.
+    pub dampening: f64,
+    /// L2 penalty added to the gradient, default 0.
+    pub weight_decay: f64,
+    /// Nesterov momentum (needs `momentum > 0` and `dampening = 0`).
+    pub nesterov: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+}
+
+impl Default for Sgd {
+    fn default() -> Self {
+        Sgd {
+            lr: 1e-3,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Uniforms of `shaders/sgd.wgsl` (`struct Scalars` there; keep in sync).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SgdScalars {
+    pub lr: f32,
+    pub momentum: f32,
+    pub one_minus_dampening: f32,
+    pub weight_decay: f32,
+    /// 1 while `momentum != 0` this step (PyTorch skips the buffer when it is 0).
+    pub use_momentum: u32,
+    /// 1 once the buffer holds a value; 0 on its first use, when it is set to `g`.
+    pub buffer_filled: u32,
+    pub _pad: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<SgdScalars>() == 32);
+
+impl Sgd {
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr)?;
+        check_non_negative("momentum", self.momentum)?;
+        super::check_finite("dampening", self.dampening)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+            return Err(Error::InvalidOptions(format!(
+                "nesterov momentum requires a momentum > 0 and zero dampening (momentum = {}, dampening = {})",
+                self.momentum, self.dampening
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+        if self.momentum != 0.0 {
+            vec!["momentum_buffer"]
+        } else {
+            vec![]
+        }
+    }
+
+    pub(crate) fn scalars(&self, buffer_filled: bool) -> SgdScalars {
+        SgdScalars {
+            lr: self.lr as f32,
+            momentum: self.momentum as f32,
+            one_minus_dampening: (1.0 - self.dampening) as f32,
+            weight_decay: self.weight_decay as f32,
+            use_momentum: (self.momentum != 0.0) as u32,
+            buffer_filled: buffer_filled as u32,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// The update of one element; `buf` is the momentum buffer when the
+/// optimizer has one.
+#[inline(always)]
+pub(crate) fn step_element(
+    s: &SgdScalars,
+    c: &Sgd,
+    param: &mut f32,
+    grad: f32,
+    buf: Option<&mut f32>,
+) {
+    let mut g = if c.maximize { -grad } else { grad };
+    if s.weight_decay != 0.0 {
+        g += s.weight_decay * *param;
+    }
+    if let (Some(b), true) = (buf, s.use_momentum != 0) {
+        if s.buffer_filled == 0 {
+            *b = g;
+        } else {
+            *b = *b * s.momentum + s.one_minus_dampening * g;
+        }
+        if c.nesterov {
+            g += s.momentum * *b;
+        } else {
+            g = *b;
+        }
+    }
+    *param -= s.lr * g;
+}
+
+pub(crate) fn step_slice(
+    s: &SgdScalars,
+    c: &Sgd,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [&mut [f32]],
+) {
+    match states {
+        [buf] => {
+            for ((p, &g), b) in params.iter_mut().zip(grads).zip(buf.iter_mut()) {
+                step_element(s, c, p, g, Some(b));
+            }
+        }
+        _ => {
+            for (p, &g) in params.iter_mut().zip(grads) {
+                step_element(s, c, p, g, None);
+            }
+        }
+    }
+}
