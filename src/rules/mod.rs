@@ -62,14 +62,10 @@ impl RuleKind {
             .find(|r| r.name().eq_ignore_ascii_case(s))
     }
 
-    /// The rule with PyTorch's default hyperparameters. SGD gets the
-    /// momentum 0.9 that most users pass (PyTorch's default is 0).
+    /// The rule with PyTorch's default hyperparameters.
     pub fn default_config(self) -> Config {
         match self {
-            RuleKind::Sgd => Config::Sgd(Sgd {
-                momentum: 0.9,
-                ..Sgd::default()
-            }),
+            RuleKind::Sgd => Config::Sgd(Sgd::default()),
             RuleKind::Adagrad => Config::Adagrad(Adagrad::default()),
             RuleKind::RmsProp => Config::RmsProp(RmsProp::default()),
             RuleKind::Adam => Config::Adam(Adam::default()),
