@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the bundle that scripts/gpu-check.sh runs on a GPU machine that has
+# a driver but no Rust toolchain, no Vulkan loader and no network:
+#   .gpu/wgpu-optim          the command, release build, stripped
+#   .gpu/tests/*             the integration-test binaries, stripped
+#   .gpu/torch_optim_bench.py PyTorch's own step timings (the anchor)
+#   .gl/*.deb                Debian's Vulkan loader (libvulkan1)
+# Run it here, on a machine with cargo and Debian's package lists; both
+# folders are git-ignored. Keep the whole tree under 64 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf .gpu && mkdir -p .gpu/tests
+cargo build --release --bin wgpu-optim
+cp target/release/wgpu-optim .gpu/
+# Test binaries of the integration tests (release, so they run as fast as the
+# command): cargo prints their paths as JSON.
+cargo test --release --no-run --tests --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        kind = m["target"]["kind"][0]
+        name = m["target"]["name"] if kind == "test" else "unit"
+        shutil.copy(m["executable"], os.path.join(".gpu/tests", name))
+        print("test binary:", name)
+'
+strip .gpu/wgpu-optim .gpu/tests/*
+cp ../shared/bench/torch_optim_bench.py .gpu/ 2>/dev/null || cp /work/shared/bench/torch_optim_bench.py .gpu/
+if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+  mkdir -p .gl /tmp/amd64/partial
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  apt-get $o update -qq
+  (cd .gl && apt-get $o download libvulkan1)
+fi
+du -sh .gpu .gl
