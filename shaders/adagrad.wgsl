@@ -1,4 +1,6 @@
 // Adagrad, as torch.optim.Adagrad.
+// `V` is `f32` or `vec4<f32>`: the host prepends `alias V = ...;` (every
+// operation here is element-wise, so one text serves both widths).
 
 // Keep in sync with `AdagradScalars` in src/rules/adagrad.rs.
 struct Scalars {
@@ -12,9 +14,9 @@ const WORKGROUP_SIZE: u32 = 256u;
 override MAXIMIZE: bool = false;
 override EPS_INSIDE_SQRT: bool = false;
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sum: array<f32>;
+@group(0) @binding(0) var<storage, read_write> param: array<V>;
+@group(0) @binding(1) var<storage, read> grad: array<V>;
+@group(0) @binding(2) var<storage, read_write> sum: array<V>;
 @group(0) @binding(3) var<uniform> s: Scalars;
 
 fn update(i: u32) {
@@ -24,7 +26,7 @@ fn update(i: u32) {
     if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
     let acc = sum[i] + g * g;
     sum[i] = acc;
-    var std_: f32;
+    var std_: V;
     if (EPS_INSIDE_SQRT) { std_ = sqrt(acc + s.eps); } else { std_ = sqrt(acc) + s.eps; }
     param[i] = p - s.clr * (g / std_);
 }

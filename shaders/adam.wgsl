@@ -1,4 +1,6 @@
 // Adam and AdamW (DECOUPLED), as torch.optim.Adam / torch.optim.AdamW.
+// `V` is `f32` or `vec4<f32>`: the host prepends `alias V = ...;` (every
+// operation here is element-wise, so one text serves both widths).
 
 // Keep in sync with `AdamScalars` in src/rules/adam.rs.
 struct Scalars {
@@ -22,15 +24,15 @@ override EPS_INSIDE_SQRT: bool = false;
 override AMSGRAD: bool = false;
 override DECOUPLED: bool = false;
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(3) var<storage, read_write> exp_avg_sq: array<f32>;
-@group(0) @binding(4) var<storage, read_write> max_exp_avg_sq: array<f32>;
+@group(0) @binding(0) var<storage, read_write> param: array<V>;
+@group(0) @binding(1) var<storage, read> grad: array<V>;
+@group(0) @binding(2) var<storage, read_write> exp_avg: array<V>;
+@group(0) @binding(3) var<storage, read_write> exp_avg_sq: array<V>;
+@group(0) @binding(4) var<storage, read_write> max_exp_avg_sq: array<V>;
 @group(0) @binding(5) var<uniform> s: Scalars;
 
 // torch.lerp's two-sided form; the same as `lerp` in src/rules/mod.rs.
-fn lerp_torch(start: f32, end: f32, weight: f32) -> f32 {
+fn lerp_torch(start: V, end: V, weight: f32) -> V {
     if (abs(weight) < 0.5) { return start + weight * (end - start); }
     return end - (end - start) * (1.0 - weight);
 }
@@ -51,7 +53,7 @@ fn update(i: u32) {
         vv = max(max_exp_avg_sq[i], v);
         max_exp_avg_sq[i] = vv;
     }
-    var denom: f32;
+    var denom: V;
     if (EPS_INSIDE_SQRT) {
         denom = sqrt(vv / s.bias_correction2 + s.eps);
     } else {

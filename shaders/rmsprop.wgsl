@@ -1,4 +1,6 @@
 // RMSprop, as torch.optim.RMSprop.
+// `V` is `f32` or `vec4<f32>`: the host prepends `alias V = ...;` (every
+// operation here is element-wise, so one text serves both widths).
 
 // Keep in sync with `RmsPropScalars` in src/rules/rmsprop.rs.
 struct Scalars {
@@ -18,15 +20,15 @@ override EPS_INSIDE_SQRT: bool = false;
 override CENTERED: bool = false;
 override HAS_MOMENTUM: bool = false;
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> square_avg: array<f32>;
-@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<f32>;
-@group(0) @binding(4) var<storage, read_write> grad_avg: array<f32>;
+@group(0) @binding(0) var<storage, read_write> param: array<V>;
+@group(0) @binding(1) var<storage, read> grad: array<V>;
+@group(0) @binding(2) var<storage, read_write> square_avg: array<V>;
+@group(0) @binding(3) var<storage, read_write> momentum_buffer: array<V>;
+@group(0) @binding(4) var<storage, read_write> grad_avg: array<V>;
 @group(0) @binding(5) var<uniform> s: Scalars;
 
 // torch.lerp's two-sided form; the same as `lerp` in src/rules/mod.rs.
-fn lerp_torch(start: f32, end: f32, weight: f32) -> f32 {
+fn lerp_torch(start: V, end: V, weight: f32) -> V {
     if (abs(weight) < 0.5) { return start + weight * (end - start); }
     return end - (end - start) * (1.0 - weight);
 }
@@ -44,7 +46,7 @@ fn update(i: u32) {
         grad_avg[i] = ga;
         v = sq - ga * ga;
     }
-    var avg: f32;
+    var avg: V;
     if (EPS_INSIDE_SQRT) { avg = sqrt(v + s.eps); } else { avg = sqrt(v) + s.eps; }
     if (HAS_MOMENTUM && s.use_momentum != 0u) {
         let b = momentum_buffer[i] * s.momentum + g / avg;

@@ -1,6 +1,8 @@
 // SGD with optional (Nesterov) momentum, as torch.optim.SGD.
 // One invocation updates one element per grid-stride iteration; the host
 // binds one chunk of the packed tensors at a time (arrayLength gives its size).
+// `V` is `f32` or `vec4<f32>`: the host prepends `alias V = ...;` (every
+// operation here is element-wise, so one text serves both widths).
 
 // Keep in sync with `SgdScalars` in src/rules/sgd.rs.
 struct Scalars {
@@ -19,9 +21,9 @@ override MAXIMIZE: bool = false;
 override NESTEROV: bool = false;
 override HAS_MOMENTUM: bool = false;
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
-@group(0) @binding(2) var<storage, read_write> momentum_buffer: array<f32>;
+@group(0) @binding(0) var<storage, read_write> param: array<V>;
+@group(0) @binding(1) var<storage, read> grad: array<V>;
+@group(0) @binding(2) var<storage, read_write> momentum_buffer: array<V>;
 @group(0) @binding(3) var<uniform> s: Scalars;
 
 fn update(i: u32) {
@@ -30,7 +32,7 @@ fn update(i: u32) {
     if (MAXIMIZE) { g = -g; }
     if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
     if (HAS_MOMENTUM && s.use_momentum != 0u) {
-        var b: f32;
+        var b: V;
         if (s.buffer_filled == 0u) {
             b = g;
         } else {

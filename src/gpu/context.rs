@@ -115,7 +115,11 @@ fn backend_rank(b: wgpu::Backend) -> u8 {
     }
 }
 
-type PipelineKey = (&'static str, Vec<(&'static str, u64)>);
+type PipelineKey = (
+    &'static str,
+    crate::gpu::optimizer::Variant,
+    Vec<(&'static str, u64)>,
+);
 
 /// A wgpu device and queue, with what the optimizers need to know of them.
 /// Cheap to clone (wgpu's handles are reference counted); optimizers keep a
@@ -192,11 +196,12 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&desc)).map_err(|e| Error::RequestDevice {
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         // Errors we do not catch in a scope are reported, never a panic.
         device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
             eprintln!("wgpu-optim: uncaptured wgpu error: {e}");

@@ -29,6 +29,26 @@ pub struct GpuOptions {
     /// decide; a smaller value splits the model into more chunks (tests use
     /// it to exercise the splitting). Rounded down to a multiple of 64.
     pub max_chunk_elements: Option<u64>,
+    /// Elements each invocation loads per buffer at once: 4 (`vec4<f32>`,
+    /// 16-byte loads) or 1. `None` takes 4 wherever the chunks allow it:
+    /// always for the optimizer's own buffers (padded to a multiple of 4),
+    /// and for the caller's buffers when the total length is a multiple of 4.
+    pub vector_width: Option<u32>,
+    /// Compile the kernels without wgpu's shader bounds checks. Safe by
+    /// construction: each invocation touches only index `i < arrayLength(&param)`,
+    /// and every binding of a chunk (parameters, gradients, each state
+    /// tensor) is bound with the same length, so `i` is in bounds for all of
+    /// them; the state slots a configuration does not use are behind
+    /// `override` constants and never touched. The loop ends because the
+    /// stride is at least one workgroup.
+    pub skip_bounds_checks: bool,
+}
+
+/// Kernel variant: vector width and whether bounds checks are compiled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    width: u32,
+    checked: bool,
 }
 
 /// A compiled rule kernel and its bind group layout, cached per context.
@@ -48,12 +68,12 @@ enum Storage {
 }
 
 impl Storage {
-    fn binding(&self, chunk: usize, range: &ChunkRange) -> wgpu::BufferBinding<'_> {
+    fn binding(&self, chunk: usize, range: &ChunkRange, width: u32) -> wgpu::BufferBinding<'_> {
         match self {
             Storage::Owned(buffers) => wgpu::BufferBinding {
                 buffer: &buffers[chunk],
                 offset: 0,
-                size: NonZeroU64::new(range.len * 4),
+                size: NonZeroU64::new(padded(range.len, width) * 4),
             },
             Storage::User(buffer) => wgpu::BufferBinding {
                 buffer,
@@ -70,6 +90,12 @@ impl Storage {
             Storage::User(buffer) => (buffer, range.start * 4),
         }
     }
+}
+
+/// `len` rounded up to a multiple of the vector width: the optimizer's own
+/// buffers are allocated (zero-filled) to this length.
+fn padded(len: u64, width: u32) -> u64 {
+    len.div_ceil(width as u64) * width as u64
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +134,7 @@ pub struct GpuOptimizer {
     _dummies: Vec<wgpu::Buffer>,
     uniforms: wgpu::Buffer,
     kernel: Kernel,
+    variant: Variant,
     bind_groups: Vec<(wgpu::BindGroup, u32)>,
     counters: Counters,
 }
@@ -130,7 +157,10 @@ fn chunk_elements(ctx: &GpuContext, options: &GpuOptions) -> u64 {
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
         / 4;
-    let max = options.max_chunk_elements.unwrap_or(by_device).min(by_device);
+    let max = options
+        .max_chunk_elements
+        .unwrap_or(by_device)
+        .min(by_device);
     (max / CHUNK_ALIGN * CHUNK_ALIGN).max(CHUNK_ALIGN)
 }
 
@@ -173,7 +203,7 @@ impl GpuOptimizer {
                     .map(|c| {
                         ctx.device.create_buffer(&wgpu::BufferDescriptor {
                             label: Some(label),
-                            size: c.len * 4,
+                            size: padded(c.len, 4) * 4,
                             usage,
                             mapped_at_creation: false,
                         })
@@ -183,7 +213,16 @@ impl GpuOptimizer {
             (make("params"), make("grads"))
         })?;
         let params_storage = Storage::Owned(param_buffers);
-        let opt = Self::build(ctx, config, layout, chunks, params_storage, Storage::Owned(grad_buffers))?;
+        let width = options.vector_width.unwrap_or(4);
+        let opt = Self::build(
+            ctx,
+            config,
+            layout,
+            chunks,
+            params_storage,
+            Storage::Owned(grad_buffers),
+            variant(width, &options)?,
+        )?;
         opt.write_storage_tensors(&opt.params, params);
         Ok(opt)
     }
@@ -238,7 +277,28 @@ impl GpuOptimizer {
             ));
         }
         let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options));
-        Self::build(ctx, config, layout, chunks, Storage::User(params), Storage::User(grads))
+        // Chunk starts are multiples of 64 elements; only the total decides
+        // whether every chunk is a whole number of vec4s.
+        let width = match options.vector_width {
+            Some(w) => w,
+            None if layout.total() % 4 == 0 => 4,
+            None => 1,
+        };
+        if width == 4 && layout.total() % 4 != 0 {
+            return Err(Error::InvalidOptions(format!(
+                "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
+                layout.total()
+            )));
+        }
+        Self::build(
+            ctx,
+            config,
+            layout,
+            chunks,
+            Storage::User(params),
+            Storage::User(grads),
+            variant(width, &options)?,
+        )
     }
 
     fn build(
@@ -248,104 +308,116 @@ impl GpuOptimizer {
         chunks: Vec<ChunkRange>,
         params: Storage,
         grads: Storage,
+        variant: Variant,
     ) -> Result<Self> {
-        let kernel = kernel_for(ctx, &config)?;
+        let kernel = kernel_for(ctx, &config, variant)?;
+        let width = variant.width;
         let state_names = config.state_names();
-        let (state, dummies, uniforms, bind_groups) = ctx.scoped("creating state buffers and bind groups", || {
-            let state: Vec<Vec<wgpu::Buffer>> = state_names
-                .iter()
-                .map(|name| {
-                    let init = config.state_initial_value(name);
-                    chunks
-                        .iter()
-                        .map(|c| {
-                            let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                                label: Some(name),
-                                size: c.len * 4,
-                                usage: wgpu::BufferUsages::STORAGE
-                                    | wgpu::BufferUsages::COPY_DST
-                                    | wgpu::BufferUsages::COPY_SRC,
-                                mapped_at_creation: false,
-                            });
-                            if init != 0.0 {
-                                let fill = vec![init; c.len as usize];
-                                ctx.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
-                            }
-                            buffer
-                        })
-                        .collect()
-                })
-                .collect();
-            // Each absent state slot gets a buffer of its own, so that no two
-            // writable bindings alias.
-            let dummies: Vec<wgpu::Buffer> = kernel
-                .slots
-                .iter()
-                .filter(|s| !state_names.contains(s))
-                .map(|_| {
-                    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("unused state slot"),
-                        size: 16,
-                        usage: wgpu::BufferUsages::STORAGE,
-                        mapped_at_creation: false,
+        let (state, dummies, uniforms, bind_groups) =
+            ctx.scoped("creating state buffers and bind groups", || {
+                let state: Vec<Vec<wgpu::Buffer>> = state_names
+                    .iter()
+                    .map(|name| {
+                        let init = config.state_initial_value(name);
+                        chunks
+                            .iter()
+                            .map(|c| {
+                                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                                    label: Some(name),
+                                    size: padded(c.len, 4) * 4,
+                                    usage: wgpu::BufferUsages::STORAGE
+                                        | wgpu::BufferUsages::COPY_DST
+                                        | wgpu::BufferUsages::COPY_SRC,
+                                    mapped_at_creation: false,
+                                });
+                                if init != 0.0 {
+                                    let fill = vec![init; padded(c.len, 4) as usize];
+                                    ctx.queue
+                                        .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+                                }
+                                buffer
+                            })
+                            .collect()
                     })
-                })
-                .collect();
-            let uniforms = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("step scalars"),
-                size: UNIFORM_RING * UNIFORM_STRIDE,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
-            let bind_groups: Vec<(wgpu::BindGroup, u32)> = chunks
-                .iter()
-                .enumerate()
-                .map(|(ci, range)| {
-                    let mut entries = vec![
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: wgpu::BindingResource::Buffer(params.binding(ci, range)),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: wgpu::BindingResource::Buffer(grads.binding(ci, range)),
-                        },
-                    ];
-                    let mut dummy = dummies.iter();
-                    for (k, slot) in kernel.slots.iter().enumerate() {
-                        let resource = match state_names.iter().position(|n| n == slot) {
-                            Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &state[si][ci],
-                                offset: 0,
-                                size: None,
-                            }),
-                            None => dummy.next().expect("one dummy per absent slot").as_entire_binding(),
-                        };
+                    .collect();
+                // Each absent state slot gets a buffer of its own, so that no two
+                // writable bindings alias.
+                let dummies: Vec<wgpu::Buffer> = kernel
+                    .slots
+                    .iter()
+                    .filter(|s| !state_names.contains(s))
+                    .map(|_| {
+                        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("unused state slot"),
+                            size: 16,
+                            usage: wgpu::BufferUsages::STORAGE,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect();
+                let uniforms = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step scalars"),
+                    size: UNIFORM_RING * UNIFORM_STRIDE,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
+                let bind_groups: Vec<(wgpu::BindGroup, u32)> = chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(ci, range)| {
+                        let mut entries = vec![
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: wgpu::BindingResource::Buffer(
+                                    params.binding(ci, range, width),
+                                ),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: wgpu::BindingResource::Buffer(
+                                    grads.binding(ci, range, width),
+                                ),
+                            },
+                        ];
+                        let mut dummy = dummies.iter();
+                        for (k, slot) in kernel.slots.iter().enumerate() {
+                            let resource = match state_names.iter().position(|n| n == slot) {
+                                Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &state[si][ci],
+                                    offset: 0,
+                                    size: NonZeroU64::new(padded(range.len, width) * 4),
+                                }),
+                                None => dummy
+                                    .next()
+                                    .expect("one dummy per absent slot")
+                                    .as_entire_binding(),
+                            };
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: 2 + k as u32,
+                                resource,
+                            });
+                        }
                         entries.push(wgpu::BindGroupEntry {
-                            binding: 2 + k as u32,
-                            resource,
+                            binding: 2 + kernel.slots.len() as u32,
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &uniforms,
+                                offset: 0,
+                                size: NonZeroU64::new(UNIFORM_STRIDE),
+                            }),
                         });
-                    }
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: 2 + kernel.slots.len() as u32,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &uniforms,
-                            offset: 0,
-                            size: NonZeroU64::new(UNIFORM_STRIDE),
-                        }),
-                    });
-                    let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("optimizer chunk"),
-                        layout: &kernel.layout,
-                        entries: &entries,
-                    });
-                    let groups = range.len.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32;
-                    (group, groups)
-                })
-                .collect();
-            (state, dummies, uniforms, bind_groups)
-        })?;
+                        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("optimizer chunk"),
+                            layout: &kernel.layout,
+                            entries: &entries,
+                        });
+                        let units = padded(range.len, width) / width as u64;
+                        let groups = units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32;
+                        (group, groups)
+                    })
+                    .collect();
+                (state, dummies, uniforms, bind_groups)
+            })?;
         Ok(GpuOptimizer {
             ctx: ctx.clone(),
             config,
@@ -358,6 +430,7 @@ impl GpuOptimizer {
             _dummies: dummies,
             uniforms,
             kernel,
+            variant,
             bind_groups,
             counters: Counters::default(),
         })
@@ -427,6 +500,11 @@ impl GpuOptimizer {
         self.bind_groups.len()
     }
 
+    /// Elements each invocation loads per buffer (4: `vec4<f32>`, or 1).
+    pub fn vector_width(&self) -> u32 {
+        self.variant.width
+    }
+
     /// Uploads gradients into the gradient buffer without stepping.
     pub fn write_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
         self.layout.check(grads)?;
@@ -463,9 +541,7 @@ impl GpuOptimizer {
             let mut flat = self.layout.offsets()[i] as u64;
             let mut rest: &[f32] = t;
             while !rest.is_empty() {
-                let ci = self
-                    .chunks
-                    .partition_point(|c| c.start + c.len <= flat);
+                let ci = self.chunks.partition_point(|c| c.start + c.len <= flat);
                 let range = &self.chunks[ci];
                 let take = ((range.start + range.len - flat) as usize).min(rest.len());
                 let (buffer, base) = storage.locate(ci, range);
@@ -506,7 +582,12 @@ impl GpuOptimizer {
     /// Reads the parameters back, one vector per tensor.
     pub fn read_params(&self) -> Result<Vec<Vec<f32>>> {
         let flat = self.read_params_flat()?;
-        Ok(self.layout.split(&flat).into_iter().map(|s| s.to_vec()).collect())
+        Ok(self
+            .layout
+            .split(&flat)
+            .into_iter()
+            .map(|s| s.to_vec())
+            .collect())
     }
 
     /// Reads the state tensor `name` back, packed.
@@ -518,7 +599,12 @@ impl GpuOptimizer {
     /// Reads the state tensor `name` back, one vector per tensor.
     pub fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
         let flat = self.read_state_flat(name)?;
-        Ok(self.layout.split(&flat).into_iter().map(|s| s.to_vec()).collect())
+        Ok(self
+            .layout
+            .split(&flat)
+            .into_iter()
+            .map(|s| s.to_vec())
+            .collect())
     }
 
     /// Names of the state tensors, as PyTorch names them.
@@ -578,7 +664,12 @@ impl GpuOptimizer {
 
 /// Copies `len` bytes at `offset` of `buffer` into a mappable buffer and
 /// reads them, in pieces of at most 64 MiB.
-pub(crate) fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<f32>> {
+pub(crate) fn read_buffer(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<f32>> {
     const PIECE: u64 = 64 << 20;
     let mut out = Vec::with_capacity((len / 4) as usize);
     let mut done = 0;
@@ -593,7 +684,9 @@ pub(crate) fn read_buffer(ctx: &GpuContext, buffer: &wgpu::Buffer, offset: u64, 
             });
             let mut encoder = ctx
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("readback"),
+                });
             encoder.copy_buffer_to_buffer(buffer, offset + done, &staging, 0, size);
             ctx.queue.submit(Some(encoder.finish()));
             staging
@@ -634,26 +727,61 @@ fn shader_slots(config: &Config) -> &'static [&'static str] {
     }
 }
 
-fn kernel_for(ctx: &GpuContext, config: &Config) -> Result<Kernel> {
+fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
+    if width != 1 && width != 4 {
+        return Err(Error::InvalidOptions(format!(
+            "vector_width must be 1 or 4, got {width}"
+        )));
+    }
+    Ok(Variant {
+        width,
+        checked: !options.skip_bounds_checks,
+    })
+}
+
+fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Kernel> {
     let (name, source) = config.shader();
     let overrides = config.overrides();
-    let key = (name, overrides.iter().map(|(k, v)| (*k, v.to_bits())).collect::<Vec<_>>());
+    let key = (
+        name,
+        variant,
+        overrides
+            .iter()
+            .map(|(k, v)| (*k, v.to_bits()))
+            .collect::<Vec<_>>(),
+    );
     if let Some(k) = ctx.pipelines.lock().ok().and_then(|p| p.get(&key).cloned()) {
         return Ok(k);
     }
     let slots = shader_slots(config);
     let kernel = ctx.scoped("compiling the rule kernel", || {
-        let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        let prelude = if variant.width == 4 {
+            "alias V = vec4<f32>;\n"
+        } else {
+            "alias V = f32;\n"
+        };
+        let desc = wgpu::ShaderModuleDescriptor {
             label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+            source: wgpu::ShaderSource::Wgsl(format!("{prelude}{source}").into()),
+        };
+        let module = if variant.checked {
+            ctx.device.create_shader_module(desc)
+        } else {
+            let mut checks = wgpu::ShaderRuntimeChecks::checked();
+            checks.bounds_checks = false;
+            checks.force_loop_bounding = false;
+            // SAFETY: see `GpuOptions::skip_bounds_checks`: every index is
+            // below the length of every binding it touches, by construction,
+            // and every loop terminates.
+            unsafe { ctx.device.create_shader_module_trusted(desc, checks) }
+        };
         let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
             binding,
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Storage { read_only },
                 has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(4),
+                min_binding_size: NonZeroU64::new(4 * variant.width as u64),
             },
             count: None,
         };
