@@ -85,21 +85,31 @@ impl Adagrad {
 }
 
 #[inline(always)]
-pub(crate) fn step_element(s: &AdagradScalars, c: &Adagrad, param: &mut f32, grad: f32, sum: &mut f32) {
+pub(crate) fn step_element(
+    s: &AdagradScalars,
+    c: &Adagrad,
+    param: &mut f32,
+    grad: f32,
+    sum: &mut f32,
+) {
+    // Locals in, one store of each out: the loop then vectorizes.
+    let p = *param;
     let mut g = if c.maximize { -grad } else { grad };
     if s.weight_decay != 0.0 {
-        g += s.weight_decay * *param;
+        g += s.weight_decay * p;
     }
-    *sum += g * g;
+    let acc = *sum + g * g;
+    *sum = acc;
     let std = if c.eps_inside_sqrt {
-        (*sum + s.eps).sqrt()
+        (acc + s.eps).sqrt()
     } else {
-        sum.sqrt() + s.eps
+        acc.sqrt() + s.eps
     };
-    *param -= s.clr * (g / std);
+    *param = p - s.clr * (g / std);
 }
 
-pub(crate) fn step_slice(
+#[inline(always)]
+fn step_slice_impl(
     s: &AdagradScalars,
     c: &Adagrad,
     params: &mut [f32],
@@ -112,4 +122,15 @@ pub(crate) fn step_slice(
     for ((p, &g), acc) in params.iter_mut().zip(grads).zip(sum.iter_mut()) {
         step_element(s, c, p, g, acc);
     }
+}
+
+super::multiversion! {
+    /// One step over flat slices, vectorized for the processor at hand.
+    step_slice = step_slice_impl(
+        s: &AdagradScalars,
+        c: &Adagrad,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [&mut [f32]],
+    )
 }

@@ -235,57 +235,78 @@ pub(crate) fn step_element(
     exp_avg_sq: &mut f32,
     max_exp_avg_sq: Option<&mut f32>,
 ) {
+    // Locals in, one store of each out: the loop then vectorizes.
+    let mut p = *param;
     let mut g = if c.maximize { -grad } else { grad };
     if s.weight_decay != 0.0 {
         if c.decoupled {
-            *param *= s.decay_factor;
+            p *= s.decay_factor;
         } else {
-            g += s.weight_decay * *param;
+            g += s.weight_decay * p;
         }
     }
-    *exp_avg = lerp(*exp_avg, g, s.one_minus_beta1);
-    *exp_avg_sq = *exp_avg_sq * s.beta2 + s.one_minus_beta2 * (g * g);
+    let m = lerp(*exp_avg, g, s.one_minus_beta1);
+    let v = *exp_avg_sq * s.beta2 + s.one_minus_beta2 * (g * g);
+    *exp_avg = m;
+    *exp_avg_sq = v;
     let v = match max_exp_avg_sq {
         Some(vmax) => {
-            *vmax = vmax.max(*exp_avg_sq);
-            *vmax
+            let vm = vmax.max(v);
+            *vmax = vm;
+            vm
         }
-        None => *exp_avg_sq,
+        None => v,
     };
     let denom = if c.eps_inside_sqrt {
         (v / s.bias_correction2 + s.eps).sqrt()
     } else {
         v.sqrt() / s.bias_correction2_sqrt + s.eps
     };
-    *param -= s.step_size * (*exp_avg / denom);
+    *param = p - s.step_size * (m / denom);
 }
 
-pub(crate) fn step_slice(
+#[inline(always)]
+fn step_slice_impl(
     s: &AdamScalars,
     c: &AdamFamily,
     params: &mut [f32],
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
+    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
     match states {
         [m, v] => {
-            for i in 0..params.len() {
-                step_element(s, c, &mut params[i], grads[i], &mut m[i], &mut v[i], None);
+            for (((p, &g), m), v) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+            {
+                step_element(s, c, p, g, m, v, None);
             }
         }
         [m, v, vmax] => {
-            for i in 0..params.len() {
-                step_element(
-                    s,
-                    c,
-                    &mut params[i],
-                    grads[i],
-                    &mut m[i],
-                    &mut v[i],
-                    Some(&mut vmax[i]),
-                );
+            for ((((p, &g), m), v), vmax) in params
+                .iter_mut()
+                .zip(grads)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+                .zip(vmax.iter_mut())
+            {
+                step_element(s, c, p, g, m, v, Some(vmax));
             }
         }
         _ => unreachable!("adam has two or three state tensors"),
     }
+}
+
+super::multiversion! {
+    /// One step over flat slices, vectorized for the processor at hand.
+    step_slice = step_slice_impl(
+        s: &AdamScalars,
+        c: &AdamFamily,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [&mut [f32]],
+    )
 }

@@ -360,6 +360,42 @@ pub(crate) fn cpu_step(
     }
 }
 
+/// Defines `$name` as `$imp` compiled three times: for AVX-512, for AVX2
+/// and for the baseline, choosing at run time (one binary runs everywhere).
+/// `$imp` and the element function it calls are `#[inline(always)]`, so
+/// they are compiled inside the functions with the wider target features
+/// and their loops vectorize. The results are bit-for-bit those of the
+/// baseline: vector `+ − × ÷ sqrt max` round exactly as the scalar ones, and
+/// Rust never contracts `a·b + c` into a fused multiply-add.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* $name:ident = $imp:ident($($arg:ident : $ty:ty),* $(,)?)) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $imp($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the processor has AVX-512F.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the processor has AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
 pub(crate) fn check_finite(name: &'static str, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())

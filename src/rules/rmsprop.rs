@@ -117,58 +117,82 @@ pub(crate) fn step_element(
     buf: Option<&mut f32>,
     grad_avg: Option<&mut f32>,
 ) {
+    // Locals in, one store of each out: the loop then vectorizes.
+    let p = *param;
     let mut g = if c.maximize { -grad } else { grad };
     if s.weight_decay != 0.0 {
-        g += s.weight_decay * *param;
+        g += s.weight_decay * p;
     }
-    *square_avg = *square_avg * s.alpha + s.one_minus_alpha * (g * g);
+    let sq = *square_avg * s.alpha + s.one_minus_alpha * (g * g);
+    *square_avg = sq;
     let var = match grad_avg {
         Some(ga) => {
-            *ga = lerp(*ga, g, s.one_minus_alpha);
-            *square_avg - *ga * *ga
+            let a = lerp(*ga, g, s.one_minus_alpha);
+            *ga = a;
+            sq - a * a
         }
-        None => *square_avg,
+        None => sq,
     };
     let avg = if c.eps_inside_sqrt {
         (var + s.eps).sqrt()
     } else {
         var.sqrt() + s.eps
     };
-    match (buf, s.use_momentum != 0) {
+    *param = match (buf, s.use_momentum != 0) {
         (Some(b), true) => {
-            *b = *b * s.momentum + g / avg;
-            *param -= s.lr * *b;
+            let nb = *b * s.momentum + g / avg;
+            *b = nb;
+            p - s.lr * nb
         }
-        _ => *param -= s.lr * (g / avg),
-    }
+        _ => p - s.lr * (g / avg),
+    };
 }
 
-pub(crate) fn step_slice(
+#[inline(always)]
+fn step_slice_impl(
     s: &RmsPropScalars,
     c: &RmsProp,
     params: &mut [f32],
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let n = params.len();
-    let (sq, rest) = states.split_first_mut().expect("square_avg");
-    let (buf, rest): (Option<&mut [f32]>, &mut [&mut [f32]]) = if c.momentum > 0.0 {
-        let (b, r) = rest.split_first_mut().expect("momentum_buffer");
-        (Some(&mut **b), r)
-    } else {
-        (None, rest)
-    };
-    let mut ga: Option<&mut [f32]> = rest.first_mut().map(|x| &mut **x);
-    let mut buf = buf;
-    for i in 0..n {
-        step_element(
-            s,
-            c,
-            &mut params[i],
-            grads[i],
-            &mut sq[i],
-            buf.as_deref_mut().map(|b| &mut b[i]),
-            ga.as_deref_mut().map(|a| &mut a[i]),
-        );
+    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
+    let it = params.iter_mut().zip(grads);
+    match states {
+        [sq] => {
+            for ((p, &g), sq) in it.zip(sq.iter_mut()) {
+                step_element(s, c, p, g, sq, None, None);
+            }
+        }
+        [sq, other] => {
+            // momentum_buffer or grad_avg: the names say which.
+            let momentum = c.momentum > 0.0;
+            for (((p, &g), sq), o) in it.zip(sq.iter_mut()).zip(other.iter_mut()) {
+                if momentum {
+                    step_element(s, c, p, g, sq, Some(o), None);
+                } else {
+                    step_element(s, c, p, g, sq, None, Some(o));
+                }
+            }
+        }
+        [sq, buf, ga] => {
+            for ((((p, &g), sq), b), a) in
+                it.zip(sq.iter_mut()).zip(buf.iter_mut()).zip(ga.iter_mut())
+            {
+                step_element(s, c, p, g, sq, Some(b), Some(a));
+            }
+        }
+        _ => unreachable!("rmsprop has one to three state tensors"),
     }
+}
+
+super::multiversion! {
+    /// One step over flat slices, vectorized for the processor at hand.
+    step_slice = step_slice_impl(
+        s: &RmsPropScalars,
+        c: &RmsProp,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [&mut [f32]],
+    )
 }

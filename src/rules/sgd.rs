@@ -116,26 +116,30 @@ pub(crate) fn step_element(
     grad: f32,
     buf: Option<&mut f32>,
 ) {
+    // Locals in, one store of each out: the loop then vectorizes.
+    let p = *param;
     let mut g = if c.maximize { -grad } else { grad };
     if s.weight_decay != 0.0 {
-        g += s.weight_decay * *param;
+        g += s.weight_decay * p;
     }
     if let (Some(b), true) = (buf, s.use_momentum != 0) {
-        if s.buffer_filled == 0 {
-            *b = g;
+        let nb = if s.buffer_filled == 0 {
+            g
         } else {
-            *b = *b * s.momentum + s.one_minus_dampening * g;
-        }
+            *b * s.momentum + s.one_minus_dampening * g
+        };
+        *b = nb;
         if c.nesterov {
-            g += s.momentum * *b;
+            g += s.momentum * nb;
         } else {
-            g = *b;
+            g = nb;
         }
     }
-    *param -= s.lr * g;
+    *param = p - s.lr * g;
 }
 
-pub(crate) fn step_slice(
+#[inline(always)]
+fn step_slice_impl(
     s: &SgdScalars,
     c: &Sgd,
     params: &mut [f32],
@@ -154,4 +158,15 @@ pub(crate) fn step_slice(
             }
         }
     }
+}
+
+super::multiversion! {
+    /// One step over flat slices, vectorized for the processor at hand.
+    step_slice = step_slice_impl(
+        s: &SgdScalars,
+        c: &Sgd,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [&mut [f32]],
+    )
 }
