@@ -281,10 +281,10 @@ impl GpuOptimizer {
         // whether every chunk is a whole number of vec4s.
         let width = match options.vector_width {
             Some(w) => w,
-            None if layout.total() % 4 == 0 => 4,
+            None if layout.total().is_multiple_of(4) => 4,
             None => 1,
         };
-        if width == 4 && layout.total() % 4 != 0 {
+        if width == 4 && !layout.total().is_multiple_of(4) {
             return Err(Error::InvalidOptions(format!(
                 "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
                 layout.total()

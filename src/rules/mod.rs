@@ -333,7 +333,8 @@ pub(crate) fn cpu_step(
     }
     let mut state_chunks: Vec<std::slice::ChunksMut<'_, f32>> =
         states.iter_mut().map(|s| s.chunks_mut(CHUNK)).collect();
-    let mut work: Vec<(&mut [f32], &[f32], Vec<&mut [f32]>)> = Vec::new();
+    type Work<'a> = (&'a mut [f32], &'a [f32], Vec<&'a mut [f32]>);
+    let mut work: Vec<Work<'_>> = Vec::new();
     for (p, g) in params.chunks_mut(CHUNK).zip(grads.chunks(CHUNK)) {
         let st: Vec<&mut [f32]> = state_chunks
             .iter_mut()
