@@ -1,1 +1,1209 @@
-//! x
+//! Conformance with PyTorch: runs reference cases of `torch.optim` through
+//! the public API of this crate ([`CpuOptimizer`], [`GpuOptimizer`]) and
+//! compares the final parameters and optimizer state with PyTorch's.
+//!
+//! A case is one `.safetensors` file as `tests/data/golden/FORMAT.md`
+//! defines it: the initial parameters (`init.{t}`, F32), the gradient of
+//! every step (`grad.{s}.{t}`, F32), the float64 reference of the final
+//! parameters and state (`expected.param.{t}`, `expected.state.{name}.{t}`,
+//! F64), PyTorch's own float32 run (`torch_f32.*`) and, in the metadata key
+//! `case`, a JSON description: the rule, its `torch.optim` keyword arguments
+//! (`hyper`), the tensor sizes, the number of steps and the tolerances.
+//!
+//! [`Case::load`] parses a file (a malformed one is an [`Error::Format`]
+//! naming the file, never a panic), [`run_case`] runs it on a [`Backend`]
+//! and returns a [`CaseResult`]: the largest error over tolerance of the
+//! parameters and of the state, and whether the case passed.
+//!
+//! ```
+//! use wgpu_optim::conformance::{expand_paths, run_case, Backend, Case};
+//! for path in expand_paths(&["tests/data/golden/cases/adam_default.safetensors"])? {
+//!     let case = Case::load(&path)?;
+//!     let result = run_case(&case, Backend::Cpu);
+//!     assert!(result.pass, "{result:?}");
+//! }
+//! # Ok::<(), wgpu_optim::Error>(())
+//! ```
+//!
+//! Not supported yet (such a case gives a result with `pass: false` and an
+//! `error` naming what): learning-rate schedules (`schedule`), gradient
+//! clipping (`clip_grad_norm`) and the rule `lamb`. See
+//! [`Case::unsupported`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::gpu::{GpuContext, GpuOptimizer};
+use crate::rules::{Adagrad, Adam, AdamW, Config, RmsProp, Sgd};
+use crate::CpuOptimizer;
+
+/// The rules a case file may name: ours, and `lamb` (which this crate does
+/// not implement yet).
+pub const CASE_RULES: [&str; 6] = ["sgd", "adagrad", "rmsprop", "adam", "adamw", "lamb"];
+
+/// The tolerance of the state tensors: one for every state, or one per
+/// state name (`exp_avg`, `momentum_buffer`, ...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StateTolerance {
+    /// The same absolute tolerance for every state tensor.
+    All(f64),
+    /// An absolute tolerance per state name.
+    PerState(BTreeMap<String, f64>),
+}
+
+impl StateTolerance {
+    /// The absolute tolerance of state `name`, if the case gives one.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match self {
+            StateTolerance::All(v) => Some(*v),
+            StateTolerance::PerState(map) => map.get(name).copied(),
+        }
+    }
+}
+
+/// One reference run of `torch.optim`, read from a case file.
+///
+/// Tensors are indexed `[t]` by parameter tensor, and gradients
+/// `[s][t]` by step then tensor.
+#[derive(Clone, Debug)]
+pub struct Case {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The case's name (`adam_default`, ...).
+    pub name: String,
+    /// The rule as the file names it (one of [`CASE_RULES`]).
+    pub rule: String,
+    /// The `torch.optim` keyword arguments, as the file gives them.
+    pub hyper: Map<String, Value>,
+    /// `hyper` as this crate's [`Config`] (PyTorch's defaults for absent
+    /// keys, every value rounded to `f32` as the reference was computed
+    /// with); `None` for a rule this crate does not implement (`lamb`).
+    pub config: Option<Config>,
+    /// The length of each parameter tensor.
+    pub sizes: Vec<usize>,
+    /// The number of optimizer steps.
+    pub steps: usize,
+    /// The seed the inputs were drawn with (informational).
+    pub seed: Option<u64>,
+    /// The learning-rate scheduler that drove the run, a JSON object whose
+    /// `kind` names it (`cyclic`, `one_cycle`, `cosine`, `step`,
+    /// `exponential`, `warmup_cosine`); `None` for a constant learning rate.
+    pub schedule: Option<Map<String, Value>>,
+    /// The global L2 norm the gradients were clipped to before every step.
+    pub clip_grad_norm: Option<f64>,
+    /// The learning rate in force at each step, as PyTorch computed it
+    /// (empty where the file does not give it).
+    pub lr_per_step: Vec<f64>,
+    /// The momentum (SGD, RMSprop) or `betas[0]` (Adam family) in force at
+    /// each step (empty where the rule has none or the file does not give it).
+    pub momentum_per_step: Vec<f64>,
+    /// Absolute tolerance of the parameters.
+    pub atol_param: f64,
+    /// Absolute tolerance of the state tensors.
+    pub atol_state: StateTolerance,
+    /// Initial parameters, `[t]`.
+    pub init: Vec<Vec<f32>>,
+    /// Gradients, `[s][t]`, before any clipping.
+    pub grads: Vec<Vec<Vec<f32>>>,
+    /// The reference final parameters (float64), `[t]`.
+    pub expected_params: Vec<Vec<f64>>,
+    /// The reference final state (float64) by PyTorch's state name, `[t]`.
+    pub expected_state: BTreeMap<String, Vec<Vec<f64>>>,
+    /// PyTorch's own float32 final parameters, `[t]`, where the file has them.
+    pub torch_f32_params: Option<Vec<Vec<f32>>>,
+    /// PyTorch's own float32 final state by name, `[t]`.
+    pub torch_f32_state: BTreeMap<String, Vec<Vec<f32>>>,
+}
+
+/// Keys of the `case` metadata object that only describe the case
+/// (how it was made, PyTorch's own error): read, not needed to run it.
+const INFORMATIONAL_KEYS: [&str; 4] = ["seed", "sparse", "generator", "torch_f32_max_abs_err"];
+
+impl Case {
+    /// Reads and checks a case file. Anything malformed (not safetensors,
+    /// no `case` metadata, a missing or ill-shaped tensor, an unknown rule,
+    /// hyperparameter or case key) is an [`Error::Format`] naming the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Case> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Format {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Case::from_bytes(&bytes, path)
+    }
+
+    /// As [`Case::load`], from the bytes of a file; `path` is only used to
+    /// name it in errors and results.
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Case> {
+        let path = path.as_ref();
+        parse_case(bytes, path).map_err(|message| Error::Format {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// What this case needs that the runner does not support yet, each
+    /// named as it appears in the file: `rule `lamb``, `schedule `cyclic``,
+    /// `clip_grad_norm`. Empty when the case can run.
+    pub fn unsupported(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.config.is_none() {
+            out.push(format!("rule `{}`", self.rule));
+        }
+        if let Some(schedule) = &self.schedule {
+            let kind = schedule.get("kind").and_then(Value::as_str).unwrap_or("?");
+            out.push(format!("schedule `{kind}`"));
+        }
+        if self.clip_grad_norm.is_some() {
+            out.push("clip_grad_norm".to_string());
+        }
+        out
+    }
+
+    /// The state names the reference has (PyTorch's names), sorted.
+    pub fn state_names(&self) -> Vec<&str> {
+        self.expected_state.keys().map(String::as_str).collect()
+    }
+}
+
+/// Maps `torch.optim` keyword arguments of `rule` to a [`Config`], starting
+/// from PyTorch's defaults ([`crate::RuleKind::default_config`]). Every
+/// value is used as given (see [`Case::config`] for the `f32` rounding the
+/// case files need).
+///
+/// Keys: `lr`, `momentum`, `dampening`, `weight_decay`, `nesterov`,
+/// `maximize` (SGD); `lr`, `lr_decay`, `weight_decay`,
+/// `initial_accumulator_value`, `eps`, `maximize` (Adagrad); `lr`, `alpha`,
+/// `eps`, `weight_decay`, `momentum`, `centered`, `maximize` (RMSprop);
+/// `lr`, `betas` (a list of two), `eps`, `weight_decay`, `amsgrad`,
+/// `maximize` (Adam, AdamW), and Adam's `decoupled_weight_decay` (true makes
+/// it AdamW, as in PyTorch).
+///
+/// Errors: a key the rule does not have, or a value of the wrong type, is
+/// [`Error::InvalidOptions`] (never ignored); `lamb` is
+/// [`Error::Unsupported`]; an unknown rule is [`Error::InvalidOptions`].
+/// Values are not range-checked here; the optimizers do that.
+pub fn config_from_hyper(rule: &str, hyper: &Map<String, Value>) -> Result<Config> {
+    match hyper_to_config(rule, hyper, false) {
+        Ok(Some(config)) => Ok(config),
+        Ok(None) => Err(Error::Unsupported(format!("rule `{rule}`"))),
+        Err(message) => Err(Error::InvalidOptions(message)),
+    }
+}
+
+/// The keys each rule of the case files takes.
+fn known_keys(rule: &str) -> Option<&'static [&'static str]> {
+    Some(match rule {
+        "sgd" => &[
+            "lr",
+            "momentum",
+            "dampening",
+            "weight_decay",
+            "nesterov",
+            "maximize",
+        ],
+        "adagrad" => &[
+            "lr",
+            "lr_decay",
+            "weight_decay",
+            "initial_accumulator_value",
+            "eps",
+            "maximize",
+        ],
+        "rmsprop" => &[
+            "lr",
+            "alpha",
+            "eps",
+            "weight_decay",
+            "momentum",
+            "centered",
+            "maximize",
+        ],
+        "adam" => &[
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "amsgrad",
+            "maximize",
+            "decoupled_weight_decay",
+        ],
+        "adamw" => &["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"],
+        "lamb" => &["lr", "betas", "eps", "weight_decay"],
+        _ => return None,
+    })
+}
+
+/// Typed access to one `hyper` object (its keys already checked against
+/// the rule's), with PyTorch's default for an absent key.
+struct Hyper<'a> {
+    rule: &'a str,
+    map: &'a Map<String, Value>,
+    round_f32: bool,
+}
+
+impl Hyper<'_> {
+    fn round(&self, v: f64) -> f64 {
+        if self.round_f32 {
+            v as f32 as f64
+        } else {
+            v
+        }
+    }
+
+    fn f64(&self, key: &str, default: f64) -> std::result::Result<f64, String> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().map(|x| self.round(x)).ok_or_else(|| {
+                format!(
+                    "hyperparameter `{key}` of {} must be a number, got {v}",
+                    self.rule
+                )
+            }),
+        }
+    }
+
+    fn bool(&self, key: &str, default: bool) -> std::result::Result<bool, String> {
+        match self.map.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| {
+                format!(
+                    "hyperparameter `{key}` of {} must be true or false, got {v}",
+                    self.rule
+                )
+            }),
+        }
+    }
+
+    fn betas(&self, default: (f64, f64)) -> std::result::Result<(f64, f64), String> {
+        match self.map.get("betas") {
+            None => Ok(default),
+            Some(v) => match v.as_array().map(|a| a.as_slice()) {
+                Some([b1, b2]) => match (b1.as_f64(), b2.as_f64()) {
+                    (Some(b1), Some(b2)) => Ok((self.round(b1), self.round(b2))),
+                    _ => Err(format!(
+                        "`betas` of {} must be two numbers, got {v}",
+                        self.rule
+                    )),
+                },
+                _ => Err(format!(
+                    "`betas` of {} must be a list of two numbers, got {v}",
+                    self.rule
+                )),
+            },
+        }
+    }
+}
+
+/// `Ok(None)` for a known rule this crate does not implement (`lamb`);
+/// `Err` names the unknown key, rule or ill-typed value.
+fn hyper_to_config(
+    rule: &str,
+    hyper: &Map<String, Value>,
+    round_f32: bool,
+) -> std::result::Result<Option<Config>, String> {
+    let known = known_keys(rule)
+        .ok_or_else(|| format!("unknown rule `{rule}` (known: {})", CASE_RULES.join(", ")))?;
+    let unknown: Vec<&str> = hyper
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown hyperparameter{} {} for rule {rule} (it takes: {})",
+            if unknown.len() > 1 { "s" } else { "" },
+            unknown
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            known.join(", ")
+        ));
+    }
+    let h = Hyper {
+        rule,
+        map: hyper,
+        round_f32,
+    };
+    let config = match rule {
+        "sgd" => {
+            let d = Sgd::default();
+            Config::Sgd(Sgd {
+                lr: h.f64("lr", d.lr)?,
+                momentum: h.f64("momentum", d.momentum)?,
+                dampening: h.f64("dampening", d.dampening)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                nesterov: h.bool("nesterov", d.nesterov)?,
+                maximize: h.bool("maximize", d.maximize)?,
+            })
+        }
+        "adagrad" => {
+            let d = Adagrad::default();
+            Config::Adagrad(Adagrad {
+                lr: h.f64("lr", d.lr)?,
+                lr_decay: h.f64("lr_decay", d.lr_decay)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                initial_accumulator_value: h
+                    .f64("initial_accumulator_value", d.initial_accumulator_value)?,
+                eps: h.f64("eps", d.eps)?,
+                maximize: h.bool("maximize", d.maximize)?,
+                eps_inside_sqrt: false,
+            })
+        }
+        "rmsprop" => {
+            let d = RmsProp::default();
+            Config::RmsProp(RmsProp {
+                lr: h.f64("lr", d.lr)?,
+                alpha: h.f64("alpha", d.alpha)?,
+                eps: h.f64("eps", d.eps)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                momentum: h.f64("momentum", d.momentum)?,
+                centered: h.bool("centered", d.centered)?,
+                maximize: h.bool("maximize", d.maximize)?,
+                eps_inside_sqrt: false,
+            })
+        }
+        "adam" => {
+            let d = Adam::default();
+            let adam = Adam {
+                lr: h.f64("lr", d.lr)?,
+                betas: h.betas(d.betas)?,
+                eps: h.f64("eps", d.eps)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                amsgrad: h.bool("amsgrad", d.amsgrad)?,
+                maximize: h.bool("maximize", d.maximize)?,
+                eps_inside_sqrt: false,
+            };
+            if h.bool("decoupled_weight_decay", false)? {
+                // torch.optim.Adam(decoupled_weight_decay=True) is AdamW with
+                // Adam's default weight decay (0).
+                Config::AdamW(AdamW {
+                    lr: adam.lr,
+                    betas: adam.betas,
+                    eps: adam.eps,
+                    weight_decay: adam.weight_decay,
+                    amsgrad: adam.amsgrad,
+                    maximize: adam.maximize,
+                    eps_inside_sqrt: false,
+                })
+            } else {
+                Config::Adam(adam)
+            }
+        }
+        "adamw" => {
+            let d = AdamW::default();
+            Config::AdamW(AdamW {
+                lr: h.f64("lr", d.lr)?,
+                betas: h.betas(d.betas)?,
+                eps: h.f64("eps", d.eps)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                amsgrad: h.bool("amsgrad", d.amsgrad)?,
+                maximize: h.bool("maximize", d.maximize)?,
+                eps_inside_sqrt: false,
+            })
+        }
+        "lamb" => {
+            // Type-check what a later LAMB will read.
+            h.f64("lr", 1e-3)?;
+            h.betas((0.9, 0.999))?;
+            h.f64("eps", 1e-6)?;
+            h.f64("weight_decay", 0.0)?;
+            return Ok(None);
+        }
+        other => return Err(format!("unknown rule `{other}`")),
+    };
+    Ok(Some(config))
+}
+
+/// Where a tensor of a case file goes.
+enum TensorName {
+    Init(usize),
+    Grad(usize, usize),
+    ExpectedParam(usize),
+    ExpectedState(String, usize),
+    TorchParam(usize),
+    TorchState(String, usize),
+}
+
+fn parse_tensor_name(name: &str) -> Option<TensorName> {
+    let index = |s: &str| s.parse::<usize>().ok();
+    // `{state}.{t}`: the state name itself has no dot.
+    let state = |s: &str| -> Option<(String, usize)> {
+        let (n, t) = s.rsplit_once('.')?;
+        if n.is_empty() || n.contains('.') {
+            return None;
+        }
+        Some((n.to_string(), index(t)?))
+    };
+    if let Some(rest) = name.strip_prefix("init.") {
+        return index(rest).map(TensorName::Init);
+    }
+    if let Some(rest) = name.strip_prefix("grad.") {
+        let (s, t) = rest.split_once('.')?;
+        return Some(TensorName::Grad(index(s)?, index(t)?));
+    }
+    if let Some(rest) = name.strip_prefix("expected.param.") {
+        return index(rest).map(TensorName::ExpectedParam);
+    }
+    if let Some(rest) = name.strip_prefix("expected.state.") {
+        return state(rest).map(|(n, t)| TensorName::ExpectedState(n, t));
+    }
+    if let Some(rest) = name.strip_prefix("torch_f32.param.") {
+        return index(rest).map(TensorName::TorchParam);
+    }
+    if let Some(rest) = name.strip_prefix("torch_f32.state.") {
+        return state(rest).map(|(n, t)| TensorName::TorchState(n, t));
+    }
+    None
+}
+
+fn read_f32(
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<Vec<f32>, String> {
+    if view.dtype() != Dtype::F32 {
+        return Err(format!(
+            "tensor `{name}` is {:?}, expected F32",
+            view.dtype()
+        ));
+    }
+    Ok(view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+fn read_f64(
+    name: &str,
+    view: &safetensors::tensor::TensorView<'_>,
+) -> std::result::Result<Vec<f64>, String> {
+    match view.dtype() {
+        Dtype::F64 => Ok(view
+            .data()
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .collect()),
+        Dtype::F32 => read_f32(name, view).map(|v| v.into_iter().map(f64::from).collect()),
+        other => Err(format!("tensor `{name}` is {other:?}, expected F64")),
+    }
+}
+
+/// Puts tensor `t` of a `[t]` list, checking its index and length.
+fn place<T>(
+    slots: &mut [Option<Vec<T>>],
+    sizes: &[usize],
+    name: &str,
+    t: usize,
+    data: Vec<T>,
+) -> std::result::Result<(), String> {
+    let Some(&size) = sizes.get(t) else {
+        return Err(format!(
+            "tensor `{name}`: index {t} out of range (the case has {} tensors)",
+            sizes.len()
+        ));
+    };
+    if data.len() != size {
+        return Err(format!(
+            "tensor `{name}` has {} elements, but sizes[{t}] = {size}",
+            data.len()
+        ));
+    }
+    slots[t] = Some(data);
+    Ok(())
+}
+
+/// All tensors `[t]` present, or the name of the first missing one.
+fn complete<T>(slots: Vec<Option<Vec<T>>>, what: &str) -> std::result::Result<Vec<Vec<T>>, String> {
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(t, s)| s.ok_or_else(|| format!("tensor `{what}.{t}` is missing")))
+        .collect()
+}
+
+fn get_usize(obj: &Map<String, Value>, key: &str) -> std::result::Result<usize, String> {
+    let v = obj
+        .get(key)
+        .ok_or_else(|| format!("case key `{key}` is missing"))?;
+    v.as_u64()
+        .and_then(|x| usize::try_from(x).ok())
+        .ok_or_else(|| format!("case key `{key}` must be a non-negative integer, got {v}"))
+}
+
+fn get_number(obj: &Map<String, Value>, key: &str) -> std::result::Result<Option<f64>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| format!("case key `{key}` must be a number, got {v}")),
+    }
+}
+
+fn get_numbers(obj: &Map<String, Value>, key: &str) -> std::result::Result<Vec<f64>, String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| format!("case key `{key}` must be a list of numbers, got {v}"))
+            })
+            .collect(),
+        Some(v) => Err(format!(
+            "case key `{key}` must be a list of numbers, got {v}"
+        )),
+    }
+}
+
+fn check_tolerance(what: &str, v: f64) -> std::result::Result<f64, String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{what} must be a finite number >= 0, got {v}"))
+    }
+}
+
+fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let (_, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let json = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("case"))
+        .ok_or("no `case` key in the safetensors metadata")?;
+    let meta: Value =
+        serde_json::from_str(json).map_err(|e| format!("metadata `case` is not JSON: {e}"))?;
+    let Value::Object(meta) = meta else {
+        return Err("metadata `case` is not a JSON object".into());
+    };
+
+    // The case description.
+    const KEYS: [&str; 11] = [
+        "name",
+        "rule",
+        "hyper",
+        "sizes",
+        "steps",
+        "schedule",
+        "clip_grad_norm",
+        "lr_per_step",
+        "momentum_per_step",
+        "atol_param",
+        "atol_state",
+    ];
+    if let Some(k) = meta
+        .keys()
+        .find(|k| !KEYS.contains(&k.as_str()) && !INFORMATIONAL_KEYS.contains(&k.as_str()))
+    {
+        return Err(format!("unknown case key `{k}`"));
+    }
+    let name = match meta.get("name") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(v) => {
+            return Err(format!(
+                "case key `name` must be a non-empty string, got {v}"
+            ))
+        }
+        None => return Err("case key `name` is missing".into()),
+    };
+    let rule = match meta.get("rule") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => return Err(format!("case key `rule` must be a string, got {v}")),
+        None => return Err("case key `rule` is missing".into()),
+    };
+    let hyper = match meta.get("hyper") {
+        Some(Value::Object(h)) => h.clone(),
+        None => Map::new(),
+        Some(v) => return Err(format!("case key `hyper` must be an object, got {v}")),
+    };
+    // The reference ran with every float hyperparameter rounded to f32.
+    let config = hyper_to_config(&rule, &hyper, true)?;
+    let sizes: Vec<usize> = match meta.get("sizes") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| {
+                        format!("case key `sizes` must be non-negative integers, got {v}")
+                    })
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        Some(v) => return Err(format!("case key `sizes` must be a list, got {v}")),
+        None => return Err("case key `sizes` is missing".into()),
+    };
+    let steps = get_usize(&meta, "steps")?;
+    let seed = meta.get("seed").and_then(Value::as_u64);
+    let schedule = match meta.get("schedule") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(s)) => {
+            if !matches!(s.get("kind"), Some(Value::String(_))) {
+                return Err("case key `schedule` has no string `kind`".into());
+            }
+            Some(s.clone())
+        }
+        Some(v) => return Err(format!("case key `schedule` must be an object, got {v}")),
+    };
+    let clip_grad_norm = get_number(&meta, "clip_grad_norm")?;
+    let lr_per_step = get_numbers(&meta, "lr_per_step")?;
+    let momentum_per_step = get_numbers(&meta, "momentum_per_step")?;
+    for (key, v) in [
+        ("lr_per_step", &lr_per_step),
+        ("momentum_per_step", &momentum_per_step),
+    ] {
+        if !v.is_empty() && v.len() != steps {
+            return Err(format!(
+                "case key `{key}` has {} values for {steps} steps",
+                v.len()
+            ));
+        }
+    }
+    let atol_param = check_tolerance(
+        "case key `atol_param`",
+        get_number(&meta, "atol_param")?.ok_or("case key `atol_param` is missing")?,
+    )?;
+    let atol_state = match meta.get("atol_state") {
+        None | Some(Value::Null) => StateTolerance::PerState(BTreeMap::new()),
+        Some(Value::Number(n)) => StateTolerance::All(check_tolerance(
+            "case key `atol_state`",
+            n.as_f64().unwrap_or(f64::NAN),
+        )?),
+        Some(Value::Object(m)) => StateTolerance::PerState(
+            m.iter()
+                .map(|(k, v)| {
+                    let x = v.as_f64().ok_or_else(|| {
+                        format!("case key `atol_state.{k}` must be a number, got {v}")
+                    })?;
+                    Ok((k.clone(), check_tolerance(&format!("`atol_state.{k}`"), x)?))
+                })
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+        Some(v) => {
+            return Err(format!(
+                "case key `atol_state` must be a number or an object, got {v}"
+            ))
+        }
+    };
+
+    // The tensors.
+    let n = sizes.len();
+    let mut init: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut grads: Vec<Vec<Option<Vec<f32>>>> = vec![vec![None; n]; steps];
+    let mut expected_params: Vec<Option<Vec<f64>>> = vec![None; n];
+    let mut expected_state: BTreeMap<String, Vec<Option<Vec<f64>>>> = BTreeMap::new();
+    let mut torch_params: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut any_torch_param = false;
+    let mut torch_state: BTreeMap<String, Vec<Option<Vec<f32>>>> = BTreeMap::new();
+    for (tname, view) in st.iter() {
+        let kind =
+            parse_tensor_name(tname).ok_or_else(|| format!("unexpected tensor `{tname}`"))?;
+        match kind {
+            TensorName::Init(t) => place(&mut init, &sizes, tname, t, read_f32(tname, &view)?)?,
+            TensorName::Grad(s, t) => {
+                let step = grads.get_mut(s).ok_or_else(|| {
+                    format!("tensor `{tname}`: step {s} out of range (the case has {steps} steps)")
+                })?;
+                place(step, &sizes, tname, t, read_f32(tname, &view)?)?
+            }
+            TensorName::ExpectedParam(t) => place(
+                &mut expected_params,
+                &sizes,
+                tname,
+                t,
+                read_f64(tname, &view)?,
+            )?,
+            TensorName::ExpectedState(s, t) => {
+                let slots = expected_state.entry(s).or_insert_with(|| vec![None; n]);
+                place(slots, &sizes, tname, t, read_f64(tname, &view)?)?
+            }
+            TensorName::TorchParam(t) => {
+                any_torch_param = true;
+                place(&mut torch_params, &sizes, tname, t, read_f32(tname, &view)?)?
+            }
+            TensorName::TorchState(s, t) => {
+                let slots = torch_state.entry(s).or_insert_with(|| vec![None; n]);
+                place(slots, &sizes, tname, t, read_f32(tname, &view)?)?
+            }
+        }
+    }
+    let init = complete(init, "init")?;
+    let grads = grads
+        .into_iter()
+        .enumerate()
+        .map(|(s, step)| complete(step, &format!("grad.{s}")))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let expected_params = complete(expected_params, "expected.param")?;
+    let expected_state = expected_state
+        .into_iter()
+        .map(|(k, v)| {
+            let v = complete(v, &format!("expected.state.{k}"))?;
+            if atol_state.get(&k).is_none() {
+                return Err(format!("`atol_state` has no tolerance for state `{k}`"));
+            }
+            Ok((k, v))
+        })
+        .collect::<std::result::Result<BTreeMap<_, _>, String>>()?;
+    let torch_f32_params = if any_torch_param {
+        Some(complete(torch_params, "torch_f32.param")?)
+    } else {
+        None
+    };
+    let torch_f32_state = torch_state
+        .into_iter()
+        .map(|(k, v)| Ok((k.clone(), complete(v, &format!("torch_f32.state.{k}"))?)))
+        .collect::<std::result::Result<BTreeMap<_, _>, String>>()?;
+
+    Ok(Case {
+        path: path.to_path_buf(),
+        name,
+        rule,
+        hyper,
+        config,
+        sizes,
+        steps,
+        seed,
+        schedule,
+        clip_grad_norm,
+        lr_per_step,
+        momentum_per_step,
+        atol_param,
+        atol_state,
+        init,
+        grads,
+        expected_params,
+        expected_state,
+        torch_f32_params,
+        torch_f32_state,
+    })
+}
+
+/// Expands files and folders into case files: a file is taken as it is, a
+/// folder gives its `*.safetensors` files (not recursively), sorted by name.
+/// A path that does not exist, or a folder without any case file, is an
+/// [`Error::Format`] naming it.
+pub fn expand_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let p = p.as_ref();
+        let err = |message: String| Error::Format {
+            path: p.display().to_string(),
+            message,
+        };
+        let meta = std::fs::metadata(p).map_err(|e| err(e.to_string()))?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| err(e.to_string()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "safetensors"))
+                .collect();
+            if files.is_empty() {
+                return Err(err("folder holds no *.safetensors case file".into()));
+            }
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// Where [`run_case`] runs a case.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend<'a> {
+    /// [`CpuOptimizer`].
+    Cpu,
+    /// [`GpuOptimizer`] on this context.
+    Gpu(&'a GpuContext),
+}
+
+impl Backend<'_> {
+    /// `cpu` or `gpu`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu(_) => "gpu",
+        }
+    }
+
+    /// `cpu`, or the GPU adapter's label ([`GpuContext::adapter_label`]).
+    pub fn adapter(&self) -> String {
+        match self {
+            Backend::Cpu => "cpu".to_string(),
+            Backend::Gpu(ctx) => ctx.adapter_label(),
+        }
+    }
+}
+
+/// How one tensor of ours compares with the reference.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorCheck {
+    /// `param`, or the state name (`exp_avg`, ...).
+    pub what: String,
+    /// Index of the parameter tensor.
+    pub tensor: usize,
+    /// Largest |ours − reference| over the tensor's elements (NaN if any
+    /// element of ours is NaN).
+    pub max_abs_err: f64,
+    /// The element where it is largest.
+    pub worst_index: usize,
+    /// The tolerance it is held to.
+    pub atol: f64,
+    /// `max_abs_err / atol` (0 when both are 0).
+    pub ratio: f64,
+    /// Largest |PyTorch float32 − reference|: PyTorch's own error, for
+    /// comparison; `None` where the file lacks PyTorch's float32 run.
+    pub torch_f32_abs_err: Option<f64>,
+}
+
+/// The comparison of a run's final parameters and state with a case's
+/// reference ([`compare`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// Max over all parameter tensors of max |ours − reference| / `atol_param`
+    /// (NaN if any parameter is NaN).
+    pub param_err_ratio: f64,
+    /// Max over the reference's state names of max |ours − reference| /
+    /// that state's atol (NaN if any compared state element is NaN; 0 when
+    /// the rule has no state).
+    pub state_err_ratio: f64,
+    /// One entry per compared tensor.
+    pub tensors: Vec<TensorCheck>,
+    /// Why it fails, in words (a ratio over 1, a NaN, a state we lack, a
+    /// tensor of the wrong length); empty when it passes.
+    pub failures: Vec<String>,
+}
+
+impl Comparison {
+    /// Both ratios ≤ 1, no NaN, every reference state present.
+    pub fn pass(&self) -> bool {
+        self.failures.is_empty() && self.param_err_ratio <= 1.0 && self.state_err_ratio <= 1.0
+    }
+}
+
+/// Max |ours − reference| and where; NaN if any element of ours (or of the
+/// reference) is NaN. Lengths must be equal.
+fn max_err(ours: &[f32], reference: &[f64]) -> (f64, usize) {
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&o, &r)) in ours.iter().zip(reference).enumerate() {
+        let e = (f64::from(o) - r).abs();
+        if e.is_nan() {
+            return (f64::NAN, i);
+        }
+        if e > worst.0 {
+            worst = (e, i);
+        }
+    }
+    worst
+}
+
+fn ratio(err: f64, atol: f64) -> f64 {
+    if err == 0.0 {
+        0.0
+    } else {
+        err / atol
+    }
+}
+
+/// Max of ratios where NaN wins (`f64::max` would drop it).
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Compares the tensors `[t]` of one kind (`param` or a state name), adds
+/// their [`TensorCheck`]s and failures to `out`, returns the worst ratio.
+fn check_tensors(
+    out: &mut Comparison,
+    what: &str,
+    ours: &[Vec<f32>],
+    reference: &[Vec<f64>],
+    torch: Option<&Vec<Vec<f32>>>,
+    atol: f64,
+) -> f64 {
+    let mut worst_ratio = 0.0f64;
+    if ours.len() != reference.len() {
+        out.failures.push(format!(
+            "{what}: {} tensors, the reference has {}",
+            ours.len(),
+            reference.len()
+        ));
+        return f64::INFINITY;
+    }
+    for (t, (o, r)) in ours.iter().zip(reference).enumerate() {
+        if o.len() != r.len() {
+            out.failures.push(format!(
+                "{what}.{t}: {} elements, the reference has {}",
+                o.len(),
+                r.len()
+            ));
+            worst_ratio = f64::INFINITY;
+            continue;
+        }
+        let (err, index) = max_err(o, r);
+        let rt = ratio(err, atol);
+        if err.is_nan() {
+            out.failures.push(format!("{what}.{t}[{index}] is NaN"));
+        }
+        let torch_f32_abs_err = torch
+            .and_then(|tt| tt.get(t))
+            .filter(|tt| tt.len() == r.len())
+            .map(|tt| max_err(tt, r).0);
+        out.tensors.push(TensorCheck {
+            what: what.to_string(),
+            tensor: t,
+            max_abs_err: err,
+            worst_index: index,
+            atol,
+            ratio: rt,
+            torch_f32_abs_err,
+        });
+        worst_ratio = max_nan(worst_ratio, rt);
+    }
+    worst_ratio
+}
+
+/// Compares final parameters (`[t]`) and state (by PyTorch's name, `[t]`)
+/// with `case`'s reference. Every state the reference names must be in
+/// `state`; states only `state` has are not compared.
+pub fn compare(
+    case: &Case,
+    params: &[Vec<f32>],
+    state: &BTreeMap<String, Vec<Vec<f32>>>,
+) -> Comparison {
+    let mut out = Comparison {
+        param_err_ratio: 0.0,
+        state_err_ratio: 0.0,
+        tensors: Vec::new(),
+        failures: Vec::new(),
+    };
+    let p = check_tensors(
+        &mut out,
+        "param",
+        params,
+        &case.expected_params,
+        case.torch_f32_params.as_ref(),
+        case.atol_param,
+    );
+    let mut s = 0.0f64;
+    for (name, reference) in &case.expected_state {
+        // The loader checked that every reference state has a tolerance.
+        let atol = case.atol_state.get(name).unwrap_or(0.0);
+        match state.get(name) {
+            Some(ours) => {
+                let r = check_tensors(
+                    &mut out,
+                    name,
+                    ours,
+                    reference,
+                    case.torch_f32_state.get(name),
+                    atol,
+                );
+                s = max_nan(s, r);
+            }
+            None => {
+                s = f64::INFINITY;
+                out.failures.push(format!(
+                    "state `{name}`: PyTorch has it, this run does not (it has: {})",
+                    state.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    out.param_err_ratio = p;
+    out.state_err_ratio = s;
+    // Name the worst tensor of each kind (parameters, state) that is over
+    // its tolerance.
+    for params_kind in [true, false] {
+        let worst = out
+            .tensors
+            .iter()
+            .filter(|c| (c.what == "param") == params_kind && c.ratio > 1.0)
+            .max_by(|a, b| a.ratio.total_cmp(&b.ratio));
+        if let Some(c) = worst {
+            out.failures.push(format!(
+                "{}.{}[{}] off by {:.4e} = {:.3} × atol {:.3e}",
+                c.what, c.tensor, c.worst_index, c.max_abs_err, c.ratio, c.atol
+            ));
+        }
+    }
+    out
+}
+
+/// The outcome of one case on one backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// The case's name.
+    pub case: String,
+    /// The file it came from.
+    pub path: String,
+    /// `cpu` or `gpu`.
+    pub backend: String,
+    /// `cpu`, or the GPU adapter's label.
+    pub adapter: String,
+    /// Whether ours matched the reference within tolerance.
+    pub pass: bool,
+    /// See [`Comparison::param_err_ratio`]; `None` when the case did not run
+    /// (and in JSON `null` for NaN as well).
+    pub param_err_ratio: Option<f64>,
+    /// See [`Comparison::state_err_ratio`]; `None` when the case did not run.
+    pub state_err_ratio: Option<f64>,
+    /// What the case needs that is not supported yet ([`Case::unsupported`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<String>,
+    /// Why the comparison failed ([`Comparison::failures`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// Why the case could not run (unsupported, unreadable, no adapter, an
+    /// error of the optimizer); `None` when it ran.
+    pub error: Option<String>,
+    /// Per-tensor detail ([`TensorCheck`]); left out of JSON.
+    #[serde(skip)]
+    pub tensors: Vec<TensorCheck>,
+}
+
+impl CaseResult {
+    /// The result of a case that could not run on `backend` (unreadable
+    /// file, no GPU adapter, ...): `pass: false`, with `error`.
+    pub fn not_run(
+        case: impl Into<String>,
+        path: impl Into<String>,
+        backend: impl Into<String>,
+        adapter: impl Into<String>,
+        error: impl Into<String>,
+    ) -> CaseResult {
+        CaseResult {
+            case: case.into(),
+            path: path.into(),
+            backend: backend.into(),
+            adapter: adapter.into(),
+            pass: false,
+            param_err_ratio: None,
+            state_err_ratio: None,
+            unsupported: Vec::new(),
+            failures: Vec::new(),
+            error: Some(error.into()),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+/// The optimizer a case runs on, whichever the backend.
+trait Runner {
+    fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
+    fn state_names(&self) -> Vec<&'static str>;
+    fn read_params(&self) -> Result<Vec<Vec<f32>>>;
+    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>>;
+}
+
+impl Runner for CpuOptimizer {
+    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
+        CpuOptimizer::step(self, grads)
+    }
+    fn state_names(&self) -> Vec<&'static str> {
+        CpuOptimizer::state_names(self).to_vec()
+    }
+    fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.params().into_iter().map(<[f32]>::to_vec).collect())
+    }
+    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+        Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl Runner for GpuOptimizer {
+    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
+        GpuOptimizer::step(self, grads)
+    }
+    fn state_names(&self) -> Vec<&'static str> {
+        GpuOptimizer::state_names(self).to_vec()
+    }
+    fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+        GpuOptimizer::read_params(self)
+    }
+    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+        GpuOptimizer::read_state(self, name)
+    }
+}
+
+/// Final parameters `[t]` and state by name `[t]`.
+type FinalTensors = (Vec<Vec<f32>>, BTreeMap<String, Vec<Vec<f32>>>);
+
+/// Runs every step of `case` and reads back the final parameters and state.
+fn run_steps(case: &Case, opt: &mut dyn Runner) -> Result<FinalTensors> {
+    for step_grads in &case.grads {
+        // Schedules (`set_lr` / `set_momentum` from the case's schedule) and
+        // gradient clipping (`clip_grad_norm`) go here once supported; today
+        // `Case::unsupported` keeps such cases from reaching this loop.
+        let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
+        opt.step(&grads)?;
+    }
+    let params = opt.read_params()?;
+    let mut state = BTreeMap::new();
+    for name in opt.state_names() {
+        state.insert(name.to_string(), opt.read_state(name)?);
+    }
+    Ok((params, state))
+}
+
+/// Runs `case` on `backend` through the public API ([`CpuOptimizer`] or
+/// [`GpuOptimizer`] over the case's tensors, one [`step`](CpuOptimizer::step)
+/// per gradient set) and [`compare`]s the final parameters and every state
+/// tensor PyTorch names with the reference. Never panics: anything that goes
+/// wrong (an unsupported feature, an invalid hyperparameter, a GPU error) is
+/// a result with `pass: false` and `error`.
+pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
+    let mut result = CaseResult::not_run(
+        case.name.clone(),
+        case.path.display().to_string(),
+        backend.name(),
+        backend.adapter(),
+        String::new(),
+    );
+    let unsupported = case.unsupported();
+    if !unsupported.is_empty() {
+        result.error = Some(Error::Unsupported(unsupported.join(", ")).to_string());
+        result.unsupported = unsupported;
+        return result;
+    }
+    let Some(config) = case.config.clone() else {
+        // Not reached: `Case::unsupported` lists a rule without a config.
+        result.error = Some(Error::Unsupported(format!("rule `{}`", case.rule)).to_string());
+        return result;
+    };
+    let init: Vec<&[f32]> = case.init.iter().map(Vec::as_slice).collect();
+    let outcome = match backend {
+        Backend::Cpu => {
+            CpuOptimizer::new(config, &init).and_then(|mut opt| run_steps(case, &mut opt))
+        }
+        Backend::Gpu(ctx) => {
+            GpuOptimizer::new(ctx, config, &init).and_then(|mut opt| run_steps(case, &mut opt))
+        }
+    };
+    match outcome {
+        Err(e) => result.error = Some(e.to_string()),
+        Ok((params, state)) => {
+            let cmp = compare(case, &params, &state);
+            result.error = None;
+            result.pass = cmp.pass();
+            result.param_err_ratio = Some(cmp.param_err_ratio);
+            result.state_err_ratio = Some(cmp.state_err_ratio);
+            result.failures = cmp.failures;
+            result.tensors = cmp.tensors;
+        }
+    }
+    result
+}
