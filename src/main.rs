@@ -21,7 +21,7 @@ enum Command {
     /// through the library and compares parameters and state.
     Conformance(cli::conformance::ConformanceArgs),
     /// Lists the adapters found, the one chosen and why, its limits and features.
-    Info,
+    Info(cli::info::InfoArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => cli::bench::run(args),
         Command::Conformance(args) => cli::conformance::run(args),
-        Command::Info => cli::info::run(),
+        Command::Info(args) => cli::info::run(args),
     };
     match result {
         Ok(code) => code,
