@@ -1,10 +1,1066 @@
-//! `wgpu-optim bench`.
+//! `wgpu-optim bench`: the median step time and bandwidth of every rule, on
+//! the CPU and on the GPU adapter, at the sizes PyTorch's own bench script
+//! (`torch_optim_bench.py`) uses, with the same rule names, presets and
+//! GB/s definition, so the two outputs can be put side by side.
+//!
+//! What is measured:
+//!
+//! - **CPU**: [`CpuOptimizer::step_flat`] on all cores, each step timed on
+//!   its own after `--warmup` untimed steps; `--steps` samples.
+//! - **GPU, wall clock**: `--batch` steps ([`GpuOptimizer::step_device`],
+//!   one submission each, the gradients uploaded once beforehand) submitted
+//!   back to back, then one [`GpuContext::wait`]; the elapsed time divided by
+//!   the batch is one sample; `--steps` samples. This is what a training loop
+//!   that never reads back pays per step, submission overhead included.
+//! - **GPU, kernel**: where the device has `TIMESTAMP_QUERY`, another
+//!   `steps × batch` steps (at most 2048) recorded with
+//!   [`GpuOptimizer::record_step`] and timestamps at the start and end of
+//!   their compute pass; `kernel_ms` is the median of those intervals.
+//! - **GPU, copy**: `copy_buffer_to_buffer` of the gradient buffer onto the
+//!   parameter buffer (both `n` floats), timed as the wall-clock steps. It
+//!   moves `8·n` bytes; `copy_gbps` is what the device's own copy engine
+//!   reaches, and `roofline = gbps / copy_gbps`, how close a step comes to it.
+//!
+//! Each sample is a median over `--steps` (the upper median for an even
+//! count, as PyTorch's script takes it); `gbps = bytes_per_param · n /
+//! median / 1e9` with [`Config::bytes_per_param`] (f32 parameter read and
+//! write, gradient read, each state tensor read and write: the bytes a fused
+//! step must move). Parameters start as N(0, 1) samples and gradients are
+//! N(0, 1) samples with no zero among them, the same every step.
+//!
+//! `--verify` then builds a fresh GPU optimizer and a fresh CPU optimizer from
+//! the same parameters, runs `--verify-steps` steps with the same gradients on
+//! both and compares the parameters. Both apply the same per-element
+//! functions to the same f32 scalars, so they differ only by rounding: a
+//! final subtraction rounded differently (at most 1 ulp of θ, ≤ ε·|θ|), and
+//! the update itself computed with WGSL's looser division and square root (a
+//! few ulp each, ≤ 2.5) and possibly fused multiply-adds, a relative error of
+//! at most ~8ε on each step's update. Over `V` steps that is at most
+//! `V·ε·|θ| + 8ε·Σ|Δ|`. With the same gradient every step each element moves
+//! the same way every step, so `Σ|Δ| ≈ |θ_V − θ_0|`. The error reported is
+//! `|θ_gpu − θ_cpu| / (ε · scale)` with `scale = max(|θ_0|, |θ_cpu|) + |θ_cpu −
+//! θ_0|`, and it must stay within `4·V` (4 ulp per step, never below 8).
+//!
+//! `dispatches_per_step` is [`GpuOptimizer::dispatches_per_step`] on the GPU
+//! (one per storage-binding-sized chunk, whatever `--tensors` is) and 0 on
+//! the CPU, which dispatches nothing.
+//!
+//! Exit status: 0 when everything ran (and verified); 1 when the GPU was
+//! asked for and there is none (the CPU part still runs), a GPU run failed,
+//! or a verification failed.
+
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use wgpu_optim::{
+    Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, RmsProp, Sgd,
+};
+
+/// A rule with the hyperparameters PyTorch's bench script gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// `SGD(lr=1e-3)`.
+    Sgd,
+    /// `SGD(lr=1e-3, momentum=0.9)`.
+    SgdMomentum,
+    /// `SGD(lr=1e-3, momentum=0.9, nesterov=True)` (not in PyTorch's script).
+    Nesterov,
+    /// `Adagrad(lr=1e-2)`.
+    Adagrad,
+    /// `RMSprop(lr=1e-3)`.
+    RmsProp,
+    /// `Adam(lr=1e-3)`.
+    Adam,
+    /// `Adam(lr=1e-3, amsgrad=True)` (not in PyTorch's script).
+    AdamAmsgrad,
+    /// `AdamW(lr=1e-3)`.
+    AdamW,
+}
+
+impl Preset {
+    /// Every preset, in the order they run.
+    const ALL: [Preset; 8] = [
+        Preset::Sgd,
+        Preset::SgdMomentum,
+        Preset::Nesterov,
+        Preset::Adagrad,
+        Preset::RmsProp,
+        Preset::Adam,
+        Preset::AdamAmsgrad,
+        Preset::AdamW,
+    ];
+
+    /// Its name on the command line and in the output (PyTorch's script's
+    /// names where it has the rule).
+    fn name(self) -> &'static str {
+        match self {
+            Preset::Sgd => "sgd",
+            Preset::SgdMomentum => "sgd_momentum",
+            Preset::Nesterov => "nesterov",
+            Preset::Adagrad => "adagrad",
+            Preset::RmsProp => "rmsprop",
+            Preset::Adam => "adam",
+            Preset::AdamAmsgrad => "adam_amsgrad",
+            Preset::AdamW => "adamw",
+        }
+    }
+
+    fn config(self) -> Config {
+        let sgd = Sgd {
+            lr: 1e-3,
+            ..Sgd::default()
+        };
+        let adam = Adam {
+            lr: 1e-3,
+            ..Adam::default()
+        };
+        match self {
+            Preset::Sgd => sgd.into(),
+            Preset::SgdMomentum => Sgd {
+                momentum: 0.9,
+                ..sgd
+            }
+            .into(),
+            Preset::Nesterov => Sgd {
+                momentum: 0.9,
+                nesterov: true,
+                ..sgd
+            }
+            .into(),
+            Preset::Adagrad => Adagrad {
+                lr: 1e-2,
+                ..Adagrad::default()
+            }
+            .into(),
+            Preset::RmsProp => RmsProp {
+                lr: 1e-3,
+                ..RmsProp::default()
+            }
+            .into(),
+            Preset::Adam => adam.into(),
+            Preset::AdamAmsgrad => Adam {
+                amsgrad: true,
+                ..adam
+            }
+            .into(),
+            Preset::AdamW => AdamW {
+                lr: 1e-3,
+                ..AdamW::default()
+            }
+            .into(),
+        }
+    }
+}
+
+/// One `--rules` item: a preset, or `all` of them.
+#[derive(Clone, Debug)]
+pub struct RuleSet(Vec<Preset>);
+
+fn parse_rules(s: &str) -> Result<RuleSet, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(RuleSet(Preset::ALL.to_vec()));
+    }
+    Preset::ALL
+        .into_iter()
+        .find(|p| p.name().eq_ignore_ascii_case(s))
+        .map(|p| RuleSet(vec![p]))
+        .ok_or_else(|| {
+            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+            format!("unknown rule `{s}` (known: {}, all)", names.join(", "))
+        })
+}
+
+/// A number of parameters: `1048576`, `64K`, `16M`, `1G` (K, M, G are
+/// powers of two: 2^10, 2^20, 2^30, as in PyTorch's script; `1.5M` works),
+/// or `2^20`.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let bad = || format!("bad size `{s}`: use e.g. 1048576, 64K, 16M, 1G or 2^20");
+    let n: f64 = if let Some((base, exp)) = t.split_once('^') {
+        let base: u32 = base.trim().parse().map_err(|_| bad())?;
+        let exp: u32 = exp.trim().parse().map_err(|_| bad())?;
+        (base as f64).powi(exp as i32)
+    } else {
+        let (num, mult) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+            Some('K') => (&t[..t.len() - 1], (1u64 << 10) as f64),
+            Some('M') => (&t[..t.len() - 1], (1u64 << 20) as f64),
+            Some('G') => (&t[..t.len() - 1], (1u64 << 30) as f64),
+            _ => (t, 1.0),
+        };
+        num.trim().parse::<f64>().map_err(|_| bad())? * mult
+    };
+    if !(n >= 1.0 && n.fract() == 0.0 && n < (1u64 << 48) as f64) {
+        return Err(format!(
+            "bad size `{s}`: must be a whole number of at least 1"
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// Where a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The CPU optimizer, on all cores.
+    Cpu,
+    /// The GPU optimizer, on the adapter `wgpu-optim info` shows as chosen.
+    Gpu,
+}
 
 /// Arguments of `bench`.
 #[derive(clap::Args, Debug)]
-pub struct BenchArgs {}
+#[command(after_long_help = AFTER_HELP)]
+pub struct BenchArgs {
+    /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
+    /// adam, adam_amsgrad, adamw, or all. Presets as PyTorch's bench script:
+    /// lr 1e-3 (adagrad 1e-2), momentum 0.9, PyTorch's defaults otherwise.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_rules,
+        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw"
+    )]
+    rules: Vec<RuleSet>,
+    /// Parameter counts, comma separated: K, M, G are 2^10, 2^20, 2^30
+    /// (64K, 1M, 16M, 1G); plain numbers and 2^N work too.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "1M,16M")]
+    sizes: Vec<usize>,
+    /// Timed samples per rule, size and backend (a GPU sample is `--batch` steps).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    steps: u32,
+    /// Untimed steps before the timed ones.
+    #[arg(long, default_value_t = 3)]
+    warmup: u32,
+    /// GPU steps submitted back to back per sample, before one wait.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Backends, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
+    backends: Vec<Backend>,
+    /// Split each size over this many tensors (as equal as can be).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    tensors: u64,
+    /// After timing, check the GPU against the CPU from the same start.
+    #[arg(long)]
+    verify: bool,
+    /// Steps `--verify` runs on both.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    verify_steps: u32,
+    /// One JSON object per line per rule, size and backend, instead of a table.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
-    Err(wgpu_optim::Error::Unsupported("bench".into()))
+const AFTER_HELP: &str = "\
+GB/s = bytes_per_param x n / median step time / 1e9, bytes_per_param counting the f32 parameter \
+read and write, the gradient read and each state tensor's read and write (as PyTorch's \
+torch_optim_bench.py). CPU: each step timed on its own. GPU: --batch steps submitted back to \
+back, one wait, divided by --batch; kernel_ms from timestamp queries where the device has them; \
+copy_gbps from buffer-to-buffer copies of the same size (roofline = gbps / copy_gbps). \
+dispatches_per_step is 0 on the CPU. --verify bounds the GPU-CPU difference by 4 f32 ulp per \
+step (of max(|p0|,|p|) + |p - p0|). Exit status 1 when the GPU was asked for and is missing, a \
+GPU run failed or a verification failed.";
+
+/// The outcome of `--verify` for one rule and size.
+struct Verify {
+    steps: u32,
+    max_abs: f64,
+    max_err: f64,
+    limit: f64,
+}
+
+impl Verify {
+    fn ok(&self) -> bool {
+        self.max_err <= self.limit
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{} {:.2}/{:.0}",
+            if self.ok() { "ok" } else { "FAIL" },
+            self.max_err,
+            self.limit
+        )
+    }
+}
+
+/// One line of output.
+struct Row {
+    rule: &'static str,
+    n: usize,
+    tensors: usize,
+    backend: Backend,
+    adapter: String,
+    bytes_per_param: usize,
+    median_ms: f64,
+    min_ms: f64,
+    dispatches_per_step: usize,
+    kernel_ms: Option<f64>,
+    copy_gbps: Option<f64>,
+    verify: Option<Verify>,
+}
+
+impl Row {
+    fn gbps_at(&self, ms: f64) -> f64 {
+        self.bytes_per_param as f64 * self.n as f64 / (ms * 1e-3) / 1e9
+    }
+}
+
+/// Per-run settings the jobs share.
+struct Plan<'a> {
+    args: &'a BenchArgs,
+    pb: &'a ProgressBar,
+}
+
+/// The upper median, as PyTorch's script takes it, and the minimum.
+fn median_min(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0])
+}
+
+/// `1M`, `64K`, `1G` where `n` is a whole number of them; the number otherwise.
+fn size_label(n: usize) -> String {
+    for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{suffix}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// SplitMix64: a small seeded generator, enough for benchmark data.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Two N(0, 1) samples (Box–Muller).
+    fn normal_pair(&mut self) -> (f32, f32) {
+        let r = (-2.0 * self.unit().ln()).sqrt();
+        let theta = std::f64::consts::TAU * self.unit();
+        ((r * theta.cos()) as f32, (r * theta.sin()) as f32)
+    }
+}
+
+/// `n` N(0, 1) samples, on all cores; with `nonzero`, exact zeros are
+/// replaced (a zero gradient would leave its element untouched).
+fn normal_vec(n: usize, seed: u64, nonzero: bool) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut v = vec![0.0f32; n];
+    v.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
+        let mut rng = SplitMix(seed ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        for pair in chunk.chunks_mut(2) {
+            let (a, b) = rng.normal_pair();
+            pair[0] = a;
+            if let Some(x) = pair.get_mut(1) {
+                *x = b;
+            }
+        }
+        if nonzero {
+            for x in chunk.iter_mut().filter(|x| **x == 0.0) {
+                *x = 1e-3;
+            }
+        }
+    });
+    v
+}
+
+/// `n` elements split into `t` tensors as equal as can be.
+fn split_lengths(n: usize, t: usize) -> Vec<usize> {
+    (0..t).map(|i| n / t + usize::from(i < n % t)).collect()
+}
+
+fn split<'a>(flat: &'a [f32], lengths: &[usize]) -> Vec<&'a [f32]> {
+    let mut rest = flat;
+    lengths
+        .iter()
+        .map(|&l| {
+            let (head, tail) = rest.split_at(l);
+            rest = tail;
+            head
+        })
+        .collect()
+}
+
+fn cpu_label() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU".into());
+    format!("{model} ({} threads)", rayon::current_num_threads())
+}
+
+fn bench_cpu(
+    plan: &Plan<'_>,
+    config: &Config,
+    params: &[&[f32]],
+    grads: &[f32],
+) -> wgpu_optim::Result<(f64, f64)> {
+    let mut opt = CpuOptimizer::new(config.clone(), params)?;
+    for _ in 0..plan.args.warmup {
+        opt.step_flat(grads)?;
+    }
+    let mut times = Vec::with_capacity(plan.args.steps as usize);
+    for _ in 0..plan.args.steps {
+        let t = Instant::now();
+        opt.step_flat(grads)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        plan.pb.inc(1);
+    }
+    Ok(median_min(times))
+}
+
+struct GpuTimes {
+    median_ms: f64,
+    min_ms: f64,
+    kernel_ms: Option<f64>,
+    copy_gbps: Option<f64>,
+    dispatches: usize,
+}
+
+fn bench_gpu(
+    plan: &Plan<'_>,
+    ctx: &GpuContext,
+    config: &Config,
+    params: &[&[f32]],
+    grads: &[&[f32]],
+) -> wgpu_optim::Result<GpuTimes> {
+    let args = plan.args;
+    let mut opt = GpuOptimizer::new(ctx, config.clone(), params)?;
+    opt.write_grads(grads)?;
+    for _ in 0..args.warmup {
+        opt.step_device()?;
+    }
+    ctx.wait()?;
+    let mut times = Vec::with_capacity(args.steps as usize);
+    for _ in 0..args.steps {
+        let t = Instant::now();
+        for _ in 0..args.batch {
+            opt.step_device()?;
+        }
+        ctx.wait()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / args.batch as f64);
+        plan.pb.inc(1);
+    }
+    let (median_ms, min_ms) = median_min(times);
+
+    let kernel_ms = if ctx
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        plan.pb
+            .set_message(format!("{} (kernel timestamps)", plan.pb.message()));
+        let count = (args.steps as usize * args.batch as usize)
+            .min(wgpu::QUERY_SET_MAX_QUERIES as usize / 2);
+        match kernel_times(ctx, &mut opt, count) {
+            Ok(t) if !t.is_empty() => Some(median_min(t).0),
+            Ok(_) => None,
+            Err(e) => {
+                plan.pb
+                    .suspend(|| eprintln!("wgpu-optim: kernel timestamps failed: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // Last, as it overwrites the parameters with the gradients.
+    let copy_gbps = match copy_times(ctx, &opt, args.steps, args.batch) {
+        Ok(ms) => Some(8.0 * opt.layout().total() as f64 / (ms * 1e-3) / 1e9),
+        Err(e) => {
+            plan.pb
+                .suspend(|| eprintln!("wgpu-optim: timing buffer copies failed: {e}"));
+            None
+        }
+    };
+    Ok(GpuTimes {
+        median_ms,
+        min_ms,
+        kernel_ms,
+        copy_gbps,
+        dispatches: opt.dispatches_per_step(),
+    })
+}
+
+/// Kernel time of `count` steps, in ms each, from timestamps written at the
+/// start and end of each step's compute pass.
+fn kernel_times(
+    ctx: &GpuContext,
+    opt: &mut GpuOptimizer,
+    count: usize,
+) -> Result<Vec<f64>, String> {
+    let device = ctx.device();
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let queries = 2 * count as u32;
+    let bytes = queries as u64 * wgpu::QUERY_SIZE as u64;
+    let query_set = device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("bench timestamps"),
+        ty: wgpu::QueryType::Timestamp,
+        count: queries,
+    });
+    let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench timestamps resolve"),
+        size: bytes,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let readback = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("bench timestamps readback"),
+        size: bytes,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    for i in 0..count as u32 {
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench timed step"),
+        });
+        opt.record_step(
+            &mut encoder,
+            Some(wgpu::ComputePassTimestampWrites {
+                query_set: &query_set,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            }),
+        );
+        ctx.queue().submit(Some(encoder.finish()));
+    }
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        label: Some("bench timestamps resolve"),
+    });
+    encoder.resolve_query_set(&query_set, 0..queries, &resolve, 0);
+    encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+    ctx.queue().submit(Some(encoder.finish()));
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(e.to_string());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    readback.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.wait().map_err(|e| e.to_string())?;
+    rx.recv()
+        .map_err(|_| "the map callback never ran".to_string())?
+        .map_err(|e| e.to_string())?;
+    let ticks: Vec<u64> = {
+        let view = readback
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| e.to_string())?;
+        bytemuck::cast_slice(&view).to_vec()
+    };
+    readback.unmap();
+    let period_ns = ctx.queue().get_timestamp_period() as f64;
+    Ok(ticks
+        .chunks_exact(2)
+        .filter(|t| t[1] > t[0])
+        .map(|t| (t[1] - t[0]) as f64 * period_ns * 1e-6)
+        .collect())
+}
+
+/// Median ms of one copy of the gradient buffers onto the parameter
+/// buffers, one submission per copy as a step has, `batch` per wait.
+fn copy_times(
+    ctx: &GpuContext,
+    opt: &GpuOptimizer,
+    samples: u32,
+    batch: u32,
+) -> Result<f64, String> {
+    let device = ctx.device();
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let pairs: Vec<(&wgpu::Buffer, &wgpu::Buffer)> = opt
+        .grad_buffers()
+        .into_iter()
+        .zip(opt.param_buffers())
+        .collect();
+    let n_bytes = opt.layout().total() as u64 * 4;
+    let copy = || {
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench copy"),
+        });
+        let mut left = n_bytes;
+        for (src, dst) in &pairs {
+            let size = src.size().min(dst.size()).min(left);
+            encoder.copy_buffer_to_buffer(src, 0, dst, 0, size);
+            left -= size;
+        }
+        ctx.queue().submit(Some(encoder.finish()));
+    };
+    copy();
+    ctx.wait().map_err(|e| e.to_string())?;
+    let mut times = Vec::with_capacity(samples as usize);
+    for _ in 0..samples {
+        let t = Instant::now();
+        for _ in 0..batch {
+            copy();
+        }
+        ctx.wait().map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64() * 1e3 / batch as f64);
+    }
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(e.to_string());
+    }
+    Ok(median_min(times).0)
+}
+
+/// Runs `steps` steps on a fresh GPU and a fresh CPU optimizer from the same
+/// parameters and gradients and compares the parameters (see the module docs
+/// for the bound).
+fn verify(
+    ctx: &GpuContext,
+    config: &Config,
+    steps: u32,
+    params: &[&[f32]],
+    grads: &[&[f32]],
+    flat_params: &[f32],
+    flat_grads: &[f32],
+) -> wgpu_optim::Result<Verify> {
+    let gpu = {
+        let mut opt = GpuOptimizer::new(ctx, config.clone(), params)?;
+        opt.write_grads(grads)?;
+        for _ in 0..steps {
+            opt.step_device()?;
+        }
+        opt.read_params_flat()?
+    };
+    let mut cpu = CpuOptimizer::new(config.clone(), params)?;
+    for _ in 0..steps {
+        cpu.step_flat(flat_grads)?;
+    }
+    Ok(compare(&gpu, cpu.params_flat(), flat_params, steps))
+}
+
+/// The `--verify` verdict on parameters `gpu` and `cpu` reached from `start`
+/// in `steps` steps (see the module docs for the bound).
+fn compare(gpu: &[f32], cpu: &[f32], start: &[f32], steps: u32) -> Verify {
+    let (max_abs, max_err) = gpu
+        .par_iter()
+        .zip(cpu.par_iter())
+        .zip(start.par_iter())
+        .map(|((&g, &c), &p0)| {
+            let (g, c, p0) = (g as f64, c as f64, p0 as f64);
+            let diff = (g - c).abs();
+            let scale = p0.abs().max(c.abs()) + (c - p0).abs();
+            if diff == 0.0 {
+                (0.0, 0.0)
+            } else if diff.is_nan() || scale == 0.0 {
+                (f64::INFINITY, f64::INFINITY)
+            } else {
+                (diff, diff / (f32::EPSILON as f64 * scale))
+            }
+        })
+        .reduce(|| (0.0, 0.0), |a, b| (a.0.max(b.0), a.1.max(b.1)));
+    Verify {
+        steps,
+        max_abs,
+        max_err,
+        limit: (4.0 * steps as f64).max(8.0),
+    }
+}
+
+/// The table's columns: header and width.
+struct Table {
+    adapter_width: usize,
+    verify: bool,
+}
+
+impl Table {
+    fn header(&self) -> String {
+        let mut s = format!(
+            "{:<13} {:>6} {:>7} {:<7} {:<aw$} {:>10} {:>10} {:>8} {:>10} {:>5}",
+            "rule",
+            "n",
+            "tensors",
+            "backend",
+            "adapter",
+            "median ms",
+            "min ms",
+            "GB/s",
+            "kernel ms",
+            "disp",
+            aw = self.adapter_width
+        );
+        if self.verify {
+            s.push_str("  verify (err/limit, ε·scale)");
+        }
+        s
+    }
+
+    fn row(&self, r: &Row) -> String {
+        let kernel = r
+            .kernel_ms
+            .map_or_else(|| "-".to_string(), |k| format!("{k:.4}"));
+        let disp = match r.backend {
+            Backend::Cpu => "-".to_string(),
+            Backend::Gpu => r.dispatches_per_step.to_string(),
+        };
+        let mut s = format!(
+            "{:<13} {:>6} {:>7} {:<7} {:<aw$} {:>10.4} {:>10.4} {:>8.1} {:>10} {:>5}",
+            r.rule,
+            size_label(r.n),
+            r.tensors,
+            backend_name(r.backend),
+            r.adapter,
+            r.median_ms,
+            r.min_ms,
+            r.gbps_at(r.median_ms),
+            kernel,
+            disp,
+            aw = self.adapter_width
+        );
+        if let Some(v) = &r.verify {
+            s.push_str(&format!("  {}", v.text()));
+        }
+        s
+    }
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Cpu => "cpu",
+        Backend::Gpu => "gpu",
+    }
+}
+
+fn row_json(r: &Row, args: &BenchArgs) -> Value {
+    let gbps = r.gbps_at(r.median_ms);
+    let mut v = json!({
+        "impl": "wgpu-optim",
+        "rule": r.rule,
+        "n": r.n,
+        "tensors": r.tensors,
+        "backend": backend_name(r.backend),
+        "adapter": r.adapter,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch": if r.backend == Backend::Gpu { args.batch } else { 1 },
+        "median_ms": r.median_ms,
+        "min_ms": r.min_ms,
+        "gbps": gbps,
+        "bytes_per_param": r.bytes_per_param,
+        "dispatches_per_step": r.dispatches_per_step,
+        "kernel_ms": r.kernel_ms,
+        "kernel_gbps": r.kernel_ms.map(|k| r.gbps_at(k)),
+        "copy_gbps": r.copy_gbps,
+        "roofline": r.copy_gbps.map(|c| gbps / c),
+    });
+    if r.backend == Backend::Cpu {
+        v["threads"] = json!(rayon::current_num_threads());
+    }
+    if let Some(ver) = &r.verify {
+        v["verify"] = json!(ver.text());
+        v["verify_ok"] = json!(ver.ok());
+        v["verify_steps"] = json!(ver.steps);
+        v["verify_max_abs"] = json!(ver.max_abs);
+        v["verify_max_err"] = json!(ver.max_err);
+        v["verify_limit"] = json!(ver.limit);
+    }
+    v
+}
+
+/// Prints a line on stdout without tearing the progress bar.
+fn emit(pb: &ProgressBar, line: &str) {
+    pb.suspend(|| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    });
+}
+
+/// Runs `bench`.
+pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
+    let mut presets: Vec<Preset> = Vec::new();
+    for p in args.rules.iter().flat_map(|r| r.0.iter().copied()) {
+        if !presets.contains(&p) {
+            presets.push(p);
+        }
+    }
+    let mut sizes = args.sizes.clone();
+    sizes.dedup();
+    let tensors = args.tensors as usize;
+    if let Some(&n) = sizes.iter().find(|&&n| n < tensors) {
+        return Err(wgpu_optim::Error::InvalidOptions(format!(
+            "--tensors {tensors} is more than the {n} parameters of size {}: every tensor needs at least one",
+            size_label(n)
+        )));
+    }
+    let want_cpu = args.backends.contains(&Backend::Cpu);
+    let want_gpu = args.backends.contains(&Backend::Gpu);
+    let mut failed = false;
+
+    let ctx = if want_gpu {
+        match GpuContext::new() {
+            Ok(ctx) => Some(ctx),
+            Err(e) => {
+                eprintln!("wgpu-optim: {e}");
+                if want_cpu {
+                    eprintln!("wgpu-optim: running the CPU part only");
+                }
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({"impl": "wgpu-optim", "backend": "gpu", "error": e.to_string()})
+                    );
+                }
+                failed = true;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if args.verify && ctx.is_none() && !failed {
+        eprintln!(
+            "wgpu-optim: --verify compares the GPU with the CPU; no GPU run, nothing to verify"
+        );
+    }
+
+    let cpu_adapter = cpu_label();
+    let gpu_adapter = ctx.as_ref().map(|c| c.adapter_label());
+    let table = Table {
+        adapter_width: [
+            Some(&cpu_adapter).filter(|_| want_cpu),
+            gpu_adapter.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(7)
+        .max(7),
+        verify: args.verify && ctx.is_some(),
+    };
+
+    let backends: Vec<Backend> = [
+        Some(Backend::Cpu).filter(|_| want_cpu),
+        Some(Backend::Gpu).filter(|_| ctx.is_some()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let jobs = (sizes.len() * presets.len() * backends.len()) as u64;
+    let pb = ProgressBar::new(jobs * args.steps as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
+    let plan = Plan {
+        args: &args,
+        pb: &pb,
+    };
+
+    if !args.json && !backends.is_empty() {
+        emit(&pb, &table.header());
+    }
+    for (si, &n) in sizes.iter().enumerate() {
+        if backends.is_empty() {
+            break;
+        }
+        // The big host allocations, once per size: every rule starts from
+        // the same parameters and steps with the same gradients.
+        pb.set_message(format!("generating {} parameters", size_label(n)));
+        let flat_params = normal_vec(n, 0x5EED_0000 + 2 * si as u64, false);
+        let flat_grads = normal_vec(n, 0x5EED_0001 + 2 * si as u64, true);
+        let lengths = split_lengths(n, tensors);
+        let params = split(&flat_params, &lengths);
+        let grads = split(&flat_grads, &lengths);
+        for &preset in &presets {
+            let config = preset.config();
+            for &backend in &backends {
+                let label = format!(
+                    "{} {} {}",
+                    preset.name(),
+                    size_label(n),
+                    backend_name(backend)
+                );
+                pb.set_message(label.clone());
+                let job_start = pb.position();
+                let mut row = Row {
+                    rule: preset.name(),
+                    n,
+                    tensors,
+                    backend,
+                    adapter: String::new(),
+                    bytes_per_param: config.bytes_per_param(),
+                    median_ms: f64::NAN,
+                    min_ms: f64::NAN,
+                    dispatches_per_step: 0,
+                    kernel_ms: None,
+                    copy_gbps: None,
+                    verify: None,
+                };
+                let outcome = match (backend, &ctx) {
+                    (Backend::Cpu, _) => {
+                        row.adapter = cpu_adapter.clone();
+                        bench_cpu(&plan, &config, &params, &flat_grads).map(|(med, min)| {
+                            row.median_ms = med;
+                            row.min_ms = min;
+                        })
+                    }
+                    (Backend::Gpu, Some(ctx)) => {
+                        row.adapter = ctx.adapter_label();
+                        bench_gpu(&plan, ctx, &config, &params, &grads).and_then(|t| {
+                            row.median_ms = t.median_ms;
+                            row.min_ms = t.min_ms;
+                            row.kernel_ms = t.kernel_ms;
+                            row.copy_gbps = t.copy_gbps;
+                            row.dispatches_per_step = t.dispatches;
+                            if args.verify {
+                                pb.set_message(format!("{label} (verify)"));
+                                let v = verify(
+                                    ctx,
+                                    &config,
+                                    args.verify_steps,
+                                    &params,
+                                    &grads,
+                                    &flat_params,
+                                    &flat_grads,
+                                )?;
+                                row.verify = Some(v);
+                            }
+                            Ok(())
+                        })
+                    }
+                    (Backend::Gpu, None) => unreachable!("GPU jobs only run with a context"),
+                };
+                match outcome {
+                    Ok(()) => {
+                        if row.verify.as_ref().is_some_and(|v| !v.ok()) {
+                            failed = true;
+                            pb.suspend(|| {
+                                eprintln!(
+                                    "wgpu-optim: {label}: GPU and CPU differ by more than the bound after {} steps (max |Δ| = {:e})",
+                                    args.verify_steps,
+                                    row.verify.as_ref().map_or(0.0, |v| v.max_abs)
+                                )
+                            });
+                        }
+                        let line = if args.json {
+                            row_json(&row, &args).to_string()
+                        } else {
+                            table.row(&row)
+                        };
+                        emit(&pb, &line);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        pb.suspend(|| eprintln!("wgpu-optim: {label}: {e}"));
+                        if args.json {
+                            emit(
+                                &pb,
+                                &json!({
+                                    "impl": "wgpu-optim",
+                                    "rule": row.rule,
+                                    "n": n,
+                                    "tensors": tensors,
+                                    "backend": backend_name(backend),
+                                    "adapter": row.adapter,
+                                    "error": e.to_string(),
+                                })
+                                .to_string(),
+                            );
+                        }
+                        // Count the samples not taken, so the bar ends full.
+                        pb.set_position(job_start + args.steps as u64);
+                    }
+                }
+            }
+        }
+    }
+    pb.finish_and_clear();
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_pytorchs_script() {
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("16m"), Ok(16 << 20));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2^20"), Ok(1 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn rules_match_pytorchs_script() {
+        let bytes = |s: &str| parse_rules(s).unwrap().0[0].config().bytes_per_param();
+        // BYTES in torch_optim_bench.py.
+        assert_eq!(bytes("sgd"), 12);
+        assert_eq!(bytes("sgd_momentum"), 20);
+        assert_eq!(bytes("adagrad"), 20);
+        assert_eq!(bytes("rmsprop"), 20);
+        assert_eq!(bytes("adam"), 28);
+        assert_eq!(bytes("adamw"), 28);
+        assert_eq!(bytes("adam_amsgrad"), 36);
+        assert_eq!(parse_rules("all").unwrap().0.len(), 8);
+        assert!(parse_rules("lamb").is_err());
+    }
+
+    #[test]
+    fn split_covers_everything() {
+        let l = split_lengths(10, 3);
+        assert_eq!(l, vec![4, 3, 3]);
+        let v: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        let s = split(&v, &l);
+        assert_eq!(s[2], &[7.0, 8.0, 9.0]);
+        assert!(normal_vec(1001, 1, true)
+            .iter()
+            .all(|&g| g != 0.0 && g.is_finite()));
+        assert_eq!(size_label(1 << 20), "1M");
+        assert_eq!(size_label(1000), "1000");
+    }
+
+    #[test]
+    fn verify_bound_is_a_few_ulp_per_step() {
+        let start = [1.0f32, -2.0, 1e-6];
+        let cpu = [0.999f32, -1.999, -0.001];
+        assert!(compare(&cpu, &cpu, &start, 5).ok());
+        // One ulp off on each element: within the bound.
+        let near: Vec<f32> = cpu
+            .iter()
+            .map(|x| f32::from_bits(x.to_bits() + 1))
+            .collect();
+        let v = compare(&near, &cpu, &start, 5);
+        assert!(
+            v.ok() && v.max_err > 0.0 && v.max_err <= 2.0,
+            "{}",
+            v.max_err
+        );
+        // Not stepped at all, or NaN: caught.
+        assert!(!compare(&start, &cpu, &start, 5).ok());
+        assert!(!compare(&[f32::NAN, -1.999, -0.001], &cpu, &start, 5).ok());
+    }
 }
