@@ -125,5 +125,5 @@ pub enum Error {
     Unsupported(String),
 }
 
-/// `Result` with the crate's [`Error`].
+/// `Result` with the crate's [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
