@@ -26,9 +26,11 @@ mod error;
 pub mod gpu;
 mod layout;
 pub mod rules;
+pub mod schedule;
 
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use rules::{Adagrad, Adam, AdamW, Config, RmsProp, RuleKind, Sgd};
+pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};
