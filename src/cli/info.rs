@@ -4,7 +4,7 @@
 //!
 //! The choice it explains is the library's own (`GpuContext::with_selection`):
 //! Vulkan, Metal and DX12 adapters are looked at first and GL only where none
-//! of them is eligible (unless `WGPU_BACKEND` asks for GL); among those,
+//! of them is a hardware adapter (unless `WGPU_BACKEND` asks for GL); among those,
 //! hardware before software (discrete, integrated, virtual, other, CPU), then
 //! Vulkan/Metal before DX12 before GL. `WGPU_BACKEND` and
 //! `WGPU_ADAPTER_NAME` restrict the candidates.
@@ -170,8 +170,9 @@ fn why_chosen(
             let tier = if selection.backends == wgpu::Backends::all()
                 && wgpu::Backends::PRIMARY.contains(me.info.backend.into())
                 && !wgpu::Backends::PRIMARY.contains(c.info.backend.into())
+                && c.rank.0 >= me.rank.0
             {
-                " (GL is only looked at when no Vulkan/Metal/DX12 adapter is eligible)"
+                " (GL wins only with a hardware adapter where Vulkan/Metal/DX12 have none)"
             } else if c.rank.0 > me.rank.0 {
                 " (hardware before software)"
             } else if c.rank.0 == me.rank.0 && c.rank.1 > me.rank.1 {
@@ -268,7 +269,7 @@ pub fn run(args: InfoArgs) -> wgpu_optim::Result<ExitCode> {
             print_candidates("Adapters with this selection, best first:", &selected);
         }
         println!(
-            "Rule: Vulkan/Metal/DX12 adapters first (GL only where none is eligible, unless \
+            "Rule: Vulkan/Metal/DX12 adapters first (GL only where they have no hardware adapter, unless \
              WGPU_BACKEND asks for it); hardware before software; Vulkan/Metal before DX12 before GL."
         );
         println!();

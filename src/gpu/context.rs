@@ -164,25 +164,31 @@ impl GpuContext {
     /// hardware has) and timestamp queries where it has them.
     pub fn with_selection(selection: &AdapterSelection) -> Result<Self> {
         // Vulkan, Metal and DX12 first; GL (and its noisy EGL probing) only
-        // where none of those has an adapter, unless WGPU_BACKEND asks for it.
-        let tiers = if selection.backends == wgpu::Backends::all() {
-            vec![wgpu::Backends::PRIMARY, wgpu::Backends::all()]
-        } else {
-            vec![selection.backends]
+        // where none of those has a hardware adapter, unless WGPU_BACKEND
+        // asks for it: a GPU reachable only through GL beats a software
+        // Vulkan adapter.
+        let best = |backends: wgpu::Backends| {
+            let tier = AdapterSelection {
+                backends,
+                name: selection.name.clone(),
+            };
+            let instance = make_instance(&tier);
+            candidates_of(&instance, &tier)
+                .into_iter()
+                .find(|(c, _)| c.eligible())
         };
-        let adapter = tiers
-            .into_iter()
-            .find_map(|backends| {
-                let tier = AdapterSelection {
-                    backends,
-                    name: selection.name.clone(),
-                };
-                let instance = make_instance(&tier);
-                candidates_of(&instance, &tier)
-                    .into_iter()
-                    .find(|(c, _)| c.eligible())
-                    .map(|(_, a)| a)
-            })
+        let primary = if selection.backends == wgpu::Backends::all() {
+            best(wgpu::Backends::PRIMARY)
+        } else {
+            best(selection.backends)
+        };
+        let chosen = match primary {
+            Some((c, a)) if c.info.device_type != wgpu::DeviceType::Cpu => Some((c, a)),
+            _ if selection.backends == wgpu::Backends::all() => best(wgpu::Backends::all()),
+            other => other,
+        };
+        let adapter = chosen
+            .map(|(_, a)| a)
             .ok_or_else(|| Error::NoAdapter {
                 filter: selection.describe(),
             })?;
