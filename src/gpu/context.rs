@@ -319,10 +319,32 @@ impl GpuContext {
     }
 }
 
+/// The process's `wgpu::Instance` for these backends, made on first use and
+/// shared by every context after.
+///
+/// Fix: each context used to make an instance of its own. wgpu-core numbers
+/// resources per instance, so a buffer made on one context's device and
+/// handed to an optimizer on another (`from_buffers`) was not caught: its id
+/// named some unrelated buffer of the other instance, which the optimizer
+/// then stepped in silence (or wgpu panicked where no buffer had that id).
+/// With one instance the ids are distinct and wgpu reports a buffer of
+/// another device as a validation error ([`Error::Validation`]). Buffers
+/// from an instance the caller made themselves cannot be told apart.
 fn make_instance(selection: &AdapterSelection) -> wgpu::Instance {
-    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    desc.backends = selection.backends;
-    wgpu::Instance::new(desc)
+    static INSTANCES: std::sync::OnceLock<Mutex<HashMap<u32, wgpu::Instance>>> =
+        std::sync::OnceLock::new();
+    let make = || {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = selection.backends;
+        wgpu::Instance::new(desc)
+    };
+    let Ok(mut instances) = INSTANCES.get_or_init(Default::default).lock() else {
+        return make();
+    };
+    instances
+        .entry(selection.backends.bits())
+        .or_insert_with(make)
+        .clone()
 }
 
 fn candidates_of(
