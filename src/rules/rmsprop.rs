@@ -166,7 +166,12 @@ fn step_slice_impl(
         }
         [sq, other] => {
             // momentum_buffer or grad_avg: the names say which.
-            let momentum = c.momentum > 0.0;
+            // Fix: not `c.momentum > 0.0`. The tensors were fixed when the
+            // optimizer was built, and `set_momentum(0.0)` can make the
+            // momentum in force 0 while the buffer is still there, which
+            // was then taken for `grad_avg` (the CPU ran a centered RMSprop
+            // on the momentum buffer). Only `centered` adds `grad_avg`.
+            let momentum = !c.centered;
             for (((p, &g), sq), o) in it.zip(sq.iter_mut()).zip(other.iter_mut()) {
                 if momentum {
                     step_element(s, c, p, g, sq, Some(o), None);
