@@ -103,7 +103,8 @@ impl CpuOptimizer {
     /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW) used from
     /// the next step on.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
-        self.config.set_momentum(momentum)
+        let has_buffer = self.state_names.contains(&"momentum_buffer");
+        self.config.set_momentum(momentum, has_buffer)
     }
 
     /// Parameter tensor `i`.

@@ -204,18 +204,24 @@ impl Config {
     }
 
     /// Sets the momentum (or `beta1`) for the following steps. Only rules
-    /// built with a momentum buffer can change it.
-    pub(crate) fn set_momentum(&mut self, value: f64) -> Result<()> {
+    /// built with a momentum buffer can change it: `has_buffer` says
+    /// whether the optimizer has one.
+    ///
+    /// Fix: this used to test the momentum in force (`c.momentum == 0.0`)
+    /// instead, so once set to 0 (as a `CyclicLr` with `base_momentum: 0.0`
+    /// does) the momentum could never be raised again, although the buffer
+    /// is still there and PyTorch carries on with it.
+    pub(crate) fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
         match self {
             Config::Sgd(c) => {
-                if c.momentum == 0.0 {
+                if !has_buffer {
                     return Err(Error::NoMomentum { rule: "sgd" });
                 }
                 check_non_negative("momentum", value)?;
                 c.momentum = value;
             }
             Config::RmsProp(c) => {
-                if c.momentum == 0.0 {
+                if !has_buffer {
                     return Err(Error::NoMomentum { rule: "rmsprop" });
                 }
                 check_non_negative("momentum", value)?;
