@@ -7,7 +7,7 @@ struct Scalars {
     clr: f32,
     weight_decay: f32,
     eps: f32,
-    _pad0: u32,
+    flags: u32,
 }
 
 const WORKGROUP_SIZE: u32 = 256u;
@@ -17,11 +17,18 @@ override EPS_INSIDE_SQRT: bool = false;
 @group(0) @binding(0) var<storage, read_write> param: array<V>;
 @group(0) @binding(1) var<storage, read> grad: array<V>;
 @group(0) @binding(2) var<storage, read_write> sum: array<V>;
-@group(0) @binding(3) var<uniform> s: Scalars;
+// [0] gradient norm, [1] clip scale, [2] 1.0 when the norm is not finite
+// (written by reduce.wgsl in the same submission when clipping is on).
+@group(0) @binding(3) var<storage, read> info: array<f32>;
+@group(0) @binding(4) var<uniform> s: Scalars;
+
+const FLAG_CLIP: u32 = 1u;
+const FLAG_SKIP_NONFINITE: u32 = 2u;
 
 fn update(i: u32) {
     let p = param[i];
     var g = grad[i];
+    if ((s.flags & FLAG_CLIP) != 0u) { g = g * info[1]; }
     if (MAXIMIZE) { g = -g; }
     if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
     let acc = sum[i] + g * g;
@@ -33,6 +40,7 @@ fn update(i: u32) {
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    if ((s.flags & FLAG_SKIP_NONFINITE) != 0u && info[2] != 0.0) { return; }
     let n = arrayLength(&param);
     let stride = nwg.x * WORKGROUP_SIZE;
     for (var i = gid.x; i < n; i = i + stride) {

@@ -39,7 +39,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptimizer};
-use crate::rules::{Adagrad, Adam, AdamW, Config, RmsProp, Sgd};
+use crate::rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, Sgd};
+use crate::schedule::{Schedule, Scheduler};
+use crate::ClipGradNorm;
 use crate::CpuOptimizer;
 
 /// The rules a case file may name: ours, and `lamb` (which this crate does
@@ -157,11 +159,10 @@ impl Case {
             out.push(format!("rule `{}`", self.rule));
         }
         if let Some(schedule) = &self.schedule {
-            let kind = schedule.get("kind").and_then(Value::as_str).unwrap_or("?");
-            out.push(format!("schedule `{kind}`"));
-        }
-        if self.clip_grad_norm.is_some() {
-            out.push("clip_grad_norm".to_string());
+            if let Err(e) = Schedule::from_json_map(schedule) {
+                let kind = schedule.get("kind").and_then(Value::as_str).unwrap_or("?");
+                out.push(format!("schedule `{kind}` ({e})"));
+            }
         }
         out
     }
@@ -410,12 +411,14 @@ fn hyper_to_config(
             })
         }
         "lamb" => {
-            // Type-check what a later LAMB will read.
-            h.f64("lr", 1e-3)?;
-            h.betas((0.9, 0.999))?;
-            h.f64("eps", 1e-6)?;
-            h.f64("weight_decay", 0.0)?;
-            return Ok(None);
+            let d = Lamb::default();
+            Config::Lamb(Lamb {
+                lr: h.f64("lr", d.lr)?,
+                betas: h.betas(d.betas)?,
+                eps: h.f64("eps", d.eps)?,
+                weight_decay: h.f64("weight_decay", d.weight_decay)?,
+                ..d
+            })
         }
         other => return Err(format!("unknown rule `{other}`")),
     };
@@ -1104,6 +1107,8 @@ impl CaseResult {
 /// The optimizer a case runs on, whichever the backend.
 trait Runner {
     fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
+    fn apply(&mut self, scheduler: &Scheduler) -> Result<()>;
+    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()>;
     fn state_names(&self) -> Vec<&'static str>;
     fn read_params(&self) -> Result<Vec<Vec<f32>>>;
     fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>>;
@@ -1112,6 +1117,12 @@ trait Runner {
 impl Runner for CpuOptimizer {
     fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         CpuOptimizer::step(self, grads)
+    }
+    fn apply(&mut self, scheduler: &Scheduler) -> Result<()> {
+        scheduler.apply_to_cpu(self)
+    }
+    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        self.set_clip_grad_norm(clip)
     }
     fn state_names(&self) -> Vec<&'static str> {
         CpuOptimizer::state_names(self).to_vec()
@@ -1128,6 +1139,12 @@ impl Runner for GpuOptimizer {
     fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         GpuOptimizer::step(self, grads)
     }
+    fn apply(&mut self, scheduler: &Scheduler) -> Result<()> {
+        scheduler.apply_to_gpu(self)
+    }
+    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        self.set_clip_grad_norm(clip)
+    }
     fn state_names(&self) -> Vec<&'static str> {
         GpuOptimizer::state_names(self).to_vec()
     }
@@ -1143,13 +1160,27 @@ impl Runner for GpuOptimizer {
 type FinalTensors = (Vec<Vec<f32>>, BTreeMap<String, Vec<Vec<f32>>>);
 
 /// Runs every step of `case` and reads back the final parameters and state.
-fn run_steps(case: &Case, opt: &mut dyn Runner) -> Result<FinalTensors> {
+fn run_steps(case: &Case, config: &Config, opt: &mut dyn Runner) -> Result<FinalTensors> {
+    // The case's schedule drives the lr (and momentum) through the
+    // library's own `Scheduler`: the values torch recorded
+    // (`lr_per_step`) are what it must reproduce, not an input.
+    let mut scheduler = match &case.schedule {
+        Some(map) => Some(Scheduler::for_config(
+            Schedule::from_json_map(map)?,
+            config,
+        )?),
+        None => None,
+    };
+    opt.set_clip(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for step_grads in &case.grads {
-        // Schedules (`set_lr` / `set_momentum` from the case's schedule) and
-        // gradient clipping (`clip_grad_norm`) go here once supported; today
-        // `Case::unsupported` keeps such cases from reaching this loop.
+        if let Some(s) = &scheduler {
+            opt.apply(s)?;
+        }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
+        if let Some(s) = &mut scheduler {
+            s.advance();
+        }
     }
     let params = opt.read_params()?;
     let mut state = BTreeMap::new();
@@ -1186,12 +1217,10 @@ pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
     };
     let init: Vec<&[f32]> = case.init.iter().map(Vec::as_slice).collect();
     let outcome = match backend {
-        Backend::Cpu => {
-            CpuOptimizer::new(config, &init).and_then(|mut opt| run_steps(case, &mut opt))
-        }
-        Backend::Gpu(ctx) => {
-            GpuOptimizer::new(ctx, config, &init).and_then(|mut opt| run_steps(case, &mut opt))
-        }
+        Backend::Cpu => CpuOptimizer::new(config.clone(), &init)
+            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+        Backend::Gpu(ctx) => GpuOptimizer::new(ctx, config.clone(), &init)
+            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
     };
     match outcome {
         Err(e) => result.error = Some(e.to_string()),

@@ -1,8 +1,9 @@
 //! The CPU optimizer: every rule over host slices.
 
+use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::layout::{Counters, Layout};
-use crate::rules::{cpu_step, Config};
+use crate::rules::{cpu_step, lamb, Config, StepScalars};
 
 /// An optimizer whose parameters and state live in host memory.
 ///
@@ -28,6 +29,8 @@ pub struct CpuOptimizer {
     state_names: Vec<&'static str>,
     state: Vec<Vec<f32>>,
     counters: Counters,
+    clip: Option<ClipGradNorm>,
+    last_grad_norm: Option<f32>,
 }
 
 impl CpuOptimizer {
@@ -49,6 +52,8 @@ impl CpuOptimizer {
             state_names,
             state,
             counters: Counters::default(),
+            clip: None,
+            last_grad_norm: None,
         })
     }
 
@@ -66,18 +71,71 @@ impl CpuOptimizer {
     /// One step with the gradients packed as the parameters are (see [`Layout`]).
     pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
         self.layout.check_flat(grads)?;
-        let scalars = self
-            .config
-            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
-        cpu_step(
-            &scalars,
-            &self.config,
-            &mut self.params,
-            grads,
-            &mut self.state,
-        );
+        let mut scale = None;
+        if let Some(clip) = self.clip {
+            let norm = total_norm(grads);
+            if clip.error_if_nonfinite && !norm.is_finite() {
+                return Err(Error::NonFiniteGradNorm { norm: norm as f64 });
+            }
+            self.last_grad_norm = Some(norm);
+            scale = Some(clip.scale(norm));
+        }
+        let scalars =
+            self.config
+                .step_scalars(self.counters.step + 1, self.counters.buffer_filled, 0);
+        if let (StepScalars::Lamb(s), Config::Lamb(c)) = (&scalars, &self.config) {
+            lamb::cpu_step(
+                s,
+                c,
+                &self.layout,
+                &mut self.params,
+                grads,
+                &mut self.state,
+                scale,
+            );
+        } else {
+            // PyTorch multiplies the gradients by the clip coefficient (f32)
+            // before the step; the GPU does the same inside its kernel.
+            let scaled: Vec<f32>;
+            let grads = match scale {
+                Some(k) => {
+                    use rayon::prelude::*;
+                    scaled = grads.par_iter().map(|&g| g * k).collect();
+                    &scaled
+                }
+                None => grads,
+            };
+            cpu_step(
+                &scalars,
+                &self.config,
+                &mut self.params,
+                grads,
+                &mut self.state,
+            );
+        }
         self.counters.advance(&self.config);
         Ok(())
+    }
+
+    /// Turns global-norm gradient clipping on (`Some`) or off (`None`) from
+    /// the next step on ([`ClipGradNorm`]).
+    pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        if let Some(c) = clip {
+            c.validate()?;
+        }
+        self.clip = clip;
+        Ok(())
+    }
+
+    /// The clipping in force.
+    pub fn clip_grad_norm(&self) -> Option<ClipGradNorm> {
+        self.clip
+    }
+
+    /// The total gradient norm of the last step, before clipping; `None`
+    /// while clipping is off.
+    pub fn last_grad_norm(&self) -> Option<f32> {
+        self.last_grad_norm
     }
 
     /// The rule and hyperparameters in force.

@@ -120,6 +120,13 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The total gradient norm was NaN or infinite and clipping was asked to
+    /// refuse such a step (`error_if_nonfinite`); nothing changed.
+    #[error("the total gradient norm is {norm}, not finite: step refused (error_if_nonfinite), nothing changed")]
+    NonFiniteGradNorm {
+        /// The norm that was computed.
+        norm: f64,
+    },
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

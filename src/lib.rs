@@ -20,6 +20,7 @@
 //! back host slices) or the caller's ([`GpuOptimizer::from_buffers`]).
 #![warn(missing_docs)]
 
+mod clip;
 pub mod conformance;
 mod cpu;
 mod error;
@@ -28,9 +29,10 @@ mod layout;
 pub mod rules;
 pub mod schedule;
 
+pub use clip::ClipGradNorm;
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
-pub use rules::{Adagrad, Adam, AdamW, Config, RmsProp, RuleKind, Sgd};
+pub use rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
 pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};

@@ -54,6 +54,7 @@ impl Rng {
 const EPS: f64 = f32::EPSILON as f64;
 
 /// Either backend, behind one interface, for tests that run on both.
+#[allow(clippy::large_enum_variant)]
 enum Opt {
     Cpu(CpuOptimizer),
     Gpu(Box<GpuOptimizer>),

@@ -469,7 +469,7 @@ fn bad_momenta(config: &Config) -> Vec<(f64, Error)> {
             .into_iter()
             .map(|v| (v, hyper("momentum", v)))
             .collect(),
-        Config::Adam(_) | Config::AdamW(_) => [1.0, -0.1, f64::NAN, 2.0]
+        Config::Adam(_) | Config::AdamW(_) | Config::Lamb(_) => [1.0, -0.1, f64::NAN, 2.0]
             .into_iter()
             .map(|v| (v, hyper("betas[0]", v)))
             .collect(),

@@ -34,33 +34,16 @@ fn load_all() -> Vec<Case> {
         .collect()
 }
 
-/// What the runner does not support yet, worked out here from the case
-/// itself (not from `Case::unsupported`): when a later issue adds
-/// schedules, clipping or LAMB, this must change with it.
-fn expected_unsupported(case: &Case) -> Vec<String> {
-    let mut out = Vec::new();
-    if case.rule == "lamb" {
-        out.push("rule `lamb`".to_string());
-    }
-    if let Some(s) = &case.schedule {
-        out.push(format!("schedule `{}`", s["kind"].as_str().unwrap()));
-    }
-    if case.clip_grad_norm.is_some() {
-        out.push("clip_grad_norm".to_string());
-    }
-    out
-}
-
 fn fmt(r: Option<f64>) -> String {
     r.map_or("-".into(), |r| format!("{r:.4}"))
 }
 
-/// Runs every case on `backend`: the supported ones must pass, the others
-/// must say exactly what is unsupported.
+/// Runs every case on `backend`: every one must pass, schedules, gradient
+/// clipping and LAMB included.
 fn check_all(backend: Backend<'_>) {
     let cases = load_all();
     let mut problems = Vec::new();
-    let (mut passed, mut unsupported) = (0, 0);
+    let (mut passed, mut scheduled, mut clipped, mut lamb) = (0, 0, 0, 0);
     let (mut worst_param, mut worst_state) = (0.0f64, 0.0f64);
     for case in &cases {
         let r = run_case(case, backend);
@@ -79,50 +62,38 @@ fn check_all(backend: Backend<'_>) {
         assert_eq!(r.case, case.name);
         assert_eq!(r.backend, backend.name());
         assert_eq!(r.adapter, backend.adapter());
-        let want = expected_unsupported(case);
-        if want.is_empty() {
-            passed += 1;
-            worst_param = worst_param.max(r.param_err_ratio.unwrap_or(f64::INFINITY));
-            worst_state = worst_state.max(r.state_err_ratio.unwrap_or(f64::INFINITY));
-            let ok = r.pass
-                && r.error.is_none()
-                && r.failures.is_empty()
-                && r.param_err_ratio.is_some_and(|x| x <= 1.0)
-                && r.state_err_ratio.is_some_and(|x| x <= 1.0);
-            if !ok {
-                problems.push(format!("{}: {r:?}", case.name));
-            }
-            // Every state PyTorch names was compared, on every tensor.
-            for name in case.expected_state.keys() {
-                let n = r.tensors.iter().filter(|t| &t.what == name).count();
-                if n != case.sizes.len() {
-                    problems.push(format!(
-                        "{}: state {name} compared on {n} tensors",
-                        case.name
-                    ));
-                }
-            }
-        } else {
-            unsupported += 1;
-            let error = r.error.clone().unwrap_or_default();
-            let ok = !r.pass
-                && r.unsupported == want
-                && error == format!("not supported yet: {}", want.join(", "));
-            if !ok {
+        passed += 1;
+        scheduled += case.schedule.is_some() as usize;
+        clipped += case.clip_grad_norm.is_some() as usize;
+        lamb += (case.rule == "lamb") as usize;
+        worst_param = worst_param.max(r.param_err_ratio.unwrap_or(f64::INFINITY));
+        worst_state = worst_state.max(r.state_err_ratio.unwrap_or(f64::INFINITY));
+        let ok = r.pass
+            && r.error.is_none()
+            && r.unsupported.is_empty()
+            && r.failures.is_empty()
+            && r.param_err_ratio.is_some_and(|x| x <= 1.0)
+            && r.state_err_ratio.is_some_and(|x| x <= 1.0);
+        if !ok {
+            problems.push(format!("{}: {r:?}", case.name));
+        }
+        // Every state PyTorch names was compared, on every tensor.
+        for name in case.expected_state.keys() {
+            let n = r.tensors.iter().filter(|t| &t.what == name).count();
+            if n != case.sizes.len() {
                 problems.push(format!(
-                    "{}: expected `not supported yet: {}`, got {r:?}",
-                    case.name,
-                    want.join(", ")
+                    "{}: state {name} compared on {n} tensors",
+                    case.name
                 ));
             }
         }
     }
     println!(
-        "{}: {passed} supported cases, worst param ratio {worst_param:.4}, worst state ratio {worst_state:.4}; {unsupported} unsupported",
+        "{}: {passed} cases ({scheduled} with a schedule, {clipped} clipped, {lamb} LAMB), worst param ratio {worst_param:.4}, worst state ratio {worst_state:.4}",
         backend.adapter()
     );
-    assert!(passed >= 15, "only {passed} supported cases");
-    assert!(unsupported >= 1);
+    assert_eq!(passed, cases.len());
+    assert!(passed >= 27 && scheduled >= 7 && clipped >= 2 && lamb >= 2);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -438,10 +409,11 @@ fn hyper_maps_to_config_and_refuses_unknown_keys() {
             other => panic!("{rule}: {other:?}"),
         }
     }
-    assert!(matches!(
-        config_from_hyper("lamb", &Map::new()),
-        Err(Error::Unsupported(_))
-    ));
+    let c = config_from_hyper("lamb", &h(json!({"lr": 0.01, "weight_decay": 0.1}))).unwrap();
+    assert!(
+        matches!(c, Config::Lamb(ref l) if l.lr == 0.01 && l.weight_decay == 0.1 && l.eps == 1e-6),
+        "{c:?}"
+    );
 }
 
 #[test]
@@ -486,17 +458,29 @@ fn cli_exit_code_and_json_lines() {
         .iter()
         .all(|r| r.pass && r.backend == "cpu" && r.adapter == "cpu"));
 
+    // A case whose schedule the library does not know is reported as
+    // unsupported, named, and the command exits 1.
+    let mut r = raw("sgd_step_lr");
+    r.meta["schedule"] = json!({"kind": "polynomial", "power": 2.0});
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sgd_polynomial.safetensors");
+    std::fs::write(&path, r.bytes()).unwrap();
     let out = std::process::Command::new(bin)
         .args(["conformance", "--backend", "cpu"])
-        .arg(case_path("lamb_default"))
+        .arg(&path)
         .output()
         .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("FAIL") && stdout.contains("not supported yet: rule `lamb`"));
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("not supported yet: schedule `polynomial`"),
+        "{stdout}"
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("lamb_default [cpu] not supported yet: rule `lamb`"),
+        stderr.contains("not supported yet: schedule `polynomial`"),
         "{stderr}"
     );
 }

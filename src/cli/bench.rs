@@ -543,7 +543,8 @@ fn kernel_times(
                 beginning_of_pass_write_index: Some(2 * i),
                 end_of_pass_write_index: Some(2 * i + 1),
             }),
-        );
+        )
+        .map_err(|e| e.to_string())?;
         ctx.queue().submit(Some(encoder.finish()));
     }
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {

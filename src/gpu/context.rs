@@ -187,11 +187,9 @@ impl GpuContext {
             _ if selection.backends == wgpu::Backends::all() => best(wgpu::Backends::all()),
             other => other,
         };
-        let adapter = chosen
-            .map(|(_, a)| a)
-            .ok_or_else(|| Error::NoAdapter {
-                filter: selection.describe(),
-            })?;
+        let adapter = chosen.map(|(_, a)| a).ok_or_else(|| Error::NoAdapter {
+            filter: selection.describe(),
+        })?;
         let info = adapter.get_info();
         let wanted = wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {

@@ -3,11 +3,13 @@
 
 use std::num::NonZeroU64;
 
+use crate::clip::ClipGradNorm;
 use crate::cpu::state_index;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::layout::{Counters, Layout};
-use crate::rules::Config;
+use crate::rules::lamb::{AuxScalars, FLAG_CLIP, FLAG_SKIP_NONFINITE};
+use crate::rules::{Config, StepScalars};
 
 /// Threads per workgroup; `WORKGROUP_SIZE` in every shader.
 const WORKGROUP_SIZE: u64 = 256;
@@ -54,7 +56,8 @@ pub(crate) struct Variant {
 /// A compiled rule kernel and its bind group layout, cached per context.
 #[derive(Clone)]
 pub(crate) struct Kernel {
-    pipeline: wgpu::ComputePipeline,
+    /// One pipeline per entry point.
+    pipelines: Vec<wgpu::ComputePipeline>,
     layout: wgpu::BindGroupLayout,
     /// State bindings the shader declares, in binding order after param and grad.
     slots: &'static [&'static str],
@@ -130,13 +133,78 @@ pub struct GpuOptimizer {
     params: Storage,
     grads: Storage,
     state_names: Vec<&'static str>,
-    state: Vec<Vec<wgpu::Buffer>>,
-    _dummies: Vec<wgpu::Buffer>,
-    uniforms: wgpu::Buffer,
     kernel: Kernel,
+    tile_kernel: Kernel,
     variant: Variant,
-    bind_groups: Vec<(wgpu::BindGroup, u32)>,
+    tiling_total: usize,
+    buffers: Built,
+    clip: Option<ClipGradNorm>,
     counters: Counters,
+}
+
+/// The buffers and bind groups an optimizer owns besides the parameters and
+/// gradients.
+struct Built {
+    state: Vec<Vec<wgpu::Buffer>>,
+    #[allow(dead_code)]
+    dummies: Vec<wgpu::Buffer>,
+    #[allow(dead_code)]
+    tile_tables: Vec<wgpu::Buffer>,
+    #[allow(dead_code)]
+    partials: wgpu::Buffer,
+    #[allow(dead_code)]
+    tensors: wgpu::Buffer,
+    info: wgpu::Buffer,
+    uniforms: wgpu::Buffer,
+    aux_uniforms: wgpu::Buffer,
+    rule_groups: Vec<(wgpu::BindGroup, u32)>,
+    tile_groups: Vec<(wgpu::BindGroup, u32)>,
+}
+
+/// Elements per tile of the reductions: 256 threads × 16 elements.
+const TILE: usize = 4096;
+
+/// The tiles of the reductions: each chunk's part of each tensor cut into
+/// pieces of at most [`TILE`] elements, numbered in flat order, so each
+/// tensor's tiles are consecutive. Entry = (start in the chunk, length,
+/// tensor, global number).
+struct Tiling {
+    per_chunk: Vec<Vec<[u32; 4]>>,
+    /// (first tile, number of tiles) of each tensor.
+    tensors: Vec<[u32; 2]>,
+    total: usize,
+}
+
+impl Tiling {
+    fn new(layout: &Layout, chunks: &[ChunkRange]) -> Self {
+        let mut per_chunk = vec![Vec::new(); chunks.len()];
+        let mut tensors = Vec::with_capacity(layout.len());
+        let mut total = 0usize;
+        for t in 0..layout.len() {
+            let r = layout.range(t);
+            let first = total;
+            let mut at = r.start as u64;
+            while at < r.end as u64 {
+                let ci = chunks.partition_point(|c| c.start + c.len <= at);
+                let c = &chunks[ci];
+                let end = (r.end as u64).min(c.start + c.len).min(at + TILE as u64);
+                per_chunk[ci].push([
+                    (at - c.start) as u32,
+                    (end - at) as u32,
+                    t as u32,
+                    total as u32,
+                ]);
+                total += 1;
+                at = end;
+            }
+            tensors.push([first as u32, (total - first) as u32]);
+        }
+        Tiling {
+            per_chunk,
+            tensors,
+            total,
+        }
+    }
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -310,114 +378,190 @@ impl GpuOptimizer {
         grads: Storage,
         variant: Variant,
     ) -> Result<Self> {
+        let is_lamb = matches!(config, Config::Lamb(_));
+        // LAMB runs on tiles only; its kernels read scalars, never vec4s.
+        let variant = if is_lamb {
+            Variant {
+                width: 1,
+                ..variant
+            }
+        } else {
+            variant
+        };
         let kernel = kernel_for(ctx, &config, variant)?;
+        let tile_kernel = tile_kernel_for(ctx, variant)?;
         let width = variant.width;
         let state_names = config.state_names();
-        let (state, dummies, uniforms, bind_groups) =
-            ctx.scoped("creating state buffers and bind groups", || {
-                let state: Vec<Vec<wgpu::Buffer>> = state_names
-                    .iter()
-                    .map(|name| {
-                        let init = config.state_initial_value(name);
-                        chunks
-                            .iter()
-                            .map(|c| {
-                                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                                    label: Some(name),
-                                    size: padded(c.len, 4) * 4,
-                                    usage: wgpu::BufferUsages::STORAGE
-                                        | wgpu::BufferUsages::COPY_DST
-                                        | wgpu::BufferUsages::COPY_SRC,
-                                    mapped_at_creation: false,
-                                });
-                                if init != 0.0 {
-                                    let fill = vec![init; padded(c.len, 4) as usize];
-                                    ctx.queue
-                                        .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
-                                }
-                                buffer
-                            })
-                            .collect()
-                    })
-                    .collect();
-                // Each absent state slot gets a buffer of its own, so that no two
-                // writable bindings alias.
-                let dummies: Vec<wgpu::Buffer> = kernel
-                    .slots
-                    .iter()
-                    .filter(|s| !state_names.contains(s))
-                    .map(|_| {
-                        ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                            label: Some("unused state slot"),
-                            size: 16,
-                            usage: wgpu::BufferUsages::STORAGE,
-                            mapped_at_creation: false,
+        let tiling = Tiling::new(&layout, &chunks);
+        let built = ctx.scoped("creating state buffers and bind groups", || {
+            let device = &ctx.device;
+            let storage_buffer = |label: &str, size: u64| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })
+            };
+            let state: Vec<Vec<wgpu::Buffer>> = state_names
+                .iter()
+                .map(|name| {
+                    let init = config.state_initial_value(name);
+                    chunks
+                        .iter()
+                        .map(|c| {
+                            let buffer = storage_buffer(name, padded(c.len, 4) * 4);
+                            if init != 0.0 {
+                                let fill = vec![init; padded(c.len, 4) as usize];
+                                ctx.queue
+                                    .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+                            }
+                            buffer
                         })
-                    })
-                    .collect();
-                let uniforms = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("step scalars"),
+                        .collect()
+                })
+                .collect();
+            // Each unused slot gets a buffer of its own, so that no two
+            // writable bindings alias.
+            let dummy = || storage_buffer("unused slot", 16);
+            let tile_tables: Vec<wgpu::Buffer> = tiling
+                .per_chunk
+                .iter()
+                .map(|tiles| {
+                    let b = storage_buffer("tiles", (tiles.len().max(1) * 16) as u64);
+                    ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(tiles));
+                    b
+                })
+                .collect();
+            let partials = storage_buffer("tile partials", (tiling.total.max(1) * 8) as u64);
+            let tensors = storage_buffer("tensor tiles", (tiling.tensors.len().max(1) * 8) as u64);
+            ctx.queue
+                .write_buffer(&tensors, 0, bytemuck::cast_slice(&tiling.tensors));
+            let info = storage_buffer("step info", ((4 + layout.len()) * 4) as u64);
+            let ring = |label: &str| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
                     size: UNIFORM_RING * UNIFORM_STRIDE,
                     usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
-                });
-                let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
-                let bind_groups: Vec<(wgpu::BindGroup, u32)> = chunks
-                    .iter()
-                    .enumerate()
-                    .map(|(ci, range)| {
-                        let mut entries = vec![
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: wgpu::BindingResource::Buffer(
-                                    params.binding(ci, range, width),
-                                ),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: wgpu::BindingResource::Buffer(
-                                    grads.binding(ci, range, width),
-                                ),
-                            },
-                        ];
-                        let mut dummy = dummies.iter();
-                        for (k, slot) in kernel.slots.iter().enumerate() {
-                            let resource = match state_names.iter().position(|n| n == slot) {
-                                Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &state[si][ci],
-                                    offset: 0,
-                                    size: NonZeroU64::new(padded(range.len, width) * 4),
-                                }),
-                                None => dummy
-                                    .next()
-                                    .expect("one dummy per absent slot")
-                                    .as_entire_binding(),
-                            };
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: 2 + k as u32,
-                                resource,
-                            });
-                        }
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: 2 + kernel.slots.len() as u32,
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &uniforms,
-                                offset: 0,
-                                size: NonZeroU64::new(UNIFORM_STRIDE),
-                            }),
-                        });
-                        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some("optimizer chunk"),
-                            layout: &kernel.layout,
-                            entries: &entries,
-                        });
-                        let units = padded(range.len, width) / width as u64;
-                        let groups = units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32;
-                        (group, groups)
+                })
+            };
+            let uniforms = ring("step scalars");
+            let aux_uniforms = ring("tile scalars");
+            let uniform_binding = |buffer| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 0,
+                    size: NonZeroU64::new(UNIFORM_STRIDE),
+                })
+            };
+            let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
+            let mut dummies = Vec::new();
+            let mut rule_groups = Vec::new();
+            let mut tile_groups = Vec::new();
+            for (ci, range) in chunks.iter().enumerate() {
+                let state_binding = |name: &str, width: u32| {
+                    state_names.iter().position(|n| *n == name).map(|si| {
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &state[si][ci],
+                            offset: 0,
+                            size: NonZeroU64::new(padded(range.len, width) * 4),
+                        })
                     })
-                    .collect();
-                (state, dummies, uniforms, bind_groups)
-            })?;
+                };
+                let slot_dummies: Vec<wgpu::Buffer> =
+                    (0..kernel.slots.len() + 2).map(|_| dummy()).collect();
+                if !is_lamb {
+                    let mut entries = vec![
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: wgpu::BindingResource::Buffer(
+                                params.binding(ci, range, width),
+                            ),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: wgpu::BindingResource::Buffer(
+                                grads.binding(ci, range, width),
+                            ),
+                        },
+                    ];
+                    for (k, slot) in kernel.slots.iter().enumerate() {
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: 2 + k as u32,
+                            resource: state_binding(slot, width)
+                                .unwrap_or_else(|| slot_dummies[k].as_entire_binding()),
+                        });
+                    }
+                    let n = kernel.slots.len() as u32;
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 2 + n,
+                        resource: info.as_entire_binding(),
+                    });
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 3 + n,
+                        resource: uniform_binding(&uniforms),
+                    });
+                    let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("optimizer chunk"),
+                        layout: &kernel.layout,
+                        entries: &entries,
+                    });
+                    let units = padded(range.len, width) / width as u64;
+                    rule_groups
+                        .push((group, units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32));
+                }
+                let m_dummy = &slot_dummies[kernel.slots.len()];
+                let v_dummy = &slot_dummies[kernel.slots.len() + 1];
+                let entries = [
+                    (
+                        0,
+                        wgpu::BindingResource::Buffer(params.binding(ci, range, 1)),
+                    ),
+                    (
+                        1,
+                        wgpu::BindingResource::Buffer(grads.binding(ci, range, 1)),
+                    ),
+                    (
+                        2,
+                        state_binding("exp_avg", 1).unwrap_or_else(|| m_dummy.as_entire_binding()),
+                    ),
+                    (
+                        3,
+                        state_binding("exp_avg_sq", 1)
+                            .unwrap_or_else(|| v_dummy.as_entire_binding()),
+                    ),
+                    (4, tile_tables[ci].as_entire_binding()),
+                    (5, partials.as_entire_binding()),
+                    (6, tensors.as_entire_binding()),
+                    (7, info.as_entire_binding()),
+                    (8, uniform_binding(&aux_uniforms)),
+                ]
+                .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource });
+                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("optimizer tiles"),
+                    layout: &tile_kernel.layout,
+                    entries: &entries,
+                });
+                let tiles = tiling.per_chunk[ci].len() as u64;
+                tile_groups.push((group, tiles.clamp(1, max_groups) as u32));
+                dummies.extend(slot_dummies);
+            }
+            Built {
+                state,
+                dummies,
+                tile_tables,
+                partials,
+                tensors,
+                info,
+                uniforms,
+                aux_uniforms,
+                rule_groups,
+                tile_groups,
+            }
+        })?;
         Ok(GpuOptimizer {
             ctx: ctx.clone(),
             config,
@@ -426,12 +570,12 @@ impl GpuOptimizer {
             params,
             grads,
             state_names,
-            state,
-            _dummies: dummies,
-            uniforms,
             kernel,
+            tile_kernel,
             variant,
-            bind_groups,
+            tiling_total: tiling.total,
+            buffers: built,
+            clip: None,
             counters: Counters::default(),
         })
     }
@@ -448,18 +592,33 @@ impl GpuOptimizer {
 
     /// One step with the gradients already in the gradient buffer (written
     /// there by the caller's own kernels, or by [`GpuOptimizer::write_grads`]):
-    /// one submission, nothing read back.
+    /// one submission, nothing read back — except with
+    /// [`ClipGradNorm::error_if_nonfinite`], where the step reads back
+    /// whether the GPU refused it (a non-finite gradient norm) and then
+    /// returns [`Error::NonFiniteGradNorm`] with parameters, state and step
+    /// count unchanged.
     pub fn step_device(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
+        let before = self.counters;
         ctx.scoped("stepping", || {
             let mut encoder = ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("optimizer step"),
                 });
-            self.record_step(&mut encoder, None);
+            self.record(&mut encoder, None);
             ctx.queue.submit(Some(encoder.finish()));
-        })
+        })?;
+        if self.clip.is_some_and(|c| c.error_if_nonfinite) {
+            let info = read_buffer(&self.ctx, &self.buffers.info, 0, 12)?;
+            if info[2] != 0.0 {
+                self.counters = before;
+                return Err(Error::NonFiniteGradNorm {
+                    norm: info[0] as f64,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Records one step into the caller's command encoder (for example
@@ -467,37 +626,153 @@ impl GpuOptimizer {
     /// submission) and counts it as taken. The step's scalars go through
     /// `queue.write_buffer` into the next slot of a ring of 256, so at most
     /// 256 steps may be recorded between two submissions.
-    /// `timestamp_writes` is passed to the compute pass.
+    /// `timestamp_writes` is passed to the compute pass. With
+    /// [`ClipGradNorm::error_if_nonfinite`] use [`GpuOptimizer::step_device`],
+    /// which learns whether the GPU refused the step; this returns
+    /// [`Error::InvalidOptions`] then.
     pub fn record_step(
+        &mut self,
+        encoder: &mut wgpu::CommandEncoder,
+        timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        if self.clip.is_some_and(|c| c.error_if_nonfinite) {
+            return Err(Error::InvalidOptions(
+                "record_step cannot report a refused step (error_if_nonfinite): use step_device"
+                    .into(),
+            ));
+        }
+        self.record(encoder, timestamp_writes);
+        Ok(())
+    }
+
+    fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) {
         let slot = self.counters.step % UNIFORM_RING;
-        let scalars = self
-            .config
-            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
-        self.ctx
-            .queue
-            .write_buffer(&self.uniforms, slot * UNIFORM_STRIDE, scalars.bytes());
+        let offset = [(slot * UNIFORM_STRIDE) as u32];
+        let mut flags = 0;
+        if let Some(clip) = self.clip {
+            flags |= FLAG_CLIP;
+            if clip.error_if_nonfinite {
+                flags |= FLAG_SKIP_NONFINITE;
+            }
+        }
+        let scalars =
+            self.config
+                .step_scalars(self.counters.step + 1, self.counters.buffer_filled, flags);
+        let mut aux = match scalars {
+            StepScalars::Lamb(a) => a,
+            _ => AuxScalars {
+                flags,
+                ..AuxScalars::default()
+            },
+        };
+        aux.max_norm = self.clip.map_or(0.0, |c| c.max_norm as f32);
+        aux.n_tiles = self.tiling_total as u32;
+        aux.n_tensors = self.layout.len() as u32;
+        let queue = &self.ctx.queue;
+        queue.write_buffer(
+            &self.buffers.aux_uniforms,
+            slot * UNIFORM_STRIDE,
+            bytemuck::bytes_of(&aux),
+        );
+        let is_lamb = matches!(scalars, StepScalars::Lamb(_));
+        if !is_lamb {
+            queue.write_buffer(
+                &self.buffers.uniforms,
+                slot * UNIFORM_STRIDE,
+                scalars.bytes(),
+            );
+        }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("optimizer step"),
                 timestamp_writes,
             });
-            pass.set_pipeline(&self.kernel.pipeline);
-            for (group, workgroups) in &self.bind_groups {
-                pass.set_bind_group(0, group, &[(slot * UNIFORM_STRIDE) as u32]);
-                pass.dispatch_workgroups(*workgroups, 1, 1);
+            let tiles = &self.buffers.tile_groups;
+            let max_groups = self.ctx.limits().max_compute_workgroups_per_dimension;
+            let per_tile = |pass: &mut wgpu::ComputePass<'_>, pipeline: &wgpu::ComputePipeline| {
+                pass.set_pipeline(pipeline);
+                for (group, workgroups) in tiles {
+                    pass.set_bind_group(0, group, &offset);
+                    pass.dispatch_workgroups(*workgroups, 1, 1);
+                }
+            };
+            let once = |pass: &mut wgpu::ComputePass<'_>,
+                        pipeline: &wgpu::ComputePipeline,
+                        workgroups: u32| {
+                if let Some((group, _)) = tiles.first() {
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, group, &offset);
+                    pass.dispatch_workgroups(workgroups, 1, 1);
+                }
+            };
+            if self.clip.is_some() {
+                per_tile(&mut pass, &self.tile_kernel.pipelines[0]);
+                once(&mut pass, &self.tile_kernel.pipelines[1], 1);
+            }
+            if is_lamb {
+                let tensors = (self.layout.len() as u32).clamp(1, max_groups);
+                per_tile(&mut pass, &self.kernel.pipelines[0]);
+                once(&mut pass, &self.kernel.pipelines[1], tensors);
+                per_tile(&mut pass, &self.kernel.pipelines[2]);
+            } else {
+                pass.set_pipeline(&self.kernel.pipelines[0]);
+                for (group, workgroups) in &self.buffers.rule_groups {
+                    pass.set_bind_group(0, group, &offset);
+                    pass.dispatch_workgroups(*workgroups, 1, 1);
+                }
             }
         }
         self.counters.advance(&self.config);
     }
 
     /// Dispatches one step records: one per chunk (1 unless the model is
-    /// larger than one storage binding), whatever the number of tensors.
+    /// larger than one storage binding), whatever the number of tensors;
+    /// with clipping one more per chunk and one to finish the norm; LAMB
+    /// two per chunk and one for the trust ratios.
     pub fn dispatches_per_step(&self) -> usize {
-        self.bind_groups.len()
+        let chunks = self.chunks.len();
+        if chunks == 0 {
+            return 0;
+        }
+        let clip = if self.clip.is_some() { chunks + 1 } else { 0 };
+        let rule = if matches!(self.config, Config::Lamb(_)) {
+            2 * chunks + 1
+        } else {
+            chunks
+        };
+        clip + rule
+    }
+
+    /// Turns global-norm gradient clipping on (`Some`) or off (`None`) from
+    /// the next step on: the norm of all gradients together is computed on
+    /// the GPU and the scale applied inside the fused update, in the same
+    /// submission.
+    pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        if let Some(c) = clip {
+            c.validate()?;
+        }
+        self.clip = clip;
+        Ok(())
+    }
+
+    /// The clipping in force.
+    pub fn clip_grad_norm(&self) -> Option<ClipGradNorm> {
+        self.clip
+    }
+
+    /// The total gradient norm of the last step (before clipping), read back
+    /// from the GPU: this waits for the step to finish, so ask only when you
+    /// log it. `None` while clipping is off.
+    pub fn last_grad_norm(&self) -> Result<Option<f32>> {
+        if self.clip.is_none() {
+            return Ok(None);
+        }
+        let info = read_buffer(&self.ctx, &self.buffers.info, 0, 4)?;
+        Ok(Some(info[0]))
     }
 
     /// Elements each invocation loads per buffer (4: `vec4<f32>`, or 1).
@@ -593,7 +868,7 @@ impl GpuOptimizer {
     /// Reads the state tensor `name` back, packed.
     pub fn read_state_flat(&self, name: &str) -> Result<Vec<f32>> {
         let i = state_index(&self.config, &self.state_names, name)?;
-        self.read_storage(&Storage::Owned(self.state[i].clone()))
+        self.read_storage(&Storage::Owned(self.buffers.state[i].clone()))
     }
 
     /// Reads the state tensor `name` back, one vector per tensor.
@@ -725,6 +1000,7 @@ fn shader_slots(config: &Config) -> &'static [&'static str] {
         Config::Adagrad(_) => &["sum"],
         Config::RmsProp(_) => &["square_avg", "momentum_buffer", "grad_avg"],
         Config::Adam(_) | Config::AdamW(_) => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+        Config::Lamb(_) => &[],
     }
 }
 
@@ -740,9 +1016,119 @@ fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     })
 }
 
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// The rule's kernel: the element-wise one (`main`), or LAMB's three tile
+/// kernels.
 fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Kernel> {
     let (name, source) = config.shader();
     let overrides = config.overrides();
+    if let Config::Lamb(_) = config {
+        return compile(
+            ctx,
+            name,
+            &format!("{}{source}", include_str!("../../shaders/tiles.wgsl")),
+            &["lamb_moments", "lamb_ratio", "lamb_apply"],
+            overrides,
+            tile_layout_entries(),
+            &[],
+            variant,
+        );
+    }
+    let slots = shader_slots(config);
+    let mut entries = vec![storage_entry(0, false), storage_entry(1, true)];
+    for k in 0..slots.len() as u32 {
+        entries.push(storage_entry(2 + k, false));
+    }
+    entries.push(storage_entry(2 + slots.len() as u32, true));
+    entries.push(uniform_entry(3 + slots.len() as u32));
+    let prelude = if variant.width == 4 {
+        "alias V = vec4<f32>;\n"
+    } else {
+        "alias V = f32;\n"
+    };
+    compile(
+        ctx,
+        name,
+        &format!("{prelude}{source}"),
+        &["main"],
+        overrides,
+        entries,
+        slots,
+        variant,
+    )
+}
+
+fn tile_layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
+    vec![
+        storage_entry(0, false),
+        storage_entry(1, true),
+        storage_entry(2, false),
+        storage_entry(3, false),
+        storage_entry(4, true),
+        storage_entry(5, false),
+        storage_entry(6, true),
+        storage_entry(7, false),
+        uniform_entry(8),
+    ]
+}
+
+/// The clipping kernels (`shaders/reduce.wgsl`).
+fn tile_kernel_for(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
+    compile(
+        ctx,
+        "reduce",
+        &format!(
+            "{}{}",
+            include_str!("../../shaders/tiles.wgsl"),
+            include_str!("../../shaders/reduce.wgsl")
+        ),
+        &["clip_partials", "clip_finish"],
+        vec![],
+        tile_layout_entries(),
+        &[],
+        Variant {
+            width: 1,
+            ..variant
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile(
+    ctx: &GpuContext,
+    name: &'static str,
+    source: &str,
+    entry_points: &[&str],
+    overrides: Vec<(&'static str, f64)>,
+    entries: Vec<wgpu::BindGroupLayoutEntry>,
+    slots: &'static [&'static str],
+    variant: Variant,
+) -> Result<Kernel> {
     let key = (
         name,
         variant,
@@ -754,16 +1140,10 @@ fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Ker
     if let Some(k) = ctx.pipelines.lock().ok().and_then(|p| p.get(&key).cloned()) {
         return Ok(k);
     }
-    let slots = shader_slots(config);
-    let kernel = ctx.scoped("compiling the rule kernel", || {
-        let prelude = if variant.width == 4 {
-            "alias V = vec4<f32>;\n"
-        } else {
-            "alias V = f32;\n"
-        };
+    let kernel = ctx.scoped("compiling a kernel", || {
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(name),
-            source: wgpu::ShaderSource::Wgsl(format!("{prelude}{source}").into()),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
         };
         let module = if variant.checked {
             ctx.device.create_shader_module(desc)
@@ -776,30 +1156,6 @@ fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Ker
             // and every loop terminates.
             unsafe { ctx.device.create_shader_module_trusted(desc, checks) }
         };
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(4 * variant.width as u64),
-            },
-            count: None,
-        };
-        let mut entries = vec![storage(0, false), storage(1, true)];
-        for k in 0..slots.len() as u32 {
-            entries.push(storage(2 + k, false));
-        }
-        entries.push(wgpu::BindGroupLayoutEntry {
-            binding: 2 + slots.len() as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Uniform,
-                has_dynamic_offset: true,
-                min_binding_size: None,
-            },
-            count: None,
-        });
         let layout = ctx
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -813,21 +1169,25 @@ fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Ker
                 bind_group_layouts: &[Some(&layout)],
                 immediate_size: 0,
             });
-        let pipeline = ctx
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: Some(&pipeline_layout),
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &overrides,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            });
+        let pipelines = entry_points
+            .iter()
+            .map(|entry| {
+                ctx.device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: Some(&pipeline_layout),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: wgpu::PipelineCompilationOptions {
+                            constants: &overrides,
+                            zero_initialize_workgroup_memory: false,
+                        },
+                        cache: None,
+                    })
+            })
+            .collect();
         Kernel {
-            pipeline,
+            pipelines,
             layout,
             slots,
         }

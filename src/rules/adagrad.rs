@@ -59,7 +59,8 @@ pub(crate) struct AdagradScalars {
     pub clr: f32,
     pub weight_decay: f32,
     pub eps: f32,
-    pub _pad: u32,
+    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
+    pub flags: u32,
 }
 const _: () = assert!(std::mem::size_of::<AdagradScalars>() == 16);
 
@@ -79,7 +80,7 @@ impl Adagrad {
             clr: clr as f32,
             weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
-            _pad: 0,
+            flags: 0,
         }
     }
 }

@@ -167,7 +167,9 @@ pub(crate) struct AdamScalars {
     pub weight_decay: f32,
     /// `1 − lr·weight_decay` (decoupled decay).
     pub decay_factor: f32,
-    pub _pad: [u32; 3],
+    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
+    pub flags: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<AdamScalars>() == 48);
 
@@ -219,7 +221,8 @@ impl AdamFamily {
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         }
     }
 }

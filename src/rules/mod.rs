@@ -9,11 +9,13 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod lamb;
 pub mod rmsprop;
 pub mod sgd;
 
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use lamb::Lamb;
 pub use rmsprop::RmsProp;
 pub use sgd::Sgd;
 
@@ -32,16 +34,19 @@ pub enum RuleKind {
     Adam,
     /// AdamW (decoupled weight decay).
     AdamW,
+    /// LAMB (layer-wise trust ratio).
+    Lamb,
 }
 
 impl RuleKind {
     /// Every rule, in the order the README lists them.
-    pub const ALL: [RuleKind; 5] = [
+    pub const ALL: [RuleKind; 6] = [
         RuleKind::Sgd,
         RuleKind::Adagrad,
         RuleKind::RmsProp,
         RuleKind::Adam,
         RuleKind::AdamW,
+        RuleKind::Lamb,
     ];
 
     /// The lower-case name used by PyTorch's class (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`).
@@ -52,6 +57,7 @@ impl RuleKind {
             RuleKind::RmsProp => "rmsprop",
             RuleKind::Adam => "adam",
             RuleKind::AdamW => "adamw",
+            RuleKind::Lamb => "lamb",
         }
     }
 
@@ -70,6 +76,7 @@ impl RuleKind {
             RuleKind::RmsProp => Config::RmsProp(RmsProp::default()),
             RuleKind::Adam => Config::Adam(Adam::default()),
             RuleKind::AdamW => Config::AdamW(AdamW::default()),
+            RuleKind::Lamb => Config::Lamb(Lamb::default()),
         }
     }
 }
@@ -93,6 +100,8 @@ pub enum Config {
     Adam(Adam),
     /// [`AdamW`].
     AdamW(AdamW),
+    /// [`Lamb`].
+    Lamb(Lamb),
 }
 
 impl From<Sgd> for Config {
@@ -120,6 +129,11 @@ impl From<AdamW> for Config {
         Config::AdamW(c)
     }
 }
+impl From<Lamb> for Config {
+    fn from(c: Lamb) -> Self {
+        Config::Lamb(c)
+    }
+}
 
 impl Config {
     /// Which rule this is.
@@ -130,6 +144,7 @@ impl Config {
             Config::RmsProp(_) => RuleKind::RmsProp,
             Config::Adam(_) => RuleKind::Adam,
             Config::AdamW(_) => RuleKind::AdamW,
+            Config::Lamb(_) => RuleKind::Lamb,
         }
     }
 
@@ -141,6 +156,7 @@ impl Config {
             Config::RmsProp(c) => c.validate(),
             Config::Adam(c) => c.validate(),
             Config::AdamW(c) => c.to_adam_family().validate(),
+            Config::Lamb(c) => c.validate(),
         }
     }
 
@@ -155,6 +171,7 @@ impl Config {
             Config::RmsProp(c) => c.state_names(),
             Config::Adam(c) => c.state_names(),
             Config::AdamW(c) => c.to_adam_family().state_names(),
+            Config::Lamb(_) => vec!["exp_avg", "exp_avg_sq"],
         }
     }
 
@@ -175,6 +192,7 @@ impl Config {
             Config::RmsProp(c) => c.lr,
             Config::Adam(c) => c.lr,
             Config::AdamW(c) => c.lr,
+            Config::Lamb(c) => c.lr,
         }
     }
 
@@ -187,6 +205,7 @@ impl Config {
             Config::RmsProp(c) => c.lr = lr,
             Config::Adam(c) => c.lr = lr,
             Config::AdamW(c) => c.lr = lr,
+            Config::Lamb(c) => c.lr = lr,
         }
         Ok(())
     }
@@ -200,6 +219,7 @@ impl Config {
             Config::RmsProp(c) => Some(c.momentum),
             Config::Adam(c) => Some(c.betas.0),
             Config::AdamW(c) => Some(c.betas.0),
+            Config::Lamb(c) => Some(c.betas.0),
         }
     }
 
@@ -235,6 +255,10 @@ impl Config {
                 check_unit_interval("betas[0]", value)?;
                 c.betas.0 = value;
             }
+            Config::Lamb(c) => {
+                check_unit_interval("betas[0]", value)?;
+                c.betas.0 = value;
+            }
             Config::Adagrad(_) => {
                 return Err(Error::NoMomentum { rule: "adagrad" });
             }
@@ -251,6 +275,7 @@ pub(crate) enum StepScalars {
     Adagrad(adagrad::AdagradScalars),
     RmsProp(rmsprop::RmsPropScalars),
     Adam(adam::AdamScalars),
+    Lamb(lamb::AuxScalars),
 }
 
 impl StepScalars {
@@ -260,6 +285,7 @@ impl StepScalars {
             StepScalars::Adagrad(s) => bytemuck::bytes_of(s),
             StepScalars::RmsProp(s) => bytemuck::bytes_of(s),
             StepScalars::Adam(s) => bytemuck::bytes_of(s),
+            StepScalars::Lamb(s) => bytemuck::bytes_of(s),
         }
     }
 }
@@ -268,13 +294,32 @@ impl Config {
     /// The scalars of step number `step` (1 for the first step).
     /// `momentum_initialized` is false until SGD's momentum buffer has been
     /// filled once (PyTorch fills it with the gradient on its first use).
-    pub(crate) fn step_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
+    /// `flags` are the clipping and refusal bits (`lamb::FLAG_*`).
+    pub(crate) fn step_scalars(
+        &self,
+        step: u64,
+        momentum_initialized: bool,
+        flags: u32,
+    ) -> StepScalars {
+        let mut scalars = self.rule_scalars(step, momentum_initialized);
+        match &mut scalars {
+            StepScalars::Sgd(s) => s.flags = flags,
+            StepScalars::Adagrad(s) => s.flags = flags,
+            StepScalars::RmsProp(s) => s.flags = flags,
+            StepScalars::Adam(s) => s.flags = flags,
+            StepScalars::Lamb(s) => s.flags |= flags,
+        }
+        scalars
+    }
+
+    fn rule_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
         match self {
             Config::Sgd(c) => StepScalars::Sgd(c.scalars(momentum_initialized)),
             Config::Adagrad(c) => StepScalars::Adagrad(c.scalars(step)),
             Config::RmsProp(c) => StepScalars::RmsProp(c.scalars()),
             Config::Adam(c) => StepScalars::Adam(c.scalars(step)),
             Config::AdamW(c) => StepScalars::Adam(c.to_adam_family().scalars(step)),
+            Config::Lamb(c) => StepScalars::Lamb(c.aux(step)),
         }
     }
 
@@ -300,6 +345,10 @@ impl Config {
             ],
             Config::Adam(c) => c.overrides(),
             Config::AdamW(c) => c.to_adam_family().overrides(),
+            Config::Lamb(c) => vec![
+                ("MAXIMIZE", b(c.maximize)),
+                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
+            ],
         }
     }
 
@@ -310,11 +359,15 @@ impl Config {
             Config::Adagrad(_) => ("adagrad", include_str!("../../shaders/adagrad.wgsl")),
             Config::RmsProp(_) => ("rmsprop", include_str!("../../shaders/rmsprop.wgsl")),
             Config::Adam(_) | Config::AdamW(_) => ("adam", include_str!("../../shaders/adam.wgsl")),
+            Config::Lamb(_) => ("lamb", include_str!("../../shaders/lamb.wgsl")),
         }
     }
 
-    /// Bytes one step reads and writes per parameter (f32 everywhere):
+    /// Bytes one step must read and write per parameter (f32 everywhere):
     /// parameter read + write, gradient read, each state tensor read + write.
+    /// LAMB moves more (its trust ratio needs a second pass over θ, m and v:
+    /// 40 bytes); this is the one-pass minimum, the same for every
+    /// implementation, so GB/s compare.
     pub fn bytes_per_param(&self) -> usize {
         4 * (3 + 2 * self.state_names().len())
     }
@@ -358,6 +411,7 @@ pub(crate) fn cpu_step(
         (StepScalars::Adam(s), Config::AdamW(c)) => {
             adam::step_slice(s, &c.to_adam_family(), p, g, &mut st)
         }
+        (StepScalars::Lamb(_), _) => unreachable!("LAMB steps per tensor: lamb::cpu_step"),
         _ => unreachable!("scalars are always made from the same config"),
     };
     if n >= 4 * CHUNK {

@@ -68,7 +68,8 @@ pub(crate) struct RmsPropScalars {
     pub momentum: f32,
     /// 1 while `momentum > 0` this step (PyTorch skips the buffer otherwise).
     pub use_momentum: u32,
-    pub _pad: u32,
+    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
+    pub flags: u32,
 }
 const _: () = assert!(std::mem::size_of::<RmsPropScalars>() == 32);
 
@@ -102,7 +103,7 @@ impl RmsProp {
             weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
             use_momentum: (self.momentum > 0.0) as u32,
-            _pad: 0,
+            flags: 0,
         }
     }
 }

@@ -66,7 +66,9 @@ pub(crate) struct SgdScalars {
     pub use_momentum: u32,
     /// 1 once the buffer holds a value; 0 on its first use, when it is set to `g`.
     pub buffer_filled: u32,
-    pub _pad: [u32; 2],
+    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
+    pub flags: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<SgdScalars>() == 32);
 
@@ -101,7 +103,8 @@ impl Sgd {
             weight_decay: self.weight_decay as f32,
             use_momentum: (self.momentum != 0.0) as u32,
             buffer_filled: buffer_filled as u32,
-            _pad: [0; 2],
+            flags: 0,
+            _pad: 0,
         }
     }
 }

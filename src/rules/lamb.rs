@@ -1,0 +1,232 @@
+//! LAMB: layer-wise adaptive moments, as NVIDIA Apex `FusedLAMB` and optax
+//! `lamb` compute it.
+
+use super::{check_non_negative, check_unit_interval};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+
+/// LAMB (You et al., "Large Batch Optimization for Deep Learning: Training
+/// BERT in 76 minutes"), in the form of NVIDIA Apex `FusedLAMB`
+/// (`adam_w_mode`, no internal gradient clipping) and optax `lamb`. Per
+/// tensor, with `t` the step number:
+///
+/// ```text
+/// m ← β1·m + (1 − β1)·g                         (state `exp_avg`)
+/// v ← β2·v + (1 − β2)·g²                        (state `exp_avg_sq`)
+/// u = (m / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + eps) + weight_decay·θ
+/// r = ‖θ‖ / ‖u‖   if both norms > 0, else 1      (the trust ratio, per tensor)
+/// θ ← θ − lr·r·u
+/// ```
+///
+/// Options users of the other implementations expect:
+/// [`Lamb::trust_ratio_clamp`] bounds `r` to `[min, max]` (DeepSpeed),
+/// [`Lamb::unit_ratio_without_decay`] keeps `r = 1` for tensors of a group
+/// with no weight decay (Apex without `use_nvlamb`), and
+/// [`Lamb::eps_inside_sqrt`] uses `sqrt(v̂ + eps)`.
+///
+/// Defaults are Apex `FusedLAMB`'s: `lr = 1e-3`, `betas = (0.9, 0.999)`,
+/// `eps = 1e-6`, `weight_decay = 0.01`.
+///
+/// On the GPU the per-tensor norms are computed in the same submission as
+/// the update, for all tensors together, by deterministic reductions (a
+/// fixed tiling and a fixed summation tree, no atomics).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lamb {
+    /// Learning rate, default 1e-3.
+    pub lr: f64,
+    /// `(β1, β2)`, default `(0.9, 0.999)`.
+    pub betas: (f64, f64),
+    /// Added to the denominator, default 1e-6.
+    pub eps: f64,
+    /// Decoupled weight decay inside the update `u`, default 0.01.
+    pub weight_decay: f64,
+    /// Clamp the trust ratio to `[min, max]` (DeepSpeed's `min_coeff`,
+    /// `max_coeff`); `None` (default) leaves it unbounded.
+    pub trust_ratio_clamp: Option<(f64, f64)>,
+    /// Keep the trust ratio at 1 when `weight_decay` is 0, as Apex does
+    /// without `use_nvlamb`. Default false: the ratio always applies, as in
+    /// the LAMB article and optax.
+    pub unit_ratio_without_decay: bool,
+    /// Put `eps` inside the square root: `sqrt(v̂ + eps)`.
+    pub eps_inside_sqrt: bool,
+    /// Maximize the objective instead of minimizing it.
+    pub maximize: bool,
+}
+
+impl Default for Lamb {
+    fn default() -> Self {
+        Lamb {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-6,
+            weight_decay: 0.01,
+            trust_ratio_clamp: None,
+            unit_ratio_without_decay: false,
+            eps_inside_sqrt: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Uniforms of the tile kernels (`shaders/tiles.wgsl`, `struct Aux`; keep in
+/// sync): LAMB's per-step scalars and what the reductions need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct AuxScalars {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
+    /// `1 − β1ᵗ`.
+    pub bias_correction1: f32,
+    /// `1 − β2ᵗ`.
+    pub bias_correction2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub clamp_min: f32,
+    pub clamp_max: f32,
+    /// `clip_grad_norm_`'s `max_norm`.
+    pub max_norm: f32,
+    /// Tiles over all chunks.
+    pub n_tiles: u32,
+    /// Tensors of the optimizer.
+    pub n_tensors: u32,
+    /// Bit 0: clip the gradients; bit 1: skip the step when their norm is
+    /// not finite; bit 2: clamp the trust ratio; bit 3: ratio 1 (no decay).
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<AuxScalars>() == 64);
+
+pub(crate) const FLAG_CLIP: u32 = 1;
+pub(crate) const FLAG_SKIP_NONFINITE: u32 = 2;
+pub(crate) const FLAG_CLAMP: u32 = 4;
+pub(crate) const FLAG_UNIT_RATIO: u32 = 8;
+
+impl Lamb {
+    pub(crate) fn validate(&self) -> Result<()> {
+        check_non_negative("lr", self.lr)?;
+        check_non_negative("eps", self.eps)?;
+        check_unit_interval("betas[0]", self.betas.0)?;
+        check_unit_interval("betas[1]", self.betas.1)?;
+        check_non_negative("weight_decay", self.weight_decay)?;
+        if let Some((lo, hi)) = self.trust_ratio_clamp {
+            check_non_negative("trust_ratio_clamp.min", lo)?;
+            check_non_negative("trust_ratio_clamp.max", hi)?;
+            if lo > hi {
+                return Err(Error::InvalidOptions(format!(
+                    "trust_ratio_clamp needs min <= max, got ({lo}, {hi})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scalars of step `step` (1 for the first); the reduction fields
+    /// are filled in by the optimizer.
+    pub(crate) fn aux(&self, step: u64) -> AuxScalars {
+        let (beta1, beta2) = self.betas;
+        let t = step as f64;
+        let bc = |b: f64| {
+            if b == 0.0 {
+                1.0
+            } else {
+                -(t * b.ln()).exp_m1()
+            }
+        };
+        let (lo, hi) = self.trust_ratio_clamp.unwrap_or((0.0, 0.0));
+        let mut flags = 0;
+        if self.trust_ratio_clamp.is_some() {
+            flags |= FLAG_CLAMP;
+        }
+        if self.unit_ratio_without_decay && self.weight_decay == 0.0 {
+            flags |= FLAG_UNIT_RATIO;
+        }
+        AuxScalars {
+            lr: self.lr as f32,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            bias_correction1: bc(beta1) as f32,
+            bias_correction2: bc(beta2) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            clamp_min: lo as f32,
+            clamp_max: hi as f32,
+            flags,
+            ..AuxScalars::default()
+        }
+    }
+}
+
+/// `u` of one element, from the already updated moments; the same
+/// arithmetic as `lamb_update` in `shaders/lamb.wgsl`.
+#[inline(always)]
+fn update_direction(s: &AuxScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
+    let m_hat = m / s.bias_correction1;
+    let denom = if c.eps_inside_sqrt {
+        (v / s.bias_correction2 + s.eps).sqrt()
+    } else {
+        (v / s.bias_correction2).sqrt() + s.eps
+    };
+    m_hat / denom + s.weight_decay * p
+}
+
+/// The trust ratio from the two squared norms, with the options; the same
+/// as `lamb_ratio` in `shaders/lamb.wgsl`.
+pub(crate) fn trust_ratio(s: &AuxScalars, param_sq: f32, update_sq: f32) -> f32 {
+    let (pn, un) = (param_sq.sqrt(), update_sq.sqrt());
+    let mut r = if pn > 0.0 && un > 0.0 { pn / un } else { 1.0 };
+    if s.flags & FLAG_UNIT_RATIO != 0 {
+        r = 1.0;
+    }
+    if s.flags & FLAG_CLAMP != 0 {
+        r = r.max(s.clamp_min).min(s.clamp_max);
+    }
+    r
+}
+
+/// One LAMB step on the CPU over the packed tensors of `layout`; `grad_scale`
+/// multiplies every gradient first (global-norm clipping). Norms are summed
+/// in f64.
+pub(crate) fn cpu_step(
+    s: &AuxScalars,
+    c: &Lamb,
+    layout: &Layout,
+    params: &mut [f32],
+    grads: &[f32],
+    states: &mut [Vec<f32>],
+    grad_scale: Option<f32>,
+) {
+    let [exp_avg, exp_avg_sq] = states else {
+        unreachable!("lamb has two state tensors")
+    };
+    for t in 0..layout.len() {
+        let r = layout.range(t);
+        let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
+        let (m, v) = (&mut exp_avg[r.clone()], &mut exp_avg_sq[r]);
+        let (mut param_sq, mut update_sq) = (0.0f64, 0.0f64);
+        for i in 0..p.len() {
+            let mut gi = match grad_scale {
+                Some(k) => g[i] * k,
+                None => g[i],
+            };
+            if c.maximize {
+                gi = -gi;
+            }
+            m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+            v[i] = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
+            let u = update_direction(s, c, p[i], m[i], v[i]);
+            param_sq += (p[i] as f64) * (p[i] as f64);
+            update_sq += (u as f64) * (u as f64);
+        }
+        let ratio = trust_ratio(s, param_sq as f32, update_sq as f32);
+        let step = s.lr * ratio;
+        for i in 0..p.len() {
+            let u = update_direction(s, c, p[i], m[i], v[i]);
+            p[i] -= step * u;
+        }
+    }
+}
