@@ -57,7 +57,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, RmsProp, Sgd,
+    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions,
+    Lamb, RmsProp, Sgd,
 };
 
 /// A rule with the hyperparameters PyTorch's bench script gives it.
@@ -79,11 +80,16 @@ pub enum Preset {
     AdamAmsgrad,
     /// `AdamW(lr=1e-3)`.
     AdamW,
+    /// `Adam(lr=1e-3)` with `clip_grad_norm_(max_norm=1.0)` before each
+    /// step (not in PyTorch's script).
+    AdamClip,
+    /// LAMB (Apex FusedLAMB defaults, lr 1e-3; not in PyTorch's script).
+    Lamb,
 }
 
 impl Preset {
     /// Every preset, in the order they run.
-    const ALL: [Preset; 8] = [
+    const ALL: [Preset; 10] = [
         Preset::Sgd,
         Preset::SgdMomentum,
         Preset::Nesterov,
@@ -92,6 +98,8 @@ impl Preset {
         Preset::Adam,
         Preset::AdamAmsgrad,
         Preset::AdamW,
+        Preset::AdamClip,
+        Preset::Lamb,
     ];
 
     /// Its name on the command line and in the output (PyTorch's script's
@@ -106,6 +114,8 @@ impl Preset {
             Preset::Adam => "adam",
             Preset::AdamAmsgrad => "adam_amsgrad",
             Preset::AdamW => "adamw",
+            Preset::AdamClip => "adam_clip",
+            Preset::Lamb => "lamb",
         }
     }
 
@@ -141,7 +151,8 @@ impl Preset {
                 ..RmsProp::default()
             }
             .into(),
-            Preset::Adam => adam.into(),
+            Preset::Adam | Preset::AdamClip => adam.into(),
+            Preset::Lamb => Lamb::default().into(),
             Preset::AdamAmsgrad => Adam {
                 amsgrad: true,
                 ..adam
@@ -153,6 +164,19 @@ impl Preset {
             }
             .into(),
         }
+    }
+}
+
+impl Preset {
+    /// Global-norm clipping the preset steps with.
+    fn clip(self) -> Option<ClipGradNorm> {
+        (self == Preset::AdamClip).then(|| ClipGradNorm::new(1.0))
+    }
+
+    /// The bytes a step must move per parameter: the rule's, plus one more
+    /// read of the gradient for the clipping norm.
+    fn bytes_per_param(self) -> usize {
+        self.config().bytes_per_param() + if self.clip().is_some() { 4 } else { 0 }
     }
 }
 
@@ -216,7 +240,7 @@ pub enum Backend {
 #[command(after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
-    /// adam, adam_amsgrad, adamw, or all. Presets as PyTorch's bench script:
+    /// adam, adam_amsgrad, adamw, adam_clip, lamb, or all. Presets as PyTorch's bench script:
     /// lr 1e-3 (adagrad 1e-2), momentum 0.9, PyTorch's defaults otherwise.
     #[arg(
         long,
@@ -253,6 +277,23 @@ pub struct BenchArgs {
     /// One JSON object per line per rule, size and backend, instead of a table.
     #[arg(long)]
     json: bool,
+    /// GPU kernels' load width: 4 (`vec4<f32>`) or 1; default 4.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4))]
+    vector_width: Option<u32>,
+    /// GPU kernels compiled without wgpu's bounds checks
+    /// (`GpuOptions::skip_bounds_checks`; safe by construction).
+    #[arg(long)]
+    unchecked: bool,
+}
+
+impl BenchArgs {
+    fn gpu_options(&self) -> GpuOptions {
+        GpuOptions {
+            vector_width: self.vector_width,
+            skip_bounds_checks: self.unchecked,
+            ..GpuOptions::default()
+        }
+    }
 }
 
 const AFTER_HELP: &str = "\
@@ -302,6 +343,8 @@ struct Row {
     kernel_ms: Option<f64>,
     copy_gbps: Option<f64>,
     verify: Option<Verify>,
+    /// GPU kernel variant: `vec4` or `scalar`, `+unchecked` without bounds checks.
+    variant: Option<String>,
 }
 
 impl Row {
@@ -412,11 +455,12 @@ fn cpu_label() -> String {
 
 fn bench_cpu(
     plan: &Plan<'_>,
-    config: &Config,
+    preset: Preset,
     params: &[&[f32]],
     grads: &[f32],
 ) -> wgpu_optim::Result<(f64, f64)> {
-    let mut opt = CpuOptimizer::new(config.clone(), params)?;
+    let mut opt = CpuOptimizer::new(preset.config(), params)?;
+    opt.set_clip_grad_norm(preset.clip())?;
     for _ in 0..plan.args.warmup {
         opt.step_flat(grads)?;
     }
@@ -436,17 +480,19 @@ struct GpuTimes {
     kernel_ms: Option<f64>,
     copy_gbps: Option<f64>,
     dispatches: usize,
+    variant: String,
 }
 
 fn bench_gpu(
     plan: &Plan<'_>,
     ctx: &GpuContext,
-    config: &Config,
+    preset: Preset,
     params: &[&[f32]],
     grads: &[&[f32]],
 ) -> wgpu_optim::Result<GpuTimes> {
     let args = plan.args;
-    let mut opt = GpuOptimizer::new(ctx, config.clone(), params)?;
+    let mut opt = GpuOptimizer::with_options(ctx, preset.config(), params, args.gpu_options())?;
+    opt.set_clip_grad_norm(preset.clip())?;
     opt.write_grads(grads)?;
     for _ in 0..args.warmup {
         opt.step_device()?;
@@ -501,6 +547,15 @@ fn bench_gpu(
         kernel_ms,
         copy_gbps,
         dispatches: opt.dispatches_per_step(),
+        variant: format!(
+            "{}{}",
+            if opt.vector_width() == 4 {
+                "vec4"
+            } else {
+                "scalar"
+            },
+            if args.unchecked { "+unchecked" } else { "" }
+        ),
     })
 }
 
@@ -628,9 +683,11 @@ fn copy_times(
 /// Runs `steps` steps on a fresh GPU and a fresh CPU optimizer from the same
 /// parameters and gradients and compares the parameters (see the module docs
 /// for the bound).
+#[allow(clippy::too_many_arguments)]
 fn verify(
     ctx: &GpuContext,
-    config: &Config,
+    preset: Preset,
+    options: GpuOptions,
     steps: u32,
     params: &[&[f32]],
     grads: &[&[f32]],
@@ -638,14 +695,16 @@ fn verify(
     flat_grads: &[f32],
 ) -> wgpu_optim::Result<Verify> {
     let gpu = {
-        let mut opt = GpuOptimizer::new(ctx, config.clone(), params)?;
+        let mut opt = GpuOptimizer::with_options(ctx, preset.config(), params, options)?;
+        opt.set_clip_grad_norm(preset.clip())?;
         opt.write_grads(grads)?;
         for _ in 0..steps {
             opt.step_device()?;
         }
         opt.read_params_flat()?
     };
-    let mut cpu = CpuOptimizer::new(config.clone(), params)?;
+    let mut cpu = CpuOptimizer::new(preset.config(), params)?;
+    cpu.set_clip_grad_norm(preset.clip())?;
     for _ in 0..steps {
         cpu.step_flat(flat_grads)?;
     }
@@ -765,6 +824,7 @@ fn row_json(r: &Row, args: &BenchArgs) -> Value {
         "kernel_gbps": r.kernel_ms.map(|k| r.gbps_at(k)),
         "copy_gbps": r.copy_gbps,
         "roofline": r.copy_gbps.map(|c| gbps / c),
+        "kernel": r.variant,
     });
     if r.backend == Backend::Cpu {
         v["threads"] = json!(rayon::current_num_threads());
@@ -887,7 +947,6 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
         let params = split(&flat_params, &lengths);
         let grads = split(&flat_grads, &lengths);
         for &preset in &presets {
-            let config = preset.config();
             for &backend in &backends {
                 let label = format!(
                     "{} {} {}",
@@ -903,7 +962,8 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     tensors,
                     backend,
                     adapter: String::new(),
-                    bytes_per_param: config.bytes_per_param(),
+                    bytes_per_param: preset.bytes_per_param(),
+                    variant: None,
                     median_ms: f64::NAN,
                     min_ms: f64::NAN,
                     dispatches_per_step: 0,
@@ -914,14 +974,15 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                 let outcome = match (backend, &ctx) {
                     (Backend::Cpu, _) => {
                         row.adapter = cpu_adapter.clone();
-                        bench_cpu(&plan, &config, &params, &flat_grads).map(|(med, min)| {
+                        bench_cpu(&plan, preset, &params, &flat_grads).map(|(med, min)| {
                             row.median_ms = med;
                             row.min_ms = min;
                         })
                     }
                     (Backend::Gpu, Some(ctx)) => {
                         row.adapter = ctx.adapter_label();
-                        bench_gpu(&plan, ctx, &config, &params, &grads).and_then(|t| {
+                        bench_gpu(&plan, ctx, preset, &params, &grads).and_then(|t| {
+                            row.variant = Some(t.variant.clone());
                             row.median_ms = t.median_ms;
                             row.min_ms = t.min_ms;
                             row.kernel_ms = t.kernel_ms;
@@ -931,7 +992,8 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                                 pb.set_message(format!("{label} (verify)"));
                                 let v = verify(
                                     ctx,
-                                    &config,
+                                    preset,
+                                    args.gpu_options(),
                                     args.verify_steps,
                                     &params,
                                     &grads,
@@ -1017,7 +1079,7 @@ mod tests {
 
     #[test]
     fn rules_match_pytorchs_script() {
-        let bytes = |s: &str| parse_rules(s).unwrap().0[0].config().bytes_per_param();
+        let bytes = |s: &str| parse_rules(s).unwrap().0[0].bytes_per_param();
         // BYTES in torch_optim_bench.py.
         assert_eq!(bytes("sgd"), 12);
         assert_eq!(bytes("sgd_momentum"), 20);
@@ -1026,8 +1088,10 @@ mod tests {
         assert_eq!(bytes("adam"), 28);
         assert_eq!(bytes("adamw"), 28);
         assert_eq!(bytes("adam_amsgrad"), 36);
-        assert_eq!(parse_rules("all").unwrap().0.len(), 8);
-        assert!(parse_rules("lamb").is_err());
+        assert_eq!(bytes("adam_clip"), 32);
+        assert_eq!(bytes("lamb"), 28);
+        assert_eq!(parse_rules("all").unwrap().0.len(), 10);
+        assert!(parse_rules("lars").is_err());
     }
 
     #[test]
