@@ -9,19 +9,21 @@
 # Logs and JSON go to $OUT (default ./gpu-check-out); a table prints last.
 #
 #   REQUIRE_ADAPTER=NVIDIA  only adapters whose name contains this (WGPU_ADAPTER_NAME)
-#   SIZES=16M,128M,1G STEPS=20 RULES=sgd,sgd_momentum,adagrad,rmsprop,adam,adamw
+#   SIZES=16M,128M BIG=1G STEPS=20 RULES=sgd,...,lamb TORCH_RULES=sgd,...,adamw
 #
 # Against lavapipe on a machine without a GPU:
-#   SIZES=64K STEPS=3 REQUIRE_ADAPTER= scripts/gpu-check.sh
+#   SIZES=64K BIG= STEPS=3 REQUIRE_ADAPTER= scripts/gpu-check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 bundle=${BUNDLE:-.gpu}
 OUT=${OUT:-$root/gpu-check-out}
 mkdir -p "$OUT"
-SIZES=${SIZES:-16M,128M,1G}
+SIZES=${SIZES:-16M,128M}
+BIG=${BIG-1G}
 STEPS=${STEPS:-20}
-RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw}
+RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb}
+TORCH_RULES=${TORCH_RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw}
 REQUIRE_ADAPTER=${REQUIRE_ADAPTER-NVIDIA}
 status=0
 bin=$bundle/wgpu-optim
@@ -32,14 +34,22 @@ if ! ldconfig -p | grep -q 'libvulkan.so.1 '; then
   ldconfig
 fi
 if [ -n "$REQUIRE_ADAPTER" ]; then export WGPU_ADAPTER_NAME=$REQUIRE_ADAPTER; fi
-# The tests find their data through the path they were built in.
-if [ ! -e /work/main/tests/data ] && [ "$root" != /work/main ]; then
-  mkdir -p /work && ln -sfn "$root" /work/main
+# The tests find their data through the source path they were built in, and
+# the command through the target path: point both at this tree and bundle.
+if [ -f "$bundle/paths" ]; then
+  built_src=$(sed -n 's/^src=//p' "$bundle/paths")
+  built_target=$(sed -n 's/^target=//p' "$bundle/paths")
+  if [ -n "$built_src" ] && [ ! -e "$built_src/tests/data" ]; then
+    mkdir -p "$(dirname "$built_src")" && ln -sfn "$root" "$built_src"
+  fi
+  if [ -n "$built_target" ] && [ ! -x "$built_target/release/wgpu-optim" ]; then
+    mkdir -p "$built_target/release" && ln -sf "$root/$bundle/wgpu-optim" "$built_target/release/wgpu-optim"
+  fi
 fi
 
 {
   date -u +"date: %Y-%m-%dT%H:%M:%SZ"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+  echo "commit: $(sed -n 's/^commit=//p' "$bundle/paths" 2>/dev/null || git rev-parse HEAD 2>/dev/null)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>/dev/null || true
 } > "$OUT/info.txt"
 if ! "$bin" info >> "$OUT/info.txt" 2>&1; then
@@ -61,18 +71,33 @@ done
 "$bin" conformance --backend both --json tests/data/golden/cases > "$OUT/conformance.jsonl" 2>> "$OUT/tests.log"
 echo "conformance exit: $?" | tee -a "$OUT/tests.log"
 
-"$bin" bench --json --backends gpu --verify --rules "$RULES" --sizes "$SIZES" --steps "$STEPS" \
-  > "$OUT/bench.jsonl" 2> "$OUT/bench.log" || status=1
-first=${SIZES%%,*}
-mid=$(echo "$SIZES" | cut -d, -f2)
-"$bin" bench --json --backends gpu --verify --rules adam --sizes "${mid:-$first}" --tensors 1000 --steps "$STEPS" \
-  >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" || status=1
-
+bench() { "$bin" bench --json --backends gpu --steps "$STEPS" "$@" >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" || status=1; }
+torch_bench() {
+  if [ "$have_torch" = 1 ]; then
+    python3 "$bundle/torch_optim_bench.py" --device cuda --rules "$TORCH_RULES" \
+      --impls fused,foreach --steps "$STEPS" "$@" >> "$OUT/torch.jsonl" 2>> "$OUT/bench.log"
+  fi
+}
+have_torch=0
 if python3 -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  python3 "$bundle/torch_optim_bench.py" --device cuda --sizes "$SIZES" --rules "$RULES" \
-    --impls fused,foreach --steps "$STEPS" > "$OUT/torch.jsonl" 2>> "$OUT/bench.log"
+  have_torch=1
 else
   echo "torch with CUDA not found: no PyTorch anchor" | tee -a "$OUT/bench.log"
+fi
+: > "$OUT/bench.jsonl"; : > "$OUT/torch.jsonl"
+# Every rule at the main sizes, checked against the CPU, and PyTorch beside it.
+bench --verify --rules "$RULES" --sizes "$SIZES"
+torch_bench --sizes "$SIZES"
+# Kernel variants (issue: vec4 against scalar loads, bounds checks on/off)
+# and a model of 1000 tensors, at the largest main size.
+last=${SIZES##*,}
+bench --rules adam,adamw,sgd_momentum --sizes "$last" --vector-width 1
+bench --rules adam,adamw,sgd_momentum --sizes "$last" --unchecked
+bench --verify --rules adam,lamb,adam_clip --sizes "$last" --tensors 1000
+# The largest models last, so a time limit cuts the least.
+if [ -n "$BIG" ]; then
+  bench --verify --verify-steps 2 --rules "$RULES" --sizes "$BIG"
+  torch_bench --sizes "$BIG"
 fi
 
 python3 scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"

@@ -28,8 +28,8 @@ def main():
         passed = sum(1 for c in conf if c.get("pass"))
         print(f"conformance: {passed}/{len(conf)} case-backend pairs pass")
     t = {(r["rule"], r["n"], r["impl"]): r for r in torch if "gbps" in r}
-    print(f"{'rule':<13}{'n':>11}{'tensors':>8}{'ours ms':>9}{'GB/s':>8}{'kern GB/s':>10}"
-          f"{'copy frac':>10}{'torch fused':>12}{'foreach':>9}  verify")
+    print(f"{'rule':<13}{'n':>11}{'tensors':>8}{'kernel':>17}{'ours ms':>9}{'GB/s':>8}{'kern GB/s':>10}"
+          f"{'copy GB/s':>10}{'of copy':>8}{'torch fused':>12}{'foreach':>9}  verify")
     for r in ours:
         if r.get("backend") != "gpu" or "gbps" not in r:
             continue
@@ -40,8 +40,10 @@ def main():
         kgbps = r["bytes_per_param"] * r["n"] / (kern * 1e-3) / 1e9 if kern else None
         frac = r.get("roofline")
         f = lambda x, w, p=1: (f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}")
-        print(f"{r['rule']:<13}{r['n']:>11}{r.get('tensors', 1):>8}{f(r['median_ms'], 9, 3)}{f(r['gbps'], 8)}"
-              f"{f(kgbps, 10)}{f(frac, 10, 2)}{f(fused, 12)}{f(foreach, 9)}  {r.get('verify', '-')}")
+        print(f"{r['rule']:<13}{r['n']:>11}{r.get('tensors', 1):>8}{str(r.get('kernel') or '-'):>17}"
+              f"{f(r['median_ms'], 9, 3)}{f(r['gbps'], 8)}"
+              f"{f(kgbps, 10)}{f(r.get('copy_gbps'), 10)}{f(frac, 8, 2)}{f(fused, 12)}{f(foreach, 9)}"
+              f"  {r.get('verify', '-')}")
 
 
 if __name__ == "__main__":

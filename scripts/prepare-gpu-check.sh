@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Builds the bundle that scripts/gpu-check.sh runs on a GPU machine that has
 # a driver but no Rust toolchain, no Vulkan loader and no network:
-#   .gpu/wgpu-optim          the command, release build, stripped
-#   .gpu/tests/*             the integration-test binaries, stripped
+#   .gpu/wgpu-optim           the command, release build, stripped
+#   .gpu/tests/*              the test binaries (release), stripped
+#   .gpu/paths                where they were built: the tests find their data
+#                             and the command through these paths, which
+#                             gpu-check.sh links to the bundle there
 #   .gpu/torch_optim_bench.py PyTorch's own step timings (the anchor)
-#   .gl/*.deb                Debian's Vulkan loader (libvulkan1)
-# Run it here, on a machine with cargo and Debian's package lists; both
-# folders are git-ignored. Keep the whole tree under 64 MiB.
+#   .gl/*.deb                 Debian's Vulkan loader (libvulkan1)
+# It builds the committed HEAD in a clean worktree (uncommitted work is left
+# out). Run it here, on a machine with cargo and Debian's package lists;
+# both folders are git-ignored. Keep the whole tree under 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+src=${GPU_BUILD_DIR:-/tmp/wgpu-optim-gpubuild}
+target=${GPU_BUILD_TARGET:-$src-target}
+git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
+git worktree add --force --detach "$src" HEAD >/dev/null
 rm -rf .gpu && mkdir -p .gpu/tests
-cargo build --release --bin wgpu-optim
-cp target/release/wgpu-optim .gpu/
-# Test binaries of the integration tests (release, so they run as fast as the
-# command): cargo prints their paths as JSON.
-cargo test --release --no-run --tests --message-format=json 2>/dev/null |
+(cd "$src" && CARGO_TARGET_DIR=$target cargo build --release --bin wgpu-optim)
+cp "$target/release/wgpu-optim" .gpu/
+(cd "$src" && CARGO_TARGET_DIR=$target cargo test --release --no-run --lib --tests --message-format=json 2>/dev/null) |
   python3 -c '
 import json, sys, shutil, os
 for line in sys.stdin:
@@ -22,11 +29,14 @@ for line in sys.stdin:
     except ValueError: continue
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
         kind = m["target"]["kind"][0]
+        if kind == "bin":
+            continue
         name = m["target"]["name"] if kind == "test" else "unit"
         shutil.copy(m["executable"], os.path.join(".gpu/tests", name))
         print("test binary:", name)
 '
 strip .gpu/wgpu-optim .gpu/tests/*
+printf 'src=%s\ntarget=%s\ncommit=%s\n' "$src" "$target" "$(git rev-parse HEAD)" > .gpu/paths
 cp ../shared/bench/torch_optim_bench.py .gpu/ 2>/dev/null || cp /work/shared/bench/torch_optim_bench.py .gpu/
 if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
@@ -34,4 +44,5 @@ if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
   apt-get $o update -qq
   (cd .gl && apt-get $o download libvulkan1)
 fi
+git worktree remove --force "$src" 2>/dev/null || true
 du -sh .gpu .gl
