@@ -1,0 +1,1564 @@
+//! LAMB, global-norm gradient clipping and schedules on the GPU, against
+//! the CPU and against their definitions:
+//!
+//! 1. GPU against CPU: LAMB and its options, and clipping on every rule
+//!    (to a `max_norm` that clips on most steps, and to one that never
+//!    clips), 20 steps of fresh random gradients over tensors of mixed
+//!    lengths (0, 1, 5, 4095, 4096, 4097 — tiles are 4096 elements — and
+//!    tensors straddling chunk boundaries), parameters and every state
+//!    tensor compared, and the total norm of every step;
+//! 2. determinism: two GPU runs of the same steps are bit-identical
+//!    (parameters, state, `last_grad_norm`);
+//! 3. clipping's semantics: the norm reported, a norm below `max_norm`
+//!    changing nothing, `error_if_nonfinite` refusing a step and changing
+//!    nothing, NaN propagating without it (as in PyTorch), `record_step`
+//!    refusing `error_if_nonfinite`, the dispatch counts;
+//! 4. LAMB's behaviour: trust ratio 1 where a norm is 0, the clamp, the
+//!    loss falling on a quadratic;
+//! 5. schedules driving the GPU optimizer: CyclicLR (triangular) on SGD
+//!    momentum, OneCycleLR on AdamW's `beta1`, warmup + cosine on LAMB.
+//!
+//! Invalid LAMB hyperparameters and `ClipGradNorm` values are in
+//! tests/errors.rs, with the other rules'.
+//!
+//! # Tolerances (GPU against CPU)
+//!
+//! tests/gpu_vs_cpu.rs argues the element-wise part: the CPU and the WGSL
+//! kernels apply the same f32 operations in the same order from the same
+//! host scalars, the GPU may contract `a·b + c` into an FMA and WGSL only
+//! promises 2.5 ULP for `x / y` and about 4.5 ULP for `sqrt`; over a run,
+//! with no feedback from the parameters to the gradients,
+//!
+//! ```text
+//! |gpu − cpu| ≤ STEPS · K · ε · scale,   scale = max(max_t |x_t|, Σ_t |x_{t+1} − x_t|)
+//! ```
+//!
+//! per element (`ε = f32::EPSILON`, `x` the CPU's values of the element
+//! over the run), with `K = 8` for the element-wise rules. What is new here
+//! are the reductions: the GPU sums squares in f32 by a fixed tree, the CPU
+//! in f64. Each adds a term to `K`, derived below in units of `ε` (the unit
+//! roundoff is `ε/2`), worst case, with no cancellation of rounding errors.
+//!
+//! * **A GPU sum of squares** of `n` non-negative terms rounds at most
+//!   `SUM_ROUNDINGS = 34` times on any path from a term to the total: the
+//!   square (1), a thread's running sum over at most 16 elements of a
+//!   4096-element tile (15), the 256-thread tree of the tile (8), a
+//!   thread's running sum over the tile partials in the finishing kernel
+//!   (1 while there are at most 512 tiles, as here), and that kernel's tree
+//!   (8). All terms are ≥ 0, so the relative error is at most
+//!   `34 · ε/2 = 17 ε`. The CPU's f64 sum is exact to f32 precision.
+//! * **The total norm** (`sqrt`) halves that and adds `sqrt`'s own error:
+//!   `NORM_K = 17/2 + 4.5 = 13 ε` between the GPU's norm and the exact one;
+//!   the CPU's is the f64 norm rounded once to f32 (`ε/2`; 1 ε allowed).
+//! * **The clip scale** `max_norm / (norm + 1e-6)`: the two norms differ by
+//!   at most `13 + 1` ε, the addition rounds (ε/2 each side) and the
+//!   division (2.5 ULP on the GPU, ε/2 on the CPU): `SCALE_K = 18 ε`. The
+//!   clipped gradient `g·scale` rounds once more (1 ε), and the rules are at
+//!   most quadratic in `g` (the `g²` of `v`, `sum`, `square_avg`), so a
+//!   clipped run adds `K_CLIP = 2·(18 + 1) = 38` to every value's `K`.
+//! * **LAMB's update** `u = m̂/(sqrt(v̂) + eps) + wd·θ` has three divisions,
+//!   a square root, an addition and a possible FMA: `K_LAMB_ELEM = 14`
+//!   instead of 8.
+//! * **LAMB's trust ratio** `‖θ‖/‖u‖`: `‖u‖²` sums GPU values of `u` that
+//!   are each `14 ε` off (`28 ε` squared) with `17 ε` of summation, so
+//!   `‖u‖` is `(17 + 28)/2 + 4.5 = 27 ε` off; `‖θ‖` is `17/2 + 4.5 = 13 ε`
+//!   off; the division adds 2.5 and the CPU's own roundings about 2:
+//!   `K_RATIO = 44.5`. The ratio multiplies the whole update, so this enters
+//!   the parameters only (LAMB's moments do not depend on it).
+//!
+//! So `K = 8` (element-wise rules), `8 + 38` (clipped), `14 (+ 44.5 for the
+//! parameters)` (LAMB), `14 + 38 (+ 44.5)` (clipped LAMB). The tests print
+//! the largest `|gpu − cpu| / (STEPS·ε·scale)` each run needed: on lavapipe
+//! (IEEE division and square root, no contraction) far below the bound.
+//!
+//! Needs a GPU adapter: without one every GPU test fails with
+//! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
+
+use std::sync::OnceLock;
+
+use wgpu_optim::schedule::{CyclicLr, OneCycleLr, Schedule, Scheduler};
+use wgpu_optim::{
+    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
+    GpuOptions, Lamb, RmsProp, Sgd,
+};
+
+/// One context for the whole binary: adapter, device and the kernels
+/// compiled on it are paid once.
+fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
+    })
+}
+
+/// SplitMix64: a tiny deterministic generator, enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [-1, 1), 24 random bits.
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| scale * self.uniform()).collect()
+    }
+}
+
+const EPS: f64 = f32::EPSILON as f64;
+
+// ------------------------------------------------ tolerances (see the top)
+
+/// Unit roundoff, in ε.
+const U: f64 = 0.5;
+/// WGSL's error bounds for `x / y` and `sqrt`, in ULP (≤ ε relative).
+const DIV_ULPS: f64 = 2.5;
+const SQRT_ULPS: f64 = 4.5;
+/// Roundings on a path from a term to the GPU's total of a sum of squares.
+const SUM_ROUNDINGS: f64 = 34.0;
+/// Relative error of a GPU sum of squares, in ε.
+const SUM_REL: f64 = SUM_ROUNDINGS * U;
+/// The GPU's total gradient norm against the exact one, in ε.
+const NORM_K: f64 = SUM_REL / 2.0 + SQRT_ULPS;
+/// The CPU's total norm against the exact one (one rounding to f32), in ε.
+const CPU_NORM_K: f64 = 1.0;
+/// The GPU's clip scale against the CPU's, in ε.
+const SCALE_K: f64 = NORM_K + CPU_NORM_K + 2.0 * U + DIV_ULPS + U;
+/// Added to `K` by clipping: the scale's error and the product's rounding,
+/// doubled for the rules' `g²`.
+const K_CLIP: f64 = 2.0 * (SCALE_K + 1.0);
+/// Element-wise operations that may round differently per stored value and
+/// step: the element-wise rules (tests/gpu_vs_cpu.rs) and LAMB's `u`.
+const K_ELEM: f64 = 8.0;
+const K_LAMB_ELEM: f64 = 14.0;
+/// Added to the parameters' `K` by LAMB's trust ratio.
+const K_RATIO: f64 =
+    (SUM_REL + 2.0 * K_LAMB_ELEM) / 2.0 + SQRT_ULPS + SUM_REL / 2.0 + SQRT_ULPS + DIV_ULPS + 2.0;
+
+/// `K` of the parameters and of the state tensors of a run.
+fn k_bounds(config: &Config, clipped: bool) -> (f64, f64) {
+    let lamb = matches!(config, Config::Lamb(_));
+    let elem = if lamb { K_LAMB_ELEM } else { K_ELEM };
+    let clip = if clipped { K_CLIP } else { 0.0 };
+    let ratio = if lamb { K_RATIO } else { 0.0 };
+    (elem + clip + ratio, elem + clip)
+}
+
+// ------------------------------------------------------------- helpers
+
+fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
+    v.iter().map(|t| t.as_slice()).collect()
+}
+
+/// The exact (f64) L2 norm of all gradients together.
+fn norm_f64(grads: &[Vec<f32>]) -> f64 {
+    grads
+        .iter()
+        .flatten()
+        .map(|&g| g as f64 * g as f64)
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Everything an optimizer holds, as bit patterns (so that NaN equals NaN).
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    params: Vec<u32>,
+    state: Vec<Vec<u32>>,
+    steps: u64,
+}
+
+fn snap_cpu(opt: &CpuOptimizer) -> Snapshot {
+    Snapshot {
+        params: bits(opt.params_flat()),
+        state: opt
+            .state_names()
+            .iter()
+            .map(|n| bits(opt.state_flat(n).unwrap()))
+            .collect(),
+        steps: opt.step_count(),
+    }
+}
+
+fn snap_gpu(opt: &GpuOptimizer) -> Snapshot {
+    Snapshot {
+        params: bits(&opt.read_params_flat().unwrap()),
+        state: opt
+            .state_names()
+            .iter()
+            .map(|n| bits(&opt.read_state_flat(n).unwrap()))
+            .collect(),
+        steps: opt.step_count(),
+    }
+}
+
+/// Per element of one buffer, over the CPU run: the largest magnitude the
+/// element held and the distance it travelled.
+struct Envelope {
+    prev: Vec<f32>,
+    max_abs: Vec<f64>,
+    path: Vec<f64>,
+}
+
+impl Envelope {
+    fn new(x: &[f32]) -> Self {
+        Envelope {
+            prev: x.to_vec(),
+            max_abs: x.iter().map(|v| v.abs() as f64).collect(),
+            path: vec![0.0; x.len()],
+        }
+    }
+
+    fn update(&mut self, x: &[f32]) {
+        for (i, &v) in x.iter().enumerate() {
+            self.max_abs[i] = self.max_abs[i].max(v.abs() as f64);
+            self.path[i] += (v as f64 - self.prev[i] as f64).abs();
+            self.prev[i] = v;
+        }
+    }
+
+    fn scale(&self, i: usize) -> f64 {
+        self.max_abs[i].max(self.path[i])
+    }
+}
+
+/// What comparisons saw.
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    /// The largest `|gpu − cpu| / (steps·ε·scale)`.
+    worst: f64,
+    /// The largest `|gpu_norm − exact| / (ε·exact)` of the total norms.
+    worst_norm: f64,
+    values: usize,
+    differing: usize,
+}
+
+impl Seen {
+    fn add(&mut self, o: Seen) {
+        self.worst = self.worst.max(o.worst);
+        self.worst_norm = self.worst_norm.max(o.worst_norm);
+        self.values += o.values;
+        self.differing += o.differing;
+    }
+}
+
+/// A CPU and a GPU optimizer stepped together, with the CPU's envelopes.
+struct Pair {
+    what: String,
+    cpu: CpuOptimizer,
+    gpu: GpuOptimizer,
+    names: Vec<&'static str>,
+    env: Vec<Envelope>,
+    initial: Vec<f32>,
+    steps: usize,
+    seen: Seen,
+}
+
+impl Pair {
+    fn new(
+        what: String,
+        config: Config,
+        clip: Option<ClipGradNorm>,
+        init: &[Vec<f32>],
+        options: GpuOptions,
+    ) -> Pair {
+        let mut cpu = CpuOptimizer::new(config.clone(), &refs(init)).unwrap();
+        let mut gpu = GpuOptimizer::with_options(ctx(), config, &refs(init), options)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        cpu.set_clip_grad_norm(clip).unwrap();
+        gpu.set_clip_grad_norm(clip).unwrap();
+        let names = cpu.state_names().to_vec();
+        assert_eq!(gpu.state_names(), names.as_slice(), "{what}");
+        let env = std::iter::once(cpu.params_flat())
+            .chain(names.iter().map(|n| cpu.state_flat(n).unwrap()))
+            .map(Envelope::new)
+            .collect();
+        let initial = cpu.params_flat().to_vec();
+        Pair {
+            what,
+            cpu,
+            gpu,
+            names,
+            env,
+            initial,
+            steps: 0,
+            seen: Seen::default(),
+        }
+    }
+
+    /// One step on both; with clipping, checks both total norms against
+    /// the exact one and returns it.
+    fn step(&mut self, grads: &[Vec<f32>]) -> Option<f64> {
+        let what = &self.what;
+        let step = self.steps;
+        self.cpu.step(&refs(grads)).unwrap();
+        self.gpu
+            .step(&refs(grads))
+            .unwrap_or_else(|e| panic!("{what}: step {step}: {e}"));
+        self.steps += 1;
+        self.env[0].update(self.cpu.params_flat());
+        for (k, n) in self.names.iter().enumerate() {
+            self.env[k + 1].update(self.cpu.state_flat(n).unwrap());
+        }
+        self.cpu.clip_grad_norm()?;
+        let exact = norm_f64(grads);
+        let cpu = self.cpu.last_grad_norm().expect("clipping is on") as f64;
+        let gpu = self.gpu.last_grad_norm().unwrap().expect("clipping is on") as f64;
+        assert!(
+            (cpu - exact).abs() <= CPU_NORM_K * EPS * exact,
+            "{what}: step {step}: cpu norm {cpu:e}, exact {exact:e}"
+        );
+        let ratio = if exact > 0.0 {
+            (gpu - exact).abs() / (EPS * exact)
+        } else {
+            assert_eq!(gpu, 0.0);
+            0.0
+        };
+        assert!(
+            ratio <= NORM_K,
+            "{what}: step {step}: gpu norm {gpu:e}, exact {exact:e}, {ratio:.2} ε > {NORM_K} ε"
+        );
+        self.seen.worst_norm = self.seen.worst_norm.max(ratio);
+        Some(exact)
+    }
+
+    /// Compares parameters (bound `k_params`) and every state tensor
+    /// (`k_state`), and checks that the GPU wrote every element the CPU moved.
+    fn check(&mut self, k_params: f64, k_state: f64) -> Seen {
+        let what = &self.what;
+        assert_eq!(self.gpu.step_count(), self.steps as u64, "{what}");
+        assert_eq!(self.cpu.step_count(), self.steps as u64, "{what}");
+        let gpu_params = self.gpu.read_params_flat().unwrap();
+        let cpu_params = self.cpu.params_flat();
+        for i in 0..cpu_params.len() {
+            if cpu_params[i].to_bits() != self.initial[i].to_bits() {
+                assert_ne!(
+                    gpu_params[i].to_bits(),
+                    self.initial[i].to_bits(),
+                    "{what}: element {i} never written on the GPU"
+                );
+            }
+        }
+        let mut buffers = vec![("params", cpu_params.to_vec(), gpu_params, k_params)];
+        for n in &self.names {
+            buffers.push((
+                n,
+                self.cpu.state_flat(n).unwrap().to_vec(),
+                self.gpu.read_state_flat(n).unwrap(),
+                k_state,
+            ));
+        }
+        let mut seen = self.seen;
+        let steps = self.steps as f64;
+        for ((name, c, g, k), env) in buffers.iter().zip(&self.env) {
+            assert_eq!(c.len(), g.len(), "{what}: {name} length");
+            seen.values += c.len();
+            for i in 0..c.len() {
+                let (cv, gv) = (c[i], g[i]);
+                assert!(
+                    cv.is_finite() && gv.is_finite(),
+                    "{what}: {name}[{i}] not finite: cpu {cv}, gpu {gv}"
+                );
+                let diff = (cv as f64 - gv as f64).abs();
+                if diff == 0.0 {
+                    continue;
+                }
+                seen.differing += 1;
+                let unit = steps * EPS * env.scale(i);
+                let ratio = diff / unit;
+                assert!(
+                    ratio <= *k,
+                    "{what}: {name}[{i}]: cpu {cv:e}, gpu {gv:e}, |diff| {diff:e} > \
+                     {steps}·{k}·ε·scale (scale {:e}, ratio {ratio:.2})",
+                    env.scale(i)
+                );
+                seen.worst = seen.worst.max(ratio);
+            }
+        }
+        seen
+    }
+}
+
+// ------------------------------------------------ 1. GPU against CPU
+
+const STEPS: usize = 20;
+/// Tensors of mixed lengths in one optimizer. Tiles are 4096 elements: the
+/// 4097 makes a tile of 1, 4095/4096 fill one; with chunks of 8192 the
+/// 4096 (elements 4103..8199) and the 10 000 (8202..18202) straddle chunk
+/// boundaries, where their tiles are cut.
+const LENGTHS: &[usize] = &[4097, 0, 1, 5, 4096, 3, 10_000, 64, 4095, 300];
+const CHUNK: u64 = 8192;
+/// Gradient magnitude per tensor (cycled), so that eps matters somewhere.
+const GRAD_SCALES: [f32; 3] = [1.0, 0.01, 3.0];
+/// Initial parameter magnitude per tensor (cycled): LAMB's trust ratios
+/// (`‖θ‖/‖u‖`, `|u|` about 1) are then near 1, 0.05 and 10, so a clamp to
+/// `[0.5, 2]` binds below for some tensors, above for others, not at all
+/// for the rest.
+const INIT_SCALES: [f32; 3] = [2.0, 0.05, 10.0];
+
+/// The gradient norm at step factor 1: `E[g²] = s²/3` for `g` uniform in
+/// `[−s, s)`.
+fn typical_norm(lengths: &[usize]) -> f64 {
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| n as f64 * (GRAD_SCALES[i % 3] as f64).powi(2) / 3.0)
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// One step's gradients: per-tensor magnitudes times a step factor
+/// `2^(4u − 3)` in `[1/8, 2)`, so the total norm varies over a factor 16
+/// from step to step.
+fn step_grads(rng: &mut Rng, lengths: &[usize]) -> Vec<Vec<f32>> {
+    let factor = 2f64.powf(4.0 * rng.unit() - 3.0) as f32;
+    lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| rng.vec(n, factor * GRAD_SCALES[i % 3]))
+        .collect()
+}
+
+/// How a run clips.
+#[derive(Clone, Copy, Debug)]
+enum Clipping {
+    Off,
+    /// `max_norm` between the run's `steps/4`-th and next smallest total
+    /// norms: all steps but the quarter with the smallest norms clip.
+    Most,
+    /// `max_norm` a thousand times the run's largest total norm.
+    Never,
+}
+
+fn lamb_cases() -> Vec<(&'static str, Config)> {
+    let base = Lamb {
+        lr: 0.01,
+        ..Lamb::default()
+    };
+    vec![
+        ("lamb default", base.clone().into()),
+        (
+            "lamb weight_decay 0",
+            Lamb {
+                weight_decay: 0.0,
+                ..base.clone()
+            }
+            .into(),
+        ),
+        (
+            // Bounds that bind for some tensors and not others (INIT_SCALES).
+            "lamb trust_ratio_clamp",
+            Lamb {
+                trust_ratio_clamp: Some((0.5, 2.0)),
+                ..base.clone()
+            }
+            .into(),
+        ),
+        (
+            "lamb unit_ratio_without_decay, weight_decay 0",
+            Lamb {
+                weight_decay: 0.0,
+                unit_ratio_without_decay: true,
+                ..base.clone()
+            }
+            .into(),
+        ),
+        (
+            "lamb unit_ratio_without_decay, weight_decay 0.1",
+            Lamb {
+                weight_decay: 0.1,
+                unit_ratio_without_decay: true,
+                ..base.clone()
+            }
+            .into(),
+        ),
+        (
+            "lamb eps_inside_sqrt",
+            Lamb {
+                eps: 1e-4,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            }
+            .into(),
+        ),
+        (
+            "lamb maximize, betas, clamp",
+            Lamb {
+                maximize: true,
+                betas: (0.8, 0.99),
+                trust_ratio_clamp: Some((0.0, 10.0)),
+                ..base
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// One configuration of every rule for the clipping runs.
+fn clip_cases() -> Vec<(&'static str, Config)> {
+    vec![
+        (
+            "sgd momentum",
+            Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                ..Sgd::default()
+            }
+            .into(),
+        ),
+        (
+            "adagrad",
+            Adagrad {
+                lr: 0.05,
+                ..Adagrad::default()
+            }
+            .into(),
+        ),
+        (
+            "rmsprop centered",
+            RmsProp {
+                lr: 0.01,
+                centered: true,
+                momentum: 0.5,
+                ..RmsProp::default()
+            }
+            .into(),
+        ),
+        (
+            "adam amsgrad",
+            Adam {
+                lr: 0.01,
+                amsgrad: true,
+                ..Adam::default()
+            }
+            .into(),
+        ),
+        (
+            "adamw",
+            AdamW {
+                lr: 0.01,
+                ..AdamW::default()
+            }
+            .into(),
+        ),
+        (
+            "lamb",
+            Lamb {
+                lr: 0.01,
+                ..Lamb::default()
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Dispatches of one step: LAMB `2c + 1`, the others `c`; clipping `c + 1` more.
+fn expected_dispatches(config: &Config, clipped: bool, chunks: usize) -> usize {
+    if chunks == 0 {
+        return 0;
+    }
+    let rule = if matches!(config, Config::Lamb(_)) {
+        2 * chunks + 1
+    } else {
+        chunks
+    };
+    rule + if clipped { chunks + 1 } else { 0 }
+}
+
+/// Runs `config` with `clipping` on both backends for `steps` steps and
+/// compares everything; returns what it saw and how many steps clipped.
+fn compare(
+    name: &str,
+    config: &Config,
+    clipping: Clipping,
+    lengths: &[usize],
+    options: &GpuOptions,
+    steps: usize,
+    seed: u64,
+) -> (Seen, usize) {
+    let what = format!(
+        "{name} / {clipping:?} / chunk {:?}",
+        options.max_chunk_elements
+    );
+    let mut rng = Rng(seed);
+    let init: Vec<Vec<f32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| rng.vec(n, INIT_SCALES[i % 3]))
+        .collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..steps).map(|_| step_grads(&mut rng, lengths)).collect();
+    let mut norms: Vec<f64> = grads.iter().map(|g| norm_f64(g)).collect();
+    norms.sort_by(f64::total_cmp);
+    let unclipped = steps / 4;
+    let clip = match clipping {
+        Clipping::Off => None,
+        Clipping::Most => Some(ClipGradNorm::new(
+            (norms[unclipped - 1] + norms[unclipped]) / 2.0,
+        )),
+        Clipping::Never => Some(ClipGradNorm::new(norms[steps - 1] * 1000.0)),
+    };
+    let mut pair = Pair::new(what.clone(), config.clone(), clip, &init, options.clone());
+    let total: usize = lengths.iter().sum();
+    let chunks = match options.max_chunk_elements {
+        Some(c) => total.div_ceil(c as usize),
+        None => usize::from(total > 0),
+    };
+    assert_eq!(
+        pair.gpu.dispatches_per_step(),
+        expected_dispatches(config, clip.is_some(), chunks),
+        "{what}: dispatches"
+    );
+    let mut clipped = 0;
+    for g in &grads {
+        if let Some(exact) = pair.step(g) {
+            clipped += usize::from(exact > clip.unwrap().max_norm);
+        }
+    }
+    match clipping {
+        Clipping::Off => {}
+        Clipping::Most => assert_eq!(clipped, steps - unclipped, "{what}"),
+        Clipping::Never => assert_eq!(clipped, 0, "{what}"),
+    }
+    let (kp, ks) = k_bounds(config, clip.is_some());
+    (pair.check(kp, ks), clipped)
+}
+
+fn option_sets() -> [GpuOptions; 2] {
+    [
+        GpuOptions::default(),
+        GpuOptions {
+            max_chunk_elements: Some(CHUNK),
+            ..GpuOptions::default()
+        },
+    ]
+}
+
+fn report(what: &str, runs: usize, seen: Seen) {
+    println!(
+        "{what}: {runs} runs, {} values compared, {} differ; largest |gpu - cpu| / \
+         (steps·ε·scale) = {:.3}; largest gpu norm error {:.3} ε (bound {NORM_K} ε)",
+        seen.values, seen.differing, seen.worst, seen.worst_norm
+    );
+}
+
+#[test]
+fn lamb_gpu_matches_cpu() {
+    let mut seen = Seen::default();
+    let mut runs = 0;
+    for (ci, (name, config)) in lamb_cases().iter().enumerate() {
+        for (oi, options) in option_sets().iter().enumerate() {
+            let (s, _) = compare(
+                name,
+                config,
+                Clipping::Off,
+                LENGTHS,
+                options,
+                STEPS,
+                100 + 10 * ci as u64 + oi as u64,
+            );
+            seen.add(s);
+            runs += 1;
+        }
+    }
+    let (kp, ks) = k_bounds(&Lamb::default().into(), false);
+    report(
+        &format!(
+            "LAMB, {} configurations, bounds K = {kp} (params), {ks} (state)",
+            lamb_cases().len()
+        ),
+        runs,
+        seen,
+    );
+}
+
+#[test]
+fn clipping_gpu_matches_cpu_on_every_rule() {
+    let mut seen = Seen::default();
+    let mut runs = 0;
+    let mut clipped_steps = 0;
+    for (ci, (name, config)) in clip_cases().iter().enumerate() {
+        for clipping in [Clipping::Most, Clipping::Never] {
+            for (oi, options) in option_sets().iter().enumerate() {
+                let (s, clipped) = compare(
+                    name,
+                    config,
+                    clipping,
+                    LENGTHS,
+                    options,
+                    STEPS,
+                    500 + 10 * ci as u64 + oi as u64,
+                );
+                seen.add(s);
+                clipped_steps += clipped;
+                runs += 1;
+            }
+        }
+    }
+    report(
+        &format!(
+            "clipping on every rule ({clipped_steps} of {} steps clipped), bound K_CLIP = {K_CLIP} on top",
+            runs * STEPS
+        ),
+        runs,
+        seen,
+    );
+}
+
+/// A tensor of more than 256 tiles and more than 256 tiles in all: the
+/// finishing kernels' threads each add several partials.
+#[test]
+fn large_tensor_lamb_and_clipping() {
+    let lengths = [3usize, 1_050_000, 4097];
+    let mut seen = Seen::default();
+    let mut runs = 0;
+    let options = [
+        GpuOptions::default(),
+        GpuOptions {
+            max_chunk_elements: Some(300_032),
+            ..GpuOptions::default()
+        },
+    ];
+    let configs: [(&str, Config); 2] = [
+        (
+            "lamb",
+            Lamb {
+                lr: 0.01,
+                ..Lamb::default()
+            }
+            .into(),
+        ),
+        (
+            "adam",
+            Adam {
+                lr: 0.01,
+                ..Adam::default()
+            }
+            .into(),
+        ),
+    ];
+    for (ci, (name, config)) in configs.iter().enumerate() {
+        for (oi, o) in options.iter().enumerate() {
+            let (s, _) = compare(
+                name,
+                config,
+                Clipping::Most,
+                &lengths,
+                o,
+                6,
+                900 + 10 * ci as u64 + oi as u64,
+            );
+            seen.add(s);
+            runs += 1;
+        }
+    }
+    report("1 050 000-element tensor, clipped", runs, seen);
+}
+
+// ------------------------------------------------------ 2. determinism
+
+/// Two GPU runs of the same steps: bit-identical parameters, state and
+/// norms. 300 tensors of 0 to 700 elements and one of 300 000, in chunks
+/// of 65 536: over 300 tiles (the finishing kernel's threads add several
+/// partials), 6 chunks.
+#[test]
+fn two_gpu_runs_are_bit_identical() {
+    let mut rng = Rng(7);
+    let mut lengths: Vec<usize> = (0..300).map(|_| (rng.unit() * 700.0) as usize).collect();
+    lengths.insert(150, 300_000);
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..12).map(|_| step_grads(&mut rng, &lengths)).collect();
+    let max_norm = typical_norm(&lengths) / 4.0;
+    let options = GpuOptions {
+        max_chunk_elements: Some(65_536),
+        ..GpuOptions::default()
+    };
+    let configs: [Config; 2] = [
+        Lamb {
+            lr: 0.01,
+            trust_ratio_clamp: Some((0.1, 5.0)),
+            ..Lamb::default()
+        }
+        .into(),
+        Adam {
+            lr: 0.01,
+            ..Adam::default()
+        }
+        .into(),
+    ];
+    for config in configs {
+        let run = || {
+            let mut opt =
+                GpuOptimizer::with_options(ctx(), config.clone(), &refs(&init), options.clone())
+                    .unwrap();
+            opt.set_clip_grad_norm(Some(ClipGradNorm::new(max_norm)))
+                .unwrap();
+            let mut norms = Vec::new();
+            for g in &grads {
+                opt.step(&refs(g)).unwrap();
+                norms.push(opt.last_grad_norm().unwrap().unwrap().to_bits());
+            }
+            (snap_gpu(&opt), norms, opt.dispatches_per_step())
+        };
+        let (a, norms_a, dispatches) = run();
+        let (b, norms_b, _) = run();
+        assert_eq!(norms_a, norms_b, "{:?}: total norms differ", config.kind());
+        assert!(a == b, "{:?}: parameters or state differ", config.kind());
+        println!(
+            "{}: {} tensors, {} elements, {dispatches} dispatches a step, {} steps: \
+             bit-identical twice",
+            config.kind(),
+            lengths.len(),
+            a.params.len(),
+            grads.len()
+        );
+    }
+}
+
+// ------------------------------------------------- 3. clipping semantics
+
+/// `last_grad_norm()` against the f64 norm on both backends, including
+/// norm 0, one element, and no clipping (`None`).
+#[test]
+fn last_grad_norm_is_the_total_norm() {
+    let lengths = [1usize, 0, 4097, 5];
+    let mut rng = Rng(11);
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let mut cpu = CpuOptimizer::new(Sgd::default(), &refs(&init)).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), Sgd::default(), &refs(&init)).unwrap();
+    assert_eq!(cpu.last_grad_norm(), None);
+    assert_eq!(gpu.last_grad_norm().unwrap(), None);
+    cpu.step(&refs(&init)).unwrap();
+    gpu.step(&refs(&init)).unwrap();
+    assert_eq!(cpu.last_grad_norm(), None, "clipping off: no norm");
+    assert_eq!(gpu.last_grad_norm().unwrap(), None, "clipping off: no norm");
+    let clip = Some(ClipGradNorm::new(1.0));
+    cpu.set_clip_grad_norm(clip).unwrap();
+    gpu.set_clip_grad_norm(clip).unwrap();
+    assert_eq!(cpu.clip_grad_norm(), clip);
+    assert_eq!(gpu.clip_grad_norm(), clip);
+    let zeros: Vec<Vec<f32>> = lengths.iter().map(|&n| vec![0.0; n]).collect();
+    let mut one = zeros.clone();
+    one[2][4096] = -3.5;
+    let mut sets = vec![zeros, one];
+    for scale in [1e-6f32, 1.0, 1e6] {
+        sets.push(lengths.iter().map(|&n| rng.vec(n, scale)).collect());
+    }
+    for (i, g) in sets.iter().enumerate() {
+        cpu.step(&refs(g)).unwrap();
+        gpu.step(&refs(g)).unwrap();
+        let exact = norm_f64(g);
+        let c = cpu.last_grad_norm().unwrap() as f64;
+        let d = gpu.last_grad_norm().unwrap().unwrap() as f64;
+        // CPU: the f64 norm rounded once to f32. GPU: NORM_K (see the top).
+        assert!(
+            (c - exact).abs() <= CPU_NORM_K * EPS * exact,
+            "set {i}: cpu {c} vs {exact}"
+        );
+        assert!(
+            (d - exact).abs() <= NORM_K * EPS * exact,
+            "set {i}: gpu {d} vs {exact}"
+        );
+        if i < 2 {
+            // 0 and a single element are exact on both.
+            assert_eq!((c, d), (exact, exact), "set {i}");
+        }
+    }
+}
+
+/// With a norm below `max_norm` the scale is exactly 1 and `g·1 = g`: the
+/// CPU's steps are bit-for-bit those without clipping. On the GPU the
+/// clipped kernel has one more multiplication (by exactly 1) that the
+/// shader compiler may fuse differently into an FMA (1 ULP of an operand
+/// per operation), so the two GPU runs are held to the element-wise bound
+/// `STEPS·K_ELEM·ε·scale` (`K_LAMB_ELEM` for LAMB) and the number of
+/// bit-identical runs is printed.
+#[test]
+fn a_norm_below_max_norm_changes_nothing() {
+    let lengths = [5usize, 4097, 0, 64];
+    let steps = 8;
+    let mut gpu_bitwise = 0;
+    for (ci, (name, config)) in clip_cases().iter().enumerate() {
+        let mut rng = Rng(40 + ci as u64);
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let grads: Vec<Vec<Vec<f32>>> =
+            (0..steps).map(|_| step_grads(&mut rng, &lengths)).collect();
+        let mut plain = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
+        let mut clipped = plain.clone();
+        clipped
+            .set_clip_grad_norm(Some(ClipGradNorm::new(1e9)))
+            .unwrap();
+        let mut gpu_plain = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
+        let mut gpu_clipped = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
+        gpu_clipped
+            .set_clip_grad_norm(Some(ClipGradNorm {
+                max_norm: 1e9,
+                error_if_nonfinite: true,
+            }))
+            .unwrap();
+        let mut env = Envelope::new(plain.params_flat());
+        for g in &grads {
+            plain.step(&refs(g)).unwrap();
+            clipped.step(&refs(g)).unwrap();
+            gpu_plain.step(&refs(g)).unwrap();
+            gpu_clipped.step(&refs(g)).unwrap();
+            env.update(plain.params_flat());
+        }
+        assert_eq!(snap_cpu(&plain), snap_cpu(&clipped), "{name}: cpu");
+        let (a, b) = (snap_gpu(&gpu_plain), snap_gpu(&gpu_clipped));
+        if a == b {
+            gpu_bitwise += 1;
+            continue;
+        }
+        let k = if matches!(config, Config::Lamb(_)) {
+            K_LAMB_ELEM
+        } else {
+            K_ELEM
+        };
+        for (i, (x, y)) in a.params.iter().zip(&b.params).enumerate() {
+            let diff = (f32::from_bits(*x) as f64 - f32::from_bits(*y) as f64).abs();
+            assert!(
+                diff <= steps as f64 * k * EPS * env.scale(i),
+                "{name}: gpu param {i}: {} vs {}",
+                f32::from_bits(*x),
+                f32::from_bits(*y)
+            );
+        }
+    }
+    println!(
+        "norm below max_norm: CPU bit-identical to no clipping for {} rules; GPU bit-identical \
+         for {gpu_bitwise}",
+        clip_cases().len()
+    );
+}
+
+/// With `error_if_nonfinite`, a NaN or infinite gradient (at the first step
+/// and later) is refused with `Error::NonFiniteGradNorm`, parameters, state
+/// and step count unchanged (read back), and the next finite steps give
+/// what a run that never saw the bad steps gives, bit for bit.
+#[test]
+fn error_if_nonfinite_refuses_the_step_and_changes_nothing() {
+    let lengths = [5usize, 4097, 0, 64];
+    let mut refused = 0;
+    for (ci, (name, config)) in clip_cases().iter().enumerate() {
+        let mut rng = Rng(60 + ci as u64);
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let good: Vec<Vec<Vec<f32>>> = (0..3).map(|_| step_grads(&mut rng, &lengths)).collect();
+        let mut nan = good[0].clone();
+        nan[1][4096] = f32::NAN;
+        let mut inf = good[1].clone();
+        inf[3][7] = f32::NEG_INFINITY;
+        let clip = Some(ClipGradNorm {
+            max_norm: typical_norm(&lengths) / 4.0,
+            error_if_nonfinite: true,
+        });
+        // (gradients, refused?): bad at the very first step and later.
+        let plan: [(&Vec<Vec<f32>>, bool); 5] = [
+            (&nan, true),
+            (&good[0], false),
+            (&inf, true),
+            (&good[1], false),
+            (&good[2], false),
+        ];
+        let is_refusal = |r: Result<(), Error>, bad: &Vec<Vec<f32>>, what: &str| match r {
+            Err(Error::NonFiniteGradNorm { norm }) => {
+                let want = norm_f64(bad);
+                assert!(
+                    (norm.is_nan() && want.is_nan()) || norm == want,
+                    "{what}: norm {norm}, want {want}"
+                );
+            }
+            other => panic!("{what}: expected NonFiniteGradNorm, got {other:?}"),
+        };
+
+        let mut cpu = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
+        cpu.set_clip_grad_norm(clip).unwrap();
+        let mut cpu_replay = cpu.clone();
+        for (g, bad) in plan {
+            let before = snap_cpu(&cpu);
+            let r = cpu.step(&refs(g));
+            if bad {
+                is_refusal(r, g, &format!("{name} cpu"));
+                assert_eq!(
+                    snap_cpu(&cpu),
+                    before,
+                    "{name} cpu: a refused step changed something"
+                );
+                refused += 1;
+            } else {
+                r.unwrap();
+                cpu_replay.step(&refs(g)).unwrap();
+                assert_eq!(snap_cpu(&cpu), snap_cpu(&cpu_replay), "{name} cpu");
+            }
+        }
+
+        let gpu_new = || {
+            let mut o = GpuOptimizer::with_options(
+                ctx(),
+                config.clone(),
+                &refs(&init),
+                GpuOptions {
+                    max_chunk_elements: Some(4096),
+                    ..GpuOptions::default()
+                },
+            )
+            .unwrap();
+            o.set_clip_grad_norm(clip).unwrap();
+            o
+        };
+        let (mut gpu, mut gpu_replay) = (gpu_new(), gpu_new());
+        for (g, bad) in plan {
+            let before = snap_gpu(&gpu);
+            let r = gpu.step(&refs(g));
+            if bad {
+                is_refusal(r, g, &format!("{name} gpu"));
+                assert_eq!(
+                    snap_gpu(&gpu),
+                    before,
+                    "{name} gpu: a refused step changed something"
+                );
+                refused += 1;
+            } else {
+                r.unwrap();
+                gpu_replay.step(&refs(g)).unwrap();
+                assert_eq!(
+                    snap_gpu(&gpu),
+                    snap_gpu(&gpu_replay),
+                    "{name} gpu: not the run without the refused steps"
+                );
+                let (n, m) = (
+                    gpu.last_grad_norm().unwrap().unwrap(),
+                    gpu_replay.last_grad_norm().unwrap().unwrap(),
+                );
+                assert_eq!(n.to_bits(), m.to_bits(), "{name} gpu: norm");
+            }
+        }
+        assert_eq!(gpu.step_count(), 3);
+        assert_eq!(cpu.step_count(), 3);
+    }
+    println!("{refused} refused steps (CPU and GPU), nothing changed by any");
+}
+
+/// Without `error_if_nonfinite` a non-finite norm goes into the step, as in
+/// PyTorch (`clip_coef = max_norm / (nan + 1e-6)` multiplies every
+/// gradient): a NaN makes every parameter NaN; an infinite gradient gives
+/// scale 0, so the other gradients become 0 (for plain SGD: those
+/// parameters unchanged) and that one `inf·0 = NaN`.
+#[test]
+fn without_error_if_nonfinite_nan_propagates() {
+    let lengths = [5usize, 4097, 0, 64];
+    for (name, config) in clip_cases() {
+        let mut rng = Rng(80);
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let mut g = step_grads(&mut rng, &lengths);
+        g[3][10] = f32::NAN;
+        let clip = Some(ClipGradNorm::new(1.0));
+        let mut cpu = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
+        let mut gpu = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
+        cpu.set_clip_grad_norm(clip).unwrap();
+        gpu.set_clip_grad_norm(clip).unwrap();
+        cpu.step(&refs(&g)).unwrap();
+        gpu.step(&refs(&g)).unwrap();
+        assert!(cpu.last_grad_norm().unwrap().is_nan(), "{name}");
+        assert!(gpu.last_grad_norm().unwrap().unwrap().is_nan(), "{name}");
+        assert!(cpu.params_flat().iter().all(|p| p.is_nan()), "{name}: cpu");
+        assert!(
+            gpu.read_params_flat().unwrap().iter().all(|p| p.is_nan()),
+            "{name}: gpu"
+        );
+        assert_eq!((cpu.step_count(), gpu.step_count()), (1, 1));
+    }
+    let sgd = Sgd {
+        lr: 0.1,
+        ..Sgd::default()
+    };
+    let init: Vec<Vec<f32>> = vec![vec![1.0, -2.0, 3.0], vec![0.5; 70]];
+    let mut g: Vec<Vec<f32>> = vec![vec![0.1, 0.2, 0.3], vec![-0.25; 70]];
+    g[1][66] = f32::INFINITY;
+    let mut cpu = CpuOptimizer::new(sgd.clone(), &refs(&init)).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), sgd, &refs(&init)).unwrap();
+    cpu.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+        .unwrap();
+    gpu.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+        .unwrap();
+    cpu.step(&refs(&g)).unwrap();
+    gpu.step(&refs(&g)).unwrap();
+    assert_eq!(cpu.last_grad_norm(), Some(f32::INFINITY));
+    assert_eq!(gpu.last_grad_norm().unwrap(), Some(f32::INFINITY));
+    let flat_init = init.concat();
+    for (backend, params) in [
+        ("cpu", cpu.params_flat().to_vec()),
+        ("gpu", gpu.read_params_flat().unwrap()),
+    ] {
+        for (i, (&p, &p0)) in params.iter().zip(&flat_init).enumerate() {
+            if i == 3 + 66 {
+                assert!(p.is_nan(), "{backend}: the infinite gradient's parameter");
+            } else {
+                assert_eq!(p.to_bits(), p0.to_bits(), "{backend}: param {i} moved");
+            }
+        }
+    }
+}
+
+/// `record_step` cannot report a refused step: with `error_if_nonfinite` it
+/// returns `Error::InvalidOptions` and records nothing; with plain clipping
+/// it records the same step as `step_device`.
+#[test]
+fn record_step_and_error_if_nonfinite() {
+    let init: Vec<Vec<f32>> = vec![vec![1.0, 2.0, 3.0], vec![-1.0; 100]];
+    let g: Vec<Vec<f32>> = vec![vec![3.0, -4.0, 0.5], vec![0.25; 100]];
+    for config in [Config::from(Lamb::default()), Config::from(Adam::default())] {
+        let mut a = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
+        let mut b = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
+        a.set_clip_grad_norm(Some(ClipGradNorm {
+            max_norm: 1.0,
+            error_if_nonfinite: true,
+        }))
+        .unwrap();
+        b.set_clip_grad_norm(Some(ClipGradNorm::new(1.0))).unwrap();
+        a.write_grads(&refs(&g)).unwrap();
+        b.write_grads(&refs(&g)).unwrap();
+        let before = snap_gpu(&a);
+        let mut encoder = ctx()
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let e = a.record_step(&mut encoder, None).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidOptions(m) if m.contains("error_if_nonfinite")),
+            "{e:?}"
+        );
+        b.record_step(&mut encoder, None).unwrap();
+        ctx().queue().submit(Some(encoder.finish()));
+        assert_eq!(
+            snap_gpu(&a),
+            before,
+            "{:?}: a refused record_step recorded",
+            config.kind()
+        );
+        assert_eq!(b.step_count(), 1);
+        // The same step through step_device.
+        a.set_clip_grad_norm(Some(ClipGradNorm::new(1.0))).unwrap();
+        a.step_device().unwrap();
+        assert_eq!(snap_gpu(&a), snap_gpu(&b), "{:?}", config.kind());
+        assert_eq!(
+            a.last_grad_norm().unwrap().map(f32::to_bits),
+            b.last_grad_norm().unwrap().map(f32::to_bits)
+        );
+    }
+}
+
+/// Dispatches per step: `c` chunks, clipping `c + 1` more, LAMB `2c + 1`.
+#[test]
+fn dispatches_per_step() {
+    let lengths = [4097usize, 0, 1, 5, 4096, 3];
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| vec![0.5; n]).collect();
+    let configs: [Config; 3] = [
+        Sgd::default().into(),
+        AdamW::default().into(),
+        Lamb::default().into(),
+    ];
+    let mut table = Vec::new();
+    for config in &configs {
+        for chunk in [None, Some(4096u64), Some(1024)] {
+            let options = GpuOptions {
+                max_chunk_elements: chunk,
+                ..GpuOptions::default()
+            };
+            let mut opt =
+                GpuOptimizer::with_options(ctx(), config.clone(), &refs(&init), options).unwrap();
+            let c = chunk.map_or(1, |c| 8202usize.div_ceil(c as usize));
+            let lamb = matches!(config, Config::Lamb(_));
+            let rule = if lamb { 2 * c + 1 } else { c };
+            assert_eq!(
+                opt.dispatches_per_step(),
+                rule,
+                "{:?} {chunk:?}",
+                config.kind()
+            );
+            opt.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+                .unwrap();
+            assert_eq!(opt.dispatches_per_step(), rule + c + 1);
+            table.push(format!(
+                "{} c={c}: {}",
+                config.kind(),
+                opt.dispatches_per_step()
+            ));
+            opt.set_clip_grad_norm(None).unwrap();
+            assert_eq!(opt.dispatches_per_step(), rule);
+        }
+        // No element at all: nothing to dispatch.
+        let none: [&[f32]; 2] = [&[], &[]];
+        let mut empty = GpuOptimizer::new(ctx(), config.clone(), &none).unwrap();
+        empty
+            .set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+            .unwrap();
+        assert_eq!(empty.dispatches_per_step(), 0);
+        empty.step(&none).unwrap();
+        assert_eq!(empty.last_grad_norm().unwrap(), Some(0.0));
+    }
+    println!("clipped dispatches per step: {}", table.join(", "));
+}
+
+// ------------------------------------------------- 4. LAMB's behaviour
+
+/// `1 − β^t` as the library computes it (f64, rounded to f32).
+fn bias_correction(beta: f64, t: u64) -> f32 {
+    (-(t as f64 * beta.ln()).exp_m1()) as f32
+}
+
+/// LAMB's update direction of one element at step `t` from fresh moments
+/// (`m = v = 0` before), in f32 with the library's operations.
+fn first_u(c: &Lamb, p: f32, g: f32) -> f32 {
+    let g = if c.maximize { -g } else { g };
+    let m = c.betas.0 as f32 * 0.0 + (1.0 - c.betas.0) as f32 * g;
+    let v = c.betas.1 as f32 * 0.0 + (1.0 - c.betas.1) as f32 * (g * g);
+    let m_hat = m / bias_correction(c.betas.0, 1);
+    let v_hat = v / bias_correction(c.betas.1, 1);
+    let denom = if c.eps_inside_sqrt {
+        (v_hat + c.eps as f32).sqrt()
+    } else {
+        v_hat.sqrt() + c.eps as f32
+    };
+    m_hat / denom + c.weight_decay as f32 * p
+}
+
+/// Runs one step of `config` from `init` with `grads` on both backends.
+fn one_step(config: &Lamb, init: &[Vec<f32>], grads: &[Vec<f32>]) -> [Vec<f32>; 2] {
+    let mut cpu = CpuOptimizer::new(config.clone(), &refs(init)).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), config.clone(), &refs(init)).unwrap();
+    cpu.step(&refs(grads)).unwrap();
+    gpu.step(&refs(grads)).unwrap();
+    [cpu.params_flat().to_vec(), gpu.read_params_flat().unwrap()]
+}
+
+/// Where `‖θ‖ = 0` (a zero-initialised tensor) the ratio is 1: the first
+/// step moves each element by exactly `lr·u`, next to a tensor whose ratio
+/// is not 1. Where `‖u‖ = 0` (zero gradient, no weight decay) nothing
+/// moves. The CPU is bit-exact; the GPU's `u` may be `K_LAMB_ELEM` ε off
+/// (its division and square root), and `lr·u` rounds once more.
+#[test]
+fn lamb_trust_ratio_is_one_where_a_norm_is_zero() {
+    let c = Lamb {
+        lr: 0.01,
+        ..Lamb::default()
+    };
+    let init = vec![vec![0.0f32; 5], vec![3.0, -4.0], vec![0.25, -0.5, 1.0]];
+    let grads = vec![
+        vec![0.5f32, -1.0, 2.0, -1e-3, 0.0],
+        vec![1.0, 1.0],
+        vec![0.0; 3],
+    ];
+    let c0 = Lamb {
+        weight_decay: 0.0,
+        ..c.clone()
+    };
+    for cfg in [&c, &c0] {
+        let [cpu, gpu] = one_step(cfg, &init, &grads);
+        for i in 0..5 {
+            let want = 0.0 - (cfg.lr as f32 * 1.0) * first_u(cfg, 0.0, grads[0][i]);
+            assert_eq!(cpu[i].to_bits(), want.to_bits(), "cpu element {i}");
+            let tol = (K_LAMB_ELEM + 1.0) * EPS * want.abs() as f64;
+            assert!(
+                (gpu[i] - want).abs() as f64 <= tol,
+                "gpu element {i}: {} vs {want}",
+                gpu[i]
+            );
+        }
+        // The second tensor: ratio ‖θ‖/‖u‖ = 5/‖u‖, not 1.
+        let u: Vec<f32> = (0..2).map(|i| first_u(cfg, init[1][i], 1.0)).collect();
+        let ratio = 5.0 / ((u[0] as f64).powi(2) + (u[1] as f64).powi(2)).sqrt();
+        assert!(ratio > 3.0);
+        for i in 0..2 {
+            let want = init[1][i] as f64 - cfg.lr * ratio * u[i] as f64;
+            for (backend, got) in [("cpu", cpu[5 + i]), ("gpu", gpu[5 + i])] {
+                assert!(
+                    (got as f64 - want).abs() <= 64.0 * EPS * want.abs(),
+                    "{backend}: {got} vs {want}"
+                );
+            }
+        }
+        // The third: zero gradient.
+        for i in 0..3 {
+            if cfg.weight_decay == 0.0 {
+                // u = 0 exactly: ratio 1 and θ − lr·0 = θ.
+                assert_eq!(cpu[7 + i].to_bits(), init[2][i].to_bits());
+                assert_eq!(gpu[7 + i].to_bits(), init[2][i].to_bits());
+            } else {
+                // u = wd·θ: the ratio is 1/wd and θ shrinks by lr exactly.
+                let want = init[2][i] as f64 * (1.0 - cfg.lr);
+                for got in [cpu[7 + i], gpu[7 + i]] {
+                    assert!((got as f64 - want).abs() <= 64.0 * EPS * want.abs());
+                }
+            }
+        }
+    }
+}
+
+/// The clamp against a hand computation (f64, from the equations) on tiny
+/// tensors: one whose ratio is above `max`, one below `min`, one inside.
+/// Also `unit_ratio_without_decay`: ratio 1 with no weight decay, the
+/// ratio itself with weight decay. The tolerance, 64 ε relative, covers the
+/// f32 arithmetic of one step (u to `K_LAMB_ELEM`, the ratio to
+/// `K_RATIO`) against exact arithmetic.
+#[test]
+fn lamb_trust_ratio_clamp_and_unit_ratio() {
+    let init = vec![vec![3.0f32, 4.0], vec![1e-3, 0.0], vec![0.6, -0.8]];
+    let grads = vec![vec![1.0f32, -1.0], vec![0.5, 0.25], vec![2.0, 0.1]];
+    // Exact u of the first step with wd = 0: g/(|g| + eps) ≈ sign(g).
+    let hand = |c: &Lamb, ratio_of: &dyn Fn(f64) -> f64| -> Vec<f64> {
+        let mut out = Vec::new();
+        for (p, g) in init.iter().zip(&grads) {
+            let u: Vec<f64> = p
+                .iter()
+                .zip(g)
+                .map(|(&p, &g)| {
+                    let g = g as f64;
+                    g / (g.abs() + c.eps) + c.weight_decay * p as f64
+                })
+                .collect();
+            let pn = p.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+            let un = u.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let r = ratio_of(if pn > 0.0 && un > 0.0 { pn / un } else { 1.0 });
+            out.extend(p.iter().zip(&u).map(|(&p, &u)| p as f64 - c.lr * r * u));
+        }
+        out
+    };
+    let check = |c: &Lamb, want: Vec<f64>, what: &str| {
+        let [cpu, gpu] = one_step(c, &init, &grads);
+        for (backend, got) in [("cpu", cpu), ("gpu", gpu)] {
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= 64.0 * EPS * w.abs().max(1e-30),
+                    "{what} {backend}[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    };
+    let c = Lamb {
+        lr: 0.1,
+        weight_decay: 0.0,
+        trust_ratio_clamp: Some((0.5, 2.0)),
+        ..Lamb::default()
+    };
+    // Unclamped ratios: 5/√2 ≈ 3.5, 1e-3/√2, 1/‖(1, 1)‖ ≈ 0.71.
+    check(&c, hand(&c, &|r| r.clamp(0.5, 2.0)), "clamp (0.5, 2)");
+    let free = Lamb {
+        trust_ratio_clamp: None,
+        ..c.clone()
+    };
+    check(&free, hand(&free, &|r| r), "no clamp");
+    let unit = Lamb {
+        unit_ratio_without_decay: true,
+        ..free.clone()
+    };
+    check(&unit, hand(&unit, &|_| 1.0), "unit ratio, wd 0");
+    let decayed = Lamb {
+        weight_decay: 0.1,
+        ..unit.clone()
+    };
+    check(
+        &decayed,
+        hand(&decayed, &|r| r),
+        "unit ratio, wd 0.1 (ratio applies)",
+    );
+    // The clamped and the unclamped runs really differ.
+    assert_ne!(
+        one_step(&c, &init, &grads)[0],
+        one_step(&free, &init, &grads)[0]
+    );
+}
+
+/// LAMB lowers the loss of an elongated quadratic `½ Σ aᵢθᵢ²`, `aᵢ` from
+/// 1 to 100, on both backends (the gradient `aᵢθᵢ` read back each step).
+#[test]
+fn lamb_lowers_a_quadratic() {
+    let n = 64;
+    let a: Vec<f32> = (0..n)
+        .map(|i| 1.0 + 99.0 * i as f32 / (n - 1) as f32)
+        .collect();
+    let loss = |t: &[f32]| -> f64 {
+        t.iter()
+            .zip(&a)
+            .map(|(&x, &ai)| 0.5 * ai as f64 * (x as f64).powi(2))
+            .sum()
+    };
+    let grad = |t: &[f32]| -> Vec<f32> { t.iter().zip(&a).map(|(&x, &ai)| ai * x).collect() };
+    let mut rng = Rng(3);
+    let init = vec![rng.vec(n, 1.0), rng.vec(n, 1.0)];
+    let config = Lamb {
+        lr: 0.05,
+        weight_decay: 0.0,
+        ..Lamb::default()
+    };
+    let l0 = loss(&init.concat());
+    let mut cpu = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), config, &refs(&init)).unwrap();
+    let steps = 150;
+    for _ in 0..steps {
+        let g: Vec<Vec<f32>> = cpu.params().iter().map(|t| grad(t)).collect();
+        cpu.step(&refs(&g)).unwrap();
+        let g: Vec<Vec<f32>> = gpu.read_params().unwrap().iter().map(|t| grad(t)).collect();
+        gpu.step(&refs(&g)).unwrap();
+    }
+    let (lc, lg) = (
+        loss(cpu.params_flat()),
+        loss(&gpu.read_params_flat().unwrap()),
+    );
+    println!("LAMB on a quadratic, {steps} steps: loss {l0:.4} -> cpu {lc:.3e}, gpu {lg:.3e}");
+    assert!(lc < 1e-3 * l0, "cpu: {l0} -> {lc}");
+    assert!(lg < 1e-3 * l0, "gpu: {l0} -> {lg}");
+}
+
+// ------------------------------------------ 5. schedules driving the GPU
+
+/// A triangular cyclic schedule (Smith 2017) on SGD momentum, stepping the
+/// GPU and the CPU each with its own `Scheduler`: the lr is `base_lr` at
+/// every cycle boundary and `max_lr` at every peak, the momentum the other
+/// way round, both optimizers get the same values, and the GPU's
+/// parameters and momentum buffer match the CPU's within the element-wise
+/// bound (`K_ELEM`: the scalars change between steps, the kernels do not).
+#[test]
+fn cyclic_lr_drives_gpu_sgd_like_cpu() {
+    let lengths = [4097usize, 1, 300];
+    let (base_lr, max_lr, up, down) = (0.001, 0.1, 4u64, 6u64);
+    let schedule = Schedule::Cyclic(CyclicLr {
+        step_size_up: up,
+        step_size_down: Some(down),
+        ..CyclicLr::new(base_lr, max_lr)
+    });
+    let config = Sgd {
+        lr: 0.5, // overwritten by CyclicLR
+        momentum: 0.9,
+        ..Sgd::default()
+    };
+    let mut rng = Rng(21);
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let options = GpuOptions {
+        max_chunk_elements: Some(2048),
+        ..GpuOptions::default()
+    };
+    let mut pair = Pair::new("cyclic sgd".into(), config.into(), None, &init, options);
+    let mut cpu_sched = Scheduler::for_config(schedule.clone(), pair.cpu.config()).unwrap();
+    let mut gpu_sched = Scheduler::for_config(schedule, pair.gpu.config()).unwrap();
+    let cycle = up + down;
+    let steps = 3 * cycle + 1;
+    let mut lrs = Vec::new();
+    for step in 0..steps {
+        cpu_sched.apply_to_cpu(&mut pair.cpu).unwrap();
+        gpu_sched.apply_to_gpu(&mut pair.gpu).unwrap();
+        let (lr, m) = (gpu_sched.lr(), gpu_sched.momentum().unwrap());
+        assert_eq!(pair.gpu.config(), pair.cpu.config(), "step {step}");
+        assert_eq!(
+            (pair.gpu.config().lr(), pair.gpu.config().momentum()),
+            (lr, Some(m))
+        );
+        if step % cycle == 0 {
+            assert_eq!((lr, m), (base_lr, 0.9), "step {step}: a cycle boundary");
+        } else if step % cycle == up {
+            assert!(
+                (lr - max_lr).abs() <= 1e-12 * max_lr,
+                "step {step}: peak lr {lr}"
+            );
+            assert!(
+                (m - 0.8).abs() <= 1e-12,
+                "step {step}: momentum at the peak {m}"
+            );
+        } else {
+            assert!(
+                base_lr < lr && lr < max_lr && 0.8 < m && m < 0.9,
+                "step {step}"
+            );
+        }
+        lrs.push(lr);
+        let grads = step_grads(&mut rng, &lengths);
+        pair.step(&grads);
+        cpu_sched.advance();
+        gpu_sched.advance();
+    }
+    // Up for `up` steps, down for `down`.
+    for s in 0..cycle as usize {
+        let rising = s < up as usize;
+        assert_eq!(lrs[s + 1] > lrs[s], rising, "step {s}");
+    }
+    let seen = pair.check(K_ELEM, K_ELEM);
+    report(&format!("CyclicLR triangular, {steps} steps"), 1, seen);
+}
+
+/// OneCycleLR driving AdamW's lr and `beta1` (down from `max_momentum` to
+/// `base_momentum` at the peak and back), and warmup + cosine driving
+/// LAMB's lr, GPU against CPU.
+#[test]
+fn one_cycle_drives_adamw_beta1_and_warmup_cosine_drives_lamb() {
+    let lengths = [4097usize, 5, 64];
+    let total = 20u64;
+    let runs: [(&str, Config, Schedule); 2] = [
+        (
+            "one-cycle adamw",
+            AdamW::default().into(),
+            Schedule::OneCycle(OneCycleLr::new(0.01, total)),
+        ),
+        (
+            "warmup-cosine lamb",
+            Lamb {
+                lr: 0.02,
+                ..Lamb::default()
+            }
+            .into(),
+            Schedule::warmup_cosine(0.1, 4, total - 4, 0.0),
+        ),
+    ];
+    for (name, config, schedule) in runs {
+        let mut rng = Rng(31);
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let mut pair = Pair::new(
+            name.into(),
+            config.clone(),
+            None,
+            &init,
+            GpuOptions::default(),
+        );
+        let mut sched = Scheduler::for_config(schedule.clone(), &config).unwrap();
+        let mut betas = Vec::new();
+        for _ in 0..total {
+            sched.apply_to_cpu(&mut pair.cpu).unwrap();
+            sched.apply_to_gpu(&mut pair.gpu).unwrap();
+            assert_eq!(pair.gpu.config(), pair.cpu.config());
+            assert_eq!(pair.gpu.config().lr(), sched.lr());
+            betas.push(pair.gpu.config().momentum().unwrap());
+            let grads = step_grads(&mut rng, &lengths);
+            pair.step(&grads);
+            sched.advance();
+        }
+        if let Schedule::OneCycle(oc) = &schedule {
+            // Peak at pct_start·total − 1 = step 5.
+            let peak = (oc.pct_start * total as f64 - 1.0) as usize;
+            assert_eq!(betas[0], oc.max_momentum);
+            assert!((betas[peak] - oc.base_momentum).abs() < 1e-12, "{betas:?}");
+            assert!((betas[total as usize - 1] - oc.max_momentum).abs() < 1e-12);
+            assert!(betas[1..peak]
+                .iter()
+                .all(|&b| b < oc.max_momentum && b > oc.base_momentum));
+        } else {
+            assert!(betas.iter().all(|&b| b == 0.9), "no momentum cycling");
+        }
+        let (kp, ks) = k_bounds(&config, false);
+        let seen = pair.check(kp, ks);
+        report(name, 1, seen);
+    }
+}
