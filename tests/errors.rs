@@ -9,8 +9,8 @@
 use std::sync::OnceLock;
 
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, AdapterSelection, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
-    GpuOptions, RmsProp, Sgd,
+    Adagrad, Adam, AdamW, AdapterSelection, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext,
+    GpuOptimizer, GpuOptions, Lamb, RmsProp, Sgd,
 };
 
 /// One context for the whole binary.
@@ -367,7 +367,77 @@ fn cases() -> Vec<Case> {
         .into(),
         expect: Expect::Options(&["nesterov", "dampening = 0.1"]),
     });
+    lamb_cases(&mut out);
     out
+}
+
+/// LAMB's rows of the table: lr, betas, eps, weight_decay, and the trust
+/// ratio clamp (each bound finite and >= 0, min <= max).
+fn lamb_cases(out: &mut Vec<Case>) {
+    let mut hyper = |what: String, config: Lamb, name: &'static str, value: f64| {
+        out.push(Case {
+            what,
+            config: config.into(),
+            expect: Expect::Hyper(name, value),
+        })
+    };
+    let d = Lamb::default;
+    for v in [-0.1, f64::NAN, f64::INFINITY] {
+        hyper(format!("lamb lr = {v}"), Lamb { lr: v, ..d() }, "lr", v);
+    }
+    for v in [1.0, -0.1, f64::NAN, f64::INFINITY] {
+        let b0 = Lamb {
+            betas: (v, 0.999),
+            ..d()
+        };
+        hyper(format!("lamb betas[0] = {v}"), b0, "betas[0]", v);
+        let b1 = Lamb {
+            betas: (0.9, v),
+            ..d()
+        };
+        hyper(format!("lamb betas[1] = {v}"), b1, "betas[1]", v);
+    }
+    for v in [-1e-8, f64::NAN] {
+        hyper(format!("lamb eps = {v}"), Lamb { eps: v, ..d() }, "eps", v);
+    }
+    for v in [-0.01, f64::INFINITY] {
+        let c = Lamb {
+            weight_decay: v,
+            ..d()
+        };
+        hyper(format!("lamb weight_decay = {v}"), c, "weight_decay", v);
+    }
+    let clamp = |lo: f64, hi: f64| Lamb {
+        trust_ratio_clamp: Some((lo, hi)),
+        ..d()
+    };
+    let min = "trust_ratio_clamp.min";
+    let max = "trust_ratio_clamp.max";
+    hyper("lamb clamp min < 0".into(), clamp(-0.5, 1.0), min, -0.5);
+    hyper("lamb clamp both < 0".into(), clamp(-2.0, -1.0), min, -2.0);
+    hyper(
+        "lamb clamp min NaN".into(),
+        clamp(f64::NAN, 1.0),
+        min,
+        f64::NAN,
+    );
+    hyper(
+        "lamb clamp max NaN".into(),
+        clamp(0.5, f64::NAN),
+        max,
+        f64::NAN,
+    );
+    hyper(
+        "lamb clamp max inf".into(),
+        clamp(0.0, f64::INFINITY),
+        max,
+        f64::INFINITY,
+    );
+    out.push(Case {
+        what: "lamb clamp min > max".into(),
+        config: clamp(2.0, 1.0).into(),
+        expect: Expect::Options(&["trust_ratio_clamp", "min <= max", "(2, 1)"]),
+    });
 }
 
 #[test]
@@ -1038,4 +1108,116 @@ fn no_adapter_says_what_to_install() {
     let text = e.to_string();
     assert!(text.contains("mesa-vulkan-drivers"), "{text}");
     assert!(text.contains("no-such-adapter-xyz"), "{text}");
+}
+
+// ------------------------------------------------ LAMB and clipping
+
+/// LAMB's `set_lr` and `set_momentum` (`betas[0]`) refuse what its
+/// constructor refuses, on both backends, and leave the config unchanged.
+#[test]
+fn lamb_bad_set_lr_and_set_momentum_leave_the_config_unchanged() {
+    let params: &[&[f32]] = &[&[1.0, -1.0, 0.5]];
+    let config = Config::from(Lamb::default());
+    let mut cpu = CpuOptimizer::new(config.clone(), params).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), config.clone(), params).unwrap();
+    for lr in [-1.0, f64::NAN, f64::INFINITY] {
+        for (backend, err) in [
+            ("cpu", cpu.set_lr(lr).unwrap_err()),
+            ("gpu", gpu.set_lr(lr).unwrap_err()),
+        ] {
+            check(
+                &format!("lamb set_lr({lr})"),
+                backend,
+                &err,
+                &Expect::Hyper("lr", lr),
+            );
+        }
+    }
+    for (m, want) in bad_momenta(&config) {
+        for (backend, err) in [
+            ("cpu", cpu.set_momentum(m).unwrap_err()),
+            ("gpu", gpu.set_momentum(m).unwrap_err()),
+        ] {
+            assert!(
+                same_error(&err, &want),
+                "lamb set_momentum({m}) {backend}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(cpu.config(), &config);
+    assert_eq!(gpu.config(), &config);
+}
+
+/// `ClipGradNorm` with `max_norm` 0, -0, negative, NaN or ±inf is refused
+/// by `validate` and by `set_clip_grad_norm` on both backends with
+/// `InvalidHyperparameter { name: "max_norm" }` (with and without
+/// `error_if_nonfinite`); the clipping in force, the parameters, the state
+/// and the step count stay as they were, and the next step clips as before.
+#[test]
+fn invalid_clip_grad_norm_is_refused_and_changes_nothing() {
+    let params: &[&[f32]] = &[&[1.0, -2.0, 3.0], &[0.5]];
+    // Total norm 13 exactly (3-4-12-13): clipped to 2 by the good setting.
+    let g: &[&[f32]] = &[&[3.0, 4.0, 0.0], &[12.0]];
+    let good = Some(ClipGradNorm::new(2.0));
+    let configs: [Config; 3] = [
+        Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .into(),
+        Adam::default().into(),
+        Lamb::default().into(),
+    ];
+    let mut count = 0;
+    for config in configs {
+        let kind = config.kind();
+        let new_cpu = || {
+            let mut o = CpuOptimizer::new(config.clone(), params).unwrap();
+            o.set_clip_grad_norm(good).unwrap();
+            o
+        };
+        let new_gpu = || {
+            let mut o = GpuOptimizer::new(ctx(), config.clone(), params).unwrap();
+            o.set_clip_grad_norm(good).unwrap();
+            o
+        };
+        let (mut cpu, mut gpu) = (new_cpu(), new_gpu());
+        cpu.step(g).unwrap();
+        gpu.step(g).unwrap();
+        let (before_cpu, before_gpu) = (snapshot_cpu(&cpu), snapshot_gpu(&gpu));
+        for v in [0.0, -0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for error_if_nonfinite in [false, true] {
+                let bad = ClipGradNorm {
+                    max_norm: v,
+                    error_if_nonfinite,
+                };
+                let what = format!("{kind} {bad:?}");
+                let expect = Expect::Hyper("max_norm", v);
+                check(&what, "validate", &bad.validate().unwrap_err(), &expect);
+                let e = cpu.set_clip_grad_norm(Some(bad)).unwrap_err();
+                check(&what, "cpu", &e, &expect);
+                let e = gpu.set_clip_grad_norm(Some(bad)).unwrap_err();
+                check(&what, "gpu", &e, &expect);
+                assert_eq!(cpu.clip_grad_norm(), good, "{what}: cpu clipping changed");
+                assert_eq!(gpu.clip_grad_norm(), good, "{what}: gpu clipping changed");
+                count += 3;
+            }
+        }
+        assert_eq!(snapshot_cpu(&cpu), before_cpu, "{kind}: cpu changed");
+        assert_eq!(snapshot_gpu(&gpu), before_gpu, "{kind}: gpu changed");
+        // The next step clips to 2 as before: as two steps of a fresh one.
+        cpu.step(g).unwrap();
+        gpu.step(g).unwrap();
+        let (mut cpu2, mut gpu2) = (new_cpu(), new_gpu());
+        for _ in 0..2 {
+            cpu2.step(g).unwrap();
+            gpu2.step(g).unwrap();
+        }
+        assert_eq!(snapshot_cpu(&cpu), snapshot_cpu(&cpu2), "{kind}: cpu");
+        assert_eq!(snapshot_gpu(&gpu), snapshot_gpu(&gpu2), "{kind}: gpu");
+        assert_eq!(cpu.last_grad_norm(), Some(13.0));
+        assert_eq!(gpu.last_grad_norm().unwrap(), Some(13.0));
+    }
+    println!("{count} invalid ClipGradNorm values refused, nothing changed");
 }
