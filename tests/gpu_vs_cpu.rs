@@ -50,7 +50,8 @@
 use std::sync::OnceLock;
 
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RmsProp, Sgd,
+    Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Lamb,
+    RmsProp, Sgd,
 };
 
 /// One context for the whole binary: adapter and device creation (and the
@@ -674,7 +675,12 @@ fn compare(case: &Case, lengths: &[usize], options: &GpuOptions, seed: u64) -> S
         GpuOptimizer::with_options(ctx(), case.config.clone(), &init_refs, options.clone())
             .unwrap_or_else(|e| panic!("{what}: {e}"));
     if let Some(chunk) = options.max_chunk_elements {
-        let want = total.div_ceil(chunk as usize);
+        let chunks = total.div_ceil(chunk as usize);
+        // LAMB: two tile passes per chunk and one for the trust ratios.
+        let want = match case.config {
+            Config::Lamb(_) if chunks > 0 => 2 * chunks + 1,
+            _ => chunks,
+        };
         assert_eq!(gpu.dispatches_per_step(), want, "{what}: dispatches");
     }
     let names: Vec<&'static str> = cpu.state_names().to_vec();
@@ -749,7 +755,9 @@ fn compare(case: &Case, lengths: &[usize], options: &GpuOptions, seed: u64) -> S
 
     let eps = f32::EPSILON as f64;
     let mut seen = Seen::default();
+    let (k_params, k_state) = bounds(&case.config);
     for ((name, c, g), env) in buffers.iter().zip(&envelopes) {
+        let k = if *name == "params" { k_params } else { k_state };
         assert_eq!(c.len(), g.len(), "{what}: {name} length");
         seen.values += c.len();
         for i in 0..c.len() {
@@ -766,10 +774,10 @@ fn compare(case: &Case, lengths: &[usize], options: &GpuOptions, seed: u64) -> S
             let bound_unit = STEPS as f64 * eps * env.scale(i);
             let ratio = diff / bound_unit;
             assert!(
-                ratio <= K,
+                ratio <= k,
                 "{what}: {name}[{i}]: cpu {cv:e}, gpu {gv:e}, |diff| = {diff:e} > \
-                 {STEPS}·{K}·ε·scale = {:e} (scale {:e}, ratio {ratio:.2})",
-                K * bound_unit,
+                 {STEPS}·{k}·ε·scale = {:e} (scale {:e}, ratio {ratio:.2})",
+                k * bound_unit,
                 env.scale(i)
             );
             seen.worst = seen.worst.max(ratio);
@@ -915,4 +923,131 @@ fn large_tensor() {
         seen.add(compare(case, lengths, &options, 4242 + ci as u64));
     }
     report(&format!("large tensor ({LARGE} elements)"), 5, seen);
+}
+
+// ------------------------------------------------------------------ LAMB
+
+/// LAMB's bounds. Its update `u = m̂/(sqrt(v̂) + eps) + wd·θ` has three
+/// divisions, a square root and a possible FMA: `K = 14` instead of 8. Its
+/// trust ratio `‖θ‖/‖u‖` comes from f32 tree sums on the GPU and f64 sums
+/// on the CPU, which adds at most 44.5 to the parameters' `K` (derived in
+/// tests/lamb_clip.rs for tiles of 4096 elements; here the chunks of 128
+/// cut tensors into tiles of at most 128, fewer roundings still). The
+/// moments do not depend on the ratio. Global-norm clipping and LAMB's
+/// special cases are tested in tests/lamb_clip.rs.
+const K_LAMB_PARAMS: f64 = 14.0 + 44.5;
+const K_LAMB_STATE: f64 = 14.0;
+
+/// `K` of the parameters and of the state tensors.
+fn bounds(config: &Config) -> (f64, f64) {
+    match config {
+        Config::Lamb(_) => (K_LAMB_PARAMS, K_LAMB_STATE),
+        _ => (K, K),
+    }
+}
+
+fn lamb_cases() -> Vec<Case> {
+    let base = Lamb {
+        lr: 0.01,
+        ..Lamb::default()
+    };
+    vec![
+        case("lamb default", base.clone()),
+        case(
+            "lamb weight_decay 0",
+            Lamb {
+                weight_decay: 0.0,
+                ..base.clone()
+            },
+        ),
+        case(
+            "lamb trust_ratio_clamp",
+            Lamb {
+                trust_ratio_clamp: Some((0.8, 1.2)),
+                ..base.clone()
+            },
+        ),
+        case(
+            "lamb unit_ratio_without_decay",
+            Lamb {
+                weight_decay: 0.0,
+                unit_ratio_without_decay: true,
+                ..base.clone()
+            },
+        ),
+        case(
+            "lamb eps_inside_sqrt",
+            Lamb {
+                eps: 1e-4,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        case(
+            "lamb maximize",
+            Lamb {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "lamb all options, lr and beta1 changed",
+            Lamb {
+                betas: (0.8, 0.99),
+                weight_decay: 0.1,
+                trust_ratio_clamp: Some((0.5, 2.0)),
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base
+            },
+            &[
+                (5, Change::Lr(0.002)),
+                (9, Change::Momentum(0.5)),
+                (14, Change::Lr(0.03)),
+                (20, Change::Momentum(0.95)),
+            ],
+        ),
+    ]
+}
+
+/// Every LAMB configuration over the mixed lengths in chunks of 128, and
+/// the richest alone at each length, in one chunk and in chunks of 64.
+#[test]
+fn lamb_every_option() {
+    let cases = lamb_cases();
+    let mut seen = Seen::default();
+    let mut runs = 0;
+    for (ci, case) in cases.iter().enumerate() {
+        for (vi, options) in chunked_variants().iter().enumerate() {
+            seen.add(compare(
+                case,
+                MIXED,
+                options,
+                3000 + 17 * ci as u64 + vi as u64,
+            ));
+            runs += 1;
+        }
+    }
+    let richest = &cases[cases.len() - 1];
+    for lengths in LENGTHS.chunks(1) {
+        for options in [
+            GpuOptions::default(),
+            GpuOptions {
+                max_chunk_elements: Some(64),
+                ..GpuOptions::default()
+            },
+        ] {
+            seen.add(compare(richest, lengths, &options, 3500));
+            runs += 1;
+        }
+    }
+    println!(
+        "lamb: {} configurations, lengths {MIXED:?} together and each alone: {runs} runs of \
+         {STEPS} steps, {} values compared, {} differ; largest |gpu - cpu| / (steps·ε·scale) \
+         = {:.3} (bounds K = {K_LAMB_PARAMS} params, {K_LAMB_STATE} state)",
+        cases.len(),
+        seen.values,
+        seen.differing,
+        seen.worst
+    );
 }
