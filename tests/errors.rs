@@ -787,9 +787,14 @@ fn mismatched_gradients_change_nothing() {
         }
         let before_cpu = snapshot_cpu(&cpu);
         let before_gpu = snapshot_gpu(&gpu);
-        assert_eq!(
-            before_cpu, before_gpu,
-            "{kind}: CPU and GPU differ before the test"
+        // CPU and GPU agree up to rounding (a real GPU may fuse a·b + c and
+        // round WGSL's division and sqrt within 2.5 ulp: bit equality holds
+        // on lavapipe, not on an NVIDIA card); what this test is about is
+        // each optimizer against itself, below.
+        assert_close(
+            &before_cpu,
+            &before_gpu,
+            &format!("{kind}: before the test"),
         );
         for (what, grads, want) in &bad {
             assert_eq!(
@@ -840,12 +845,24 @@ fn mismatched_gradients_change_nothing() {
         cpu.step(good).unwrap();
         gpu.step_device().unwrap_or_else(|e| panic!("{e}"));
         let mut replay = CpuOptimizer::new(config.clone(), params).unwrap();
+        let mut gpu_replay = GpuOptimizer::with_options(
+            ctx(),
+            config.clone(),
+            params,
+            GpuOptions {
+                max_chunk_elements: Some(64),
+                ..GpuOptions::default()
+            },
+        )
+        .unwrap();
         for _ in 0..3 {
             replay.step(good).unwrap();
+            gpu_replay.step(good).unwrap();
         }
+        // The same adapter runs the same kernels the same way: bit for bit.
         assert_eq!(
             snapshot_gpu(&gpu),
-            snapshot_cpu(&replay),
+            snapshot_gpu(&gpu_replay),
             "{kind}: after the errors"
         );
         assert_eq!(
@@ -855,6 +872,25 @@ fn mismatched_gradients_change_nothing() {
         );
     }
     println!("{count} mismatched-gradient calls refused, nothing changed");
+}
+
+/// CPU and GPU snapshots equal up to a few f32 ulp per step: each step
+/// rounds at most ~8 operations differently (FMA contraction, WGSL's
+/// 2.5-ulp division and sqrt), and the gradients here do not depend on the
+/// parameters, so differences add up: |gpu − cpu| ≤ steps·8·ε·max(|x|, 1).
+#[track_caller]
+fn assert_close(cpu: &Snapshot, gpu: &Snapshot, what: &str) {
+    assert_eq!(cpu.steps, gpu.steps, "{what}: step counts");
+    let bound = |x: f32| cpu.steps.max(1) as f32 * 8.0 * f32::EPSILON * x.abs().max(1.0);
+    let pairs = cpu
+        .params
+        .iter()
+        .zip(&gpu.params)
+        .chain(cpu.state.iter().flatten().zip(gpu.state.iter().flatten()));
+    assert_eq!(cpu.state.len(), gpu.state.len(), "{what}: state tensors");
+    for (a, b) in pairs {
+        assert!((a - b).abs() <= bound(*a), "{what}: {a} against {b}");
+    }
 }
 
 fn buffer(ctx: &GpuContext, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
