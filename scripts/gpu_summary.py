@@ -29,7 +29,7 @@ def main():
         print(f"conformance: {passed}/{len(conf)} case-backend pairs pass")
     t = {(r["rule"], r["n"], r["impl"]): r for r in torch if "gbps" in r}
     print(f"{'rule':<13}{'n':>11}{'tensors':>8}{'kernel':>17}{'ours ms':>9}{'GB/s':>8}{'kern GB/s':>10}"
-          f"{'copy GB/s':>10}{'of copy':>8}{'torch fused':>12}{'foreach':>9}  verify")
+          f"{'copy GB/s':>10}{'DMA GB/s':>9}{'of copy':>8}{'torch fused':>12}{'foreach':>9}  verify")
     for r in ours:
         if r.get("backend") != "gpu" or "gbps" not in r:
             continue
@@ -42,7 +42,7 @@ def main():
         f = lambda x, w, p=1: (f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) else f"{'-':>{w}}")
         print(f"{r['rule']:<13}{r['n']:>11}{r.get('tensors', 1):>8}{str(r.get('kernel') or '-'):>17}"
               f"{f(r['median_ms'], 9, 3)}{f(r['gbps'], 8)}"
-              f"{f(kgbps, 10)}{f(r.get('copy_gbps'), 10)}{f(frac, 8, 2)}{f(fused, 12)}{f(foreach, 9)}"
+              f"{f(kgbps, 10)}{f(r.get('copy_gbps'), 10)}{f(r.get('dma_copy_gbps'), 9)}{f(frac, 8, 2)}{f(fused, 12)}{f(foreach, 9)}"
               f"  {r.get('verify', '-')}")
 
 

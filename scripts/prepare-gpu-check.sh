@@ -7,7 +7,9 @@
 #                             and the command through these paths, which
 #                             gpu-check.sh links to the bundle there
 #   .gpu/torch_optim_bench.py PyTorch's own step timings (the anchor)
-#   .gl/*.deb                 Debian's Vulkan loader (libvulkan1)
+#   .gl/*.deb                 Debian's Vulkan loader (libvulkan1) and the GL
+#                             dispatch libraries NVIDIA's Vulkan driver
+#                             (libGLX_nvidia) needs to load (libglvnd0, ...)
 # It builds the committed HEAD in a clean worktree (uncommitted work is left
 # out). Run it here, on a machine with cargo and Debian's package lists;
 # both folders are git-ignored. Keep the whole tree under 64 MiB.
@@ -38,11 +40,11 @@ for line in sys.stdin:
 strip .gpu/wgpu-optim .gpu/tests/*
 printf 'src=%s\ntarget=%s\ncommit=%s\n' "$src" "$target" "$(git rev-parse HEAD)" > .gpu/paths
 cp ../shared/bench/torch_optim_bench.py .gpu/ 2>/dev/null || cp /work/shared/bench/torch_optim_bench.py .gpu/
-if ! ls .gl/libvulkan1_*.deb >/dev/null 2>&1; then
+if ! ls .gl/libglvnd0_*.deb >/dev/null 2>&1; then
   mkdir -p .gl /tmp/amd64/partial
   o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
   apt-get $o update -qq
-  (cd .gl && apt-get $o download libvulkan1)
+  (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 fi
 git worktree remove --force "$src" 2>/dev/null || true
 du -sh .gpu .gl
