@@ -1562,3 +1562,186 @@ fn one_cycle_drives_adamw_beta1_and_warmup_cosine_drives_lamb() {
         report(name, 1, seen);
     }
 }
+
+// ------------------------------------------------------ README examples
+
+/// The README's code blocks of the LAMB, clipping and schedule sections,
+/// compiled and run; [`readme_blocks_are_these`] checks that the README
+/// holds the same text. Not formatted by rustfmt: the text is the README's.
+#[rustfmt::skip]
+mod readme {
+    use wgpu_optim::Error;
+
+    #[test]
+    fn readme_lamb() -> Result<(), Error> {
+        use wgpu_optim::{ClipGradNorm, GpuContext, GpuOptimizer, Lamb};
+
+        let ctx = GpuContext::new()?;
+        let (w, b) = (vec![0.02f32; 1 << 16], vec![0.0f32; 1024]);
+        let lamb = Lamb { lr: 1e-3, trust_ratio_clamp: Some((0.0, 10.0)), ..Lamb::default() };
+        let mut opt = GpuOptimizer::new(&ctx, lamb, &[&w, &b])?;
+        opt.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))?; // BERT's recipe clips to 1
+        opt.step(&[&vec![0.01f32; 1 << 16], &vec![0.01f32; 1024]])?;
+        assert_eq!(opt.dispatches_per_step(), 2 + 3); // clipping 2, LAMB 3 (one chunk)
+        let b1 = &opt.read_params()?[1];
+        assert!(b1.iter().all(|&x| (x + 1e-3).abs() < 1e-6)); // ratio 1: moved by lr·u, u ≈ 1
+        Ok(())
+    }
+
+    #[test]
+    fn readme_clipping() -> Result<(), Error> {
+        use wgpu_optim::{AdamW, ClipGradNorm, Error, GpuContext, GpuOptimizer};
+
+        let ctx = GpuContext::new()?;
+        let weights = vec![0.1f32; 4096];
+        let mut opt = GpuOptimizer::new(&ctx, AdamW::default(), &[&weights])?;
+        opt.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))?; // clip_grad_norm_(params, 1.0)
+        for step in 0..20 {
+            let grads = vec![0.05f32; 4096]; // total norm 3.2: scaled down to 1
+            opt.step(&[&grads])?; // norm, scale and update: one submission
+            if step % 10 == 0 {
+                let norm = opt.last_grad_norm()?; // waits for the step: ask when you log
+                println!("step {step}: gradient norm {norm:?}");
+            }
+        }
+        // Refuse a step whose gradient norm is NaN or infinite:
+        opt.set_clip_grad_norm(Some(ClipGradNorm { max_norm: 1.0, error_if_nonfinite: true }))?;
+        let bad = vec![f32::NAN; 4096];
+        assert!(matches!(opt.step(&[&bad]), Err(Error::NonFiniteGradNorm { .. })));
+        assert_eq!(opt.step_count(), 20); // nothing changed
+        Ok(())
+    }
+
+    #[test]
+    fn readme_schedule_kinds() -> Result<(), Error> {
+        use wgpu_optim::schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule};
+
+        let base = 0.1; // the optimizer's lr
+        // StepLR(step_size=30, gamma=0.1): × 0.1 every 30 steps.
+        let step = Schedule::Step { step_size: 30, gamma: 0.1 };
+        assert_eq!((step.lr_at(base, 29), step.lr_at(base, 30)), (0.1, 0.1 * 0.1));
+        // MultiStepLR(milestones=[30, 80], gamma=0.1): × 0.1 at steps 30 and 80.
+        let multi = Schedule::MultiStep { milestones: vec![30, 80], gamma: 0.1 };
+        assert!((multi.lr_at(base, 80) - 1e-3).abs() < 1e-15);
+        // ExponentialLR(gamma=0.99): × 0.99 every step.
+        let exp = Schedule::Exponential { gamma: 0.99 };
+        assert!((exp.lr_at(base, 100) - 0.1 * 0.99f64.powi(100)).abs() < 1e-12);
+        // CosineAnnealingLR(T_max=1000, eta_min=1e-5): half a cosine down to eta_min.
+        let cosine = Schedule::CosineAnnealing { t_max: 1000, eta_min: 1e-5 };
+        assert!((cosine.lr_at(base, 1000) - 1e-5).abs() < 1e-12);
+        // LinearLR(start_factor=0.01, total_iters=500): a linear warmup to the lr.
+        let warmup = Schedule::Linear { start_factor: 0.01, end_factor: 1.0, total_iters: 500 };
+        assert_eq!(warmup.lr_at(base, 0), 0.1 * 0.01);
+        // SequentialLR([warmup, cosine], milestones=[500]); Schedule::warmup_cosine(0.01, 500, 1000, 1e-5)
+        let warmup_cosine = Schedule::Sequential {
+            schedules: vec![warmup.clone(), cosine.clone()],
+            milestones: vec![500],
+        };
+        assert!((warmup_cosine.lr_at(base, 500) - 0.1).abs() < 1e-12);
+        // CyclicLR(base_lr=1e-4, max_lr=1e-2, step_size_up=2000, mode="triangular2"):
+        // the optimizer's lr is not used, the amplitude halves every cycle.
+        let cyclic = Schedule::Cyclic(CyclicLr { mode: CyclicMode::Triangular2, ..CyclicLr::new(1e-4, 1e-2) });
+        assert_eq!(cyclic.lr_at(base, 0), 1e-4);
+        // OneCycleLR(max_lr=0.1, total_steps=10000, anneal_strategy="linear", three_phase=True).
+        let one_cycle = Schedule::OneCycle(OneCycleLr {
+            anneal_strategy: AnnealStrategy::Linear,
+            three_phase: true,
+            ..OneCycleLr::new(0.1, 10_000)
+        });
+        assert!((one_cycle.lr_at(base, 0) - 0.1 / 25.0).abs() < 1e-15); // max_lr / div_factor
+        for s in [&step, &multi, &exp, &cosine, &warmup, &warmup_cosine, &cyclic, &one_cycle] {
+            s.validate()?; // invalid parameters are typed errors, as the rules'
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn readme_scheduler() -> Result<(), Error> {
+        use wgpu_optim::schedule::{Schedule, Scheduler};
+        use wgpu_optim::{AdamW, Config, GpuContext, GpuOptimizer};
+
+        let ctx = GpuContext::new()?;
+        let config = Config::from(AdamW { lr: 3e-4, ..AdamW::default() });
+        let weights = vec![0.1f32; 1000];
+        let mut opt = GpuOptimizer::new(&ctx, config.clone(), &[&weights])?;
+        // 20 warmup steps from 1% of the lr, then a cosine down to 0 over 180.
+        let schedule = Schedule::warmup_cosine(0.01, 20, 180, 0.0);
+        let mut sched = Scheduler::for_config(schedule.clone(), &config)?;
+        for _ in 0..200 {
+            sched.apply_to_gpu(&mut opt)?; // this step's lr (and momentum) into the optimizer
+            opt.step(&[&vec![0.01f32; 1000]])?; // your gradients
+            sched.advance(); // torch's scheduler.step()
+        }
+        let saved = sched.position(); // keep it with your checkpoint...
+        let mut resumed = Scheduler::for_config(schedule, &config)?;
+        resumed.set_position(saved); // ...and continue exactly where it stopped
+        assert_eq!(resumed.lr(), sched.lr());
+        Ok(())
+    }
+
+    #[test]
+    fn readme_cyclic_triangular() -> Result<(), Error> {
+        use wgpu_optim::schedule::{CyclicLr, CyclicMode, Schedule, Scheduler};
+        use wgpu_optim::{GpuContext, GpuOptimizer, Sgd};
+
+        let ctx = GpuContext::new()?;
+        let weights = vec![0.1f32; 1000];
+        // SGD with momentum (CyclicLR sets the lr and the momentum itself).
+        let sgd = Sgd { lr: 0.001, momentum: 0.9, ..Sgd::default() };
+        let mut opt = GpuOptimizer::new(&ctx, sgd, &[&weights])?;
+        let iterations_per_epoch = 50;
+        let triangular = CyclicLr {
+            base_lr: 0.001,                        // lower bound, from the LR range test
+            max_lr: 0.006,                         // upper bound
+            step_size_up: 4 * iterations_per_epoch, // half a cycle: 4 epochs
+            step_size_down: None,                  // the same down: a symmetric triangle
+            mode: CyclicMode::Triangular,          // the same amplitude every cycle
+            gamma: 1.0,                            // used by exp_range only
+            cycle_momentum: true,                  // momentum 0.9 at base_lr, 0.8 at max_lr
+            base_momentum: 0.8,
+            max_momentum: 0.9,
+        };
+        let mut sched = Scheduler::for_config(Schedule::Cyclic(triangular), opt.config())?;
+        assert_eq!(sched.lr_at(0), 0.001); // base_lr at the start of every cycle
+        assert!((sched.lr_at(200) - 0.006).abs() < 1e-12); // max_lr step_size_up later
+        assert_eq!(sched.lr_at(400), 0.001); // one cycle: 2 · step_size_up
+        assert!((sched.momentum_at(200).unwrap() - 0.8).abs() < 1e-12); // base_momentum
+        for _ in 0..400 {
+            sched.apply_to_gpu(&mut opt)?;
+            opt.step(&[&vec![0.01f32; 1000]])?;
+            sched.advance();
+        }
+        Ok(())
+    }
+}
+
+/// Every ```` ```rust ```` block of README.md from "### LAMB" up to "## Proof
+/// against PyTorch" is, line for line (indentation aside), one of the
+/// functions of [`readme`].
+#[test]
+fn readme_blocks_are_these() {
+    let readme = include_str!("../README.md");
+    let start = readme.find("\n### LAMB").expect("README: no LAMB section");
+    let end = readme
+        .find("\n## Proof against PyTorch")
+        .expect("README: no proof section");
+    let this: Vec<&str> = include_str!("lamb_clip.rs")
+        .lines()
+        .map(str::trim)
+        .collect();
+    let mut rest = &readme[start..end];
+    let mut blocks = 0;
+    while let Some(i) = rest.find("```rust\n") {
+        let body = &rest[i + "```rust\n".len()..];
+        let j = body.find("```").expect("README: unclosed code block");
+        let lines: Vec<&str> = body[..j].lines().map(str::trim).collect();
+        assert!(
+            this.windows(lines.len()).any(|w| w == lines.as_slice()),
+            "this README block is not in tests/lamb_clip.rs (mod readme):\n{}",
+            &body[..j]
+        );
+        blocks += 1;
+        rest = &body[j + 3..];
+    }
+    assert_eq!(blocks, 5, "README code blocks checked");
+}
