@@ -1253,7 +1253,13 @@ fn invalid_clip_grad_norm_is_refused_and_changes_nothing() {
         assert_eq!(snapshot_cpu(&cpu), snapshot_cpu(&cpu2), "{kind}: cpu");
         assert_eq!(snapshot_gpu(&gpu), snapshot_gpu(&gpu2), "{kind}: gpu");
         assert_eq!(cpu.last_grad_norm(), Some(13.0));
-        assert_eq!(gpu.last_grad_norm().unwrap(), Some(13.0));
+        // The sum 169 is exact in f32; WGSL's sqrt is not correctly rounded
+        // (about 4.5 ulp at worst).
+        let norm = gpu.last_grad_norm().unwrap().unwrap();
+        assert!(
+            (norm - 13.0).abs() <= 4.5 * f32::EPSILON * 13.0,
+            "{kind}: {norm}"
+        );
     }
     println!("{count} invalid ClipGradNorm values refused, nothing changed");
 }

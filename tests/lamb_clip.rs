@@ -875,9 +875,13 @@ fn last_grad_norm_is_the_total_norm() {
             (d - exact).abs() <= NORM_K * EPS * exact,
             "set {i}: gpu {d} vs {exact}"
         );
-        if i < 2 {
-            // 0 and a single element are exact on both.
-            assert_eq!((c, d), (exact, exact), "set {i}");
+        if i == 0 {
+            // All zeros: exactly 0 on both (a NaN here would poison the scale).
+            assert_eq!((c, d), (0.0, 0.0), "set {i}");
+        } else if i == 1 {
+            // One element: its square and the sum are exact; the CPU's f64
+            // sqrt is exact, WGSL's sqrt need not be (held to NORM_K above).
+            assert_eq!(c, exact, "set {i}");
         }
     }
 }
