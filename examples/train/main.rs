@@ -183,6 +183,7 @@ fn train(
     lr: f64,
     epochs: usize,
     cosine: bool,
+    verbose: bool,
     pb: &ProgressBar,
 ) -> Result<Run, mlp::Error> {
     let started = Instant::now();
@@ -208,10 +209,14 @@ fn train(
         test_loss = loss;
         accuracy.push(acc);
         pb.inc(model.steps_per_epoch() as u64);
-        pb.set_message(format!(
-            "epoch {epoch:>3}  train loss {mean:.4}  test loss {loss:.4}  test accuracy {:.1} %",
+        let line = format!(
+            "epoch {epoch:>3}  train loss {mean:.4}  test loss {loss:.4}  test accuracy {:5.1} %",
             100.0 * acc
-        ));
+        );
+        if verbose {
+            pb.suspend(|| println!("{line}"));
+        }
+        pb.set_message(line);
     }
     Ok(Run {
         label,
@@ -365,7 +370,7 @@ fn main() -> Result<(), mlp::Error> {
     );
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:<20} {bar:30.cyan/blue} {pos:>5}/{len} {msg}")
+        ProgressStyle::with_template("{prefix:<22} {bar:30.cyan/blue} {pos:>5}/{len} {msg}")
             .expect("a valid template"),
     );
     let rules: Vec<Rule> = if args.compare {
@@ -387,11 +392,12 @@ fn main() -> Result<(), mlp::Error> {
             lr,
             args.epochs,
             !args.constant_lr,
+            !args.compare,
             &pb,
         )?;
         pb.suspend(|| {
             println!(
-                "{:<20} final train loss {:.4} (last epoch's mean)  test loss {:.4}  test accuracy {:.1} %  ({:.1} s)",
+                "{:<22} final train loss {:.4} (last epoch's mean)  test loss {:.4}  test accuracy {:.1} %  ({:.1} s)",
                 run.label,
                 run.losses[run.losses.len() - data.train.len().div_ceil(args.batch)..]
                     .iter()
