@@ -18,6 +18,37 @@ use crate::error::Result;
 ///
 /// Defaults: `lr = 1e-2`, `lr_decay = 0`, `weight_decay = 0`,
 /// `initial_accumulator_value = 0`, `eps = 1e-10`.
+///
+/// Reference: `torch.optim.Adagrad` (PyTorch 2.15, `foreach=False`); the
+/// method of Duchi, Hazan and Singer, "Adaptive Subgradient Methods for
+/// Online Learning and Stochastic Optimization" (JMLR 2011).
+///
+/// The steps shrink as the squares add up: the first moves each element by
+/// `lr` whatever the gradient's size, the second by `lr/√2`:
+///
+/// ```
+/// use wgpu_optim::{Adagrad, CpuOptimizer, GpuContext, GpuOptimizer};
+/// let adagrad = Adagrad { lr: 0.1, ..Adagrad::default() };
+/// let mut opt = CpuOptimizer::new(adagrad.clone(), &[&[1.0f32, 1.0]])?;
+/// opt.step(&[&[2.0, -0.5]])?; // s = g²:  θ = (1 − 0.1, 1 + 0.1)
+/// opt.step(&[&[2.0, -0.5]])?; // s = 2g²: θ moves by 0.1/√2 more
+/// let θ = opt.param(0);
+/// let d = 0.1 / 2f32.sqrt();
+/// assert!((θ[0] - (0.9 - d)).abs() < 1e-6 && (θ[1] - (1.1 + d)).abs() < 1e-6);
+/// assert_eq!(opt.state("sum")?[0], &[8.0f32, 0.5]);
+/// // The same steps through the GPU kernel (lavapipe will do) give the
+/// // same numbers, to a few units in the last place.
+/// let ctx = GpuContext::new()?;
+/// let mut gpu = GpuOptimizer::new(&ctx, adagrad, &[&[1.0f32, 1.0]])?;
+/// for _ in 0..2 {
+///     gpu.step(&[&[2.0f32, -0.5]])?;
+/// }
+/// let on_gpu = gpu.read_params()?;
+/// for (a, b) in on_gpu[0].iter().zip(opt.param(0)) {
+///     assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0));
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adagrad {
     /// Learning rate, default 1e-2.

@@ -21,6 +21,36 @@ use crate::error::Result;
 /// when a schedule cycles it, and are computed on the host in f64.
 /// Defaults: `lr = 1e-3`, `betas = (0.9, 0.999)`, `eps = 1e-8`,
 /// `weight_decay = 0`, `amsgrad = false`.
+///
+/// Reference: `torch.optim.Adam` (PyTorch 2.15, `foreach=False`); the
+/// method of Kingma and Ba, "Adam: A Method for Stochastic Optimization"
+/// (ICLR 2015), AMSGrad as in Reddi, Kale and Kumar, "On the Convergence of
+/// Adam and Beyond" (ICLR 2018).
+///
+/// With a steady gradient every step moves each element by `lr`, whatever
+/// the gradient's size (the bias corrections make `m/√v` exactly `±1`):
+///
+/// ```
+/// use wgpu_optim::{Adam, CpuOptimizer, GpuContext, GpuOptimizer};
+/// let adam = Adam { lr: 0.1, ..Adam::default() };
+/// let mut opt = CpuOptimizer::new(adam.clone(), &[&[1.0f32, 1.0]])?;
+/// opt.step(&[&[0.5, -20.0]])?;
+/// opt.step(&[&[0.5, -20.0]])?;
+/// let θ = opt.param(0);
+/// assert!((θ[0] - 0.8).abs() < 1e-6 && (θ[1] - 1.2).abs() < 1e-6);
+/// // The same steps through the GPU kernel (lavapipe will do) give the
+/// // same numbers, to a few units in the last place.
+/// let ctx = GpuContext::new()?;
+/// let mut gpu = GpuOptimizer::new(&ctx, adam, &[&[1.0f32, 1.0]])?;
+/// for _ in 0..2 {
+///     gpu.step(&[&[0.5f32, -20.0]])?;
+/// }
+/// let on_gpu = gpu.read_params()?;
+/// for (a, b) in on_gpu[0].iter().zip(opt.param(0)) {
+///     assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0));
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Adam {
     /// Learning rate, default 1e-3.
@@ -62,6 +92,36 @@ impl Default for Adam {
 /// ```
 ///
 /// Defaults as [`Adam`] except `weight_decay = 0.01`.
+///
+/// Reference: `torch.optim.AdamW` (PyTorch 2.15, `foreach=False`); the
+/// method of Loshchilov and Hutter, "Decoupled Weight Decay Regularization"
+/// (ICLR 2019).
+///
+/// Each step first shrinks θ by `lr·weight_decay`, then takes Adam's step
+/// (with a steady gradient, `lr` per element):
+///
+/// ```
+/// use wgpu_optim::{AdamW, CpuOptimizer, GpuContext, GpuOptimizer};
+/// let adamw = AdamW { lr: 0.1, weight_decay: 0.1, ..AdamW::default() };
+/// let mut opt = CpuOptimizer::new(adamw.clone(), &[&[1.0f32, 1.0]])?;
+/// opt.step(&[&[0.5, -20.0]])?; // θ·0.99, then ∓0.1: (0.89, 1.09)
+/// opt.step(&[&[0.5, -20.0]])?;
+/// let θ = opt.param(0);
+/// assert!((θ[0] - (0.89 * 0.99 - 0.1)).abs() < 1e-6);
+/// assert!((θ[1] - (1.09 * 0.99 + 0.1)).abs() < 1e-6);
+/// // The same steps through the GPU kernel (lavapipe will do) give the
+/// // same numbers, to a few units in the last place.
+/// let ctx = GpuContext::new()?;
+/// let mut gpu = GpuOptimizer::new(&ctx, adamw, &[&[1.0f32, 1.0]])?;
+/// for _ in 0..2 {
+///     gpu.step(&[&[0.5f32, -20.0]])?;
+/// }
+/// let on_gpu = gpu.read_params()?;
+/// for (a, b) in on_gpu[0].iter().zip(opt.param(0)) {
+///     assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0));
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     /// Learning rate, default 1e-3.

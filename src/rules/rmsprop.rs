@@ -20,6 +20,37 @@ use crate::error::Result;
 ///
 /// Defaults: `lr = 1e-2`, `alpha = 0.99`, `eps = 1e-8`, `weight_decay = 0`,
 /// `momentum = 0`, `centered = false`.
+///
+/// Reference: `torch.optim.RMSprop` (PyTorch 2.15, `foreach=False`); the
+/// method of Tieleman and Hinton, "Neural Networks for Machine Learning",
+/// lecture 6e (2012), centered as in Graves, "Generating Sequences With
+/// Recurrent Neural Networks" (2013).
+///
+/// With `v` starting at 0 the first step is `lr/sqrt(1 − alpha)` = 10·lr
+/// whatever the gradient's size; the next ones shrink as `v` fills:
+///
+/// ```
+/// use wgpu_optim::{CpuOptimizer, GpuContext, GpuOptimizer, RmsProp};
+/// let rmsprop = RmsProp { lr: 0.01, ..RmsProp::default() };
+/// let mut opt = CpuOptimizer::new(rmsprop.clone(), &[&[1.0f32, 1.0]])?;
+/// opt.step(&[&[1.0, -30.0]])?; // v = 0.01·g²:  θ = (1 − 0.1, 1 + 0.1)
+/// opt.step(&[&[1.0, -30.0]])?; // v = 0.0199·g²: θ moves by 0.01/sqrt(0.0199) more
+/// let θ = opt.param(0);
+/// let d = 0.01 / 0.0199f32.sqrt();
+/// assert!((θ[0] - (0.9 - d)).abs() < 1e-5 && (θ[1] - (1.1 + d)).abs() < 1e-5);
+/// // The same steps through the GPU kernel (lavapipe will do) give the
+/// // same numbers, to a few units in the last place.
+/// let ctx = GpuContext::new()?;
+/// let mut gpu = GpuOptimizer::new(&ctx, rmsprop, &[&[1.0f32, 1.0]])?;
+/// for _ in 0..2 {
+///     gpu.step(&[&[1.0f32, -30.0]])?;
+/// }
+/// let on_gpu = gpu.read_params()?;
+/// for (a, b) in on_gpu[0].iter().zip(opt.param(0)) {
+///     assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0));
+/// }
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct RmsProp {
     /// Learning rate, default 1e-2.
