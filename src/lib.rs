@@ -1,11 +1,15 @@
 //! # wgpu-optim
 //!
-//! Optimizer steps (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AdamW)
-//! for millions or billions of parameters on any GPU that wgpu reaches
+//! Optimizer steps (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AdamW,
+//! LAMB) for millions or billions of parameters on any GPU that wgpu reaches
 //! (Vulkan, Metal, DX12), one fused WGSL compute kernel per rule, the
-//! optimizer's state kept on the GPU between steps. Names, defaults and
-//! formulas follow `torch.optim` (PyTorch 2.15); a CPU implementation of
-//! every rule checks the GPU and runs as a backend of its own.
+//! optimizer's state kept on the GPU between steps, with global-norm
+//! gradient clipping ([`ClipGradNorm`]) and PyTorch's learning-rate
+//! schedules ([`schedule`]). Names, defaults and formulas follow
+//! `torch.optim` (PyTorch 2.15); a CPU implementation of every rule checks
+//! the GPU and runs as a backend of its own. Each rule's page ([`Sgd`],
+//! [`Adagrad`], [`RmsProp`], [`Adam`], [`AdamW`], [`Lamb`]) gives its
+//! equations, defaults and reference, with an example.
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};
@@ -18,6 +22,21 @@
 //! On the GPU, [`GpuContext::new`] picks the best adapter and
 //! [`GpuOptimizer`] steps packed buffers, either its own (upload and read
 //! back host slices) or the caller's ([`GpuOptimizer::from_buffers`]).
+//!
+//! The repository's examples show both: `cargo run --release --example
+//! trajectories` draws every rule's path across four error surfaces, and
+//! `cargo run --release --example train` trains a small network on
+//! handwritten digits with its own WGSL kernels for the forward and backward
+//! passes, the optimizer stepping the model's buffers in place
+//! ([`GpuOptimizer::from_buffers`], [`GpuOptimizer::record_step`] in the
+//! same command encoder). The README takes a newcomer from installing Rust
+//! to that trained model.
+//!
+//! # Cargo features
+//!
+//! - `plot` (on by default): PNG plots for the `wgpu-optim bench --plot`
+//!   command and the examples, through `plotters`. The library itself draws
+//!   nothing: `default-features = false` leaves the dependency out.
 #![warn(missing_docs)]
 
 mod clip;
