@@ -49,7 +49,8 @@ impl RuleKind {
         RuleKind::Lamb,
     ];
 
-    /// The lower-case name used by PyTorch's class (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`).
+    /// The lower-case name of PyTorch's class (`sgd`, `adagrad`, `rmsprop`,
+    /// `adam`, `adamw`), or of Apex's and optax's for LAMB (`lamb`).
     pub fn name(self) -> &'static str {
         match self {
             RuleKind::Sgd => "sgd",
