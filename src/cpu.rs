@@ -1,9 +1,10 @@
 //! The CPU optimizer: every rule over host slices.
 
+use crate::checkpoint::Checkpoint;
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::layout::{Counters, Layout};
-use crate::rules::{cpu_step, lamb, Config, StepScalars};
+use crate::rules::{cpu_step, inverse_grad_scale, lamb, Config, StepScalars};
 
 /// An optimizer whose parameters and state live in host memory.
 ///
@@ -31,13 +32,23 @@ pub struct CpuOptimizer {
     counters: Counters,
     clip: Option<ClipGradNorm>,
     last_grad_norm: Option<f32>,
+    skip_nonfinite: bool,
+    skipped: u64,
+    last_skipped: bool,
+    grad_scale: f64,
+    inv_scale: f32,
 }
 
 impl CpuOptimizer {
     /// An optimizer over copies of these parameter tensors, with fresh state.
+    /// An empty parameter list is refused ([`Error::EmptyParameterList`]),
+    /// as `torch.optim` refuses it; tensors of zero elements are fine.
     pub fn new(config: impl Into<Config>, params: &[&[f32]]) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if params.is_empty() {
+            return Err(Error::EmptyParameterList);
+        }
         let layout = Layout::of(params);
         let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
         let state_names = config.state_names();
@@ -54,6 +65,11 @@ impl CpuOptimizer {
             counters: Counters::default(),
             clip: None,
             last_grad_norm: None,
+            skip_nonfinite: false,
+            skipped: 0,
+            last_skipped: false,
+            grad_scale: 1.0,
+            inv_scale: 1.0,
         })
     }
 
@@ -69,17 +85,45 @@ impl CpuOptimizer {
     }
 
     /// One step with the gradients packed as the parameters are (see [`Layout`]).
+    ///
+    /// In order, as PyTorch's `GradScaler` and `clip_grad_norm_` do: the
+    /// gradients are divided by the loss scale ([`CpuOptimizer::set_grad_scale`]),
+    /// their total norm taken (clipping), then with
+    /// [`CpuOptimizer::set_skip_nonfinite`] a step whose gradients hold a NaN
+    /// or an infinity is skipped (`Ok`, nothing changes, the skip counted);
+    /// otherwise a non-finite norm with `error_if_nonfinite` is refused.
     pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
         self.layout.check_flat(grads)?;
+        use rayon::prelude::*;
+        let unscaled: Vec<f32>;
+        let raw = grads;
+        let grads = if self.inv_scale != 1.0 {
+            let inv = self.inv_scale;
+            unscaled = grads.par_iter().map(|&g| g * inv).collect();
+            &unscaled
+        } else {
+            grads
+        };
         let mut scale = None;
+        let mut norm = None;
         if let Some(clip) = self.clip {
-            let norm = total_norm(grads);
-            if clip.error_if_nonfinite && !norm.is_finite() {
-                return Err(Error::NonFiniteGradNorm { norm: norm as f64 });
-            }
-            self.last_grad_norm = Some(norm);
-            scale = Some(clip.scale(norm));
+            let n = total_norm(grads);
+            norm = Some(n);
+            scale = Some(clip.scale(n));
         }
+        if self.skip_nonfinite && raw.par_iter().any(|g| !g.is_finite()) {
+            self.last_grad_norm = norm;
+            self.skipped += 1;
+            self.last_skipped = true;
+            return Ok(());
+        }
+        if let (Some(clip), Some(n)) = (self.clip, norm) {
+            if clip.error_if_nonfinite && !n.is_finite() {
+                return Err(Error::NonFiniteGradNorm { norm: n as f64 });
+            }
+        }
+        self.last_grad_norm = norm;
+        self.last_skipped = false;
         let scalars =
             self.config
                 .step_scalars(self.counters.step + 1, self.counters.buffer_filled, 0);
@@ -99,7 +143,6 @@ impl CpuOptimizer {
             let scaled: Vec<f32>;
             let grads = match scale {
                 Some(k) => {
-                    use rayon::prelude::*;
                     scaled = grads.par_iter().map(|&g| g * k).collect();
                     &scaled
                 }
@@ -114,6 +157,139 @@ impl CpuOptimizer {
             );
         }
         self.counters.advance(&self.config);
+        Ok(())
+    }
+
+    /// Skip steps whose gradients hold a NaN or an infinity (PyTorch's
+    /// `GradScaler` `found_inf`, optax's `apply_if_finite`): parameters,
+    /// state and step count stay as they were, and the skip is counted
+    /// ([`CpuOptimizer::skipped_steps`], [`CpuOptimizer::last_step_skipped`]).
+    /// Off by default: a NaN then propagates, as in PyTorch.
+    pub fn set_skip_nonfinite(&mut self, skip: bool) {
+        self.skip_nonfinite = skip;
+    }
+
+    /// Whether steps with non-finite gradients are skipped.
+    pub fn skip_nonfinite(&self) -> bool {
+        self.skip_nonfinite
+    }
+
+    /// Steps skipped so far because their gradients were not finite.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Whether the last call to `step` skipped the step.
+    pub fn last_step_skipped(&self) -> bool {
+        self.last_skipped
+    }
+
+    /// The gradients handed to `step` are loss-scaled by `scale` (mixed
+    /// precision): each is multiplied by `1/scale` (rounded to `f32` as
+    /// PyTorch's `GradScaler.unscale_` does) before clipping and the update.
+    /// 1 (the default) turns it off. Refuses a scale that is not finite and
+    /// positive ([`Error::InvalidHyperparameter`] `grad_scale`).
+    pub fn set_grad_scale(&mut self, scale: f64) -> Result<()> {
+        self.inv_scale = inverse_grad_scale(scale)?;
+        self.grad_scale = scale;
+        Ok(())
+    }
+
+    /// The loss scale in force (1: none).
+    pub fn grad_scale(&self) -> f64 {
+        self.grad_scale
+    }
+
+    /// The whole state, parameters included, as a [`Checkpoint`] to
+    /// [`Checkpoint::save`].
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            config: self.config.clone(),
+            lengths: self.layout.lengths().to_vec(),
+            step: self.counters.step,
+            buffer_filled: self.counters.buffer_filled,
+            state: self
+                .state_names
+                .iter()
+                .zip(&self.state)
+                .map(|(n, v)| (n.to_string(), v.clone()))
+                .collect(),
+            params: Some(self.params.clone()),
+            clip: self.clip,
+            skip_nonfinite: self.skip_nonfinite,
+            skipped_steps: self.skipped,
+            grad_scale: self.grad_scale,
+            scheduler: None,
+        }
+    }
+
+    /// A new optimizer with the checkpoint's parameters, state, step count,
+    /// hyperparameters and options. The checkpoint must carry the
+    /// parameters (otherwise build the optimizer from yours and use
+    /// [`CpuOptimizer::load_checkpoint`]).
+    pub fn from_checkpoint(ckpt: &Checkpoint) -> Result<Self> {
+        ckpt.validate()?;
+        let Some(flat) = &ckpt.params else {
+            return Err(Error::Checkpoint(
+                "the checkpoint has no parameters: build the optimizer from yours and call load_checkpoint".into(),
+            ));
+        };
+        let layout = Layout::new(&ckpt.lengths);
+        let mut opt = CpuOptimizer::new(ckpt.config.clone(), &layout.split(flat))?;
+        opt.load_checkpoint(ckpt)?;
+        Ok(opt)
+    }
+
+    /// Restores a checkpoint into this optimizer: its state, step count,
+    /// hyperparameters, clipping, loss scale and skip option, and its
+    /// parameters when it carries them. The checkpoint must be of the same
+    /// rule with the same options fixed at construction (those that decide
+    /// the state tensors and the kernel) and the same tensor lengths
+    /// ([`Error::CheckpointMismatch`]). Everything is checked before
+    /// anything changes.
+    pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        ckpt.validate()?;
+        ckpt.check_fits(&self.config, self.layout.lengths())?;
+        let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
+        for (dst, (_, src)) in self.state.iter_mut().zip(&ckpt.state) {
+            dst.copy_from_slice(src);
+        }
+        if let Some(p) = &ckpt.params {
+            self.params.copy_from_slice(p);
+        }
+        self.config = ckpt.config.clone();
+        self.counters = Counters {
+            step: ckpt.step,
+            buffer_filled: ckpt.buffer_filled,
+        };
+        self.clip = ckpt.clip;
+        self.last_grad_norm = None;
+        self.skip_nonfinite = ckpt.skip_nonfinite;
+        self.skipped = ckpt.skipped_steps;
+        self.last_skipped = false;
+        self.grad_scale = ckpt.grad_scale;
+        self.inv_scale = inv_scale;
+        Ok(())
+    }
+
+    /// Replaces the state tensor `name` (one slice per parameter tensor).
+    /// Checks the name and every length first: on error nothing changes.
+    pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
+        let i = state_index(&self.config, &self.state_names, name)?;
+        self.layout.check(tensors)?;
+        for (t, src) in tensors.iter().enumerate() {
+            self.state[i][self.layout.range(t)].copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// Replaces the parameters with these values (same layout).
+    pub fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
+        self.layout.check(params)?;
+        for (t, src) in params.iter().enumerate() {
+            let r = self.layout.range(t);
+            self.params[r].copy_from_slice(src);
+        }
         Ok(())
     }
 

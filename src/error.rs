@@ -127,6 +127,45 @@ pub enum Error {
         /// The norm that was computed.
         norm: f64,
     },
+    /// An optimizer was given no parameter tensors (`torch.optim` refuses
+    /// an empty parameter list too). Tensors of zero elements are fine.
+    #[error("empty parameter list: an optimizer needs at least one parameter tensor")]
+    EmptyParameterList,
+    /// A file could not be read, written, synced or renamed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file (or folder).
+        path: String,
+        /// What the operating system said.
+        message: String,
+    },
+    /// A checkpoint file is malformed, truncated, hostile or inconsistent
+    /// (a missing tensor, a wrong dtype or shape, a non-finite
+    /// hyperparameter, ...). Nothing was changed.
+    #[error("invalid checkpoint: {0}")]
+    Checkpoint(String),
+    /// A valid checkpoint that does not fit this optimizer (another rule,
+    /// other options, another tensor count or length). Nothing was changed.
+    #[error("checkpoint does not fit this optimizer: {what} is {got} in the checkpoint, {expected} here")]
+    CheckpointMismatch {
+        /// What differs (`rule`, `options`, `tensor count`, `length of tensor 3`, ...).
+        what: String,
+        /// This optimizer's value.
+        expected: String,
+        /// The checkpoint's value.
+        got: String,
+    },
+    /// The GPU device was lost (driver reset, `device.destroy()`, ...). The
+    /// optimizer's GPU buffers are gone; the host copies of what the caller
+    /// handed over are untouched. Make a new [`crate::GpuContext`] and restore
+    /// from the last checkpoint.
+    #[error("the GPU device was lost while {during}: {reason}")]
+    DeviceLost {
+        /// What the library was doing.
+        during: &'static str,
+        /// wgpu's reason and message.
+        reason: String,
+    },
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

@@ -39,6 +39,7 @@
 //!   nothing: `default-features = false` leaves the dependency out.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 mod clip;
 pub mod conformance;
 mod cpu;
@@ -48,6 +49,7 @@ mod layout;
 pub mod rules;
 pub mod schedule;
 
+pub use checkpoint::Checkpoint;
 pub use clip::ClipGradNorm;
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};

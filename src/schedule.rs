@@ -969,6 +969,16 @@ impl Scheduler {
         self.lr = self.schedule.lr_at(self.base_lr, step);
     }
 
+    /// Puts the scheduler at `position` with `lr` as the lr in force there,
+    /// in `O(1)` (no replay): how a checkpoint restores a scheduler exactly
+    /// (`crate::checkpoint`). `lr` must be finite and `>= 0`.
+    pub(crate) fn restore(&mut self, position: u64, lr: f64) -> Result<()> {
+        check_non_negative("lr", lr)?;
+        self.step = position;
+        self.lr = lr;
+        Ok(())
+    }
+
     /// The lr for the next optimizer step.
     pub fn lr(&self) -> f64 {
         self.lr

@@ -888,8 +888,17 @@ fn each_length_alone() {
     let mut seen = Seen::default();
     let mut runs = 0;
     for (ci, case) in one_per_rule().iter().enumerate() {
-        let empty: &[usize] = &[];
-        for lengths in std::iter::once(empty).chain(LENGTHS.chunks(1)) {
+        // No tensor at all is refused, as torch.optim refuses an empty
+        // parameter list (tests/bad_input.rs has the table).
+        assert_eq!(
+            CpuOptimizer::new(case.config.clone(), &[]).unwrap_err(),
+            wgpu_optim::Error::EmptyParameterList
+        );
+        assert_eq!(
+            GpuOptimizer::new(ctx(), case.config.clone(), &[]).unwrap_err(),
+            wgpu_optim::Error::EmptyParameterList
+        );
+        for lengths in LENGTHS.chunks(1) {
             for options in [
                 GpuOptions::default(),
                 GpuOptions {
@@ -902,7 +911,7 @@ fn each_length_alone() {
             }
         }
     }
-    report("each length alone (and no tensor)", runs, seen);
+    report("each length alone", runs, seen);
 }
 
 /// 100 003 elements (alone, and next to small tensors) in chunks of 32 768:

@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU64;
 
+use crate::checkpoint::Checkpoint;
 use crate::clip::ClipGradNorm;
 use crate::cpu::state_index;
 use crate::error::{Error, Result};
@@ -259,6 +260,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if params.is_empty() {
+            return Err(Error::EmptyParameterList);
+        }
         let layout = Layout::of(params);
         let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options));
         let usage = wgpu::BufferUsages::STORAGE
@@ -321,6 +325,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if lengths.is_empty() {
+            return Err(Error::EmptyParameterList);
+        }
         let layout = Layout::new(lengths);
         let required = layout.total() as u64 * 4;
         for (what, b) in [("parameter", &params), ("gradient", &grads)] {
@@ -847,6 +854,107 @@ impl GpuOptimizer {
             out.extend(read_buffer(&self.ctx, buffer, base, range.len * 4)?);
         }
         Ok(out)
+    }
+
+    /// Replaces the state tensor `name` (one slice per parameter tensor)
+    /// with these values: how a checkpoint, or state from elsewhere,
+    /// reaches the GPU. Checks the name and every length first: on error
+    /// nothing changes.
+    pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
+        let i = state_index(&self.config, &self.state_names, name)?;
+        self.layout.check(tensors)?;
+        let storage = Storage::Owned(self.buffers.state[i].clone());
+        let ctx = self.ctx.clone();
+        ctx.scoped("writing a state tensor", || {
+            self.write_storage_tensors(&storage, tensors)
+        })
+    }
+
+    /// The whole state as a [`Checkpoint`] to [`Checkpoint::save`]: every
+    /// state tensor read back, the step count, hyperparameters and options,
+    /// and the parameters when the optimizer can read them (its own
+    /// buffers, or the caller's with `COPY_SRC`; otherwise `params` is
+    /// `None` and the parameters are the caller's to save). Waits for the
+    /// GPU.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let readable = match &self.params {
+            Storage::Owned(_) => true,
+            Storage::User(b) => b.usage().contains(wgpu::BufferUsages::COPY_SRC),
+        };
+        let params = if readable {
+            Some(self.read_params_flat()?)
+        } else {
+            None
+        };
+        let mut state = Vec::with_capacity(self.state_names.len());
+        for name in &self.state_names {
+            state.push((name.to_string(), self.read_state_flat(name)?));
+        }
+        Ok(Checkpoint {
+            config: self.config.clone(),
+            lengths: self.layout.lengths().to_vec(),
+            step: self.counters.step,
+            buffer_filled: self.counters.buffer_filled,
+            state,
+            params,
+            clip: self.clip,
+            skip_nonfinite: false,
+            skipped_steps: 0,
+            grad_scale: 1.0,
+            scheduler: None,
+        })
+    }
+
+    /// A new optimizer on `ctx` with the checkpoint's parameters, state,
+    /// step count, hyperparameters and options (the checkpoint must carry
+    /// the parameters; otherwise build the optimizer from yours and call
+    /// [`GpuOptimizer::load_checkpoint`]).
+    pub fn from_checkpoint(
+        ctx: &GpuContext,
+        ckpt: &Checkpoint,
+        options: GpuOptions,
+    ) -> Result<Self> {
+        ckpt.validate()?;
+        let Some(flat) = &ckpt.params else {
+            return Err(Error::Checkpoint(
+                "the checkpoint has no parameters: build the optimizer from yours and call load_checkpoint".into(),
+            ));
+        };
+        let layout = Layout::new(&ckpt.lengths);
+        let mut opt = Self::with_options(ctx, ckpt.config.clone(), &layout.split(flat), options)?;
+        opt.load_checkpoint(ckpt)?;
+        Ok(opt)
+    }
+
+    /// Restores a checkpoint into this optimizer (taken on the GPU or the
+    /// CPU): its state tensors, step count, hyperparameters and options,
+    /// and its parameters when it carries them. Same rule, same options
+    /// fixed at construction and same lengths, or
+    /// [`Error::CheckpointMismatch`]; everything is checked before anything
+    /// changes. The writes reach the GPU before the next submitted step.
+    pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        ckpt.validate()?;
+        ckpt.check_fits(&self.config, self.layout.lengths())?;
+        if ckpt.params.is_some() {
+            self.check_host_writable(&self.params, "parameter")?;
+        }
+        let ctx = self.ctx.clone();
+        ctx.scoped("restoring a checkpoint", || {
+            for (i, (_, values)) in ckpt.state.iter().enumerate() {
+                let storage = Storage::Owned(self.buffers.state[i].clone());
+                self.write_storage_tensors(&storage, &self.layout.split(values));
+            }
+            if let Some(p) = &ckpt.params {
+                self.write_storage_tensors(&self.params, &self.layout.split(p));
+            }
+        })?;
+        self.config = ckpt.config.clone();
+        self.counters = Counters {
+            step: ckpt.step,
+            buffer_filled: ckpt.buffer_filled,
+        };
+        self.clip = ckpt.clip;
+        Ok(())
     }
 
     /// Reads the parameters back, packed.

@@ -505,3 +505,21 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
         end - (end - start) * (1.0 - weight)
     }
 }
+
+/// The factor a loss-scaled gradient is multiplied by, as torch's
+/// `GradScaler` computes it: the scale rounded to `f32`, its reciprocal
+/// taken in `f64` and rounded to `f32` (`scale.double().reciprocal().float()`).
+/// Refuses a scale that is not finite and positive in `f32`, or whose
+/// reciprocal is not (a denormal scale).
+pub(crate) fn inverse_grad_scale(scale: f64) -> Result<f32> {
+    let s32 = scale as f32;
+    let inv = (1.0 / s32 as f64) as f32;
+    if !(scale.is_finite() && scale > 0.0 && s32.is_finite() && s32 > 0.0 && inv.is_finite()) {
+        return Err(Error::InvalidHyperparameter {
+            name: "grad_scale",
+            value: scale,
+            reason: "must be finite and > 0 in f32, with a finite reciprocal",
+        });
+    }
+    Ok(inv)
+}

@@ -1,0 +1,1103 @@
+//! Checkpoints: an optimizer's whole state in one safetensors file, with
+//! PyTorch's names, written atomically and read back with every field
+//! checked before anything changes.
+//!
+//! # The file
+//!
+//! A [safetensors](https://github.com/huggingface/safetensors) file whose
+//! tensors carry `torch.optim`'s names, so that
+//! `safetensors.torch.load_file` reads it in Python and the tensors map one
+//! to one onto `optimizer.state_dict()["state"]`:
+//!
+//! | tensor | dtype, shape | what |
+//! | --- | --- | --- |
+//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`) |
+//! | `state.{i}.step` | F32, `[]` | the step count, as torch keeps it (exact below 2^24; the metadata has the exact `u64`) |
+//! | `params.{i}` | F32, `[len_i]` | parameter tensor `i`, when the checkpoint carries the parameters |
+//!
+//! and string metadata:
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `format` | `wgpu-optim/checkpoint/1` |
+//! | `rule` | `sgd`, `adagrad`, `rmsprop`, `adam`, `adamw` or `lamb` |
+//! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
+//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` |
+//!
+//! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
+//! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
+//! `wgpu_optim` the step count comes from the `state.{i}.step` tensors and
+//! the lengths from the tensors' shapes (any shape: its element count is
+//! the length).
+//!
+//! # Writing
+//!
+//! [`Checkpoint::save`] writes a temporary file in the destination's folder,
+//! flushes and `fsync`s it, renames it over the destination and `fsync`s the
+//! folder: a crash at any moment leaves either the previous file or the new
+//! one, whole (a stale `.{name}.tmp.*` file may stay behind; it is never
+//! read).
+//!
+//! # Reading
+//!
+//! [`Checkpoint::from_bytes`] checks everything before it returns: the
+//! safetensors header (its size against the file's, every tensor's byte
+//! range against its dtype and shape), the rule, one parameter group
+//! listing each tensor once, every hyperparameter (known names, right
+//! types, finite and in range: the rule's own validation), the tensor
+//! count, every expected tensor present with dtype F32 and the right
+//! length, no unexpected tensor, the step tensors agreeing with the step.
+//! Every size it allocates is bounded by the file's length, so a hostile
+//! header cannot make it allocate more than the file holds. Errors are
+//! [`Error::Checkpoint`]; a checkpoint that is valid but does not fit an
+//! optimizer is [`Error::CheckpointMismatch`]. Loading into an optimizer
+//! ([`crate::CpuOptimizer::load_checkpoint`],
+//! [`crate::GpuOptimizer::load_checkpoint`]) checks the fit before it
+//! changes anything.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors};
+use serde_json::{json, Map, Value};
+
+use crate::clip::ClipGradNorm;
+use crate::error::{Error, Result};
+use crate::rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
+use crate::schedule::{Schedule, Scheduler};
+
+/// The `format` metadata value.
+pub const FORMAT: &str = "wgpu-optim/checkpoint/1";
+
+/// An optimizer's whole state, as [`crate::CpuOptimizer::checkpoint`] and
+/// [`crate::GpuOptimizer::checkpoint`] take it and the `load_checkpoint`
+/// and `from_checkpoint` functions of both restore it. The same value on
+/// the CPU and the GPU: a checkpoint taken on one restores on the other.
+///
+/// The fields are public so that state can be built or inspected by hand;
+/// everything that consumes a checkpoint validates it first
+/// ([`Checkpoint::validate`]).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Checkpoint {
+    /// The rule and its hyperparameters in force.
+    pub config: Config,
+    /// Elements of each parameter tensor.
+    pub lengths: Vec<usize>,
+    /// Steps applied (torch's `state[p]["step"]`; skipped steps not counted).
+    pub step: u64,
+    /// SGD: the momentum buffer has been filled once.
+    pub buffer_filled: bool,
+    /// Each state tensor, named as [`Config::state_names`] names it, in
+    /// that order, packed as the parameters are.
+    pub state: Vec<(String, Vec<f32>)>,
+    /// The parameters, packed, when the checkpoint carries them.
+    pub params: Option<Vec<f32>>,
+    /// Global-norm gradient clipping in force.
+    pub clip: Option<ClipGradNorm>,
+    /// Whether steps with non-finite gradients are skipped.
+    pub skip_nonfinite: bool,
+    /// Steps skipped so far (non-finite gradients).
+    pub skipped_steps: u64,
+    /// The loss scale the gradients are divided by (1: none).
+    pub grad_scale: f64,
+    /// A learning-rate schedule's position, when one was saved.
+    pub scheduler: Option<SchedulerState>,
+}
+
+/// A [`Scheduler`] as a checkpoint keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerState {
+    /// The schedule ([`Schedule::to_json`]).
+    pub schedule: Value,
+    /// [`Scheduler::base_lr`].
+    pub base_lr: f64,
+    /// [`Scheduler::base_momentum`].
+    pub base_momentum: Option<f64>,
+    /// [`Scheduler::position`].
+    pub position: u64,
+    /// [`Scheduler::lr`] at that position: restored as it is, so that the
+    /// restored scheduler goes on bit for bit and in `O(1)` (replaying a
+    /// chainable schedule to a position is `O(position)`).
+    pub lr: f64,
+}
+
+impl SchedulerState {
+    /// The state of `scheduler`.
+    pub fn of(scheduler: &Scheduler) -> Self {
+        SchedulerState {
+            schedule: scheduler.schedule().to_json(),
+            base_lr: scheduler.base_lr(),
+            base_momentum: scheduler.base_momentum(),
+            position: scheduler.position(),
+            lr: scheduler.lr(),
+        }
+    }
+
+    /// The scheduler, rebuilt and moved to its position.
+    pub fn to_scheduler(&self) -> Result<Scheduler> {
+        let schedule = Schedule::from_json(&self.schedule)
+            .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
+        let mut s = Scheduler::new(schedule, self.base_lr, self.base_momentum)
+            .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
+        s.restore(self.position, self.lr)
+            .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
+        Ok(s)
+    }
+}
+
+impl Checkpoint {
+    /// A checkpoint of a fresh optimizer: zero steps, state at its initial
+    /// value, no parameters. Mostly for tests and conversions; optimizers
+    /// make their own with `checkpoint()`.
+    pub fn new(config: impl Into<Config>, lengths: &[usize]) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        let total = checked_total(lengths)?;
+        let state = config
+            .state_names()
+            .into_iter()
+            .map(|n| (n.to_string(), vec![config.state_initial_value(n); total]))
+            .collect();
+        Ok(Checkpoint {
+            config,
+            lengths: lengths.to_vec(),
+            step: 0,
+            buffer_filled: false,
+            state,
+            params: None,
+            clip: None,
+            skip_nonfinite: false,
+            skipped_steps: 0,
+            grad_scale: 1.0,
+            scheduler: None,
+        })
+    }
+
+    /// Keeps `scheduler`'s position in the checkpoint (or drops it: `None`).
+    pub fn set_scheduler(&mut self, scheduler: Option<&Scheduler>) {
+        self.scheduler = scheduler.map(SchedulerState::of);
+    }
+
+    /// The scheduler saved with [`Checkpoint::set_scheduler`], rebuilt at its
+    /// position; `None` when none was saved.
+    pub fn scheduler(&self) -> Result<Option<Scheduler>> {
+        self.scheduler
+            .as_ref()
+            .map(SchedulerState::to_scheduler)
+            .transpose()
+    }
+
+    /// The state tensor `name`, packed.
+    pub fn state_flat(&self, name: &str) -> Option<&[f32]> {
+        self.state
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Checks that the checkpoint is whole and consistent: valid
+    /// hyperparameters, clipping and loss scale; exactly the state tensors
+    /// the rule has, in order, each as long as the parameters; parameters
+    /// (if any) as long too.
+    pub fn validate(&self) -> Result<()> {
+        self.config
+            .validate()
+            .map_err(|e| Error::Checkpoint(format!("hyperparameters: {e}")))?;
+        let total = checked_total(&self.lengths)?;
+        if self.lengths.is_empty() {
+            return Err(Error::Checkpoint("no parameter tensors".into()));
+        }
+        let names = self.config.state_names();
+        let have: Vec<&str> = self.state.iter().map(|(n, _)| n.as_str()).collect();
+        if have != names {
+            return Err(Error::Checkpoint(format!(
+                "rule {} with these options has state [{}], the checkpoint [{}]",
+                self.config.kind(),
+                names.join(", "),
+                have.join(", ")
+            )));
+        }
+        for (name, values) in &self.state {
+            if values.len() != total {
+                return Err(Error::Checkpoint(format!(
+                    "state `{name}` has {} elements, the tensors {total}",
+                    values.len()
+                )));
+            }
+        }
+        if let Some(p) = &self.params {
+            if p.len() != total {
+                return Err(Error::Checkpoint(format!(
+                    "the parameters have {} elements, the lengths say {total}",
+                    p.len()
+                )));
+            }
+        }
+        if let Some(c) = self.clip {
+            c.validate()
+                .map_err(|e| Error::Checkpoint(format!("clip: {e}")))?;
+        }
+        crate::rules::inverse_grad_scale(self.grad_scale)
+            .map_err(|e| Error::Checkpoint(format!("grad_scale: {e}")))?;
+        if let Some(s) = &self.scheduler {
+            s.to_scheduler()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint to `path` atomically: a temporary file in the
+    /// same folder, flushed and synced, renamed over `path`, the folder
+    /// synced. A crash at any point leaves the previous file whole.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.validate()?;
+        let path = path.as_ref();
+        let io = |p: &Path, e: std::io::Error| Error::Io {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        };
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| Error::Io {
+                path: path.display().to_string(),
+                message: "not a file name".into(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let dir: PathBuf = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
+        let result = (|| {
+            let (tensors, metadata) = self.to_tensors();
+            {
+                let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                write_safetensors(&mut w, &tensors, metadata).map_err(|e| io(&tmp, e))?;
+                let file = w.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+                file.sync_all().map_err(|e| io(&tmp, e))?;
+            }
+            std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+            sync_dir(&dir).map_err(|e| io(&dir, e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// The file's bytes, as [`Checkpoint::save`] writes them.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.validate()?;
+        let (tensors, metadata) = self.to_tensors();
+        let mut out = Vec::new();
+        write_safetensors(&mut out, &tensors, metadata).map_err(|e| Error::Io {
+            path: "<memory>".into(),
+            message: e.to_string(),
+        })?;
+        Ok(out)
+    }
+
+    /// Reads and checks a checkpoint file (see the [module docs](self)).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(&bytes).map_err(|e| match e {
+            Error::Checkpoint(m) => Error::Checkpoint(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Parses and checks a checkpoint from the file's bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |m: String| Error::Checkpoint(m);
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let empty = HashMap::new();
+        let meta = header.metadata().as_ref().unwrap_or(&empty);
+        if let Some(f) = meta.get("format") {
+            if f != FORMAT {
+                return Err(bad(format!("format {f:?}, this library reads {FORMAT:?}")));
+            }
+        }
+        let rule_name = meta
+            .get("rule")
+            .ok_or_else(|| bad("no `rule` in the metadata".into()))?;
+        let rule =
+            RuleKind::parse(rule_name).ok_or_else(|| bad(format!("unknown rule {rule_name:?}")))?;
+        let groups: Value = serde_json::from_str(
+            meta.get("param_groups")
+                .ok_or_else(|| bad("no `param_groups` in the metadata".into()))?,
+        )
+        .map_err(|e| bad(format!("param_groups: {e}")))?;
+        let groups = groups
+            .as_array()
+            .ok_or_else(|| bad("param_groups is not a list".into()))?;
+        let group = match groups.as_slice() {
+            [g] => g
+                .as_object()
+                .ok_or_else(|| bad("param_groups[0] is not an object".into()))?,
+            [] => return Err(bad("param_groups is empty".into())),
+            _ => {
+                return Err(bad(format!(
+                    "{} parameter groups: this library keeps one group per optimizer",
+                    groups.len()
+                )))
+            }
+        };
+        let n_tensors = group_params(group)?;
+        let config = config_from_group(rule, group)?;
+        config
+            .validate()
+            .map_err(|e| bad(format!("hyperparameters: {e}")))?;
+        let extra: Option<Map<String, Value>> = match meta.get("wgpu_optim") {
+            Some(s) => Some(
+                serde_json::from_str::<Value>(s)
+                    .map_err(|e| bad(format!("wgpu_optim: {e}")))?
+                    .as_object()
+                    .cloned()
+                    .ok_or_else(|| bad("wgpu_optim is not an object".into()))?,
+            ),
+            None => None,
+        };
+
+        // Every tensor name must be one we expect.
+        let names = config.state_names();
+        for name in st.names() {
+            let ok = parse_tensor_name(name).is_some_and(|(i, what)| {
+                i < n_tensors && (what == "step" || what == "params" || names.contains(&what))
+            });
+            if !ok {
+                return Err(bad(format!(
+                    "unexpected tensor `{name}` (rule {rule} with these options has {} tensor(s) with state [{}])",
+                    n_tensors,
+                    names.join(", ")
+                )));
+            }
+        }
+
+        // Lengths: from the metadata, or from the tensors' element counts.
+        let numel = |name: &str| -> Option<Result<usize>> {
+            st.tensor(name).ok().map(|t| {
+                t.shape()
+                    .iter()
+                    .try_fold(1usize, |a, &b| a.checked_mul(b))
+                    .ok_or_else(|| bad(format!("`{name}`: shape overflows")))
+            })
+        };
+        let lengths: Vec<usize> = match extra.as_ref().and_then(|m| m.get("lengths")) {
+            Some(v) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| bad("wgpu_optim.lengths is not a list".into()))?;
+                if list.len() != n_tensors {
+                    return Err(bad(format!(
+                        "wgpu_optim.lengths has {} entries, param_groups lists {n_tensors} tensors",
+                        list.len()
+                    )));
+                }
+                list.iter()
+                    .map(|x| {
+                        x.as_u64()
+                            .and_then(|x| usize::try_from(x).ok())
+                            .ok_or_else(|| bad(format!("wgpu_optim.lengths: {x} is not a length")))
+                    })
+                    .collect::<Result<_>>()?
+            }
+            None => (0..n_tensors)
+                .map(|i| {
+                    let candidates = names
+                        .iter()
+                        .map(|n| format!("state.{i}.{n}"))
+                        .chain([format!("params.{i}")]);
+                    for c in candidates {
+                        if let Some(n) = numel(&c) {
+                            return n;
+                        }
+                    }
+                    Err(bad(format!(
+                        "tensor {i}: no state or parameter tensor says its length (and no wgpu_optim.lengths)"
+                    )))
+                })
+                .collect::<Result<_>>()?,
+        };
+        let total = checked_total(&lengths)?;
+        // Everything below is read from tensors, which safetensors has
+        // checked lie inside the file: a state of `total` elements needs
+        // 4·total bytes of it.
+        let has_tensors = !names.is_empty() || st.names().iter().any(|n| n.starts_with("params."));
+        if has_tensors && total.saturating_mul(4) > bytes.len() {
+            return Err(bad(format!(
+                "the lengths add up to {total} elements, more than the file's {} bytes hold",
+                bytes.len()
+            )));
+        }
+
+        let read_f32 = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensor(name)
+                .map_err(|_| bad(format!("missing tensor `{name}`")))?;
+            if t.dtype() != Dtype::F32 {
+                return Err(bad(format!("`{name}` is {:?}, expected F32", t.dtype())));
+            }
+            let n = numel(name).expect("the tensor exists")?;
+            if n != len {
+                return Err(bad(format!(
+                    "`{name}` has shape {:?} ({n} elements), expected {len}",
+                    t.shape()
+                )));
+            }
+            let data = t.data();
+            Ok(data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let mut state = Vec::with_capacity(names.len());
+        for name in &names {
+            let mut flat = Vec::with_capacity(total);
+            for (i, &len) in lengths.iter().enumerate() {
+                flat.extend(read_f32(&format!("state.{i}.{name}"), len)?);
+            }
+            state.push((name.to_string(), flat));
+        }
+        let any_params = (0..n_tensors).any(|i| st.tensor(&format!("params.{i}")).is_ok());
+        let params = if any_params {
+            let mut flat = Vec::with_capacity(total);
+            for (i, &len) in lengths.iter().enumerate() {
+                flat.extend(read_f32(&format!("params.{i}"), len)?);
+            }
+            Some(flat)
+        } else {
+            None
+        };
+
+        // The step tensors (torch's): scalars, all equal.
+        let mut step_tensor: Option<f64> = None;
+        for i in 0..n_tensors {
+            let name = format!("state.{i}.step");
+            if let Ok(t) = st.tensor(&name) {
+                if !(t.shape().is_empty() || t.shape() == [1]) {
+                    return Err(bad(format!(
+                        "`{name}` has shape {:?}, expected []",
+                        t.shape()
+                    )));
+                }
+                let d = t.data();
+                let v = match t.dtype() {
+                    Dtype::F32 => f32::from_le_bytes(d[..4].try_into().expect("4 bytes")) as f64,
+                    Dtype::F64 => f64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
+                    Dtype::I64 => i64::from_le_bytes(d[..8].try_into().expect("8 bytes")) as f64,
+                    other => {
+                        return Err(bad(format!(
+                            "`{name}` is {other:?}, expected F32, F64 or I64"
+                        )))
+                    }
+                };
+                if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 2f64.powi(53)) {
+                    return Err(bad(format!("`{name}` = {v} is not a step count")));
+                }
+                match step_tensor {
+                    Some(s) if s != v => {
+                        return Err(bad(format!(
+                            "`{name}` = {v}, but another tensor's step is {s}"
+                        )))
+                    }
+                    _ => step_tensor = Some(v),
+                }
+            }
+        }
+
+        let get = |key: &str| extra.as_ref().and_then(|m| m.get(key));
+        let get_u64 = |key: &str| -> Result<Option<u64>> {
+            get(key)
+                .map(|v| {
+                    v.as_u64()
+                        .ok_or_else(|| bad(format!("wgpu_optim.{key}: {v} is not a count")))
+                })
+                .transpose()
+        };
+        let get_bool = |key: &str| -> Result<Option<bool>> {
+            get(key)
+                .map(|v| {
+                    v.as_bool()
+                        .ok_or_else(|| bad(format!("wgpu_optim.{key}: {v} is not a boolean")))
+                })
+                .transpose()
+        };
+        let step = match (get_u64("step")?, step_tensor) {
+            (Some(s), Some(t)) => {
+                if (s as f32) as f64 != t && s as f64 != t {
+                    return Err(bad(format!(
+                        "wgpu_optim.step = {s} but the step tensors say {t}"
+                    )));
+                }
+                s
+            }
+            (Some(s), None) => s,
+            (None, Some(t)) => t as u64,
+            (None, None) => match config {
+                // torch's SGD keeps no step: 0 until the buffer exists.
+                Config::Sgd(_) => 0,
+                _ => {
+                    return Err(bad(
+                        "no step count (no state.{i}.step and no wgpu_optim.step)".into(),
+                    ))
+                }
+            },
+        };
+        let buffer_filled = match get_bool("buffer_filled")? {
+            Some(b) => b,
+            // torch creates the momentum buffer on its first use.
+            None => {
+                matches!(&config, Config::Sgd(c) if c.momentum != 0.0)
+                    && extra.is_none()
+                    && !names.is_empty()
+            }
+        };
+        let clip = match get("clip") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(c)) => {
+                let max_norm = c
+                    .get("max_norm")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| bad("wgpu_optim.clip.max_norm is not a number".into()))?;
+                let error_if_nonfinite = match c.get("error_if_nonfinite") {
+                    None => false,
+                    Some(v) => v.as_bool().ok_or_else(|| {
+                        bad("wgpu_optim.clip.error_if_nonfinite is not a boolean".into())
+                    })?,
+                };
+                Some(ClipGradNorm {
+                    max_norm,
+                    error_if_nonfinite,
+                })
+            }
+            Some(v) => return Err(bad(format!("wgpu_optim.clip: {v} is not an object"))),
+        };
+        let grad_scale = match get("grad_scale") {
+            None => 1.0,
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| bad(format!("wgpu_optim.grad_scale: {v} is not a number")))?,
+        };
+        let scheduler = match get("scheduler") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(s)) => {
+                let f = |k: &str| {
+                    s.get(k)
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| bad(format!("wgpu_optim.scheduler.{k} is not a number")))
+                };
+                let base_momentum = match s.get("base_momentum") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(f("base_momentum")?),
+                };
+                Some(SchedulerState {
+                    schedule: s
+                        .get("schedule")
+                        .cloned()
+                        .ok_or_else(|| bad("wgpu_optim.scheduler.schedule is missing".into()))?,
+                    base_lr: f("base_lr")?,
+                    base_momentum,
+                    position: s.get("position").and_then(Value::as_u64).ok_or_else(|| {
+                        bad("wgpu_optim.scheduler.position is not a count".into())
+                    })?,
+                    lr: f("lr")?,
+                })
+            }
+            Some(v) => return Err(bad(format!("wgpu_optim.scheduler: {v} is not an object"))),
+        };
+        let ckpt = Checkpoint {
+            config,
+            lengths,
+            step,
+            buffer_filled,
+            state,
+            params,
+            clip,
+            skip_nonfinite: get_bool("skip_nonfinite")?.unwrap_or(false),
+            skipped_steps: get_u64("skipped_steps")?.unwrap_or(0),
+            grad_scale,
+            scheduler,
+        };
+        ckpt.validate()?;
+        Ok(ckpt)
+    }
+
+    /// The tensors (name, shape, data) and metadata of the file.
+    fn to_tensors(&self) -> (Vec<F32Tensor<'_>>, HashMap<String, String>) {
+        let offsets: Vec<usize> = self
+            .lengths
+            .iter()
+            .scan(0usize, |at, &n| {
+                let o = *at;
+                *at += n;
+                Some(o)
+            })
+            .collect();
+        let mut tensors = Vec::new();
+        let step = [self.step as f32];
+        for (i, (&len, &off)) in self.lengths.iter().zip(&offsets).enumerate() {
+            for (name, values) in &self.state {
+                tensors.push(F32Tensor {
+                    name: format!("state.{i}.{name}"),
+                    shape: vec![len],
+                    data: Data::Borrowed(&values[off..off + len]),
+                });
+            }
+            if !matches!(self.config, Config::Sgd(_)) {
+                tensors.push(F32Tensor {
+                    name: format!("state.{i}.step"),
+                    shape: vec![],
+                    data: Data::Owned(step.to_vec()),
+                });
+            }
+            if let Some(p) = &self.params {
+                tensors.push(F32Tensor {
+                    name: format!("params.{i}"),
+                    shape: vec![len],
+                    data: Data::Borrowed(&p[off..off + len]),
+                });
+            }
+        }
+        let mut group = group_of(&self.config);
+        group.insert(
+            "params".into(),
+            Value::from((0..self.lengths.len()).collect::<Vec<_>>()),
+        );
+        let extra = json!({
+            "step": self.step,
+            "lengths": self.lengths,
+            "buffer_filled": self.buffer_filled,
+            "clip": self.clip.map(|c| json!({"max_norm": c.max_norm, "error_if_nonfinite": c.error_if_nonfinite})),
+            "skip_nonfinite": self.skip_nonfinite,
+            "skipped_steps": self.skipped_steps,
+            "grad_scale": self.grad_scale,
+            "scheduler": self.scheduler.as_ref().map(|s| json!({
+                "schedule": s.schedule,
+                "base_lr": s.base_lr,
+                "base_momentum": s.base_momentum,
+                "position": s.position,
+                "lr": s.lr,
+            })),
+        });
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("rule".to_string(), self.config.kind().name().to_string()),
+            (
+                "param_groups".to_string(),
+                Value::Array(vec![Value::Object(group)]).to_string(),
+            ),
+            ("wgpu_optim".to_string(), extra.to_string()),
+        ]);
+        (tensors, metadata)
+    }
+
+    /// Checks that this (already validated) checkpoint fits an optimizer
+    /// with `config` and `lengths`: same rule, same options fixed at
+    /// construction (those that choose the kernel and the state tensors),
+    /// same tensor count and lengths.
+    pub(crate) fn check_fits(&self, config: &Config, lengths: &[usize]) -> Result<()> {
+        let mismatch = |what: &str, expected: String, got: String| Error::CheckpointMismatch {
+            what: what.to_string(),
+            expected,
+            got,
+        };
+        if config.kind() != self.config.kind() {
+            return Err(mismatch(
+                "rule",
+                config.kind().to_string(),
+                self.config.kind().to_string(),
+            ));
+        }
+        let (a, b) = (config.state_names(), self.config.state_names());
+        if a != b {
+            return Err(mismatch(
+                "state tensors",
+                format!("[{}]", a.join(", ")),
+                format!("[{}]", b.join(", ")),
+            ));
+        }
+        let (a, b) = (config.overrides(), self.config.overrides());
+        if a != b {
+            let show = |o: &[(&str, f64)]| {
+                o.iter()
+                    .map(|(k, v)| format!("{}={}", k.to_lowercase(), *v != 0.0))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            return Err(mismatch("options", show(&a), show(&b)));
+        }
+        if lengths.len() != self.lengths.len() {
+            return Err(mismatch(
+                "tensor count",
+                lengths.len().to_string(),
+                self.lengths.len().to_string(),
+            ));
+        }
+        for (i, (a, b)) in lengths.iter().zip(&self.lengths).enumerate() {
+            if a != b {
+                return Err(mismatch(
+                    &format!("length of tensor {i}"),
+                    a.to_string(),
+                    b.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn checked_total(lengths: &[usize]) -> Result<usize> {
+    lengths
+        .iter()
+        .try_fold(0usize, |a, &b| a.checked_add(b))
+        .filter(|&t| t <= isize::MAX as usize / 8)
+        .ok_or_else(|| Error::Checkpoint("the tensor lengths overflow".into()))
+}
+
+/// `state.{i}.{what}` → (i, what); `params.{i}` → (i, "params").
+fn parse_tensor_name(name: &str) -> Option<(usize, &str)> {
+    if let Some(rest) = name.strip_prefix("params.") {
+        return parse_index(rest).map(|i| (i, "params"));
+    }
+    let rest = name.strip_prefix("state.")?;
+    let (i, what) = rest.split_once('.')?;
+    Some((parse_index(i)?, what))
+}
+
+fn parse_index(s: &str) -> Option<usize> {
+    // Canonical decimal only: `01` or `+1` would name the same tensor twice.
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// The group's `params`: exactly `0, 1, ..., n-1`, each once.
+fn group_params(group: &Map<String, Value>) -> Result<usize> {
+    let bad = |m: String| Error::Checkpoint(m);
+    let list = group
+        .get("params")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("param_groups[0].params is missing or not a list".into()))?;
+    if list.is_empty() {
+        return Err(bad("param_groups[0].params is empty".into()));
+    }
+    let mut seen = vec![false; list.len()];
+    for v in list {
+        let i = v
+            .as_u64()
+            .ok_or_else(|| bad(format!("param_groups[0].params: {v} is not an index")))?;
+        let slot = usize::try_from(i)
+            .ok()
+            .and_then(|i| seen.get_mut(i))
+            .ok_or_else(|| {
+                bad(format!(
+                    "param_groups[0].params: index {i} out of range for {} tensors",
+                    list.len()
+                ))
+            })?;
+        if *slot {
+            return Err(bad(format!(
+                "param_groups[0].params lists tensor {i} twice"
+            )));
+        }
+        *slot = true;
+    }
+    Ok(list.len())
+}
+
+/// Keys torch writes that do not change the arithmetic.
+const IGNORED_KEYS: &[&str] = &[
+    "params",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "initial_lr",
+];
+
+struct Group<'a> {
+    map: &'a Map<String, Value>,
+    used: Vec<&'static str>,
+}
+
+impl Group<'_> {
+    fn num(&mut self, key: &'static str) -> Result<f64> {
+        self.used.push(key);
+        let v = self
+            .map
+            .get(key)
+            .ok_or_else(|| Error::Checkpoint(format!("param_groups[0] has no `{key}`")))?;
+        v.as_f64()
+            .ok_or_else(|| Error::Checkpoint(format!("param_groups[0].{key}: {v} is not a number")))
+    }
+    fn flag(&mut self, key: &'static str, required: bool) -> Result<bool> {
+        self.used.push(key);
+        match self.map.get(key) {
+            None if !required => Ok(false),
+            None => Err(Error::Checkpoint(format!("param_groups[0] has no `{key}`"))),
+            Some(v) => v.as_bool().ok_or_else(|| {
+                Error::Checkpoint(format!("param_groups[0].{key}: {v} is not a boolean"))
+            }),
+        }
+    }
+    fn pair(&mut self, key: &'static str) -> Result<Option<(f64, f64)>> {
+        self.used.push(key);
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => match a.as_slice() {
+                [x, y] => match (x.as_f64(), y.as_f64()) {
+                    (Some(x), Some(y)) => Ok(Some((x, y))),
+                    _ => Err(Error::Checkpoint(format!(
+                        "param_groups[0].{key}: not two numbers"
+                    ))),
+                },
+                _ => Err(Error::Checkpoint(format!(
+                    "param_groups[0].{key}: not two numbers"
+                ))),
+            },
+            Some(v) => Err(Error::Checkpoint(format!(
+                "param_groups[0].{key}: {v} is not a pair"
+            ))),
+        }
+    }
+    fn betas(&mut self) -> Result<(f64, f64)> {
+        self.pair("betas")?
+            .ok_or_else(|| Error::Checkpoint("param_groups[0] has no `betas`".into()))
+    }
+    fn finish(self, rule: RuleKind) -> Result<()> {
+        for k in self.map.keys() {
+            if !self.used.contains(&k.as_str()) && !IGNORED_KEYS.contains(&k.as_str()) {
+                return Err(Error::Checkpoint(format!(
+                    "param_groups[0] has `{k}`, which rule {rule} does not know"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The configuration a torch-style parameter group describes.
+fn config_from_group(rule: RuleKind, map: &Map<String, Value>) -> Result<Config> {
+    let mut g = Group {
+        map,
+        used: Vec::new(),
+    };
+    let config: Config = match rule {
+        RuleKind::Sgd => Sgd {
+            lr: g.num("lr")?,
+            momentum: g.num("momentum")?,
+            dampening: g.num("dampening")?,
+            weight_decay: g.num("weight_decay")?,
+            nesterov: g.flag("nesterov", true)?,
+            maximize: g.flag("maximize", true)?,
+        }
+        .into(),
+        RuleKind::Adagrad => Adagrad {
+            lr: g.num("lr")?,
+            lr_decay: g.num("lr_decay")?,
+            weight_decay: g.num("weight_decay")?,
+            initial_accumulator_value: g.num("initial_accumulator_value")?,
+            eps: g.num("eps")?,
+            maximize: g.flag("maximize", true)?,
+            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
+        }
+        .into(),
+        RuleKind::RmsProp => RmsProp {
+            lr: g.num("lr")?,
+            alpha: g.num("alpha")?,
+            eps: g.num("eps")?,
+            weight_decay: g.num("weight_decay")?,
+            momentum: g.num("momentum")?,
+            centered: g.flag("centered", true)?,
+            maximize: g.flag("maximize", true)?,
+            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
+        }
+        .into(),
+        RuleKind::Adam | RuleKind::AdamW => {
+            let lr = g.num("lr")?;
+            let betas = g.betas()?;
+            let eps = g.num("eps")?;
+            let weight_decay = g.num("weight_decay")?;
+            let amsgrad = g.flag("amsgrad", true)?;
+            let maximize = g.flag("maximize", true)?;
+            let eps_inside_sqrt = g.flag("eps_inside_sqrt", false)?;
+            // torch.optim.Adam(decoupled_weight_decay=True) is AdamW.
+            let decoupled = match map.get("decoupled_weight_decay") {
+                None => rule == RuleKind::AdamW,
+                Some(_) => g.flag("decoupled_weight_decay", false)?,
+            };
+            if rule == RuleKind::AdamW && !decoupled {
+                return Err(Error::Checkpoint(
+                    "rule adamw with decoupled_weight_decay = false".into(),
+                ));
+            }
+            if decoupled {
+                AdamW {
+                    lr,
+                    betas,
+                    eps,
+                    weight_decay,
+                    amsgrad,
+                    maximize,
+                    eps_inside_sqrt,
+                }
+                .into()
+            } else {
+                Adam {
+                    lr,
+                    betas,
+                    eps,
+                    weight_decay,
+                    amsgrad,
+                    maximize,
+                    eps_inside_sqrt,
+                }
+                .into()
+            }
+        }
+        RuleKind::Lamb => Lamb {
+            lr: g.num("lr")?,
+            betas: g.betas()?,
+            eps: g.num("eps")?,
+            weight_decay: g.num("weight_decay")?,
+            trust_ratio_clamp: g.pair("trust_ratio_clamp")?,
+            unit_ratio_without_decay: g.flag("unit_ratio_without_decay", false)?,
+            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
+            maximize: g.flag("maximize", false)?,
+        }
+        .into(),
+    };
+    g.finish(rule)?;
+    Ok(config)
+}
+
+/// torch's `param_groups[0]` for a configuration (without `params`), with
+/// this crate's own options beside torch's.
+fn group_of(config: &Config) -> Map<String, Value> {
+    let v = match config {
+        Config::Sgd(c) => json!({"lr": c.lr, "momentum": c.momentum, "dampening": c.dampening,
+            "weight_decay": c.weight_decay, "nesterov": c.nesterov, "maximize": c.maximize,
+            "foreach": null, "differentiable": false, "fused": null}),
+        Config::Adagrad(c) => json!({"lr": c.lr, "lr_decay": c.lr_decay, "eps": c.eps,
+            "weight_decay": c.weight_decay, "initial_accumulator_value": c.initial_accumulator_value,
+            "foreach": null, "maximize": c.maximize, "differentiable": false, "fused": null,
+            "eps_inside_sqrt": c.eps_inside_sqrt}),
+        Config::RmsProp(c) => json!({"lr": c.lr, "momentum": c.momentum, "alpha": c.alpha,
+            "eps": c.eps, "centered": c.centered, "weight_decay": c.weight_decay,
+            "capturable": false, "foreach": null, "maximize": c.maximize, "differentiable": false,
+            "eps_inside_sqrt": c.eps_inside_sqrt}),
+        Config::Adam(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+            "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize,
+            "foreach": null, "capturable": false, "differentiable": false, "fused": null,
+            "decoupled_weight_decay": false, "eps_inside_sqrt": c.eps_inside_sqrt}),
+        Config::AdamW(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+            "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize,
+            "foreach": null, "capturable": false, "differentiable": false, "fused": null,
+            "decoupled_weight_decay": true, "eps_inside_sqrt": c.eps_inside_sqrt}),
+        Config::Lamb(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
+            "weight_decay": c.weight_decay,
+            "trust_ratio_clamp": c.trust_ratio_clamp.map(|(a, b)| vec![a, b]),
+            "unit_ratio_without_decay": c.unit_ratio_without_decay,
+            "eps_inside_sqrt": c.eps_inside_sqrt, "maximize": c.maximize}),
+    };
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("json! of an object literal"),
+    }
+}
+
+enum Data<'a> {
+    Borrowed(&'a [f32]),
+    Owned(Vec<f32>),
+}
+
+struct F32Tensor<'a> {
+    name: String,
+    shape: Vec<usize>,
+    data: Data<'a>,
+}
+
+impl F32Tensor<'_> {
+    fn values(&self) -> &[f32] {
+        match &self.data {
+            Data::Borrowed(s) => s,
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+/// Streams a safetensors file: the header (tensors sorted by name, as the
+/// safetensors crate orders tensors of one dtype; padded with spaces to a
+/// multiple of 8 bytes) then each tensor's little-endian bytes, never the
+/// whole file in memory at once.
+fn write_safetensors(
+    w: &mut impl Write,
+    tensors: &[F32Tensor<'_>],
+    metadata: HashMap<String, String>,
+) -> std::io::Result<()> {
+    let mut order: Vec<&F32Tensor<'_>> = tensors.iter().collect();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = Map::new();
+    header.insert(
+        "__metadata__".into(),
+        Value::Object(
+            metadata
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect(),
+        ),
+    );
+    let mut offset = 0usize;
+    for t in &order {
+        let len = t.values().len() * 4;
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len]}),
+        );
+        offset += len;
+    }
+    let mut bytes = Value::Object(header).to_string().into_bytes();
+    while !bytes.len().is_multiple_of(8) {
+        bytes.push(b' ');
+    }
+    w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+    w.write_all(&bytes)?;
+    for t in &order {
+        let v = t.values();
+        if cfg!(target_endian = "little") {
+            w.write_all(bytemuck::cast_slice(v))?;
+        } else {
+            for x in v {
+                w.write_all(&x.to_le_bytes())?;
+            }
+        }
+    }
+    w.flush()
+}
+
+/// `fsync`s a folder, so that a rename in it is on disk.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}

@@ -1,0 +1,808 @@
+//! Checkpoints: saved at step k, restored into a fresh optimizer and
+//! continued, a run ends bit for bit where the uninterrupted run ends, for
+//! every rule (LAMB included), on the CPU and on the GPU; state moves
+//! between the CPU and the GPU exactly; a writer killed mid-write leaves the
+//! previous checkpoint intact; a file PyTorch wrote loads and continues as
+//! PyTorch does; the file this library writes is what Python verified.
+//!
+//! Needs a GPU adapter: without one the GPU tests fail with
+//! [`Error::NoAdapter`]'s text, which says what to install.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use safetensors::SafeTensors;
+use wgpu_optim::checkpoint::Checkpoint;
+use wgpu_optim::{
+    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
+    GpuOptions, Lamb, RmsProp, Schedule, Scheduler, Sgd,
+};
+
+fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
+    })
+}
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/checkpoint");
+
+/// A fresh folder under the target directory.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("checkpoint-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// SplitMix64.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+const LENGTHS: [usize; 3] = [37, 1, 90];
+
+fn initial() -> Vec<Vec<f32>> {
+    let mut r = Rng(7);
+    LENGTHS.iter().map(|&n| r.vec(n)).collect()
+}
+
+fn grads(step: usize) -> Vec<Vec<f32>> {
+    let mut r = Rng(1000 + step as u64);
+    LENGTHS.iter().map(|&n| r.vec(n)).collect()
+}
+
+fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
+    v.iter().map(|t| t.as_slice()).collect()
+}
+
+/// Every rule, with the options that change its state tensors, some with
+/// clipping.
+fn cases() -> Vec<(&'static str, Config, Option<ClipGradNorm>)> {
+    vec![
+        (
+            "sgd",
+            Sgd {
+                lr: 0.1,
+                ..Sgd::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "sgd momentum",
+            Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                dampening: 0.1,
+                weight_decay: 0.01,
+                ..Sgd::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "sgd nesterov clip",
+            Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                ..Sgd::default()
+            }
+            .into(),
+            Some(ClipGradNorm::new(0.5)),
+        ),
+        (
+            "adagrad",
+            Adagrad {
+                lr_decay: 0.01,
+                initial_accumulator_value: 0.1,
+                ..Adagrad::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "rmsprop centered momentum",
+            RmsProp {
+                momentum: 0.5,
+                centered: true,
+                weight_decay: 0.01,
+                ..RmsProp::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "rmsprop",
+            RmsProp::default().into(),
+            Some(ClipGradNorm::new(1.0)),
+        ),
+        (
+            "adam",
+            Adam {
+                weight_decay: 0.01,
+                ..Adam::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "adam amsgrad",
+            Adam {
+                amsgrad: true,
+                ..Adam::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            "adamw clip",
+            AdamW::default().into(),
+            Some(ClipGradNorm::new(0.75)),
+        ),
+        ("lamb", Lamb::default().into(), None),
+        (
+            "lamb clamp clip",
+            Lamb {
+                trust_ratio_clamp: Some((0.1, 5.0)),
+                ..Lamb::default()
+            }
+            .into(),
+            Some(ClipGradNorm::new(1.0)),
+        ),
+    ]
+}
+
+const K: usize = 3;
+const N: usize = 6;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Parameters and every state tensor, as bits, and the step count.
+#[derive(Debug, PartialEq)]
+struct Snap(Vec<u32>, Vec<(String, Vec<u32>)>, u64);
+
+fn snap_ckpt(c: &Checkpoint) -> Snap {
+    Snap(
+        bits(c.params.as_ref().unwrap()),
+        c.state.iter().map(|(n, v)| (n.clone(), bits(v))).collect(),
+        c.step,
+    )
+}
+
+fn cpu_run(
+    config: &Config,
+    clip: Option<ClipGradNorm>,
+    from: usize,
+    to: usize,
+    opt: Option<CpuOptimizer>,
+) -> CpuOptimizer {
+    let mut opt = opt.unwrap_or_else(|| {
+        let mut o = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
+        o.set_clip_grad_norm(clip).unwrap();
+        o
+    });
+    for s in from..to {
+        opt.step(&refs(&grads(s))).unwrap();
+    }
+    opt
+}
+
+fn gpu_options() -> GpuOptions {
+    // Chunks of 64 elements: tensors straddle chunk boundaries.
+    GpuOptions {
+        max_chunk_elements: Some(64),
+        ..GpuOptions::default()
+    }
+}
+
+fn gpu_run(
+    config: &Config,
+    clip: Option<ClipGradNorm>,
+    from: usize,
+    to: usize,
+    opt: Option<GpuOptimizer>,
+) -> GpuOptimizer {
+    let mut opt = opt.unwrap_or_else(|| {
+        let mut o =
+            GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
+                .unwrap();
+        o.set_clip_grad_norm(clip).unwrap();
+        o
+    });
+    for s in from..to {
+        opt.step(&refs(&grads(s))).unwrap();
+    }
+    opt
+}
+
+#[test]
+fn cpu_save_restore_continue_is_bit_for_bit() {
+    let dir = scratch("cpu");
+    for (what, config, clip) in cases() {
+        let whole = cpu_run(&config, clip, 0, N, None);
+        let first = cpu_run(&config, clip, 0, K, None);
+        let path = dir.join(format!("{}.safetensors", what.replace(' ', "_")));
+        first.checkpoint().save(&path).unwrap();
+        drop(first);
+        let ckpt = Checkpoint::load(&path).unwrap();
+        assert_eq!(ckpt.step, K as u64, "{what}");
+        assert_eq!(ckpt.clip, clip, "{what}");
+        // Restored two ways: a new optimizer from the file's parameters,
+        // and a fresh optimizer built from the initial parameters.
+        let a = cpu_run(
+            &config,
+            clip,
+            K,
+            N,
+            Some(CpuOptimizer::from_checkpoint(&ckpt).unwrap()),
+        );
+        let mut fresh = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
+        fresh.load_checkpoint(&ckpt).unwrap();
+        let b = cpu_run(&config, clip, K, N, Some(fresh));
+        let want = snap_ckpt(&whole.checkpoint());
+        assert_eq!(snap_ckpt(&a.checkpoint()), want, "{what}: from_checkpoint");
+        assert_eq!(snap_ckpt(&b.checkpoint()), want, "{what}: load_checkpoint");
+        assert_eq!(a.checkpoint(), whole.checkpoint(), "{what}");
+    }
+}
+
+#[test]
+fn gpu_save_restore_continue_is_bit_for_bit() {
+    let dir = scratch("gpu");
+    for (what, config, clip) in cases() {
+        let whole = gpu_run(&config, clip, 0, N, None);
+        let first = gpu_run(&config, clip, 0, K, None);
+        let path = dir.join(format!("{}.safetensors", what.replace(' ', "_")));
+        first.checkpoint().unwrap().save(&path).unwrap();
+        drop(first);
+        let ckpt = Checkpoint::load(&path).unwrap();
+        let a = gpu_run(
+            &config,
+            clip,
+            K,
+            N,
+            Some(GpuOptimizer::from_checkpoint(ctx(), &ckpt, gpu_options()).unwrap()),
+        );
+        let mut fresh =
+            GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
+                .unwrap();
+        fresh.load_checkpoint(&ckpt).unwrap();
+        let b = gpu_run(&config, clip, K, N, Some(fresh));
+        let want = snap_ckpt(&whole.checkpoint().unwrap());
+        assert_eq!(
+            snap_ckpt(&a.checkpoint().unwrap()),
+            want,
+            "{what}: from_checkpoint"
+        );
+        assert_eq!(
+            snap_ckpt(&b.checkpoint().unwrap()),
+            want,
+            "{what}: load_checkpoint"
+        );
+        assert_eq!(a.step_count(), N as u64);
+    }
+}
+
+/// State moves between the backends exactly; continued on the other
+/// backend, the run stays within the GPU-vs-CPU rounding of
+/// tests/gpu_vs_cpu.rs (and is printed: on lavapipe it is usually exact).
+#[test]
+fn cpu_to_gpu_and_gpu_to_cpu() {
+    let mut exact = 0;
+    let mut total = 0;
+    let mut worst = 0.0f64;
+    for (what, config, clip) in cases() {
+        // CPU → GPU.
+        let cpu = cpu_run(&config, clip, 0, K, None);
+        let ckpt = Checkpoint::from_bytes(&cpu.checkpoint().to_bytes().unwrap()).unwrap();
+        let gpu = GpuOptimizer::from_checkpoint(ctx(), &ckpt, gpu_options()).unwrap();
+        assert_eq!(
+            snap_ckpt(&gpu.checkpoint().unwrap()),
+            snap_ckpt(&cpu.checkpoint()),
+            "{what}: CPU → GPU transfer"
+        );
+        let gpu = gpu_run(&config, clip, K, N, Some(gpu));
+        let cpu_whole = cpu_run(&config, clip, K, N, Some(cpu));
+        // GPU → CPU.
+        let gpu0 = gpu_run(&config, clip, 0, K, None);
+        let ckpt = Checkpoint::from_bytes(&gpu0.checkpoint().unwrap().to_bytes().unwrap()).unwrap();
+        let cpu = CpuOptimizer::from_checkpoint(&ckpt).unwrap();
+        assert_eq!(
+            snap_ckpt(&cpu.checkpoint()),
+            snap_ckpt(&gpu0.checkpoint().unwrap()),
+            "{what}: GPU → CPU transfer"
+        );
+        let cpu = cpu_run(&config, clip, K, N, Some(cpu));
+        let gpu_whole = gpu_run(&config, clip, K, N, Some(gpu0));
+        for (a, b) in [
+            (gpu.checkpoint().unwrap(), cpu_whole.checkpoint()),
+            (cpu.checkpoint(), gpu_whole.checkpoint().unwrap()),
+        ] {
+            total += 1;
+            assert_eq!(a.step, b.step);
+            if snap_ckpt(&a) == snap_ckpt(&b) {
+                exact += 1;
+                continue;
+            }
+            let pa = a.params.as_ref().unwrap();
+            let pb = b.params.as_ref().unwrap();
+            for (x, y) in pa.iter().zip(pb) {
+                let d = ((x - y).abs() / y.abs().max(1e-3)) as f64;
+                worst = worst.max(d);
+                assert!(d < 1e-4, "{what}: {x} vs {y}");
+            }
+        }
+    }
+    println!("cross-device continuations: {exact} of {total} bit for bit, worst relative difference {worst:e}");
+}
+
+/// A schedule's position travels with the checkpoint: the restored run
+/// applies the same learning rates and ends bit for bit the same.
+#[test]
+fn scheduler_position_is_restored() {
+    let config: Config = AdamW::default().into();
+    let schedule = Schedule::warmup_cosine(0.1, 2, 10, 1e-5);
+    let run = |opt: &mut CpuOptimizer, sched: &mut Scheduler, from: usize, to: usize| {
+        for s in from..to {
+            sched.apply_to_cpu(opt).unwrap();
+            opt.step(&refs(&grads(s))).unwrap();
+            sched.advance();
+        }
+    };
+    let mut whole = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
+    let mut ws = Scheduler::for_config(schedule.clone(), &config).unwrap();
+    run(&mut whole, &mut ws, 0, N);
+
+    let mut first = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
+    let mut fs = Scheduler::for_config(schedule.clone(), &config).unwrap();
+    run(&mut first, &mut fs, 0, K);
+    let mut ckpt = first.checkpoint();
+    ckpt.set_scheduler(Some(&fs));
+    let path = scratch("sched").join("c.safetensors");
+    ckpt.save(&path).unwrap();
+    let back = Checkpoint::load(&path).unwrap();
+    let mut rs = back.scheduler().unwrap().expect("a scheduler was saved");
+    assert_eq!(rs, fs);
+    assert_eq!(rs.lr().to_bits(), fs.lr().to_bits());
+    let mut restored = CpuOptimizer::from_checkpoint(&back).unwrap();
+    run(&mut restored, &mut rs, K, N);
+    assert_eq!(restored.checkpoint(), whole.checkpoint());
+    assert_eq!(rs, ws);
+
+    // And on the GPU.
+    let mut g = GpuOptimizer::from_checkpoint(ctx(), &back, gpu_options()).unwrap();
+    let mut gs = back.scheduler().unwrap().unwrap();
+    for s in K..N {
+        gs.apply_to_gpu(&mut g).unwrap();
+        g.step(&refs(&grads(s))).unwrap();
+        gs.advance();
+    }
+    let mut gw =
+        GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
+            .unwrap();
+    let mut gws = Scheduler::for_config(schedule, &config).unwrap();
+    for s in 0..N {
+        gws.apply_to_gpu(&mut gw).unwrap();
+        gw.step(&refs(&grads(s))).unwrap();
+        gws.advance();
+    }
+    assert_eq!(
+        snap_ckpt(&g.checkpoint().unwrap()),
+        snap_ckpt(&gw.checkpoint().unwrap())
+    );
+}
+
+/// The tensor names, dtypes, shapes and metadata of the file are
+/// PyTorch's vocabulary.
+#[test]
+fn file_uses_pytorch_names() {
+    let mut opt = CpuOptimizer::new(
+        Adam {
+            amsgrad: true,
+            ..Adam::default()
+        },
+        &refs(&initial()),
+    )
+    .unwrap();
+    opt.step(&refs(&grads(0))).unwrap();
+    let bytes = opt.checkpoint().to_bytes().unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    let mut want = Vec::new();
+    for i in 0..LENGTHS.len() {
+        for n in ["exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"] {
+            want.push(format!("state.{i}.{n}"));
+        }
+        want.push(format!("params.{i}"));
+    }
+    want.sort();
+    assert_eq!(names, want.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let t = st.tensor("state.2.exp_avg").unwrap();
+    assert_eq!(t.shape(), &[90]);
+    assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    let step = st.tensor("state.0.step").unwrap();
+    assert_eq!(step.shape(), &[] as &[usize]);
+    assert_eq!(step.data(), 1.0f32.to_le_bytes());
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["rule"], "adam");
+    assert_eq!(meta["format"], "wgpu-optim/checkpoint/1");
+    let groups: serde_json::Value = serde_json::from_str(&meta["param_groups"]).unwrap();
+    assert_eq!(groups[0]["betas"], serde_json::json!([0.9, 0.999]));
+    assert_eq!(groups[0]["amsgrad"], true);
+    assert_eq!(groups[0]["params"], serde_json::json!([0, 1, 2]));
+}
+
+/// Hyperparameters read back bit for bit, whatever their digits.
+#[test]
+fn hyperparameters_round_trip_exactly() {
+    let awkward = [
+        0.1,
+        1.0 / 3.0,
+        2.0f64.sqrt() / 7.0,
+        1e-300,
+        0.999_999_999_999_9,
+        5e-324,
+    ];
+    for &x in &awkward {
+        let config: Config = Adam {
+            lr: x,
+            betas: (x.min(0.5), 0.999),
+            eps: x,
+            ..Adam::default()
+        }
+        .into();
+        let ckpt = Checkpoint::new(config.clone(), &[2]).unwrap();
+        let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.config, config, "{x:e}");
+    }
+}
+
+/// The helper of [`killed_writer_leaves_the_previous_checkpoint`]: run in a
+/// child process (this test binary, filtered to this test), it writes big
+/// checkpoints to `$WGPU_OPTIM_KILL_PATH` in a loop until killed. Without
+/// that variable (a normal `cargo test`) it returns at once.
+#[test]
+fn writer_child() {
+    let Ok(path) = std::env::var("WGPU_OPTIM_KILL_PATH") else {
+        return;
+    };
+    let n = 4 << 20;
+    let params = vec![0.5f32; n];
+    let mut opt = CpuOptimizer::new(Adam::default(), &[&params]).unwrap();
+    let g = vec![0.25f32; n];
+    loop {
+        opt.step(&[&g]).unwrap();
+        opt.checkpoint().save(&path).unwrap();
+    }
+}
+
+/// SIGKILLs a process that writes checkpoints while a temporary file is
+/// half written: the checkpoint at the path is the previous one, whole.
+#[test]
+fn killed_writer_leaves_the_previous_checkpoint() {
+    let dir = scratch("kill");
+    let path = dir.join("model.safetensors");
+    let small = CpuOptimizer::new(
+        Sgd {
+            lr: 0.5,
+            momentum: 0.9,
+            ..Sgd::default()
+        },
+        &refs(&initial()),
+    )
+    .unwrap();
+    let previous = small.checkpoint();
+    previous.save(&path).unwrap();
+    let mut caught = 0;
+    for round in 0..5 {
+        // Each round restores the previous checkpoint first.
+        previous.save(&path).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "writer_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("WGPU_OPTIM_KILL_PATH", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until a temporary file exists and holds some data.
+        let start = std::time::Instant::now();
+        let tmp = loop {
+            let found = std::fs::read_dir(&dir)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .find(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".model.safetensors.tmp.")
+                        && e.metadata().map(|m| m.len() > (1 << 20)).unwrap_or(false)
+                });
+            if let Some(e) = found {
+                break e.path();
+            }
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "the writer never started a file"
+            );
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        child.kill().unwrap(); // SIGKILL on Unix.
+        child.wait().unwrap();
+        let full = 8 + 4 * 3 * (4 << 20);
+        let tmp_len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+        let loaded = Checkpoint::load(&path).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        if loaded == previous {
+            if tmp_len > 0 && (tmp_len as usize) < full {
+                caught += 1;
+            }
+        } else {
+            // The child finished a whole write before the kill: the file
+            // must then be a whole checkpoint of the child's.
+            assert_eq!(loaded.lengths, vec![4 << 20], "round {round}");
+        }
+        // Stale temporary files are never read; remove them.
+        for e in std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().contains(".tmp.") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        if caught >= 2 {
+            break;
+        }
+    }
+    assert!(
+        caught >= 1,
+        "never killed the writer in the middle of a file"
+    );
+    println!("killed the writer mid-write {caught} time(s); the previous checkpoint loaded whole each time");
+}
+
+fn read_tensor(st: &SafeTensors<'_>, name: &str) -> Vec<f32> {
+    let t = st.tensor(name).unwrap_or_else(|_| panic!("{name}"));
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+fn ulps(a: f32, b: f32) -> u32 {
+    (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+}
+
+/// `tests/data/checkpoint/torch_adam.safetensors` was written by PyTorch
+/// (`gen_torch_checkpoint.py write`): torch.optim.Adam's state dict after
+/// 5 steps, with only torch's information (no wgpu_optim metadata, a
+/// [3, 4] tensor). It loads on the CPU and the GPU and the next step
+/// matches PyTorch's to a few float32 roundings.
+#[test]
+fn a_file_pytorch_wrote_loads_and_continues_as_pytorch_does() {
+    let ckpt = Checkpoint::load(Path::new(DATA).join("torch_adam.safetensors")).unwrap();
+    assert_eq!(ckpt.lengths, vec![12, 5]);
+    assert_eq!(ckpt.step, 5);
+    assert_eq!(
+        ckpt.config,
+        Config::from(Adam {
+            lr: 0.01,
+            betas: (0.8, 0.99),
+            eps: 1e-6,
+            weight_decay: 0.1,
+            ..Adam::default()
+        })
+    );
+    let bytes = std::fs::read(Path::new(DATA).join("torch_adam_next.safetensors")).unwrap();
+    let next = SafeTensors::deserialize(&bytes).unwrap();
+    let g: Vec<Vec<f32>> = (0..2)
+        .map(|i| read_tensor(&next, &format!("grads.{i}")))
+        .collect();
+    let mut cpu = CpuOptimizer::from_checkpoint(&ckpt).unwrap();
+    cpu.step(&refs(&g)).unwrap();
+    let mut gpu = GpuOptimizer::from_checkpoint(ctx(), &ckpt, GpuOptions::default()).unwrap();
+    gpu.step(&refs(&g)).unwrap();
+    let mut worst = 0;
+    for (backend, got) in [
+        ("cpu", cpu.checkpoint()),
+        ("gpu", gpu.checkpoint().unwrap()),
+    ] {
+        assert_eq!(got.step, 6);
+        let layout = wgpu_optim::Layout::new(&got.lengths);
+        for i in 0..2 {
+            let mut pairs = vec![(
+                "params",
+                layout.split(got.params.as_ref().unwrap())[i].to_vec(),
+                read_tensor(&next, &format!("params.{i}")),
+            )];
+            for n in ["exp_avg", "exp_avg_sq"] {
+                pairs.push((
+                    n,
+                    layout.split(got.state_flat(n).unwrap())[i].to_vec(),
+                    read_tensor(&next, &format!("state.{i}.{n}")),
+                ));
+            }
+            for (what, a, b) in pairs {
+                for (x, y) in a.iter().zip(&b) {
+                    let u = ulps(*x, *y);
+                    worst = worst.max(u);
+                    assert!(
+                        u <= 4,
+                        "{backend} tensor {i} {what}: {x} vs torch {y} ({u} ulps)"
+                    );
+                }
+            }
+        }
+    }
+    println!("PyTorch's file: the next step matches torch's to {worst} ulp(s)");
+}
+
+/// The AdamW run whose checkpoint is `ours_adamw.safetensors`, and the
+/// step after it (`ours_adamw_next.safetensors`).
+fn ours() -> (Vec<u8>, Vec<u8>) {
+    let lengths = [6usize, 4];
+    let mut r = Rng(99);
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| r.vec(n)).collect();
+    let config = AdamW {
+        lr: 0.01,
+        betas: (0.85, 0.995),
+        weight_decay: 0.05,
+        ..AdamW::default()
+    };
+    let mut opt = CpuOptimizer::new(config, &refs(&init)).unwrap();
+    for _ in 0..4 {
+        let g: Vec<Vec<f32>> = lengths.iter().map(|&n| r.vec(n)).collect();
+        opt.step(&refs(&g)).unwrap();
+    }
+    let file = opt.checkpoint().to_bytes().unwrap();
+    let g: Vec<Vec<f32>> = lengths.iter().map(|&n| r.vec(n)).collect();
+    opt.step(&refs(&g)).unwrap();
+    let after = opt.checkpoint();
+    let layout = wgpu_optim::Layout::new(&lengths);
+    let mut tensors: Vec<(String, Vec<f32>)> = Vec::new();
+    for (i, gi) in g.iter().enumerate() {
+        tensors.push((format!("grads.{i}"), gi.clone()));
+        tensors.push((
+            format!("params.{i}"),
+            layout.split(after.params.as_ref().unwrap())[i].to_vec(),
+        ));
+        for n in ["exp_avg", "exp_avg_sq"] {
+            tensors.push((
+                format!("state.{i}.{n}"),
+                layout.split(after.state_flat(n).unwrap())[i].to_vec(),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![v.len()],
+                    bytemuck::cast_slice(v),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    let next = safetensors::serialize(views, None).unwrap();
+    (file, next)
+}
+
+/// `ours_adamw.safetensors` is what this library writes today, byte for
+/// byte; `gen_torch_checkpoint.py verify` loaded it with
+/// `safetensors.torch.load_file` into `torch.optim.AdamW` and found torch's
+/// next step equal to ours (run by hand: the test does not need Python).
+/// `WGPU_OPTIM_REGENERATE=1` rewrites the two files.
+#[test]
+fn our_file_is_the_one_python_verified() {
+    let (file, next) = ours();
+    let dir = Path::new(DATA);
+    if std::env::var_os("WGPU_OPTIM_REGENERATE").is_some() {
+        std::fs::write(dir.join("ours_adamw.safetensors"), &file).unwrap();
+        std::fs::write(dir.join("ours_adamw_next.safetensors"), &next).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(dir.join("ours_adamw.safetensors")).unwrap(),
+        file,
+        "the library's file changed: regenerate and rerun the Python check"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("ours_adamw_next.safetensors")).unwrap(),
+        next
+    );
+    let back = Checkpoint::from_bytes(&file).unwrap();
+    assert_eq!(back.step, 4);
+}
+
+/// A valid checkpoint that does not fit: another rule, other options,
+/// other lengths. Nothing changes.
+#[test]
+fn checkpoints_that_do_not_fit_are_refused() {
+    let adam = CpuOptimizer::new(Adam::default(), &refs(&initial()))
+        .unwrap()
+        .checkpoint();
+    let mut cpu = cpu_run(
+        &Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .into(),
+        None,
+        0,
+        2,
+        None,
+    );
+    let mut gpu = gpu_run(
+        &Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .into(),
+        None,
+        0,
+        2,
+        None,
+    );
+    let before = (cpu.checkpoint(), gpu.checkpoint().unwrap());
+    let e = cpu.load_checkpoint(&adam).unwrap_err();
+    assert_eq!(
+        e,
+        Error::CheckpointMismatch {
+            what: "rule".into(),
+            expected: "sgd".into(),
+            got: "adam".into()
+        }
+    );
+    assert_eq!(gpu.load_checkpoint(&adam).unwrap_err(), e);
+    let nesterov = CpuOptimizer::new(
+        Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            ..Sgd::default()
+        },
+        &refs(&initial()),
+    )
+    .unwrap()
+    .checkpoint();
+    assert!(
+        matches!(cpu.load_checkpoint(&nesterov).unwrap_err(), Error::CheckpointMismatch { what, .. } if what == "options")
+    );
+    let short = CpuOptimizer::new(
+        Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            ..Sgd::default()
+        },
+        &[&[1.0; 37], &[1.0; 1]],
+    )
+    .unwrap()
+    .checkpoint();
+    assert!(
+        matches!(gpu.load_checkpoint(&short).unwrap_err(), Error::CheckpointMismatch { what, .. } if what == "tensor count")
+    );
+    assert_eq!(before, (cpu.checkpoint(), gpu.checkpoint().unwrap()));
+}
