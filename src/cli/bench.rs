@@ -357,6 +357,8 @@ struct Row {
     verify: Option<Verify>,
     /// GPU kernel variant: `vec4` or `scalar`, `+unchecked` without bounds checks.
     variant: Option<String>,
+    /// GPU wall-clock samples, ms per step, in the order taken.
+    samples_ms: Vec<f64>,
 }
 
 impl Row {
@@ -487,6 +489,8 @@ fn bench_cpu(
 }
 
 struct GpuTimes {
+    /// Every wall-clock sample, ms per step, in the order taken.
+    samples_ms: Vec<f64>,
     median_ms: f64,
     min_ms: f64,
     kernel_ms: Option<f64>,
@@ -521,6 +525,7 @@ fn bench_gpu(
         times.push(t.elapsed().as_secs_f64() * 1e3 / args.batch as f64);
         plan.pb.inc(1);
     }
+    let samples_ms = times.clone();
     let (median_ms, min_ms) = median_min(times);
 
     let kernel_ms = if ctx
@@ -564,6 +569,7 @@ fn bench_gpu(
         }
     };
     Ok(GpuTimes {
+        samples_ms,
         median_ms,
         min_ms,
         kernel_ms,
@@ -971,6 +977,9 @@ fn row_json(r: &Row, args: &BenchArgs) -> Value {
         "roofline": r.copy_gbps.map(|c| r.kernel_ms.map_or(gbps, |k| r.gbps_at(k)) / c),
         "kernel": r.variant,
     });
+    if !r.samples_ms.is_empty() {
+        v["samples_ms"] = json!(r.samples_ms);
+    }
     if r.backend == Backend::Cpu {
         v["threads"] = json!(rayon::current_num_threads());
     }
@@ -1114,6 +1123,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     adapter: String::new(),
                     bytes_per_param: preset.bytes_per_param(),
                     variant: None,
+                    samples_ms: Vec::new(),
                     median_ms: f64::NAN,
                     min_ms: f64::NAN,
                     dispatches_per_step: 0,
@@ -1134,6 +1144,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                         row.adapter = ctx.adapter_label();
                         bench_gpu(&plan, ctx, preset, &params, &grads).and_then(|t| {
                             row.variant = Some(t.variant.clone());
+                            row.samples_ms = t.samples_ms.clone();
                             row.median_ms = t.median_ms;
                             row.min_ms = t.min_ms;
                             row.kernel_ms = t.kernel_ms;
