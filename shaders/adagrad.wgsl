@@ -8,6 +8,11 @@ struct Scalars {
     weight_decay: f32,
     eps: f32,
     flags: u32,
+    inv_scale: f32,
+    base: u32,
+    host_step: u32,
+    _tail: u32,
+    table: array<vec4<f32>, 32>,
 }
 
 const WORKGROUP_SIZE: u32 = 256u;
@@ -17,30 +22,34 @@ override EPS_INSIDE_SQRT: bool = false;
 @group(0) @binding(0) var<storage, read_write> param: array<V>;
 @group(0) @binding(1) var<storage, read> grad: array<V>;
 @group(0) @binding(2) var<storage, read_write> sum: array<V>;
-// [0] gradient norm, [1] clip scale, [2] 1.0 when the norm is not finite
+// [0] gradient norm, [1] clip scale, [2] 1.0 when the norm is not finite,
+// [3] 1.0 when a gradient is NaN or infinite
 // (written by reduce.wgsl in the same submission when clipping is on).
 @group(0) @binding(3) var<storage, read> info: array<f32>;
-@group(0) @binding(4) var<uniform> s: Scalars;
+// The step counters reduce.wgsl keeps (see tiles.wgsl).
+@group(0) @binding(4) var<storage, read> counters: array<u32>;
+@group(0) @binding(5) var<uniform> s: Scalars;
 
-const FLAG_CLIP: u32 = 1u;
-const FLAG_SKIP_NONFINITE: u32 = 2u;
+
+// This step's lr / (1 + (t − 1)·lr_decay).
+var<private> clr: f32;
 
 fn update(i: u32) {
     let p = param[i];
-    var g = grad[i];
-    if ((s.flags & FLAG_CLIP) != 0u) { g = g * info[1]; }
+    var g = effective_grad(grad[i]);
     if (MAXIMIZE) { g = -g; }
     if (s.weight_decay != 0.0) { g = g + s.weight_decay * p; }
     let acc = sum[i] + g * g;
     sum[i] = acc;
     var std_: V;
     if (EPS_INSIDE_SQRT) { std_ = sqrt(acc + s.eps); } else { std_ = sqrt(acc) + s.eps; }
-    param[i] = p - s.clr * (g / std_);
+    param[i] = p - clr * (g / std_);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    if ((s.flags & FLAG_SKIP_NONFINITE) != 0u && info[2] != 0.0) { return; }
+    if (step_refused()) { return; }
+    clr = s.table[pick_entry()].x;
     let n = arrayLength(&param);
     let stride = nwg.x * WORKGROUP_SIZE;
     for (var i = gid.x; i < n; i = i + stride) {

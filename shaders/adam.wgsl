@@ -16,6 +16,11 @@ struct Scalars {
     flags: u32,
     _pad1: u32,
     _pad2: u32,
+    inv_scale: f32,
+    base: u32,
+    host_step: u32,
+    _tail: u32,
+    table: array<vec4<f32>, 32>,
 }
 
 const WORKGROUP_SIZE: u32 = 256u;
@@ -29,13 +34,14 @@ override DECOUPLED: bool = false;
 @group(0) @binding(2) var<storage, read_write> exp_avg: array<V>;
 @group(0) @binding(3) var<storage, read_write> exp_avg_sq: array<V>;
 @group(0) @binding(4) var<storage, read_write> max_exp_avg_sq: array<V>;
-// [0] gradient norm, [1] clip scale, [2] 1.0 when the norm is not finite
+// [0] gradient norm, [1] clip scale, [2] 1.0 when the norm is not finite,
+// [3] 1.0 when a gradient is NaN or infinite
 // (written by reduce.wgsl in the same submission when clipping is on).
 @group(0) @binding(5) var<storage, read> info: array<f32>;
-@group(0) @binding(6) var<uniform> s: Scalars;
+// The step counters reduce.wgsl keeps (see tiles.wgsl).
+@group(0) @binding(6) var<storage, read> counters: array<u32>;
+@group(0) @binding(7) var<uniform> s: Scalars;
 
-const FLAG_CLIP: u32 = 1u;
-const FLAG_SKIP_NONFINITE: u32 = 2u;
 
 // torch.lerp's two-sided form; the same as `lerp` in src/rules/mod.rs.
 fn lerp_torch(start: V, end: V, weight: f32) -> V {
@@ -43,10 +49,12 @@ fn lerp_torch(start: V, end: V, weight: f32) -> V {
     return end - (end - start) * (1.0 - weight);
 }
 
+// This step's (step_size, bias_correction2_sqrt, bias_correction2).
+var<private> t: vec4<f32>;
+
 fn update(i: u32) {
     var p = param[i];
-    var g = grad[i];
-    if ((s.flags & FLAG_CLIP) != 0u) { g = g * info[1]; }
+    var g = effective_grad(grad[i]);
     if (MAXIMIZE) { g = -g; }
     if (s.weight_decay != 0.0) {
         if (DECOUPLED) { p = p * s.decay_factor; } else { g = g + s.weight_decay * p; }
@@ -62,16 +70,17 @@ fn update(i: u32) {
     }
     var denom: V;
     if (EPS_INSIDE_SQRT) {
-        denom = sqrt(vv / s.bias_correction2 + s.eps);
+        denom = sqrt(vv / t.z + s.eps);
     } else {
-        denom = sqrt(vv) / s.bias_correction2_sqrt + s.eps;
+        denom = sqrt(vv) / t.y + s.eps;
     }
-    param[i] = p - s.step_size * (m / denom);
+    param[i] = p - t.x * (m / denom);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    if ((s.flags & FLAG_SKIP_NONFINITE) != 0u && info[2] != 0.0) { return; }
+    if (step_refused()) { return; }
+    t = s.table[pick_entry()];
     let n = arrayLength(&param);
     let stride = nwg.x * WORKGROUP_SIZE;
     for (var i = gid.x; i < n; i = i + stride) {

@@ -9,15 +9,23 @@
 override MAXIMIZE: bool = false;
 override EPS_INSIDE_SQRT: bool = false;
 
+// This step's bias corrections (1 − β1ᵗ, 1 − β2ᵗ), from the table entry
+// of the step count the GPU is at (`pick_entry` in tiles.wgsl).
+var<private> bc: vec2<f32>;
+
+fn load_bias_corrections() {
+    bc = a.table[pick_entry()].xy;
+}
+
 // The update direction from updated moments; the same arithmetic as
 // `update_direction` in src/rules/lamb.rs.
 fn lamb_update(p: f32, m: f32, v: f32) -> f32 {
-    let m_hat = m / a.bias_correction1;
+    let m_hat = m / bc.x;
     var denom: f32;
     if (EPS_INSIDE_SQRT) {
-        denom = sqrt(v / a.bias_correction2 + a.eps);
+        denom = sqrt(v / bc.y + a.eps);
     } else {
-        denom = sqrt(v / a.bias_correction2) + a.eps;
+        denom = sqrt(v / bc.y) + a.eps;
     }
     return m_hat / denom + a.weight_decay * p;
 }
@@ -29,6 +37,7 @@ fn lamb_moments(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     if (step_refused(lid)) { return; }
+    load_bias_corrections();
     let count = arrayLength(&tiles);
     for (var t = wid.x; t < count; t = t + nwg.x) {
         let tile = tiles[t];
@@ -85,6 +94,7 @@ fn lamb_apply(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     if (step_refused(lid)) { return; }
+    load_bias_corrections();
     let count = arrayLength(&tiles);
     for (var t = wid.x; t < count; t = t + nwg.x) {
         let tile = tiles[t];

@@ -12,12 +12,17 @@ fn clip_partials(
     let count = arrayLength(&tiles);
     for (var t = wid.x; t < count; t = t + nwg.x) {
         let tile = tiles[t];
-        var acc = 0.0;
+        // x: the sum of squares of the (unscaled) gradients; y: how many
+        // are NaN or infinite (PyTorch's found_inf looks at each element:
+        // a finite gradient whose square overflows does not count).
+        var acc = vec2<f32>(0.0, 0.0);
         for (var k = lid; k < tile.y; k = k + WG) {
-            let g = grad[tile.x + k];
-            acc = acc + g * g;
+            let raw = grad[tile.x + k];
+            var g = raw;
+            if ((a.flags & FLAG_GRAD_SCALE) != 0u) { g = g * a.inv_scale; }
+            acc = acc + vec2<f32>(g * g, select(0.0, 1.0, !is_finite(raw)));
         }
-        let total = workgroup_sum(lid, vec2<f32>(acc, 0.0));
+        let total = workgroup_sum(lid, acc);
         if (lid == 0u) {
             partials[tile.w] = total;
         }
@@ -26,11 +31,11 @@ fn clip_partials(
 
 @compute @workgroup_size(256)
 fn clip_finish(@builtin(local_invocation_index) lid: u32) {
-    var acc = 0.0;
+    var acc = vec2<f32>(0.0, 0.0);
     for (var k = lid; k < a.n_tiles; k = k + WG) {
-        acc = acc + partials[k].x;
+        acc = acc + partials[k];
     }
-    let total = workgroup_sum(lid, vec2<f32>(acc, 0.0));
+    let total = workgroup_sum(lid, acc);
     if (lid == 0u) {
         let norm = sqrt(total.x);
         let coef = a.max_norm / (norm + 1e-6);
@@ -42,6 +47,24 @@ fn clip_finish(@builtin(local_invocation_index) lid: u32) {
             // As torch: a non-finite norm propagates into the gradients.
             info[1] = coef;
             info[2] = 1.0;
+        }
+        let found_inf = total.y > 0.0;
+        info[3] = select(0.0, 1.0, found_inf);
+        // The step counters (FLAG_SKIP_FOUND_INF): this step is applied
+        // unless refused, for either reason the rule kernels refuse it.
+        if ((a.flags & FLAG_SKIP_FOUND_INF) != 0u) {
+            let refused = found_inf
+                || ((a.flags & FLAG_SKIP_NONFINITE) != 0u && !is_finite(norm));
+            let filled = counters[3];
+            counters[4] = filled;
+            if (refused) {
+                counters[2] = counters[2] + 1u;
+            } else {
+                counters[0] = counters[0] + 1u;
+                if ((a.flags & FLAG_USE_MOMENTUM) != 0u) { counters[3] = 1u; }
+            }
+            counters[1] = a.host_step;
+            counters[5] = select(0u, 1u, refused);
         }
     }
 }

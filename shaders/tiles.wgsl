@@ -24,15 +24,28 @@ struct Aux {
     n_tensors: u32,
     flags: u32,
     _pad0: u32,
+    // The per-step tail every kernel's uniforms end with (`StepTail` in
+    // src/gpu/optimizer.rs): the loss scale's inverse, and with
+    // FLAG_SKIP_FOUND_INF the bias corrections of each step count the
+    // GPU may be at (see `pick` below).
+    inv_scale: f32,
+    base: u32,
+    host_step: u32,
+    _pad1: u32,
+    table: array<vec4<f32>, 32>,
 }
 
 const FLAG_CLIP: u32 = 1u;
 const FLAG_SKIP_NONFINITE: u32 = 2u;
 const FLAG_CLAMP: u32 = 4u;
 const FLAG_UNIT_RATIO: u32 = 8u;
+const FLAG_GRAD_SCALE: u32 = 16u;
+const FLAG_SKIP_FOUND_INF: u32 = 32u;
+const FLAG_USE_MOMENTUM: u32 = 64u;
 
 // `info`: [0] total gradient norm, [1] clip scale, [2] 1.0 when the norm
-// is not finite, [3] unused, [4 + t] LAMB's trust ratio of tensor t.
+// is not finite, [3] 1.0 when a gradient is NaN or infinite, [4 + t]
+// LAMB's trust ratio of tensor t.
 @group(0) @binding(0) var<storage, read_write> param: array<f32>;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> exp_avg: array<f32>;
@@ -42,6 +55,12 @@ const FLAG_UNIT_RATIO: u32 = 8u;
 @group(0) @binding(6) var<storage, read> tensors: array<vec2<u32>>;
 @group(0) @binding(7) var<storage, read_write> info: array<f32>;
 @group(0) @binding(8) var<uniform> a: Aux;
+// The step counters the GPU keeps while steps with non-finite gradients
+// are skipped (FLAG_SKIP_FOUND_INF): [0] steps applied, [1] the host's
+// number of the last step processed, [2] steps skipped, [3] SGD's momentum
+// buffer filled, [4] filled before the current step, [5] the current
+// step was skipped. All u32 (the host keeps the high bits).
+@group(0) @binding(9) var<storage, read_write> counters: array<u32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<vec2<f32>, 256>;
@@ -65,9 +84,13 @@ fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
-// The gradient as the update sees it: clipped when asked.
+// The gradient as the update sees it: unscaled (loss scaling) and
+// clipped when asked, as GradScaler.unscale_ then clip_grad_norm_ do.
 fn scaled_grad(i: u32) -> f32 {
     var g = grad[i];
+    if ((a.flags & FLAG_GRAD_SCALE) != 0u) {
+        g = g * a.inv_scale;
+    }
     if ((a.flags & FLAG_CLIP) != 0u) {
         g = g * info[1];
     }
@@ -76,12 +99,26 @@ fn scaled_grad(i: u32) -> f32 {
 
 var<workgroup> refused_wg: u32;
 
-// Whether this step is refused (non-finite gradient norm with
-// FLAG_SKIP_NONFINITE), as a workgroup-uniform value so that kernels with
-// barriers may return on it.
+// Whether this step is refused: a non-finite gradient norm with
+// FLAG_SKIP_NONFINITE, or a non-finite gradient with FLAG_SKIP_FOUND_INF;
+// as a workgroup-uniform value so that kernels with barriers may return
+// on it.
 fn step_refused(lid: u32) -> bool {
     if (lid == 0u) {
-        refused_wg = select(0u, 1u, (a.flags & FLAG_SKIP_NONFINITE) != 0u && info[2] != 0.0);
+        let bad_norm = (a.flags & FLAG_SKIP_NONFINITE) != 0u && info[2] != 0.0;
+        let found_inf = (a.flags & FLAG_SKIP_FOUND_INF) != 0u && info[3] != 0.0;
+        refused_wg = select(0u, 1u, bad_norm || found_inf);
     }
     return workgroupUniformLoad(&refused_wg) != 0u;
+}
+
+// The entry of the bias-correction table for the step count the GPU is at.
+// With FLAG_SKIP_FOUND_INF the host does not know how many of the steps
+// it queued since its last read-back were skipped, so it sends the
+// scalars of every count the GPU may be at: entry j is for step
+// base + 1 + j. counters[0] (already counted for this step by clip_finish)
+// says which applies. Without the flag, entry 0 is this step's.
+fn pick_entry() -> u32 {
+    if ((a.flags & FLAG_SKIP_FOUND_INF) == 0u) { return 0u; }
+    return min(counters[0] - 1u - a.base, 31u);
 }

@@ -119,6 +119,12 @@ impl CpuOptimizer {
         }
         if let (Some(clip), Some(n)) = (self.clip, norm) {
             if clip.error_if_nonfinite && !n.is_finite() {
+                // With skipping on, a refused step counts as skipped (the
+                // GPU counts it so too).
+                if self.skip_nonfinite {
+                    self.skipped += 1;
+                    self.last_skipped = true;
+                }
                 return Err(Error::NonFiniteGradNorm { norm: n as f64 });
             }
         }

@@ -9,7 +9,10 @@ use crate::cpu::state_index;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::layout::{Counters, Layout};
-use crate::rules::lamb::{AuxScalars, FLAG_CLIP, FLAG_SKIP_NONFINITE};
+use crate::rules::lamb::{
+    AuxScalars, FLAG_CLIP, FLAG_GRAD_SCALE, FLAG_SKIP_FOUND_INF, FLAG_SKIP_NONFINITE,
+    FLAG_USE_MOMENTUM,
+};
 use crate::rules::{Config, StepScalars};
 
 /// Threads per workgroup; `WORKGROUP_SIZE` in every shader.
@@ -17,9 +20,32 @@ const WORKGROUP_SIZE: u64 = 256;
 /// Slots of the uniform ring: each step writes its scalars to the next slot,
 /// so up to this many steps can be recorded into one command encoder.
 pub(crate) const UNIFORM_RING: u64 = 256;
-/// Stride of the ring: the largest `min_uniform_buffer_offset_alignment`
-/// any backend asks for.
-const UNIFORM_STRIDE: u64 = 256;
+/// Stride of the ring: a multiple of the largest
+/// `min_uniform_buffer_offset_alignment` any backend asks for (256), large
+/// enough for the largest rule header (64 bytes) and the [`StepTail`].
+const UNIFORM_STRIDE: u64 = 768;
+/// Entries of the bias-correction table of [`StepTail`]: with
+/// `skip_nonfinite`, the host may queue at most this many steps past the
+/// last step whose outcome (applied or skipped) it has read back.
+pub(crate) const TABLE_LEN: usize = 32;
+
+/// The per-step tail of every kernel's uniforms, written right after the
+/// rule's own scalars (whose sizes are multiples of 16 bytes); `inv_scale,
+/// base, host_step, _, table` at the end of each WGSL `Scalars`/`Aux`.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct StepTail {
+    /// `1/grad_scale` rounded to f32 (used with `FLAG_GRAD_SCALE`).
+    inv_scale: f32,
+    /// Low 32 bits of the applied-step count the host last read back.
+    base: u32,
+    /// Low 32 bits of this step's number among the steps the host queued.
+    host_step: u32,
+    _pad: u32,
+    /// Entry j: the step-dependent scalars of step `base + 1 + j`.
+    table: [[f32; 4]; TABLE_LEN],
+}
+const _: () = assert!(std::mem::size_of::<StepTail>() + 64 <= UNIFORM_STRIDE as usize);
 /// Chunk boundaries are multiples of this many elements (256 bytes), the
 /// largest `min_storage_buffer_offset_alignment` any backend asks for.
 const CHUNK_ALIGN: u64 = 64;
@@ -141,6 +167,90 @@ pub struct GpuOptimizer {
     buffers: Built,
     clip: Option<ClipGradNorm>,
     counters: Counters,
+    /// `1/grad_scale` and the scale (1: off).
+    inv_scale: f32,
+    grad_scale: f64,
+    /// `Some` while steps with non-finite gradients are skipped.
+    skip: Option<SkipTracker>,
+    /// Steps skipped before the tracker in force was started.
+    skipped_before: u64,
+}
+
+/// What the host knows of the GPU's step counters while `skip_nonfinite`
+/// is on (the design is in the README, "Non-finite gradients", and on
+/// [`GpuOptimizer::set_skip_nonfinite`]).
+///
+/// The GPU decides each step whether it is applied; the host learns it
+/// later, from read-backs it never waits for unless it must. `known_*` is
+/// the state after host step `known_h` (steps are numbered 1, 2, ... in the
+/// order queued); `queued` steps have been queued in all. A step's
+/// step-dependent scalars (Adam's bias corrections, Adagrad's decayed lr,
+/// LAMB's bias corrections) depend on how many steps were applied before
+/// it, which is `known_e + j` for some `j` in `0 ..= queued − known_h`: the
+/// host sends the scalars of every such count (the table of
+/// [`StepTail`]) and the GPU picks. A step can be queued only while that
+/// window fits the table ([`TABLE_LEN`]); at its edge the host waits for
+/// the read-back of a step already submitted.
+struct SkipTracker {
+    queued: u64,
+    known_h: u64,
+    known_e: u64,
+    known_skipped: u64,
+    known_filled: bool,
+    known_last_skipped: bool,
+    /// Read-backs in flight: the staging buffer and its map result.
+    pending: Vec<Readback>,
+    /// Staging buffers ready for reuse.
+    free: Vec<wgpu::Buffer>,
+}
+
+struct Readback {
+    buffer: wgpu::Buffer,
+    done: std::sync::Arc<std::sync::Mutex<Option<bool>>>,
+}
+
+/// The counters as read back (low 32 bits).
+#[derive(Clone, Copy, Debug)]
+struct CounterWords {
+    applied: u32,
+    host_step: u32,
+    skipped: u32,
+    filled: u32,
+    last_skipped: u32,
+}
+
+impl CounterWords {
+    fn of(words: &[u32]) -> Self {
+        CounterWords {
+            applied: words[0],
+            host_step: words[1],
+            skipped: words[2],
+            filled: words[3],
+            last_skipped: words[5],
+        }
+    }
+}
+
+impl SkipTracker {
+    /// Takes in a read-back of the counters: the GPU's numbers are the low
+    /// 32 bits of counts that only grow, and lie between what the host
+    /// knew and what it queued, so the host puts the high bits back.
+    fn learn(&mut self, w: CounterWords) {
+        let h = self.known_h + (w.host_step.wrapping_sub(self.known_h as u32)) as u64;
+        if h < self.known_h || h > self.queued {
+            return;
+        }
+        self.known_e += w.applied.wrapping_sub(self.known_e as u32) as u64;
+        self.known_skipped += w.skipped.wrapping_sub(self.known_skipped as u32) as u64;
+        self.known_h = h;
+        self.known_filled = w.filled != 0;
+        self.known_last_skipped = w.last_skipped != 0;
+    }
+
+    /// Steps queued whose outcome the host does not know yet.
+    fn unknown(&self) -> u64 {
+        self.queued - self.known_h
+    }
 }
 
 /// The buffers and bind groups an optimizer owns besides the parameters and
@@ -156,11 +266,19 @@ struct Built {
     #[allow(dead_code)]
     tensors: wgpu::Buffer,
     info: wgpu::Buffer,
+    /// The step counters of `skip_nonfinite` (`counters` in tiles.wgsl).
+    counters: wgpu::Buffer,
     uniforms: wgpu::Buffer,
     aux_uniforms: wgpu::Buffer,
     rule_groups: Vec<(wgpu::BindGroup, u32)>,
     tile_groups: Vec<(wgpu::BindGroup, u32)>,
 }
+
+/// Words of the step-counter buffer (`counters` in tiles.wgsl): [0] steps
+/// applied, [1] host step number last processed, [2] steps skipped, [3]
+/// SGD buffer filled, [4] filled before the current step, [5] current step
+/// skipped; all the low 32 bits.
+const COUNTER_WORDS: u64 = 8;
 
 /// Elements per tile of the reductions: 256 threads × 16 elements.
 const TILE: usize = 4096;
@@ -447,6 +565,7 @@ impl GpuOptimizer {
             ctx.queue
                 .write_buffer(&tensors, 0, bytemuck::cast_slice(&tiling.tensors));
             let info = storage_buffer("step info", ((4 + layout.len()) * 4) as u64);
+            let counters = storage_buffer("step counters", COUNTER_WORDS * 4);
             let ring = |label: &str| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
@@ -509,6 +628,10 @@ impl GpuOptimizer {
                     });
                     entries.push(wgpu::BindGroupEntry {
                         binding: 3 + n,
+                        resource: counters.as_entire_binding(),
+                    });
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 4 + n,
                         resource: uniform_binding(&uniforms),
                     });
                     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -545,6 +668,7 @@ impl GpuOptimizer {
                     (6, tensors.as_entire_binding()),
                     (7, info.as_entire_binding()),
                     (8, uniform_binding(&aux_uniforms)),
+                    (9, counters.as_entire_binding()),
                 ]
                 .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource });
                 let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -563,6 +687,7 @@ impl GpuOptimizer {
                 partials,
                 tensors,
                 info,
+                counters,
                 uniforms,
                 aux_uniforms,
                 rule_groups,
@@ -584,6 +709,10 @@ impl GpuOptimizer {
             buffers: built,
             clip: None,
             counters: Counters::default(),
+            inv_scale: 1.0,
+            grad_scale: 1.0,
+            skip: None,
+            skipped_before: 0,
         })
     }
 
@@ -603,10 +732,23 @@ impl GpuOptimizer {
     /// [`ClipGradNorm::error_if_nonfinite`], where the step reads back
     /// whether the GPU refused it (a non-finite gradient norm) and then
     /// returns [`Error::NonFiniteGradNorm`] with parameters, state and step
-    /// count unchanged.
+    /// count unchanged. With [`GpuOptimizer::set_skip_nonfinite`] a step
+    /// with a NaN or infinite gradient is skipped on the GPU and `Ok` is
+    /// returned without waiting: ask [`GpuOptimizer::last_step_skipped`].
     pub fn step_device(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
+        self.make_room()?;
         let before = self.counters;
+        let staging = self.skip.as_mut().map(|t| {
+            t.free.pop().unwrap_or_else(|| {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step counters readback"),
+                    size: COUNTER_WORDS * 4,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+        });
         ctx.scoped("stepping", || {
             let mut encoder = ctx
                 .device
@@ -614,12 +756,33 @@ impl GpuOptimizer {
                     label: Some("optimizer step"),
                 });
             self.record(&mut encoder, None);
+            if let Some(staging) = &staging {
+                encoder.copy_buffer_to_buffer(
+                    &self.buffers.counters,
+                    0,
+                    staging,
+                    0,
+                    COUNTER_WORDS * 4,
+                );
+            }
             ctx.queue.submit(Some(encoder.finish()));
         })?;
+        if let (Some(staging), Some(t)) = (staging, self.skip.as_mut()) {
+            t.pending.push(map_counters(staging));
+        }
         if self.clip.is_some_and(|c| c.error_if_nonfinite) {
-            let info = read_buffer(&self.ctx, &self.buffers.info, 0, 12)?;
+            let info = read_buffer(&self.ctx, &self.buffers.info, 0, 16)?;
             if info[2] != 0.0 {
-                self.counters = before;
+                if self.skip.is_some() {
+                    // Counted as skipped on the GPU: learn it now.
+                    self.sync()?;
+                    if info[3] != 0.0 {
+                        // A non-finite gradient: skipped, not an error.
+                        return Ok(());
+                    }
+                } else {
+                    self.counters = before;
+                }
                 return Err(Error::NonFiniteGradNorm {
                     norm: info[0] as f64,
                 });
@@ -632,8 +795,11 @@ impl GpuOptimizer {
     /// right after their backward pass, so the whole training step is one
     /// submission) and counts it as taken. The step's scalars go through
     /// `queue.write_buffer` into the next slot of a ring of 256, so at most
-    /// 256 steps may be recorded between two submissions.
-    /// `timestamp_writes` is passed to the compute pass. With
+    /// 256 steps may be recorded between two submissions (with
+    /// [`GpuOptimizer::set_skip_nonfinite`], 32: beyond that the host must
+    /// learn which steps were skipped, and returns
+    /// [`Error::InvalidOptions`] if the encoder holding them was not
+    /// submitted). `timestamp_writes` is passed to the compute pass. With
     /// [`ClipGradNorm::error_if_nonfinite`] use [`GpuOptimizer::step_device`],
     /// which learns whether the GPU refused the step; this returns
     /// [`Error::InvalidOptions`] then.
@@ -648,7 +814,141 @@ impl GpuOptimizer {
                     .into(),
             ));
         }
+        self.make_room()?;
+        if self.skip.as_ref().is_some_and(|t| t.pending.is_empty()) {
+            // Ask for the counters as the GPU has them after whatever the
+            // caller has submitted so far (our own small submission).
+            self.request_counters()?;
+        }
         self.record(encoder, timestamp_writes);
+        Ok(())
+    }
+
+    /// With `skip_nonfinite`, makes sure the next step's window of possible
+    /// step counts fits the table: takes in finished read-backs (without
+    /// waiting), and waits for one only when the window is full.
+    fn make_room(&mut self) -> Result<()> {
+        if self.skip.is_none() {
+            return Ok(());
+        }
+        self.harvest(false)?;
+        let full = |t: &SkipTracker| t.unknown() + 1 > TABLE_LEN as u64;
+        if self.skip.as_ref().is_some_and(full) {
+            self.harvest(true)?;
+        }
+        if self.skip.as_ref().is_some_and(full) {
+            // Nothing in flight covered the steps queued: read now.
+            self.request_counters()?;
+            self.harvest(true)?;
+        }
+        if self.skip.as_ref().is_some_and(full) {
+            return Err(Error::InvalidOptions(format!(
+                "with skip_nonfinite at most {TABLE_LEN} steps may be queued before the GPU \
+                 has run them: submit the encoder that record_step recorded into"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Submits a copy of the counters to a staging buffer and maps it.
+    fn request_counters(&mut self) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let Some(t) = self.skip.as_mut() else {
+            return Ok(());
+        };
+        let staging = t.free.pop().unwrap_or_else(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step counters readback"),
+                size: COUNTER_WORDS * 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let counters = &self.buffers.counters;
+        ctx.scoped("reading the step counters", || {
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step counters"),
+                });
+            encoder.copy_buffer_to_buffer(counters, 0, &staging, 0, COUNTER_WORDS * 4);
+            ctx.queue.submit(Some(encoder.finish()));
+        })?;
+        t.pending.push(map_counters(staging));
+        Ok(())
+    }
+
+    /// Takes in the read-backs that have finished; with `wait`, waits for
+    /// all those in flight first.
+    fn harvest(&mut self, wait: bool) -> Result<()> {
+        let Some(t) = self.skip.as_mut() else {
+            return Ok(());
+        };
+        if t.pending.is_empty() {
+            return Ok(());
+        }
+        if wait {
+            self.ctx.wait()?;
+        } else {
+            let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+        }
+        if let Some(lost) = self.ctx.lost() {
+            return Err(Error::DeviceLost {
+                during: "reading the step counters",
+                reason: lost,
+            });
+        }
+        let mut still = Vec::new();
+        for r in std::mem::take(&mut t.pending) {
+            let state = *r
+                .done
+                .lock()
+                .map_err(|_| Error::Readback("poisoned".into()))?;
+            match state {
+                None => still.push(r),
+                Some(false) => {
+                    return Err(Error::Readback("mapping the step counters failed".into()))
+                }
+                Some(true) => {
+                    let words: Vec<u32> = {
+                        let view = r
+                            .buffer
+                            .slice(..)
+                            .get_mapped_range()
+                            .map_err(|e| Error::Readback(e.to_string()))?;
+                        bytemuck::cast_slice(&view).to_vec()
+                    };
+                    r.buffer.unmap();
+                    t.learn(CounterWords::of(&words));
+                    t.free.push(r.buffer);
+                }
+            }
+        }
+        t.pending = still;
+        self.counters.step = t.known_e + t.unknown();
+        Ok(())
+    }
+
+    /// Waits for every queued step and learns the exact step count,
+    /// skips and SGD's buffer flag (with `skip_nonfinite`; a no-op
+    /// otherwise).
+    fn sync(&mut self) -> Result<()> {
+        if self.skip.is_none() {
+            return Ok(());
+        }
+        self.request_counters()?;
+        self.harvest(true)?;
+        if let Some(t) = &self.skip {
+            if t.unknown() != 0 {
+                return Err(Error::InvalidOptions(
+                    "steps recorded with record_step have not been submitted yet".into(),
+                ));
+            }
+            self.counters = Counters {
+                step: t.known_e,
+                buffer_filled: t.known_filled,
+            };
+        }
         Ok(())
     }
 
@@ -657,7 +957,9 @@ impl GpuOptimizer {
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) {
-        let slot = self.counters.step % UNIFORM_RING;
+        let skip = self.skip.as_ref();
+        let host_step = skip.map_or(self.counters.step, |t| t.queued);
+        let slot = host_step % UNIFORM_RING;
         let offset = [(slot * UNIFORM_STRIDE) as u32];
         let mut flags = 0;
         if let Some(clip) = self.clip {
@@ -665,6 +967,36 @@ impl GpuOptimizer {
             if clip.error_if_nonfinite {
                 flags |= FLAG_SKIP_NONFINITE;
             }
+        }
+        if self.inv_scale != 1.0 {
+            flags |= FLAG_GRAD_SCALE;
+        }
+        if skip.is_some() {
+            flags |= FLAG_SKIP_FOUND_INF;
+        }
+        if let Config::Sgd(c) = &self.config {
+            if c.momentum != 0.0 {
+                flags |= FLAG_USE_MOMENTUM;
+            }
+        }
+        // The applied-step count before this step: known exactly without
+        // skipping; with it, one of `known_e ..= known_e + unknown`.
+        let (base, window) = match skip {
+            Some(t) => (t.known_e, t.unknown()),
+            None => (self.counters.step, 0),
+        };
+        let mut tail = StepTail {
+            inv_scale: self.inv_scale,
+            base: base as u32,
+            host_step: (host_step + 1) as u32,
+            _pad: 0,
+            table: [[0.0; 4]; TABLE_LEN],
+        };
+        for j in 0..=window {
+            let s = self
+                .config
+                .step_scalars(base + j + 1, self.counters.buffer_filled, flags);
+            tail.table[j as usize] = table_entry(&s);
         }
         let scalars =
             self.config
@@ -680,17 +1012,21 @@ impl GpuOptimizer {
         aux.n_tiles = self.tiling_total as u32;
         aux.n_tensors = self.layout.len() as u32;
         let queue = &self.ctx.queue;
+        let at = slot * UNIFORM_STRIDE;
+        queue.write_buffer(&self.buffers.aux_uniforms, at, bytemuck::bytes_of(&aux));
         queue.write_buffer(
             &self.buffers.aux_uniforms,
-            slot * UNIFORM_STRIDE,
-            bytemuck::bytes_of(&aux),
+            at + std::mem::size_of::<AuxScalars>() as u64,
+            bytemuck::bytes_of(&tail),
         );
         let is_lamb = matches!(scalars, StepScalars::Lamb(_));
         if !is_lamb {
+            let header = scalars.bytes();
+            queue.write_buffer(&self.buffers.uniforms, at, header);
             queue.write_buffer(
                 &self.buffers.uniforms,
-                slot * UNIFORM_STRIDE,
-                scalars.bytes(),
+                at + header.len() as u64,
+                bytemuck::bytes_of(&tail),
             );
         }
         {
@@ -716,7 +1052,7 @@ impl GpuOptimizer {
                     pass.dispatch_workgroups(workgroups, 1, 1);
                 }
             };
-            if self.clip.is_some() {
+            if self.clip.is_some() || skip.is_some() {
                 per_tile(&mut pass, &self.tile_kernel.pipelines[0]);
                 once(&mut pass, &self.tile_kernel.pipelines[1], 1);
             }
@@ -733,7 +1069,14 @@ impl GpuOptimizer {
                 }
             }
         }
-        self.counters.advance(&self.config);
+        match self.skip.as_mut() {
+            Some(t) => {
+                t.queued += 1;
+                // An upper bound until the outcome is read back.
+                self.counters.step = t.known_e + t.unknown();
+            }
+            None => self.counters.advance(&self.config),
+        }
     }
 
     /// Dispatches one step records: one per chunk (1 unless the model is
@@ -745,7 +1088,11 @@ impl GpuOptimizer {
         if chunks == 0 {
             return 0;
         }
-        let clip = if self.clip.is_some() { chunks + 1 } else { 0 };
+        let clip = if self.clip.is_some() || self.skip.is_some() {
+            chunks + 1
+        } else {
+            0
+        };
         let rule = if matches!(self.config, Config::Lamb(_)) {
             2 * chunks + 1
         } else {
@@ -890,17 +1237,18 @@ impl GpuOptimizer {
         for name in &self.state_names {
             state.push((name.to_string(), self.read_state_flat(name)?));
         }
+        let (step, buffer_filled, skipped) = self.exact_counts()?;
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
-            step: self.counters.step,
-            buffer_filled: self.counters.buffer_filled,
+            step,
+            buffer_filled,
             state,
             params,
             clip: self.clip,
-            skip_nonfinite: false,
-            skipped_steps: 0,
-            grad_scale: 1.0,
+            skip_nonfinite: self.skip.is_some(),
+            skipped_steps: skipped,
+            grad_scale: self.grad_scale,
             scheduler: None,
         })
     }
@@ -938,6 +1286,7 @@ impl GpuOptimizer {
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }
+        let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
         let ctx = self.ctx.clone();
         ctx.scoped("restoring a checkpoint", || {
             for (i, (_, values)) in ckpt.state.iter().enumerate() {
@@ -954,7 +1303,159 @@ impl GpuOptimizer {
             buffer_filled: ckpt.buffer_filled,
         };
         self.clip = ckpt.clip;
+        self.inv_scale = inv_scale;
+        self.grad_scale = ckpt.grad_scale;
+        self.skip = None;
+        self.skipped_before = ckpt.skipped_steps;
+        if ckpt.skip_nonfinite {
+            self.start_skipping()?;
+        }
         Ok(())
+    }
+
+    /// Skip steps whose gradients hold a NaN or an infinity (PyTorch's
+    /// `GradScaler` `found_inf`, optax's `apply_if_finite`): the whole step
+    /// is skipped, parameters, state and step count untouched, and counted
+    /// ([`GpuOptimizer::skipped_steps`]). Off by default: a NaN then
+    /// propagates, as in PyTorch.
+    ///
+    /// The GPU checks the gradients in the same submission as the update
+    /// (the reduction of `shaders/reduce.wgsl` counts the non-finite
+    /// elements) and decides alone: nothing is read back for the step, so
+    /// stepping never waits. What the host cannot know is how many of the
+    /// steps it queued were applied, and Adam's bias corrections (Adagrad's
+    /// decayed lr, LAMB's) depend on that count, computed on the host in
+    /// f64. So the GPU keeps the count, and each step carries the scalars of
+    /// every count it may be at — at most 32, one per step queued since
+    /// the host last learned the count — and the kernel picks the entry of
+    /// the count it has. The host learns the count from small read-backs it
+    /// maps asynchronously and collects when they are done, never waiting
+    /// unless 32 steps are queued ahead of what it knows. The scalars are
+    /// those of the same f64 formula as without skipping, so a run with
+    /// skipped steps is bit for bit the run that never saw those gradients.
+    ///
+    /// Turning it off waits for the queued steps (to learn the count).
+    /// Toggle it between submissions, not between steps recorded into one
+    /// encoder.
+    pub fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+        match (skip, self.skip.is_some()) {
+            (true, false) => self.start_skipping(),
+            (false, true) => {
+                self.sync()?;
+                if let Some(t) = self.skip.take() {
+                    self.skipped_before += t.known_skipped;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the skip tracker at the host's (exact) counts, and the GPU's
+    /// counters with it.
+    fn start_skipping(&mut self) -> Result<()> {
+        let c = self.counters;
+        let words: [u32; COUNTER_WORDS as usize] = [
+            c.step as u32,
+            c.step as u32,
+            0,
+            c.buffer_filled as u32,
+            c.buffer_filled as u32,
+            0,
+            0,
+            0,
+        ];
+        let ctx = self.ctx.clone();
+        ctx.scoped("starting the step counters", || {
+            ctx.queue
+                .write_buffer(&self.buffers.counters, 0, bytemuck::cast_slice(&words))
+        })?;
+        self.skip = Some(SkipTracker {
+            queued: c.step,
+            known_h: c.step,
+            known_e: c.step,
+            known_skipped: 0,
+            known_filled: c.buffer_filled,
+            known_last_skipped: false,
+            pending: Vec::new(),
+            free: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Whether steps with non-finite gradients are skipped.
+    pub fn skip_nonfinite(&self) -> bool {
+        self.skip.is_some()
+    }
+
+    /// Steps skipped so far because a gradient was NaN or infinite (and,
+    /// with `skip_nonfinite` on, steps refused by `error_if_nonfinite`).
+    /// Waits for the queued steps: ask when you log, not every step.
+    pub fn skipped_steps(&mut self) -> Result<u64> {
+        self.sync()?;
+        Ok(self.skipped_before + self.skip.as_ref().map_or(0, |t| t.known_skipped))
+    }
+
+    /// Whether the last step was skipped (`skip_nonfinite`). Waits for the
+    /// queued steps: ask when you need to know, for example to lower the
+    /// loss scale as `GradScaler.update` does.
+    pub fn last_step_skipped(&mut self) -> Result<bool> {
+        self.sync()?;
+        Ok(self.skip.as_ref().is_some_and(|t| t.known_last_skipped))
+    }
+
+    /// The gradients in the gradient buffer are loss-scaled by `scale`
+    /// (mixed precision): the fused update multiplies each by `1/scale`
+    /// (rounded to f32 as PyTorch's `GradScaler.unscale_` does) before
+    /// clipping and the rule, in the same kernel. 1 (the default) turns it
+    /// off. Refuses a scale that is not finite and positive
+    /// ([`Error::InvalidHyperparameter`] `grad_scale`).
+    pub fn set_grad_scale(&mut self, scale: f64) -> Result<()> {
+        self.inv_scale = crate::rules::inverse_grad_scale(scale)?;
+        self.grad_scale = scale;
+        Ok(())
+    }
+
+    /// The loss scale in force (1: none).
+    pub fn grad_scale(&self) -> f64 {
+        self.grad_scale
+    }
+
+    /// The exact (steps applied, SGD buffer filled, steps skipped), reading
+    /// the GPU's counters back with `skip_nonfinite` (waits).
+    fn exact_counts(&self) -> Result<(u64, bool, u64)> {
+        let Some(t) = &self.skip else {
+            return Ok((
+                self.counters.step,
+                self.counters.buffer_filled,
+                self.skipped_before,
+            ));
+        };
+        let words: Vec<u32> = read_buffer(&self.ctx, &self.buffers.counters, 0, COUNTER_WORDS * 4)?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let mut copy = SkipTracker {
+            queued: t.queued,
+            known_h: t.known_h,
+            known_e: t.known_e,
+            known_skipped: t.known_skipped,
+            known_filled: t.known_filled,
+            known_last_skipped: t.known_last_skipped,
+            pending: Vec::new(),
+            free: Vec::new(),
+        };
+        copy.learn(CounterWords::of(&words));
+        if copy.unknown() != 0 {
+            return Err(Error::InvalidOptions(
+                "steps recorded with record_step have not been submitted yet".into(),
+            ));
+        }
+        Ok((
+            copy.known_e,
+            copy.known_filled,
+            self.skipped_before + copy.known_skipped,
+        ))
     }
 
     /// Reads the parameters back, packed.
@@ -1005,7 +1506,11 @@ impl GpuOptimizer {
         &self.layout
     }
 
-    /// Steps taken so far.
+    /// Steps taken so far. With [`GpuOptimizer::set_skip_nonfinite`] the
+    /// host does not wait to learn which steps were skipped: this counts
+    /// the steps whose outcome it has not read back yet as taken (an upper
+    /// bound), and is exact after [`GpuOptimizer::skipped_steps`],
+    /// [`GpuOptimizer::last_step_skipped`] or a checkpoint.
     pub fn step_count(&self) -> u64 {
         self.counters.step
     }
@@ -1044,6 +1549,37 @@ impl GpuOptimizer {
             Storage::User(b) => vec![b],
         }
     }
+}
+
+/// The step-dependent scalars of a step, as the kernels read them from the
+/// table of [`StepTail`]: Adam's `(step_size, sqrt(1 − β2ᵗ), 1 − β2ᵗ)`,
+/// Adagrad's decayed lr, LAMB's `(1 − β1ᵗ, 1 − β2ᵗ)`; nothing for SGD and
+/// RMSprop.
+fn table_entry(s: &StepScalars) -> [f32; 4] {
+    match s {
+        StepScalars::Adam(a) => [
+            a.step_size,
+            a.bias_correction2_sqrt,
+            a.bias_correction2,
+            0.0,
+        ],
+        StepScalars::Adagrad(a) => [a.clr, 0.0, 0.0, 0.0],
+        StepScalars::Lamb(a) => [a.bias_correction1, a.bias_correction2, 0.0, 0.0],
+        StepScalars::Sgd(_) | StepScalars::RmsProp(_) => [0.0; 4],
+    }
+}
+
+/// Maps a staging buffer the counters were copied to; the result arrives
+/// when the device is next polled after the copy has run.
+fn map_counters(buffer: wgpu::Buffer) -> Readback {
+    let done = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let d = done.clone();
+    buffer.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        if let Ok(mut d) = d.lock() {
+            *d = Some(r.is_ok());
+        }
+    });
+    Readback { buffer, done }
 }
 
 /// Copies `len` bytes at `offset` of `buffer` into a mappable buffer and
@@ -1173,16 +1709,18 @@ fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Ker
         entries.push(storage_entry(2 + k, false));
     }
     entries.push(storage_entry(2 + slots.len() as u32, true));
-    entries.push(uniform_entry(3 + slots.len() as u32));
+    entries.push(storage_entry(3 + slots.len() as u32, true));
+    entries.push(uniform_entry(4 + slots.len() as u32));
     let prelude = if variant.width == 4 {
         "alias V = vec4<f32>;\n"
     } else {
         "alias V = f32;\n"
     };
+    let common = include_str!("../../shaders/step.wgsl");
     compile(
         ctx,
         name,
-        &format!("{prelude}{source}"),
+        &format!("{prelude}{common}{source}"),
         &["main"],
         overrides,
         entries,
@@ -1202,6 +1740,7 @@ fn tile_layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
         storage_entry(6, true),
         storage_entry(7, false),
         uniform_entry(8),
+        storage_entry(9, false),
     ]
 }
 

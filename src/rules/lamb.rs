@@ -117,7 +117,8 @@ pub(crate) struct AuxScalars {
     /// Tensors of the optimizer.
     pub n_tensors: u32,
     /// Bit 0: clip the gradients; bit 1: skip the step when their norm is
-    /// not finite; bit 2: clamp the trust ratio; bit 3: ratio 1 (no decay).
+    /// not finite; bit 2: clamp the trust ratio; bit 3: ratio 1 (no decay);
+    /// bits 4-6: `FLAG_GRAD_SCALE`, `FLAG_SKIP_FOUND_INF`, `FLAG_USE_MOMENTUM`.
     pub flags: u32,
     pub _pad: u32,
 }
@@ -127,6 +128,14 @@ pub(crate) const FLAG_CLIP: u32 = 1;
 pub(crate) const FLAG_SKIP_NONFINITE: u32 = 2;
 pub(crate) const FLAG_CLAMP: u32 = 4;
 pub(crate) const FLAG_UNIT_RATIO: u32 = 8;
+/// Multiply the gradients by `1/grad_scale` (loss scaling).
+pub(crate) const FLAG_GRAD_SCALE: u32 = 16;
+/// Skip the step when a gradient is NaN or infinite (`skip_nonfinite`),
+/// keep the step counters on the GPU, take the step-dependent scalars
+/// from the table.
+pub(crate) const FLAG_SKIP_FOUND_INF: u32 = 32;
+/// SGD uses its momentum buffer this step (the GPU's buffer-filled flag).
+pub(crate) const FLAG_USE_MOMENTUM: u32 = 64;
 
 impl Lamb {
     pub(crate) fn validate(&self) -> Result<()> {
