@@ -158,7 +158,10 @@ pub enum Error {
     /// The GPU device was lost (driver reset, `device.destroy()`, ...). The
     /// optimizer's GPU buffers are gone; the host copies of what the caller
     /// handed over are untouched. Make a new [`crate::GpuContext`] and restore
-    /// from the last checkpoint.
+    /// from the last checkpoint. (After `device.destroy()` WebGPU lets the
+    /// work already queued finish first: a step right after it may still
+    /// return `Ok`, its work dropped; the next call that waits for the GPU,
+    /// and every call after, returns this.)
     #[error("the GPU device was lost while {during}: {reason}")]
     DeviceLost {
         /// What the library was doing.

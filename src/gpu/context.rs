@@ -152,6 +152,7 @@ impl GpuContext {
 
     /// Every adapter the selection's backends expose, best first.
     pub fn candidates(selection: &AdapterSelection) -> Vec<AdapterCandidate> {
+        let _search = adapter_search_lock();
         let instance = make_instance(selection);
         candidates_of(&instance, selection)
             .into_iter()
@@ -163,6 +164,11 @@ impl GpuContext {
     /// adapter's own limits (so large models get the largest buffers the
     /// hardware has) and timestamp queries where it has them.
     pub fn with_selection(selection: &AdapterSelection) -> Result<Self> {
+        // One adapter search at a time in the process: wgpu's GL backend
+        // shares one EGL context between the adapters of an instance and
+        // panics (EGL `BadAccess` in wgpu-hal) when two threads probe it at
+        // once, as two tests making contexts in parallel do.
+        let _search = adapter_search_lock();
         // Vulkan, Metal and DX12 first; GL (and its noisy EGL probing) only
         // where none of those has a hardware adapter, unless WGPU_BACKEND
         // asks for it: a GPU reachable only through GL beats a software
@@ -287,10 +293,14 @@ impl GpuContext {
 
     /// Blocks until all submitted work is done.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Readback(e.to_string()))
+        let r = self.device.poll(wgpu::PollType::wait_indefinitely());
+        if let Some(reason) = self.lost() {
+            return Err(Error::DeviceLost {
+                during: "waiting for the GPU",
+                reason,
+            });
+        }
+        r.map(|_| ()).map_err(|e| Error::Readback(e.to_string()))
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns
@@ -301,6 +311,14 @@ impl GpuContext {
         let out = f();
         let oom = pollster::block_on(oom.pop());
         let validation = pollster::block_on(validation.pop());
+        // A lost (or destroyed) device ignores work without an error, as
+        // WebGPU specifies; its lost callback runs when the device is next
+        // polled. Poll (without waiting) so that it has run, then name the
+        // cause.
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        if let Some(reason) = self.lost() {
+            return Err(Error::DeviceLost { during, reason });
+        }
         if let Some(e) = oom {
             return Err(Error::OutOfMemory {
                 during,
@@ -315,6 +333,12 @@ impl GpuContext {
         }
         Ok(out)
     }
+}
+
+/// The lock every adapter search holds (see [`GpuContext::with_selection`]).
+fn adapter_search_lock() -> std::sync::MutexGuard<'static, ()> {
+    static SEARCH: Mutex<()> = Mutex::new(());
+    SEARCH.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The process's `wgpu::Instance` for these backends, made on first use and

@@ -338,17 +338,65 @@ impl std::fmt::Debug for GpuOptimizer {
     }
 }
 
+/// The most elements of one chunk, whatever the device: 2^30, so that a
+/// chunk's byte size fits in 32 bits.
+///
+/// # 32-bit indices are safe by construction
+///
+/// Every kernel indexes a chunk's binding with a `u32` `i` (an element, or
+/// a `vec4` of them). A chunk holds at most `MAX_CHUNK_ELEMENTS` = 2^30
+/// elements (and never more bytes than `max_storage_buffer_binding_size`),
+/// so `i < 2^30`. The element kernels' grid-stride loop computes
+/// `i + stride` with `stride = workgroups × 256 ≤ 65 535 × 256 < 2^24`
+/// (`max_compute_workgroups_per_dimension` is at most 65 535 on every
+/// backend, and the dispatch is clamped to it): at most
+/// `2^30 − 1 + 2^24 < 2^32`, so the sum never wraps and the loop ends. The
+/// tile kernels index `tile.x + k` with `tile.x + tile.y ≤` the chunk's
+/// length and step `k` by 256 below `tile.y ≤ 4096`; tile numbers count
+/// tiles of 4096 elements plus one per tensor, far below 2^32 for any
+/// model that fits in memory. Offsets into the packed tensors (which can
+/// exceed 2^32 elements in all) are `u64` on the host and never reach a
+/// kernel: each chunk is bound at its own offset.
+pub(crate) const MAX_CHUNK_ELEMENTS: u64 = 1 << 30;
+const _: () = assert!(MAX_CHUNK_ELEMENTS - 1 + 65_535 * WORKGROUP_SIZE < 1 << 32);
+
 fn chunk_elements(ctx: &GpuContext, options: &GpuOptions) -> u64 {
-    let limits = ctx.limits();
-    let by_device = limits
+    chunk_elements_for(&ctx.limits(), options)
+}
+
+/// Elements per chunk for a device with these limits.
+pub(crate) fn chunk_elements_for(limits: &wgpu::Limits, options: &GpuOptions) -> u64 {
+    let by_device = (limits
         .max_storage_buffer_binding_size
         .min(limits.max_buffer_size)
-        / 4;
+        / 4)
+    .min(MAX_CHUNK_ELEMENTS);
     let max = options
         .max_chunk_elements
         .unwrap_or(by_device)
         .min(by_device);
     (max / CHUNK_ALIGN * CHUNK_ALIGN).max(CHUNK_ALIGN)
+}
+
+/// Refuses a buffer the device cannot make: the library never asks wgpu
+/// for a buffer larger than `max_buffer_size` (nor a uniform binding
+/// larger than `max_uniform_buffer_binding_size`), it says so first.
+fn check_size(limits: &wgpu::Limits, what: &str, bytes: u64, uniform: bool) -> Result<()> {
+    if bytes > limits.max_buffer_size {
+        return Err(Error::TooLarge(format!(
+            "the {what} buffer needs {bytes} bytes, more than this device's max_buffer_size \
+             ({}): the model has too many tensors or elements for this device",
+            limits.max_buffer_size
+        )));
+    }
+    if uniform && UNIFORM_STRIDE > limits.max_uniform_buffer_binding_size {
+        return Err(Error::TooLarge(format!(
+            "the step scalars need a {UNIFORM_STRIDE}-byte uniform binding, more than this \
+             device's max_uniform_buffer_binding_size ({})",
+            limits.max_uniform_buffer_binding_size
+        )));
+    }
+    Ok(())
 }
 
 fn split_chunks(total: u64, per_chunk: u64) -> Vec<ChunkRange> {
@@ -413,7 +461,9 @@ impl GpuOptimizer {
             Storage::Owned(grad_buffers),
             variant(width, &options)?,
         )?;
-        opt.write_storage_tensors(&opt.params, params);
+        ctx.scoped("uploading parameters", || {
+            opt.write_storage_tensors(&opt.params, params)
+        })?;
         Ok(opt)
     }
 
@@ -518,6 +568,29 @@ impl GpuOptimizer {
         let width = variant.width;
         let state_names = config.state_names();
         let tiling = Tiling::new(&layout, &chunks);
+        let limits = ctx.limits();
+        check_size(
+            &limits,
+            "tile partials",
+            (tiling.total.max(1) * 8) as u64,
+            false,
+        )?;
+        check_size(
+            &limits,
+            "tensor tiles",
+            (layout.len().max(1) * 8) as u64,
+            false,
+        )?;
+        check_size(&limits, "step info", ((4 + layout.len()) * 4) as u64, false)?;
+        for tiles in &tiling.per_chunk {
+            check_size(
+                &limits,
+                "tile table",
+                (tiles.len().max(1) * 16) as u64,
+                false,
+            )?;
+        }
+        check_size(&limits, "step scalars", UNIFORM_RING * UNIFORM_STRIDE, true)?;
         let built = ctx.scoped("creating state buffers and bind groups", || {
             let device = &ctx.device;
             let storage_buffer = |label: &str, size: u64| {
@@ -722,7 +795,10 @@ impl GpuOptimizer {
     pub fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         self.layout.check(grads)?;
         self.check_host_writable(&self.grads, "gradient")?;
-        self.write_storage_tensors(&self.grads, grads);
+        let ctx = self.ctx.clone();
+        ctx.scoped("uploading gradients", || {
+            self.write_storage_tensors(&self.grads, grads)
+        })?;
         self.step_device()
     }
 
@@ -1138,16 +1214,20 @@ impl GpuOptimizer {
     pub fn write_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
         self.layout.check(grads)?;
         self.check_host_writable(&self.grads, "gradient")?;
-        self.write_storage_tensors(&self.grads, grads);
-        Ok(())
+        let ctx = self.ctx.clone();
+        ctx.scoped("uploading gradients", || {
+            self.write_storage_tensors(&self.grads, grads)
+        })
     }
 
     /// Replaces the parameters with these values (same layout).
     pub fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
         self.layout.check(params)?;
         self.check_host_writable(&self.params, "parameter")?;
-        self.write_storage_tensors(&self.params, params);
-        Ok(())
+        let ctx = self.ctx.clone();
+        ctx.scoped("uploading parameters", || {
+            self.write_storage_tensors(&self.params, params)
+        })
     }
 
     fn check_host_writable(&self, storage: &Storage, what: &'static str) -> Result<()> {
@@ -1618,7 +1698,15 @@ pub(crate) fn read_buffer(
         ctx.wait()?;
         match pollster::block_on(rx.receive()) {
             Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::Readback(e.to_string())),
+            Some(Err(e)) => {
+                if let Some(reason) = ctx.lost() {
+                    return Err(Error::DeviceLost {
+                        during: "reading back",
+                        reason,
+                    });
+                }
+                return Err(Error::Readback(e.to_string()));
+            }
             None => return Err(Error::Readback("the map callback never ran".into())),
         }
         {
@@ -1631,8 +1719,11 @@ pub(crate) fn read_buffer(
         staging.unmap();
         done += size;
     }
-    if let Some(lost) = ctx.lost() {
-        return Err(Error::Readback(format!("device lost: {lost}")));
+    if let Some(reason) = ctx.lost() {
+        return Err(Error::DeviceLost {
+            during: "reading back",
+            reason,
+        });
     }
     Ok(out)
 }
@@ -1843,4 +1934,74 @@ fn compile(
         p.insert(key, kernel.clone());
     }
     Ok(kernel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a device claims, a chunk stays below 2^30 elements (its
+    /// byte size and every index into it fit in 32 bits).
+    #[test]
+    fn chunks_keep_indices_32_bit() {
+        let huge = wgpu::Limits {
+            max_storage_buffer_binding_size: u64::MAX,
+            max_buffer_size: u64::MAX,
+            ..wgpu::Limits::default()
+        };
+        assert_eq!(
+            chunk_elements_for(&huge, &GpuOptions::default()),
+            MAX_CHUNK_ELEMENTS
+        );
+        let asked = GpuOptions {
+            max_chunk_elements: Some(u64::MAX),
+            ..GpuOptions::default()
+        };
+        assert_eq!(chunk_elements_for(&huge, &asked), MAX_CHUNK_ELEMENTS);
+        // A 2^33-element model is 8 chunks, each bound at its own offset.
+        let chunks = split_chunks(1 << 33, MAX_CHUNK_ELEMENTS);
+        assert_eq!(chunks.len(), 8);
+        assert!(chunks.iter().all(|c| c.len <= MAX_CHUNK_ELEMENTS));
+        // The grid-stride loop's last index plus the largest stride.
+        let last = (MAX_CHUNK_ELEMENTS - 1) as u32;
+        assert!(last.checked_add(65_535 * WORKGROUP_SIZE as u32).is_some());
+    }
+
+    /// The low 32 bits the GPU keeps are put back into full counts, past
+    /// 2^32 too.
+    #[test]
+    fn counters_past_32_bits() {
+        let start = (1u64 << 32) - 2;
+        let mut t = SkipTracker {
+            queued: start + 5,
+            known_h: start,
+            known_e: start,
+            known_skipped: 0,
+            known_filled: false,
+            known_last_skipped: false,
+            pending: Vec::new(),
+            free: Vec::new(),
+        };
+        t.learn(CounterWords {
+            applied: (start + 3) as u32,
+            host_step: (start + 4) as u32,
+            skipped: 1,
+            filled: 1,
+            last_skipped: 0,
+        });
+        assert_eq!(
+            (t.known_h, t.known_e, t.known_skipped),
+            (start + 4, start + 3, 1)
+        );
+        // An older read-back arriving late is ignored.
+        t.learn(CounterWords {
+            applied: (start + 1) as u32,
+            host_step: (start + 1) as u32,
+            skipped: 0,
+            filled: 0,
+            last_skipped: 0,
+        });
+        assert_eq!((t.known_h, t.known_e), (start + 4, start + 3));
+        assert_eq!(t.unknown(), 1);
+    }
 }
