@@ -141,7 +141,14 @@ fn buffers_beyond_the_device_limits_are_refused_not_requested() {
     assert_eq!(gpu.dispatches_per_step(), 5);
     gpu.step(&[&grads]).unwrap();
     cpu.step(&[&grads]).unwrap();
-    assert_eq!(gpu.read_params_flat().unwrap(), cpu.params_flat());
+    for (x, y) in gpu
+        .read_params_flat()
+        .unwrap()
+        .iter()
+        .zip(cpu.params_flat())
+    {
+        assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{x} vs {y}");
+    }
 
     // 40 000 one-element tensors: their tile tables would need 320 KB.
     let many: Vec<[f32; 1]> = (0..40_000).map(|i| [i as f32]).collect();
