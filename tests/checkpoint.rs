@@ -806,3 +806,94 @@ fn checkpoints_that_do_not_fit_are_refused() {
     );
     assert_eq!(before, (cpu.checkpoint(), gpu.checkpoint().unwrap()));
 }
+
+// ------------------------------------------------------ README examples
+
+/// The code blocks of the README's "Saving and restoring" and "Non-finite
+/// gradients and loss scaling" sections, compiled and run;
+/// [`readme_blocks_are_these`] checks that the README holds the same text.
+#[rustfmt::skip]
+mod readme {
+    use wgpu_optim::Error;
+
+    #[test]
+    fn readme_saving() -> Result<(), Error> {
+        // README: saving
+        use wgpu_optim::checkpoint::Checkpoint;
+        use wgpu_optim::{AdamW, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Schedule, Scheduler};
+
+        let ctx = GpuContext::new()?;
+        let config = AdamW::default();
+        let weights = vec![0.5f32; 1000];
+        let mut opt = GpuOptimizer::new(&ctx, config.clone(), &[&weights])?;
+        let mut sched = Scheduler::for_config(Schedule::warmup_cosine(0.1, 10, 100, 0.0), &config.into())?;
+        for _ in 0..3 {
+            sched.apply_to_gpu(&mut opt)?;
+            opt.step(&[&vec![0.01f32; 1000]])?;
+            sched.advance();
+        }
+        let mut ckpt = opt.checkpoint()?; // reads the state back from the GPU
+        ckpt.set_scheduler(Some(&sched)); // the schedule's position travels with it
+        let path = std::env::temp_dir().join("wgpu-optim-readme.safetensors");
+        ckpt.save(&path)?; // atomic: the previous file stays whole until the new one is
+        let back = Checkpoint::load(&path)?; // every field checked; typed errors
+        let mut on_cpu = CpuOptimizer::from_checkpoint(&back)?; // or GpuOptimizer::from_checkpoint
+        let mut on_gpu = GpuOptimizer::from_checkpoint(&ctx, &back, GpuOptions::default())?;
+        let sched = back.scheduler()?.expect("saved above");
+        assert_eq!(on_cpu.step_count(), 3);
+        assert_eq!(sched.position(), 3);
+        on_cpu.step(&[&vec![0.01f32; 1000]])?;
+        on_gpu.step(&[&vec![0.01f32; 1000]])?;
+        // END README
+        Ok(())
+    }
+
+    #[test]
+    fn readme_nonfinite() -> Result<(), Error> {
+        // README: nonfinite
+        use wgpu_optim::{Adam, GpuContext, GpuOptimizer};
+
+        let ctx = GpuContext::new()?;
+        let mut opt = GpuOptimizer::new(&ctx, Adam::default(), &[&vec![1.0f32; 256]])?;
+        opt.set_skip_nonfinite(true)?;
+        opt.set_grad_scale(1024.0)?; // gradients of a loss multiplied by 1024
+        let mut grads = vec![0.5f32 * 1024.0; 256];
+        opt.step(&[&grads])?; // applied
+        grads[7] = f32::INFINITY; // an overflow in the backward pass
+        opt.step(&[&grads])?; // skipped on the GPU; the host did not wait
+        assert!(opt.last_step_skipped()?); // waits: ask when you need it (to lower the scale)
+        assert_eq!((opt.step_count(), opt.skipped_steps()?), (1, 1));
+        // END README
+        Ok(())
+    }
+}
+
+/// The README's blocks are the text of the tests above.
+#[test]
+fn readme_blocks_are_these() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let source = std::fs::read_to_string(file!()).unwrap();
+    for (section, marker) in [
+        ("## Saving and restoring", "// README: saving"),
+        (
+            "## Non-finite gradients and loss scaling",
+            "// README: nonfinite",
+        ),
+    ] {
+        let at = readme
+            .find(section)
+            .unwrap_or_else(|| panic!("README lacks {section}"));
+        let start = readme[at..].find("```rust\n").unwrap() + at + 8;
+        let end = readme[start..].find("```").unwrap() + start;
+        let block = &readme[start..end];
+        let from = source.find(marker).unwrap() + marker.len() + 1;
+        let to = source[from..].find("        // END README").unwrap() + from;
+        let code: String = source[from..to]
+            .lines()
+            .map(|l| l.strip_prefix("        ").unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(block, code, "README block of {section}");
+    }
+}
