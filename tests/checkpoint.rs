@@ -384,7 +384,19 @@ fn scheduler_position_is_restored() {
     assert_eq!(restored.checkpoint(), whole.checkpoint());
     assert_eq!(rs, ws);
 
-    // And on the GPU.
+    // And on the GPU: a GPU run saved at K with its scheduler, restored
+    // and continued, against the uninterrupted GPU run.
+    let mut g = GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
+        .unwrap();
+    let mut gs = Scheduler::for_config(schedule.clone(), &config).unwrap();
+    for s in 0..K {
+        gs.apply_to_gpu(&mut g).unwrap();
+        g.step(&refs(&grads(s))).unwrap();
+        gs.advance();
+    }
+    let mut ckpt = g.checkpoint().unwrap();
+    ckpt.set_scheduler(Some(&gs));
+    let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
     let mut g = GpuOptimizer::from_checkpoint(ctx(), &back, gpu_options()).unwrap();
     let mut gs = back.scheduler().unwrap().unwrap();
     for s in K..N {
