@@ -125,6 +125,7 @@ impl CpuOptimizer {
                     self.skipped += 1;
                     self.last_skipped = true;
                 }
+                self.last_grad_norm = norm;
                 return Err(Error::NonFiniteGradNorm { norm: n as f64 });
             }
         }
@@ -306,6 +307,7 @@ impl CpuOptimizer {
             c.validate()?;
         }
         self.clip = clip;
+        self.last_grad_norm = None;
         Ok(())
     }
 
@@ -314,10 +316,12 @@ impl CpuOptimizer {
         self.clip
     }
 
-    /// The total gradient norm of the last step, before clipping; `None`
-    /// while clipping is off.
+    /// The total gradient norm of the last step clipping saw (before
+    /// clipping; a step refused by `error_if_nonfinite` included); `None`
+    /// while clipping is off and before the first step after
+    /// [`CpuOptimizer::set_clip_grad_norm`]. The GPU optimizer answers the same.
     pub fn last_grad_norm(&self) -> Option<f32> {
-        self.last_grad_norm
+        self.clip.and(self.last_grad_norm)
     }
 
     /// The rule and hyperparameters in force.

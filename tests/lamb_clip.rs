@@ -1749,3 +1749,65 @@ fn readme_blocks_are_these() {
     }
     assert_eq!(blocks, 5, "README code blocks checked");
 }
+
+/// `last_grad_norm` answers the same on both backends: `None` while clipping
+/// is off and before the first step after turning it on, the norm of the
+/// last step clipping saw otherwise, a refused step's included.
+#[test]
+fn last_grad_norm_is_the_same_on_cpu_and_gpu() {
+    let params: &[&[f32]] = &[&[1.0, -2.0, 3.0], &[0.5]];
+    let good: &[&[f32]] = &[&[3.0, 0.0, 4.0], &[0.0]];
+    let bad: &[&[f32]] = &[&[f32::NAN, 0.0, 4.0], &[0.0]];
+    let mut cpu = CpuOptimizer::new(Adam::default(), params).unwrap();
+    let mut gpu = GpuOptimizer::new(ctx(), Adam::default(), params).unwrap();
+    let norms = |cpu: &CpuOptimizer, gpu: &GpuOptimizer| {
+        (cpu.last_grad_norm(), gpu.last_grad_norm().unwrap())
+    };
+    cpu.step(good).unwrap();
+    gpu.step(good).unwrap();
+    assert_eq!(norms(&cpu, &gpu), (None, None), "clipping off");
+    let clip = ClipGradNorm {
+        max_norm: 1.0,
+        error_if_nonfinite: true,
+    };
+    cpu.set_clip_grad_norm(Some(clip)).unwrap();
+    gpu.set_clip_grad_norm(Some(clip)).unwrap();
+    assert_eq!(
+        norms(&cpu, &gpu),
+        (None, None),
+        "no step since clipping went on"
+    );
+    cpu.step(good).unwrap();
+    gpu.step(good).unwrap();
+    // 3-4-5: the norm is exact in f32 on both (the GPU's sqrt of 25 within
+    // WGSL's 2.5 ulp).
+    let (c, g) = norms(&cpu, &gpu);
+    assert_eq!(c, Some(5.0));
+    assert!(
+        (g.unwrap() - 5.0).abs() <= 3.0 * 5.0 * f32::EPSILON,
+        "{g:?}"
+    );
+    assert!(matches!(
+        cpu.step(bad),
+        Err(Error::NonFiniteGradNorm { .. })
+    ));
+    assert!(matches!(
+        gpu.step(bad),
+        Err(Error::NonFiniteGradNorm { .. })
+    ));
+    let (c, g) = norms(&cpu, &gpu);
+    assert!(
+        c.unwrap().is_nan() && g.unwrap().is_nan(),
+        "refused step's norm: {c:?} {g:?}"
+    );
+    cpu.set_clip_grad_norm(None).unwrap();
+    gpu.set_clip_grad_norm(None).unwrap();
+    assert_eq!(norms(&cpu, &gpu), (None, None), "clipping off again");
+    cpu.set_clip_grad_norm(Some(clip)).unwrap();
+    gpu.set_clip_grad_norm(Some(clip)).unwrap();
+    assert_eq!(
+        norms(&cpu, &gpu),
+        (None, None),
+        "no stale norm after turning it on again"
+    );
+}

@@ -166,6 +166,8 @@ pub struct GpuOptimizer {
     tiling_total: usize,
     buffers: Built,
     clip: Option<ClipGradNorm>,
+    /// A step has run with the clipping in force (so `info` holds its norm).
+    norm_seen: bool,
     counters: Counters,
     /// `1/grad_scale` and the scale (1: off).
     inv_scale: f32,
@@ -781,6 +783,7 @@ impl GpuOptimizer {
             tiling_total: tiling.total,
             buffers: built,
             clip: None,
+            norm_seen: false,
             counters: Counters::default(),
             inv_scale: 1.0,
             grad_scale: 1.0,
@@ -1037,6 +1040,7 @@ impl GpuOptimizer {
         let host_step = skip.map_or(self.counters.step, |t| t.queued);
         let slot = host_step % UNIFORM_RING;
         let offset = [(slot * UNIFORM_STRIDE) as u32];
+        self.norm_seen |= self.clip.is_some();
         let mut flags = 0;
         if let Some(clip) = self.clip {
             flags |= FLAG_CLIP;
@@ -1186,6 +1190,7 @@ impl GpuOptimizer {
             c.validate()?;
         }
         self.clip = clip;
+        self.norm_seen = false;
         Ok(())
     }
 
@@ -1194,11 +1199,13 @@ impl GpuOptimizer {
         self.clip
     }
 
-    /// The total gradient norm of the last step (before clipping), read back
+    /// The total gradient norm of the last step clipping saw (before
+    /// clipping; a step refused by `error_if_nonfinite` included), read back
     /// from the GPU: this waits for the step to finish, so ask only when you
-    /// log it. `None` while clipping is off.
+    /// log it. `None` while clipping is off and before the first step after
+    /// [`GpuOptimizer::set_clip_grad_norm`], as on the CPU.
     pub fn last_grad_norm(&self) -> Result<Option<f32>> {
-        if self.clip.is_none() {
+        if self.clip.is_none() || !self.norm_seen {
             return Ok(None);
         }
         let info = read_buffer(&self.ctx, &self.buffers.info, 0, 4)?;
@@ -1383,6 +1390,7 @@ impl GpuOptimizer {
             buffer_filled: ckpt.buffer_filled,
         };
         self.clip = ckpt.clip;
+        self.norm_seen = false;
         self.inv_scale = inv_scale;
         self.grad_scale = ckpt.grad_scale;
         self.skip = None;
