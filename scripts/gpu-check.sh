@@ -62,7 +62,15 @@ fi
 cat "$OUT/info.txt"
 
 echo "=== tests" | tee "$OUT/tests.log"
-for t in "$bundle"/tests/*; do
+tests=$(mktemp -d)
+for f in "$bundle"/tests/*; do
+  case "$f" in
+    *.xz) xz -dc "$f" > "$tests/$(basename "$f" .xz)" ;;
+    *) cp "$f" "$tests/" ;;
+  esac
+done
+chmod +x "$tests"/*
+for t in "$tests"/*; do
   echo "--- $(basename "$t")" >> "$OUT/tests.log"
   if "$t" --test-threads=4 >> "$OUT/tests.log" 2>&1; then r=ok; else r=FAILED; status=1; fi
   printf '%-14s %s\n' "$(basename "$t")" "$r" | tee -a "$OUT/tests.log"

@@ -2,7 +2,7 @@
 # Builds the bundle that scripts/gpu-check.sh runs on a GPU machine that has
 # a driver but no Rust toolchain, no Vulkan loader and no network:
 #   .gpu/wgpu-optim           the command, release build, stripped
-#   .gpu/tests/*              the test binaries (release), stripped
+#   .gpu/tests/*.xz           the test binaries (release), stripped, xz-compressed
 #   .gpu/paths                where they were built: the tests find their data
 #                             and the command through these paths, which
 #                             gpu-check.sh links to the bundle there
@@ -38,6 +38,9 @@ for line in sys.stdin:
         print("test binary:", name)
 '
 strip .gpu/wgpu-optim .gpu/tests/*
+# The test binaries together outgrow what may travel (64 MiB): xz them;
+# gpu-check.sh unpacks them on the GPU machine.
+xz -T0 -6 .gpu/tests/*
 printf 'src=%s\ntarget=%s\ncommit=%s\n' "$src" "$target" "$(git rev-parse HEAD)" > .gpu/paths
 cp ../shared/bench/torch_optim_bench.py .gpu/ 2>/dev/null || cp /work/shared/bench/torch_optim_bench.py .gpu/
 if ! ls .gl/libglvnd0_*.deb >/dev/null 2>&1; then
