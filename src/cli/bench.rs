@@ -7,6 +7,10 @@
 //!
 //! - **CPU**: [`CpuOptimizer::step_flat`] on all cores, each step timed on
 //!   its own after `--warmup` untimed steps; `--steps` samples.
+//! - **CPU, roofline**: `x ← x + a·y` in place over `n` floats on all cores
+//!   (a step's access pattern, 12 bytes an element; a plain copy would pay a
+//!   read for ownership on every store): `copy_gbps` and `roofline` of the
+//!   CPU rows (the step's GB/s over it).
 //! - **GPU, wall clock**: `--batch` steps ([`GpuOptimizer::step_device`],
 //!   one submission each, the gradients uploaded once beforehand) submitted
 //!   back to back, then one [`GpuContext::wait`]; the elapsed time divided by
@@ -251,7 +255,7 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_parser = parse_rules,
-        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw"
+        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb"
     )]
     rules: Vec<RuleSet>,
     /// Parameter counts, comma separated: K, M, G are 2^10, 2^20, 2^30
@@ -315,7 +319,8 @@ GB/s = bytes_per_param x n / median step time / 1e9, bytes_per_param counting th
 read and write, the gradient read and each state tensor's read and write (as PyTorch's \
 torch_optim_bench.py). CPU: each step timed on its own. GPU: --batch steps submitted back to \
 back, one wait, divided by --batch; kernel_ms from timestamp queries where the device has them; \
-copy_gbps from a compute-shader copy of the same size (roofline = kernel GB/s / copy_gbps), \
+copy_gbps from a compute-shader copy of the same size (roofline = kernel GB/s / copy_gbps; \
+on the CPU an in-place x += a*y), \
 dma_copy_gbps from copy_buffer_to_buffer. \
 dispatches_per_step is 0 on the CPU. --verify bounds the GPU-CPU difference by 4 f32 ulp per \
 step (of max(|p0|,|p|) + |p - p0|). Exit status 1 when the GPU was asked for and is missing, a \
@@ -469,6 +474,26 @@ fn cpu_label() -> String {
         })
         .unwrap_or_else(|| "CPU".into());
     format!("{model} ({} threads)", rayon::current_num_threads())
+}
+
+/// The CPU's roofline: `x ← x + a·y` over a buffer of the same size as `y`,
+/// on all cores with the CPU optimizer's own chunking: the access pattern
+/// of a step (read two streams, write one back in place), 12 bytes an
+/// element. A plain copy is no roofline on a CPU: its stores to lines it
+/// never read cost a read for ownership each. Median GB/s over `samples`.
+fn cpu_roofline_gbps(y: &[f32], samples: u32) -> f64 {
+    let mut x = vec![0.0f32; y.len()];
+    let mut times = Vec::with_capacity(samples as usize);
+    for _ in 0..samples.max(1) + 1 {
+        let t = Instant::now();
+        x.par_chunks_mut(1 << 15)
+            .zip(y.par_chunks(1 << 15))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, y)| *x += 1e-3 * y));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    std::hint::black_box(&x);
+    times.remove(0); // the first pass also faults the pages in
+    12.0 * y.len() as f64 / (median_min(times).0 * 1e-3) / 1e9
 }
 
 fn bench_cpu(
@@ -1154,6 +1179,8 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                         bench_cpu(&plan, preset, &params, &flat_grads).map(|(med, min)| {
                             row.median_ms = med;
                             row.min_ms = min;
+                            row.copy_gbps =
+                                Some(cpu_roofline_gbps(&flat_grads, args.steps.min(10)));
                         })
                     }
                     (Backend::Gpu, Some(ctx)) => {
