@@ -9,20 +9,13 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! `Error::NoAdapter`'s text, which says what to install.
 
-use std::sync::OnceLock;
-
+mod common;
+use common::ctx;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use wgpu_optim::checkpoint::Checkpoint;
-use wgpu_optim::{Adam, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, GpuOptions, Sgd};
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
+use wgpu_optim::{Adam, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Sgd};
 
 const P0: [f32; 3] = [1.0, -2.0, 0.5];
 const P1: [f32; 2] = [0.25, 4.0];

@@ -15,19 +15,11 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
 
-use std::sync::OnceLock;
-
+mod common;
+use common::{ctx, Envelope};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RmsProp, Sgd,
 };
-
-/// One context for the whole binary.
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
 
 /// SplitMix64: a tiny deterministic generator, enough for test data.
 struct Rng(u64);
@@ -726,38 +718,6 @@ fn read_back(ctx: &GpuContext, buf: &wgpu::Buffer) -> Vec<f32> {
     let out = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().unwrap()).to_vec();
     staging.unmap();
     out
-}
-
-/// Per element of one buffer, over the CPU run: the largest magnitude the
-/// element held and the distance it travelled; the larger is the scale of
-/// the GPU-against-CPU tolerance `steps·8·ε·scale` argued in
-/// tests/gpu_vs_cpu.rs.
-struct Envelope {
-    prev: Vec<f32>,
-    max_abs: Vec<f64>,
-    path: Vec<f64>,
-}
-
-impl Envelope {
-    fn new(x: &[f32]) -> Self {
-        Envelope {
-            prev: x.to_vec(),
-            max_abs: x.iter().map(|v| v.abs() as f64).collect(),
-            path: vec![0.0; x.len()],
-        }
-    }
-
-    fn update(&mut self, x: &[f32]) {
-        for (i, &v) in x.iter().enumerate() {
-            self.max_abs[i] = self.max_abs[i].max(v.abs() as f64);
-            self.path[i] += (v as f64 - self.prev[i] as f64).abs();
-            self.prev[i] = v;
-        }
-    }
-
-    fn scale(&self, i: usize) -> f64 {
-        self.max_abs[i].max(self.path[i])
-    }
 }
 
 /// A NaN with a payload: no arithmetic produces these bits, so finding

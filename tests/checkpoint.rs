@@ -8,22 +8,16 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! [`Error::NoAdapter`]'s text, which says what to install.
 
+mod common;
+use common::ctx;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use safetensors::SafeTensors;
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
-    GpuOptions, Lamb, RmsProp, Schedule, Scheduler, Sgd,
+    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
+    Lamb, RmsProp, Schedule, Scheduler, Sgd,
 };
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/checkpoint");
 

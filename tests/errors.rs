@@ -6,20 +6,12 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! [`Error::NoAdapter`]'s text, which says what to install.
 
-use std::sync::OnceLock;
-
+mod common;
+use common::ctx;
 use wgpu_optim::{
     Adagrad, Adam, AdamW, AdapterSelection, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext,
     GpuOptimizer, GpuOptions, Lamb, RmsProp, Sgd,
 };
-
-/// One context for the whole binary.
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
 
 /// What a bad configuration must be refused with.
 #[derive(Clone, Debug)]

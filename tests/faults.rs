@@ -6,20 +6,14 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! `Error::NoAdapter`'s text, which says what to install.
 
+mod common;
+use common::ctx;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
     Adagrad, Adam, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, GpuOptions, Lamb, Sgd,
 };
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
 
 /// `device.destroy()` (what a driver reset looks like): every call after
 /// it returns `Error::DeviceLost`, none panics, and the caller's host data

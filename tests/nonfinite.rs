@@ -9,20 +9,13 @@
 //! Needs a GPU adapter: without one the GPU tests fail with
 //! `Error::NoAdapter`'s text, which says what to install.
 
-use std::sync::OnceLock;
-
+mod common;
+use common::ctx;
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
-    GpuOptions, Lamb, RmsProp, Sgd,
+    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
+    Lamb, RmsProp, Sgd,
 };
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
-    })
-}
 
 struct Rng(u64);
 impl Rng {
