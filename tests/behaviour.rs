@@ -16,32 +16,10 @@
 //! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
 
 mod common;
-use common::{ctx, Envelope};
+use common::{ctx, Envelope, Rng};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RmsProp, Sgd,
 };
-
-/// SplitMix64: a tiny deterministic generator, enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1), 24 random bits.
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-    }
-
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
-}
 
 const EPS: f64 = f32::EPSILON as f64;
 

@@ -48,32 +48,10 @@
 //! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
 
 mod common;
-use common::{ctx, Envelope};
+use common::{ctx, Envelope, Rng};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, Config, CpuOptimizer, GpuOptimizer, GpuOptions, Lamb, RmsProp, Sgd,
 };
-
-/// SplitMix64: a tiny deterministic generator, enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1), 24 random bits.
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-    }
-
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.uniform()).collect()
-    }
-}
 
 const STEPS: usize = 25;
 /// Operations per stored value per step that may round differently (see
@@ -626,7 +604,7 @@ impl Seen {
 fn compare(case: &Case, lengths: &[usize], options: &GpuOptions, seed: u64) -> Seen {
     let what = format!("{} / lengths {lengths:?} / {options:?}", case.name);
     let mut rng = Rng(seed);
-    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 2.0)).collect();
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 2.0)).collect();
     let init_refs: Vec<&[f32]> = init.iter().map(|t| t.as_slice()).collect();
     let total: usize = lengths.iter().sum();
 
@@ -662,7 +640,7 @@ fn compare(case: &Case, lengths: &[usize], options: &GpuOptions, seed: u64) -> S
         let grads: Vec<Vec<f32>> = lengths
             .iter()
             .enumerate()
-            .map(|(i, &n)| rng.vec(n, grad_scales[i % grad_scales.len()]))
+            .map(|(i, &n)| rng.vec_scaled(n, grad_scales[i % grad_scales.len()]))
             .collect();
         let grad_refs: Vec<&[f32]> = grads.iter().map(|g| g.as_slice()).collect();
         cpu.step(&grad_refs).unwrap();

@@ -75,39 +75,12 @@
 //! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
 
 mod common;
-use common::{ctx, Envelope};
+use common::{ctx, Envelope, Rng};
 use wgpu_optim::schedule::{CyclicLr, OneCycleLr, Schedule, Scheduler};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
     Lamb, RmsProp, Sgd,
 };
-
-/// SplitMix64: a tiny deterministic generator, enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [-1, 1), 24 random bits.
-    fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-    }
-
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| scale * self.uniform()).collect()
-    }
-}
 
 const EPS: f64 = f32::EPSILON as f64;
 
@@ -393,7 +366,7 @@ fn step_grads(rng: &mut Rng, lengths: &[usize]) -> Vec<Vec<f32>> {
     lengths
         .iter()
         .enumerate()
-        .map(|(i, &n)| rng.vec(n, factor * GRAD_SCALES[i % 3]))
+        .map(|(i, &n)| rng.vec_scaled(n, factor * GRAD_SCALES[i % 3]))
         .collect()
 }
 
@@ -562,7 +535,7 @@ fn compare(
     let init: Vec<Vec<f32>> = lengths
         .iter()
         .enumerate()
-        .map(|(i, &n)| rng.vec(n, INIT_SCALES[i % 3]))
+        .map(|(i, &n)| rng.vec_scaled(n, INIT_SCALES[i % 3]))
         .collect();
     let grads: Vec<Vec<Vec<f32>>> = (0..steps).map(|_| step_grads(&mut rng, lengths)).collect();
     let mut norms: Vec<f64> = grads.iter().map(|g| norm_f64(g)).collect();
@@ -743,7 +716,7 @@ fn two_gpu_runs_are_bit_identical() {
     let mut rng = Rng(7);
     let mut lengths: Vec<usize> = (0..300).map(|_| (rng.unit() * 700.0) as usize).collect();
     lengths.insert(150, 300_000);
-    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
     let grads: Vec<Vec<Vec<f32>>> = (0..12).map(|_| step_grads(&mut rng, &lengths)).collect();
     let max_norm = typical_norm(&lengths) / 4.0;
     let options = GpuOptions {
@@ -800,7 +773,7 @@ fn two_gpu_runs_are_bit_identical() {
 fn last_grad_norm_is_the_total_norm() {
     let lengths = [1usize, 0, 4097, 5];
     let mut rng = Rng(11);
-    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
     let mut cpu = CpuOptimizer::new(Sgd::default(), &refs(&init)).unwrap();
     let mut gpu = GpuOptimizer::new(ctx(), Sgd::default(), &refs(&init)).unwrap();
     assert_eq!(cpu.last_grad_norm(), None);
@@ -819,7 +792,7 @@ fn last_grad_norm_is_the_total_norm() {
     one[2][4096] = -3.5;
     let mut sets = vec![zeros, one];
     for scale in [1e-6f32, 1.0, 1e6] {
-        sets.push(lengths.iter().map(|&n| rng.vec(n, scale)).collect());
+        sets.push(lengths.iter().map(|&n| rng.vec_scaled(n, scale)).collect());
     }
     for (i, g) in sets.iter().enumerate() {
         cpu.step(&refs(g)).unwrap();
@@ -861,7 +834,7 @@ fn a_norm_below_max_norm_changes_nothing() {
     let mut gpu_bitwise = 0;
     for (ci, (name, config)) in clip_cases().iter().enumerate() {
         let mut rng = Rng(40 + ci as u64);
-        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
         let grads: Vec<Vec<Vec<f32>>> =
             (0..steps).map(|_| step_grads(&mut rng, &lengths)).collect();
         let mut plain = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
@@ -923,7 +896,7 @@ fn error_if_nonfinite_refuses_the_step_and_changes_nothing() {
     let mut refused = 0;
     for (ci, (name, config)) in clip_cases().iter().enumerate() {
         let mut rng = Rng(60 + ci as u64);
-        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
         let good: Vec<Vec<Vec<f32>>> = (0..3).map(|_| step_grads(&mut rng, &lengths)).collect();
         let mut nan = good[0].clone();
         nan[1][4096] = f32::NAN;
@@ -1030,7 +1003,7 @@ fn without_error_if_nonfinite_nan_propagates() {
     let lengths = [5usize, 4097, 0, 64];
     for (name, config) in clip_cases() {
         let mut rng = Rng(80);
-        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
         let mut g = step_grads(&mut rng, &lengths);
         g[3][10] = f32::NAN;
         let clip = Some(ClipGradNorm::new(1.0));
@@ -1365,7 +1338,7 @@ fn lamb_lowers_a_quadratic() {
     };
     let grad = |t: &[f32]| -> Vec<f32> { t.iter().zip(&a).map(|(&x, &ai)| ai * x).collect() };
     let mut rng = Rng(3);
-    let init = vec![rng.vec(n, 1.0), rng.vec(n, 1.0)];
+    let init = vec![rng.vec_scaled(n, 1.0), rng.vec_scaled(n, 1.0)];
     let config = Lamb {
         lr: 0.05,
         weight_decay: 0.0,
@@ -1413,7 +1386,7 @@ fn cyclic_lr_drives_gpu_sgd_like_cpu() {
         ..Sgd::default()
     };
     let mut rng = Rng(21);
-    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+    let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
     let options = GpuOptions {
         max_chunk_elements: Some(2048),
         ..GpuOptions::default()
@@ -1490,7 +1463,7 @@ fn one_cycle_drives_adamw_beta1_and_warmup_cosine_drives_lamb() {
     ];
     for (name, config, schedule) in runs {
         let mut rng = Rng(31);
-        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n, 1.0)).collect();
+        let init: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 1.0)).collect();
         let mut pair = Pair::new(
             name.into(),
             config.clone(),

@@ -10,24 +10,12 @@
 //! `Error::NoAdapter`'s text, which says what to install.
 
 mod common;
-use common::ctx;
+use common::{ctx, Rng};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
     Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
     Lamb, RmsProp, Sgd,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u32 << 23) as f32 - 1.0
-    }
-}
 
 const LENGTHS: [usize; 3] = [29, 1, 70];
 const TOTAL: usize = 100;
