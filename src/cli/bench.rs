@@ -809,13 +809,26 @@ fn shader_copy_ms(
             return Ok(median_min(times).0);
         }
     }
+    wall_ms_per_submission(ctx, samples, batch, || {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        record(&mut encoder, None);
+        ctx.queue().submit(Some(encoder.finish()));
+    })
+}
+
+/// Median wall-clock ms of one `submit`: `samples` times, `batch`
+/// submissions back to back and one wait, divided by `batch`.
+fn wall_ms_per_submission(
+    ctx: &GpuContext,
+    samples: u32,
+    batch: u32,
+    mut submit: impl FnMut(),
+) -> Result<f64, String> {
     let mut times = Vec::with_capacity(samples as usize);
     for _ in 0..samples {
         let t = Instant::now();
         for _ in 0..batch {
-            let mut encoder = device.create_command_encoder(&Default::default());
-            record(&mut encoder, None);
-            ctx.queue().submit(Some(encoder.finish()));
+            submit();
         }
         ctx.wait().map_err(|e| e.to_string())?;
         times.push(t.elapsed().as_secs_f64() * 1e3 / batch as f64);
@@ -854,19 +867,11 @@ fn copy_times(
     };
     copy();
     ctx.wait().map_err(|e| e.to_string())?;
-    let mut times = Vec::with_capacity(samples as usize);
-    for _ in 0..samples {
-        let t = Instant::now();
-        for _ in 0..batch {
-            copy();
-        }
-        ctx.wait().map_err(|e| e.to_string())?;
-        times.push(t.elapsed().as_secs_f64() * 1e3 / batch as f64);
-    }
+    let ms = wall_ms_per_submission(ctx, samples, batch, copy)?;
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(e.to_string());
     }
-    Ok(median_min(times).0)
+    Ok(ms)
 }
 
 /// Runs `steps` steps on a fresh GPU and a fresh CPU optimizer from the same

@@ -1,6 +1,6 @@
 //! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW`.
 
-use super::{check_non_negative, check_unit_interval, lerp};
+use super::{bias_correction, check_non_negative, check_unit_interval, lerp};
 use crate::error::Result;
 
 /// Adam, as `torch.optim.Adam` (PyTorch 2.15) computes it. With `t` the step
@@ -263,14 +263,8 @@ impl AdamFamily {
 
     pub(crate) fn scalars(&self, step: u64) -> AdamScalars {
         let (beta1, beta2) = self.betas;
-        let t = step as f64;
-        // 1 − βᵗ in f64; `-expm1(t·ln β)` keeps its digits for β close to 1.
-        let bias_correction1 = -(t * beta1.ln()).exp_m1();
-        let bias_correction2 = -(t * beta2.ln()).exp_m1();
-        let (bias_correction1, bias_correction2) = (
-            if beta1 == 0.0 { 1.0 } else { bias_correction1 },
-            if beta2 == 0.0 { 1.0 } else { bias_correction2 },
-        );
+        let bias_correction1 = bias_correction(beta1, step);
+        let bias_correction2 = bias_correction(beta2, step);
         AdamScalars {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,

@@ -1,7 +1,7 @@
 //! LAMB: layer-wise adaptive moments, as NVIDIA Apex `FusedLAMB` and optax
 //! `lamb` compute it.
 
-use super::{check_non_negative, check_unit_interval};
+use super::{bias_correction, check_non_negative, check_unit_interval};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
@@ -160,14 +160,6 @@ impl Lamb {
     /// are filled in by the optimizer.
     pub(crate) fn aux(&self, step: u64) -> AuxScalars {
         let (beta1, beta2) = self.betas;
-        let t = step as f64;
-        let bc = |b: f64| {
-            if b == 0.0 {
-                1.0
-            } else {
-                -(t * b.ln()).exp_m1()
-            }
-        };
         let (lo, hi) = self.trust_ratio_clamp.unwrap_or((0.0, 0.0));
         let mut flags = 0;
         if self.trust_ratio_clamp.is_some() {
@@ -182,8 +174,8 @@ impl Lamb {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction1: bc(beta1) as f32,
-            bias_correction2: bc(beta2) as f32,
+            bias_correction1: bias_correction(beta1, step) as f32,
+            bias_correction2: bias_correction(beta2, step) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             clamp_min: lo as f32,

@@ -458,6 +458,17 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+/// `1 − βᵗ` in f64, the bias correction of step `t` (1 for the first):
+/// `−expm1(t·ln β)` keeps its digits for β close to 1 and t large; β = 0
+/// gives 1.
+pub(crate) fn bias_correction(beta: f64, step: u64) -> f64 {
+    if beta == 0.0 {
+        1.0
+    } else {
+        -(step as f64 * beta.ln()).exp_m1()
+    }
+}
+
 pub(crate) fn check_finite(name: &'static str, v: f64) -> Result<()> {
     if v.is_finite() {
         Ok(())
