@@ -43,6 +43,7 @@ use crate::rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, Sgd};
 use crate::schedule::{Schedule, Scheduler};
 use crate::ClipGradNorm;
 use crate::CpuOptimizer;
+use crate::Optimizer;
 
 /// The rules a case file may name: ours, and `lamb` (which this crate does
 /// not implement yet).
@@ -1104,63 +1105,11 @@ impl CaseResult {
     }
 }
 
-/// The optimizer a case runs on, whichever the backend.
-trait Runner {
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
-    fn apply(&mut self, scheduler: &Scheduler) -> Result<()>;
-    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()>;
-    fn state_names(&self) -> Vec<&'static str>;
-    fn read_params(&self) -> Result<Vec<Vec<f32>>>;
-    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>>;
-}
-
-impl Runner for CpuOptimizer {
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
-        CpuOptimizer::step(self, grads)
-    }
-    fn apply(&mut self, scheduler: &Scheduler) -> Result<()> {
-        scheduler.apply_to_cpu(self)
-    }
-    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
-        self.set_clip_grad_norm(clip)
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        CpuOptimizer::state_names(self).to_vec()
-    }
-    fn read_params(&self) -> Result<Vec<Vec<f32>>> {
-        Ok(self.params().into_iter().map(<[f32]>::to_vec).collect())
-    }
-    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-        Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
-    }
-}
-
-impl Runner for GpuOptimizer {
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
-        GpuOptimizer::step(self, grads)
-    }
-    fn apply(&mut self, scheduler: &Scheduler) -> Result<()> {
-        scheduler.apply_to_gpu(self)
-    }
-    fn set_clip(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
-        self.set_clip_grad_norm(clip)
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        GpuOptimizer::state_names(self).to_vec()
-    }
-    fn read_params(&self) -> Result<Vec<Vec<f32>>> {
-        GpuOptimizer::read_params(self)
-    }
-    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-        GpuOptimizer::read_state(self, name)
-    }
-}
-
 /// Final parameters `[t]` and state by name `[t]`.
 type FinalTensors = (Vec<Vec<f32>>, BTreeMap<String, Vec<Vec<f32>>>);
 
 /// Runs every step of `case` and reads back the final parameters and state.
-fn run_steps(case: &Case, config: &Config, opt: &mut dyn Runner) -> Result<FinalTensors> {
+fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<FinalTensors> {
     // The case's schedule drives the lr (and momentum) through the
     // library's own `Scheduler`: the values torch recorded
     // (`lr_per_step`) are what it must reproduce, not an input.
@@ -1171,10 +1120,10 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Runner) -> Result<Final
         )?),
         None => None,
     };
-    opt.set_clip(case.clip_grad_norm.map(ClipGradNorm::new))?;
+    opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for step_grads in &case.grads {
         if let Some(s) = &scheduler {
-            opt.apply(s)?;
+            s.apply(opt)?;
         }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
@@ -1184,7 +1133,7 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Runner) -> Result<Final
     }
     let params = opt.read_params()?;
     let mut state = BTreeMap::new();
-    for name in opt.state_names() {
+    for name in opt.state_names().to_vec() {
         state.insert(name.to_string(), opt.read_state(name)?);
     }
     Ok((params, state))

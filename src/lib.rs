@@ -46,6 +46,7 @@ mod cpu;
 mod error;
 pub mod gpu;
 mod layout;
+mod optimizer;
 pub mod rules;
 pub mod schedule;
 
@@ -55,5 +56,6 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
+pub use optimizer::Optimizer;
 pub use rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
 pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};

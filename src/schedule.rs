@@ -18,7 +18,7 @@
 //! let mut opt = CpuOptimizer::new(Sgd { lr: 0.1, momentum: 0.9, ..Sgd::default() }, &[&[1.0f32; 4]])?;
 //! let mut sched = Scheduler::for_config(Schedule::Step { step_size: 2, gamma: 0.5 }, opt.config())?;
 //! for _ in 0..5 {
-//!     sched.apply_to_cpu(&mut opt)?; // the lr (and momentum) of this step
+//!     sched.apply(&mut opt)?; // the lr (and momentum) of this step
 //!     opt.step(&[&[0.1; 4]])?;
 //!     sched.advance(); // as torch's scheduler.step() after optimizer.step()
 //! }
@@ -93,9 +93,7 @@
 //! torch's result depend on the order the schedulers were built in; a
 //! nested `SequentialLR` has no epoch-0 form and fails in torch).
 
-use crate::cpu::CpuOptimizer;
 use crate::error::{Error, Result};
-use crate::gpu::GpuOptimizer;
 use crate::rules::Config;
 use serde_json::{Map, Value};
 use std::f64::consts::PI;
@@ -1008,36 +1006,6 @@ impl Scheduler {
     /// The momentum of optimizer step `step` (see [`Schedule::momentum_at`]).
     pub fn momentum_at(&self, step: u64) -> Option<f64> {
         self.schedule.momentum_at(self.base_momentum, step)
-    }
-
-    /// Sets the CPU optimizer's lr, and its momentum when the schedule
-    /// cycles it, to the values for the next step. On error (a momentum the
-    /// rule refuses, or a rule without one) the optimizer is unchanged.
-    pub fn apply_to_cpu(&self, opt: &mut CpuOptimizer) -> Result<()> {
-        let old = opt.config().lr();
-        opt.set_lr(self.lr)?;
-        if let (true, Some(m)) = (self.schedule.cycles_momentum(), self.momentum()) {
-            if let Err(e) = opt.set_momentum(m) {
-                opt.set_lr(old)?;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets the GPU optimizer's lr, and its momentum when the schedule
-    /// cycles it, to the values for the next step. On error the optimizer
-    /// is unchanged.
-    pub fn apply_to_gpu(&self, opt: &mut GpuOptimizer) -> Result<()> {
-        let old = opt.config().lr();
-        opt.set_lr(self.lr)?;
-        if let (true, Some(m)) = (self.schedule.cycles_momentum(), self.momentum()) {
-            if let Err(e) = opt.set_momentum(m) {
-                opt.set_lr(old)?;
-                return Err(e);
-            }
-        }
-        Ok(())
     }
 }
 

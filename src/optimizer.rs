@@ -1,0 +1,278 @@
+//! [`Optimizer`]: what every backend does, with the same signatures, so that
+//! schedules, the conformance runner, checkpoints and tests talk to one
+//! interface and never to a backend by name.
+
+use crate::checkpoint::Checkpoint;
+use crate::clip::ClipGradNorm;
+use crate::error::Result;
+use crate::layout::Layout;
+use crate::rules::Config;
+use crate::schedule::Scheduler;
+
+/// An optimizer over packed tensors, on any backend ([`crate::CpuOptimizer`],
+/// [`crate::GpuOptimizer`]).
+///
+/// The signatures are those of the backend that can fail the most: reading
+/// the GPU's buffers waits for it and can fail, so every read returns a
+/// [`Result`] here, even where the CPU's own inherent method cannot fail.
+/// Each backend's inherent methods of the same names say more.
+///
+/// ```
+/// use wgpu_optim::{CpuOptimizer, Optimizer, Sgd};
+/// // Works on any backend: a CpuOptimizer here, a GpuOptimizer just the same.
+/// fn descend(opt: &mut impl Optimizer, grads: &[&[f32]], steps: usize) -> wgpu_optim::Result<()> {
+///     for _ in 0..steps {
+///         Optimizer::step(opt, grads)?;
+///     }
+///     Ok(())
+/// }
+/// let mut opt = CpuOptimizer::new(Sgd { lr: 0.5, ..Sgd::default() }, &[&[1.0f32]])?;
+/// descend(&mut opt, &[&[1.0]], 2)?;
+/// assert_eq!(Optimizer::read_params(&opt)?, vec![vec![0.0f32]]);
+/// # Ok::<(), wgpu_optim::Error>(())
+/// ```
+pub trait Optimizer {
+    /// One step with one gradient per parameter tensor; lengths are checked
+    /// first and on error nothing changes.
+    fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
+
+    /// The rule and hyperparameters in force.
+    fn config(&self) -> &Config;
+
+    /// How the tensors are packed.
+    fn layout(&self) -> &Layout;
+
+    /// Names of the state tensors, as PyTorch names them, fixed when the
+    /// optimizer was built.
+    fn state_names(&self) -> &[&'static str];
+
+    /// Steps taken so far (on the GPU with non-finite skipping, an upper
+    /// bound until the outcome of the queued steps is read back).
+    fn step_count(&self) -> u64;
+
+    /// Sets the learning rate from the next step on.
+    fn set_lr(&mut self, lr: f64) -> Result<()>;
+
+    /// Sets the momentum (SGD, RMSprop) or `beta1` (the Adam family, LAMB)
+    /// from the next step on.
+    fn set_momentum(&mut self, momentum: f64) -> Result<()>;
+
+    /// Turns global-norm gradient clipping on (`Some`) or off (`None`).
+    fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()>;
+
+    /// The clipping in force.
+    fn clip_grad_norm(&self) -> Option<ClipGradNorm>;
+
+    /// The total gradient norm of the last step clipping saw; `None` while
+    /// clipping is off and before the first step after turning it on.
+    fn last_grad_norm(&self) -> Result<Option<f32>>;
+
+    /// Skip steps whose gradients hold a NaN or an infinity.
+    fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()>;
+
+    /// Whether steps with non-finite gradients are skipped.
+    fn skip_nonfinite(&self) -> bool;
+
+    /// Steps skipped so far because their gradients were not finite.
+    fn skipped_steps(&mut self) -> Result<u64>;
+
+    /// Whether the last step was skipped.
+    fn last_step_skipped(&mut self) -> Result<bool>;
+
+    /// The loss scale the gradients carry (1: none).
+    fn set_grad_scale(&mut self, scale: f64) -> Result<()>;
+
+    /// The loss scale in force.
+    fn grad_scale(&self) -> f64;
+
+    /// Replaces the parameters (same layout).
+    fn write_params(&mut self, params: &[&[f32]]) -> Result<()>;
+
+    /// Replaces the state tensor `name`, one slice per parameter tensor.
+    fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()>;
+
+    /// The parameters, one vector per tensor.
+    fn read_params(&self) -> Result<Vec<Vec<f32>>>;
+
+    /// The state tensor `name`, one vector per parameter tensor.
+    fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>>;
+
+    /// The whole state as a [`Checkpoint`].
+    fn checkpoint(&self) -> Result<Checkpoint>;
+
+    /// Restores a checkpoint; everything is checked before anything changes.
+    fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()>;
+}
+
+impl Scheduler {
+    /// Sets the optimizer's lr, and its momentum when the schedule cycles
+    /// it, to the values for the next step. On error (a momentum the rule
+    /// refuses, or a rule without one) the optimizer is unchanged.
+    pub fn apply(&self, opt: &mut (impl Optimizer + ?Sized)) -> Result<()> {
+        let old = opt.config().lr();
+        opt.set_lr(self.lr())?;
+        if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {
+            if let Err(e) = opt.set_momentum(m) {
+                opt.set_lr(old)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Scheduler::apply`] to a CPU optimizer.
+    pub fn apply_to_cpu(&self, opt: &mut crate::CpuOptimizer) -> Result<()> {
+        self.apply(opt)
+    }
+
+    /// [`Scheduler::apply`] to a GPU optimizer.
+    pub fn apply_to_gpu(&self, opt: &mut crate::GpuOptimizer) -> Result<()> {
+        self.apply(opt)
+    }
+}
+
+/// Each trait method forwards to the backend's inherent method of the same
+/// name, wrapping the infallible ones in `Ok`.
+mod backends {
+    use super::*;
+    use crate::{CpuOptimizer, GpuOptimizer};
+
+    impl Optimizer for CpuOptimizer {
+        fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
+            CpuOptimizer::step(self, grads)
+        }
+        fn config(&self) -> &Config {
+            CpuOptimizer::config(self)
+        }
+        fn layout(&self) -> &Layout {
+            CpuOptimizer::layout(self)
+        }
+        fn state_names(&self) -> &[&'static str] {
+            CpuOptimizer::state_names(self)
+        }
+        fn step_count(&self) -> u64 {
+            CpuOptimizer::step_count(self)
+        }
+        fn set_lr(&mut self, lr: f64) -> Result<()> {
+            CpuOptimizer::set_lr(self, lr)
+        }
+        fn set_momentum(&mut self, momentum: f64) -> Result<()> {
+            CpuOptimizer::set_momentum(self, momentum)
+        }
+        fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+            CpuOptimizer::set_clip_grad_norm(self, clip)
+        }
+        fn clip_grad_norm(&self) -> Option<ClipGradNorm> {
+            CpuOptimizer::clip_grad_norm(self)
+        }
+        fn last_grad_norm(&self) -> Result<Option<f32>> {
+            Ok(CpuOptimizer::last_grad_norm(self))
+        }
+        fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+            CpuOptimizer::set_skip_nonfinite(self, skip);
+            Ok(())
+        }
+        fn skip_nonfinite(&self) -> bool {
+            CpuOptimizer::skip_nonfinite(self)
+        }
+        fn skipped_steps(&mut self) -> Result<u64> {
+            Ok(CpuOptimizer::skipped_steps(self))
+        }
+        fn last_step_skipped(&mut self) -> Result<bool> {
+            Ok(CpuOptimizer::last_step_skipped(self))
+        }
+        fn set_grad_scale(&mut self, scale: f64) -> Result<()> {
+            CpuOptimizer::set_grad_scale(self, scale)
+        }
+        fn grad_scale(&self) -> f64 {
+            CpuOptimizer::grad_scale(self)
+        }
+        fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
+            CpuOptimizer::write_params(self, params)
+        }
+        fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
+            CpuOptimizer::write_state(self, name, tensors)
+        }
+        fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+            Ok(self.params().into_iter().map(<[f32]>::to_vec).collect())
+        }
+        fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+            Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
+        }
+        fn checkpoint(&self) -> Result<Checkpoint> {
+            Ok(CpuOptimizer::checkpoint(self))
+        }
+        fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+            CpuOptimizer::load_checkpoint(self, ckpt)
+        }
+    }
+
+    impl Optimizer for GpuOptimizer {
+        fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
+            GpuOptimizer::step(self, grads)
+        }
+        fn config(&self) -> &Config {
+            GpuOptimizer::config(self)
+        }
+        fn layout(&self) -> &Layout {
+            GpuOptimizer::layout(self)
+        }
+        fn state_names(&self) -> &[&'static str] {
+            GpuOptimizer::state_names(self)
+        }
+        fn step_count(&self) -> u64 {
+            GpuOptimizer::step_count(self)
+        }
+        fn set_lr(&mut self, lr: f64) -> Result<()> {
+            GpuOptimizer::set_lr(self, lr)
+        }
+        fn set_momentum(&mut self, momentum: f64) -> Result<()> {
+            GpuOptimizer::set_momentum(self, momentum)
+        }
+        fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+            GpuOptimizer::set_clip_grad_norm(self, clip)
+        }
+        fn clip_grad_norm(&self) -> Option<ClipGradNorm> {
+            GpuOptimizer::clip_grad_norm(self)
+        }
+        fn last_grad_norm(&self) -> Result<Option<f32>> {
+            GpuOptimizer::last_grad_norm(self)
+        }
+        fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+            GpuOptimizer::set_skip_nonfinite(self, skip)
+        }
+        fn skip_nonfinite(&self) -> bool {
+            GpuOptimizer::skip_nonfinite(self)
+        }
+        fn skipped_steps(&mut self) -> Result<u64> {
+            GpuOptimizer::skipped_steps(self)
+        }
+        fn last_step_skipped(&mut self) -> Result<bool> {
+            GpuOptimizer::last_step_skipped(self)
+        }
+        fn set_grad_scale(&mut self, scale: f64) -> Result<()> {
+            GpuOptimizer::set_grad_scale(self, scale)
+        }
+        fn grad_scale(&self) -> f64 {
+            GpuOptimizer::grad_scale(self)
+        }
+        fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
+            GpuOptimizer::write_params(self, params)
+        }
+        fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
+            GpuOptimizer::write_state(self, name, tensors)
+        }
+        fn read_params(&self) -> Result<Vec<Vec<f32>>> {
+            GpuOptimizer::read_params(self)
+        }
+        fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+            GpuOptimizer::read_state(self, name)
+        }
+        fn checkpoint(&self) -> Result<Checkpoint> {
+            GpuOptimizer::checkpoint(self)
+        }
+        fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+            GpuOptimizer::load_checkpoint(self, ckpt)
+        }
+    }
+}
