@@ -169,6 +169,19 @@ pub enum Error {
         /// wgpu's reason and message.
         reason: String,
     },
+    /// Steps recorded with `GpuOptimizer::record_step` have not run on the
+    /// GPU (the encoder holding them has not been submitted), and the call
+    /// needs them to have run: with `set_skip_nonfinite` at most 32 steps
+    /// may be queued ahead of what the host has read back, and exact counts
+    /// (a checkpoint, `skipped_steps`) need every step run. Nothing was
+    /// changed; submit the encoder and call again.
+    #[error("{steps} steps recorded with record_step have not run on the GPU, and {needs}: submit the encoder they were recorded into first (nothing was changed)")]
+    UnsubmittedSteps {
+        /// Steps queued whose outcome the host could not read back.
+        steps: u64,
+        /// Why the call needs them run.
+        needs: &'static str,
+    },
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

@@ -14,11 +14,13 @@ use crate::rules::lamb::{
     FLAG_USE_MOMENTUM,
 };
 use crate::rules::{Config, StepScalars};
+use wgpu::util::DeviceExt;
 
 /// Threads per workgroup; `WORKGROUP_SIZE` in every shader.
 const WORKGROUP_SIZE: u64 = 256;
-/// Slots of the uniform ring: each step writes its scalars to the next slot,
-/// so up to this many steps can be recorded into one command encoder.
+/// Slots of the uniform ring: each step writes its scalars to the next slot
+/// (a queue write for a step submitted alone, a copy inside the encoder for
+/// a recorded one; see [`ScalarsVia`]).
 pub(crate) const UNIFORM_RING: u64 = 256;
 /// Stride of the ring: a multiple of the largest
 /// `min_uniform_buffer_offset_alignment` any backend asks for (256), large
@@ -253,6 +255,19 @@ impl SkipTracker {
     fn unknown(&self) -> u64 {
         self.queued - self.known_h
     }
+}
+
+/// How [`GpuOptimizer::record`] gets a step's scalars into its uniform
+/// slot. Queue writes land at the next submission, before every command in
+/// it: right for a step submitted alone, wrong for steps recorded into one
+/// encoder, where a later step that reuses a slot would overwrite it before
+/// the earlier one ran.
+#[derive(Clone, Copy)]
+enum ScalarsVia {
+    /// `queue.write_buffer` (the step is submitted right after).
+    Queue,
+    /// A copy recorded into the encoder before the step's dispatches.
+    Encoder,
 }
 
 /// The buffers and bind groups an optimizer owns besides the parameters and
@@ -834,7 +849,9 @@ impl GpuOptimizer {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("optimizer step"),
                 });
-            self.record(&mut encoder, None);
+            // One submission per step, so queue writes of the scalars land
+            // right before this step's dispatches: the cheap path.
+            self.record(&mut encoder, None, ScalarsVia::Queue)?;
             if let Some(staging) = &staging {
                 encoder.copy_buffer_to_buffer(
                     &self.buffers.counters,
@@ -845,7 +862,8 @@ impl GpuOptimizer {
                 );
             }
             ctx.queue.submit(Some(encoder.finish()));
-        })?;
+            Ok(())
+        })??;
         if let (Some(staging), Some(t)) = (staging, self.skip.as_mut()) {
             t.pending.push(map_counters(staging));
         }
@@ -872,16 +890,30 @@ impl GpuOptimizer {
 
     /// Records one step into the caller's command encoder (for example
     /// right after their backward pass, so the whole training step is one
-    /// submission) and counts it as taken. The step's scalars go through
-    /// `queue.write_buffer` into the next slot of a ring of 256, so at most
-    /// 256 steps may be recorded between two submissions (with
-    /// [`GpuOptimizer::set_skip_nonfinite`], 32: beyond that the host must
-    /// learn which steps were skipped, and returns
-    /// [`Error::InvalidOptions`] if the encoder holding them was not
-    /// submitted). `timestamp_writes` is passed to the compute pass. With
-    /// [`ClipGradNorm::error_if_nonfinite`] use [`GpuOptimizer::step_device`],
-    /// which learns whether the GPU refused the step; this returns
-    /// [`Error::InvalidOptions`] then.
+    /// submission) and counts it as taken. The step's scalars (learning
+    /// rate, bias corrections, ...) are copied into their uniform slot by a
+    /// command recorded into `encoder` before the step's compute pass, so
+    /// any number of steps may be recorded into one encoder, each running
+    /// with its own scalars, in the order recorded. `timestamp_writes` is
+    /// passed to the compute pass.
+    ///
+    /// Steps run when the encoder is submitted, in the order submissions
+    /// reach the queue: submit it before the next
+    /// [`GpuOptimizer::step_device`] or [`GpuOptimizer::step`], or that step
+    /// runs first. Uploads from the host ([`GpuOptimizer::write_grads`],
+    /// `write_params`, `write_state`, `load_checkpoint`) go through the
+    /// queue and land at the next submission, before every command of it:
+    /// between steps recorded into one encoder, change the gradients with
+    /// commands in the encoder (your backward pass, `copy_buffer_to_buffer`).
+    ///
+    /// With [`GpuOptimizer::set_skip_nonfinite`] at most 32 steps may be
+    /// queued ahead of the last step whose outcome the host has read back
+    /// (the host waits for steps already submitted when it must): the 33rd
+    /// step recorded before the encoder is submitted returns
+    /// [`Error::UnsubmittedSteps`] and changes nothing; submit the encoder
+    /// and record again. With [`ClipGradNorm::error_if_nonfinite`] use
+    /// [`GpuOptimizer::step_device`], which learns whether the GPU refused
+    /// the step; this returns [`Error::InvalidOptions`] then.
     pub fn record_step(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
@@ -899,8 +931,7 @@ impl GpuOptimizer {
             // caller has submitted so far (our own small submission).
             self.request_counters()?;
         }
-        self.record(encoder, timestamp_writes);
-        Ok(())
+        self.record(encoder, timestamp_writes, ScalarsVia::Encoder)
     }
 
     /// With `skip_nonfinite`, makes sure the next step's window of possible
@@ -920,12 +951,13 @@ impl GpuOptimizer {
             self.request_counters()?;
             self.harvest(true)?;
         }
-        if self.skip.as_ref().is_some_and(full) {
-            return Err(Error::InvalidOptions(format!(
-                "with skip_nonfinite at most {TABLE_LEN} steps may be queued before the GPU \
-                 has run them: submit the encoder that record_step recorded into"
-            )));
+        if let Some(t) = self.skip.as_ref().filter(|t| full(t)) {
+            return Err(Error::UnsubmittedSteps {
+                steps: t.unknown(),
+                needs: "with skip_nonfinite at most 32 steps may be queued ahead of the GPU",
+            });
         }
+        const _: () = assert!(TABLE_LEN == 32, "the message above says 32");
         Ok(())
     }
 
@@ -1019,9 +1051,10 @@ impl GpuOptimizer {
         self.harvest(true)?;
         if let Some(t) = &self.skip {
             if t.unknown() != 0 {
-                return Err(Error::InvalidOptions(
-                    "steps recorded with record_step have not been submitted yet".into(),
-                ));
+                return Err(Error::UnsubmittedSteps {
+                    steps: t.unknown(),
+                    needs: "the exact step count needs every step run",
+                });
             }
             self.counters = Counters {
                 step: t.known_e,
@@ -1031,16 +1064,18 @@ impl GpuOptimizer {
         Ok(())
     }
 
+    /// Records one step's scalars and dispatches into `encoder` and counts
+    /// the step; on error nothing was recorded or counted.
     fn record(
         &mut self,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
-    ) {
+        via: ScalarsVia,
+    ) -> Result<()> {
         let skip = self.skip.as_ref();
         let host_step = skip.map_or(self.counters.step, |t| t.queued);
         let slot = host_step % UNIFORM_RING;
         let offset = [(slot * UNIFORM_STRIDE) as u32];
-        self.norm_seen |= self.clip.is_some();
         let mut flags = 0;
         if let Some(clip) = self.clip {
             flags |= FLAG_CLIP;
@@ -1091,23 +1126,59 @@ impl GpuOptimizer {
         aux.max_norm = self.clip.map_or(0.0, |c| c.max_norm as f32);
         aux.n_tiles = self.tiling_total as u32;
         aux.n_tensors = self.layout.len() as u32;
-        let queue = &self.ctx.queue;
         let at = slot * UNIFORM_STRIDE;
-        queue.write_buffer(&self.buffers.aux_uniforms, at, bytemuck::bytes_of(&aux));
-        queue.write_buffer(
-            &self.buffers.aux_uniforms,
-            at + std::mem::size_of::<AuxScalars>() as u64,
-            bytemuck::bytes_of(&tail),
-        );
         let is_lamb = matches!(scalars, StepScalars::Lamb(_));
-        if !is_lamb {
-            let header = scalars.bytes();
-            queue.write_buffer(&self.buffers.uniforms, at, header);
-            queue.write_buffer(
-                &self.buffers.uniforms,
-                at + header.len() as u64,
-                bytemuck::bytes_of(&tail),
-            );
+        match via {
+            ScalarsVia::Queue => {
+                let queue = &self.ctx.queue;
+                queue.write_buffer(&self.buffers.aux_uniforms, at, bytemuck::bytes_of(&aux));
+                queue.write_buffer(
+                    &self.buffers.aux_uniforms,
+                    at + std::mem::size_of::<AuxScalars>() as u64,
+                    bytemuck::bytes_of(&tail),
+                );
+                if !is_lamb {
+                    let header = scalars.bytes();
+                    queue.write_buffer(&self.buffers.uniforms, at, header);
+                    queue.write_buffer(
+                        &self.buffers.uniforms,
+                        at + header.len() as u64,
+                        bytemuck::bytes_of(&tail),
+                    );
+                }
+            }
+            ScalarsVia::Encoder => {
+                // A buffer of this step's own, copied into the slot by the
+                // encoder: ordered with the dispatches, whatever else the
+                // encoder holds or the queue runs before it.
+                let aux_len = std::mem::size_of::<AuxScalars>() + std::mem::size_of::<StepTail>();
+                let mut bytes = Vec::with_capacity(2 * aux_len);
+                bytes.extend_from_slice(bytemuck::bytes_of(&aux));
+                bytes.extend_from_slice(bytemuck::bytes_of(&tail));
+                if !is_lamb {
+                    bytes.extend_from_slice(scalars.bytes());
+                    bytes.extend_from_slice(bytemuck::bytes_of(&tail));
+                }
+                let device = &self.ctx.device;
+                let source = self.ctx.scoped("recording a step's scalars", || {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("one step's scalars"),
+                        contents: &bytes,
+                        usage: wgpu::BufferUsages::COPY_SRC,
+                    })
+                })?;
+                let aux_len = aux_len as u64;
+                encoder.copy_buffer_to_buffer(&source, 0, &self.buffers.aux_uniforms, at, aux_len);
+                if !is_lamb {
+                    encoder.copy_buffer_to_buffer(
+                        &source,
+                        aux_len,
+                        &self.buffers.uniforms,
+                        at,
+                        bytes.len() as u64 - aux_len,
+                    );
+                }
+            }
         }
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -1149,6 +1220,7 @@ impl GpuOptimizer {
                 }
             }
         }
+        self.norm_seen |= self.clip.is_some();
         match self.skip.as_mut() {
             Some(t) => {
                 t.queued += 1;
@@ -1157,6 +1229,7 @@ impl GpuOptimizer {
             }
             None => self.counters.advance(&self.config),
         }
+        Ok(())
     }
 
     /// Dispatches one step records: one per chunk (1 unless the model is
@@ -1217,7 +1290,10 @@ impl GpuOptimizer {
         self.variant.width
     }
 
-    /// Uploads gradients into the gradient buffer without stepping.
+    /// Uploads gradients into the gradient buffer without stepping. The
+    /// upload goes through the queue: it lands at the next submission,
+    /// before every command of it (so not between steps recorded into one
+    /// encoder; see [`GpuOptimizer::record_step`]).
     pub fn write_grads(&mut self, grads: &[&[f32]]) -> Result<()> {
         self.layout.check(grads)?;
         self.check_host_writable(&self.grads, "gradient")?;
@@ -1535,9 +1611,10 @@ impl GpuOptimizer {
         };
         copy.learn(CounterWords::of(&words));
         if copy.unknown() != 0 {
-            return Err(Error::InvalidOptions(
-                "steps recorded with record_step have not been submitted yet".into(),
-            ));
+            return Err(Error::UnsubmittedSteps {
+                steps: copy.unknown(),
+                needs: "the exact step count needs every step run",
+            });
         }
         Ok((
             copy.known_e,
