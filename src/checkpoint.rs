@@ -89,8 +89,11 @@ pub struct Checkpoint {
     pub step: u64,
     /// SGD: the momentum buffer has been filled once.
     pub buffer_filled: bool,
-    /// Each state tensor, named as [`Config::state_names`] names it, in
-    /// that order, packed as the parameters are.
+    /// Each state tensor of the optimizer, named and ordered as its
+    /// `state_names` are, packed as the parameters are. The names are the
+    /// state set fixed when the optimizer was built, which the
+    /// hyperparameters in force need not show: SGD or RMSprop built with
+    /// momentum keep their `momentum_buffer` after `set_momentum(0.0)`.
     pub state: Vec<(String, Vec<f32>)>,
     /// The parameters, packed, when the checkpoint carries them.
     pub params: Option<Vec<f32>>,
@@ -189,6 +192,11 @@ impl Checkpoint {
             .transpose()
     }
 
+    /// Whether the state has a `momentum_buffer` (SGD, RMSprop).
+    pub(crate) fn momentum_buffer(&self) -> bool {
+        self.state.iter().any(|(n, _)| n == "momentum_buffer")
+    }
+
     /// The state tensor `name`, packed.
     pub fn state_flat(&self, name: &str) -> Option<&[f32]> {
         self.state
@@ -199,17 +207,20 @@ impl Checkpoint {
 
     /// Checks that the checkpoint is whole and consistent: valid
     /// hyperparameters, clipping and loss scale; exactly the state tensors
-    /// the rule has, in order, each as long as the parameters; parameters
-    /// (if any) as long too.
+    /// the rule with its options has, in order (with or without a
+    /// `momentum_buffer` for SGD and RMSprop, whose momentum in force may
+    /// be 0 with one, and must be 0 without), each as long as the
+    /// parameters; parameters (if any) as long too.
     pub fn validate(&self) -> Result<()> {
+        let momentum_buffer = self.momentum_buffer();
         self.config
-            .validate()
+            .validate_with(momentum_buffer)
             .map_err(|e| Error::Checkpoint(format!("hyperparameters: {e}")))?;
         let total = checked_total(&self.lengths)?;
         if self.lengths.is_empty() {
             return Err(Error::Checkpoint("no parameter tensors".into()));
         }
-        let names = self.config.state_names();
+        let names = self.config.state_names_with(momentum_buffer);
         let have: Vec<&str> = self.state.iter().map(|(n, _)| n.as_str()).collect();
         if have != names {
             return Err(Error::Checkpoint(format!(
@@ -356,9 +367,6 @@ impl Checkpoint {
         };
         let n_tensors = group_params(group)?;
         let config = config_from_group(rule, group)?;
-        config
-            .validate()
-            .map_err(|e| bad(format!("hyperparameters: {e}")))?;
         let extra: Option<Map<String, Value>> = match meta.get("wgpu_optim") {
             Some(s) => Some(
                 serde_json::from_str::<Value>(s)
@@ -370,20 +378,31 @@ impl Checkpoint {
             None => None,
         };
 
-        // Every tensor name must be one we expect.
-        let names = config.state_names();
+        // Every tensor name must be one we expect. Whether SGD or RMSprop
+        // has a momentum buffer was fixed when the optimizer was built: the
+        // file says it, by having the tensors or not (torch's too, which
+        // keeps the buffer when the momentum is set to 0 later).
+        let possible = config.state_names_with(true);
         for name in st.names() {
             let ok = parse_tensor_name(name).is_some_and(|(i, what)| {
-                i < n_tensors && (what == "step" || what == "params" || names.contains(&what))
+                i < n_tensors && (what == "step" || what == "params" || possible.contains(&what))
             });
             if !ok {
                 return Err(bad(format!(
                     "unexpected tensor `{name}` (rule {rule} with these options has {} tensor(s) with state [{}])",
                     n_tensors,
-                    names.join(", ")
+                    possible.join(", ")
                 )));
             }
         }
+        let momentum_buffer = possible.contains(&"momentum_buffer")
+            && st.names().iter().any(|name| {
+                parse_tensor_name(name).is_some_and(|(_, what)| what == "momentum_buffer")
+            });
+        config
+            .validate_with(momentum_buffer)
+            .map_err(|e| bad(format!("hyperparameters: {e}")))?;
+        let names = config.state_names_with(momentum_buffer);
 
         // Lengths: from the metadata, or from the tensors' element counts.
         let numel = |name: &str| -> Option<Result<usize>> {
@@ -557,12 +576,9 @@ impl Checkpoint {
         };
         let buffer_filled = match get_bool("buffer_filled")? {
             Some(b) => b,
-            // torch creates the momentum buffer on its first use.
-            None => {
-                matches!(&config, Config::Sgd(c) if c.momentum != 0.0)
-                    && extra.is_none()
-                    && !names.is_empty()
-            }
+            // torch creates the momentum buffer on its first use, with the
+            // gradient in it, and keeps it whatever the momentum later.
+            None => matches!(&config, Config::Sgd(_)) && extra.is_none() && momentum_buffer,
         };
         let clip = match get("clip") {
             None | Some(Value::Null) => None,
@@ -704,10 +720,15 @@ impl Checkpoint {
     }
 
     /// Checks that this (already validated) checkpoint fits an optimizer
-    /// with `config` and `lengths`: same rule, same options fixed at
-    /// construction (those that choose the kernel and the state tensors),
-    /// same tensor count and lengths.
-    pub(crate) fn check_fits(&self, config: &Config, lengths: &[usize]) -> Result<()> {
+    /// with `config`, the state tensors `state_names` and `lengths`: same
+    /// rule, same state tensors, same options fixed at construction (those
+    /// that choose the kernel), same tensor count and lengths.
+    pub(crate) fn check_fits(
+        &self,
+        config: &Config,
+        state_names: &[&str],
+        lengths: &[usize],
+    ) -> Result<()> {
         let mismatch = |what: &str, expected: String, got: String| Error::CheckpointMismatch {
             what: what.to_string(),
             expected,
@@ -720,15 +741,19 @@ impl Checkpoint {
                 self.config.kind().to_string(),
             ));
         }
-        let (a, b) = (config.state_names(), self.config.state_names());
-        if a != b {
+        let b: Vec<&str> = self.state.iter().map(|(n, _)| n.as_str()).collect();
+        if state_names != b.as_slice() {
             return Err(mismatch(
                 "state tensors",
-                format!("[{}]", a.join(", ")),
+                format!("[{}]", state_names.join(", ")),
                 format!("[{}]", b.join(", ")),
             ));
         }
-        let (a, b) = (config.overrides(), self.config.overrides());
+        let momentum_buffer = self.momentum_buffer();
+        let (a, b) = (
+            config.overrides(momentum_buffer),
+            self.config.overrides(momentum_buffer),
+        );
         if a != b {
             let show = |o: &[(&str, f64)]| {
                 o.iter()

@@ -46,12 +46,20 @@ impl CpuOptimizer {
     pub fn new(config: impl Into<Config>, params: &[&[f32]]) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        Self::with_state(config, momentum_buffer, params)
+    }
+
+    /// As [`CpuOptimizer::new`], with the state set given (with or without
+    /// a `momentum_buffer`) and `config` already validated for it: how a
+    /// checkpoint of an optimizer whose momentum was set to 0 is rebuilt.
+    fn with_state(config: Config, momentum_buffer: bool, params: &[&[f32]]) -> Result<Self> {
         if params.is_empty() {
             return Err(Error::EmptyParameterList);
         }
         let layout = Layout::of(params);
         let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
-        let state_names = config.state_names();
+        let state_names = config.state_names_with(momentum_buffer);
         let state = state_names
             .iter()
             .map(|name| vec![config.state_initial_value(name); layout.total()])
@@ -242,7 +250,11 @@ impl CpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths);
-        let mut opt = CpuOptimizer::new(ckpt.config.clone(), &layout.split(flat))?;
+        let mut opt = CpuOptimizer::with_state(
+            ckpt.config.clone(),
+            ckpt.momentum_buffer(),
+            &layout.split(flat),
+        )?;
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
     }
@@ -256,7 +268,7 @@ impl CpuOptimizer {
     /// anything changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        ckpt.check_fits(&self.config, self.layout.lengths())?;
+        ckpt.check_fits(&self.config, &self.state_names, self.layout.lengths())?;
         let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
         for (dst, (_, src)) in self.state.iter_mut().zip(&ckpt.state) {
             dst.copy_from_slice(src);

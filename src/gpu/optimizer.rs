@@ -443,6 +443,21 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        Self::with_state(ctx, config, momentum_buffer, params, options)
+    }
+
+    /// As [`GpuOptimizer::with_options`], with the state set given (with or
+    /// without a `momentum_buffer`) and `config` already validated for it:
+    /// how a checkpoint of an optimizer whose momentum was set to 0 is
+    /// rebuilt.
+    fn with_state(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        params: &[&[f32]],
+        options: GpuOptions,
+    ) -> Result<Self> {
         if params.is_empty() {
             return Err(Error::EmptyParameterList);
         }
@@ -472,6 +487,7 @@ impl GpuOptimizer {
         let opt = Self::build(
             ctx,
             config,
+            momentum_buffer,
             layout,
             chunks,
             params_storage,
@@ -550,9 +566,11 @@ impl GpuOptimizer {
                 layout.total()
             )));
         }
+        let momentum_buffer = config.builds_momentum_buffer();
         Self::build(
             ctx,
             config,
+            momentum_buffer,
             layout,
             chunks,
             Storage::User(params),
@@ -561,9 +579,13 @@ impl GpuOptimizer {
         )
     }
 
+    // Each argument is a separate part of the optimizer, made by its
+    // constructor (the state set included: `momentum_buffer`).
+    #[allow(clippy::too_many_arguments)]
     fn build(
         ctx: &GpuContext,
         config: Config,
+        momentum_buffer: bool,
         layout: Layout,
         chunks: Vec<ChunkRange>,
         params: Storage,
@@ -580,10 +602,10 @@ impl GpuOptimizer {
         } else {
             variant
         };
-        let kernel = kernel_for(ctx, &config, variant)?;
+        let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
         let tile_kernel = tile_kernel_for(ctx, variant)?;
         let width = variant.width;
-        let state_names = config.state_names();
+        let state_names = config.state_names_with(momentum_buffer);
         let tiling = Tiling::new(&layout, &chunks);
         let limits = ctx.limits();
         check_size(
@@ -1432,7 +1454,13 @@ impl GpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths);
-        let mut opt = Self::with_options(ctx, ckpt.config.clone(), &layout.split(flat), options)?;
+        let mut opt = Self::with_state(
+            ctx,
+            ckpt.config.clone(),
+            ckpt.momentum_buffer(),
+            &layout.split(flat),
+            options,
+        )?;
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
     }
@@ -1445,7 +1473,7 @@ impl GpuOptimizer {
     /// changes. The writes reach the GPU before the next submitted step.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        ckpt.check_fits(&self.config, self.layout.lengths())?;
+        ckpt.check_fits(&self.config, &self.state_names, self.layout.lengths())?;
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }
@@ -1863,10 +1891,15 @@ fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
 }
 
 /// The rule's kernel: the element-wise one (`main`), or LAMB's three tile
-/// kernels.
-fn kernel_for(ctx: &GpuContext, config: &Config, variant: Variant) -> Result<Kernel> {
+/// kernels; `momentum_buffer`: whether the state has one.
+fn kernel_for(
+    ctx: &GpuContext,
+    config: &Config,
+    momentum_buffer: bool,
+    variant: Variant,
+) -> Result<Kernel> {
     let (name, source) = config.shader();
-    let overrides = config.overrides();
+    let overrides = config.overrides(momentum_buffer);
     if let Config::Lamb(_) = config {
         return compile(
             ctx,

@@ -151,25 +151,57 @@ impl Config {
 
     /// Checks every hyperparameter, as `torch.optim` does at construction.
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(self.builds_momentum_buffer())
+    }
+
+    /// Checks the hyperparameters in force on an optimizer whose state
+    /// tensors were fixed when it was built: with `momentum_buffer` (SGD,
+    /// RMSprop) it has one, and may have any momentum `>= 0` in force,
+    /// 0 included (Nesterov too, as torch checks Nesterov only at
+    /// construction); without one its momentum must be 0.
+    pub(crate) fn validate_with(&self, momentum_buffer: bool) -> Result<()> {
         match self {
-            Config::Sgd(c) => c.validate(),
+            Config::Sgd(c) => c.validate(momentum_buffer),
             Config::Adagrad(c) => c.validate(),
-            Config::RmsProp(c) => c.validate(),
+            Config::RmsProp(c) => c.validate(momentum_buffer),
             Config::Adam(c) => c.validate(),
             Config::AdamW(c) => c.to_adam_family().validate(),
             Config::Lamb(c) => c.validate(),
         }
     }
 
-    /// The names of the rule's state tensors, as PyTorch names them, in the
-    /// order the optimizer stores them. Which exist depends on the options
-    /// (SGD has a `momentum_buffer` only with momentum, RMSprop a `grad_avg`
-    /// only when centered, Adam a `max_exp_avg_sq` only with AMSGrad).
+    /// The names of the state tensors of an optimizer built with this
+    /// configuration, as PyTorch names them, in the order the optimizer
+    /// stores them. Which exist depends on the options at construction
+    /// (SGD has a `momentum_buffer` only with momentum, RMSprop a
+    /// `grad_avg` only when centered, Adam a `max_exp_avg_sq` only with
+    /// AMSGrad) and stays so for the optimizer's life: a momentum set to 0
+    /// later keeps the buffer, as torch keeps it in its `state_dict`. The
+    /// optimizers' and checkpoints' own `state_names` say what they hold.
     pub fn state_names(&self) -> Vec<&'static str> {
+        self.state_names_with(self.builds_momentum_buffer())
+    }
+
+    /// Whether an optimizer built with this configuration has a
+    /// `momentum_buffer`: SGD with `momentum != 0`, RMSprop with
+    /// `momentum > 0`, as torch allocates one.
+    pub(crate) fn builds_momentum_buffer(&self) -> bool {
         match self {
-            Config::Sgd(c) => c.state_names(),
+            Config::Sgd(c) => c.momentum != 0.0,
+            Config::RmsProp(c) => c.momentum > 0.0,
+            _ => false,
+        }
+    }
+
+    /// The state tensors of this rule with its options fixed at
+    /// construction, with or without a `momentum_buffer` (SGD, RMSprop;
+    /// the other rules ignore `momentum_buffer`).
+    pub(crate) fn state_names_with(&self, momentum_buffer: bool) -> Vec<&'static str> {
+        match self {
+            Config::Sgd(_) if momentum_buffer => vec!["momentum_buffer"],
+            Config::Sgd(_) => vec![],
             Config::Adagrad(_) => vec!["sum"],
-            Config::RmsProp(c) => c.state_names(),
+            Config::RmsProp(c) => c.state_names(momentum_buffer),
             Config::Adam(c) => c.state_names(),
             Config::AdamW(c) => c.to_adam_family().state_names(),
             Config::Lamb(_) => vec!["exp_avg", "exp_avg_sq"],
@@ -325,14 +357,16 @@ impl Config {
     }
 
     /// The boolean options fixed for the optimizer's life, as the WGSL
-    /// `override` constants of the rule's kernel.
-    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
+    /// `override` constants of the rule's kernel. `HAS_MOMENTUM` says
+    /// whether the state has a `momentum_buffer`, not whether the momentum
+    /// in force is 0 (the uniforms' `use_momentum` says that, per step).
+    pub(crate) fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         let b = |x: bool| if x { 1.0 } else { 0.0 };
         match self {
             Config::Sgd(c) => vec![
                 ("MAXIMIZE", b(c.maximize)),
                 ("NESTEROV", b(c.nesterov)),
-                ("HAS_MOMENTUM", b(c.momentum != 0.0)),
+                ("HAS_MOMENTUM", b(momentum_buffer)),
             ],
             Config::Adagrad(c) => vec![
                 ("MAXIMIZE", b(c.maximize)),
@@ -342,7 +376,7 @@ impl Config {
                 ("MAXIMIZE", b(c.maximize)),
                 ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
                 ("CENTERED", b(c.centered)),
-                ("HAS_MOMENTUM", b(c.momentum > 0.0)),
+                ("HAS_MOMENTUM", b(momentum_buffer)),
             ],
             Config::Adam(c) => c.overrides(),
             Config::AdamW(c) => c.to_adam_family().overrides(),

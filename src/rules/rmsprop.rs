@@ -1,7 +1,7 @@
 //! RMSprop, as `torch.optim.RMSprop`.
 
 use super::{check_non_negative, lerp};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// RMSprop, as `torch.optim.RMSprop` (PyTorch 2.15) computes it. With `v`
 /// the running average of squared gradients (`square_avg`), `ḡ` the running
@@ -105,18 +105,26 @@ pub(crate) struct RmsPropScalars {
 const _: () = assert!(std::mem::size_of::<RmsPropScalars>() == 32);
 
 impl RmsProp {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// `momentum_buffer`: whether the optimizer has one (at construction:
+    /// `momentum > 0`; see [`super::Config::validate_with`]).
+    pub(crate) fn validate(&self, momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("eps", self.eps)?;
         check_non_negative("momentum", self.momentum)?;
         check_non_negative("weight_decay", self.weight_decay)?;
         check_non_negative("alpha", self.alpha)?;
+        if self.momentum > 0.0 && !momentum_buffer {
+            return Err(Error::InvalidOptions(format!(
+                "momentum = {} needs a momentum_buffer, and the state has none (built with momentum 0)",
+                self.momentum
+            )));
+        }
         Ok(())
     }
 
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
+    pub(crate) fn state_names(&self, momentum_buffer: bool) -> Vec<&'static str> {
         let mut names = vec!["square_avg"];
-        if self.momentum > 0.0 {
+        if momentum_buffer {
             names.push("momentum_buffer");
         }
         if self.centered {

@@ -103,26 +103,28 @@ pub(crate) struct SgdScalars {
 const _: () = assert!(std::mem::size_of::<SgdScalars>() == 32);
 
 impl Sgd {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// `momentum_buffer`: whether the optimizer has one (at construction:
+    /// `momentum != 0`; see [`super::Config::validate_with`]).
+    pub(crate) fn validate(&self, momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("momentum", self.momentum)?;
         super::check_finite("dampening", self.dampening)?;
         check_non_negative("weight_decay", self.weight_decay)?;
-        if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
+        // torch checks `momentum > 0` at construction only: a Nesterov SGD
+        // whose momentum was set to 0 later is valid, and steps as plain SGD.
+        if self.nesterov && (!momentum_buffer || self.dampening != 0.0) {
             return Err(Error::InvalidOptions(format!(
                 "nesterov momentum requires a momentum > 0 and zero dampening (momentum = {}, dampening = {})",
                 self.momentum, self.dampening
             )));
         }
-        Ok(())
-    }
-
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        if self.momentum != 0.0 {
-            vec!["momentum_buffer"]
-        } else {
-            vec![]
+        if self.momentum != 0.0 && !momentum_buffer {
+            return Err(Error::InvalidOptions(format!(
+                "momentum = {} needs a momentum_buffer, and the state has none (built with momentum 0)",
+                self.momentum
+            )));
         }
+        Ok(())
     }
 
     pub(crate) fn scalars(&self, buffer_filled: bool) -> SgdScalars {
