@@ -24,7 +24,7 @@ mod common;
 use common::{ctx, Envelope, Rng};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, Checkpoint, ClipGradNorm, Config, CpuOptimizer, CyclicLr, Error,
-    GpuOptimizer, GpuOptions, Lamb, Result, RmsProp, RuleKind, Schedule, Scheduler, Sgd,
+    GpuOptimizer, GpuOptions, Lamb, Optimizer, Result, RmsProp, RuleKind, Schedule, Scheduler, Sgd,
 };
 
 /// Tensors of the optimizers: an empty one, a single element, lengths that
@@ -400,112 +400,28 @@ fn rows() -> Vec<Row> {
 
 // ------------------------------------------------------ both backends
 
-/// What the sequences call, on the CPU and the GPU optimizer alike.
-trait Opt: Sized {
+/// How a backend is built and rebuilt from a checkpoint; the sequences
+/// call the rest through [`Optimizer`].
+trait Backend: Optimizer + Sized {
     fn build(config: &Config, params: &[&[f32]]) -> Self;
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
-    fn set_lr(&mut self, lr: f64) -> Result<()>;
-    fn set_momentum(&mut self, m: f64) -> Result<()>;
-    fn set_clip(&mut self, c: Option<ClipGradNorm>) -> Result<()>;
-    fn set_skip(&mut self, on: bool) -> Result<()>;
-    fn set_scale(&mut self, s: f64) -> Result<()>;
-    fn checkpoint(&self) -> Checkpoint;
-    fn load(&mut self, c: &Checkpoint) -> Result<()>;
     fn restore(c: &Checkpoint) -> Result<Self>;
-    fn apply(&mut self, s: &Scheduler) -> Result<()>;
-    fn config(&self) -> &Config;
-    fn clip(&self) -> Option<ClipGradNorm>;
-    fn state_names(&self) -> Vec<&'static str>;
 }
 
-impl Opt for CpuOptimizer {
+impl Backend for CpuOptimizer {
     fn build(config: &Config, params: &[&[f32]]) -> Self {
         CpuOptimizer::new(config.clone(), params).unwrap()
-    }
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
-        CpuOptimizer::step(self, grads)
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        CpuOptimizer::set_lr(self, lr)
-    }
-    fn set_momentum(&mut self, m: f64) -> Result<()> {
-        CpuOptimizer::set_momentum(self, m)
-    }
-    fn set_clip(&mut self, c: Option<ClipGradNorm>) -> Result<()> {
-        self.set_clip_grad_norm(c)
-    }
-    fn set_skip(&mut self, on: bool) -> Result<()> {
-        self.set_skip_nonfinite(on);
-        Ok(())
-    }
-    fn set_scale(&mut self, s: f64) -> Result<()> {
-        self.set_grad_scale(s)
-    }
-    fn checkpoint(&self) -> Checkpoint {
-        CpuOptimizer::checkpoint(self)
-    }
-    fn load(&mut self, c: &Checkpoint) -> Result<()> {
-        self.load_checkpoint(c)
     }
     fn restore(c: &Checkpoint) -> Result<Self> {
         CpuOptimizer::from_checkpoint(c)
     }
-    fn apply(&mut self, s: &Scheduler) -> Result<()> {
-        s.apply_to_cpu(self)
-    }
-    fn config(&self) -> &Config {
-        CpuOptimizer::config(self)
-    }
-    fn clip(&self) -> Option<ClipGradNorm> {
-        self.clip_grad_norm()
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        Self::state_names(self).to_vec()
-    }
 }
 
-impl Opt for GpuOptimizer {
+impl Backend for GpuOptimizer {
     fn build(config: &Config, params: &[&[f32]]) -> Self {
         GpuOptimizer::new(ctx(), config.clone(), params).unwrap()
     }
-    fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
-        GpuOptimizer::step(self, grads)
-    }
-    fn set_lr(&mut self, lr: f64) -> Result<()> {
-        GpuOptimizer::set_lr(self, lr)
-    }
-    fn set_momentum(&mut self, m: f64) -> Result<()> {
-        GpuOptimizer::set_momentum(self, m)
-    }
-    fn set_clip(&mut self, c: Option<ClipGradNorm>) -> Result<()> {
-        self.set_clip_grad_norm(c)
-    }
-    fn set_skip(&mut self, on: bool) -> Result<()> {
-        self.set_skip_nonfinite(on)
-    }
-    fn set_scale(&mut self, s: f64) -> Result<()> {
-        self.set_grad_scale(s)
-    }
-    fn checkpoint(&self) -> Checkpoint {
-        GpuOptimizer::checkpoint(self).unwrap()
-    }
-    fn load(&mut self, c: &Checkpoint) -> Result<()> {
-        self.load_checkpoint(c)
-    }
     fn restore(c: &Checkpoint) -> Result<Self> {
         GpuOptimizer::from_checkpoint(ctx(), c, GpuOptions::default())
-    }
-    fn apply(&mut self, s: &Scheduler) -> Result<()> {
-        s.apply_to_gpu(self)
-    }
-    fn config(&self) -> &Config {
-        GpuOptimizer::config(self)
-    }
-    fn clip(&self) -> Option<ClipGradNorm> {
-        self.clip_grad_norm()
-    }
-    fn state_names(&self) -> Vec<&'static str> {
-        Self::state_names(self).to_vec()
     }
 }
 
@@ -544,9 +460,9 @@ struct Run<O> {
     t: u64,
 }
 
-impl<O: Opt> Run<O> {
+impl<O: Backend> Run<O> {
     fn checkpoint(&self) -> Checkpoint {
-        let mut c = self.opt.checkpoint();
+        let mut c = self.opt.checkpoint().unwrap();
         c.set_scheduler(self.sched.as_ref());
         c
     }
@@ -563,7 +479,7 @@ impl<O: Opt> Run<O> {
     /// A run built from other parameters, then `load_checkpoint`.
     fn loaded(config: &Config, ckpt: &Checkpoint, t: u64) -> Self {
         let mut opt = O::build(config, &refs(&initial_params(99)));
-        opt.load(ckpt).unwrap();
+        opt.load_checkpoint(ckpt).unwrap();
         Run {
             opt,
             sched: ckpt.scheduler().unwrap(),
@@ -575,8 +491,7 @@ impl<O: Opt> Run<O> {
     /// `after_step` on the optimizer.
     fn step(&mut self, nonfinite: bool, what: &str, after_step: &mut dyn FnMut(&O)) {
         if let Some(s) = &self.sched {
-            self.opt
-                .apply(s)
+            s.apply(&mut self.opt)
                 .unwrap_or_else(|e| panic!("{what}: scheduler: {e}"));
         }
         let g = grads(self.t, nonfinite);
@@ -608,26 +523,28 @@ impl<O: Opt> Run<O> {
                 Op::NonfiniteStep => self.step(true, &what, after_step),
                 Op::Lr(lr) => self.opt.set_lr(*lr).unwrap(),
                 Op::Momentum(m) => {
-                    let before = self.opt.checkpoint();
-                    let accepts = accepts_momentum(self.opt.config(), &self.opt.state_names());
+                    let before = self.opt.checkpoint().unwrap();
+                    let accepts = accepts_momentum(self.opt.config(), self.opt.state_names());
                     match (self.opt.set_momentum(*m), accepts) {
                         (Ok(()), true) => {}
                         (Err(Error::NoMomentum { .. }), false) => {
-                            same(&before, &self.opt.checkpoint())
+                            same(&before, &self.opt.checkpoint().unwrap())
                                 .unwrap_or_else(|d| panic!("{what}: a refused call changed {d}"))
                         }
                         (r, _) => panic!("{what}: {r:?}"),
                     }
                 }
-                Op::Clip(c) => self.opt.set_clip(*c).unwrap(),
-                Op::SkipNonfinite(on) => self.opt.set_skip(*on).unwrap(),
-                Op::GradScale(s) => self.opt.set_scale(*s).unwrap(),
+                Op::Clip(c) => self.opt.set_clip_grad_norm(*c).unwrap(),
+                Op::SkipNonfinite(on) => self.opt.set_skip_nonfinite(*on).unwrap(),
+                Op::GradScale(s) => self.opt.set_grad_scale(*s).unwrap(),
                 Op::Schedule(s) => {
                     self.sched = Some(Scheduler::for_config(s.clone(), self.opt.config()).unwrap())
                 }
                 Op::Reload => {
                     let c = through_file(&self.checkpoint(), dir, "reload");
-                    self.opt.load(&c).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    self.opt
+                        .load_checkpoint(&c)
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
                     self.sched = c.scheduler().unwrap();
                 }
             }
@@ -698,7 +615,7 @@ fn temp_dir(what: &str) -> std::path::PathBuf {
 
 /// Runs every row on backend `O`: the uninterrupted run against one
 /// restored by `from_checkpoint` and one by `load_checkpoint`, bit for bit.
-fn bit_for_bit<O: Opt>(backend: &str) {
+fn bit_for_bit<O: Backend>(backend: &str) {
     let dir = temp_dir(backend);
     let rows = rows();
     for row in &rows {
@@ -813,7 +730,7 @@ fn cross_device_bound(config: &Config, param: bool, clipped: bool) -> f64 {
 /// Runs every row on `Src`, restores its checkpoint on `Dst` and continues
 /// both; compares them within [`cross_device_bound`]. `src_is_cpu` says
 /// which side is the CPU, whose values give the tolerance's scale.
-fn across<Src: Opt, Dst: Opt>(from: &str, to: &str, src_is_cpu: bool) {
+fn across<Src: Backend, Dst: Backend>(from: &str, to: &str, src_is_cpu: bool) {
     let dir = temp_dir(&format!("{from}-{to}"));
     let eps = f32::EPSILON as f64;
     let mut worst = 0.0f64;
@@ -834,11 +751,11 @@ fn across<Src: Opt, Dst: Opt>(from: &str, to: &str, src_is_cpu: bool) {
         // Each step's state on both sides, and whether it was clipped.
         let mut src_after = Vec::new();
         src.apply(&row.after, &what, &dir, &mut |o: &Src| {
-            src_after.push((o.checkpoint(), o.clip().is_some()))
+            src_after.push((o.checkpoint().unwrap(), o.clip_grad_norm().is_some()))
         });
         let mut dst_after = Vec::new();
         dst.apply(&row.after, &what, &dir, &mut |o: &Dst| {
-            dst_after.push(o.checkpoint())
+            dst_after.push(o.checkpoint().unwrap())
         });
         assert_eq!(src_after.len(), dst_after.len(), "{what}");
         let tensors = |c: &Checkpoint| -> Vec<Vec<f32>> {
