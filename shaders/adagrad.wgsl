@@ -42,7 +42,7 @@ fn update(i: u32) {
     let acc = sum[i] + g * g;
     sum[i] = acc;
     var std_: V;
-    if (EPS_INSIDE_SQRT) { std_ = sqrt(acc + s.eps); } else { std_ = sqrt(acc) + s.eps; }
+    if (EPS_INSIDE_SQRT) { std_ = sqrt_torch(acc + s.eps); } else { std_ = sqrt_torch(acc) + s.eps; }
     param[i] = p - clr * (g / std_);
 }
 

@@ -65,14 +65,14 @@ fn update(i: u32) {
     exp_avg_sq[i] = v;
     var vv = v;
     if (AMSGRAD) {
-        vv = max(max_exp_avg_sq[i], v);
+        vv = maximum_torch(max_exp_avg_sq[i], v);
         max_exp_avg_sq[i] = vv;
     }
     var denom: V;
     if (EPS_INSIDE_SQRT) {
-        denom = sqrt(vv / t.z + s.eps);
+        denom = sqrt_torch(vv / t.z + s.eps);
     } else {
-        denom = sqrt(vv) / t.y + s.eps;
+        denom = sqrt_torch(vv) / t.y + s.eps;
     }
     param[i] = p - t.x * (m / denom);
 }

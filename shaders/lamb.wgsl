@@ -2,7 +2,8 @@
 //   lamb_moments: per tile, update m and v, and sum θ² and u² (u the update
 //                 direction) into the tile's partials;
 //   lamb_ratio:   per tensor, add its tiles' partials in a fixed order and
-//                 write the trust ratio ‖θ‖/‖u‖ (1 where either norm is 0);
+//                 write the trust ratio ‖θ‖/‖u‖ (1 where either norm is 0,
+//                 NaN where either is NaN);
 //   lamb_apply:   per tile, recompute u from the new moments and apply
 //                 θ ← θ − lr·ratio·u.
 // Overrides fixed for the optimizer's life:
@@ -23,11 +24,24 @@ fn lamb_update(p: f32, m: f32, v: f32) -> f32 {
     let m_hat = m / bc.x;
     var denom: f32;
     if (EPS_INSIDE_SQRT) {
-        denom = sqrt(v / bc.y + a.eps);
+        denom = sqrt_torch(v / bc.y + a.eps);
     } else {
-        denom = sqrt(v / bc.y) + a.eps;
+        denom = sqrt_torch(v / bc.y) + a.eps;
     }
     return m_hat / denom + a.weight_decay * p;
+}
+
+// pn / un for two norms (≥ 0 or NaN, not 0) as IEEE 754 divides: NaN
+// from a NaN or from inf/inf, 0 for a finite pn over an infinite un, inf
+// for an infinite pn over a finite un.
+fn ratio_ieee(pn: f32, un: f32) -> f32 {
+    let inf_p = !is_finite(pn) && !is_nan(pn);
+    let inf_u = !is_finite(un) && !is_nan(un);
+    let nan = bitcast<f32>(bitcast<u32>(pn) | 0x7fc00000u);
+    var r = pn / un;
+    r = select(r, 0.0, inf_u);
+    r = select(r, pn, inf_p);
+    return select(r, nan, is_nan(pn) || is_nan(un) || (inf_p && inf_u));
 }
 
 @compute @workgroup_size(256)
@@ -76,12 +90,18 @@ fn lamb_ratio(
         }
         let total = workgroup_sum(lid, acc);
         if (lid == 0u) {
-            let pn = sqrt(total.x);
-            let un = sqrt(total.y);
+            let pn = sqrt_torch(total.x);
+            let un = sqrt_torch(total.y);
+            // As Apex (`!= 0`) and optax (`== 0`): 1 where a norm is 0; a
+            // NaN norm is not 0, so the ratio is NaN (trust_ratio in
+            // src/rules/lamb.rs).
             var r = 1.0;
-            if (pn > 0.0 && un > 0.0) { r = pn / un; }
+            if (!is_zero(pn) && !is_zero(un)) { r = ratio_ieee(pn, un); }
             if ((a.flags & FLAG_UNIT_RATIO) != 0u) { r = 1.0; }
-            if ((a.flags & FLAG_CLAMP) != 0u) { r = min(max(r, a.clamp_min), a.clamp_max); }
+            if ((a.flags & FLAG_CLAMP) != 0u) {
+                // torch.clamp: NaN stays NaN.
+                r = select(min(max(r, a.clamp_min), a.clamp_max), r, is_nan(r));
+            }
             info[4u + t] = r;
         }
     }

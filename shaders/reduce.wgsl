@@ -37,15 +37,18 @@ fn clip_finish(@builtin(local_invocation_index) lid: u32) {
     }
     let total = workgroup_sum(lid, acc);
     if (lid == 0u) {
-        let norm = sqrt(total.x);
+        let norm = sqrt_torch(total.x);
         let coef = a.max_norm / (norm + 1e-6);
         info[0] = norm;
         if (is_finite(norm)) {
             info[1] = min(coef, 1.0);
             info[2] = 0.0;
         } else {
-            // As torch: a non-finite norm propagates into the gradients.
-            info[1] = coef;
+            // As torch: a non-finite norm propagates into the gradients,
+            // clamp(max_norm / (norm + 1e-6), max=1) being 0 for an
+            // infinite norm and NaN for a NaN one (set by the bits: the
+            // division need not follow IEEE 754 here).
+            info[1] = select(0.0, norm, is_nan(norm));
             info[2] = 1.0;
         }
         let found_inf = total.y > 0.0;

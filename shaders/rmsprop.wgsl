@@ -59,7 +59,7 @@ fn update(i: u32) {
         v = sq - ga * ga;
     }
     var avg: V;
-    if (EPS_INSIDE_SQRT) { avg = sqrt(v + s.eps); } else { avg = sqrt(v) + s.eps; }
+    if (EPS_INSIDE_SQRT) { avg = sqrt_torch(v + s.eps); } else { avg = sqrt_torch(v) + s.eps; }
     if (HAS_MOMENTUM && s.use_momentum != 0u) {
         let b = momentum_buffer[i] * s.momentum + g / avg;
         momentum_buffer[i] = b;

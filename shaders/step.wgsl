@@ -1,5 +1,6 @@
 // Common part of the element-wise rule kernels (sgd, adagrad, rmsprop,
-// adam); the host puts it in front of each, after `alias V = ...;`. It
+// adam); the host puts it in front of each, after `alias V = ...;` (and
+// `VU`, `VB`, its u32 and bool types). It
 // refers to `s` (the rule's uniforms, which end with the per-step tail
 // `inv_scale, base, host_step, _, table`), `info` and `counters`, which
 // each rule's file declares.
@@ -26,6 +27,31 @@ fn step_refused() -> bool {
 fn pick_entry() -> u32 {
     if ((s.flags & FLAG_SKIP_FOUND_INF) == 0u) { return 0u; }
     return min(counters[0] - 1u - s.base, 31u);
+}
+
+// NaN and infinity by their bits. WGSL lets an implementation assume
+// floating-point values are never NaN or infinite, so `x != x`, `max`, a
+// comparison or a built-in may not treat them as IEEE 754 (and torch) do;
+// integer tests of the bits and selects are exact. `VU` and `VB` are the
+// u32 and bool types of `V`'s width (the host's prelude).
+fn is_nan_v(x: V) -> VB {
+    return (bitcast<VU>(x) & VU(0x7fffffffu)) > VU(0x7f800000u);
+}
+
+// torch.maximum: NaN where either is NaN, else the larger. The same as
+// `maximum` in src/rules/mod.rs (which NaN, of two, does not matter).
+fn maximum_torch(a: V, b: V) -> V {
+    return select(select(max(a, b), a, is_nan_v(a)), b, is_nan_v(b));
+}
+
+// sqrt as IEEE 754 (and torch) has it: NaN below −0 (made from the
+// input's bits, so no NaN constant is needed), and +inf, NaN and ±0 their
+// own square roots.
+fn sqrt_torch(x: V) -> V {
+    let b = bitcast<VU>(x);
+    let own = (b >= VU(0x7f800000u)) | (b == VU(0u)) | (b == VU(0x80000000u));
+    let negative = b > VU(0x80000000u);
+    return select(select(sqrt(x), x, own), bitcast<V>(b | VU(0x7fc00000u)), negative);
 }
 
 // The gradient as the update sees it: divided by the loss scale, then

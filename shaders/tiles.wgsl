@@ -84,6 +84,24 @@ fn is_finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
+// NaN, zero and sqrt by the bits, as in step.wgsl: WGSL lets an
+// implementation assume no NaN or infinity, integer tests are exact.
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn is_zero(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) == 0u;
+}
+
+// IEEE 754 sqrt: NaN below −0 (from the input's bits), and +inf, NaN and
+// ±0 their own square roots.
+fn sqrt_torch(x: f32) -> f32 {
+    let b = bitcast<u32>(x);
+    let own = b >= 0x7f800000u || b == 0u || b == 0x80000000u;
+    return select(select(sqrt(x), x, own), bitcast<f32>(b | 0x7fc00000u), b > 0x80000000u);
+}
+
 // The gradient as the update sees it: unscaled (loss scaling) and
 // clipped when asked, as GradScaler.unscale_ then clip_grad_norm_ do.
 fn scaled_grad(i: u32) -> f32 {

@@ -53,8 +53,10 @@ impl ClipGradNorm {
     /// gradients (and as `shaders/reduce.wgsl` does).
     pub(crate) fn scale(&self, total: f32) -> f32 {
         let coef = self.max_norm as f32 / (total + 1e-6);
-        if total.is_finite() {
-            coef.min(1.0)
+        // torch.clamp(coef, max=1.0): a NaN coefficient (NaN norm) stays
+        // NaN, an infinite norm gives 0.
+        if coef > 1.0 {
+            1.0
         } else {
             coef
         }

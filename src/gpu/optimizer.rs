@@ -1921,9 +1921,9 @@ fn kernel_for(
     entries.push(storage_entry(3 + slots.len() as u32, true));
     entries.push(uniform_entry(4 + slots.len() as u32));
     let prelude = if variant.width == 4 {
-        "alias V = vec4<f32>;\n"
+        "alias V = vec4<f32>;\nalias VU = vec4<u32>;\nalias VB = vec4<bool>;\n"
     } else {
-        "alias V = f32;\n"
+        "alias V = f32;\nalias VU = u32;\nalias VB = bool;\n"
     };
     let common = include_str!("../../shaders/step.wgsl");
     compile(

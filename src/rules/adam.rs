@@ -11,7 +11,8 @@ use crate::error::Result;
 /// g ← g + weight_decay·θ          if weight_decay ≠ 0 (L2, coupled)
 /// m ← lerp(m, g, 1 − β1)          (= β1·m + (1 − β1)·g)
 /// v ← β2·v + (1 − β2)·g²
-/// v̂max ← max(v̂max, v)            if amsgrad (`max_exp_avg_sq`); use it for v below
+/// v̂max ← max(v̂max, v)            if amsgrad (`max_exp_avg_sq`, NaN if either is,
+///                                 as `torch.maximum`); use it for v below
 /// d = sqrt(v) / sqrt(1 − β2ᵗ) + eps          (PyTorch, default)
 /// d = sqrt(v / (1 − β2ᵗ) + eps)              (eps_inside_sqrt, optax's `eps_root`)
 /// θ ← θ − (lr / (1 − β1ᵗ)) · m / d
@@ -308,7 +309,7 @@ pub(crate) fn step_element(
     *exp_avg_sq = v;
     let v = match max_exp_avg_sq {
         Some(vmax) => {
-            let vm = vmax.max(v);
+            let vm = super::maximum(*vmax, v);
             *vmax = vm;
             vm
         }

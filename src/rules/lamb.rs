@@ -14,7 +14,8 @@ use crate::layout::Layout;
 /// m ← β1·m + (1 − β1)·g                         (state `exp_avg`)
 /// v ← β2·v + (1 − β2)·g²                        (state `exp_avg_sq`)
 /// u = (m / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + eps) + weight_decay·θ
-/// r = ‖θ‖ / ‖u‖   if both norms > 0, else 1      (the trust ratio, per tensor)
+/// r = ‖θ‖ / ‖u‖   unless a norm is 0, then 1     (the trust ratio, per tensor;
+///                                               a NaN norm makes it NaN, as in Apex and optax)
 /// θ ← θ − lr·r·u
 /// ```
 ///
@@ -65,7 +66,8 @@ pub struct Lamb {
     /// Decoupled weight decay inside the update `u`, default 0.01.
     pub weight_decay: f64,
     /// Clamp the trust ratio to `[min, max]` (DeepSpeed's `min_coeff`,
-    /// `max_coeff`); `None` (default) leaves it unbounded.
+    /// `max_coeff`; a NaN ratio stays NaN, as `torch.clamp` keeps it);
+    /// `None` (default) leaves it unbounded.
     pub trust_ratio_clamp: Option<(f64, f64)>,
     /// Keep the trust ratio at 1 when `weight_decay` is 0, as Apex does
     /// without `use_nvlamb`. Default false: the ratio always applies, as in
@@ -203,12 +205,14 @@ fn update_direction(s: &AuxScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
 /// as `lamb_ratio` in `shaders/lamb.wgsl`.
 pub(crate) fn trust_ratio(s: &AuxScalars, param_sq: f32, update_sq: f32) -> f32 {
     let (pn, un) = (param_sq.sqrt(), update_sq.sqrt());
-    let mut r = if pn > 0.0 && un > 0.0 { pn / un } else { 1.0 };
+    // Apex tests `!= 0` and optax `== 0`: a NaN norm is not zero, so a NaN
+    // (or an inf/inf) ratio propagates into the tensor's step.
+    let mut r = if pn == 0.0 || un == 0.0 { 1.0 } else { pn / un };
     if s.flags & FLAG_UNIT_RATIO != 0 {
         r = 1.0;
     }
     if s.flags & FLAG_CLAMP != 0 {
-        r = r.max(s.clamp_min).min(s.clamp_max);
+        r = super::clamp(r, s.clamp_min, s.clamp_max);
     }
     r
 }

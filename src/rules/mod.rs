@@ -461,8 +461,9 @@ pub(crate) fn cpu_step(
 /// `$imp` and the element function it calls are `#[inline(always)]`, so
 /// they are compiled inside the functions with the wider target features
 /// and their loops vectorize. The results are bit-for-bit those of the
-/// baseline: vector `+ − × ÷ sqrt max` round exactly as the scalar ones, and
-/// Rust never contracts `a·b + c` into a fused multiply-add.
+/// baseline: vector `+ − × ÷ sqrt` round exactly as the scalar ones,
+/// compares and selects are exact, and Rust never contracts `a·b + c` into
+/// a fused multiply-add.
 macro_rules! multiversion {
     ($(#[$doc:meta])* $name:ident = $imp:ident($($arg:ident : $ty:ty),* $(,)?)) => {
         $(#[$doc])*
@@ -548,6 +549,31 @@ pub(crate) fn lerp(start: f32, end: f32, weight: f32) -> f32 {
         start + weight * (end - start)
     } else {
         end - (end - start) * (1.0 - weight)
+    }
+}
+
+/// `torch.maximum(a, b)` in f32: NaN when either is NaN, else the larger
+/// (`a` when they are equal). `f32::max` would return the other operand of
+/// a NaN. Two compares and a select, so loops over it vectorize, and every
+/// build (AVX-512, AVX2, baseline) picks the same operand bit for bit.
+#[inline(always)]
+pub(crate) fn maximum(a: f32, b: f32) -> f32 {
+    if (b > a) | b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// `torch.clamp(x, min, max)` in f32 for `min <= max`: NaN stays NaN
+/// (`f32::max`/`f32::min` would turn it into a bound).
+#[inline(always)]
+pub(crate) fn clamp(x: f32, min: f32, max: f32) -> f32 {
+    let x = if x < min { min } else { x };
+    if x > max {
+        max
+    } else {
+        x
     }
 }
 
