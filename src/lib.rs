@@ -34,9 +34,17 @@
 //!
 //! # Cargo features
 //!
-//! - `plot` (on by default): PNG plots for the `wgpu-optim bench --plot`
-//!   command and the examples, through `plotters`. The library itself draws
-//!   nothing: `default-features = false` leaves the dependency out.
+//! Both are on by default and neither changes the library: a program that
+//! only uses it can depend on `wgpu-optim = { version = "0.1",
+//! default-features = false }`, which builds with wgpu, bytemuck,
+//! safetensors, serde/serde_json (checkpoints, conformance cases), rayon
+//! (the CPU backend), pollster and futures-intrusive (waiting on the GPU)
+//! and thiserror.
+//!
+//! - `cli`: the `wgpu-optim` command (`bench`, `conformance`, `info`) and
+//!   the `train` example, through `clap` and `indicatif`.
+//! - `plot`: PNG plots for `wgpu-optim bench --plot` and the examples,
+//!   through `plotters`.
 #![warn(missing_docs)]
 
 pub mod checkpoint;

@@ -54,11 +54,18 @@
 //! (one per storage-binding-sized chunk, whatever `--tensors` is) and 0 on
 //! the CPU, which dispatches nothing.
 //!
+//! On a software adapter (lavapipe, SwiftShader, WARP:
+//! [`super::software_adapter`]) the GPU rows check that the kernels run and
+//! measure nothing about a GPU's speed; `bench` says so on stderr before it
+//! starts, and without `--sizes` runs the GPU at 1M only (the CPU at every
+//! size). A progress bar goes to stderr when stderr is a terminal, nothing
+//! otherwise.
+//!
 //! Exit status: 0 when everything ran (and verified); 1 when the GPU was
 //! asked for and there is none (the CPU part still runs), a GPU run failed,
 //! or a verification failed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -259,9 +266,11 @@ pub struct BenchArgs {
     )]
     rules: Vec<RuleSet>,
     /// Parameter counts, comma separated: K, M, G are 2^10, 2^20, 2^30
-    /// (64K, 1M, 16M, 1G); plain numbers and 2^N work too.
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "1M,16M")]
-    sizes: Vec<usize>,
+    /// (64K, 1M, 16M, 1G); plain numbers and 2^N work too. Default 1M,16M,
+    /// except that a software GPU adapter (lavapipe, SwiftShader, WARP)
+    /// runs only 1M unless this is given.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
+    sizes: Option<Vec<usize>>,
     /// Timed samples per rule, size and backend (a GPU sample is `--batch` steps).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     steps: u32,
@@ -375,6 +384,14 @@ impl Row {
         self.bytes_per_param as f64 * self.n as f64 / (ms * 1e-3) / 1e9
     }
 }
+
+/// `--sizes` when it is not given.
+const DEFAULT_SIZES: [usize; 2] = [1 << 20, 16 << 20];
+
+/// The largest of [`DEFAULT_SIZES`] a software GPU adapter runs when
+/// `--sizes` is not given: its rows measure nothing about speed, and its
+/// 16M rows took ten of a default run's eleven minutes on two cores.
+const SOFTWARE_DEFAULT_MAX: usize = 1 << 20;
 
 /// Per-run settings the jobs share.
 struct Plan<'a> {
@@ -537,6 +554,8 @@ fn bench_gpu(
     grads: &[&[f32]],
 ) -> wgpu_optim::Result<GpuTimes> {
     let args = plan.args;
+    let label = plan.pb.message();
+    plan.pb.set_message(format!("{label} (warm-up)"));
     let mut opt = GpuOptimizer::with_options(ctx, preset.config(), params, args.gpu_options())?;
     opt.set_clip_grad_norm(preset.clip())?;
     opt.write_grads(grads)?;
@@ -555,6 +574,7 @@ fn bench_gpu(
         }
         ctx.wait()?;
     }
+    plan.pb.set_message(label.clone());
     let mut times = Vec::with_capacity(args.steps as usize);
     for _ in 0..args.steps {
         let t = Instant::now();
@@ -573,8 +593,7 @@ fn bench_gpu(
         .features()
         .contains(wgpu::Features::TIMESTAMP_QUERY)
     {
-        plan.pb
-            .set_message(format!("{} (kernel timestamps)", plan.pb.message()));
+        plan.pb.set_message(format!("{label} (kernel timestamps)"));
         let count = (args.steps as usize * args.batch as usize)
             .min(wgpu::QUERY_SET_MAX_QUERIES as usize / 2);
         match kernel_times(ctx, &mut opt, count) {
@@ -591,6 +610,7 @@ fn bench_gpu(
     };
 
     // Last, as it overwrites the parameters with the gradients.
+    plan.pb.set_message(format!("{label} (copy roofline)"));
     let gbps_of = |ms: f64| 8.0 * opt.layout().total() as f64 / (ms * 1e-3) / 1e9;
     let copy_gbps = match shader_copy_ms(ctx, &opt, args.steps, args.batch) {
         Ok(ms) => Some(gbps_of(ms)),
@@ -1057,7 +1077,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
             presets.push(p);
         }
     }
-    let mut sizes = args.sizes.clone();
+    let mut sizes = args.sizes.clone().unwrap_or(DEFAULT_SIZES.to_vec());
     sizes.dedup();
     let tensors = args.tensors as usize;
     if let Some(&n) = sizes.iter().find(|&&n| n < tensors) {
@@ -1104,6 +1124,36 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
 
     let cpu_adapter = cpu_label();
     let gpu_adapter = ctx.as_ref().map(|c| c.adapter_label());
+    // A software adapter, said once before anything runs; the default run
+    // leaves out its large sizes.
+    let software = ctx
+        .as_ref()
+        .is_some_and(|c| super::software_adapter(c.adapter_info()));
+    let gpu_max = if software && args.sizes.is_none() {
+        SOFTWARE_DEFAULT_MAX
+    } else {
+        usize::MAX
+    };
+    if let (true, Some(label)) = (software, &gpu_adapter) {
+        let left_out: Vec<String> = sizes
+            .iter()
+            .filter(|&&n| n > gpu_max)
+            .map(|&n| size_label(n))
+            .collect();
+        let mut note = format!(
+            "wgpu-optim: note: the GPU adapter, {label}, is a software one that runs on the CPU: \
+             its GPU rows show that the kernels run and say nothing about a GPU's speed"
+        );
+        if !left_out.is_empty() {
+            let all: Vec<String> = sizes.iter().map(|&n| size_label(n)).collect();
+            note.push_str(&format!(
+                "; its GPU rows at {} are left out (--sizes {} runs them)",
+                left_out.join(", "),
+                all.join(",")
+            ));
+        }
+        eprintln!("{note}");
+    }
     let table = Table {
         adapter_width: [
             Some(&cpu_adapter).filter(|_| want_cpu),
@@ -1125,12 +1175,35 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
     .into_iter()
     .flatten()
     .collect();
-    let jobs = (sizes.len() * presets.len() * backends.len()) as u64;
-    let pb = ProgressBar::new(jobs * args.steps as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}] {msg}")
+    // The backends that run at size `n`.
+    let backends_at = |n: usize| -> Vec<Backend> {
+        backends
+            .iter()
+            .copied()
+            .filter(|&b| b != Backend::Gpu || n <= gpu_max)
+            .collect()
+    };
+    let jobs: u64 = sizes
+        .iter()
+        .map(|&n| (presets.len() * backends_at(n).len()) as u64)
+        .sum();
+    // Progress on stderr only where someone watches it: nothing in a log
+    // or a pipe, so that --json and redirected output stay clean.
+    let pb = if std::io::stderr().is_terminal() {
+        let pb = ProgressBar::new(jobs * args.steps as u64);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {bar:30.cyan/blue} {pos}/{len} [{elapsed_precise}] {msg}",
+            )
             .expect("valid template"),
-    );
+        );
+        // Ticks between samples too: a slow phase (a software adapter's
+        // timestamps, say) still shows the clock moving.
+        pb.enable_steady_tick(std::time::Duration::from_millis(200));
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
     let plan = Plan {
         args: &args,
         pb: &pb,
@@ -1140,8 +1213,9 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
         emit(&pb, &table.header());
     }
     for (si, &n) in sizes.iter().enumerate() {
+        let backends = backends_at(n);
         if backends.is_empty() {
-            break;
+            continue;
         }
         // The big host allocations, once per size: every rule starts from
         // the same parameters and steps with the same gradients.

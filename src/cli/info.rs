@@ -4,8 +4,10 @@
 //!
 //! The choice it explains is the library's own (`GpuContext::with_selection`):
 //! Vulkan, Metal and DX12 adapters are looked at first and GL only where none
-//! of them is a hardware adapter (unless `WGPU_BACKEND` asks for GL); among those,
-//! hardware before software (discrete, integrated, virtual, other, CPU), then
+//! of them is eligible (unless `WGPU_BACKEND` asks for GL), so that GL's EGL
+//! probing, which prints `XDG_RUNTIME_DIR` errors on a machine without a
+//! display, does not run where it is not needed; among those, hardware
+//! before software (discrete, integrated, virtual, other, CPU), then
 //! Vulkan/Metal before DX12 before GL. `WGPU_BACKEND` and
 //! `WGPU_ADAPTER_NAME` restrict the candidates.
 
@@ -154,11 +156,7 @@ fn print_candidates(title: &str, list: &[AdapterCandidate]) {
 
 /// In words, why `chosen` won among `list` (the candidates of the selection
 /// in force, best first).
-fn why_chosen(
-    chosen: &wgpu::AdapterInfo,
-    list: &[AdapterCandidate],
-    selection: &AdapterSelection,
-) -> String {
+fn why_chosen(chosen: &wgpu::AdapterInfo, list: &[AdapterCandidate]) -> String {
     let Some(me) = list.iter().find(|c| same_adapter(&c.info, chosen)) else {
         return "it is the adapter wgpu returned for the selection in force".into();
     };
@@ -167,13 +165,7 @@ fn why_chosen(
         .iter()
         .filter(|c| c.eligible() && !same_adapter(&c.info, chosen))
         .map(|c| {
-            let tier = if selection.backends == wgpu::Backends::all()
-                && wgpu::Backends::PRIMARY.contains(me.info.backend.into())
-                && !wgpu::Backends::PRIMARY.contains(c.info.backend.into())
-                && c.rank.0 >= me.rank.0
-            {
-                " (GL wins only with a hardware adapter where Vulkan/Metal/DX12 have none)"
-            } else if c.rank.0 > me.rank.0 {
+            let tier = if c.rank.0 > me.rank.0 {
                 " (hardware before software)"
             } else if c.rank.0 == me.rank.0 && c.rank.1 > me.rank.1 {
                 " (Vulkan/Metal before DX12 before GL)"
@@ -233,9 +225,10 @@ pub fn run(args: InfoArgs) -> wgpu_optim::Result<ExitCode> {
                     "name": info.name,
                     "backend": format!("{:?}", info.backend),
                     "device_type": format!("{:?}", info.device_type),
+                    "software": super::software_adapter(info),
                     "driver": info.driver,
                     "driver_info": info.driver_info,
-                    "why": why_chosen(info, &selected, &selection),
+                    "why": why_chosen(info, &selected),
                     "limits": key_limits(&limits)
                         .into_iter()
                         .map(|(k, v)| (k.to_string(), json!(v)))
@@ -256,7 +249,10 @@ pub fn run(args: InfoArgs) -> wgpu_optim::Result<ExitCode> {
         println!("{out}");
     } else {
         print_candidates(
-            &format!("Adapters found (all backends, no filter): {}", all.len()),
+            &format!(
+                "Adapters found (no filter; GL looked at only where Vulkan/Metal/DX12 have none): {}",
+                all.len()
+            ),
             &all,
         );
         println!();
@@ -269,15 +265,21 @@ pub fn run(args: InfoArgs) -> wgpu_optim::Result<ExitCode> {
             print_candidates("Adapters with this selection, best first:", &selected);
         }
         println!(
-            "Rule: Vulkan/Metal/DX12 adapters first (GL only where they have no hardware adapter, unless \
+            "Rule: Vulkan/Metal/DX12 adapters first (GL only where they have none, unless \
              WGPU_BACKEND asks for it); hardware before software; Vulkan/Metal before DX12 before GL."
         );
         println!();
         if let Ok(ctx) = &chosen {
             let info = ctx.adapter_info();
             println!("Chosen by GpuContext::new(): {}", ctx.adapter_label());
-            println!("  why: {}", why_chosen(info, &selected, &selection));
+            println!("  why: {}", why_chosen(info, &selected));
             println!("  device type: {:?}", info.device_type);
+            if super::software_adapter(info) {
+                println!(
+                    "  a software adapter, running on the CPU: right for correctness, \
+                     nothing to learn about GPU speed from it"
+                );
+            }
             println!(
                 "  driver: {} {}",
                 if info.driver.is_empty() {

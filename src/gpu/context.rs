@@ -150,18 +150,19 @@ impl GpuContext {
         Self::with_selection(&AdapterSelection::from_env())
     }
 
-    /// Every adapter the selection's backends expose, best first.
+    /// The adapters [`GpuContext::with_selection`] chooses among, best
+    /// first: those of the selection's backends, except that with all
+    /// backends selected GL's are looked at only where Vulkan, Metal and
+    /// DX12 have no eligible adapter.
     pub fn candidates(selection: &AdapterSelection) -> Vec<AdapterCandidate> {
         let _search = adapter_search_lock();
-        let instance = make_instance(selection);
-        candidates_of(&instance, selection)
-            .into_iter()
-            .map(|(c, _)| c)
-            .collect()
+        search(selection).into_iter().map(|(c, _)| c).collect()
     }
 
-    /// A device on the best adapter that `selection` allows, with the
-    /// adapter's own limits (so large models get the largest buffers the
+    /// A device on the best adapter that `selection` allows (the first
+    /// eligible one of [`GpuContext::candidates`]: a Vulkan, Metal or DX12
+    /// adapter, software ones included, before any GL adapter where
+    /// `selection` has all backends), with the adapter's own limits (so large models get the largest buffers the
     /// hardware has) and timestamp queries where it has them.
     pub fn with_selection(selection: &AdapterSelection) -> Result<Self> {
         // One adapter search at a time in the process: wgpu's GL backend
@@ -169,30 +170,7 @@ impl GpuContext {
         // panics (EGL `BadAccess` in wgpu-hal) when two threads probe it at
         // once, as two tests making contexts in parallel do.
         let _search = adapter_search_lock();
-        // Vulkan, Metal and DX12 first; GL (and its noisy EGL probing) only
-        // where none of those has a hardware adapter, unless WGPU_BACKEND
-        // asks for it: a GPU reachable only through GL beats a software
-        // Vulkan adapter.
-        let best = |backends: wgpu::Backends| {
-            let tier = AdapterSelection {
-                backends,
-                name: selection.name.clone(),
-            };
-            let instance = make_instance(&tier);
-            candidates_of(&instance, &tier)
-                .into_iter()
-                .find(|(c, _)| c.eligible())
-        };
-        let primary = if selection.backends == wgpu::Backends::all() {
-            best(wgpu::Backends::PRIMARY)
-        } else {
-            best(selection.backends)
-        };
-        let chosen = match primary {
-            Some((c, a)) if c.info.device_type != wgpu::DeviceType::Cpu => Some((c, a)),
-            _ if selection.backends == wgpu::Backends::all() => best(wgpu::Backends::all()),
-            other => other,
-        };
+        let chosen = search(selection).into_iter().find(|(c, _)| c.eligible());
         let adapter = chosen.map(|(_, a)| a).ok_or_else(|| Error::NoAdapter {
             filter: selection.describe(),
         })?;
@@ -367,6 +345,26 @@ fn make_instance(selection: &AdapterSelection) -> wgpu::Instance {
         .entry(selection.backends.bits())
         .or_insert_with(make)
         .clone()
+}
+
+/// The adapters a search for `selection` looks at, best first (eligible
+/// ones before the others). With all backends selected, Vulkan, Metal and
+/// DX12 first, and GL only where none of those has an eligible adapter
+/// (`WGPU_BACKEND=gl` asks for it): making a GL instance probes EGL, and
+/// Mesa's EGL prints `error: XDG_RUNTIME_DIR is invalid ...` on a machine
+/// without a display, which reads as a failure where nothing failed.
+fn search(selection: &AdapterSelection) -> Vec<(AdapterCandidate, wgpu::Adapter)> {
+    if selection.backends == wgpu::Backends::all() {
+        let primary = AdapterSelection {
+            backends: wgpu::Backends::PRIMARY,
+            name: selection.name.clone(),
+        };
+        let found = candidates_of(&make_instance(&primary), &primary);
+        if found.iter().any(|(c, _)| c.eligible()) {
+            return found;
+        }
+    }
+    candidates_of(&make_instance(selection), selection)
 }
 
 fn candidates_of(
