@@ -52,9 +52,9 @@ fn lamb_moments(
 ) {
     if (step_refused(lid)) { return; }
     load_bias_corrections();
-    let count = arrayLength(&tiles);
+    let count = tile_count();
     for (var t = wid.x; t < count; t = t + nwg.x) {
-        let tile = tiles[t];
+        let tile = tile_at(t);
         var acc = vec2<f32>(0.0, 0.0);
         for (var k = lid; k < tile.y; k = k + WG) {
             let i = tile.x + k;
@@ -83,7 +83,7 @@ fn lamb_ratio(
 ) {
     if (step_refused(lid)) { return; }
     for (var t = wid.x; t < a.n_tensors; t = t + nwg.x) {
-        let span = tensors[t];
+        let span = tensor_span(t);
         var acc = vec2<f32>(0.0, 0.0);
         for (var k = lid; k < span.y; k = k + WG) {
             acc = acc + partials[span.x + k];
@@ -115,9 +115,9 @@ fn lamb_apply(
 ) {
     if (step_refused(lid)) { return; }
     load_bias_corrections();
-    let count = arrayLength(&tiles);
+    let count = tile_count();
     for (var t = wid.x; t < count; t = t + nwg.x) {
-        let tile = tiles[t];
+        let tile = tile_at(t);
         let step = a.lr * info[4u + tile.z];
         for (var k = lid; k < tile.y; k = k + WG) {
             let i = tile.x + k;

@@ -9,9 +9,9 @@ fn clip_partials(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let count = arrayLength(&tiles);
+    let count = tile_count();
     for (var t = wid.x; t < count; t = t + nwg.x) {
-        let tile = tiles[t];
+        let tile = tile_at(t);
         // x: the sum of squares of the (unscaled) gradients; y: how many
         // are NaN or infinite (PyTorch's found_inf looks at each element:
         // a finite gradient whose square overflows does not count).

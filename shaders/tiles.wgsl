@@ -50,9 +50,13 @@ const FLAG_USE_MOMENTUM: u32 = 64u;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> exp_avg: array<f32>;
 @group(0) @binding(3) var<storage, read_write> exp_avg_sq: array<f32>;
-@group(0) @binding(4) var<storage, read> tiles: array<vec4<u32>>;
+// This chunk's tile table: [0] = (index of its first tile, number of
+// tiles, 0, 0); in the first chunk's table only, entries 1.. hold each
+// tensor's (first tile, number of tiles), two tensors to an entry; then
+// the tiles. (One binding for both tables: with it the tile kernels use 8
+// storage buffers, WebGPU's default limit.)
+@group(0) @binding(4) var<storage, read> tables: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> partials: array<vec2<f32>>;
-@group(0) @binding(6) var<storage, read> tensors: array<vec2<u32>>;
 @group(0) @binding(7) var<storage, read_write> info: array<f32>;
 @group(0) @binding(8) var<uniform> a: Aux;
 // The step counters the GPU keeps while steps with non-finite gradients
@@ -61,6 +65,15 @@ const FLAG_USE_MOMENTUM: u32 = 64u;
 // buffer filled, [4] filled before the current step, [5] the current
 // step was skipped. All u32 (the host keeps the high bits).
 @group(0) @binding(9) var<storage, read_write> counters: array<u32>;
+
+fn tile_count() -> u32 { return tables[0].y; }
+fn tile_at(t: u32) -> vec4<u32> { return tables[tables[0].x + t]; }
+// Tensor t's (first tile, number of tiles); only the first chunk's table
+// has them (lamb_ratio runs once, with the first chunk's bind group).
+fn tensor_span(t: u32) -> vec2<u32> {
+    let q = tables[1u + t / 2u];
+    return select(q.xy, q.zw, (t & 1u) == 1u);
+}
 
 const WG: u32 = 256u;
 var<workgroup> red: array<vec2<f32>, 256>;

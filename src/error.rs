@@ -93,6 +93,23 @@ pub enum Error {
     /// The model is larger than the device can hold or address.
     #[error("{0}")]
     TooLarge(String),
+    /// The device's limits are below what a kernel needs: `limit` is the
+    /// field of `wgpu::Limits` that falls short. Returned when the optimizer
+    /// is built (for what every step needs) or when the feature that needs
+    /// the kernel is turned on (clipping, `skip_nonfinite`); nothing
+    /// changed. The README's "Device limits" lists what each kernel needs.
+    #[error("{what} needs {limit} = {needed} or better, this device has {available}")]
+    DeviceLimit {
+        /// The kernel or feature (`the reduction of clipping and skip_nonfinite`, ...).
+        what: String,
+        /// The name of the `wgpu::Limits` field.
+        limit: &'static str,
+        /// The worst value that works (the least for a `max_*` limit, the
+        /// largest for a `min_*_alignment`).
+        needed: u64,
+        /// The device's value.
+        available: u64,
+    },
     /// wgpu reported a validation error (for example a buffer from another device).
     #[error("wgpu validation error while {during}: {message}")]
     Validation {

@@ -500,18 +500,18 @@ fn killed_writer_leaves_the_previous_checkpoint() {
     .unwrap();
     let previous = small.checkpoint();
     previous.save(&path).unwrap();
+    // The child's test name: this file is also a module of
+    // tests/webgpu_limits.rs, where it is `checkpoint::writer_child`.
+    let child_test = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::writer_child"),
+        None => "writer_child".to_string(),
+    };
     let mut caught = 0;
     for round in 0..5 {
         // Each round restores the previous checkpoint first.
         previous.save(&path).unwrap();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "writer_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(["--exact", &child_test, "--nocapture", "--test-threads", "1"])
             .env("WGPU_OPTIM_KILL_PATH", &path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -1019,7 +1019,7 @@ fn read_back(ctx: &GpuContext, buf: &wgpu::Buffer) -> Vec<f32> {
 fn from_buffers_with_a_buffer_of_another_device_is_an_error_not_a_panic() {
     let ours = ctx();
     // A second context: a device of its own.
-    let other = GpuContext::new().unwrap_or_else(|e| panic!("a second context: {e}"));
+    let other = common::second_context();
     let n = 16usize;
     let fill = |ctx: &GpuContext, v: f32| {
         let b = buffer(ctx, n as u64 * 4, RW);

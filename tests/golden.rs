@@ -5,6 +5,8 @@
 //! Run with `cargo test --test golden -- --nocapture` to see each case's
 //! error over tolerance.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -14,7 +16,7 @@ use serde_json::{json, Map, Value};
 use wgpu_optim::conformance::{
     compare, config_from_hyper, expand_paths, run_case, Backend, Case, CaseResult,
 };
-use wgpu_optim::{Config, Error, GpuContext};
+use wgpu_optim::{Config, Error};
 
 const CASES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/golden/cases");
 
@@ -106,9 +108,7 @@ fn golden_cases_pass_on_cpu() {
 fn golden_cases_pass_on_gpu() {
     // No adapter is a failure, never a skip: the GPU kernels are what this
     // test is for.
-    let ctx = GpuContext::new()
-        .unwrap_or_else(|e| panic!("the GPU conformance test needs a GPU adapter: {e}"));
-    check_all(Backend::Gpu(&ctx));
+    check_all(Backend::Gpu(common::ctx()));
 }
 
 // ---------------------------------------------------------------- malformed

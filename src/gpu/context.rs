@@ -199,7 +199,11 @@ impl GpuContext {
 
     /// Wraps a device the caller already has (their model lives on it), so
     /// optimizers can step the caller's buffers in place. `info` describes
-    /// the adapter where the caller has it; it is only reported.
+    /// the adapter where the caller has it; it is only reported. The
+    /// optimizers size their chunks and buffers by this device's limits
+    /// ([`GpuContext::limits`]), whatever the adapter could do: WebGPU's
+    /// defaults (`wgpu::Limits::default()`) host every rule and option
+    /// (the README's "Device limits" lists what each kernel needs).
     pub fn from_device(
         device: wgpu::Device,
         queue: wgpu::Queue,

@@ -163,7 +163,9 @@ pub struct GpuOptimizer {
     grads: Storage,
     state_names: Vec<&'static str>,
     kernel: Kernel,
-    tile_kernel: Kernel,
+    /// The reduction of `shaders/reduce.wgsl`, compiled when clipping or
+    /// `skip_nonfinite` is first turned on (`ensure_reduction`).
+    tile_kernel: Option<Kernel>,
     variant: Variant,
     tiling_total: usize,
     buffers: Built,
@@ -276,18 +278,19 @@ struct Built {
     state: Vec<Vec<wgpu::Buffer>>,
     #[allow(dead_code)]
     dummies: Vec<wgpu::Buffer>,
-    #[allow(dead_code)]
+    /// Each chunk's tile table (`tables` in tiles.wgsl).
     tile_tables: Vec<wgpu::Buffer>,
-    #[allow(dead_code)]
     partials: wgpu::Buffer,
-    #[allow(dead_code)]
-    tensors: wgpu::Buffer,
+    /// Workgroups of each chunk's tile dispatch.
+    tile_workgroups: Vec<u32>,
     info: wgpu::Buffer,
     /// The step counters of `skip_nonfinite` (`counters` in tiles.wgsl).
     counters: wgpu::Buffer,
     uniforms: wgpu::Buffer,
     aux_uniforms: wgpu::Buffer,
     rule_groups: Vec<(wgpu::BindGroup, u32)>,
+    /// Made with the first tile kernel built (`attach_tile_groups`): at
+    /// construction for LAMB, else with the reduction; empty until then.
     tile_groups: Vec<(wgpu::BindGroup, u32)>,
 }
 
@@ -341,6 +344,37 @@ impl Tiling {
             total,
         }
     }
+
+    /// Each chunk's table as tiles.wgsl reads it (`tables`): a header
+    /// (index of the chunk's first tile, its number of tiles); in the first
+    /// chunk's table only, the tensors' (first tile, tile count), two to an
+    /// entry (lamb_ratio runs once, on the first chunk's bind group); then
+    /// the tiles. One binding for both tables keeps the tile kernels within
+    /// 8 storage buffers.
+    fn tables(&self) -> Vec<Vec<[u32; 4]>> {
+        self.per_chunk
+            .iter()
+            .enumerate()
+            .map(|(ci, tiles)| {
+                let spans: Vec<[u32; 4]> = if ci == 0 {
+                    self.tensors
+                        .chunks(2)
+                        .map(|p| {
+                            let b = p.get(1).copied().unwrap_or([0, 0]);
+                            [p[0][0], p[0][1], b[0], b[1]]
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut table = Vec::with_capacity(1 + spans.len() + tiles.len());
+                table.push([1 + spans.len() as u32, tiles.len() as u32, 0, 0]);
+                table.extend(spans);
+                table.extend_from_slice(tiles);
+                table
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -377,8 +411,148 @@ impl std::fmt::Debug for GpuOptimizer {
 pub(crate) const MAX_CHUNK_ELEMENTS: u64 = 1 << 30;
 const _: () = assert!(MAX_CHUNK_ELEMENTS - 1 + 65_535 * WORKGROUP_SIZE < 1 << 32);
 
-fn chunk_elements(ctx: &GpuContext, options: &GpuOptions) -> u64 {
-    chunk_elements_for(&ctx.limits(), options)
+/// Elements per chunk on `ctx`'s device, after checking that its
+/// alignments and binding sizes allow chunks at all.
+fn chunk_elements(ctx: &GpuContext, options: &GpuOptions) -> Result<u64> {
+    let limits = ctx.limits();
+    check_chunk_limits(&limits)?;
+    Ok(chunk_elements_for(&limits, options))
+}
+
+/// Workgroup memory of the tile kernels (tiles.wgsl): `red`, 256
+/// `vec2<f32>`, and `refused_wg`, one `u32`. The element-wise kernels use
+/// none.
+const TILE_WORKGROUP_BYTES: u64 = WORKGROUP_SIZE * 8 + 4;
+
+/// The limits that chunking and the uniform ring rely on: chunks start at
+/// multiples of 256 bytes and hold at least [`CHUNK_ALIGN`] elements, ring
+/// slots start at multiples of [`UNIFORM_STRIDE`].
+fn check_chunk_limits(limits: &wgpu::Limits) -> Result<()> {
+    let what = "chunking the packed tensors";
+    let chunk_bytes = CHUNK_ALIGN * 4;
+    let storage_align = limits.min_storage_buffer_offset_alignment as u64;
+    if storage_align > chunk_bytes || !chunk_bytes.is_multiple_of(storage_align.max(1)) {
+        return Err(Error::DeviceLimit {
+            what: what.into(),
+            limit: "min_storage_buffer_offset_alignment",
+            needed: chunk_bytes,
+            available: storage_align,
+        });
+    }
+    let uniform_align = limits.min_uniform_buffer_offset_alignment as u64;
+    if uniform_align > 256 || !UNIFORM_STRIDE.is_multiple_of(uniform_align.max(1)) {
+        return Err(Error::DeviceLimit {
+            what: "the ring of step scalars".into(),
+            limit: "min_uniform_buffer_offset_alignment",
+            needed: 256,
+            available: uniform_align,
+        });
+    }
+    for (limit, available) in [
+        (
+            "max_storage_buffer_binding_size",
+            limits.max_storage_buffer_binding_size,
+        ),
+        ("max_buffer_size", limits.max_buffer_size),
+    ] {
+        if available < chunk_bytes {
+            return Err(Error::DeviceLimit {
+                what: what.into(),
+                limit,
+                needed: chunk_bytes,
+                available,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, naming the limit, a device on which a kernel with these
+/// bindings and this much workgroup memory cannot be built, before wgpu is
+/// asked (wgpu would report a validation error without naming it).
+fn check_kernel_limits(
+    limits: &wgpu::Limits,
+    what: &str,
+    entries: &[wgpu::BindGroupLayoutEntry],
+    workgroup_bytes: u64,
+) -> Result<()> {
+    let storage = entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.ty,
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { .. },
+                    ..
+                }
+            )
+        })
+        .count() as u64;
+    let uniform = entries.len() as u64 - storage;
+    let bindings = entries
+        .iter()
+        .map(|e| e.binding as u64 + 1)
+        .max()
+        .unwrap_or(0);
+    let needs = [
+        (
+            "max_storage_buffers_per_shader_stage",
+            storage,
+            limits.max_storage_buffers_per_shader_stage,
+        ),
+        (
+            "max_uniform_buffers_per_shader_stage",
+            uniform,
+            limits.max_uniform_buffers_per_shader_stage,
+        ),
+        (
+            "max_dynamic_uniform_buffers_per_pipeline_layout",
+            uniform,
+            limits.max_dynamic_uniform_buffers_per_pipeline_layout,
+        ),
+        ("max_bind_groups", 1, limits.max_bind_groups),
+        (
+            "max_bindings_per_bind_group",
+            bindings,
+            limits.max_bindings_per_bind_group,
+        ),
+        (
+            "max_non_sampler_bindings",
+            entries.len() as u64,
+            limits.max_non_sampler_bindings,
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            WORKGROUP_SIZE,
+            limits.max_compute_workgroup_size_x,
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            WORKGROUP_SIZE,
+            limits.max_compute_invocations_per_workgroup,
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            workgroup_bytes,
+            limits.max_compute_workgroup_storage_size,
+        ),
+        (
+            "max_compute_workgroups_per_dimension",
+            1,
+            limits.max_compute_workgroups_per_dimension,
+        ),
+    ];
+    for (limit, needed, available) in needs {
+        if needed > available as u64 {
+            return Err(Error::DeviceLimit {
+                what: what.into(),
+                limit,
+                needed,
+                available: available as u64,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Elements per chunk for a device with these limits.
@@ -404,6 +578,15 @@ fn check_size(limits: &wgpu::Limits, what: &str, bytes: u64, uniform: bool) -> R
             "the {what} buffer needs {bytes} bytes, more than this device's max_buffer_size \
              ({}): the model has too many tensors or elements for this device",
             limits.max_buffer_size
+        )));
+    }
+    // Every storage buffer checked here is bound whole.
+    if !uniform && bytes > limits.max_storage_buffer_binding_size {
+        return Err(Error::TooLarge(format!(
+            "the {what} buffer needs {bytes} bytes, more than this device's \
+             max_storage_buffer_binding_size ({}): the model has too many tensors or elements \
+             for this device",
+            limits.max_storage_buffer_binding_size
         )));
     }
     if uniform && UNIFORM_STRIDE > limits.max_uniform_buffer_binding_size {
@@ -462,7 +645,7 @@ impl GpuOptimizer {
             return Err(Error::EmptyParameterList);
         }
         let layout = Layout::of(params);
-        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options));
+        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
@@ -552,7 +735,7 @@ impl GpuOptimizer {
                 "the parameter and gradient buffers are the same buffer".into(),
             ));
         }
-        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options));
+        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
         // Chunk starts are multiples of 64 elements; only the total decides
         // whether every chunk is a whole number of vec4s.
         let width = match options.vector_width {
@@ -603,10 +786,10 @@ impl GpuOptimizer {
             variant
         };
         let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
-        let tile_kernel = tile_kernel_for(ctx, variant)?;
         let width = variant.width;
         let state_names = config.state_names_with(momentum_buffer);
         let tiling = Tiling::new(&layout, &chunks);
+        let tables = tiling.tables();
         let limits = ctx.limits();
         check_size(
             &limits,
@@ -614,20 +797,9 @@ impl GpuOptimizer {
             (tiling.total.max(1) * 8) as u64,
             false,
         )?;
-        check_size(
-            &limits,
-            "tensor tiles",
-            (layout.len().max(1) * 8) as u64,
-            false,
-        )?;
         check_size(&limits, "step info", ((4 + layout.len()) * 4) as u64, false)?;
-        for tiles in &tiling.per_chunk {
-            check_size(
-                &limits,
-                "tile table",
-                (tiles.len().max(1) * 16) as u64,
-                false,
-            )?;
+        for table in &tables {
+            check_size(&limits, "tile table", (table.len() * 16) as u64, false)?;
         }
         check_size(&limits, "step scalars", UNIFORM_RING * UNIFORM_STRIDE, true)?;
         let built = ctx.scoped("creating state buffers and bind groups", || {
@@ -663,19 +835,15 @@ impl GpuOptimizer {
             // Each unused slot gets a buffer of its own, so that no two
             // writable bindings alias.
             let dummy = || storage_buffer("unused slot", 16);
-            let tile_tables: Vec<wgpu::Buffer> = tiling
-                .per_chunk
+            let tile_tables: Vec<wgpu::Buffer> = tables
                 .iter()
-                .map(|tiles| {
-                    let b = storage_buffer("tiles", (tiles.len().max(1) * 16) as u64);
-                    ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(tiles));
+                .map(|table| {
+                    let b = storage_buffer("tile table", (table.len() * 16) as u64);
+                    ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(table));
                     b
                 })
                 .collect();
             let partials = storage_buffer("tile partials", (tiling.total.max(1) * 8) as u64);
-            let tensors = storage_buffer("tensor tiles", (tiling.tensors.len().max(1) * 8) as u64);
-            ctx.queue
-                .write_buffer(&tensors, 0, bytemuck::cast_slice(&tiling.tensors));
             let info = storage_buffer("step info", ((4 + layout.len()) * 4) as u64);
             let counters = storage_buffer("step counters", COUNTER_WORDS * 4);
             let ring = |label: &str| {
@@ -698,7 +866,6 @@ impl GpuOptimizer {
             let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
             let mut dummies = Vec::new();
             let mut rule_groups = Vec::new();
-            let mut tile_groups = Vec::new();
             for (ci, range) in chunks.iter().enumerate() {
                 let state_binding = |name: &str, width: u32| {
                     state_names.iter().position(|n| *n == name).map(|si| {
@@ -710,7 +877,7 @@ impl GpuOptimizer {
                     })
                 };
                 let slot_dummies: Vec<wgpu::Buffer> =
-                    (0..kernel.slots.len() + 2).map(|_| dummy()).collect();
+                    (0..kernel.slots.len()).map(|_| dummy()).collect();
                 if !is_lamb {
                     let mut entries = vec![
                         wgpu::BindGroupEntry {
@@ -755,58 +922,28 @@ impl GpuOptimizer {
                     rule_groups
                         .push((group, units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32));
                 }
-                let m_dummy = &slot_dummies[kernel.slots.len()];
-                let v_dummy = &slot_dummies[kernel.slots.len() + 1];
-                let entries = [
-                    (
-                        0,
-                        wgpu::BindingResource::Buffer(params.binding(ci, range, 1)),
-                    ),
-                    (
-                        1,
-                        wgpu::BindingResource::Buffer(grads.binding(ci, range, 1)),
-                    ),
-                    (
-                        2,
-                        state_binding("exp_avg", 1).unwrap_or_else(|| m_dummy.as_entire_binding()),
-                    ),
-                    (
-                        3,
-                        state_binding("exp_avg_sq", 1)
-                            .unwrap_or_else(|| v_dummy.as_entire_binding()),
-                    ),
-                    (4, tile_tables[ci].as_entire_binding()),
-                    (5, partials.as_entire_binding()),
-                    (6, tensors.as_entire_binding()),
-                    (7, info.as_entire_binding()),
-                    (8, uniform_binding(&aux_uniforms)),
-                    (9, counters.as_entire_binding()),
-                ]
-                .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource });
-                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("optimizer tiles"),
-                    layout: &tile_kernel.layout,
-                    entries: &entries,
-                });
-                let tiles = tiling.per_chunk[ci].len() as u64;
-                tile_groups.push((group, tiles.clamp(1, max_groups) as u32));
                 dummies.extend(slot_dummies);
             }
+            let tile_workgroups = tiling
+                .per_chunk
+                .iter()
+                .map(|tiles| (tiles.len() as u64).clamp(1, max_groups) as u32)
+                .collect();
             Built {
                 state,
                 dummies,
                 tile_tables,
                 partials,
-                tensors,
+                tile_workgroups,
                 info,
                 counters,
                 uniforms,
                 aux_uniforms,
                 rule_groups,
-                tile_groups,
+                tile_groups: Vec::new(),
             }
         })?;
-        Ok(GpuOptimizer {
+        let mut opt = GpuOptimizer {
             ctx: ctx.clone(),
             config,
             layout,
@@ -815,7 +952,7 @@ impl GpuOptimizer {
             grads,
             state_names,
             kernel,
-            tile_kernel,
+            tile_kernel: None,
             variant,
             tiling_total: tiling.total,
             buffers: built,
@@ -826,7 +963,106 @@ impl GpuOptimizer {
             grad_scale: 1.0,
             skip: None,
             skipped_before: 0,
-        })
+        };
+        if is_lamb {
+            // LAMB's own kernels are tile kernels: their bind groups are
+            // needed from the first step.
+            let layout = opt.kernel.layout.clone();
+            opt.attach_tile_groups(&layout)?;
+        }
+        Ok(opt)
+    }
+
+    /// Makes the bind groups of the tile kernels with `layout` (every tile
+    /// kernel, LAMB's and the reduction's, has the same layout), once.
+    fn attach_tile_groups(&mut self, layout: &wgpu::BindGroupLayout) -> Result<()> {
+        if !self.buffers.tile_groups.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let b = &self.buffers;
+        let (groups, dummies) = ctx.scoped("creating the tile kernels' bind groups", || {
+            let device = &ctx.device;
+            let uniform_binding = |buffer| {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset: 0,
+                    size: NonZeroU64::new(UNIFORM_STRIDE),
+                })
+            };
+            let mut groups = Vec::new();
+            let mut dummies = Vec::new();
+            for (ci, range) in self.chunks.iter().enumerate() {
+                let state_binding = |name: &str| {
+                    self.state_names.iter().position(|n| *n == name).map(|si| {
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &b.state[si][ci],
+                            offset: 0,
+                            size: NonZeroU64::new(range.len * 4),
+                        })
+                    })
+                };
+                // Each unused slot gets a buffer of its own, so that no two
+                // writable bindings alias.
+                let [m_dummy, v_dummy] = ["unused exp_avg", "unused exp_avg_sq"].map(|label| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: 16,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    })
+                });
+                let entries = [
+                    (
+                        0,
+                        wgpu::BindingResource::Buffer(self.params.binding(ci, range, 1)),
+                    ),
+                    (
+                        1,
+                        wgpu::BindingResource::Buffer(self.grads.binding(ci, range, 1)),
+                    ),
+                    (
+                        2,
+                        state_binding("exp_avg").unwrap_or_else(|| m_dummy.as_entire_binding()),
+                    ),
+                    (
+                        3,
+                        state_binding("exp_avg_sq").unwrap_or_else(|| v_dummy.as_entire_binding()),
+                    ),
+                    (4, b.tile_tables[ci].as_entire_binding()),
+                    (5, b.partials.as_entire_binding()),
+                    (7, b.info.as_entire_binding()),
+                    (8, uniform_binding(&b.aux_uniforms)),
+                    (9, b.counters.as_entire_binding()),
+                ]
+                .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource });
+                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("optimizer tiles"),
+                    layout,
+                    entries: &entries,
+                });
+                groups.push((group, b.tile_workgroups[ci]));
+                dummies.extend([m_dummy, v_dummy]);
+            }
+            (groups, dummies)
+        })?;
+        self.buffers.tile_groups = groups;
+        self.buffers.dummies.extend(dummies);
+        Ok(())
+    }
+
+    /// Builds the reduction (clipping's norm, `skip_nonfinite`'s check) on
+    /// first use, so that optimizers that never turn either on do not need
+    /// what it needs; a device that cannot host it refuses here
+    /// ([`Error::DeviceLimit`]) and nothing changes.
+    fn ensure_reduction(&mut self) -> Result<()> {
+        if self.tile_kernel.is_some() {
+            return Ok(());
+        }
+        let kernel = tile_kernel_for(&self.ctx, self.variant)?;
+        self.attach_tile_groups(&kernel.layout)?;
+        self.tile_kernel = Some(kernel);
+        Ok(())
     }
 
     /// One step with gradients from the host: uploads them into the
@@ -1225,9 +1461,11 @@ impl GpuOptimizer {
                     pass.dispatch_workgroups(workgroups, 1, 1);
                 }
             };
-            if self.clip.is_some() || skip.is_some() {
-                per_tile(&mut pass, &self.tile_kernel.pipelines[0]);
-                once(&mut pass, &self.tile_kernel.pipelines[1], 1);
+            // Built whenever clipping or skipping is on (`ensure_reduction`).
+            let reduce = self.tile_kernel.as_ref();
+            if let Some(reduce) = reduce.filter(|_| self.clip.is_some() || skip.is_some()) {
+                per_tile(&mut pass, &reduce.pipelines[0]);
+                once(&mut pass, &reduce.pipelines[1], 1);
             }
             if is_lamb {
                 let tensors = (self.layout.len() as u32).clamp(1, max_groups);
@@ -1279,10 +1517,13 @@ impl GpuOptimizer {
     /// Turns global-norm gradient clipping on (`Some`) or off (`None`) from
     /// the next step on: the norm of all gradients together is computed on
     /// the GPU and the scale applied inside the fused update, in the same
-    /// submission.
+    /// submission. Turning it on builds the reduction kernel the first
+    /// time: [`Error::DeviceLimit`] on a device whose limits cannot host it
+    /// (see the README, "Device limits"), with nothing changed.
     pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
         if let Some(c) = clip {
             c.validate()?;
+            self.ensure_reduction()?;
         }
         self.clip = clip;
         self.norm_seen = false;
@@ -1478,6 +1719,9 @@ impl GpuOptimizer {
             self.check_host_writable(&self.params, "parameter")?;
         }
         let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
+        if ckpt.clip.is_some() || ckpt.skip_nonfinite {
+            self.ensure_reduction()?;
+        }
         let ctx = self.ctx.clone();
         ctx.scoped("restoring a checkpoint", || {
             for (i, (_, values)) in ckpt.state.iter().enumerate() {
@@ -1528,10 +1772,15 @@ impl GpuOptimizer {
     ///
     /// Turning it off waits for the queued steps (to learn the count).
     /// Toggle it between submissions, not between steps recorded into one
-    /// encoder.
+    /// encoder. Turning it on builds the reduction kernel the first time:
+    /// [`Error::DeviceLimit`] on a device whose limits cannot host it, with
+    /// nothing changed.
     pub fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
         match (skip, self.skip.is_some()) {
-            (true, false) => self.start_skipping(),
+            (true, false) => {
+                self.ensure_reduction()?;
+                self.start_skipping()
+            }
             (false, true) => {
                 self.sync()?;
                 if let Some(t) = self.skip.take() {
@@ -1900,14 +2149,17 @@ fn kernel_for(
 ) -> Result<Kernel> {
     let (name, source) = config.shader();
     let overrides = config.overrides(momentum_buffer);
+    let limits = ctx.limits();
     if let Config::Lamb(_) = config {
+        let entries = tile_layout_entries();
+        check_kernel_limits(&limits, "the LAMB kernels", &entries, TILE_WORKGROUP_BYTES)?;
         return compile(
             ctx,
             name,
             &format!("{}{source}", include_str!("../../shaders/tiles.wgsl")),
             &["lamb_moments", "lamb_ratio", "lamb_apply"],
             overrides,
-            tile_layout_entries(),
+            entries,
             &[],
             variant,
         );
@@ -1920,6 +2172,7 @@ fn kernel_for(
     entries.push(storage_entry(2 + slots.len() as u32, true));
     entries.push(storage_entry(3 + slots.len() as u32, true));
     entries.push(uniform_entry(4 + slots.len() as u32));
+    check_kernel_limits(&limits, &format!("the {name} kernel"), &entries, 0)?;
     let prelude = if variant.width == 4 {
         "alias V = vec4<f32>;\nalias VU = vec4<u32>;\nalias VB = vec4<bool>;\n"
     } else {
@@ -1938,6 +2191,8 @@ fn kernel_for(
     )
 }
 
+/// The bindings of the tile kernels (tiles.wgsl): 8 storage buffers and
+/// one uniform, WebGPU's default limits.
 fn tile_layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
     vec![
         storage_entry(0, false),
@@ -1946,7 +2201,6 @@ fn tile_layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
         storage_entry(3, false),
         storage_entry(4, true),
         storage_entry(5, false),
-        storage_entry(6, true),
         storage_entry(7, false),
         uniform_entry(8),
         storage_entry(9, false),
@@ -1955,6 +2209,12 @@ fn tile_layout_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
 
 /// The clipping kernels (`shaders/reduce.wgsl`).
 fn tile_kernel_for(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
+    check_kernel_limits(
+        &ctx.limits(),
+        "the reduction of gradient clipping and skip_nonfinite",
+        &tile_layout_entries(),
+        TILE_WORKGROUP_BYTES,
+    )?;
     compile(
         ctx,
         "reduce",

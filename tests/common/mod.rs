@@ -9,11 +9,59 @@ use wgpu_optim::GpuContext;
 /// One context per test binary: the adapter, the device and the kernels
 /// compiled on it are paid once. No adapter is a failure, never a skip: the
 /// error says what to install.
+///
+/// In tests/webgpu_limits.rs, which compiles the GPU test files a second
+/// time as its modules, the context is a device requested with WebGPU's
+/// default limits (`wgpu::Limits::default()`, as wgpu's own examples do)
+/// and wrapped with `GpuContext::from_device`: the same tests must pass on
+/// it.
 pub fn ctx() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     CTX.get_or_init(|| {
+        if webgpu_tier() {
+            return device_with_limits(|_| wgpu::Limits::default());
+        }
         GpuContext::new().unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"))
     })
+}
+
+/// Whether this binary is the `Limits::default()` tier (tests/webgpu_limits.rs).
+pub fn webgpu_tier() -> bool {
+    env!("CARGO_CRATE_NAME") == "webgpu_limits"
+}
+
+/// A second device, for tests of buffers handed to the wrong device: on
+/// the same `wgpu::Instance` as [`ctx`]'s, the only case wgpu can tell
+/// apart (see `make_instance` in src/gpu/context.rs).
+pub fn second_context() -> GpuContext {
+    if webgpu_tier() {
+        return device_with_limits(|_| wgpu::Limits::default());
+    }
+    GpuContext::new().unwrap_or_else(|e| panic!("a second context: {e}"))
+}
+
+/// A device the caller makes, as a user of `GpuContext::from_device` would:
+/// on the first adapter of the primary backends, with the limits `limits`
+/// picks given the adapter's (the device refuses limits beyond those). All
+/// on one instance of the test binary's.
+pub fn device_with_limits(limits: impl FnOnce(wgpu::Limits) -> wgpu::Limits) -> GpuContext {
+    static INSTANCE: OnceLock<wgpu::Instance> = OnceLock::new();
+    let instance = INSTANCE.get_or_init(|| {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = wgpu::Backends::PRIMARY;
+        wgpu::Instance::new(desc)
+    });
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap_or_else(|e| panic!("these tests need a GPU adapter: {e}"));
+    let info = adapter.get_info();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("caller's device"),
+        required_limits: limits(adapter.limits()),
+        ..Default::default()
+    }))
+    .unwrap_or_else(|e| panic!("a device on {}: {e}", info.name));
+    GpuContext::from_device(device, queue, Some(info))
 }
 
 /// Per element of one buffer, over the CPU run: the largest magnitude the
