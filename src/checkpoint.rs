@@ -153,16 +153,32 @@ impl SchedulerState {
 impl Checkpoint {
     /// A checkpoint of a fresh optimizer: zero steps, state at its initial
     /// value, no parameters. Mostly for tests and conversions; optimizers
-    /// make their own with `checkpoint()`.
+    /// make their own with `checkpoint()`. Lengths whose total overflows
+    /// are [`Error::SizeOverflow`] (or [`Error::Checkpoint`] past what a
+    /// checkpoint holds), a state the host cannot allocate [`Error::TooLarge`].
     pub fn new(config: impl Into<Config>, lengths: &[usize]) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let total = checked_total(lengths)?;
+        let total = crate::Layout::new(lengths)?.total();
+        checked_total(lengths)?;
         let state = config
             .state_names()
             .into_iter()
-            .map(|n| (n.to_string(), vec![config.state_initial_value(n); total]))
-            .collect();
+            .map(|n| {
+                // The lengths are the caller's: a total the host cannot
+                // allocate is an error, not an abort.
+                let mut v = Vec::new();
+                v.try_reserve_exact(total).map_err(|_| {
+                    Error::TooLarge(format!(
+                        "a checkpoint of {total} elements: the host could not allocate \
+                         {} bytes for state `{n}`",
+                        total as u64 * 4
+                    ))
+                })?;
+                v.resize(total, config.state_initial_value(n));
+                Ok((n.to_string(), v))
+            })
+            .collect::<Result<_>>()?;
         Ok(Checkpoint {
             config,
             lengths: lengths.to_vec(),
@@ -784,11 +800,20 @@ impl Checkpoint {
 }
 
 fn checked_total(lengths: &[usize]) -> Result<usize> {
-    lengths
+    const MAX: usize = isize::MAX as usize / 8;
+    let total = lengths
         .iter()
         .try_fold(0usize, |a, &b| a.checked_add(b))
-        .filter(|&t| t <= isize::MAX as usize / 8)
-        .ok_or_else(|| Error::Checkpoint("the tensor lengths overflow".into()))
+        .ok_or_else(|| {
+            Error::Checkpoint("the tensor lengths overflow: their sum does not fit usize".into())
+        })?;
+    if total > MAX {
+        return Err(Error::Checkpoint(format!(
+            "the tensor lengths overflow: they add up to {total} elements, more than a host \
+             vector holds ({MAX})"
+        )));
+    }
+    Ok(total)
 }
 
 /// `state.{i}.{what}` → (i, what); `params.{i}` → (i, "params").

@@ -699,8 +699,20 @@ fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
         }
     };
 
-    // The tensors.
+    // The tensors. Every (step, tensor) slot below must be filled by a
+    // tensor of the file, so a `steps` or `sizes` the file cannot back is
+    // refused before the slots are allocated.
     let n = sizes.len();
+    if n == 0 {
+        return Err("case key `sizes` is empty: a case needs at least one tensor".into());
+    }
+    if steps.checked_mul(n).is_none_or(|slots| slots > st.len()) {
+        return Err(format!(
+            "case key `steps` = {steps} with {n} tensors needs {steps}·{n} gradient tensors, \
+             the file has {} tensors in all",
+            st.len()
+        ));
+    }
     let mut init: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut grads: Vec<Vec<Option<Vec<f32>>>> = vec![vec![None; n]; steps];
     let mut expected_params: Vec<Option<Vec<f64>>> = vec![None; n];

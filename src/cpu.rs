@@ -57,7 +57,7 @@ impl CpuOptimizer {
         if params.is_empty() {
             return Err(Error::EmptyParameterList);
         }
-        let layout = Layout::of(params);
+        let layout = Layout::of(params)?;
         let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
         let state_names = config.state_names_with(momentum_buffer);
         let state = state_names
@@ -249,11 +249,11 @@ impl CpuOptimizer {
                 "the checkpoint has no parameters: build the optimizer from yours and call load_checkpoint".into(),
             ));
         };
-        let layout = Layout::new(&ckpt.lengths);
+        let layout = Layout::new(&ckpt.lengths)?;
         let mut opt = CpuOptimizer::with_state(
             ckpt.config.clone(),
             ckpt.momentum_buffer(),
-            &layout.split(flat),
+            &layout.split(flat)?,
         )?;
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
@@ -370,7 +370,7 @@ impl CpuOptimizer {
 
     /// All parameters, one slice per tensor.
     pub fn params(&self) -> Vec<&[f32]> {
-        self.layout.split(&self.params)
+        self.layout.split_unchecked(&self.params)
     }
 
     /// All parameters, packed.
@@ -392,7 +392,7 @@ impl CpuOptimizer {
 
     /// The state tensor `name`, one slice per parameter tensor.
     pub fn state(&self, name: &str) -> Result<Vec<&[f32]>> {
-        Ok(self.layout.split(self.state_flat(name)?))
+        Ok(self.layout.split_unchecked(self.state_flat(name)?))
     }
 }
 

@@ -110,6 +110,21 @@ pub enum Error {
         /// The device's value.
         available: u64,
     },
+    /// A size, offset, count or byte count computed from lengths the caller
+    /// (or a file) gave does not fit the integer type that must hold it.
+    /// Checked before anything is allocated or changed.
+    #[error("{what} overflows {ty}: {detail}")]
+    SizeOverflow {
+        /// What overflowed: `the total length of the tensors`, `the byte
+        /// count of the tensors`, `the number of tensors`, `the number of
+        /// tiles`.
+        what: &'static str,
+        /// The type it must fit: `usize`, `u64` (bytes) or `u32` (what the
+        /// kernels index with).
+        ty: &'static str,
+        /// The values that led there.
+        detail: String,
+    },
     /// wgpu reported a validation error (for example a buffer from another device).
     #[error("wgpu validation error while {during}: {message}")]
     Validation {

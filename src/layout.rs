@@ -14,23 +14,46 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The layout of tensors with these lengths, in this order.
-    pub fn new(lengths: &[usize]) -> Self {
-        let mut offsets = Vec::with_capacity(lengths.len());
-        let mut total = 0usize;
-        for &n in lengths {
-            offsets.push(total);
-            total += n;
+    /// The layout of tensors with these lengths, in this order. The total
+    /// length must fit `usize` and its byte count (4 bytes an element)
+    /// `u64`, or [`Error::SizeOverflow`] says which did not; nothing is
+    /// allocated before that is checked.
+    pub fn new(lengths: &[usize]) -> Result<Self> {
+        let total = lengths.iter().enumerate().try_fold(0usize, |at, (i, &n)| {
+            at.checked_add(n).ok_or_else(|| Error::SizeOverflow {
+                what: "the total length of the tensors",
+                ty: "usize",
+                detail: format!("tensor {i} has {n} elements, after {at} in tensors 0..{i}"),
+            })
+        })?;
+        // On a 64-bit target a total below usize::MAX can still be more
+        // than u64::MAX bytes.
+        if u64::try_from(total)
+            .ok()
+            .and_then(|t| t.checked_mul(4))
+            .is_none()
+        {
+            return Err(Error::SizeOverflow {
+                what: "the byte count of the tensors",
+                ty: "u64",
+                detail: format!("{total} elements of 4 bytes"),
+            });
         }
-        Layout {
+        let mut offsets = Vec::with_capacity(lengths.len());
+        let mut at = 0;
+        for &n in lengths {
+            offsets.push(at);
+            at += n;
+        }
+        Ok(Layout {
             lengths: lengths.to_vec(),
             offsets,
             total,
-        }
+        })
     }
 
-    /// The layout of these slices.
-    pub fn of(tensors: &[&[f32]]) -> Self {
+    /// The layout of these slices (see [`Layout::new`]).
+    pub fn of(tensors: &[&[f32]]) -> Result<Self> {
         Layout::new(&tensors.iter().map(|t| t.len()).collect::<Vec<_>>())
     }
 
@@ -59,7 +82,13 @@ impl Layout {
         self.total
     }
 
-    /// The element range of tensor `i`.
+    /// Bytes in all (4 an element); [`Layout::new`] checked that it fits.
+    pub fn bytes(&self) -> u64 {
+        self.total as u64 * 4
+    }
+
+    /// The element range of tensor `i`. Panics when `i >= self.len()`, as
+    /// indexing a slice does.
     pub fn range(&self, i: usize) -> std::ops::Range<usize> {
         self.offsets[i]..self.offsets[i] + self.lengths[i]
     }
@@ -96,8 +125,16 @@ impl Layout {
         Ok(())
     }
 
-    /// Splits a flat slice into the tensors of this layout.
-    pub fn split<'a>(&self, flat: &'a [f32]) -> Vec<&'a [f32]> {
+    /// Splits a flat slice into the tensors of this layout; the slice must
+    /// hold exactly [`Layout::total`] elements ([`Error::LengthMismatch`]).
+    pub fn split<'a>(&self, flat: &'a [f32]) -> Result<Vec<&'a [f32]>> {
+        self.check_flat(flat)?;
+        Ok(self.split_unchecked(flat))
+    }
+
+    /// [`Layout::split`] of a slice known to hold [`Layout::total`]
+    /// elements (an optimizer's own packed values).
+    pub(crate) fn split_unchecked<'a>(&self, flat: &'a [f32]) -> Vec<&'a [f32]> {
         (0..self.len()).map(|i| &flat[self.range(i)]).collect()
     }
 }

@@ -616,17 +616,17 @@ fn a_file_pytorch_wrote_loads_and_continues_as_pytorch_does() {
         ("gpu", gpu.checkpoint().unwrap()),
     ] {
         assert_eq!(got.step, 6);
-        let layout = wgpu_optim::Layout::new(&got.lengths);
+        let layout = wgpu_optim::Layout::new(&got.lengths).unwrap();
         for i in 0..2 {
             let mut pairs = vec![(
                 "params",
-                layout.split(got.params.as_ref().unwrap())[i].to_vec(),
+                layout.split(got.params.as_ref().unwrap()).unwrap()[i].to_vec(),
                 read_tensor(&next, &format!("params.{i}")),
             )];
             for n in ["exp_avg", "exp_avg_sq"] {
                 pairs.push((
                     n,
-                    layout.split(got.state_flat(n).unwrap())[i].to_vec(),
+                    layout.split(got.state_flat(n).unwrap()).unwrap()[i].to_vec(),
                     read_tensor(&next, &format!("state.{i}.{n}")),
                 ));
             }
@@ -666,18 +666,18 @@ fn ours() -> (Vec<u8>, Vec<u8>) {
     let g: Vec<Vec<f32>> = lengths.iter().map(|&n| r.vec(n)).collect();
     opt.step(&refs(&g)).unwrap();
     let after = opt.checkpoint();
-    let layout = wgpu_optim::Layout::new(&lengths);
+    let layout = wgpu_optim::Layout::new(&lengths).unwrap();
     let mut tensors: Vec<(String, Vec<f32>)> = Vec::new();
     for (i, gi) in g.iter().enumerate() {
         tensors.push((format!("grads.{i}"), gi.clone()));
         tensors.push((
             format!("params.{i}"),
-            layout.split(after.params.as_ref().unwrap())[i].to_vec(),
+            layout.split(after.params.as_ref().unwrap()).unwrap()[i].to_vec(),
         ));
         for n in ["exp_avg", "exp_avg_sq"] {
             tensors.push((
                 format!("state.{i}.{n}"),
-                layout.split(after.state_flat(n).unwrap())[i].to_vec(),
+                layout.split(after.state_flat(n).unwrap()).unwrap()[i].to_vec(),
             ));
         }
     }

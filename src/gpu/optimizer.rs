@@ -125,7 +125,9 @@ impl Storage {
 }
 
 /// `len` rounded up to a multiple of the vector width: the optimizer's own
-/// buffers are allocated (zero-filled) to this length.
+/// buffers are allocated (zero-filled) to this length. Only ever called with
+/// a chunk's length (at most [`MAX_CHUNK_ELEMENTS`]), so neither the result
+/// nor its byte count (`× 4`) can overflow.
 fn padded(len: u64, width: u32) -> u64 {
     len.div_ceil(width as u64) * width as u64
 }
@@ -315,34 +317,43 @@ struct Tiling {
 }
 
 impl Tiling {
-    fn new(layout: &Layout, chunks: &[ChunkRange]) -> Self {
+    /// The tiles, or [`Error::SizeOverflow`] when the tensor indices or the
+    /// tile numbers (`u32` in the kernels) would not fit 32 bits; the tensor
+    /// count is checked before anything is allocated.
+    fn new(layout: &Layout, chunks: &[ChunkRange]) -> Result<Self> {
+        let n_tensors = kernel_u32(layout.len() as u64, "the number of tensors", || {
+            format!("{} tensors", layout.len())
+        })?;
         let mut per_chunk = vec![Vec::new(); chunks.len()];
         let mut tensors = Vec::with_capacity(layout.len());
-        let mut total = 0usize;
-        for t in 0..layout.len() {
-            let r = layout.range(t);
+        let mut total = 0u32;
+        for t in 0..n_tensors {
+            let r = layout.range(t as usize);
             let first = total;
             let mut at = r.start as u64;
             while at < r.end as u64 {
                 let ci = chunks.partition_point(|c| c.start + c.len <= at);
                 let c = &chunks[ci];
                 let end = (r.end as u64).min(c.start + c.len).min(at + TILE as u64);
-                per_chunk[ci].push([
-                    (at - c.start) as u32,
-                    (end - at) as u32,
-                    t as u32,
-                    total as u32,
-                ]);
-                total += 1;
+                // Within a chunk (at most MAX_CHUNK_ELEMENTS = 2^30
+                // elements), and at most TILE long: both fit u32.
+                per_chunk[ci].push([(at - c.start) as u32, (end - at) as u32, t, total]);
+                total = kernel_u32(u64::from(total) + 1, "the number of tiles", || {
+                    format!(
+                        "{} elements in {} tensors, in tiles of at most {TILE}",
+                        layout.total(),
+                        layout.len()
+                    )
+                })?;
                 at = end;
             }
-            tensors.push([first as u32, (total - first) as u32]);
+            tensors.push([first, total - first]);
         }
-        Tiling {
+        Ok(Tiling {
             per_chunk,
             tensors,
-            total,
-        }
+            total: total as usize,
+        })
     }
 
     /// Each chunk's table as tiles.wgsl reads it (`tables`): a header
@@ -367,6 +378,9 @@ impl Tiling {
                 } else {
                     Vec::new()
                 };
+                // At most 2^31 spans (u32::MAX tensors, Tiling::new) and
+                // 2^30 tiles (one chunk's elements): the table's indices
+                // fit u32.
                 let mut table = Vec::with_capacity(1 + spans.len() + tiles.len());
                 table.push([1 + spans.len() as u32, tiles.len() as u32, 0, 0]);
                 table.extend(spans);
@@ -375,6 +389,16 @@ impl Tiling {
             })
             .collect()
     }
+}
+
+/// `n` as the `u32` the kernels hold it in, or [`Error::SizeOverflow`]
+/// naming `what` (a count the kernels index with).
+fn kernel_u32(n: u64, what: &'static str, detail: impl FnOnce() -> String) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::SizeOverflow {
+        what,
+        ty: "u32",
+        detail: format!("{}; the kernels index it in 32 bits", detail()),
+    })
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -403,11 +427,12 @@ impl std::fmt::Debug for GpuOptimizer {
 /// backend, and the dispatch is clamped to it): at most
 /// `2^30 − 1 + 2^24 < 2^32`, so the sum never wraps and the loop ends. The
 /// tile kernels index `tile.x + k` with `tile.x + tile.y ≤` the chunk's
-/// length and step `k` by 256 below `tile.y ≤ 4096`; tile numbers count
-/// tiles of 4096 elements plus one per tensor, far below 2^32 for any
-/// model that fits in memory. Offsets into the packed tensors (which can
-/// exceed 2^32 elements in all) are `u64` on the host and never reach a
-/// kernel: each chunk is bound at its own offset.
+/// length and step `k` by 256 below `tile.y ≤ 4096`; tile numbers and
+/// tensor indices are `u32` too, and a model with more than 2^32 − 1 tiles
+/// or tensors is refused ([`Error::SizeOverflow`], from `Tiling::new`).
+/// Offsets into the packed tensors (which can exceed 2^32 elements in all)
+/// are `u64` on the host and never reach a kernel: each chunk is bound at
+/// its own offset.
 pub(crate) const MAX_CHUNK_ELEMENTS: u64 = 1 << 30;
 const _: () = assert!(MAX_CHUNK_ELEMENTS - 1 + 65_535 * WORKGROUP_SIZE < 1 << 32);
 
@@ -644,8 +669,9 @@ impl GpuOptimizer {
         if params.is_empty() {
             return Err(Error::EmptyParameterList);
         }
-        let layout = Layout::of(params);
+        let layout = Layout::of(params)?;
         let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
+        let tiling = Tiling::new(&layout, &chunks)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
@@ -673,6 +699,7 @@ impl GpuOptimizer {
             momentum_buffer,
             layout,
             chunks,
+            tiling,
             params_storage,
             Storage::Owned(grad_buffers),
             variant(width, &options)?,
@@ -687,7 +714,9 @@ impl GpuOptimizer {
     /// `params` and `grads` hold the tensors of `lengths` back to back from
     /// byte 0, as [`Layout`] packs them. Both need `STORAGE` usage; reading
     /// back needs `COPY_SRC` and [`GpuOptimizer::step`] with host gradients
-    /// `COPY_DST`. The state buffers are the optimizer's own.
+    /// `COPY_DST`. The state buffers are the optimizer's own. Lengths whose
+    /// total or byte count overflows are [`Error::SizeOverflow`], checked
+    /// before the buffers' sizes ([`Error::BufferTooSmall`]).
     pub fn from_buffers(
         ctx: &GpuContext,
         config: impl Into<Config>,
@@ -712,8 +741,8 @@ impl GpuOptimizer {
         if lengths.is_empty() {
             return Err(Error::EmptyParameterList);
         }
-        let layout = Layout::new(lengths);
-        let required = layout.total() as u64 * 4;
+        let layout = Layout::new(lengths)?;
+        let required = layout.bytes();
         for (what, b) in [("parameter", &params), ("gradient", &grads)] {
             if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
                 return Err(Error::BufferUsage {
@@ -736,6 +765,7 @@ impl GpuOptimizer {
             ));
         }
         let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
+        let tiling = Tiling::new(&layout, &chunks)?;
         // Chunk starts are multiples of 64 elements; only the total decides
         // whether every chunk is a whole number of vec4s.
         let width = match options.vector_width {
@@ -756,6 +786,7 @@ impl GpuOptimizer {
             momentum_buffer,
             layout,
             chunks,
+            tiling,
             Storage::User(params),
             Storage::User(grads),
             variant(width, &options)?,
@@ -763,7 +794,8 @@ impl GpuOptimizer {
     }
 
     // Each argument is a separate part of the optimizer, made by its
-    // constructor (the state set included: `momentum_buffer`).
+    // constructor (the state set included: `momentum_buffer`; the tiling,
+    // its counts checked before any buffer is allocated).
     #[allow(clippy::too_many_arguments)]
     fn build(
         ctx: &GpuContext,
@@ -771,6 +803,7 @@ impl GpuOptimizer {
         momentum_buffer: bool,
         layout: Layout,
         chunks: Vec<ChunkRange>,
+        tiling: Tiling,
         params: Storage,
         grads: Storage,
         variant: Variant,
@@ -788,18 +821,19 @@ impl GpuOptimizer {
         let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
         let width = variant.width;
         let state_names = config.state_names_with(momentum_buffer);
-        let tiling = Tiling::new(&layout, &chunks);
         let tables = tiling.tables();
         let limits = ctx.limits();
+        // In u64: the counts are below 2^32 (Tiling::new), their byte
+        // counts need not fit a 32-bit usize.
         check_size(
             &limits,
             "tile partials",
-            (tiling.total.max(1) * 8) as u64,
+            tiling.total.max(1) as u64 * 8,
             false,
         )?;
-        check_size(&limits, "step info", ((4 + layout.len()) * 4) as u64, false)?;
+        check_size(&limits, "step info", (4 + layout.len() as u64) * 4, false)?;
         for table in &tables {
-            check_size(&limits, "tile table", (table.len() * 16) as u64, false)?;
+            check_size(&limits, "tile table", table.len() as u64 * 16, false)?;
         }
         check_size(&limits, "step scalars", UNIFORM_RING * UNIFORM_STRIDE, true)?;
         let built = ctx.scoped("creating state buffers and bind groups", || {
@@ -838,13 +872,13 @@ impl GpuOptimizer {
             let tile_tables: Vec<wgpu::Buffer> = tables
                 .iter()
                 .map(|table| {
-                    let b = storage_buffer("tile table", (table.len() * 16) as u64);
+                    let b = storage_buffer("tile table", table.len() as u64 * 16);
                     ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(table));
                     b
                 })
                 .collect();
-            let partials = storage_buffer("tile partials", (tiling.total.max(1) * 8) as u64);
-            let info = storage_buffer("step info", ((4 + layout.len()) * 4) as u64);
+            let partials = storage_buffer("tile partials", tiling.total.max(1) as u64 * 8);
+            let info = storage_buffer("step info", (4 + layout.len() as u64) * 4);
             let counters = storage_buffer("step counters", COUNTER_WORDS * 4);
             let ring = |label: &str| {
                 device.create_buffer(&wgpu::BufferDescriptor {
@@ -1382,6 +1416,7 @@ impl GpuOptimizer {
             },
         };
         aux.max_norm = self.clip.map_or(0.0, |c| c.max_norm as f32);
+        // Both below 2^32: Tiling::new refused more.
         aux.n_tiles = self.tiling_total as u32;
         aux.n_tensors = self.layout.len() as u32;
         let at = slot * UNIFORM_STRIDE;
@@ -1468,7 +1503,10 @@ impl GpuOptimizer {
                 once(&mut pass, &reduce.pipelines[1], 1);
             }
             if is_lamb {
-                let tensors = (self.layout.len() as u32).clamp(1, max_groups);
+                // At most u32::MAX tensors (Tiling::new).
+                let tensors = u32::try_from(self.layout.len())
+                    .unwrap_or(u32::MAX)
+                    .clamp(1, max_groups);
                 per_tile(&mut pass, &self.kernel.pipelines[0]);
                 once(&mut pass, &self.kernel.pipelines[1], tensors);
                 per_tile(&mut pass, &self.kernel.pipelines[2]);
@@ -1694,12 +1732,12 @@ impl GpuOptimizer {
                 "the checkpoint has no parameters: build the optimizer from yours and call load_checkpoint".into(),
             ));
         };
-        let layout = Layout::new(&ckpt.lengths);
+        let layout = Layout::new(&ckpt.lengths)?;
         let mut opt = Self::with_state(
             ctx,
             ckpt.config.clone(),
             ckpt.momentum_buffer(),
-            &layout.split(flat),
+            &layout.split(flat)?,
             options,
         )?;
         opt.load_checkpoint(ckpt)?;
@@ -1726,10 +1764,11 @@ impl GpuOptimizer {
         ctx.scoped("restoring a checkpoint", || {
             for (i, (_, values)) in ckpt.state.iter().enumerate() {
                 let storage = Storage::Owned(self.buffers.state[i].clone());
-                self.write_storage_tensors(&storage, &self.layout.split(values));
+                // Lengths validated above.
+                self.write_storage_tensors(&storage, &self.layout.split_unchecked(values));
             }
             if let Some(p) = &ckpt.params {
-                self.write_storage_tensors(&self.params, &self.layout.split(p));
+                self.write_storage_tensors(&self.params, &self.layout.split_unchecked(p));
             }
         })?;
         self.config = ckpt.config.clone();
@@ -1910,7 +1949,7 @@ impl GpuOptimizer {
         let flat = self.read_params_flat()?;
         Ok(self
             .layout
-            .split(&flat)
+            .split_unchecked(&flat)
             .into_iter()
             .map(|s| s.to_vec())
             .collect())
@@ -1927,7 +1966,7 @@ impl GpuOptimizer {
         let flat = self.read_state_flat(name)?;
         Ok(self
             .layout
-            .split(&flat)
+            .split_unchecked(&flat)
             .into_iter()
             .map(|s| s.to_vec())
             .collect())
@@ -2317,6 +2356,23 @@ fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A count the kernels hold in 32 bits is refused past u32::MAX, never
+    /// truncated (a model of 2^32 tensors or tiles is too big to build in a
+    /// test, so the check itself is tested).
+    #[test]
+    fn kernel_counts_past_u32_are_refused() {
+        assert_eq!(kernel_u32(u32::MAX as u64, "x", String::new), Ok(u32::MAX));
+        for n in [u32::MAX as u64 + 1, u64::MAX] {
+            match kernel_u32(n, "the number of tiles", || "detail".into()) {
+                Err(Error::SizeOverflow { what, ty, detail }) => {
+                    assert_eq!((what, ty), ("the number of tiles", "u32"));
+                    assert!(detail.contains("detail"), "{detail}");
+                }
+                other => panic!("{n}: {other:?}"),
+            }
+        }
+    }
 
     /// Whatever a device claims, a chunk stays below 2^30 elements (its
     /// byte size and every index into it fit in 32 bits).
