@@ -217,7 +217,7 @@ pub(super) const COPY_WGSL: &str = "
 @group(0) @binding(0) var<storage, read> src: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;
 @compute @workgroup_size(256)
-pub(super) fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let n = arrayLength(&dst);
     let stride = nwg.x * 256u;
     for (var i = gid.x; i < n; i = i + stride) {
