@@ -6,16 +6,36 @@
 //                 NaN where either is NaN);
 //   lamb_apply:   per tile, recompute u from the new moments and apply
 //                 θ ← θ − lr·ratio·u.
+
+// LAMB's uniforms (`u.rule`); `LambScalars` in src/rules/lamb.rs, whose
+// size the host checks against this struct. The bias corrections are read
+// from the step table (`bc` below), which the host fills from them.
+struct Scalars {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    bias_correction1: f32,
+    bias_correction2: f32,
+    eps: f32,
+    weight_decay: f32,
+    clamp_min: f32,
+    clamp_max: f32,
+    // LAMB_CLAMP, LAMB_UNIT_RATIO.
+    options: u32,
+}
+
 // Overrides fixed for the optimizer's life:
 override MAXIMIZE: bool = false;
 override EPS_INSIDE_SQRT: bool = false;
 
 // This step's bias corrections (1 − β1ᵗ, 1 − β2ᵗ), from the table entry
-// of the step count the GPU is at (`pick_entry` in tiles.wgsl).
+// of the step count the GPU is at (`table_index` in common.wgsl).
 var<private> bc: vec2<f32>;
 
 fn load_bias_corrections() {
-    bc = a.table[pick_entry()].xy;
+    bc = u.tail.table[table_index()].xy;
 }
 
 // The update direction from updated moments; the same arithmetic as
@@ -24,11 +44,11 @@ fn lamb_update(p: f32, m: f32, v: f32) -> f32 {
     let m_hat = m / bc.x;
     var denom: f32;
     if (EPS_INSIDE_SQRT) {
-        denom = sqrt_torch(v / bc.y + a.eps);
+        denom = sqrt_torch(v / bc.y + u.rule.eps);
     } else {
-        denom = sqrt_torch(v / bc.y) + a.eps;
+        denom = sqrt_torch(v / bc.y) + u.rule.eps;
     }
-    return m_hat / denom + a.weight_decay * p;
+    return m_hat / denom + u.rule.weight_decay * p;
 }
 
 // pn / un for two norms (≥ 0 or NaN, not 0) as IEEE 754 divides: NaN
@@ -44,7 +64,7 @@ fn ratio_ieee(pn: f32, un: f32) -> f32 {
     return select(r, nan, is_nan(pn) || is_nan(un) || (inf_p && inf_u));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn lamb_moments(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -56,12 +76,12 @@ fn lamb_moments(
     for (var t = wid.x; t < count; t = t + nwg.x) {
         let tile = tile_at(t);
         var acc = vec2<f32>(0.0, 0.0);
-        for (var k = lid; k < tile.y; k = k + WG) {
+        for (var k = lid; k < tile.y; k = k + WORKGROUP_SIZE) {
             let i = tile.x + k;
-            var g = scaled_grad(i);
+            var g = effective_grad(grad[i]);
             if (MAXIMIZE) { g = -g; }
-            let m = a.beta1 * exp_avg[i] + a.one_minus_beta1 * g;
-            let v = a.beta2 * exp_avg_sq[i] + a.one_minus_beta2 * (g * g);
+            let m = u.rule.beta1 * exp_avg[i] + u.rule.one_minus_beta1 * g;
+            let v = u.rule.beta2 * exp_avg_sq[i] + u.rule.one_minus_beta2 * (g * g);
             exp_avg[i] = m;
             exp_avg_sq[i] = v;
             let p = param[i];
@@ -75,17 +95,17 @@ fn lamb_moments(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn lamb_ratio(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     if (step_refused(lid)) { return; }
-    for (var t = wid.x; t < a.n_tensors; t = t + nwg.x) {
+    for (var t = wid.x; t < u.tiles.n_tensors; t = t + nwg.x) {
         let span = tensor_span(t);
         var acc = vec2<f32>(0.0, 0.0);
-        for (var k = lid; k < span.y; k = k + WG) {
+        for (var k = lid; k < span.y; k = k + WORKGROUP_SIZE) {
             acc = acc + partials[span.x + k];
         }
         let total = workgroup_sum(lid, acc);
@@ -97,17 +117,17 @@ fn lamb_ratio(
             // src/rules/lamb.rs).
             var r = 1.0;
             if (!is_zero(pn) && !is_zero(un)) { r = ratio_ieee(pn, un); }
-            if ((a.flags & FLAG_UNIT_RATIO) != 0u) { r = 1.0; }
-            if ((a.flags & FLAG_CLAMP) != 0u) {
+            if ((u.rule.options & LAMB_UNIT_RATIO) != 0u) { r = 1.0; }
+            if ((u.rule.options & LAMB_CLAMP) != 0u) {
                 // torch.clamp: NaN stays NaN.
-                r = select(min(max(r, a.clamp_min), a.clamp_max), r, is_nan(r));
+                r = select(min(max(r, u.rule.clamp_min), u.rule.clamp_max), r, is_nan(r));
             }
             info[4u + t] = r;
         }
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn lamb_apply(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -118,8 +138,8 @@ fn lamb_apply(
     let count = tile_count();
     for (var t = wid.x; t < count; t = t + nwg.x) {
         let tile = tile_at(t);
-        let step = a.lr * info[4u + tile.z];
-        for (var k = lid; k < tile.y; k = k + WG) {
+        let step = u.rule.lr * info[4u + tile.z];
+        for (var k = lid; k < tile.y; k = k + WORKGROUP_SIZE) {
             let i = tile.x + k;
             let p = param[i];
             param[i] = p - step * lamb_update(p, exp_avg[i], exp_avg_sq[i]);

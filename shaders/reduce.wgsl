@@ -3,7 +3,7 @@
 // applied when below 1. Two kernels: per-tile sums of squares, then one
 // workgroup adds the tiles in a fixed order and writes `info`.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn clip_partials(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -16,10 +16,10 @@ fn clip_partials(
         // are NaN or infinite (PyTorch's found_inf looks at each element:
         // a finite gradient whose square overflows does not count).
         var acc = vec2<f32>(0.0, 0.0);
-        for (var k = lid; k < tile.y; k = k + WG) {
+        for (var k = lid; k < tile.y; k = k + WORKGROUP_SIZE) {
             let raw = grad[tile.x + k];
             var g = raw;
-            if ((a.flags & FLAG_GRAD_SCALE) != 0u) { g = g * a.inv_scale; }
+            if ((u.tail.flags & FLAG_GRAD_SCALE) != 0u) { g = g * u.tail.inv_scale; }
             acc = acc + vec2<f32>(g * g, select(0.0, 1.0, !is_finite(raw)));
         }
         let total = workgroup_sum(lid, acc);
@@ -29,16 +29,16 @@ fn clip_partials(
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn clip_finish(@builtin(local_invocation_index) lid: u32) {
     var acc = vec2<f32>(0.0, 0.0);
-    for (var k = lid; k < a.n_tiles; k = k + WG) {
+    for (var k = lid; k < u.tiles.n_tiles; k = k + WORKGROUP_SIZE) {
         acc = acc + partials[k];
     }
     let total = workgroup_sum(lid, acc);
     if (lid == 0u) {
         let norm = sqrt_torch(total.x);
-        let coef = a.max_norm / (norm + 1e-6);
+        let coef = u.tiles.max_norm / (norm + 1e-6);
         info[0] = norm;
         if (is_finite(norm)) {
             info[1] = min(coef, 1.0);
@@ -53,20 +53,20 @@ fn clip_finish(@builtin(local_invocation_index) lid: u32) {
         }
         let found_inf = total.y > 0.0;
         info[3] = select(0.0, 1.0, found_inf);
-        // The step counters (FLAG_SKIP_FOUND_INF): this step is applied
+        // The step counters (FLAG_SKIP_NONFINITE): this step is applied
         // unless refused, for either reason the rule kernels refuse it.
-        if ((a.flags & FLAG_SKIP_FOUND_INF) != 0u) {
+        if ((u.tail.flags & FLAG_SKIP_NONFINITE) != 0u) {
             let refused = found_inf
-                || ((a.flags & FLAG_SKIP_NONFINITE) != 0u && !is_finite(norm));
+                || ((u.tail.flags & FLAG_ERROR_IF_NONFINITE) != 0u && !is_finite(norm));
             let filled = counters[3];
             counters[4] = filled;
             if (refused) {
                 counters[2] = counters[2] + 1u;
             } else {
                 counters[0] = counters[0] + 1u;
-                if ((a.flags & FLAG_USE_MOMENTUM) != 0u) { counters[3] = 1u; }
+                if ((u.tail.flags & FLAG_SGD_MOMENTUM) != 0u) { counters[3] = 1u; }
             }
-            counters[1] = a.host_step;
+            counters[1] = u.tail.host_step;
             counters[5] = select(0u, 1u, refused);
         }
     }

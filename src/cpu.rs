@@ -139,9 +139,9 @@ impl CpuOptimizer {
         }
         self.last_grad_norm = norm;
         self.last_skipped = false;
-        let scalars =
-            self.config
-                .step_scalars(self.counters.step + 1, self.counters.buffer_filled, 0);
+        let scalars = self
+            .config
+            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
         if let (StepScalars::Lamb(s), Config::Lamb(c)) = (&scalars, &self.config) {
             lamb::cpu_step(
                 s,

@@ -117,7 +117,7 @@ fn backend_rank(b: wgpu::Backend) -> u8 {
 
 type PipelineKey = (
     &'static str,
-    crate::gpu::optimizer::Variant,
+    crate::gpu::kernels::Variant,
     Vec<(&'static str, u64)>,
 );
 
@@ -129,7 +129,7 @@ pub struct GpuContext {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
-    pub(crate) pipelines: Arc<Mutex<HashMap<PipelineKey, crate::gpu::optimizer::Kernel>>>,
+    pub(crate) pipelines: Arc<Mutex<HashMap<PipelineKey, crate::gpu::kernels::Kernel>>>,
     lost: Arc<Mutex<Option<String>>>,
 }
 

@@ -2,8 +2,14 @@
 //! whose parameters, gradients and state live in GPU buffers
 //! ([`GpuOptimizer`]).
 
+mod chunks;
 mod context;
+mod kernels;
 mod optimizer;
+mod readback;
+mod resources;
+mod skip;
+mod uniforms;
 
 pub use context::{AdapterCandidate, AdapterSelection, GpuContext};
 pub use optimizer::{GpuOptimizer, GpuOptions};

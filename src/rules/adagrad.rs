@@ -82,7 +82,8 @@ impl Default for Adagrad {
     }
 }
 
-/// Uniforms of `shaders/adagrad.wgsl` (`struct Scalars` there; keep in sync).
+/// Uniforms of `shaders/adagrad.wgsl` (`struct Scalars` there; the kernels'
+/// tests check that the sizes match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AdagradScalars {
@@ -90,8 +91,7 @@ pub(crate) struct AdagradScalars {
     pub clr: f32,
     pub weight_decay: f32,
     pub eps: f32,
-    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
-    pub flags: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<AdagradScalars>() == 16);
 
@@ -111,7 +111,7 @@ impl Adagrad {
             clr: clr as f32,
             weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
-            flags: 0,
+            _pad: 0,
         }
     }
 }

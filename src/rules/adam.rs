@@ -211,7 +211,8 @@ impl AdamW {
     }
 }
 
-/// Uniforms of `shaders/adam.wgsl` (`struct Scalars` there; keep in sync).
+/// Uniforms of `shaders/adam.wgsl` (`struct Scalars` there; the kernels'
+/// tests check that the sizes match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AdamScalars {
@@ -228,9 +229,7 @@ pub(crate) struct AdamScalars {
     pub weight_decay: f32,
     /// `1 − lr·weight_decay` (decoupled decay).
     pub decay_factor: f32,
-    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
-    pub flags: u32,
-    pub _pad: [u32; 2],
+    pub _pad: [u32; 3],
 }
 const _: () = assert!(std::mem::size_of::<AdamScalars>() == 48);
 
@@ -276,8 +275,7 @@ impl AdamFamily {
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
-            flags: 0,
-            _pad: [0; 2],
+            _pad: [0; 3],
         }
     }
 }

@@ -94,11 +94,13 @@ impl Default for Lamb {
     }
 }
 
-/// Uniforms of the tile kernels (`shaders/tiles.wgsl`, `struct Aux`; keep in
-/// sync): LAMB's per-step scalars and what the reductions need.
+/// LAMB's per-step scalars: what the CPU step reads, and the uniforms of
+/// LAMB's tile kernels (`struct Scalars` in `shaders/lamb.wgsl`, whose
+/// size the kernels' tests check against this one). The bias corrections
+/// reach the kernels through the step table, made from them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct AuxScalars {
+pub(crate) struct LambScalars {
     pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
@@ -112,32 +114,20 @@ pub(crate) struct AuxScalars {
     pub weight_decay: f32,
     pub clamp_min: f32,
     pub clamp_max: f32,
-    /// `clip_grad_norm_`'s `max_norm`.
-    pub max_norm: f32,
-    /// Tiles over all chunks.
-    pub n_tiles: u32,
-    /// Tensors of the optimizer.
-    pub n_tensors: u32,
-    /// Bit 0: clip the gradients; bit 1: skip the step when their norm is
-    /// not finite; bit 2: clamp the trust ratio; bit 3: ratio 1 (no decay);
-    /// bits 4-6: `FLAG_GRAD_SCALE`, `FLAG_SKIP_FOUND_INF`, `FLAG_USE_MOMENTUM`.
-    pub flags: u32,
-    pub _pad: u32,
+    /// [`LAMB_CLAMP`], [`LAMB_UNIT_RATIO`].
+    pub options: u32,
 }
-const _: () = assert!(std::mem::size_of::<AuxScalars>() == 64);
+const _: () = assert!(std::mem::size_of::<LambScalars>() == 48);
 
-pub(crate) const FLAG_CLIP: u32 = 1;
-pub(crate) const FLAG_SKIP_NONFINITE: u32 = 2;
-pub(crate) const FLAG_CLAMP: u32 = 4;
-pub(crate) const FLAG_UNIT_RATIO: u32 = 8;
-/// Multiply the gradients by `1/grad_scale` (loss scaling).
-pub(crate) const FLAG_GRAD_SCALE: u32 = 16;
-/// Skip the step when a gradient is NaN or infinite (`skip_nonfinite`),
-/// keep the step counters on the GPU, take the step-dependent scalars
-/// from the table.
-pub(crate) const FLAG_SKIP_FOUND_INF: u32 = 32;
-/// SGD uses its momentum buffer this step (the GPU's buffer-filled flag).
-pub(crate) const FLAG_USE_MOMENTUM: u32 = 64;
+/// Clamp the trust ratio to `(clamp_min, clamp_max)`.
+pub(crate) const LAMB_CLAMP: u32 = 1;
+/// Trust ratio 1 (`unit_ratio_without_decay` with no weight decay).
+pub(crate) const LAMB_UNIT_RATIO: u32 = 2;
+/// LAMB's option bits, as the WGSL constants of the same names.
+pub(crate) const WGSL_CONSTANTS: [(&str, u32); 2] = [
+    ("LAMB_CLAMP", LAMB_CLAMP),
+    ("LAMB_UNIT_RATIO", LAMB_UNIT_RATIO),
+];
 
 impl Lamb {
     pub(crate) fn validate(&self) -> Result<()> {
@@ -158,19 +148,18 @@ impl Lamb {
         Ok(())
     }
 
-    /// The scalars of step `step` (1 for the first); the reduction fields
-    /// are filled in by the optimizer.
-    pub(crate) fn aux(&self, step: u64) -> AuxScalars {
+    /// The scalars of step `step` (1 for the first).
+    pub(crate) fn scalars(&self, step: u64) -> LambScalars {
         let (beta1, beta2) = self.betas;
         let (lo, hi) = self.trust_ratio_clamp.unwrap_or((0.0, 0.0));
-        let mut flags = 0;
+        let mut options = 0;
         if self.trust_ratio_clamp.is_some() {
-            flags |= FLAG_CLAMP;
+            options |= LAMB_CLAMP;
         }
         if self.unit_ratio_without_decay && self.weight_decay == 0.0 {
-            flags |= FLAG_UNIT_RATIO;
+            options |= LAMB_UNIT_RATIO;
         }
-        AuxScalars {
+        LambScalars {
             lr: self.lr as f32,
             beta1: beta1 as f32,
             beta2: beta2 as f32,
@@ -182,8 +171,7 @@ impl Lamb {
             weight_decay: self.weight_decay as f32,
             clamp_min: lo as f32,
             clamp_max: hi as f32,
-            flags,
-            ..AuxScalars::default()
+            options,
         }
     }
 }
@@ -191,7 +179,7 @@ impl Lamb {
 /// `u` of one element, from the already updated moments; the same
 /// arithmetic as `lamb_update` in `shaders/lamb.wgsl`.
 #[inline(always)]
-fn update_direction(s: &AuxScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
+fn update_direction(s: &LambScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
     let m_hat = m / s.bias_correction1;
     let denom = if c.eps_inside_sqrt {
         (v / s.bias_correction2 + s.eps).sqrt()
@@ -203,15 +191,15 @@ fn update_direction(s: &AuxScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
 
 /// The trust ratio from the two squared norms, with the options; the same
 /// as `lamb_ratio` in `shaders/lamb.wgsl`.
-pub(crate) fn trust_ratio(s: &AuxScalars, param_sq: f32, update_sq: f32) -> f32 {
+pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32 {
     let (pn, un) = (param_sq.sqrt(), update_sq.sqrt());
     // Apex tests `!= 0` and optax `== 0`: a NaN norm is not zero, so a NaN
     // (or an inf/inf) ratio propagates into the tensor's step.
     let mut r = if pn == 0.0 || un == 0.0 { 1.0 } else { pn / un };
-    if s.flags & FLAG_UNIT_RATIO != 0 {
+    if s.options & LAMB_UNIT_RATIO != 0 {
         r = 1.0;
     }
-    if s.flags & FLAG_CLAMP != 0 {
+    if s.options & LAMB_CLAMP != 0 {
         r = super::clamp(r, s.clamp_min, s.clamp_max);
     }
     r
@@ -221,7 +209,7 @@ pub(crate) fn trust_ratio(s: &AuxScalars, param_sq: f32, update_sq: f32) -> f32 
 /// multiplies every gradient first (global-norm clipping). Norms are summed
 /// in f64.
 pub(crate) fn cpu_step(
-    s: &AuxScalars,
+    s: &LambScalars,
     c: &Lamb,
     layout: &Layout,
     params: &mut [f32],

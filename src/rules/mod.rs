@@ -308,7 +308,7 @@ pub(crate) enum StepScalars {
     Adagrad(adagrad::AdagradScalars),
     RmsProp(rmsprop::RmsPropScalars),
     Adam(adam::AdamScalars),
-    Lamb(lamb::AuxScalars),
+    Lamb(lamb::LambScalars),
 }
 
 impl StepScalars {
@@ -327,32 +327,14 @@ impl Config {
     /// The scalars of step number `step` (1 for the first step).
     /// `momentum_initialized` is false until SGD's momentum buffer has been
     /// filled once (PyTorch fills it with the gradient on its first use).
-    /// `flags` are the clipping and refusal bits (`lamb::FLAG_*`).
-    pub(crate) fn step_scalars(
-        &self,
-        step: u64,
-        momentum_initialized: bool,
-        flags: u32,
-    ) -> StepScalars {
-        let mut scalars = self.rule_scalars(step, momentum_initialized);
-        match &mut scalars {
-            StepScalars::Sgd(s) => s.flags = flags,
-            StepScalars::Adagrad(s) => s.flags = flags,
-            StepScalars::RmsProp(s) => s.flags = flags,
-            StepScalars::Adam(s) => s.flags = flags,
-            StepScalars::Lamb(s) => s.flags |= flags,
-        }
-        scalars
-    }
-
-    fn rule_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
+    pub(crate) fn step_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
         match self {
             Config::Sgd(c) => StepScalars::Sgd(c.scalars(momentum_initialized)),
             Config::Adagrad(c) => StepScalars::Adagrad(c.scalars(step)),
             Config::RmsProp(c) => StepScalars::RmsProp(c.scalars()),
             Config::Adam(c) => StepScalars::Adam(c.scalars(step)),
             Config::AdamW(c) => StepScalars::Adam(c.to_adam_family().scalars(step)),
-            Config::Lamb(c) => StepScalars::Lamb(c.aux(step)),
+            Config::Lamb(c) => StepScalars::Lamb(c.scalars(step)),
         }
     }
 

@@ -87,7 +87,8 @@ impl Default for RmsProp {
     }
 }
 
-/// Uniforms of `shaders/rmsprop.wgsl` (`struct Scalars` there; keep in sync).
+/// Uniforms of `shaders/rmsprop.wgsl` (`struct Scalars` there; the kernels'
+/// tests check that the sizes match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct RmsPropScalars {
@@ -99,8 +100,7 @@ pub(crate) struct RmsPropScalars {
     pub momentum: f32,
     /// 1 while `momentum > 0` this step (PyTorch skips the buffer otherwise).
     pub use_momentum: u32,
-    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
-    pub flags: u32,
+    pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<RmsPropScalars>() == 32);
 
@@ -142,7 +142,7 @@ impl RmsProp {
             weight_decay: self.weight_decay as f32,
             momentum: self.momentum as f32,
             use_momentum: (self.momentum > 0.0) as u32,
-            flags: 0,
+            _pad: 0,
         }
     }
 }

@@ -84,7 +84,8 @@ impl Default for Sgd {
     }
 }
 
-/// Uniforms of `shaders/sgd.wgsl` (`struct Scalars` there; keep in sync).
+/// Uniforms of `shaders/sgd.wgsl` (`struct Scalars` there; the kernels'
+/// tests check that the sizes match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct SgdScalars {
@@ -96,9 +97,7 @@ pub(crate) struct SgdScalars {
     pub use_momentum: u32,
     /// 1 once the buffer holds a value; 0 on its first use, when it is set to `g`.
     pub buffer_filled: u32,
-    /// Clipping and refusal flags (`FLAG_*` in src/rules/lamb.rs).
-    pub flags: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<SgdScalars>() == 32);
 
@@ -135,8 +134,7 @@ impl Sgd {
             weight_decay: self.weight_decay as f32,
             use_momentum: (self.momentum != 0.0) as u32,
             buffer_filled: buffer_filled as u32,
-            flags: 0,
-            _pad: 0,
+            _pad: [0; 2],
         }
     }
 }

@@ -1,0 +1,353 @@
+//! Resources: where the parameters and gradients live, the buffers and
+//! bind groups an optimizer owns besides them, and the uploads and
+//! read-backs of whole packed tensor sets.
+
+use std::num::NonZeroU64;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::rules::Config;
+
+use super::chunks::{check_size, padded, ChunkRange, Tiling};
+use super::kernels::{Kernel, WORKGROUP_SIZE};
+use super::optimizer::GpuOptimizer;
+use super::readback::read_buffer;
+use super::skip::COUNTER_WORDS;
+use super::uniforms::{UNIFORM_RING, UNIFORM_STRIDE};
+
+/// Where a packed tensor set lives: our own buffers (one per chunk), or one
+/// buffer the caller handed over (chunks are ranges of it).
+pub(super) enum Storage {
+    Owned(Vec<wgpu::Buffer>),
+    Caller(wgpu::Buffer),
+}
+
+impl Storage {
+    fn binding(&self, chunk: usize, range: &ChunkRange, width: u32) -> wgpu::BufferBinding<'_> {
+        match self {
+            Storage::Owned(buffers) => wgpu::BufferBinding {
+                buffer: &buffers[chunk],
+                offset: 0,
+                size: NonZeroU64::new(padded(range.len, width) * 4),
+            },
+            Storage::Caller(buffer) => wgpu::BufferBinding {
+                buffer,
+                offset: range.start * 4,
+                size: NonZeroU64::new(range.len * 4),
+            },
+        }
+    }
+
+    /// The buffer and byte offset of flat element `chunk_start`.
+    pub(super) fn locate(&self, chunk: usize, range: &ChunkRange) -> (&wgpu::Buffer, u64) {
+        match self {
+            Storage::Owned(buffers) => (&buffers[chunk], 0),
+            Storage::Caller(buffer) => (buffer, range.start * 4),
+        }
+    }
+}
+
+/// The buffers and bind groups an optimizer owns besides the parameters and
+/// gradients.
+pub(super) struct OwnedResources {
+    /// Each state tensor's buffers, one per chunk, in `state_names` order.
+    pub(super) state: Vec<Vec<wgpu::Buffer>>,
+    /// The buffers bound to state slots a configuration does not use (each
+    /// its own, so that no two writable bindings alias), kept with the
+    /// bind groups that use them.
+    #[allow(dead_code)]
+    unused_slots: Vec<wgpu::Buffer>,
+    /// Each chunk's tile table (`tables` in tiles.wgsl).
+    tile_tables: Vec<wgpu::Buffer>,
+    partials: wgpu::Buffer,
+    /// Workgroups of each chunk's tile dispatch.
+    tile_workgroups: Vec<u32>,
+    /// Gradient norm, clip scale, refusals, trust ratios (`info` in the
+    /// kernels).
+    pub(super) info: wgpu::Buffer,
+    /// The step counters of `skip_nonfinite` (`counters` in tiles.wgsl).
+    pub(super) counters: wgpu::Buffer,
+    /// The ring of the element-wise kernels' uniforms.
+    pub(super) rule_uniforms: wgpu::Buffer,
+    /// The ring of the tile kernels' uniforms.
+    pub(super) tile_uniforms: wgpu::Buffer,
+    /// The element-wise kernel's bind group of each chunk, with its
+    /// workgroups; empty for LAMB.
+    pub(super) rule_groups: Vec<(wgpu::BindGroup, u32)>,
+    /// Made with the first tile kernel built (`attach_tile_groups`): at
+    /// construction for LAMB, else with the reduction; empty until then.
+    pub(super) tile_groups: Vec<(wgpu::BindGroup, u32)>,
+}
+
+impl OwnedResources {
+    /// Checks every size against the device's limits, then makes the
+    /// buffers (no bind groups yet: `attach_rule_groups`,
+    /// `attach_tile_groups`).
+    pub(super) fn create(
+        ctx: &GpuContext,
+        config: &Config,
+        state_names: &[&'static str],
+        chunks: &[ChunkRange],
+        tiling: &Tiling,
+        n_tensors: usize,
+    ) -> Result<Self> {
+        let tables = tiling.tables();
+        let limits = ctx.limits();
+        // In u64: the counts are below 2^32 (Tiling::new), their byte
+        // counts need not fit a 32-bit usize.
+        check_size(
+            &limits,
+            "tile partials",
+            tiling.total.max(1) as u64 * 8,
+            false,
+        )?;
+        check_size(&limits, "step info", (4 + n_tensors as u64) * 4, false)?;
+        for table in &tables {
+            check_size(&limits, "tile table", table.len() as u64 * 16, false)?;
+        }
+        check_size(&limits, "step scalars", UNIFORM_RING * UNIFORM_STRIDE, true)?;
+        ctx.scoped("creating state buffers", || {
+            let device = &ctx.device;
+            let storage_buffer = |label: &str, size: u64| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                })
+            };
+            let state: Vec<Vec<wgpu::Buffer>> = state_names
+                .iter()
+                .map(|name| {
+                    let init = config.state_initial_value(name);
+                    chunks
+                        .iter()
+                        .map(|c| {
+                            let buffer = storage_buffer(name, padded(c.len, 4) * 4);
+                            if init != 0.0 {
+                                let fill = vec![init; padded(c.len, 4) as usize];
+                                ctx.queue
+                                    .write_buffer(&buffer, 0, bytemuck::cast_slice(&fill));
+                            }
+                            buffer
+                        })
+                        .collect()
+                })
+                .collect();
+            let tile_tables: Vec<wgpu::Buffer> = tables
+                .iter()
+                .map(|table| {
+                    let b = storage_buffer("tile table", table.len() as u64 * 16);
+                    ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(table));
+                    b
+                })
+                .collect();
+            let ring = |label: &str| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: UNIFORM_RING * UNIFORM_STRIDE,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            };
+            let max_groups = limits.max_compute_workgroups_per_dimension as u64;
+            OwnedResources {
+                state,
+                unused_slots: Vec::new(),
+                tile_tables,
+                partials: storage_buffer("tile partials", tiling.total.max(1) as u64 * 8),
+                tile_workgroups: tiling
+                    .per_chunk
+                    .iter()
+                    .map(|tiles| (tiles.len() as u64).clamp(1, max_groups) as u32)
+                    .collect(),
+                info: storage_buffer("step info", (4 + n_tensors as u64) * 4),
+                counters: storage_buffer("step counters", COUNTER_WORDS * 4),
+                rule_uniforms: ring("step scalars"),
+                tile_uniforms: ring("tile scalars"),
+                rule_groups: Vec::new(),
+                tile_groups: Vec::new(),
+            }
+        })
+    }
+}
+
+impl GpuOptimizer {
+    /// One bind group per chunk for `kernel`, each binding given by the
+    /// name the kernel's WGSL gives it; vectors `width` wide; `uniforms`,
+    /// the ring bound as `u`. Returns the groups and the buffers made for
+    /// unused state slots.
+    fn chunk_groups(
+        &self,
+        kernel: &Kernel,
+        width: u32,
+        uniforms: &wgpu::Buffer,
+    ) -> (Vec<wgpu::BindGroup>, Vec<wgpu::Buffer>) {
+        let b = &self.buffers;
+        let device = &self.ctx.device;
+        let mut groups = Vec::with_capacity(self.chunks.len());
+        let mut unused = Vec::new();
+        let fixed = [
+            "param", "grad", "info", "counters", "tables", "partials", "u",
+        ];
+        for (ci, range) in self.chunks.iter().enumerate() {
+            // A buffer of its own for each state slot this configuration
+            // does not have.
+            let dummies: Vec<wgpu::Buffer> = kernel
+                .bindings
+                .iter()
+                .filter(|k| !fixed.contains(&k.name) && !self.state_names.contains(&k.name))
+                .map(|k| {
+                    device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(k.name),
+                        size: 16,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect();
+            let mut next_dummy = dummies.iter();
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = kernel
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let resource = match k.name {
+                        "param" => {
+                            wgpu::BindingResource::Buffer(self.params.binding(ci, range, width))
+                        }
+                        "grad" => {
+                            wgpu::BindingResource::Buffer(self.grads.binding(ci, range, width))
+                        }
+                        "info" => b.info.as_entire_binding(),
+                        "counters" => b.counters.as_entire_binding(),
+                        "tables" => b.tile_tables[ci].as_entire_binding(),
+                        "partials" => b.partials.as_entire_binding(),
+                        "u" => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: uniforms,
+                            offset: 0,
+                            size: NonZeroU64::new(UNIFORM_STRIDE),
+                        }),
+                        name => match self.state_names.iter().position(|n| *n == name) {
+                            Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &b.state[si][ci],
+                                offset: 0,
+                                size: NonZeroU64::new(padded(range.len, width) * 4),
+                            }),
+                            None => next_dummy
+                                .next()
+                                .expect("one dummy per missing slot")
+                                .as_entire_binding(),
+                        },
+                    };
+                    wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource,
+                    }
+                })
+                .collect();
+            groups.push(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("optimizer chunk"),
+                layout: &kernel.layout,
+                entries: &entries,
+            }));
+            unused.extend(dummies);
+        }
+        (groups, unused)
+    }
+
+    /// Makes the bind groups of the element-wise rule kernel.
+    pub(super) fn attach_rule_groups(&mut self) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let width = self.variant.width;
+        let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
+        let (groups, unused) = ctx.scoped("creating the rule kernel's bind groups", || {
+            self.chunk_groups(&self.kernel, width, &self.buffers.rule_uniforms)
+        })?;
+        self.buffers.rule_groups = groups
+            .into_iter()
+            .zip(&self.chunks)
+            .map(|(group, range)| {
+                let units = padded(range.len, width) / width as u64;
+                (group, units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32)
+            })
+            .collect();
+        self.buffers.unused_slots.extend(unused);
+        Ok(())
+    }
+
+    /// Makes the bind groups of the tile kernels with `kernel`'s layout
+    /// (every tile kernel, LAMB's and the reduction's, has the same
+    /// bindings), once.
+    pub(super) fn attach_tile_groups(&mut self, kernel: &Kernel) -> Result<()> {
+        if !self.buffers.tile_groups.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
+            self.chunk_groups(kernel, 1, &self.buffers.tile_uniforms)
+        })?;
+        self.buffers.tile_groups = groups
+            .into_iter()
+            .zip(&self.buffers.tile_workgroups)
+            .map(|(group, w)| (group, *w))
+            .collect();
+        self.buffers.unused_slots.extend(unused);
+        Ok(())
+    }
+
+    pub(super) fn check_host_writable(&self, storage: &Storage, what: &'static str) -> Result<()> {
+        if let Storage::Caller(b) = storage {
+            if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
+                return Err(Error::BufferUsage {
+                    what,
+                    missing: "COPY_DST".into(),
+                    has: format!("{:?}", b.usage()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes tensors (already checked against the layout) into a storage,
+    /// splitting each at chunk boundaries.
+    pub(super) fn write_storage_tensors(&self, storage: &Storage, tensors: &[&[f32]]) {
+        for (i, t) in tensors.iter().enumerate() {
+            let mut flat = self.layout.offsets()[i] as u64;
+            let mut rest: &[f32] = t;
+            while !rest.is_empty() {
+                let ci = self.chunks.partition_point(|c| c.start + c.len <= flat);
+                let range = &self.chunks[ci];
+                let take = ((range.start + range.len - flat) as usize).min(rest.len());
+                let (buffer, base) = storage.locate(ci, range);
+                self.ctx.queue.write_buffer(
+                    buffer,
+                    base + (flat - range.start) * 4,
+                    bytemuck::cast_slice(&rest[..take]),
+                );
+                rest = &rest[take..];
+                flat += take as u64;
+            }
+        }
+    }
+
+    pub(super) fn read_storage(&self, storage: &Storage) -> Result<Vec<f32>> {
+        if let Storage::Caller(b) = storage {
+            if !b.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                return Err(Error::BufferUsage {
+                    what: "parameter",
+                    missing: "COPY_SRC".into(),
+                    has: format!("{:?}", b.usage()),
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(self.layout.total());
+        for (ci, range) in self.chunks.iter().enumerate() {
+            let (buffer, base) = storage.locate(ci, range);
+            out.extend(read_buffer(&self.ctx, buffer, base, range.len * 4)?);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,409 @@
+//! The non-finite skip tracker: with `skip_nonfinite` the GPU decides
+//! whether each step is applied and keeps the step counters; the host
+//! learns them later from read-backs it never waits for unless it must.
+
+use crate::error::{Error, Result};
+use crate::layout::Counters;
+
+use super::optimizer::GpuOptimizer;
+use super::readback::{map_counters, read_buffer, Readback};
+use super::uniforms::TABLE_LEN;
+
+/// What the host knows of the GPU's step counters while `skip_nonfinite`
+/// is on (the design is in the README, "Non-finite gradients", and on
+/// [`GpuOptimizer::set_skip_nonfinite`]).
+///
+/// The GPU decides each step whether it is applied; the host learns it
+/// later, from read-backs it never waits for unless it must. The `*_known`
+/// fields are the state after host step `host_steps_known` (steps are
+/// numbered 1, 2, ... in the order queued); `host_steps_queued` steps have
+/// been queued in all. A step's step-dependent scalars (Adam's bias
+/// corrections, Adagrad's decayed lr, LAMB's bias corrections) depend on
+/// how many steps were applied before it, which is `applied_known + j` for
+/// some `j` in `0 ..= host_steps_queued − host_steps_known`: the host sends
+/// the scalars of every such count (the table of
+/// [`StepTail`](super::uniforms::StepTail)) and the GPU picks. A step can be queued only while that
+/// window fits the table ([`TABLE_LEN`]); at its edge the host waits for
+/// the read-back of a step already submitted.
+pub(super) struct SkipTracker {
+    /// Steps queued in all (the number of the last one).
+    pub(super) host_steps_queued: u64,
+    /// The last host step whose outcome a read-back has told.
+    pub(super) host_steps_known: u64,
+    /// Steps applied up to `host_steps_known`.
+    pub(super) applied_known: u64,
+    /// Steps skipped up to `host_steps_known`.
+    pub(super) skipped_known: u64,
+    /// SGD's momentum buffer filled after `host_steps_known`.
+    pub(super) momentum_filled_known: bool,
+    /// Step `host_steps_known` was skipped.
+    pub(super) last_skipped_known: bool,
+    /// Read-backs in flight: the staging buffer and its map result.
+    pub(super) pending: Vec<Readback>,
+    /// Staging buffers ready for reuse.
+    pub(super) free: Vec<wgpu::Buffer>,
+}
+
+impl SkipTracker {
+    /// Takes in a read-back of the counters: the GPU's numbers are the low
+    /// 32 bits of counts that only grow, and lie between what the host
+    /// knew and what it queued, so the host puts the high bits back.
+    fn learn(&mut self, w: CounterWords) {
+        let h =
+            self.host_steps_known + (w.host_step.wrapping_sub(self.host_steps_known as u32)) as u64;
+        if h < self.host_steps_known || h > self.host_steps_queued {
+            return;
+        }
+        self.applied_known += w.applied.wrapping_sub(self.applied_known as u32) as u64;
+        self.skipped_known += w.skipped.wrapping_sub(self.skipped_known as u32) as u64;
+        self.host_steps_known = h;
+        self.momentum_filled_known = w.filled != 0;
+        self.last_skipped_known = w.last_skipped != 0;
+    }
+
+    /// Steps queued whose outcome the host does not know yet.
+    pub(super) fn outcomes_unknown(&self) -> u64 {
+        self.host_steps_queued - self.host_steps_known
+    }
+}
+
+/// The counters as read back (low 32 bits).
+#[derive(Clone, Copy, Debug)]
+struct CounterWords {
+    applied: u32,
+    host_step: u32,
+    skipped: u32,
+    filled: u32,
+    last_skipped: u32,
+}
+
+impl CounterWords {
+    fn of(words: &[u32]) -> Self {
+        CounterWords {
+            applied: words[0],
+            host_step: words[1],
+            skipped: words[2],
+            filled: words[3],
+            last_skipped: words[5],
+        }
+    }
+}
+
+/// Words of the step-counter buffer (`counters` in tiles.wgsl): [0] steps
+/// applied, [1] host step number last processed, [2] steps skipped, [3]
+/// SGD buffer filled, [4] filled before the current step, [5] current step
+/// skipped; all the low 32 bits.
+pub(super) const COUNTER_WORDS: u64 = 8;
+
+impl GpuOptimizer {
+    /// Skip steps whose gradients hold a NaN or an infinity (PyTorch's
+    /// `GradScaler` `found_inf`, optax's `apply_if_finite`): the whole step
+    /// is skipped, parameters, state and step count untouched, and counted
+    /// ([`GpuOptimizer::skipped_steps`]). Off by default: a NaN then
+    /// propagates, as in PyTorch.
+    ///
+    /// The GPU checks the gradients in the same submission as the update
+    /// (the reduction of `shaders/reduce.wgsl` counts the non-finite
+    /// elements) and decides alone: nothing is read back for the step, so
+    /// stepping never waits. What the host cannot know is how many of the
+    /// steps it queued were applied, and Adam's bias corrections (Adagrad's
+    /// decayed lr, LAMB's) depend on that count, computed on the host in
+    /// f64. So the GPU keeps the count, and each step carries the scalars of
+    /// every count it may be at — at most 32, one per step queued since
+    /// the host last learned the count — and the kernel picks the entry of
+    /// the count it has. The host learns the count from small read-backs it
+    /// maps asynchronously and collects when they are done, never waiting
+    /// unless 32 steps are queued ahead of what it knows. The scalars are
+    /// those of the same f64 formula as without skipping, so a run with
+    /// skipped steps is bit for bit the run that never saw those gradients.
+    ///
+    /// Turning it off waits for the queued steps (to learn the count).
+    /// Toggle it between submissions, not between steps recorded into one
+    /// encoder. Turning it on builds the reduction kernel the first time:
+    /// [`Error::DeviceLimit`] on a device whose limits cannot host it, with
+    /// nothing changed.
+    pub fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+        match (skip, self.skip.is_some()) {
+            (true, false) => {
+                self.ensure_reduction()?;
+                self.start_skipping()
+            }
+            (false, true) => {
+                self.sync()?;
+                if let Some(t) = self.skip.take() {
+                    self.skipped_before += t.skipped_known;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts the skip tracker at the host's (exact) counts, and the GPU's
+    /// counters with it.
+    pub(super) fn start_skipping(&mut self) -> Result<()> {
+        let c = self.counters;
+        let words: [u32; COUNTER_WORDS as usize] = [
+            c.step as u32,
+            c.step as u32,
+            0,
+            c.buffer_filled as u32,
+            c.buffer_filled as u32,
+            0,
+            0,
+            0,
+        ];
+        let ctx = self.ctx.clone();
+        ctx.scoped("starting the step counters", || {
+            ctx.queue
+                .write_buffer(&self.buffers.counters, 0, bytemuck::cast_slice(&words))
+        })?;
+        self.skip = Some(SkipTracker {
+            host_steps_queued: c.step,
+            host_steps_known: c.step,
+            applied_known: c.step,
+            skipped_known: 0,
+            momentum_filled_known: c.buffer_filled,
+            last_skipped_known: false,
+            pending: Vec::new(),
+            free: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Whether steps with non-finite gradients are skipped.
+    pub fn skip_nonfinite(&self) -> bool {
+        self.skip.is_some()
+    }
+
+    /// Steps skipped so far because a gradient was NaN or infinite (and,
+    /// with `skip_nonfinite` on, steps refused by `error_if_nonfinite`).
+    /// Waits for the queued steps: ask when you log, not every step.
+    pub fn skipped_steps(&mut self) -> Result<u64> {
+        self.sync()?;
+        Ok(self.skipped_before + self.skip.as_ref().map_or(0, |t| t.skipped_known))
+    }
+
+    /// Whether the last step was skipped (`skip_nonfinite`). Waits for the
+    /// queued steps: ask when you need to know, for example to lower the
+    /// loss scale as `GradScaler.update` does.
+    pub fn last_step_skipped(&mut self) -> Result<bool> {
+        self.sync()?;
+        Ok(self.skip.as_ref().is_some_and(|t| t.last_skipped_known))
+    }
+
+    /// With `skip_nonfinite`, makes sure the next step's window of possible
+    /// step counts fits the table: takes in finished read-backs (without
+    /// waiting), and waits for one only when the window is full.
+    pub(super) fn make_room(&mut self) -> Result<()> {
+        if self.skip.is_none() {
+            return Ok(());
+        }
+        self.collect_readbacks(false)?;
+        let full = |t: &SkipTracker| t.outcomes_unknown() + 1 > TABLE_LEN as u64;
+        if self.skip.as_ref().is_some_and(full) {
+            self.collect_readbacks(true)?;
+        }
+        if self.skip.as_ref().is_some_and(full) {
+            // Nothing in flight covered the steps queued: read now.
+            self.request_counters()?;
+            self.collect_readbacks(true)?;
+        }
+        if let Some(t) = self.skip.as_ref().filter(|t| full(t)) {
+            return Err(Error::UnsubmittedSteps {
+                steps: t.outcomes_unknown(),
+                needs:
+                    "with skip_nonfinite at most 32 steps may be host_steps_queued ahead of the GPU",
+            });
+        }
+        const _: () = assert!(TABLE_LEN == 32, "the message above says 32");
+        Ok(())
+    }
+
+    /// Submits a copy of the counters to a staging buffer and maps it.
+    pub(super) fn request_counters(&mut self) -> Result<()> {
+        let ctx = self.ctx.clone();
+        let Some(t) = self.skip.as_mut() else {
+            return Ok(());
+        };
+        let staging = t.free.pop().unwrap_or_else(|| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step counters readback"),
+                size: COUNTER_WORDS * 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        let counters = &self.buffers.counters;
+        ctx.scoped("reading the step counters", || {
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step counters"),
+                });
+            encoder.copy_buffer_to_buffer(counters, 0, &staging, 0, COUNTER_WORDS * 4);
+            ctx.queue.submit(Some(encoder.finish()));
+        })?;
+        t.pending.push(map_counters(staging));
+        Ok(())
+    }
+
+    /// Takes in the read-backs that have finished; with `wait`, waits for
+    /// all those in flight first.
+    pub(super) fn collect_readbacks(&mut self, wait: bool) -> Result<()> {
+        let Some(t) = self.skip.as_mut() else {
+            return Ok(());
+        };
+        if t.pending.is_empty() {
+            return Ok(());
+        }
+        if wait {
+            self.ctx.wait()?;
+        } else {
+            let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+        }
+        if let Some(lost) = self.ctx.lost() {
+            return Err(Error::DeviceLost {
+                during: "reading the step counters",
+                reason: lost,
+            });
+        }
+        let mut still = Vec::new();
+        for r in std::mem::take(&mut t.pending) {
+            let state = *r
+                .done
+                .lock()
+                .map_err(|_| Error::Readback("poisoned".into()))?;
+            match state {
+                None => still.push(r),
+                Some(false) => {
+                    return Err(Error::Readback("mapping the step counters failed".into()))
+                }
+                Some(true) => {
+                    let words: Vec<u32> = {
+                        let view = r
+                            .buffer
+                            .slice(..)
+                            .get_mapped_range()
+                            .map_err(|e| Error::Readback(e.to_string()))?;
+                        bytemuck::cast_slice(&view).to_vec()
+                    };
+                    r.buffer.unmap();
+                    t.learn(CounterWords::of(&words));
+                    t.free.push(r.buffer);
+                }
+            }
+        }
+        t.pending = still;
+        self.counters.step = t.applied_known + t.outcomes_unknown();
+        Ok(())
+    }
+
+    /// Waits for every queued step and learns the exact step count,
+    /// skips and SGD's buffer flag (with `skip_nonfinite`; a no-op
+    /// otherwise).
+    pub(super) fn sync(&mut self) -> Result<()> {
+        if self.skip.is_none() {
+            return Ok(());
+        }
+        self.request_counters()?;
+        self.collect_readbacks(true)?;
+        if let Some(t) = &self.skip {
+            if t.outcomes_unknown() != 0 {
+                return Err(Error::UnsubmittedSteps {
+                    steps: t.outcomes_unknown(),
+                    needs: "the exact step count needs every step run",
+                });
+            }
+            self.counters = Counters {
+                step: t.applied_known,
+                buffer_filled: t.momentum_filled_known,
+            };
+        }
+        Ok(())
+    }
+
+    /// The exact (steps applied, SGD buffer filled, steps skipped), reading
+    /// the GPU's counters back with `skip_nonfinite` (waits).
+    pub(super) fn exact_counts(&self) -> Result<(u64, bool, u64)> {
+        let Some(t) = &self.skip else {
+            return Ok((
+                self.counters.step,
+                self.counters.buffer_filled,
+                self.skipped_before,
+            ));
+        };
+        let words: Vec<u32> = read_buffer(&self.ctx, &self.buffers.counters, 0, COUNTER_WORDS * 4)?
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let mut copy = SkipTracker {
+            host_steps_queued: t.host_steps_queued,
+            host_steps_known: t.host_steps_known,
+            applied_known: t.applied_known,
+            skipped_known: t.skipped_known,
+            momentum_filled_known: t.momentum_filled_known,
+            last_skipped_known: t.last_skipped_known,
+            pending: Vec::new(),
+            free: Vec::new(),
+        };
+        copy.learn(CounterWords::of(&words));
+        if copy.outcomes_unknown() != 0 {
+            return Err(Error::UnsubmittedSteps {
+                steps: copy.outcomes_unknown(),
+                needs: "the exact step count needs every step run",
+            });
+        }
+        Ok((
+            copy.applied_known,
+            copy.momentum_filled_known,
+            self.skipped_before + copy.skipped_known,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The low 32 bits the GPU keeps are put back into full counts, past
+    /// 2^32 too.
+    #[test]
+    fn counters_past_32_bits() {
+        let start = (1u64 << 32) - 2;
+        let mut t = SkipTracker {
+            host_steps_queued: start + 5,
+            host_steps_known: start,
+            applied_known: start,
+            skipped_known: 0,
+            momentum_filled_known: false,
+            last_skipped_known: false,
+            pending: Vec::new(),
+            free: Vec::new(),
+        };
+        t.learn(CounterWords {
+            applied: (start + 3) as u32,
+            host_step: (start + 4) as u32,
+            skipped: 1,
+            filled: 1,
+            last_skipped: 0,
+        });
+        assert_eq!(
+            (t.host_steps_known, t.applied_known, t.skipped_known),
+            (start + 4, start + 3, 1)
+        );
+        // An older read-back arriving late is ignored.
+        t.learn(CounterWords {
+            applied: (start + 1) as u32,
+            host_step: (start + 1) as u32,
+            skipped: 0,
+            filled: 0,
+            last_skipped: 0,
+        });
+        assert_eq!(
+            (t.host_steps_known, t.applied_known),
+            (start + 4, start + 3)
+        );
+        assert_eq!(t.outcomes_unknown(), 1);
+    }
+}

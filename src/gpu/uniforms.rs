@@ -1,0 +1,272 @@
+//! Uniforms: the ring of per-step scalars, the tail every kernel's
+//! uniforms begin with, the flags, and each step's writes into the ring (by
+//! the queue for a step submitted alone, by a copy inside the encoder for a
+//! recorded one).
+//!
+//! A slot of the rule ring holds `[StepTail][the rule's scalars]` (the
+//! element-wise kernels' `Uniforms`), a slot of the tile ring `[StepTail]
+//! [TileHeader][LAMB's scalars]` (the tile kernels'; the reduction reads
+//! the first two). The WGSL of both structs is written from the Rust
+//! definitions below ([`gpu_struct!`]).
+
+use wgpu::util::DeviceExt;
+
+use crate::error::Result;
+use crate::rules::{Config, StepScalars};
+
+use super::optimizer::GpuOptimizer;
+
+/// Slots of the uniform ring: each step writes its scalars to the next slot
+/// (a queue write for a step submitted alone, a copy inside the encoder for
+/// a recorded one; see [`ScalarsVia`]).
+pub(crate) const UNIFORM_RING: u64 = 256;
+
+/// Stride of the ring: a multiple of the largest
+/// `min_uniform_buffer_offset_alignment` any backend asks for (256), large
+/// enough for the [`StepTail`], the [`TileHeader`] and the largest rule's
+/// scalars (64 bytes).
+pub(super) const UNIFORM_STRIDE: u64 = 768;
+
+/// Entries of the table of [`StepTail`]: with `skip_nonfinite`, the host
+/// may queue at most this many steps past the last step whose outcome
+/// (applied or skipped) it has read back.
+pub(crate) const TABLE_LEN: usize = 32;
+
+/// Clip the gradients by `info[1]` (global-norm clipping is on).
+pub(super) const FLAG_CLIP: u32 = 1;
+/// Refuse the step when the gradient norm is not finite (clipping's
+/// `error_if_nonfinite`).
+pub(super) const FLAG_ERROR_IF_NONFINITE: u32 = 2;
+/// Multiply the gradients by `1/grad_scale` (loss scaling).
+pub(super) const FLAG_GRAD_SCALE: u32 = 16;
+/// Skip the step when a gradient is NaN or infinite (`skip_nonfinite`):
+/// the GPU keeps the step counters and picks the step-dependent scalars
+/// from the table.
+pub(super) const FLAG_SKIP_NONFINITE: u32 = 32;
+/// SGD uses its momentum buffer this step: an applied step leaves it
+/// filled (the GPU's flag, with `FLAG_SKIP_NONFINITE`).
+pub(super) const FLAG_SGD_MOMENTUM: u32 = 64;
+
+/// The host's flags, as the WGSL constants of the same names.
+pub(super) const FLAGS: [(&str, u32); 5] = [
+    ("FLAG_CLIP", FLAG_CLIP),
+    ("FLAG_ERROR_IF_NONFINITE", FLAG_ERROR_IF_NONFINITE),
+    ("FLAG_GRAD_SCALE", FLAG_GRAD_SCALE),
+    ("FLAG_SKIP_NONFINITE", FLAG_SKIP_NONFINITE),
+    ("FLAG_SGD_MOMENTUM", FLAG_SGD_MOMENTUM),
+];
+
+/// Defines a `#[repr(C)]` struct of the uniforms and, as its `WGSL`, the
+/// WGSL struct of the same name and fields (each field's WGSL type given
+/// after `=>`), so the two cannot drift apart.
+macro_rules! gpu_struct {
+    ($(#[$meta:meta])* struct $name:ident {
+        $($(#[$fmeta:meta])* $field:ident: $rty:ty => $wty:literal,)*
+    }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(super) struct $name {
+            $($(#[$fmeta])* pub(super) $field: $rty,)*
+        }
+        impl $name {
+            /// The WGSL declaration of this struct.
+            pub(super) const WGSL: &'static str = concat!(
+                "struct ", stringify!($name), " {\n",
+                $("    ", stringify!($field), ": ", $wty, ",\n",)*
+                "}\n"
+            );
+        }
+    };
+}
+
+gpu_struct! {
+    /// The per-step part every kernel's uniforms begin with (`u.tail`).
+    struct StepTail {
+        /// `FLAG_*` of this step.
+        flags: u32 => "u32",
+        /// `1/grad_scale` rounded to f32 (used with `FLAG_GRAD_SCALE`).
+        inv_scale: f32 => "f32",
+        /// Low 32 bits of the applied-step count the host last read back.
+        base: u32 => "u32",
+        /// Low 32 bits of this step's number among the steps the host queued.
+        host_step: u32 => "u32",
+        /// Entry j: the step-dependent scalars of step `base + 1 + j`.
+        table: [[f32; 4]; TABLE_LEN] => "array<vec4<f32>, TABLE_LEN>",
+    }
+}
+
+gpu_struct! {
+    /// What the tile kernels need besides the tail (`u.tiles`).
+    struct TileHeader {
+        /// `clip_grad_norm_`'s `max_norm`.
+        max_norm: f32 => "f32",
+        /// Tiles over all chunks.
+        n_tiles: u32 => "u32",
+        /// Tensors of the optimizer.
+        n_tensors: u32 => "u32",
+        _pad: u32 => "u32",
+    }
+}
+
+/// Bytes of the tail and the header: where the rule's scalars start in a
+/// slot of each ring. Multiples of 16, as WGSL places a struct member.
+pub(super) const TAIL_BYTES: usize = std::mem::size_of::<StepTail>();
+pub(super) const TILE_HEADER_BYTES: usize = std::mem::size_of::<TileHeader>();
+const _: () = assert!(TAIL_BYTES.is_multiple_of(16) && TILE_HEADER_BYTES.is_multiple_of(16));
+/// The largest rule's scalars (LAMB's 48 bytes, Adam's 48) fit with both.
+pub(super) const MAX_RULE_BYTES: usize = 64;
+const _: () = assert!(TAIL_BYTES + TILE_HEADER_BYTES + MAX_RULE_BYTES <= UNIFORM_STRIDE as usize);
+
+/// How [`GpuOptimizer::write_step_scalars`] gets a step's scalars into its
+/// uniform slot. Queue writes land at the next submission, before every
+/// command in it: right for a step submitted alone, wrong for steps
+/// recorded into one encoder, where a later step that reuses a slot would
+/// overwrite it before the earlier one ran.
+#[derive(Clone, Copy)]
+pub(super) enum ScalarsVia {
+    /// `queue.write_buffer` (the step is submitted right after).
+    Queue,
+    /// A copy recorded into the encoder before the step's dispatches.
+    Encoder,
+}
+
+/// The step-dependent scalars of a step, as the kernels read them from the
+/// table of [`StepTail`]: Adam's `(step_size, sqrt(1 − β2ᵗ), 1 − β2ᵗ)`,
+/// Adagrad's decayed lr, LAMB's `(1 − β1ᵗ, 1 − β2ᵗ)`; nothing for SGD and
+/// RMSprop.
+fn table_entry(s: &StepScalars) -> [f32; 4] {
+    match s {
+        StepScalars::Adam(a) => [
+            a.step_size,
+            a.bias_correction2_sqrt,
+            a.bias_correction2,
+            0.0,
+        ],
+        StepScalars::Adagrad(a) => [a.clr, 0.0, 0.0, 0.0],
+        StepScalars::Lamb(a) => [a.bias_correction1, a.bias_correction2, 0.0, 0.0],
+        StepScalars::Sgd(_) | StepScalars::RmsProp(_) => [0.0; 4],
+    }
+}
+
+impl GpuOptimizer {
+    /// The flags of the next step.
+    fn step_flags(&self) -> u32 {
+        let mut flags = 0;
+        if let Some(clip) = self.clip {
+            flags |= FLAG_CLIP;
+            if clip.error_if_nonfinite {
+                flags |= FLAG_ERROR_IF_NONFINITE;
+            }
+        }
+        if self.inv_scale != 1.0 {
+            flags |= FLAG_GRAD_SCALE;
+        }
+        if self.skip.is_some() {
+            flags |= FLAG_SKIP_NONFINITE;
+        }
+        if let Config::Sgd(c) = &self.config {
+            if c.momentum != 0.0 {
+                flags |= FLAG_SGD_MOMENTUM;
+            }
+        }
+        flags
+    }
+
+    /// Writes the next step's scalars into ring slot `slot` of both rings:
+    /// the tail (flags, loss scale, the step table), the tile header and the
+    /// rule's scalars. On error nothing was recorded.
+    pub(super) fn write_step_scalars(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        slot: u64,
+        host_step: u64,
+        via: ScalarsVia,
+    ) -> Result<()> {
+        // The applied-step count before this step: known exactly without
+        // skipping; with it, one of `applied_known ..= applied_known + unknown`.
+        let (base, window) = match &self.skip {
+            Some(t) => (t.applied_known, t.outcomes_unknown()),
+            None => (self.counters.step, 0),
+        };
+        let mut tail = StepTail {
+            flags: self.step_flags(),
+            inv_scale: self.inv_scale,
+            base: base as u32,
+            host_step: (host_step + 1) as u32,
+            table: [[0.0; 4]; TABLE_LEN],
+        };
+        for j in 0..=window {
+            let s = self
+                .config
+                .step_scalars(base + j + 1, self.counters.buffer_filled);
+            tail.table[j as usize] = table_entry(&s);
+        }
+        let scalars = self
+            .config
+            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
+        let header = TileHeader {
+            max_norm: self.clip.map_or(0.0, |c| c.max_norm as f32),
+            // Both below 2^32: Tiling::new refused more.
+            n_tiles: self.tile_count as u32,
+            n_tensors: self.layout.len() as u32,
+            _pad: 0,
+        };
+        let rule = scalars.bytes();
+        let is_lamb = matches!(scalars, StepScalars::Lamb(_));
+        // The tile ring's slot, then (element-wise rules) the rule ring's.
+        let tail = bytemuck::bytes_of(&tail);
+        let tile_slot: &[&[u8]] = if is_lamb {
+            &[tail, bytemuck::bytes_of(&header), rule]
+        } else {
+            &[tail, bytemuck::bytes_of(&header)]
+        };
+        let rule_slot: &[&[u8]] = if is_lamb { &[] } else { &[tail, rule] };
+        let at = slot * UNIFORM_STRIDE;
+        let b = &self.buffers;
+        match via {
+            ScalarsVia::Queue => {
+                let queue = &self.ctx.queue;
+                for (ring, parts) in [(&b.tile_uniforms, tile_slot), (&b.rule_uniforms, rule_slot)]
+                {
+                    let mut offset = at;
+                    for part in parts {
+                        queue.write_buffer(ring, offset, part);
+                        offset += part.len() as u64;
+                    }
+                }
+            }
+            ScalarsVia::Encoder => {
+                // A buffer of this step's own, copied into the slots by the
+                // encoder: ordered with the dispatches, whatever else the
+                // encoder holds or the queue runs before it.
+                let tile_len: usize = tile_slot.iter().map(|p| p.len()).sum();
+                let rule_len: usize = rule_slot.iter().map(|p| p.len()).sum();
+                let mut bytes = Vec::with_capacity(tile_len + rule_len);
+                for part in tile_slot.iter().chain(rule_slot) {
+                    bytes.extend_from_slice(part);
+                }
+                let device = &self.ctx.device;
+                let source = self.ctx.scoped("recording a step's scalars", || {
+                    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("one step's scalars"),
+                        contents: &bytes,
+                        usage: wgpu::BufferUsages::COPY_SRC,
+                    })
+                })?;
+                let tile_len = tile_len as u64;
+                encoder.copy_buffer_to_buffer(&source, 0, &b.tile_uniforms, at, tile_len);
+                if rule_len > 0 {
+                    encoder.copy_buffer_to_buffer(
+                        &source,
+                        tile_len,
+                        &b.rule_uniforms,
+                        at,
+                        rule_len as u64,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
