@@ -64,7 +64,7 @@ use serde_json::{json, Map, Value};
 
 use crate::clip::ClipGradNorm;
 use crate::error::{Error, Result};
-use crate::rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
+use crate::rules::{Config, RuleKind, TorchArgs};
 use crate::schedule::{Schedule, Scheduler};
 
 /// The `format` metadata value.
@@ -382,7 +382,7 @@ impl Checkpoint {
             }
         };
         let n_tensors = group_params(group)?;
-        let config = config_from_group(rule, group)?;
+        let config = TorchArgs::checkpoint_config(rule, group)?;
         let extra: Option<Map<String, Value>> = match meta.get("wgpu_optim") {
             Some(s) => Some(
                 serde_json::from_str::<Value>(s)
@@ -580,21 +580,19 @@ impl Checkpoint {
             }
             (Some(s), None) => s,
             (None, Some(t)) => t as u64,
-            (None, None) => match config {
-                // torch's SGD keeps no step: 0 until the buffer exists.
-                Config::Sgd(_) => 0,
-                _ => {
-                    return Err(bad(
-                        "no step count (no state.{i}.step and no wgpu_optim.step)".into(),
-                    ))
-                }
-            },
+            // torch's SGD keeps no step: 0 until the buffer exists.
+            (None, None) if !config.torch_step() => 0,
+            (None, None) => {
+                return Err(bad(
+                    "no step count (no state.{i}.step and no wgpu_optim.step)".into(),
+                ))
+            }
         };
         let buffer_filled = match get_bool("buffer_filled")? {
             Some(b) => b,
             // torch creates the momentum buffer on its first use, with the
             // gradient in it, and keeps it whatever the momentum later.
-            None => matches!(&config, Config::Sgd(_)) && extra.is_none() && momentum_buffer,
+            None => config.lazy_momentum_buffer() && extra.is_none() && momentum_buffer,
         };
         let clip = match get("clip") {
             None | Some(Value::Null) => None,
@@ -687,7 +685,7 @@ impl Checkpoint {
                     data: Data::Borrowed(&values[off..off + len]),
                 });
             }
-            if !matches!(self.config, Config::Sgd(_)) {
+            if self.config.torch_step() {
                 tensors.push(F32Tensor {
                     name: format!("state.{i}.step"),
                     shape: vec![],
@@ -702,7 +700,7 @@ impl Checkpoint {
                 });
             }
         }
-        let mut group = group_of(&self.config);
+        let mut group = self.config.to_torch();
         group.insert(
             "params".into(),
             Value::from((0..self.lengths.len()).collect::<Vec<_>>()),
@@ -867,207 +865,6 @@ fn group_params(group: &Map<String, Value>) -> Result<usize> {
         *slot = true;
     }
     Ok(list.len())
-}
-
-/// Keys torch writes that do not change the arithmetic.
-const IGNORED_KEYS: &[&str] = &[
-    "params",
-    "foreach",
-    "capturable",
-    "differentiable",
-    "fused",
-    "initial_lr",
-];
-
-struct Group<'a> {
-    map: &'a Map<String, Value>,
-    used: Vec<&'static str>,
-}
-
-impl Group<'_> {
-    fn num(&mut self, key: &'static str) -> Result<f64> {
-        self.used.push(key);
-        let v = self
-            .map
-            .get(key)
-            .ok_or_else(|| Error::Checkpoint(format!("param_groups[0] has no `{key}`")))?;
-        v.as_f64()
-            .ok_or_else(|| Error::Checkpoint(format!("param_groups[0].{key}: {v} is not a number")))
-    }
-    fn flag(&mut self, key: &'static str, required: bool) -> Result<bool> {
-        self.used.push(key);
-        match self.map.get(key) {
-            None if !required => Ok(false),
-            None => Err(Error::Checkpoint(format!("param_groups[0] has no `{key}`"))),
-            Some(v) => v.as_bool().ok_or_else(|| {
-                Error::Checkpoint(format!("param_groups[0].{key}: {v} is not a boolean"))
-            }),
-        }
-    }
-    fn pair(&mut self, key: &'static str) -> Result<Option<(f64, f64)>> {
-        self.used.push(key);
-        match self.map.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(a)) => match a.as_slice() {
-                [x, y] => match (x.as_f64(), y.as_f64()) {
-                    (Some(x), Some(y)) => Ok(Some((x, y))),
-                    _ => Err(Error::Checkpoint(format!(
-                        "param_groups[0].{key}: not two numbers"
-                    ))),
-                },
-                _ => Err(Error::Checkpoint(format!(
-                    "param_groups[0].{key}: not two numbers"
-                ))),
-            },
-            Some(v) => Err(Error::Checkpoint(format!(
-                "param_groups[0].{key}: {v} is not a pair"
-            ))),
-        }
-    }
-    fn betas(&mut self) -> Result<(f64, f64)> {
-        self.pair("betas")?
-            .ok_or_else(|| Error::Checkpoint("param_groups[0] has no `betas`".into()))
-    }
-    fn finish(self, rule: RuleKind) -> Result<()> {
-        for k in self.map.keys() {
-            if !self.used.contains(&k.as_str()) && !IGNORED_KEYS.contains(&k.as_str()) {
-                return Err(Error::Checkpoint(format!(
-                    "param_groups[0] has `{k}`, which rule {rule} does not know"
-                )));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The configuration a torch-style parameter group describes.
-fn config_from_group(rule: RuleKind, map: &Map<String, Value>) -> Result<Config> {
-    let mut g = Group {
-        map,
-        used: Vec::new(),
-    };
-    let config: Config = match rule {
-        RuleKind::Sgd => Sgd {
-            lr: g.num("lr")?,
-            momentum: g.num("momentum")?,
-            dampening: g.num("dampening")?,
-            weight_decay: g.num("weight_decay")?,
-            nesterov: g.flag("nesterov", true)?,
-            maximize: g.flag("maximize", true)?,
-        }
-        .into(),
-        RuleKind::Adagrad => Adagrad {
-            lr: g.num("lr")?,
-            lr_decay: g.num("lr_decay")?,
-            weight_decay: g.num("weight_decay")?,
-            initial_accumulator_value: g.num("initial_accumulator_value")?,
-            eps: g.num("eps")?,
-            maximize: g.flag("maximize", true)?,
-            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
-        }
-        .into(),
-        RuleKind::RmsProp => RmsProp {
-            lr: g.num("lr")?,
-            alpha: g.num("alpha")?,
-            eps: g.num("eps")?,
-            weight_decay: g.num("weight_decay")?,
-            momentum: g.num("momentum")?,
-            centered: g.flag("centered", true)?,
-            maximize: g.flag("maximize", true)?,
-            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
-        }
-        .into(),
-        RuleKind::Adam | RuleKind::AdamW => {
-            let lr = g.num("lr")?;
-            let betas = g.betas()?;
-            let eps = g.num("eps")?;
-            let weight_decay = g.num("weight_decay")?;
-            let amsgrad = g.flag("amsgrad", true)?;
-            let maximize = g.flag("maximize", true)?;
-            let eps_inside_sqrt = g.flag("eps_inside_sqrt", false)?;
-            // torch.optim.Adam(decoupled_weight_decay=True) is AdamW.
-            let decoupled = match map.get("decoupled_weight_decay") {
-                None => rule == RuleKind::AdamW,
-                Some(_) => g.flag("decoupled_weight_decay", false)?,
-            };
-            if rule == RuleKind::AdamW && !decoupled {
-                return Err(Error::Checkpoint(
-                    "rule adamw with decoupled_weight_decay = false".into(),
-                ));
-            }
-            if decoupled {
-                AdamW {
-                    lr,
-                    betas,
-                    eps,
-                    weight_decay,
-                    amsgrad,
-                    maximize,
-                    eps_inside_sqrt,
-                }
-                .into()
-            } else {
-                Adam {
-                    lr,
-                    betas,
-                    eps,
-                    weight_decay,
-                    amsgrad,
-                    maximize,
-                    eps_inside_sqrt,
-                }
-                .into()
-            }
-        }
-        RuleKind::Lamb => Lamb {
-            lr: g.num("lr")?,
-            betas: g.betas()?,
-            eps: g.num("eps")?,
-            weight_decay: g.num("weight_decay")?,
-            trust_ratio_clamp: g.pair("trust_ratio_clamp")?,
-            unit_ratio_without_decay: g.flag("unit_ratio_without_decay", false)?,
-            eps_inside_sqrt: g.flag("eps_inside_sqrt", false)?,
-            maximize: g.flag("maximize", false)?,
-        }
-        .into(),
-    };
-    g.finish(rule)?;
-    Ok(config)
-}
-
-/// torch's `param_groups[0]` for a configuration (without `params`), with
-/// this crate's own options beside torch's.
-fn group_of(config: &Config) -> Map<String, Value> {
-    let v = match config {
-        Config::Sgd(c) => json!({"lr": c.lr, "momentum": c.momentum, "dampening": c.dampening,
-            "weight_decay": c.weight_decay, "nesterov": c.nesterov, "maximize": c.maximize,
-            "foreach": null, "differentiable": false, "fused": null}),
-        Config::Adagrad(c) => json!({"lr": c.lr, "lr_decay": c.lr_decay, "eps": c.eps,
-            "weight_decay": c.weight_decay, "initial_accumulator_value": c.initial_accumulator_value,
-            "foreach": null, "maximize": c.maximize, "differentiable": false, "fused": null,
-            "eps_inside_sqrt": c.eps_inside_sqrt}),
-        Config::RmsProp(c) => json!({"lr": c.lr, "momentum": c.momentum, "alpha": c.alpha,
-            "eps": c.eps, "centered": c.centered, "weight_decay": c.weight_decay,
-            "capturable": false, "foreach": null, "maximize": c.maximize, "differentiable": false,
-            "eps_inside_sqrt": c.eps_inside_sqrt}),
-        Config::Adam(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
-            "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize,
-            "foreach": null, "capturable": false, "differentiable": false, "fused": null,
-            "decoupled_weight_decay": false, "eps_inside_sqrt": c.eps_inside_sqrt}),
-        Config::AdamW(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
-            "weight_decay": c.weight_decay, "amsgrad": c.amsgrad, "maximize": c.maximize,
-            "foreach": null, "capturable": false, "differentiable": false, "fused": null,
-            "decoupled_weight_decay": true, "eps_inside_sqrt": c.eps_inside_sqrt}),
-        Config::Lamb(c) => json!({"lr": c.lr, "betas": [c.betas.0, c.betas.1], "eps": c.eps,
-            "weight_decay": c.weight_decay,
-            "trust_ratio_clamp": c.trust_ratio_clamp.map(|(a, b)| vec![a, b]),
-            "unit_ratio_without_decay": c.unit_ratio_without_decay,
-            "eps_inside_sqrt": c.eps_inside_sqrt, "maximize": c.maximize}),
-    };
-    match v {
-        Value::Object(m) => m,
-        _ => unreachable!("json! of an object literal"),
-    }
 }
 
 enum Data<'a> {

@@ -39,15 +39,14 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptimizer};
-use crate::rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, Sgd};
+use crate::rules::{Config, TorchArgs};
 use crate::schedule::{Schedule, Scheduler};
 use crate::ClipGradNorm;
 use crate::CpuOptimizer;
 use crate::Optimizer;
 
-/// The rules a case file may name: ours, and `lamb` (which this crate does
-/// not implement yet).
-pub const CASE_RULES: [&str; 6] = ["sgd", "adagrad", "rmsprop", "adam", "adamw", "lamb"];
+/// The rules a case file may name: [`crate::RuleKind::ALL`]'s names.
+pub const CASE_RULES: [&str; crate::rules::NAMES.len()] = crate::rules::NAMES;
 
 /// The tolerance of the state tensors: one for every state, or one per
 /// state name (`exp_avg`, `momentum_buffer`, ...).
@@ -185,245 +184,24 @@ impl Case {
 /// `eps`, `weight_decay`, `momentum`, `centered`, `maximize` (RMSprop);
 /// `lr`, `betas` (a list of two), `eps`, `weight_decay`, `amsgrad`,
 /// `maximize` (Adam, AdamW), and Adam's `decoupled_weight_decay` (true makes
-/// it AdamW, as in PyTorch).
+/// it AdamW, as in PyTorch); `lr`, `betas`, `eps`, `weight_decay` (LAMB,
+/// Apex's names). Each rule reads them where it reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
-/// [`Error::InvalidOptions`] (never ignored); `lamb` is
-/// [`Error::Unsupported`]; an unknown rule is [`Error::InvalidOptions`].
+/// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.
 /// Values are not range-checked here; the optimizers do that.
 pub fn config_from_hyper(rule: &str, hyper: &Map<String, Value>) -> Result<Config> {
-    match hyper_to_config(rule, hyper, false) {
-        Ok(Some(config)) => Ok(config),
-        Ok(None) => Err(Error::Unsupported(format!("rule `{rule}`"))),
-        Err(message) => Err(Error::InvalidOptions(message)),
-    }
+    TorchArgs::case_config(rule, hyper, false).map_err(Error::InvalidOptions)
 }
 
-/// The keys each rule of the case files takes.
-fn known_keys(rule: &str) -> Option<&'static [&'static str]> {
-    Some(match rule {
-        "sgd" => &[
-            "lr",
-            "momentum",
-            "dampening",
-            "weight_decay",
-            "nesterov",
-            "maximize",
-        ],
-        "adagrad" => &[
-            "lr",
-            "lr_decay",
-            "weight_decay",
-            "initial_accumulator_value",
-            "eps",
-            "maximize",
-        ],
-        "rmsprop" => &[
-            "lr",
-            "alpha",
-            "eps",
-            "weight_decay",
-            "momentum",
-            "centered",
-            "maximize",
-        ],
-        "adam" => &[
-            "lr",
-            "betas",
-            "eps",
-            "weight_decay",
-            "amsgrad",
-            "maximize",
-            "decoupled_weight_decay",
-        ],
-        "adamw" => &["lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"],
-        "lamb" => &["lr", "betas", "eps", "weight_decay"],
-        _ => return None,
-    })
-}
-
-/// Typed access to one `hyper` object (its keys already checked against
-/// the rule's), with PyTorch's default for an absent key.
-struct Hyper<'a> {
-    rule: &'a str,
-    map: &'a Map<String, Value>,
-    round_f32: bool,
-}
-
-impl Hyper<'_> {
-    fn round(&self, v: f64) -> f64 {
-        if self.round_f32 {
-            v as f32 as f64
-        } else {
-            v
-        }
-    }
-
-    fn f64(&self, key: &str, default: f64) -> std::result::Result<f64, String> {
-        match self.map.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_f64().map(|x| self.round(x)).ok_or_else(|| {
-                format!(
-                    "hyperparameter `{key}` of {} must be a number, got {v}",
-                    self.rule
-                )
-            }),
-        }
-    }
-
-    fn bool(&self, key: &str, default: bool) -> std::result::Result<bool, String> {
-        match self.map.get(key) {
-            None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| {
-                format!(
-                    "hyperparameter `{key}` of {} must be true or false, got {v}",
-                    self.rule
-                )
-            }),
-        }
-    }
-
-    fn betas(&self, default: (f64, f64)) -> std::result::Result<(f64, f64), String> {
-        match self.map.get("betas") {
-            None => Ok(default),
-            Some(v) => match v.as_array().map(|a| a.as_slice()) {
-                Some([b1, b2]) => match (b1.as_f64(), b2.as_f64()) {
-                    (Some(b1), Some(b2)) => Ok((self.round(b1), self.round(b2))),
-                    _ => Err(format!(
-                        "`betas` of {} must be two numbers, got {v}",
-                        self.rule
-                    )),
-                },
-                _ => Err(format!(
-                    "`betas` of {} must be a list of two numbers, got {v}",
-                    self.rule
-                )),
-            },
-        }
-    }
-}
-
-/// `Ok(None)` for a known rule this crate does not implement (`lamb`);
-/// `Err` names the unknown key, rule or ill-typed value.
+/// `Err` names the unknown key, rule or ill-typed value. Never `Ok(None)`
+/// now that every rule a case file may name is implemented.
 fn hyper_to_config(
     rule: &str,
     hyper: &Map<String, Value>,
     round_f32: bool,
 ) -> std::result::Result<Option<Config>, String> {
-    let known = known_keys(rule)
-        .ok_or_else(|| format!("unknown rule `{rule}` (known: {})", CASE_RULES.join(", ")))?;
-    let unknown: Vec<&str> = hyper
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !known.contains(k))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
-            "unknown hyperparameter{} {} for rule {rule} (it takes: {})",
-            if unknown.len() > 1 { "s" } else { "" },
-            unknown
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            known.join(", ")
-        ));
-    }
-    let h = Hyper {
-        rule,
-        map: hyper,
-        round_f32,
-    };
-    let config = match rule {
-        "sgd" => {
-            let d = Sgd::default();
-            Config::Sgd(Sgd {
-                lr: h.f64("lr", d.lr)?,
-                momentum: h.f64("momentum", d.momentum)?,
-                dampening: h.f64("dampening", d.dampening)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                nesterov: h.bool("nesterov", d.nesterov)?,
-                maximize: h.bool("maximize", d.maximize)?,
-            })
-        }
-        "adagrad" => {
-            let d = Adagrad::default();
-            Config::Adagrad(Adagrad {
-                lr: h.f64("lr", d.lr)?,
-                lr_decay: h.f64("lr_decay", d.lr_decay)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                initial_accumulator_value: h
-                    .f64("initial_accumulator_value", d.initial_accumulator_value)?,
-                eps: h.f64("eps", d.eps)?,
-                maximize: h.bool("maximize", d.maximize)?,
-                eps_inside_sqrt: false,
-            })
-        }
-        "rmsprop" => {
-            let d = RmsProp::default();
-            Config::RmsProp(RmsProp {
-                lr: h.f64("lr", d.lr)?,
-                alpha: h.f64("alpha", d.alpha)?,
-                eps: h.f64("eps", d.eps)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                momentum: h.f64("momentum", d.momentum)?,
-                centered: h.bool("centered", d.centered)?,
-                maximize: h.bool("maximize", d.maximize)?,
-                eps_inside_sqrt: false,
-            })
-        }
-        "adam" => {
-            let d = Adam::default();
-            let adam = Adam {
-                lr: h.f64("lr", d.lr)?,
-                betas: h.betas(d.betas)?,
-                eps: h.f64("eps", d.eps)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                amsgrad: h.bool("amsgrad", d.amsgrad)?,
-                maximize: h.bool("maximize", d.maximize)?,
-                eps_inside_sqrt: false,
-            };
-            if h.bool("decoupled_weight_decay", false)? {
-                // torch.optim.Adam(decoupled_weight_decay=True) is AdamW with
-                // Adam's default weight decay (0).
-                Config::AdamW(AdamW {
-                    lr: adam.lr,
-                    betas: adam.betas,
-                    eps: adam.eps,
-                    weight_decay: adam.weight_decay,
-                    amsgrad: adam.amsgrad,
-                    maximize: adam.maximize,
-                    eps_inside_sqrt: false,
-                })
-            } else {
-                Config::Adam(adam)
-            }
-        }
-        "adamw" => {
-            let d = AdamW::default();
-            Config::AdamW(AdamW {
-                lr: h.f64("lr", d.lr)?,
-                betas: h.betas(d.betas)?,
-                eps: h.f64("eps", d.eps)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                amsgrad: h.bool("amsgrad", d.amsgrad)?,
-                maximize: h.bool("maximize", d.maximize)?,
-                eps_inside_sqrt: false,
-            })
-        }
-        "lamb" => {
-            let d = Lamb::default();
-            Config::Lamb(Lamb {
-                lr: h.f64("lr", d.lr)?,
-                betas: h.betas(d.betas)?,
-                eps: h.f64("eps", d.eps)?,
-                weight_decay: h.f64("weight_decay", d.weight_decay)?,
-                ..d
-            })
-        }
-        other => return Err(format!("unknown rule `{other}`")),
-    };
-    Ok(Some(config))
+    TorchArgs::case_config(rule, hyper, round_f32).map(Some)
 }
 
 /// Where a tensor of a case file goes.

@@ -4,7 +4,7 @@ use crate::checkpoint::Checkpoint;
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::layout::{Counters, Layout};
-use crate::rules::{cpu_step, inverse_grad_scale, lamb, Config, StepScalars};
+use crate::rules::{inverse_grad_scale, Config};
 
 /// An optimizer whose parameters and state live in host memory.
 ///
@@ -139,38 +139,17 @@ impl CpuOptimizer {
         }
         self.last_grad_norm = norm;
         self.last_skipped = false;
-        let scalars = self
-            .config
-            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
-        if let (StepScalars::Lamb(s), Config::Lamb(c)) = (&scalars, &self.config) {
-            lamb::cpu_step(
-                s,
-                c,
-                &self.layout,
-                &mut self.params,
-                grads,
-                &mut self.state,
-                scale,
-            );
-        } else {
-            // PyTorch multiplies the gradients by the clip coefficient (f32)
-            // before the step; the GPU does the same inside its kernel.
-            let scaled: Vec<f32>;
-            let grads = match scale {
-                Some(k) => {
-                    scaled = grads.par_iter().map(|&g| g * k).collect();
-                    &scaled
-                }
-                None => grads,
-            };
-            cpu_step(
-                &scalars,
-                &self.config,
-                &mut self.params,
-                grads,
-                &mut self.state,
-            );
-        }
+        // PyTorch multiplies the gradients by the clip coefficient (f32)
+        // before the step; the GPU does the same inside its kernel.
+        self.config.cpu_step(
+            self.counters.step + 1,
+            self.counters.buffer_filled,
+            &self.layout,
+            &mut self.params,
+            grads,
+            &mut self.state,
+            scale,
+        );
         self.counters.advance(&self.config);
         Ok(())
     }

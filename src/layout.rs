@@ -152,10 +152,8 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn advance(&mut self, config: &crate::Config) {
         self.step += 1;
-        if let crate::Config::Sgd(c) = config {
-            if c.momentum != 0.0 {
-                self.buffer_filled = true;
-            }
+        if config.fills_buffer_on_first_use() {
+            self.buffer_filled = true;
         }
     }
 }

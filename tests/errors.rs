@@ -535,6 +535,8 @@ fn bad_momenta(config: &Config) -> Vec<(f64, Error)> {
             .into_iter()
             .map(|v| (v, hyper("betas[0]", v)))
             .collect(),
+        // `Config` is non-exhaustive: a new rule needs its values here.
+        other => panic!("no bad momenta listed for rule {}", other.kind()),
     }
 }
 

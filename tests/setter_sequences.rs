@@ -352,6 +352,8 @@ fn configs_of(kind: RuleKind) -> Vec<(&'static str, Config)> {
                 .into(),
             ),
         ],
+        // `RuleKind` is non-exhaustive: a new rule needs its rows here.
+        other => panic!("configs_of: rule {other} not listed"),
     }
 }
 
@@ -363,6 +365,8 @@ fn accepts_momentum(config: &Config, names: &[&str]) -> bool {
         Config::Sgd(_) | Config::RmsProp(_) => names.contains(&"momentum_buffer"),
         Config::Adagrad(_) => false,
         Config::Adam(_) | Config::AdamW(_) | Config::Lamb(_) => true,
+        // `Config` is non-exhaustive: a new rule needs its answer here.
+        other => panic!("accepts_momentum: rule {} not listed", other.kind()),
     }
 }
 

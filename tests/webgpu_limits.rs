@@ -220,6 +220,8 @@ fn storage_buffers(kind: RuleKind) -> u64 {
         RuleKind::Sgd | RuleKind::Adagrad => 5,
         RuleKind::RmsProp | RuleKind::Adam | RuleKind::AdamW => 7,
         RuleKind::Lamb => 8,
+        // `RuleKind` is non-exhaustive: a new rule needs its count here.
+        other => panic!("storage_buffers: rule {other} not listed"),
     }
 }
 

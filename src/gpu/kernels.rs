@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::rules::Config;
+use crate::rules::{Config, KernelShape};
 
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::uniforms::{StepTail, TileHeader, FLAGS, TABLE_LEN};
@@ -189,8 +189,6 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
 const REDUCE_WGSL: &str = include_str!("../../shaders/reduce.wgsl");
 /// The reduction's entry points, in dispatch order.
 const REDUCE_ENTRY_POINTS: [&str; 2] = ["clip_partials", "clip_finish"];
-/// LAMB's entry points, in dispatch order.
-const LAMB_ENTRY_POINTS: [&str; 3] = ["lamb_moments", "lamb_ratio", "lamb_apply"];
 
 /// Workgroup memory of the tile kernels (tiles.wgsl): `sums`, 256
 /// `vec2<f32>`, and `refused_wg`, one `u32`. The element-wise kernels use
@@ -273,17 +271,6 @@ fn check_kernel_limits(
     Ok(())
 }
 
-/// The state bindings each shader declares, in binding order.
-fn shader_slots(config: &Config) -> &'static [&'static str] {
-    match config {
-        Config::Sgd(_) => &["momentum_buffer"],
-        Config::Adagrad(_) => &["sum"],
-        Config::RmsProp(_) => &["square_avg", "momentum_buffer", "grad_avg"],
-        Config::Adam(_) | Config::AdamW(_) => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-        Config::Lamb(_) => &[],
-    }
-}
-
 /// The variant of these options with vectors `width` wide (1 or 4).
 pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     if width != 1 && width != 4 {
@@ -305,25 +292,36 @@ pub(super) fn kernel_for(
     momentum_buffer: bool,
     variant: Variant,
 ) -> Result<Kernel> {
-    let (name, source) = config.shader();
+    let spec = config.kernel();
+    let (name, source) = (spec.name, spec.source);
     let overrides = config.overrides(momentum_buffer);
     let limits = ctx.limits();
-    if let Config::Lamb(_) = config {
-        let bindings = TILE_BINDINGS.to_vec();
-        check_kernel_limits(&limits, "the LAMB kernels", &bindings, TILE_WORKGROUP_BYTES)?;
-        let kind = Kind::Tiles { rule: true };
-        let constants = crate::rules::lamb::WGSL_CONSTANTS;
-        return compile(
-            ctx,
-            name,
-            &compose(kind, &bindings, &constants, source),
-            &LAMB_ENTRY_POINTS,
-            overrides,
-            bindings,
-            variant,
-        );
-    }
-    let bindings = elementwise_bindings(shader_slots(config));
+    let slots = match spec.shape {
+        KernelShape::Tiled {
+            entry_points,
+            constants,
+        } => {
+            let bindings = TILE_BINDINGS.to_vec();
+            check_kernel_limits(
+                &limits,
+                &format!("the {name} kernels"),
+                &bindings,
+                TILE_WORKGROUP_BYTES,
+            )?;
+            let kind = Kind::Tiles { rule: true };
+            return compile(
+                ctx,
+                name,
+                &compose(kind, &bindings, constants, source),
+                entry_points,
+                overrides,
+                bindings,
+                variant,
+            );
+        }
+        KernelShape::ElementWise { slots } => slots,
+    };
+    let bindings = elementwise_bindings(slots);
     check_kernel_limits(&limits, &format!("the {name} kernel"), &bindings, 0)?;
     let kind = Kind::Elementwise {
         width: variant.width,
@@ -512,26 +510,28 @@ mod tests {
     fn composed_kernels_match_the_host_structs() {
         for kind in RuleKind::ALL {
             let config = kind.default_config();
-            let (name, source) = config.shader();
+            let spec = config.kernel();
+            let (name, source) = (spec.name, spec.source);
             let rule_bytes = config.step_scalars(1, false).bytes().len() as u32;
-            let sources = if let Config::Lamb(_) = config {
-                vec![(
+            let sources = match spec.shape {
+                KernelShape::Tiled { constants, .. } => vec![(
                     compose(
                         Kind::Tiles { rule: true },
                         &TILE_BINDINGS,
-                        &crate::rules::lamb::WGSL_CONSTANTS,
+                        constants,
                         source,
                     ),
                     (TAIL_BYTES + TILE_HEADER_BYTES) as u32,
-                )]
-            } else {
-                let bindings = elementwise_bindings(shader_slots(&config));
-                [1, 4]
-                    .map(|width| {
-                        let kind = Kind::Elementwise { width };
-                        (compose(kind, &bindings, &[], source), TAIL_BYTES as u32)
-                    })
-                    .to_vec()
+                )],
+                KernelShape::ElementWise { slots } => {
+                    let bindings = elementwise_bindings(slots);
+                    [1, 4]
+                        .map(|width| {
+                            let kind = Kind::Elementwise { width };
+                            (compose(kind, &bindings, &[], source), TAIL_BYTES as u32)
+                        })
+                        .to_vec()
+                }
             };
             for (source, rule_offset) in sources {
                 let m = module(&source);
@@ -574,7 +574,7 @@ mod tests {
             include_str!("../../shaders/tiles.wgsl"),
             REDUCE_WGSL,
         ];
-        let rules = RuleKind::ALL.map(|k| k.default_config().shader().1);
+        let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);
         for text in files.iter().chain(&rules) {
             for needle in [
                 "@binding(",

@@ -274,7 +274,7 @@ impl GpuOptimizer {
         grads: Storage,
         variant: Variant,
     ) -> Result<Self> {
-        let is_lamb = matches!(config, Config::Lamb(_));
+        let is_lamb = config.kernel().is_tiled();
         // LAMB runs on tiles only; its kernels read scalars, never vec4s.
         let variant = if is_lamb {
             Variant {
@@ -460,7 +460,7 @@ impl GpuOptimizer {
         let slot = host_step % UNIFORM_RING;
         let offset = [(slot * UNIFORM_STRIDE) as u32];
         self.write_step_scalars(encoder, slot, host_step, via)?;
-        let is_lamb = matches!(self.config, Config::Lamb(_));
+        let is_lamb = self.config.kernel().is_tiled();
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("optimizer step"),
@@ -532,7 +532,7 @@ impl GpuOptimizer {
         } else {
             0
         };
-        let rule = if matches!(self.config, Config::Lamb(_)) {
+        let rule = if self.config.kernel().is_tiled() {
             2 * chunks + 1
         } else {
             chunks

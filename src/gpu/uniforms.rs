@@ -12,7 +12,6 @@
 use wgpu::util::DeviceExt;
 
 use crate::error::Result;
-use crate::rules::{Config, StepScalars};
 
 use super::optimizer::GpuOptimizer;
 
@@ -131,24 +130,6 @@ pub(super) enum ScalarsVia {
     Encoder,
 }
 
-/// The step-dependent scalars of a step, as the kernels read them from the
-/// table of [`StepTail`]: Adam's `(step_size, sqrt(1 − β2ᵗ), 1 − β2ᵗ)`,
-/// Adagrad's decayed lr, LAMB's `(1 − β1ᵗ, 1 − β2ᵗ)`; nothing for SGD and
-/// RMSprop.
-fn table_entry(s: &StepScalars) -> [f32; 4] {
-    match s {
-        StepScalars::Adam(a) => [
-            a.step_size,
-            a.bias_correction2_sqrt,
-            a.bias_correction2,
-            0.0,
-        ],
-        StepScalars::Adagrad(a) => [a.clr, 0.0, 0.0, 0.0],
-        StepScalars::Lamb(a) => [a.bias_correction1, a.bias_correction2, 0.0, 0.0],
-        StepScalars::Sgd(_) | StepScalars::RmsProp(_) => [0.0; 4],
-    }
-}
-
 impl GpuOptimizer {
     /// The flags of the next step.
     fn step_flags(&self) -> u32 {
@@ -165,10 +146,8 @@ impl GpuOptimizer {
         if self.skip.is_some() {
             flags |= FLAG_SKIP_NONFINITE;
         }
-        if let Config::Sgd(c) = &self.config {
-            if c.momentum != 0.0 {
-                flags |= FLAG_SGD_MOMENTUM;
-            }
+        if self.config.fills_buffer_on_first_use() {
+            flags |= FLAG_SGD_MOMENTUM;
         }
         flags
     }
@@ -200,7 +179,7 @@ impl GpuOptimizer {
             let s = self
                 .config
                 .step_scalars(base + j + 1, self.counters.buffer_filled);
-            tail.table[j as usize] = table_entry(&s);
+            tail.table[j as usize] = s.table_entry();
         }
         let scalars = self
             .config
@@ -213,7 +192,7 @@ impl GpuOptimizer {
             _pad: 0,
         };
         let rule = scalars.bytes();
-        let is_lamb = matches!(scalars, StepScalars::Lamb(_));
+        let is_lamb = self.config.kernel().is_tiled();
         // The tile ring's slot, then (element-wise rules) the rule ring's.
         let tail = bytemuck::bytes_of(&tail);
         let tile_slot: &[&[u8]] = if is_lamb {

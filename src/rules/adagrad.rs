@@ -1,7 +1,13 @@
 //! Adagrad, as `torch.optim.Adagrad`.
 
-use super::check_non_negative;
+use serde_json::{json, Map, Value};
+
+use super::{
+    bool_override, check_non_negative, elementwise_step, object, Config, KernelShape, KernelSpec,
+    Preset, Rule, TorchArgs,
+};
 use crate::error::Result;
+use crate::layout::Layout;
 
 /// Adagrad, as `torch.optim.Adagrad` (PyTorch 2.15) computes it. With `t`
 /// the step number (1 for the first step) and `s` the accumulated squares
@@ -95,8 +101,16 @@ pub(crate) struct AdagradScalars {
 }
 const _: () = assert!(std::mem::size_of::<AdagradScalars>() == 16);
 
-impl Adagrad {
-    pub(crate) fn validate(&self) -> Result<()> {
+impl Rule for Adagrad {
+    const NAME: &'static str = "adagrad";
+    const KERNEL: KernelSpec = KernelSpec {
+        name: "adagrad",
+        source: include_str!("../../shaders/adagrad.wgsl"),
+        shape: KernelShape::ElementWise { slots: &["sum"] },
+    };
+    type Scalars = AdagradScalars;
+
+    fn validate(&self, _momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("lr_decay", self.lr_decay)?;
         check_non_negative("weight_decay", self.weight_decay)?;
@@ -105,7 +119,30 @@ impl Adagrad {
         Ok(())
     }
 
-    pub(crate) fn scalars(&self, step: u64) -> AdagradScalars {
+    fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
+        vec!["sum"]
+    }
+
+    fn state_initial_value(&self, _name: &str) -> f32 {
+        self.initial_accumulator_value as f32
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        vec![
+            ("MAXIMIZE", bool_override(self.maximize)),
+            ("EPS_INSIDE_SQRT", bool_override(self.eps_inside_sqrt)),
+        ]
+    }
+
+    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdagradScalars {
         let clr = self.lr / (1.0 + (step.saturating_sub(1)) as f64 * self.lr_decay);
         AdagradScalars {
             clr: clr as f32,
@@ -113,6 +150,59 @@ impl Adagrad {
             eps: self.eps as f32,
             _pad: 0,
         }
+    }
+
+    fn table_entry(s: &AdagradScalars) -> [f32; 4] {
+        [s.clr, 0.0, 0.0, 0.0]
+    }
+
+    fn cpu_step(
+        &self,
+        s: &AdagradScalars,
+        _layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+            step_slice(s, self, p, g, st)
+        });
+    }
+
+    fn to_torch(&self) -> Map<String, Value> {
+        object(
+            json!({"lr": self.lr, "lr_decay": self.lr_decay, "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "foreach": null, "maximize": self.maximize, "differentiable": false, "fused": null,
+            "eps_inside_sqrt": self.eps_inside_sqrt}),
+        )
+    }
+
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let d = Adagrad::default();
+        Ok(Adagrad {
+            lr: args.num("lr", d.lr)?,
+            lr_decay: args.num("lr_decay", d.lr_decay)?,
+            weight_decay: args.num("weight_decay", d.weight_decay)?,
+            initial_accumulator_value: args
+                .num("initial_accumulator_value", d.initial_accumulator_value)?,
+            eps: args.num("eps", d.eps)?,
+            maximize: args.flag("maximize", d.maximize)?,
+            eps_inside_sqrt: args.own_flag("eps_inside_sqrt", d.eps_inside_sqrt)?,
+        }
+        .into())
+    }
+
+    fn presets() -> Vec<Preset> {
+        vec![Preset::new(
+            "adagrad",
+            Adagrad {
+                lr: 1e-2,
+                ..Adagrad::default()
+            },
+        )]
     }
 }
 

@@ -1,7 +1,14 @@
 //! Adam and AdamW, as `torch.optim.Adam` and `torch.optim.AdamW`.
 
-use super::{bias_correction, check_non_negative, check_unit_interval, lerp};
+use serde_json::{json, Map, Value};
+
+use super::{
+    bias_correction, bool_override, check_non_negative, check_unit_interval, elementwise_step,
+    lerp, object, Config, KernelShape, KernelSpec, Preset, Rule, TorchArgs,
+};
+use crate::clip::ClipGradNorm;
 use crate::error::Result;
+use crate::layout::Layout;
 
 /// Adam, as `torch.optim.Adam` (PyTorch 2.15) computes it. With `t` the step
 /// number, `m` (`exp_avg`) and `v` (`exp_avg_sq`) the moments, per step:
@@ -182,18 +189,6 @@ impl Adam {
             decoupled,
         }
     }
-    pub(crate) fn validate(&self) -> Result<()> {
-        self.to_family(false).validate()
-    }
-    pub(crate) fn state_names(&self) -> Vec<&'static str> {
-        self.to_family(false).state_names()
-    }
-    pub(crate) fn scalars(&self, step: u64) -> AdamScalars {
-        self.to_family(false).scalars(step)
-    }
-    pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
-        self.to_family(false).overrides()
-    }
 }
 
 impl AdamW {
@@ -252,12 +247,11 @@ impl AdamFamily {
     }
 
     pub(crate) fn overrides(&self) -> Vec<(&'static str, f64)> {
-        let b = |x: bool| if x { 1.0 } else { 0.0 };
         vec![
-            ("MAXIMIZE", b(self.maximize)),
-            ("EPS_INSIDE_SQRT", b(self.eps_inside_sqrt)),
-            ("AMSGRAD", b(self.amsgrad)),
-            ("DECOUPLED", b(self.decoupled)),
+            ("MAXIMIZE", bool_override(self.maximize)),
+            ("EPS_INSIDE_SQRT", bool_override(self.eps_inside_sqrt)),
+            ("AMSGRAD", bool_override(self.amsgrad)),
+            ("DECOUPLED", bool_override(self.decoupled)),
         ]
     }
 
@@ -277,6 +271,236 @@ impl AdamFamily {
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
             _pad: [0; 3],
         }
+    }
+}
+
+/// The kernel of Adam and AdamW (switched by `DECOUPLED`).
+const KERNEL: KernelSpec = KernelSpec {
+    name: "adam",
+    source: include_str!("../../shaders/adam.wgsl"),
+    shape: KernelShape::ElementWise {
+        slots: &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+    },
+};
+
+/// The Adam family's items of [`Rule`], for Adam and AdamW alike.
+impl AdamFamily {
+    fn set_betas0(betas: &mut (f64, f64), value: f64) -> Result<()> {
+        check_unit_interval("betas[0]", value)?;
+        betas.0 = value;
+        Ok(())
+    }
+
+    fn table_entry(s: &AdamScalars) -> [f32; 4] {
+        [
+            s.step_size,
+            s.bias_correction2_sqrt,
+            s.bias_correction2,
+            0.0,
+        ]
+    }
+
+    fn cpu_step(
+        &self,
+        s: &AdamScalars,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+            step_slice(s, self, p, g, st)
+        });
+    }
+
+    fn to_torch(&self) -> Map<String, Value> {
+        object(
+            json!({"lr": self.lr, "betas": [self.betas.0, self.betas.1], "eps": self.eps,
+            "weight_decay": self.weight_decay, "amsgrad": self.amsgrad, "maximize": self.maximize,
+            "foreach": null, "capturable": false, "differentiable": false, "fused": null,
+            "decoupled_weight_decay": self.decoupled, "eps_inside_sqrt": self.eps_inside_sqrt}),
+        )
+    }
+
+    /// The keys Adam and AdamW share, with `d`'s values as the defaults.
+    fn from_torch(args: &mut TorchArgs<'_>, d: AdamFamily) -> Result<AdamFamily> {
+        Ok(AdamFamily {
+            lr: args.num("lr", d.lr)?,
+            betas: args.betas(d.betas)?,
+            eps: args.num("eps", d.eps)?,
+            weight_decay: args.num("weight_decay", d.weight_decay)?,
+            amsgrad: args.flag("amsgrad", d.amsgrad)?,
+            maximize: args.flag("maximize", d.maximize)?,
+            eps_inside_sqrt: args.own_flag("eps_inside_sqrt", d.eps_inside_sqrt)?,
+            decoupled: d.decoupled,
+        })
+    }
+
+    fn adam(&self) -> Adam {
+        Adam {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            eps_inside_sqrt: self.eps_inside_sqrt,
+        }
+    }
+
+    fn adamw(&self) -> AdamW {
+        AdamW {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            eps_inside_sqrt: self.eps_inside_sqrt,
+        }
+    }
+}
+
+impl Rule for Adam {
+    const NAME: &'static str = "adam";
+    const KERNEL: KernelSpec = KERNEL;
+    type Scalars = AdamScalars;
+
+    fn validate(&self, _momentum_buffer: bool) -> Result<()> {
+        self.to_family(false).validate()
+    }
+    fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
+        self.to_family(false).state_names()
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn momentum(&self) -> Option<f64> {
+        Some(self.betas.0)
+    }
+    fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
+        AdamFamily::set_betas0(&mut self.betas, value)
+    }
+    fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        self.to_family(false).overrides()
+    }
+    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdamScalars {
+        self.to_family(false).scalars(step)
+    }
+    fn table_entry(s: &AdamScalars) -> [f32; 4] {
+        AdamFamily::table_entry(s)
+    }
+    fn cpu_step(
+        &self,
+        s: &AdamScalars,
+        _layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        self.to_family(false)
+            .cpu_step(s, params, grads, states, clip_scale)
+    }
+    fn to_torch(&self) -> Map<String, Value> {
+        self.to_family(false).to_torch()
+    }
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let c = AdamFamily::from_torch(args, Adam::default().to_family(false))?;
+        // torch.optim.Adam(decoupled_weight_decay=True) is AdamW (with
+        // Adam's defaults: no weight decay unless given).
+        Ok(match args.optional_flag("decoupled_weight_decay")? {
+            Some(true) => c.adamw().into(),
+            _ => c.adam().into(),
+        })
+    }
+    fn presets() -> Vec<Preset> {
+        let adam = Adam {
+            lr: 1e-3,
+            ..Adam::default()
+        };
+        vec![
+            Preset::new("adam", adam.clone()),
+            Preset::new(
+                "adam_amsgrad",
+                Adam {
+                    amsgrad: true,
+                    ..adam.clone()
+                },
+            ),
+            Preset {
+                clip: Some(ClipGradNorm::new(1.0)),
+                ..Preset::new("adam_clip", adam)
+            },
+        ]
+    }
+}
+
+impl Rule for AdamW {
+    const NAME: &'static str = "adamw";
+    const KERNEL: KernelSpec = KERNEL;
+    type Scalars = AdamScalars;
+
+    fn validate(&self, _momentum_buffer: bool) -> Result<()> {
+        self.to_adam_family().validate()
+    }
+    fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
+        self.to_adam_family().state_names()
+    }
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+    fn momentum(&self) -> Option<f64> {
+        Some(self.betas.0)
+    }
+    fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
+        AdamFamily::set_betas0(&mut self.betas, value)
+    }
+    fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        self.to_adam_family().overrides()
+    }
+    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdamScalars {
+        self.to_adam_family().scalars(step)
+    }
+    fn table_entry(s: &AdamScalars) -> [f32; 4] {
+        AdamFamily::table_entry(s)
+    }
+    fn cpu_step(
+        &self,
+        s: &AdamScalars,
+        _layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        self.to_adam_family()
+            .cpu_step(s, params, grads, states, clip_scale)
+    }
+    fn to_torch(&self) -> Map<String, Value> {
+        self.to_adam_family().to_torch()
+    }
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let c = AdamFamily::from_torch(args, AdamW::default().to_adam_family())?;
+        if args.own_optional_flag("decoupled_weight_decay")? == Some(false) {
+            return Err(args.error("rule adamw with decoupled_weight_decay = false".into()));
+        }
+        Ok(c.adamw().into())
+    }
+    fn presets() -> Vec<Preset> {
+        vec![Preset::new(
+            "adamw",
+            AdamW {
+                lr: 1e-3,
+                ..AdamW::default()
+            },
+        )]
     }
 }
 
@@ -397,7 +621,7 @@ mod tests {
             amsgrad: true,
             ..Adam::default()
         };
-        let (c, s) = (adam.to_family(false), adam.scalars(3));
+        let (c, s) = (adam.to_family(false), adam.scalars(3, false));
         let run = |dispatched: bool| {
             let mut p: Vec<f32> = (0..n).map(|i| pick(i, 13)).collect();
             let mut st = init.clone();

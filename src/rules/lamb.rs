@@ -1,7 +1,12 @@
 //! LAMB: layer-wise adaptive moments, as NVIDIA Apex `FusedLAMB` and optax
 //! `lamb` compute it.
 
-use super::{bias_correction, check_non_negative, check_unit_interval};
+use serde_json::{json, Map, Value};
+
+use super::{
+    bias_correction, bool_override, check_non_negative, check_unit_interval, object, Config,
+    KernelShape, KernelSpec, Preset, Rule, TorchArgs,
+};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
@@ -129,8 +134,19 @@ pub(crate) const WGSL_CONSTANTS: [(&str, u32); 2] = [
     ("LAMB_UNIT_RATIO", LAMB_UNIT_RATIO),
 ];
 
-impl Lamb {
-    pub(crate) fn validate(&self) -> Result<()> {
+impl Rule for Lamb {
+    const NAME: &'static str = "lamb";
+    const KERNEL: KernelSpec = KernelSpec {
+        name: "lamb",
+        source: include_str!("../../shaders/lamb.wgsl"),
+        shape: KernelShape::Tiled {
+            entry_points: &["lamb_moments", "lamb_ratio", "lamb_apply"],
+            constants: &WGSL_CONSTANTS,
+        },
+    };
+    type Scalars = LambScalars;
+
+    fn validate(&self, _momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("eps", self.eps)?;
         check_unit_interval("betas[0]", self.betas.0)?;
@@ -148,8 +164,37 @@ impl Lamb {
         Ok(())
     }
 
+    fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
+        vec!["exp_avg", "exp_avg_sq"]
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        Some(self.betas.0)
+    }
+
+    fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
+        check_unit_interval("betas[0]", value)?;
+        self.betas.0 = value;
+        Ok(())
+    }
+
+    fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        vec![
+            ("MAXIMIZE", bool_override(self.maximize)),
+            ("EPS_INSIDE_SQRT", bool_override(self.eps_inside_sqrt)),
+        ]
+    }
+
     /// The scalars of step `step` (1 for the first).
-    pub(crate) fn scalars(&self, step: u64) -> LambScalars {
+    fn scalars(&self, step: u64, _buffer_filled: bool) -> LambScalars {
         let (beta1, beta2) = self.betas;
         let (lo, hi) = self.trust_ratio_clamp.unwrap_or((0.0, 0.0));
         let mut options = 0;
@@ -173,6 +218,53 @@ impl Lamb {
             clamp_max: hi as f32,
             options,
         }
+    }
+
+    fn table_entry(s: &LambScalars) -> [f32; 4] {
+        [s.bias_correction1, s.bias_correction2, 0.0, 0.0]
+    }
+
+    fn cpu_step(
+        &self,
+        s: &LambScalars,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        cpu_step(s, self, layout, params, grads, states, clip_scale)
+    }
+
+    fn to_torch(&self) -> Map<String, Value> {
+        object(
+            json!({"lr": self.lr, "betas": [self.betas.0, self.betas.1], "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "trust_ratio_clamp": self.trust_ratio_clamp.map(|(a, b)| vec![a, b]),
+            "unit_ratio_without_decay": self.unit_ratio_without_decay,
+            "eps_inside_sqrt": self.eps_inside_sqrt, "maximize": self.maximize}),
+        )
+    }
+
+    /// Apex's keyword arguments; the rest are this crate's.
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let d = Lamb::default();
+        Ok(Lamb {
+            lr: args.num("lr", d.lr)?,
+            betas: args.betas(d.betas)?,
+            eps: args.num("eps", d.eps)?,
+            weight_decay: args.num("weight_decay", d.weight_decay)?,
+            trust_ratio_clamp: args.own_pair("trust_ratio_clamp")?,
+            unit_ratio_without_decay: args
+                .own_flag("unit_ratio_without_decay", d.unit_ratio_without_decay)?,
+            eps_inside_sqrt: args.own_flag("eps_inside_sqrt", d.eps_inside_sqrt)?,
+            maximize: args.own_flag("maximize", d.maximize)?,
+        }
+        .into())
+    }
+
+    fn presets() -> Vec<Preset> {
+        vec![Preset::new("lamb", Lamb::default())]
     }
 }
 

@@ -2,10 +2,36 @@
 //! validation, the per-step scalars shared by the CPU and the GPU, and the
 //! CPU reference of each rule written to match its equations.
 //!
-//! Every rule here is element-wise: one parameter element, its gradient and
-//! its state elements in, the same out. The CPU loops and the WGSL kernels
-//! both apply the per-element functions below with the same per-step
+//! Every rule but LAMB is element-wise: one parameter element, its gradient
+//! and its state elements in, the same out. The CPU loops and the WGSL
+//! kernels both apply the per-element functions with the same per-step
 //! scalars, computed once per step on the host in `f64` and rounded to `f32`.
+//!
+//! # Adding a rule
+//!
+//! An element-wise rule is two new files and four lines:
+//!
+//! 1. `shaders/<rule>.wgsl`: its `struct Scalars` (as the Rust one), its
+//!    `override`s, `begin_step` and `update` (see `sgd.wgsl`); the
+//!    composer in `src/gpu/kernels.rs` puts the prelude, the bindings
+//!    (its state slots named as in `KernelShape::ElementWise`),
+//!    `shaders/common.wgsl` and `shaders/elementwise.wgsl` before it.
+//! 2. `src/rules/<rule>.rs`: the configuration struct (torch's names and
+//!    defaults, documented: the equations, the reference, an example), its
+//!    `#[repr(C)]` scalars, the `#[inline(always)]` element function and
+//!    its `multiversion!` slice loop, and `impl Rule` (name, kernel,
+//!    validation, state, scalars, CPU step, torch's keyword arguments both
+//!    ways, bench presets).
+//! 3. Here: `pub mod <rule>;`, `pub use <rule>::<Type>;` and one row of
+//!    `registry!` below, `Variant(Type)` with its doc.
+//! 4. `src/lib.rs`: `<Type>` in the crate root's `pub use rules::{..}`.
+//!
+//! Everything else (the [`Config`] and [`RuleKind`] variants, the
+//! dispatch of the optimizers, checkpoints, case files and `bench`) comes
+//! from the row. A rule that is not element-wise also picks a
+//! `KernelShape::Tiled` kernel and writes its own `Rule::cpu_step`, as
+//! LAMB does. The tests that list configurations per rule refuse a rule
+//! they do not list, and it needs golden cases (`tests/data/golden`).
 
 pub mod adagrad;
 pub mod adam;
@@ -19,66 +45,471 @@ pub use lamb::Lamb;
 pub use rmsprop::RmsProp;
 pub use sgd::Sgd;
 
-use crate::error::{Error, Result};
+mod torch;
 
-/// Which update rule a [`Config`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RuleKind {
+pub(crate) use torch::TorchArgs;
+
+use serde_json::{Map, Value};
+
+use crate::clip::ClipGradNorm;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+
+/// What the optimizers, checkpoints, case files and `bench` need of a rule,
+/// implemented by its configuration struct in the rule's own file. The
+/// [`registry!`] row of the rule turns each item into a method of
+/// [`Config`] or [`RuleKind`].
+pub(crate) trait Rule: Clone + Default + Into<Config> {
+    /// The lower-case name of torch's class (of Apex's for LAMB):
+    /// [`RuleKind::name`], the `rule` of checkpoints and case files.
+    const NAME: &'static str;
+    /// Whether torch keeps a `step` in the state of every tensor (all but
+    /// SGD): checkpoints then carry `state.{i}.step`.
+    const TORCH_STEP: bool = true;
+    /// Whether torch fills the momentum buffer with the gradient on its
+    /// first use instead of starting it at 0 (SGD): a torch checkpoint
+    /// with a buffer then has it filled.
+    const LAZY_MOMENTUM_BUFFER: bool = false;
+    /// The GPU kernel.
+    const KERNEL: KernelSpec;
+    /// The per-step scalars, the header of the kernel's uniforms
+    /// (`#[repr(C)]`, a multiple of 16 bytes, `struct Scalars` of the shader).
+    type Scalars: bytemuck::Pod + std::fmt::Debug;
+
+    /// Checks every hyperparameter in force on an optimizer whose state
+    /// was fixed when it was built: `momentum_buffer` says whether it has
+    /// one (see [`Rule::builds_momentum_buffer`]; rules without one ignore
+    /// it). At construction it is `self.builds_momentum_buffer()`, and this
+    /// is torch's check.
+    fn validate(&self, momentum_buffer: bool) -> Result<()>;
+    /// Whether an optimizer built with this configuration has a
+    /// `momentum_buffer`, as torch allocates one. It keeps it for life,
+    /// whatever momentum is set later.
+    fn builds_momentum_buffer(&self) -> bool {
+        false
+    }
+    /// The state tensors, as torch names them, in the order the optimizer
+    /// stores them, with or without a `momentum_buffer`; fixed when the
+    /// optimizer is built.
+    fn state_names(&self, momentum_buffer: bool) -> Vec<&'static str>;
+    /// The value state tensor `name` starts with.
+    fn state_initial_value(&self, _name: &str) -> f32 {
+        0.0
+    }
+    /// The learning rate.
+    fn lr(&self) -> f64;
+    /// Sets the learning rate (already checked).
+    fn set_lr(&mut self, lr: f64);
+    /// The momentum (or `betas[0]`), if the rule has one.
+    fn momentum(&self) -> Option<f64> {
+        None
+    }
+    /// Checks and sets the momentum; `has_buffer` says whether the
+    /// optimizer was built with a `momentum_buffer`.
+    fn set_momentum(&mut self, _value: f64, _has_buffer: bool) -> Result<()> {
+        Err(Error::NoMomentum { rule: Self::NAME })
+    }
+    /// Whether this step uses a momentum buffer that torch fills with the
+    /// gradient on its first use ([`Rule::LAZY_MOMENTUM_BUFFER`], with a
+    /// momentum in force): the optimizers then count it filled.
+    fn fills_buffer_on_first_use(&self) -> bool {
+        false
+    }
+    /// The options fixed for the optimizer's life, as the WGSL `override`
+    /// constants of the kernel; `momentum_buffer` as in
+    /// [`Rule::validate`] (`HAS_MOMENTUM` says whether the state has one,
+    /// not whether the momentum in force is 0).
+    fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)>;
+    /// The scalars of step `step` (1 for the first); `buffer_filled` as
+    /// [`Rule::fills_buffer_on_first_use`].
+    fn scalars(&self, step: u64, buffer_filled: bool) -> Self::Scalars;
+    /// The step-dependent scalars as the kernel reads them from the table
+    /// of the uniforms' tail when steps may be skipped on the GPU (with
+    /// `skip_nonfinite` the GPU knows the step count, the host does not).
+    fn table_entry(_s: &Self::Scalars) -> [f32; 4] {
+        [0.0; 4]
+    }
+    /// One step on the CPU over the packed tensors of `layout`: `states` in
+    /// the optimizer's [`Rule::state_names`] order; the gradients are multiplied by
+    /// `clip_scale` first, as torch's `clip_grad_norm_` does. Element-wise
+    /// rules call [`elementwise_step`].
+    #[allow(clippy::too_many_arguments)]
+    fn cpu_step(
+        &self,
+        s: &Self::Scalars,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    );
+    /// torch's `param_groups[0]` (without `params`), with this crate's own
+    /// options beside torch's: what a checkpoint writes.
+    fn to_torch(&self) -> Map<String, Value>;
+    /// The configuration torch's keyword arguments describe (a checkpoint's
+    /// `param_groups[0]`, a case file's `hyper`; see [`TorchArgs`]).
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config>;
+    /// The configurations `wgpu-optim bench` runs.
+    fn presets() -> Vec<Preset>;
+}
+
+/// A rule's GPU kernel.
+pub(crate) struct KernelSpec {
+    /// The shader's name: its label, and its key in the pipeline cache
+    /// (rules that share a kernel share the name).
+    pub name: &'static str,
+    /// The WGSL source (`include_str!`).
+    pub source: &'static str,
+    /// How it is bound and dispatched.
+    pub shape: KernelShape,
+}
+
+/// How a kernel is bound and dispatched.
+pub(crate) enum KernelShape {
+    /// `main` of `shaders/elementwise.wgsl`, one thread per element (or
+    /// vec4), calling the rule's `update`; bindings: parameters, gradients,
+    /// these state slots (by state name; a slot the configuration has no
+    /// state for gets a dummy buffer), the step info, the counters, the
+    /// uniforms.
+    ElementWise {
+        /// The state bindings, in binding order.
+        slots: &'static [&'static str],
+    },
+    /// Three entry points of the rule's file after `shaders/tiles.wgsl`, on
+    /// the tile layout
+    /// (with `exp_avg`, `exp_avg_sq` bound): one over every tile, one
+    /// workgroup per tensor, one over every tile again.
+    Tiled {
+        /// The three entry points, in dispatch order.
+        entry_points: &'static [&'static str; 3],
+        /// The rule's own WGSL constants, written by the composer.
+        constants: &'static [(&'static str, u32)],
+    },
+}
+
+impl KernelSpec {
+    /// Whether it is a [`KernelShape::Tiled`] kernel.
+    pub(crate) fn is_tiled(&self) -> bool {
+        matches!(self.shape, KernelShape::Tiled { .. })
+    }
+}
+
+/// A configuration `wgpu-optim bench` runs, named as PyTorch's
+/// `torch_optim_bench.py` names it where the script has it.
+#[derive(Clone, Debug)]
+pub struct Preset {
+    /// Its name on the command line and in the output (`sgd_momentum`, ...).
+    pub name: &'static str,
+    /// The rule and hyperparameters.
+    pub config: Config,
+    /// The global-norm clipping each step runs with, if any.
+    pub clip: Option<ClipGradNorm>,
+}
+
+impl Preset {
+    fn new(name: &'static str, config: impl Into<Config>) -> Self {
+        Preset {
+            name,
+            config: config.into(),
+            clip: None,
+        }
+    }
+}
+
+/// The registry: one row per rule, `Variant(Type)`, with the doc of the
+/// [`RuleKind`] variant. It defines [`RuleKind`], [`Config`] (the variant
+/// holds the type), the `From` impls, the per-step scalars and every
+/// dispatch over the rules, each arm calling the [`Rule`] item of the type.
+/// The order of the rows is [`RuleKind::ALL`]'s.
+macro_rules! registry {
+    ($($(#[$doc:meta])* $v:ident($ty:ident)),* $(,)?) => {
+        /// Which update rule a [`Config`] is.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum RuleKind {
+            $($(#[$doc])* $v,)*
+        }
+
+        /// An optimizer's rule and hyperparameters. Build one from a rule's
+        /// struct with `.into()` (or `Config::Adam(..)`).
+        #[derive(Clone, Debug, PartialEq)]
+        #[non_exhaustive]
+        pub enum Config {
+            $(#[doc = concat!("[`", stringify!($ty), "`].")] $v($ty),)*
+        }
+
+        $(impl From<$ty> for Config {
+            fn from(c: $ty) -> Self {
+                Config::$v(c)
+            }
+        })*
+
+        /// The per-step scalars of a rule, laid out for the WGSL uniform
+        /// buffer.
+        #[derive(Clone, Copy, Debug)]
+        pub(crate) enum StepScalars {
+            $($v(<$ty as Rule>::Scalars),)*
+        }
+
+        /// The names of the rules, in [`RuleKind::ALL`] order.
+        pub(crate) const NAMES: [&str; [$(stringify!($v)),*].len()] = [$(<$ty as Rule>::NAME),*];
+
+        impl RuleKind {
+            /// Every rule, in the order the README lists them.
+            pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
+
+            /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
+            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
+            /// LAMB (`lamb`).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(RuleKind::$v => <$ty as Rule>::NAME,)*
+                }
+            }
+
+            /// The rule with PyTorch's default hyperparameters.
+            pub fn default_config(self) -> Config {
+                match self {
+                    $(RuleKind::$v => Config::$v($ty::default()),)*
+                }
+            }
+
+            /// The configurations `wgpu-optim bench` runs for this rule.
+            pub fn presets(self) -> Vec<Preset> {
+                match self {
+                    $(RuleKind::$v => <$ty as Rule>::presets(),)*
+                }
+            }
+
+            /// The configuration torch's keyword arguments describe.
+            pub(crate) fn config_from_torch(self, args: &mut TorchArgs<'_>) -> Result<Config> {
+                match self {
+                    $(RuleKind::$v => <$ty as Rule>::from_torch(args),)*
+                }
+            }
+        }
+
+        impl StepScalars {
+            pub(crate) fn bytes(&self) -> &[u8] {
+                match self {
+                    $(StepScalars::$v(s) => bytemuck::bytes_of(s),)*
+                }
+            }
+
+            /// See [`Rule::table_entry`].
+            pub(crate) fn table_entry(&self) -> [f32; 4] {
+                match self {
+                    $(StepScalars::$v(s) => <$ty as Rule>::table_entry(s),)*
+                }
+            }
+
+        }
+
+        impl Config {
+            /// Which rule this is.
+            pub fn kind(&self) -> RuleKind {
+                match self {
+                    $(Config::$v(_) => RuleKind::$v,)*
+                }
+            }
+
+            /// Checks every hyperparameter, as `torch.optim` does at
+            /// construction.
+            pub fn validate(&self) -> Result<()> {
+                self.validate_with(self.builds_momentum_buffer())
+            }
+
+            /// Checks the hyperparameters in force on an optimizer whose
+            /// state tensors were fixed when it was built: with
+            /// `momentum_buffer` (SGD, RMSprop) it has one, and may have
+            /// any momentum `>= 0` in force, 0 included (Nesterov too, as
+            /// torch checks Nesterov only at construction); without one its
+            /// momentum must be 0.
+            pub(crate) fn validate_with(&self, momentum_buffer: bool) -> Result<()> {
+                match self {
+                    $(Config::$v(c) => c.validate(momentum_buffer),)*
+                }
+            }
+
+            /// The names of the state tensors of an optimizer built with
+            /// this configuration, as PyTorch names them, in the order the
+            /// optimizer stores them. Which exist depends on the options at
+            /// construction (SGD has a `momentum_buffer` only with
+            /// momentum, RMSprop a `grad_avg` only when centered, Adam a
+            /// `max_exp_avg_sq` only with AMSGrad) and stays so for the
+            /// optimizer's life: a momentum set to 0 later keeps the
+            /// buffer, as torch keeps it in its `state_dict`. The
+            /// optimizers' and checkpoints' own `state_names` say what they
+            /// hold.
+            pub fn state_names(&self) -> Vec<&'static str> {
+                self.state_names_with(self.builds_momentum_buffer())
+            }
+
+            /// Whether an optimizer built with this configuration has a
+            /// `momentum_buffer`: SGD with `momentum != 0`, RMSprop with
+            /// `momentum > 0`, as torch allocates one.
+            pub(crate) fn builds_momentum_buffer(&self) -> bool {
+                match self {
+                    $(Config::$v(c) => c.builds_momentum_buffer(),)*
+                }
+            }
+
+            /// The state tensors of this rule with its options fixed at
+            /// construction, with or without a `momentum_buffer` (SGD,
+            /// RMSprop; the other rules ignore `momentum_buffer`).
+            pub(crate) fn state_names_with(&self, momentum_buffer: bool) -> Vec<&'static str> {
+                match self {
+                    $(Config::$v(c) => c.state_names(momentum_buffer),)*
+                }
+            }
+
+            /// The value each state tensor starts with (Adagrad's
+            /// `initial_accumulator_value`; zero for everything else).
+            pub(crate) fn state_initial_value(&self, name: &str) -> f32 {
+                match self {
+                    $(Config::$v(c) => c.state_initial_value(name),)*
+                }
+            }
+
+            /// The learning rate in force.
+            pub fn lr(&self) -> f64 {
+                match self {
+                    $(Config::$v(c) => c.lr(),)*
+                }
+            }
+
+            /// Sets the learning rate for the following steps.
+            pub(crate) fn set_lr(&mut self, lr: f64) -> Result<()> {
+                check_non_negative("lr", lr)?;
+                match self {
+                    $(Config::$v(c) => c.set_lr(lr),)*
+                }
+                Ok(())
+            }
+
+            /// The momentum in force: SGD's and RMSprop's `momentum`, the
+            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad.
+            pub fn momentum(&self) -> Option<f64> {
+                match self {
+                    $(Config::$v(c) => c.momentum(),)*
+                }
+            }
+
+            /// Sets the momentum (or `beta1`) for the following steps. Only
+            /// rules built with a momentum buffer can change it:
+            /// `has_buffer` says whether the optimizer has one (testing the
+            /// momentum in force instead would keep a momentum set to 0,
+            /// as a `CyclicLr` with `base_momentum: 0.0` does, from ever
+            /// being raised again, although torch carries on with the
+            /// buffer).
+            pub(crate) fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
+                match self {
+                    $(Config::$v(c) => c.set_momentum(value, has_buffer),)*
+                }
+            }
+
+            /// See [`Rule::fills_buffer_on_first_use`].
+            pub(crate) fn fills_buffer_on_first_use(&self) -> bool {
+                match self {
+                    $(Config::$v(c) => c.fills_buffer_on_first_use(),)*
+                }
+            }
+
+            /// Whether torch keeps a `step` per tensor (all rules but SGD).
+            pub(crate) fn torch_step(&self) -> bool {
+                match self {
+                    $(Config::$v(_) => <$ty as Rule>::TORCH_STEP,)*
+                }
+            }
+
+            /// See [`Rule::LAZY_MOMENTUM_BUFFER`].
+            pub(crate) fn lazy_momentum_buffer(&self) -> bool {
+                match self {
+                    $(Config::$v(_) => <$ty as Rule>::LAZY_MOMENTUM_BUFFER,)*
+                }
+            }
+
+            /// The boolean options fixed for the optimizer's life, as the
+            /// WGSL `override` constants of the rule's kernel.
+            /// `HAS_MOMENTUM` says whether the state has a
+            /// `momentum_buffer`, not whether the momentum in force is 0
+            /// (the uniforms' `use_momentum` says that, per step).
+            pub(crate) fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+                match self {
+                    $(Config::$v(c) => c.overrides(momentum_buffer),)*
+                }
+            }
+
+            /// The rule's GPU kernel.
+            pub(crate) fn kernel(&self) -> &'static KernelSpec {
+                match self {
+                    $(Config::$v(_) => &<$ty as Rule>::KERNEL,)*
+                }
+            }
+
+            /// The scalars of step number `step` (1 for the first step).
+            /// `buffer_filled` is false until SGD's momentum buffer has
+            /// been filled once (PyTorch fills it with the gradient on its
+            /// first use).
+            pub(crate) fn step_scalars(&self, step: u64, buffer_filled: bool) -> StepScalars {
+                match self {
+                    $(Config::$v(c) => StepScalars::$v(c.scalars(step, buffer_filled)),)*
+                }
+            }
+
+            /// Step number `step` on the CPU over the packed tensors of
+            /// `layout` (see [`Rule::cpu_step`]).
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) fn cpu_step(
+                &self,
+                step: u64,
+                buffer_filled: bool,
+                layout: &Layout,
+                params: &mut [f32],
+                grads: &[f32],
+                states: &mut [Vec<f32>],
+                clip_scale: Option<f32>,
+            ) {
+                match self {
+                    $(Config::$v(c) => {
+                        let s = c.scalars(step, buffer_filled);
+                        c.cpu_step(&s, layout, params, grads, states, clip_scale)
+                    })*
+                }
+            }
+
+            /// torch's `param_groups[0]` for this configuration (without
+            /// `params`), with this crate's own options beside torch's.
+            pub(crate) fn to_torch(&self) -> Map<String, Value> {
+                match self {
+                    $(Config::$v(c) => c.to_torch(),)*
+                }
+            }
+        }
+    };
+}
+
+registry! {
     /// Stochastic gradient descent, with optional (Nesterov) momentum.
-    Sgd,
+    Sgd(Sgd),
     /// Adagrad.
-    Adagrad,
+    Adagrad(Adagrad),
     /// RMSprop.
-    RmsProp,
+    RmsProp(RmsProp),
     /// Adam (L2 weight decay).
-    Adam,
+    Adam(Adam),
     /// AdamW (decoupled weight decay).
-    AdamW,
+    AdamW(AdamW),
     /// LAMB (layer-wise trust ratio).
-    Lamb,
+    Lamb(Lamb),
 }
 
 impl RuleKind {
-    /// Every rule, in the order the README lists them.
-    pub const ALL: [RuleKind; 6] = [
-        RuleKind::Sgd,
-        RuleKind::Adagrad,
-        RuleKind::RmsProp,
-        RuleKind::Adam,
-        RuleKind::AdamW,
-        RuleKind::Lamb,
-    ];
-
-    /// The lower-case name of PyTorch's class (`sgd`, `adagrad`, `rmsprop`,
-    /// `adam`, `adamw`), or of Apex's and optax's for LAMB (`lamb`).
-    pub fn name(self) -> &'static str {
-        match self {
-            RuleKind::Sgd => "sgd",
-            RuleKind::Adagrad => "adagrad",
-            RuleKind::RmsProp => "rmsprop",
-            RuleKind::Adam => "adam",
-            RuleKind::AdamW => "adamw",
-            RuleKind::Lamb => "lamb",
-        }
-    }
-
     /// Parses a name as [`RuleKind::name`] writes it (case-insensitive).
     pub fn parse(s: &str) -> Option<RuleKind> {
         RuleKind::ALL
             .into_iter()
             .find(|r| r.name().eq_ignore_ascii_case(s))
-    }
-
-    /// The rule with PyTorch's default hyperparameters.
-    pub fn default_config(self) -> Config {
-        match self {
-            RuleKind::Sgd => Config::Sgd(Sgd::default()),
-            RuleKind::Adagrad => Config::Adagrad(Adagrad::default()),
-            RuleKind::RmsProp => Config::RmsProp(RmsProp::default()),
-            RuleKind::Adam => Config::Adam(Adam::default()),
-            RuleKind::AdamW => Config::AdamW(AdamW::default()),
-            RuleKind::Lamb => Config::Lamb(Lamb::default()),
-        }
     }
 }
 
@@ -88,298 +519,7 @@ impl std::fmt::Display for RuleKind {
     }
 }
 
-/// An optimizer's rule and hyperparameters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Config {
-    /// [`Sgd`].
-    Sgd(Sgd),
-    /// [`Adagrad`].
-    Adagrad(Adagrad),
-    /// [`RmsProp`].
-    RmsProp(RmsProp),
-    /// [`Adam`].
-    Adam(Adam),
-    /// [`AdamW`].
-    AdamW(AdamW),
-    /// [`Lamb`].
-    Lamb(Lamb),
-}
-
-impl From<Sgd> for Config {
-    fn from(c: Sgd) -> Self {
-        Config::Sgd(c)
-    }
-}
-impl From<Adagrad> for Config {
-    fn from(c: Adagrad) -> Self {
-        Config::Adagrad(c)
-    }
-}
-impl From<RmsProp> for Config {
-    fn from(c: RmsProp) -> Self {
-        Config::RmsProp(c)
-    }
-}
-impl From<Adam> for Config {
-    fn from(c: Adam) -> Self {
-        Config::Adam(c)
-    }
-}
-impl From<AdamW> for Config {
-    fn from(c: AdamW) -> Self {
-        Config::AdamW(c)
-    }
-}
-impl From<Lamb> for Config {
-    fn from(c: Lamb) -> Self {
-        Config::Lamb(c)
-    }
-}
-
 impl Config {
-    /// Which rule this is.
-    pub fn kind(&self) -> RuleKind {
-        match self {
-            Config::Sgd(_) => RuleKind::Sgd,
-            Config::Adagrad(_) => RuleKind::Adagrad,
-            Config::RmsProp(_) => RuleKind::RmsProp,
-            Config::Adam(_) => RuleKind::Adam,
-            Config::AdamW(_) => RuleKind::AdamW,
-            Config::Lamb(_) => RuleKind::Lamb,
-        }
-    }
-
-    /// Checks every hyperparameter, as `torch.optim` does at construction.
-    pub fn validate(&self) -> Result<()> {
-        self.validate_with(self.builds_momentum_buffer())
-    }
-
-    /// Checks the hyperparameters in force on an optimizer whose state
-    /// tensors were fixed when it was built: with `momentum_buffer` (SGD,
-    /// RMSprop) it has one, and may have any momentum `>= 0` in force,
-    /// 0 included (Nesterov too, as torch checks Nesterov only at
-    /// construction); without one its momentum must be 0.
-    pub(crate) fn validate_with(&self, momentum_buffer: bool) -> Result<()> {
-        match self {
-            Config::Sgd(c) => c.validate(momentum_buffer),
-            Config::Adagrad(c) => c.validate(),
-            Config::RmsProp(c) => c.validate(momentum_buffer),
-            Config::Adam(c) => c.validate(),
-            Config::AdamW(c) => c.to_adam_family().validate(),
-            Config::Lamb(c) => c.validate(),
-        }
-    }
-
-    /// The names of the state tensors of an optimizer built with this
-    /// configuration, as PyTorch names them, in the order the optimizer
-    /// stores them. Which exist depends on the options at construction
-    /// (SGD has a `momentum_buffer` only with momentum, RMSprop a
-    /// `grad_avg` only when centered, Adam a `max_exp_avg_sq` only with
-    /// AMSGrad) and stays so for the optimizer's life: a momentum set to 0
-    /// later keeps the buffer, as torch keeps it in its `state_dict`. The
-    /// optimizers' and checkpoints' own `state_names` say what they hold.
-    pub fn state_names(&self) -> Vec<&'static str> {
-        self.state_names_with(self.builds_momentum_buffer())
-    }
-
-    /// Whether an optimizer built with this configuration has a
-    /// `momentum_buffer`: SGD with `momentum != 0`, RMSprop with
-    /// `momentum > 0`, as torch allocates one.
-    pub(crate) fn builds_momentum_buffer(&self) -> bool {
-        match self {
-            Config::Sgd(c) => c.momentum != 0.0,
-            Config::RmsProp(c) => c.momentum > 0.0,
-            _ => false,
-        }
-    }
-
-    /// The state tensors of this rule with its options fixed at
-    /// construction, with or without a `momentum_buffer` (SGD, RMSprop;
-    /// the other rules ignore `momentum_buffer`).
-    pub(crate) fn state_names_with(&self, momentum_buffer: bool) -> Vec<&'static str> {
-        match self {
-            Config::Sgd(_) if momentum_buffer => vec!["momentum_buffer"],
-            Config::Sgd(_) => vec![],
-            Config::Adagrad(_) => vec!["sum"],
-            Config::RmsProp(c) => c.state_names(momentum_buffer),
-            Config::Adam(c) => c.state_names(),
-            Config::AdamW(c) => c.to_adam_family().state_names(),
-            Config::Lamb(_) => vec!["exp_avg", "exp_avg_sq"],
-        }
-    }
-
-    /// The value each state tensor starts with (Adagrad's
-    /// `initial_accumulator_value`; zero for everything else).
-    pub(crate) fn state_initial_value(&self, _name: &str) -> f32 {
-        match self {
-            Config::Adagrad(c) => c.initial_accumulator_value as f32,
-            _ => 0.0,
-        }
-    }
-
-    /// The learning rate in force.
-    pub fn lr(&self) -> f64 {
-        match self {
-            Config::Sgd(c) => c.lr,
-            Config::Adagrad(c) => c.lr,
-            Config::RmsProp(c) => c.lr,
-            Config::Adam(c) => c.lr,
-            Config::AdamW(c) => c.lr,
-            Config::Lamb(c) => c.lr,
-        }
-    }
-
-    /// Sets the learning rate for the following steps.
-    pub(crate) fn set_lr(&mut self, lr: f64) -> Result<()> {
-        check_non_negative("lr", lr)?;
-        match self {
-            Config::Sgd(c) => c.lr = lr,
-            Config::Adagrad(c) => c.lr = lr,
-            Config::RmsProp(c) => c.lr = lr,
-            Config::Adam(c) => c.lr = lr,
-            Config::AdamW(c) => c.lr = lr,
-            Config::Lamb(c) => c.lr = lr,
-        }
-        Ok(())
-    }
-
-    /// The momentum in force: SGD's and RMSprop's `momentum`, the Adam
-    /// family's `betas[0]`; `None` for Adagrad.
-    pub fn momentum(&self) -> Option<f64> {
-        match self {
-            Config::Sgd(c) => Some(c.momentum),
-            Config::Adagrad(_) => None,
-            Config::RmsProp(c) => Some(c.momentum),
-            Config::Adam(c) => Some(c.betas.0),
-            Config::AdamW(c) => Some(c.betas.0),
-            Config::Lamb(c) => Some(c.betas.0),
-        }
-    }
-
-    /// Sets the momentum (or `beta1`) for the following steps. Only rules
-    /// built with a momentum buffer can change it: `has_buffer` says
-    /// whether the optimizer has one.
-    ///
-    /// Fix: this used to test the momentum in force (`c.momentum == 0.0`)
-    /// instead, so once set to 0 (as a `CyclicLr` with `base_momentum: 0.0`
-    /// does) the momentum could never be raised again, although the buffer
-    /// is still there and PyTorch carries on with it.
-    pub(crate) fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
-        match self {
-            Config::Sgd(c) => {
-                if !has_buffer {
-                    return Err(Error::NoMomentum { rule: "sgd" });
-                }
-                check_non_negative("momentum", value)?;
-                c.momentum = value;
-            }
-            Config::RmsProp(c) => {
-                if !has_buffer {
-                    return Err(Error::NoMomentum { rule: "rmsprop" });
-                }
-                check_non_negative("momentum", value)?;
-                c.momentum = value;
-            }
-            Config::Adam(c) => {
-                check_unit_interval("betas[0]", value)?;
-                c.betas.0 = value;
-            }
-            Config::AdamW(c) => {
-                check_unit_interval("betas[0]", value)?;
-                c.betas.0 = value;
-            }
-            Config::Lamb(c) => {
-                check_unit_interval("betas[0]", value)?;
-                c.betas.0 = value;
-            }
-            Config::Adagrad(_) => {
-                return Err(Error::NoMomentum { rule: "adagrad" });
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Per-step scalars, one struct per rule family, laid out for the WGSL
-/// uniform buffer (`#[repr(C)]`, 16-byte multiple).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum StepScalars {
-    Sgd(sgd::SgdScalars),
-    Adagrad(adagrad::AdagradScalars),
-    RmsProp(rmsprop::RmsPropScalars),
-    Adam(adam::AdamScalars),
-    Lamb(lamb::LambScalars),
-}
-
-impl StepScalars {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            StepScalars::Sgd(s) => bytemuck::bytes_of(s),
-            StepScalars::Adagrad(s) => bytemuck::bytes_of(s),
-            StepScalars::RmsProp(s) => bytemuck::bytes_of(s),
-            StepScalars::Adam(s) => bytemuck::bytes_of(s),
-            StepScalars::Lamb(s) => bytemuck::bytes_of(s),
-        }
-    }
-}
-
-impl Config {
-    /// The scalars of step number `step` (1 for the first step).
-    /// `momentum_initialized` is false until SGD's momentum buffer has been
-    /// filled once (PyTorch fills it with the gradient on its first use).
-    pub(crate) fn step_scalars(&self, step: u64, momentum_initialized: bool) -> StepScalars {
-        match self {
-            Config::Sgd(c) => StepScalars::Sgd(c.scalars(momentum_initialized)),
-            Config::Adagrad(c) => StepScalars::Adagrad(c.scalars(step)),
-            Config::RmsProp(c) => StepScalars::RmsProp(c.scalars()),
-            Config::Adam(c) => StepScalars::Adam(c.scalars(step)),
-            Config::AdamW(c) => StepScalars::Adam(c.to_adam_family().scalars(step)),
-            Config::Lamb(c) => StepScalars::Lamb(c.scalars(step)),
-        }
-    }
-
-    /// The boolean options fixed for the optimizer's life, as the WGSL
-    /// `override` constants of the rule's kernel. `HAS_MOMENTUM` says
-    /// whether the state has a `momentum_buffer`, not whether the momentum
-    /// in force is 0 (the uniforms' `use_momentum` says that, per step).
-    pub(crate) fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {
-        let b = |x: bool| if x { 1.0 } else { 0.0 };
-        match self {
-            Config::Sgd(c) => vec![
-                ("MAXIMIZE", b(c.maximize)),
-                ("NESTEROV", b(c.nesterov)),
-                ("HAS_MOMENTUM", b(momentum_buffer)),
-            ],
-            Config::Adagrad(c) => vec![
-                ("MAXIMIZE", b(c.maximize)),
-                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
-            ],
-            Config::RmsProp(c) => vec![
-                ("MAXIMIZE", b(c.maximize)),
-                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
-                ("CENTERED", b(c.centered)),
-                ("HAS_MOMENTUM", b(momentum_buffer)),
-            ],
-            Config::Adam(c) => c.overrides(),
-            Config::AdamW(c) => c.to_adam_family().overrides(),
-            Config::Lamb(c) => vec![
-                ("MAXIMIZE", b(c.maximize)),
-                ("EPS_INSIDE_SQRT", b(c.eps_inside_sqrt)),
-            ],
-        }
-    }
-
-    /// Which WGSL file runs this rule.
-    pub(crate) fn shader(&self) -> (&'static str, &'static str) {
-        match self {
-            Config::Sgd(_) => ("sgd", include_str!("../../shaders/sgd.wgsl")),
-            Config::Adagrad(_) => ("adagrad", include_str!("../../shaders/adagrad.wgsl")),
-            Config::RmsProp(_) => ("rmsprop", include_str!("../../shaders/rmsprop.wgsl")),
-            Config::Adam(_) | Config::AdamW(_) => ("adam", include_str!("../../shaders/adam.wgsl")),
-            Config::Lamb(_) => ("lamb", include_str!("../../shaders/lamb.wgsl")),
-        }
-    }
-
     /// Bytes one step must read and write per parameter (f32 everywhere):
     /// parameter read + write, gradient read, each state tensor read + write.
     /// LAMB moves more (its trust ratio needs a second pass over θ, m and v:
@@ -390,19 +530,28 @@ impl Config {
     }
 }
 
-/// Applies one step of the rule to flat slices: `params`, `grads` and one
-/// slice per state tensor in [`Config::state_names`] order, all the same
-/// length. Runs on all cores (rayon) over independent chunks; the arithmetic
-/// of each element does not depend on the chunking.
-pub(crate) fn cpu_step(
-    scalars: &StepScalars,
-    config: &Config,
+/// One step of an element-wise rule on all cores (rayon), over independent
+/// chunks: `step_slice` gets the same chunk of the parameters, the
+/// gradients (multiplied by `clip_scale` first, in f32, as torch's
+/// `clip_grad_norm_` does) and each state tensor. The arithmetic of each
+/// element does not depend on the chunking.
+pub(crate) fn elementwise_step(
     params: &mut [f32],
     grads: &[f32],
     states: &mut [Vec<f32>],
+    clip_scale: Option<f32>,
+    step_slice: impl Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync,
 ) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 15;
+    let scaled: Vec<f32>;
+    let grads = match clip_scale {
+        Some(k) => {
+            scaled = grads.par_iter().map(|&g| g * k).collect();
+            &scaled
+        }
+        None => grads,
+    };
     let n = params.len();
     if n == 0 {
         return;
@@ -418,23 +567,19 @@ pub(crate) fn cpu_step(
             .collect();
         work.push((p, g, st));
     }
-    let run = |(p, g, mut st): (&mut [f32], &[f32], Vec<&mut [f32]>)| match (scalars, config) {
-        (StepScalars::Sgd(s), Config::Sgd(c)) => sgd::step_slice(s, c, p, g, &mut st),
-        (StepScalars::Adagrad(s), Config::Adagrad(c)) => adagrad::step_slice(s, c, p, g, &mut st),
-        (StepScalars::RmsProp(s), Config::RmsProp(c)) => rmsprop::step_slice(s, c, p, g, &mut st),
-        (StepScalars::Adam(s), Config::Adam(c)) => {
-            adam::step_slice(s, &c.to_family(false), p, g, &mut st)
-        }
-        (StepScalars::Adam(s), Config::AdamW(c)) => {
-            adam::step_slice(s, &c.to_adam_family(), p, g, &mut st)
-        }
-        (StepScalars::Lamb(_), _) => unreachable!("LAMB steps per tensor: lamb::cpu_step"),
-        _ => unreachable!("scalars are always made from the same config"),
-    };
+    let run = |(p, g, mut st): Work<'_>| step_slice(p, g, &mut st);
     if n >= 4 * CHUNK {
         work.into_par_iter().for_each(run);
     } else {
         work.into_iter().for_each(run);
+    }
+}
+
+/// `json!` of an object literal, as the object.
+pub(crate) fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
     }
 }
 
@@ -575,4 +720,13 @@ pub(crate) fn inverse_grad_scale(scale: f64) -> Result<f32> {
         });
     }
     Ok(inv)
+}
+
+/// A boolean option as the value of a WGSL `override` constant.
+pub(crate) fn bool_override(x: bool) -> f64 {
+    if x {
+        1.0
+    } else {
+        0.0
+    }
 }

@@ -1,7 +1,13 @@
 //! RMSprop, as `torch.optim.RMSprop`.
 
-use super::{check_non_negative, lerp};
+use serde_json::{json, Map, Value};
+
+use super::{
+    bool_override, check_non_negative, elementwise_step, lerp, object, Config, KernelShape,
+    KernelSpec, Preset, Rule, TorchArgs,
+};
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 
 /// RMSprop, as `torch.optim.RMSprop` (PyTorch 2.15) computes it. With `v`
 /// the running average of squared gradients (`square_avg`), `ḡ` the running
@@ -104,10 +110,18 @@ pub(crate) struct RmsPropScalars {
 }
 const _: () = assert!(std::mem::size_of::<RmsPropScalars>() == 32);
 
-impl RmsProp {
-    /// `momentum_buffer`: whether the optimizer has one (at construction:
-    /// `momentum > 0`; see [`super::Config::validate_with`]).
-    pub(crate) fn validate(&self, momentum_buffer: bool) -> Result<()> {
+impl Rule for RmsProp {
+    const NAME: &'static str = "rmsprop";
+    const KERNEL: KernelSpec = KernelSpec {
+        name: "rmsprop",
+        source: include_str!("../../shaders/rmsprop.wgsl"),
+        shape: KernelShape::ElementWise {
+            slots: &["square_avg", "momentum_buffer", "grad_avg"],
+        },
+    };
+    type Scalars = RmsPropScalars;
+
+    fn validate(&self, momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("eps", self.eps)?;
         check_non_negative("momentum", self.momentum)?;
@@ -122,7 +136,11 @@ impl RmsProp {
         Ok(())
     }
 
-    pub(crate) fn state_names(&self, momentum_buffer: bool) -> Vec<&'static str> {
+    fn builds_momentum_buffer(&self) -> bool {
+        self.momentum > 0.0
+    }
+
+    fn state_names(&self, momentum_buffer: bool) -> Vec<&'static str> {
         let mut names = vec!["square_avg"];
         if momentum_buffer {
             names.push("momentum_buffer");
@@ -133,7 +151,37 @@ impl RmsProp {
         names
     }
 
-    pub(crate) fn scalars(&self) -> RmsPropScalars {
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        Some(self.momentum)
+    }
+
+    fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
+        if !has_buffer {
+            return Err(Error::NoMomentum { rule: Self::NAME });
+        }
+        check_non_negative("momentum", value)?;
+        self.momentum = value;
+        Ok(())
+    }
+
+    fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        vec![
+            ("MAXIMIZE", bool_override(self.maximize)),
+            ("EPS_INSIDE_SQRT", bool_override(self.eps_inside_sqrt)),
+            ("CENTERED", bool_override(self.centered)),
+            ("HAS_MOMENTUM", bool_override(momentum_buffer)),
+        ]
+    }
+
+    fn scalars(&self, _step: u64, _buffer_filled: bool) -> RmsPropScalars {
         RmsPropScalars {
             lr: self.lr as f32,
             alpha: self.alpha as f32,
@@ -144,6 +192,54 @@ impl RmsProp {
             use_momentum: (self.momentum > 0.0) as u32,
             _pad: 0,
         }
+    }
+
+    fn cpu_step(
+        &self,
+        s: &RmsPropScalars,
+        _layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+            step_slice(s, self, p, g, st)
+        });
+    }
+
+    fn to_torch(&self) -> Map<String, Value> {
+        object(
+            json!({"lr": self.lr, "momentum": self.momentum, "alpha": self.alpha,
+            "eps": self.eps, "centered": self.centered, "weight_decay": self.weight_decay,
+            "capturable": false, "foreach": null, "maximize": self.maximize,
+            "differentiable": false, "eps_inside_sqrt": self.eps_inside_sqrt}),
+        )
+    }
+
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let d = RmsProp::default();
+        Ok(RmsProp {
+            lr: args.num("lr", d.lr)?,
+            alpha: args.num("alpha", d.alpha)?,
+            eps: args.num("eps", d.eps)?,
+            weight_decay: args.num("weight_decay", d.weight_decay)?,
+            momentum: args.num("momentum", d.momentum)?,
+            centered: args.flag("centered", d.centered)?,
+            maximize: args.flag("maximize", d.maximize)?,
+            eps_inside_sqrt: args.own_flag("eps_inside_sqrt", d.eps_inside_sqrt)?,
+        }
+        .into())
+    }
+
+    fn presets() -> Vec<Preset> {
+        vec![Preset::new(
+            "rmsprop",
+            RmsProp {
+                lr: 1e-3,
+                ..RmsProp::default()
+            },
+        )]
     }
 }
 

@@ -1,8 +1,14 @@
 //! Stochastic gradient descent with optional momentum and Nesterov momentum,
 //! as `torch.optim.SGD`.
 
-use super::check_non_negative;
+use serde_json::{json, Map, Value};
+
+use super::{
+    bool_override, check_non_negative, elementwise_step, object, Config, KernelShape, KernelSpec,
+    Preset, Rule, TorchArgs,
+};
 use crate::error::{Error, Result};
+use crate::layout::Layout;
 
 /// SGD, as `torch.optim.SGD` (PyTorch 2.15) computes it. With `g` the
 /// gradient, `θ` the parameter, `b` the momentum buffer, per step:
@@ -101,10 +107,21 @@ pub(crate) struct SgdScalars {
 }
 const _: () = assert!(std::mem::size_of::<SgdScalars>() == 32);
 
-impl Sgd {
-    /// `momentum_buffer`: whether the optimizer has one (at construction:
-    /// `momentum != 0`; see [`super::Config::validate_with`]).
-    pub(crate) fn validate(&self, momentum_buffer: bool) -> Result<()> {
+impl Rule for Sgd {
+    const NAME: &'static str = "sgd";
+    // torch's SGD keeps no step count.
+    const TORCH_STEP: bool = false;
+    const LAZY_MOMENTUM_BUFFER: bool = true;
+    const KERNEL: KernelSpec = KernelSpec {
+        name: "sgd",
+        source: include_str!("../../shaders/sgd.wgsl"),
+        shape: KernelShape::ElementWise {
+            slots: &["momentum_buffer"],
+        },
+    };
+    type Scalars = SgdScalars;
+
+    fn validate(&self, momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
         check_non_negative("momentum", self.momentum)?;
         super::check_finite("dampening", self.dampening)?;
@@ -126,7 +143,52 @@ impl Sgd {
         Ok(())
     }
 
-    pub(crate) fn scalars(&self, buffer_filled: bool) -> SgdScalars {
+    fn builds_momentum_buffer(&self) -> bool {
+        self.momentum != 0.0
+    }
+
+    fn state_names(&self, momentum_buffer: bool) -> Vec<&'static str> {
+        if momentum_buffer {
+            vec!["momentum_buffer"]
+        } else {
+            vec![]
+        }
+    }
+
+    fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn momentum(&self) -> Option<f64> {
+        Some(self.momentum)
+    }
+
+    fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
+        if !has_buffer {
+            return Err(Error::NoMomentum { rule: Self::NAME });
+        }
+        check_non_negative("momentum", value)?;
+        self.momentum = value;
+        Ok(())
+    }
+
+    fn fills_buffer_on_first_use(&self) -> bool {
+        self.momentum != 0.0
+    }
+
+    fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {
+        vec![
+            ("MAXIMIZE", bool_override(self.maximize)),
+            ("NESTEROV", bool_override(self.nesterov)),
+            ("HAS_MOMENTUM", bool_override(momentum_buffer)),
+        ]
+    }
+
+    fn scalars(&self, _step: u64, buffer_filled: bool) -> SgdScalars {
         SgdScalars {
             lr: self.lr as f32,
             momentum: self.momentum as f32,
@@ -136,6 +198,66 @@ impl Sgd {
             buffer_filled: buffer_filled as u32,
             _pad: [0; 2],
         }
+    }
+
+    fn cpu_step(
+        &self,
+        s: &SgdScalars,
+        _layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+        clip_scale: Option<f32>,
+    ) {
+        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+            step_slice(s, self, p, g, st)
+        });
+    }
+
+    fn to_torch(&self) -> Map<String, Value> {
+        object(
+            json!({"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
+            "weight_decay": self.weight_decay, "nesterov": self.nesterov, "maximize": self.maximize,
+            "foreach": null, "differentiable": false, "fused": null}),
+        )
+    }
+
+    fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
+        let d = Sgd::default();
+        Ok(Sgd {
+            lr: args.num("lr", d.lr)?,
+            momentum: args.num("momentum", d.momentum)?,
+            dampening: args.num("dampening", d.dampening)?,
+            weight_decay: args.num("weight_decay", d.weight_decay)?,
+            nesterov: args.flag("nesterov", d.nesterov)?,
+            maximize: args.flag("maximize", d.maximize)?,
+        }
+        .into())
+    }
+
+    fn presets() -> Vec<Preset> {
+        let sgd = Sgd {
+            lr: 1e-3,
+            ..Sgd::default()
+        };
+        vec![
+            Preset::new("sgd", sgd.clone()),
+            Preset::new(
+                "sgd_momentum",
+                Sgd {
+                    momentum: 0.9,
+                    ..sgd.clone()
+                },
+            ),
+            Preset::new(
+                "nesterov",
+                Sgd {
+                    momentum: 0.9,
+                    nesterov: true,
+                    ..sgd
+                },
+            ),
+        ]
     }
 }
 

@@ -67,6 +67,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -78,120 +79,45 @@ mod plot;
 use gpu::*;
 
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions,
-    Lamb, RmsProp, Sgd,
+    ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RuleKind,
 };
 
-/// A rule with the hyperparameters PyTorch's bench script gives it.
+/// A rule with the hyperparameters PyTorch's bench script gives it: one of
+/// the rules' presets ([`RuleKind::presets`]), by its place in [`presets`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Preset {
-    /// `SGD(lr=1e-3)`.
-    Sgd,
-    /// `SGD(lr=1e-3, momentum=0.9)`.
-    SgdMomentum,
-    /// `SGD(lr=1e-3, momentum=0.9, nesterov=True)` (not in PyTorch's script).
-    Nesterov,
-    /// `Adagrad(lr=1e-2)`.
-    Adagrad,
-    /// `RMSprop(lr=1e-3)`.
-    RmsProp,
-    /// `Adam(lr=1e-3)`.
-    Adam,
-    /// `Adam(lr=1e-3, amsgrad=True)` (not in PyTorch's script).
-    AdamAmsgrad,
-    /// `AdamW(lr=1e-3)`.
-    AdamW,
-    /// `Adam(lr=1e-3)` with `clip_grad_norm_(max_norm=1.0)` before each
-    /// step (not in PyTorch's script).
-    AdamClip,
-    /// LAMB (Apex FusedLAMB defaults, lr 1e-3; not in PyTorch's script).
-    Lamb,
+pub struct Preset(usize);
+
+/// Every preset, in the order they run: each rule's, in [`RuleKind::ALL`]
+/// order.
+fn presets() -> &'static [wgpu_optim::rules::Preset] {
+    static ALL: OnceLock<Vec<wgpu_optim::rules::Preset>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        RuleKind::ALL
+            .into_iter()
+            .flat_map(RuleKind::presets)
+            .collect()
+    })
 }
 
 impl Preset {
     /// Every preset, in the order they run.
-    const ALL: [Preset; 10] = [
-        Preset::Sgd,
-        Preset::SgdMomentum,
-        Preset::Nesterov,
-        Preset::Adagrad,
-        Preset::RmsProp,
-        Preset::Adam,
-        Preset::AdamAmsgrad,
-        Preset::AdamW,
-        Preset::AdamClip,
-        Preset::Lamb,
-    ];
+    fn all() -> impl Iterator<Item = Preset> {
+        (0..presets().len()).map(Preset)
+    }
 
     /// Its name on the command line and in the output (PyTorch's script's
     /// names where it has the rule).
     fn name(self) -> &'static str {
-        match self {
-            Preset::Sgd => "sgd",
-            Preset::SgdMomentum => "sgd_momentum",
-            Preset::Nesterov => "nesterov",
-            Preset::Adagrad => "adagrad",
-            Preset::RmsProp => "rmsprop",
-            Preset::Adam => "adam",
-            Preset::AdamAmsgrad => "adam_amsgrad",
-            Preset::AdamW => "adamw",
-            Preset::AdamClip => "adam_clip",
-            Preset::Lamb => "lamb",
-        }
+        presets()[self.0].name
     }
 
     fn config(self) -> Config {
-        let sgd = Sgd {
-            lr: 1e-3,
-            ..Sgd::default()
-        };
-        let adam = Adam {
-            lr: 1e-3,
-            ..Adam::default()
-        };
-        match self {
-            Preset::Sgd => sgd.into(),
-            Preset::SgdMomentum => Sgd {
-                momentum: 0.9,
-                ..sgd
-            }
-            .into(),
-            Preset::Nesterov => Sgd {
-                momentum: 0.9,
-                nesterov: true,
-                ..sgd
-            }
-            .into(),
-            Preset::Adagrad => Adagrad {
-                lr: 1e-2,
-                ..Adagrad::default()
-            }
-            .into(),
-            Preset::RmsProp => RmsProp {
-                lr: 1e-3,
-                ..RmsProp::default()
-            }
-            .into(),
-            Preset::Adam | Preset::AdamClip => adam.into(),
-            Preset::Lamb => Lamb::default().into(),
-            Preset::AdamAmsgrad => Adam {
-                amsgrad: true,
-                ..adam
-            }
-            .into(),
-            Preset::AdamW => AdamW {
-                lr: 1e-3,
-                ..AdamW::default()
-            }
-            .into(),
-        }
+        presets()[self.0].config.clone()
     }
-}
 
-impl Preset {
     /// Global-norm clipping the preset steps with.
     fn clip(self) -> Option<ClipGradNorm> {
-        (self == Preset::AdamClip).then(|| ClipGradNorm::new(1.0))
+        presets()[self.0].clip
     }
 
     /// The bytes a step must move per parameter: the rule's, plus one more
@@ -208,14 +134,13 @@ pub struct RuleSet(Vec<Preset>);
 fn parse_rules(s: &str) -> Result<RuleSet, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("all") {
-        return Ok(RuleSet(Preset::ALL.to_vec()));
+        return Ok(RuleSet(Preset::all().collect()));
     }
-    Preset::ALL
-        .into_iter()
+    Preset::all()
         .find(|p| p.name().eq_ignore_ascii_case(s))
         .map(|p| RuleSet(vec![p]))
         .ok_or_else(|| {
-            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+            let names: Vec<&str> = Preset::all().map(|p| p.name()).collect();
             format!("unknown rule `{s}` (known: {}, all)", names.join(", "))
         })
 }
