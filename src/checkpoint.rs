@@ -70,6 +70,9 @@ use crate::schedule::{Schedule, Scheduler};
 /// The `format` metadata value.
 pub const FORMAT: &str = "wgpu-optim/checkpoint/1";
 
+/// The largest step (and skipped-step) count a checkpoint may hold: 2^63.
+pub const MAX_STEP_COUNT: u64 = 1 << 63;
+
 /// An optimizer's whole state, as [`crate::CpuOptimizer::checkpoint`] and
 /// [`crate::GpuOptimizer::checkpoint`] take it and the `load_checkpoint`
 /// and `from_checkpoint` functions of both restore it. The same value on
@@ -233,6 +236,15 @@ impl Checkpoint {
             .validate_with(momentum_buffer)
             .map_err(|e| Error::Checkpoint(format!("hyperparameters: {e}")))?;
         let total = checked_total(&self.lengths)?;
+        // Every step adds one to these counts: a count past MAX_STEP_COUNT
+        // could not continue (and no run reaches 2^63 steps).
+        for (what, count) in [("step", self.step), ("skipped_steps", self.skipped_steps)] {
+            if count > MAX_STEP_COUNT {
+                return Err(Error::Checkpoint(format!(
+                    "{what} = {count} is more than the {MAX_STEP_COUNT} an optimizer can continue from"
+                )));
+            }
+        }
         if self.lengths.is_empty() {
             return Err(Error::Checkpoint("no parameter tensors".into()));
         }

@@ -545,3 +545,52 @@ fn many_host_tensors() {
     }
     assert_allocations_bounded();
 }
+
+/// A step count read from a checkpoint is bounded (`MAX_STEP_COUNT`, 2^63),
+/// so the `+ 1` of the next step can never overflow: `u64::MAX` used to load
+/// and then panic in the next `step()`. Refused by `load_checkpoint` and
+/// `from_checkpoint` on both backends, with nothing changed; the bound
+/// itself loads and steps.
+#[test]
+fn step_counts_beyond_the_bound_are_refused() {
+    use wgpu_optim::checkpoint::MAX_STEP_COUNT;
+    let p = [1.0f32, -2.0, 3.0];
+    let g = [0.5f32, 0.25, -1.0];
+    let mut cpu = CpuOptimizer::new(Adam::default(), &[&p]).unwrap();
+    cpu.step(&[&g]).unwrap();
+    let good = cpu.checkpoint();
+    for (field, value) in [
+        ("step", u64::MAX),
+        ("step", MAX_STEP_COUNT + 1),
+        ("skipped_steps", u64::MAX),
+    ] {
+        let mut bad = good.clone();
+        match field {
+            "step" => bad.step = value,
+            _ => bad.skipped_steps = value,
+        }
+        let before = cpu.checkpoint();
+        let e = cpu.load_checkpoint(&bad).unwrap_err();
+        assert!(
+            matches!(&e, Error::Checkpoint(m) if m.contains(field)),
+            "{field} = {value}: {e:?}"
+        );
+        assert_eq!(
+            cpu.checkpoint(),
+            before,
+            "a refused load changed the optimizer"
+        );
+        assert!(CpuOptimizer::from_checkpoint(&bad).is_err());
+        let mut gpu = GpuOptimizer::new(ctx(), Adam::default(), &[&p]).unwrap();
+        assert!(matches!(
+            gpu.load_checkpoint(&bad),
+            Err(Error::Checkpoint(_))
+        ));
+        assert_eq!(gpu.step_count(), 0);
+    }
+    let mut at_bound = good.clone();
+    at_bound.step = MAX_STEP_COUNT;
+    let mut opt = CpuOptimizer::from_checkpoint(&at_bound).unwrap();
+    opt.step(&[&g]).unwrap();
+    assert_eq!(opt.step_count(), MAX_STEP_COUNT + 1);
+}
