@@ -15,7 +15,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use wgpu_optim::checkpoint::Checkpoint;
-use wgpu_optim::{Adam, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Sgd};
+use wgpu_optim::{Adam, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Optimizer, Sgd};
 
 const P0: [f32; 3] = [1.0, -2.0, 0.5];
 const P1: [f32; 2] = [0.25, 4.0];
@@ -47,21 +47,22 @@ fn fixture() -> (CpuOptimizer, GpuOptimizer) {
 }
 
 /// Everything an optimizer holds (its checkpoint, parameters included) and
-/// its options, as a comparable value.
-fn snapshot_cpu(o: &CpuOptimizer) -> (Vec<u8>, f64, bool) {
-    (
-        o.checkpoint().to_bytes().unwrap(),
-        o.grad_scale(),
-        o.skip_nonfinite(),
-    )
-}
-
-fn snapshot_gpu(o: &GpuOptimizer) -> (Vec<u8>, f64, bool) {
+/// its options, as a comparable value, on either backend.
+fn snapshot(o: &dyn Optimizer) -> (Vec<u8>, f64, bool) {
     (
         o.checkpoint().unwrap().to_bytes().unwrap(),
         o.grad_scale(),
         o.skip_nonfinite(),
     )
+}
+
+/// The same call on the CPU and on the GPU optimizer.
+fn on_both(
+    c: &mut CpuOptimizer,
+    g: &mut GpuOptimizer,
+    call: impl Fn(&mut dyn Optimizer) -> Result<(), Error>,
+) -> Vec<(&'static str, Result<(), Error>)> {
+    vec![("cpu", call(c)), ("gpu", call(g))]
 }
 
 /// The expected error: a variant, and words its message must contain.
@@ -404,12 +405,7 @@ fn cases() -> Vec<Case> {
         out.push(Case {
             what: format!("load_checkpoint: {what}"),
             expect: expect("Error::CheckpointMismatch", mismatch, words),
-            run: Box::new(move |c, g| {
-                vec![
-                    ("cpu", c.load_checkpoint(&ckpt)),
-                    ("gpu", g.load_checkpoint(&ckpt)),
-                ]
-            }),
+            run: Box::new(move |c, g| on_both(c, g, |o| o.load_checkpoint(&ckpt))),
         });
     };
     let of = |config: Config, p: &[&[f32]]| CpuOptimizer::new(config, p).unwrap().checkpoint();
@@ -475,15 +471,13 @@ fn cases() -> Vec<Case> {
             what: format!("a hand-made checkpoint: {what}"),
             expect: expect("Error::Checkpoint", checkpoint_error, words),
             run: Box::new(move |c, g| {
-                vec![
-                    ("cpu", c.load_checkpoint(&ckpt)),
-                    ("gpu", g.load_checkpoint(&ckpt)),
-                    ("save", ckpt.to_bytes().map(|_| ())),
-                    (
-                        "from_checkpoint",
-                        CpuOptimizer::from_checkpoint(&ckpt).map(|_| ()),
-                    ),
-                ]
+                let mut calls = on_both(c, g, |o| o.load_checkpoint(&ckpt));
+                calls.push(("save", ckpt.to_bytes().map(|_| ())));
+                calls.push((
+                    "from_checkpoint",
+                    CpuOptimizer::from_checkpoint(&ckpt).map(|_| ()),
+                ));
+                calls
             }),
         });
     };
@@ -656,9 +650,7 @@ fn cases() -> Vec<Case> {
                 },
                 &["grad_scale"],
             ),
-            run: Box::new(move |c, g| {
-                vec![("cpu", c.set_grad_scale(v)), ("gpu", g.set_grad_scale(v))]
-            }),
+            run: Box::new(move |c, g| on_both(c, g, |o| o.set_grad_scale(v))),
         });
     }
 
@@ -701,10 +693,7 @@ fn cases() -> Vec<Case> {
         ),
         run: Box::new(|c, g| {
             let t: &[&[f32]] = &[&[0.0; 3], &[0.0; 2]];
-            vec![
-                ("cpu", c.write_state("momentum_buffer", t)),
-                ("gpu", g.write_state("momentum_buffer", t)),
-            ]
+            on_both(c, g, |o| o.write_state("momentum_buffer", t))
         }),
     });
     out.push(Case {
@@ -721,10 +710,7 @@ fn cases() -> Vec<Case> {
         ),
         run: Box::new(|c, g| {
             let t: &[&[f32]] = &[&[0.0; 3]];
-            vec![
-                ("cpu", c.write_state("exp_avg", t)),
-                ("gpu", g.write_state("exp_avg", t)),
-            ]
+            on_both(c, g, |o| o.write_state("exp_avg", t))
         }),
     });
     out.push(Case {
@@ -742,11 +728,9 @@ fn cases() -> Vec<Case> {
         ),
         run: Box::new(|c, g| {
             let t: &[&[f32]] = &[&[0.0; 3], &[0.0; 1]];
-            vec![
-                ("cpu", c.write_state("exp_avg_sq", t)),
-                ("gpu", g.write_state("exp_avg_sq", t)),
-                ("cpu params", c.write_params(t)),
-            ]
+            let mut calls = on_both(c, g, |o| o.write_state("exp_avg_sq", t));
+            calls.push(("cpu params", c.write_params(t)));
+            calls
         }),
     });
 
@@ -803,7 +787,7 @@ fn cases() -> Vec<Case> {
 fn every_bad_input_is_refused_and_changes_nothing() {
     let cases = cases();
     let (mut cpu, mut gpu) = fixture();
-    let before = (snapshot_cpu(&cpu), snapshot_gpu(&gpu));
+    let before = (snapshot(&cpu), snapshot(&gpu));
     let mut calls = 0;
     for case in &cases {
         for (backend, result) in (case.run)(&mut cpu, &mut gpu) {
@@ -828,7 +812,7 @@ fn every_bad_input_is_refused_and_changes_nothing() {
             calls += 1;
         }
         assert_eq!(
-            (snapshot_cpu(&cpu), snapshot_gpu(&gpu)),
+            (snapshot(&cpu), snapshot(&gpu)),
             before,
             "{}: an optimizer changed",
             case.what
@@ -841,8 +825,8 @@ fn every_bad_input_is_refused_and_changes_nothing() {
     c2.step(grads).unwrap();
     gpu.step(grads).unwrap();
     g2.step(grads).unwrap();
-    assert_eq!(snapshot_cpu(&cpu), snapshot_cpu(&c2));
-    assert_eq!(snapshot_gpu(&gpu), snapshot_gpu(&g2));
+    assert_eq!(snapshot(&cpu), snapshot(&c2));
+    assert_eq!(snapshot(&gpu), snapshot(&g2));
     println!(
         "{} bad inputs ({calls} refused calls), each with its expected error, nothing changed",
         cases.len()

@@ -9,14 +9,15 @@
 //! [`Error::NoAdapter`]'s text, which says what to install.
 
 mod common;
-use common::{ctx, Rng};
+use common::cases::{self, Input};
+use common::{ctx, Backend, Rng};
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
-    Lamb, RmsProp, Schedule, Scheduler, Sgd,
+    Adam, AdamW, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Optimizer, Schedule,
+    Scheduler, Sgd,
 };
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/checkpoint");
@@ -45,102 +46,11 @@ fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
     v.iter().map(|t| t.as_slice()).collect()
 }
 
-/// Every rule, with the options that change its state tensors, some with
-/// clipping.
-fn cases() -> Vec<(&'static str, Config, Option<ClipGradNorm>)> {
-    vec![
-        (
-            "sgd",
-            Sgd {
-                lr: 0.1,
-                ..Sgd::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "sgd momentum",
-            Sgd {
-                lr: 0.1,
-                momentum: 0.9,
-                dampening: 0.1,
-                weight_decay: 0.01,
-                ..Sgd::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "sgd nesterov clip",
-            Sgd {
-                lr: 0.1,
-                momentum: 0.9,
-                nesterov: true,
-                ..Sgd::default()
-            }
-            .into(),
-            Some(ClipGradNorm::new(0.5)),
-        ),
-        (
-            "adagrad",
-            Adagrad {
-                lr_decay: 0.01,
-                initial_accumulator_value: 0.1,
-                ..Adagrad::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "rmsprop centered momentum",
-            RmsProp {
-                momentum: 0.5,
-                centered: true,
-                weight_decay: 0.01,
-                ..RmsProp::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "rmsprop",
-            RmsProp::default().into(),
-            Some(ClipGradNorm::new(1.0)),
-        ),
-        (
-            "adam",
-            Adam {
-                weight_decay: 0.01,
-                ..Adam::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "adam amsgrad",
-            Adam {
-                amsgrad: true,
-                ..Adam::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "adamw clip",
-            AdamW::default().into(),
-            Some(ClipGradNorm::new(0.75)),
-        ),
-        ("lamb", Lamb::default().into(), None),
-        (
-            "lamb clamp clip",
-            Lamb {
-                trust_ratio_clamp: Some((0.1, 5.0)),
-                ..Lamb::default()
-            }
-            .into(),
-            Some(ClipGradNorm::new(1.0)),
-        ),
-    ]
+/// Every configuration of the table (tests/common/cases.rs) without a
+/// schedule: every rule (LAMB included), every option that changes its
+/// state tensors, some with clipping.
+fn cases() -> Vec<Input> {
+    cases::unscheduled()
 }
 
 const K: usize = 3;
@@ -162,24 +72,6 @@ fn snap_ckpt(c: &Checkpoint) -> Snap {
     )
 }
 
-fn cpu_run(
-    config: &Config,
-    clip: Option<ClipGradNorm>,
-    from: usize,
-    to: usize,
-    opt: Option<CpuOptimizer>,
-) -> CpuOptimizer {
-    let mut opt = opt.unwrap_or_else(|| {
-        let mut o = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
-        o.set_clip_grad_norm(clip).unwrap();
-        o
-    });
-    for s in from..to {
-        opt.step(&refs(&grads(s))).unwrap();
-    }
-    opt
-}
-
 fn gpu_options() -> GpuOptions {
     // Chunks of 64 elements: tensors straddle chunk boundaries.
     GpuOptions {
@@ -188,18 +80,28 @@ fn gpu_options() -> GpuOptions {
     }
 }
 
-fn gpu_run(
-    config: &Config,
-    clip: Option<ClipGradNorm>,
+fn cpu() -> Backend {
+    Backend::Cpu
+}
+
+fn gpu() -> Backend {
+    Backend::Gpu(gpu_options())
+}
+
+/// Steps `from..to` of `case` on `backend`: on `opt`, or on a fresh
+/// optimizer with the case's clipping.
+fn run(
+    backend: &Backend,
+    case: &Input,
     from: usize,
     to: usize,
-    opt: Option<GpuOptimizer>,
-) -> GpuOptimizer {
+    opt: Option<Box<dyn Optimizer>>,
+) -> Box<dyn Optimizer> {
     let mut opt = opt.unwrap_or_else(|| {
-        let mut o =
-            GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
-                .unwrap();
-        o.set_clip_grad_norm(clip).unwrap();
+        let mut o = backend
+            .build(case.config.clone(), &refs(&initial()))
+            .unwrap();
+        o.set_clip_grad_norm(case.clip).unwrap();
         o
     });
     for s in from..to {
@@ -208,72 +110,55 @@ fn gpu_run(
     opt
 }
 
-#[test]
-fn cpu_save_restore_continue_is_bit_for_bit() {
-    let dir = scratch("cpu");
-    for (what, config, clip) in cases() {
-        let whole = cpu_run(&config, clip, 0, N, None);
-        let first = cpu_run(&config, clip, 0, K, None);
-        let path = dir.join(format!("{}.safetensors", what.replace(' ', "_")));
-        first.checkpoint().save(&path).unwrap();
+fn file_name(what: &str) -> String {
+    what.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Saved at K, restored two ways and continued to N: bit for bit the
+/// uninterrupted run, on one backend.
+fn save_restore_continue(backend: &Backend) {
+    let dir = scratch(backend.name());
+    for case in cases() {
+        let what = &case.desc;
+        let whole = run(backend, &case, 0, N, None);
+        let first = run(backend, &case, 0, K, None);
+        let path = dir.join(format!("{}.safetensors", file_name(what)));
+        first.checkpoint().unwrap().save(&path).unwrap();
         drop(first);
         let ckpt = Checkpoint::load(&path).unwrap();
         assert_eq!(ckpt.step, K as u64, "{what}");
-        assert_eq!(ckpt.clip, clip, "{what}");
+        assert_eq!(ckpt.clip, case.clip, "{what}");
         // Restored two ways: a new optimizer from the file's parameters,
         // and a fresh optimizer built from the initial parameters.
-        let a = cpu_run(
-            &config,
-            clip,
-            K,
-            N,
-            Some(CpuOptimizer::from_checkpoint(&ckpt).unwrap()),
-        );
-        let mut fresh = CpuOptimizer::new(config.clone(), &refs(&initial())).unwrap();
+        let a = run(backend, &case, K, N, Some(backend.restore(&ckpt).unwrap()));
+        let mut fresh = backend
+            .build(case.config.clone(), &refs(&initial()))
+            .unwrap();
         fresh.load_checkpoint(&ckpt).unwrap();
-        let b = cpu_run(&config, clip, K, N, Some(fresh));
-        let want = snap_ckpt(&whole.checkpoint());
-        assert_eq!(snap_ckpt(&a.checkpoint()), want, "{what}: from_checkpoint");
-        assert_eq!(snap_ckpt(&b.checkpoint()), want, "{what}: load_checkpoint");
-        assert_eq!(a.checkpoint(), whole.checkpoint(), "{what}");
+        let b = run(backend, &case, K, N, Some(fresh));
+        let want = whole.checkpoint().unwrap();
+        let got = a.checkpoint().unwrap();
+        assert_eq!(snap_ckpt(&got), snap_ckpt(&want), "{what}: from_checkpoint");
+        assert_eq!(
+            snap_ckpt(&b.checkpoint().unwrap()),
+            snap_ckpt(&want),
+            "{what}: load_checkpoint"
+        );
+        assert_eq!(got, want, "{what}");
+        assert_eq!(a.step_count(), N as u64, "{what}");
     }
 }
 
 #[test]
+fn cpu_save_restore_continue_is_bit_for_bit() {
+    save_restore_continue(&cpu());
+}
+
+#[test]
 fn gpu_save_restore_continue_is_bit_for_bit() {
-    let dir = scratch("gpu");
-    for (what, config, clip) in cases() {
-        let whole = gpu_run(&config, clip, 0, N, None);
-        let first = gpu_run(&config, clip, 0, K, None);
-        let path = dir.join(format!("{}.safetensors", what.replace(' ', "_")));
-        first.checkpoint().unwrap().save(&path).unwrap();
-        drop(first);
-        let ckpt = Checkpoint::load(&path).unwrap();
-        let a = gpu_run(
-            &config,
-            clip,
-            K,
-            N,
-            Some(GpuOptimizer::from_checkpoint(ctx(), &ckpt, gpu_options()).unwrap()),
-        );
-        let mut fresh =
-            GpuOptimizer::with_options(ctx(), config.clone(), &refs(&initial()), gpu_options())
-                .unwrap();
-        fresh.load_checkpoint(&ckpt).unwrap();
-        let b = gpu_run(&config, clip, K, N, Some(fresh));
-        let want = snap_ckpt(&whole.checkpoint().unwrap());
-        assert_eq!(
-            snap_ckpt(&a.checkpoint().unwrap()),
-            want,
-            "{what}: from_checkpoint"
-        );
-        assert_eq!(
-            snap_ckpt(&b.checkpoint().unwrap()),
-            want,
-            "{what}: load_checkpoint"
-        );
-        assert_eq!(a.step_count(), N as u64);
-    }
+    save_restore_continue(&gpu());
 }
 
 /// State moves between the backends exactly; continued on the other
@@ -284,41 +169,30 @@ fn cpu_to_gpu_and_gpu_to_cpu() {
     let mut exact = 0;
     let mut total = 0;
     let mut worst = 0.0f64;
-    for (what, config, clip) in cases() {
-        // CPU → GPU.
-        let cpu = cpu_run(&config, clip, 0, K, None);
-        let ckpt = Checkpoint::from_bytes(&cpu.checkpoint().to_bytes().unwrap()).unwrap();
-        let gpu = GpuOptimizer::from_checkpoint(ctx(), &ckpt, gpu_options()).unwrap();
-        assert_eq!(
-            snap_ckpt(&gpu.checkpoint().unwrap()),
-            snap_ckpt(&cpu.checkpoint()),
-            "{what}: CPU → GPU transfer"
-        );
-        let gpu = gpu_run(&config, clip, K, N, Some(gpu));
-        let cpu_whole = cpu_run(&config, clip, K, N, Some(cpu));
-        // GPU → CPU.
-        let gpu0 = gpu_run(&config, clip, 0, K, None);
-        let ckpt = Checkpoint::from_bytes(&gpu0.checkpoint().unwrap().to_bytes().unwrap()).unwrap();
-        let cpu = CpuOptimizer::from_checkpoint(&ckpt).unwrap();
-        assert_eq!(
-            snap_ckpt(&cpu.checkpoint()),
-            snap_ckpt(&gpu0.checkpoint().unwrap()),
-            "{what}: GPU → CPU transfer"
-        );
-        let cpu = cpu_run(&config, clip, K, N, Some(cpu));
-        let gpu_whole = gpu_run(&config, clip, K, N, Some(gpu0));
-        for (a, b) in [
-            (gpu.checkpoint().unwrap(), cpu_whole.checkpoint()),
-            (cpu.checkpoint(), gpu_whole.checkpoint().unwrap()),
-        ] {
+    for case in cases() {
+        let what = &case.desc;
+        for (from, to) in [(cpu(), gpu()), (gpu(), cpu())] {
+            let first = run(&from, &case, 0, K, None);
+            let saved = first.checkpoint().unwrap();
+            let ckpt = Checkpoint::from_bytes(&saved.to_bytes().unwrap()).unwrap();
+            let moved = to.restore(&ckpt).unwrap();
+            assert_eq!(
+                snap_ckpt(&moved.checkpoint().unwrap()),
+                snap_ckpt(&saved),
+                "{what}: {} → {} transfer",
+                from.name(),
+                to.name()
+            );
+            let moved = run(&to, &case, K, N, Some(moved)).checkpoint().unwrap();
+            let stayed = run(&from, &case, K, N, Some(first)).checkpoint().unwrap();
             total += 1;
-            assert_eq!(a.step, b.step);
-            if snap_ckpt(&a) == snap_ckpt(&b) {
+            assert_eq!(moved.step, stayed.step);
+            if snap_ckpt(&moved) == snap_ckpt(&stayed) {
                 exact += 1;
                 continue;
             }
-            let pa = a.params.as_ref().unwrap();
-            let pb = b.params.as_ref().unwrap();
+            let pa = moved.params.as_ref().unwrap();
+            let pb = stayed.params.as_ref().unwrap();
             for (x, y) in pa.iter().zip(pb) {
                 let d = ((x - y).abs() / y.abs().max(1e-3)) as f64;
                 worst = worst.max(d);
@@ -732,31 +606,17 @@ fn checkpoints_that_do_not_fit_are_refused() {
     let adam = CpuOptimizer::new(Adam::default(), &refs(&initial()))
         .unwrap()
         .checkpoint();
-    let mut cpu = cpu_run(
-        &Sgd {
+    let sgd = cases::input(
+        "sgd momentum",
+        Sgd {
             lr: 0.1,
             momentum: 0.9,
             ..Sgd::default()
-        }
-        .into(),
-        None,
-        0,
-        2,
-        None,
+        },
     );
-    let mut gpu = gpu_run(
-        &Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            ..Sgd::default()
-        }
-        .into(),
-        None,
-        0,
-        2,
-        None,
-    );
-    let before = (cpu.checkpoint(), gpu.checkpoint().unwrap());
+    let mut cpu = run(&cpu(), &sgd, 0, 2, None);
+    let mut gpu = run(&gpu(), &sgd, 0, 2, None);
+    let before = (cpu.checkpoint().unwrap(), gpu.checkpoint().unwrap());
     let e = cpu.load_checkpoint(&adam).unwrap_err();
     assert_eq!(
         e,
@@ -794,7 +654,10 @@ fn checkpoints_that_do_not_fit_are_refused() {
     assert!(
         matches!(gpu.load_checkpoint(&short).unwrap_err(), Error::CheckpointMismatch { what, .. } if what == "tensor count")
     );
-    assert_eq!(before, (cpu.checkpoint(), gpu.checkpoint().unwrap()));
+    assert_eq!(
+        before,
+        (cpu.checkpoint().unwrap(), gpu.checkpoint().unwrap())
+    );
 }
 
 // ------------------------------------------------------ README examples

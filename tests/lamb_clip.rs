@@ -75,11 +75,11 @@
 //! [`wgpu_optim::Error::NoAdapter`]'s text, which says what to install.
 
 mod common;
-use common::{ctx, Envelope, Rng};
+use common::{cases, ctx, params_flat, snapshot, Backend, Envelope, Rng};
 use wgpu_optim::schedule::{CyclicLr, OneCycleLr, Schedule, Scheduler};
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
-    Lamb, RmsProp, Sgd,
+    Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Lamb,
+    RuleKind, Sgd,
 };
 
 const EPS: f64 = f32::EPSILON as f64;
@@ -135,42 +135,6 @@ fn norm_f64(grads: &[Vec<f32>]) -> f64 {
         .map(|&g| g as f64 * g as f64)
         .sum::<f64>()
         .sqrt()
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|v| v.to_bits()).collect()
-}
-
-/// Everything an optimizer holds, as bit patterns (so that NaN equals NaN).
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    params: Vec<u32>,
-    state: Vec<Vec<u32>>,
-    steps: u64,
-}
-
-fn snap_cpu(opt: &CpuOptimizer) -> Snapshot {
-    Snapshot {
-        params: bits(opt.params_flat()),
-        state: opt
-            .state_names()
-            .iter()
-            .map(|n| bits(opt.state_flat(n).unwrap()))
-            .collect(),
-        steps: opt.step_count(),
-    }
-}
-
-fn snap_gpu(opt: &GpuOptimizer) -> Snapshot {
-    Snapshot {
-        params: bits(&opt.read_params_flat().unwrap()),
-        state: opt
-            .state_names()
-            .iter()
-            .map(|n| bits(&opt.read_state_flat(n).unwrap()))
-            .collect(),
-        steps: opt.step_count(),
-    }
 }
 
 /// What comparisons saw.
@@ -381,126 +345,25 @@ enum Clipping {
     Never,
 }
 
-fn lamb_cases() -> Vec<(&'static str, Config)> {
-    let base = Lamb {
-        lr: 0.01,
-        ..Lamb::default()
-    };
-    vec![
-        ("lamb default", base.clone().into()),
-        (
-            "lamb weight_decay 0",
-            Lamb {
-                weight_decay: 0.0,
-                ..base.clone()
-            }
-            .into(),
-        ),
-        (
-            // Bounds that bind for some tensors and not others (INIT_SCALES).
-            "lamb trust_ratio_clamp",
-            Lamb {
-                trust_ratio_clamp: Some((0.5, 2.0)),
-                ..base.clone()
-            }
-            .into(),
-        ),
-        (
-            "lamb unit_ratio_without_decay, weight_decay 0",
-            Lamb {
-                weight_decay: 0.0,
-                unit_ratio_without_decay: true,
-                ..base.clone()
-            }
-            .into(),
-        ),
-        (
-            "lamb unit_ratio_without_decay, weight_decay 0.1",
-            Lamb {
-                weight_decay: 0.1,
-                unit_ratio_without_decay: true,
-                ..base.clone()
-            }
-            .into(),
-        ),
-        (
-            "lamb eps_inside_sqrt",
-            Lamb {
-                eps: 1e-4,
-                eps_inside_sqrt: true,
-                ..base.clone()
-            }
-            .into(),
-        ),
-        (
-            "lamb maximize, betas, clamp",
-            Lamb {
-                maximize: true,
-                betas: (0.8, 0.99),
-                trust_ratio_clamp: Some((0.0, 10.0)),
-                ..base
-            }
-            .into(),
-        ),
-    ]
+/// LAMB's configurations of the table (tests/common/cases.rs) without a
+/// schedule or clipping: every option, and trust ratio clamps that bind for
+/// some tensors and not others (`INIT_SCALES`).
+fn lamb_cases() -> Vec<(String, Config)> {
+    cases::info(RuleKind::Lamb)
+        .inputs
+        .into_iter()
+        .filter(|i| i.schedule.is_empty() && i.clip.is_none())
+        .map(|i| (i.desc, i.config))
+        .collect()
 }
 
-/// One configuration of every rule for the clipping runs.
-fn clip_cases() -> Vec<(&'static str, Config)> {
-    vec![
-        (
-            "sgd momentum",
-            Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                ..Sgd::default()
-            }
-            .into(),
-        ),
-        (
-            "adagrad",
-            Adagrad {
-                lr: 0.05,
-                ..Adagrad::default()
-            }
-            .into(),
-        ),
-        (
-            "rmsprop centered",
-            RmsProp {
-                lr: 0.01,
-                centered: true,
-                momentum: 0.5,
-                ..RmsProp::default()
-            }
-            .into(),
-        ),
-        (
-            "adam amsgrad",
-            Adam {
-                lr: 0.01,
-                amsgrad: true,
-                ..Adam::default()
-            }
-            .into(),
-        ),
-        (
-            "adamw",
-            AdamW {
-                lr: 0.01,
-                ..AdamW::default()
-            }
-            .into(),
-        ),
-        (
-            "lamb",
-            Lamb {
-                lr: 0.01,
-                ..Lamb::default()
-            }
-            .into(),
-        ),
-    ]
+/// Every configuration the table clips (at least one of every rule); the
+/// runs here choose their own `max_norm`.
+fn clip_cases() -> Vec<(String, Config)> {
+    cases::clipping()
+        .into_iter()
+        .map(|i| (i.desc, i.config))
+        .collect()
 }
 
 /// Dispatches of one step: LAMB `2c + 1`, the others `c`; clipping `c + 1` more.
@@ -612,6 +475,9 @@ fn lamb_gpu_matches_cpu() {
         }
     }
     let (kp, ks) = k_bounds(&Lamb::default().into(), false);
+    // The table's LAMB bound (used by tests/gpu_vs_cpu.rs) is the one
+    // derived at the top of this file.
+    assert_eq!((kp, ks), cases::K_LAMB);
     report(
         &format!(
             "LAMB, {} configurations, bounds K = {kp} (params), {ks} (state)",
@@ -748,7 +614,7 @@ fn two_gpu_runs_are_bit_identical() {
                 opt.step(&refs(g)).unwrap();
                 norms.push(opt.last_grad_norm().unwrap().unwrap().to_bits());
             }
-            (snap_gpu(&opt), norms, opt.dispatches_per_step())
+            (snapshot(&opt), norms, opt.dispatches_per_step())
         };
         let (a, norms_a, dispatches) = run();
         let (b, norms_b, _) = run();
@@ -858,8 +724,8 @@ fn a_norm_below_max_norm_changes_nothing() {
             gpu_clipped.step(&refs(g)).unwrap();
             env.update(plain.params_flat());
         }
-        assert_eq!(snap_cpu(&plain), snap_cpu(&clipped), "{name}: cpu");
-        let (a, b) = (snap_gpu(&gpu_plain), snap_gpu(&gpu_clipped));
+        assert_eq!(snapshot(&plain), snapshot(&clipped), "{name}: cpu");
+        let (a, b) = (snapshot(&gpu_plain), snapshot(&gpu_clipped));
         if a == b {
             gpu_bitwise += 1;
             continue;
@@ -880,8 +746,8 @@ fn a_norm_below_max_norm_changes_nothing() {
         }
     }
     println!(
-        "norm below max_norm: CPU bit-identical to no clipping for {} rules; GPU bit-identical \
-         for {gpu_bitwise}",
+        "norm below max_norm: CPU bit-identical to no clipping for {} configurations; GPU \
+         bit-identical for {gpu_bitwise}",
         clip_cases().len()
     );
 }
@@ -925,70 +791,46 @@ fn error_if_nonfinite_refuses_the_step_and_changes_nothing() {
             other => panic!("{what}: expected NonFiniteGradNorm, got {other:?}"),
         };
 
-        let mut cpu = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
-        cpu.set_clip_grad_norm(clip).unwrap();
-        let mut cpu_replay = cpu.clone();
-        for (g, bad) in plan {
-            let before = snap_cpu(&cpu);
-            let r = cpu.step(&refs(g));
-            if bad {
-                is_refusal(r, g, &format!("{name} cpu"));
-                assert_eq!(
-                    snap_cpu(&cpu),
-                    before,
-                    "{name} cpu: a refused step changed something"
-                );
-                refused += 1;
-            } else {
-                r.unwrap();
-                cpu_replay.step(&refs(g)).unwrap();
-                assert_eq!(snap_cpu(&cpu), snap_cpu(&cpu_replay), "{name} cpu");
+        let backends = Backend::both(GpuOptions {
+            max_chunk_elements: Some(4096),
+            ..GpuOptions::default()
+        });
+        for backend in &backends {
+            let on = backend.name();
+            let new = || {
+                let mut o = backend.build(config.clone(), &refs(&init)).unwrap();
+                o.set_clip_grad_norm(clip).unwrap();
+                o
+            };
+            let (mut opt, mut replay) = (new(), new());
+            for (g, bad) in plan {
+                let before = snapshot(&*opt);
+                let r = opt.step(&refs(g));
+                if bad {
+                    is_refusal(r, g, &format!("{name} {on}"));
+                    assert_eq!(
+                        snapshot(&*opt),
+                        before,
+                        "{name} {on}: a refused step changed something"
+                    );
+                    refused += 1;
+                } else {
+                    r.unwrap();
+                    replay.step(&refs(g)).unwrap();
+                    assert_eq!(
+                        snapshot(&*opt),
+                        snapshot(&*replay),
+                        "{name} {on}: not the run without the refused steps"
+                    );
+                    let (n, m) = (
+                        opt.last_grad_norm().unwrap().unwrap(),
+                        replay.last_grad_norm().unwrap().unwrap(),
+                    );
+                    assert_eq!(n.to_bits(), m.to_bits(), "{name} {on}: norm");
+                }
             }
+            assert_eq!(opt.step_count(), 3, "{name} {on}");
         }
-
-        let gpu_new = || {
-            let mut o = GpuOptimizer::with_options(
-                ctx(),
-                config.clone(),
-                &refs(&init),
-                GpuOptions {
-                    max_chunk_elements: Some(4096),
-                    ..GpuOptions::default()
-                },
-            )
-            .unwrap();
-            o.set_clip_grad_norm(clip).unwrap();
-            o
-        };
-        let (mut gpu, mut gpu_replay) = (gpu_new(), gpu_new());
-        for (g, bad) in plan {
-            let before = snap_gpu(&gpu);
-            let r = gpu.step(&refs(g));
-            if bad {
-                is_refusal(r, g, &format!("{name} gpu"));
-                assert_eq!(
-                    snap_gpu(&gpu),
-                    before,
-                    "{name} gpu: a refused step changed something"
-                );
-                refused += 1;
-            } else {
-                r.unwrap();
-                gpu_replay.step(&refs(g)).unwrap();
-                assert_eq!(
-                    snap_gpu(&gpu),
-                    snap_gpu(&gpu_replay),
-                    "{name} gpu: not the run without the refused steps"
-                );
-                let (n, m) = (
-                    gpu.last_grad_norm().unwrap().unwrap(),
-                    gpu_replay.last_grad_norm().unwrap().unwrap(),
-                );
-                assert_eq!(n.to_bits(), m.to_bits(), "{name} gpu: norm");
-            }
-        }
-        assert_eq!(gpu.step_count(), 3);
-        assert_eq!(cpu.step_count(), 3);
     }
     println!("{refused} refused steps (CPU and GPU), nothing changed by any");
 }
@@ -1007,20 +849,19 @@ fn without_error_if_nonfinite_nan_propagates() {
         let mut g = step_grads(&mut rng, &lengths);
         g[3][10] = f32::NAN;
         let clip = Some(ClipGradNorm::new(1.0));
-        let mut cpu = CpuOptimizer::new(config.clone(), &refs(&init)).unwrap();
-        let mut gpu = GpuOptimizer::new(ctx(), config.clone(), &refs(&init)).unwrap();
-        cpu.set_clip_grad_norm(clip).unwrap();
-        gpu.set_clip_grad_norm(clip).unwrap();
-        cpu.step(&refs(&g)).unwrap();
-        gpu.step(&refs(&g)).unwrap();
-        assert!(cpu.last_grad_norm().unwrap().is_nan(), "{name}");
-        assert!(gpu.last_grad_norm().unwrap().unwrap().is_nan(), "{name}");
-        assert!(cpu.params_flat().iter().all(|p| p.is_nan()), "{name}: cpu");
-        assert!(
-            gpu.read_params_flat().unwrap().iter().all(|p| p.is_nan()),
-            "{name}: gpu"
-        );
-        assert_eq!((cpu.step_count(), gpu.step_count()), (1, 1));
+        for backend in Backend::both(GpuOptions::default()) {
+            let on = backend.name();
+            let mut opt = backend.build(config.clone(), &refs(&init)).unwrap();
+            opt.set_clip_grad_norm(clip).unwrap();
+            opt.step(&refs(&g)).unwrap();
+            let norm = opt.last_grad_norm().unwrap().unwrap();
+            assert!(norm.is_nan(), "{name} {on}: norm {norm}");
+            assert!(
+                params_flat(&*opt).iter().all(|p| p.is_nan()),
+                "{name}: {on}"
+            );
+            assert_eq!(opt.step_count(), 1, "{name} {on}");
+        }
     }
     let sgd = Sgd {
         lr: 0.1,
@@ -1029,26 +870,19 @@ fn without_error_if_nonfinite_nan_propagates() {
     let init: Vec<Vec<f32>> = vec![vec![1.0, -2.0, 3.0], vec![0.5; 70]];
     let mut g: Vec<Vec<f32>> = vec![vec![0.1, 0.2, 0.3], vec![-0.25; 70]];
     g[1][66] = f32::INFINITY;
-    let mut cpu = CpuOptimizer::new(sgd.clone(), &refs(&init)).unwrap();
-    let mut gpu = GpuOptimizer::new(ctx(), sgd, &refs(&init)).unwrap();
-    cpu.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
-        .unwrap();
-    gpu.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
-        .unwrap();
-    cpu.step(&refs(&g)).unwrap();
-    gpu.step(&refs(&g)).unwrap();
-    assert_eq!(cpu.last_grad_norm(), Some(f32::INFINITY));
-    assert_eq!(gpu.last_grad_norm().unwrap(), Some(f32::INFINITY));
     let flat_init = init.concat();
-    for (backend, params) in [
-        ("cpu", cpu.params_flat().to_vec()),
-        ("gpu", gpu.read_params_flat().unwrap()),
-    ] {
-        for (i, (&p, &p0)) in params.iter().zip(&flat_init).enumerate() {
+    for backend in Backend::both(GpuOptions::default()) {
+        let on = backend.name();
+        let mut opt = backend.build(sgd.clone(), &refs(&init)).unwrap();
+        opt.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+            .unwrap();
+        opt.step(&refs(&g)).unwrap();
+        assert_eq!(opt.last_grad_norm().unwrap(), Some(f32::INFINITY), "{on}");
+        for (i, (&p, &p0)) in params_flat(&*opt).iter().zip(&flat_init).enumerate() {
             if i == 3 + 66 {
-                assert!(p.is_nan(), "{backend}: the infinite gradient's parameter");
+                assert!(p.is_nan(), "{on}: the infinite gradient's parameter");
             } else {
-                assert_eq!(p.to_bits(), p0.to_bits(), "{backend}: param {i} moved");
+                assert_eq!(p.to_bits(), p0.to_bits(), "{on}: param {i} moved");
             }
         }
     }
@@ -1072,7 +906,7 @@ fn record_step_and_error_if_nonfinite() {
         b.set_clip_grad_norm(Some(ClipGradNorm::new(1.0))).unwrap();
         a.write_grads(&refs(&g)).unwrap();
         b.write_grads(&refs(&g)).unwrap();
-        let before = snap_gpu(&a);
+        let before = snapshot(&a);
         let mut encoder = ctx()
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -1084,7 +918,7 @@ fn record_step_and_error_if_nonfinite() {
         b.record_step(&mut encoder, None).unwrap();
         ctx().queue().submit(Some(encoder.finish()));
         assert_eq!(
-            snap_gpu(&a),
+            snapshot(&a),
             before,
             "{:?}: a refused record_step recorded",
             config.kind()
@@ -1093,7 +927,7 @@ fn record_step_and_error_if_nonfinite() {
         // The same step through step_device.
         a.set_clip_grad_norm(Some(ClipGradNorm::new(1.0))).unwrap();
         a.step_device().unwrap();
-        assert_eq!(snap_gpu(&a), snap_gpu(&b), "{:?}", config.kind());
+        assert_eq!(snapshot(&a), snapshot(&b), "{:?}", config.kind());
         assert_eq!(
             a.last_grad_norm().unwrap().map(f32::to_bits),
             b.last_grad_norm().unwrap().map(f32::to_bits)

@@ -10,12 +10,9 @@
 //! `Error::NoAdapter`'s text, which says what to install.
 
 mod common;
-use common::{ctx, Rng};
+use common::{cases, ctx, Rng};
 use wgpu_optim::checkpoint::Checkpoint;
-use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions,
-    Lamb, RmsProp, Sgd,
-};
+use wgpu_optim::{Adam, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Sgd};
 
 const LENGTHS: [usize; 3] = [29, 1, 70];
 const TOTAL: usize = 100;
@@ -54,74 +51,13 @@ fn bad(k: usize) -> bool {
 
 const STEPS: usize = 16;
 
-fn cases() -> Vec<(&'static str, Config, Option<ClipGradNorm>)> {
-    vec![
-        (
-            "sgd momentum",
-            Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                ..Sgd::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "sgd nesterov clip",
-            Sgd {
-                lr: 0.05,
-                momentum: 0.9,
-                nesterov: true,
-                ..Sgd::default()
-            }
-            .into(),
-            Some(ClipGradNorm::new(0.5)),
-        ),
-        (
-            "adagrad lr_decay",
-            Adagrad {
-                lr_decay: 0.05,
-                ..Adagrad::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "rmsprop centered",
-            RmsProp {
-                centered: true,
-                momentum: 0.3,
-                ..RmsProp::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "adam",
-            Adam {
-                betas: (0.8, 0.95),
-                ..Adam::default()
-            }
-            .into(),
-            None,
-        ),
-        (
-            "adam amsgrad clip",
-            Adam {
-                amsgrad: true,
-                ..Adam::default()
-            }
-            .into(),
-            Some(ClipGradNorm::new(1.0)),
-        ),
-        ("adamw", AdamW::default().into(), None),
-        ("lamb", Lamb::default().into(), None),
-        (
-            "lamb clip",
-            Lamb::default().into(),
-            Some(ClipGradNorm::new(0.7)),
-        ),
-    ]
+/// Every configuration of the table (tests/common/cases.rs) without a
+/// schedule, with its clipping: (what, config, clipping).
+fn cases() -> Vec<(String, Config, Option<ClipGradNorm>)> {
+    cases::unscheduled()
+        .into_iter()
+        .map(|i| (i.desc, i.config, i.clip))
+        .collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -30,8 +30,14 @@
 //! dispatch of the optimizers, checkpoints, case files and `bench`) comes
 //! from the row. A rule that is not element-wise also picks a
 //! `KernelShape::Tiled` kernel and writes its own `Rule::cpu_step`, as
-//! LAMB does. The tests that list configurations per rule refuse a rule
-//! they do not list, and it needs golden cases (`tests/data/golden`).
+//! LAMB does. Its tests are one row of `tests/common/cases.rs` (its
+//! configurations, the ones it must refuse, what it supports), which the
+//! GPU-vs-CPU, checkpoint, non-finite, behaviour and error tests run;
+//! `tests/registry_coverage.rs` fails until that row sets every option and
+//! the rule has golden cases (`tests/data/golden`) and torch's non-finite
+//! expectations (`tests/data/nonfinite`). `tests/setter_sequences.rs`
+//! keeps a list of its own and refuses a rule it does not list;
+//! `tests/webgpu_limits.rs` lists the bindings each rule's kernel needs.
 
 pub mod adagrad;
 pub mod adam;

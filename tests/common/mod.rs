@@ -2,9 +2,11 @@
 //! declares `mod common;`.
 #![allow(dead_code)]
 
+pub mod cases;
+
 use std::sync::OnceLock;
 
-use wgpu_optim::GpuContext;
+use wgpu_optim::{Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, Optimizer};
 
 /// One context per test binary: the adapter, the device and the kernels
 /// compiled on it are paid once. No adapter is a failure, never a skip: the
@@ -135,5 +137,114 @@ impl Rng {
     /// `n` uniform values in [-scale, scale).
     pub fn vec_scaled(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| scale * self.uniform()).collect()
+    }
+}
+
+/// Which backend a test builds an optimizer on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// [`CpuOptimizer`].
+    Cpu,
+    /// [`GpuOptimizer`] on [`ctx`], with these options.
+    Gpu(GpuOptions),
+}
+
+impl Backend {
+    /// The CPU, and the GPU with `options`.
+    pub fn both(options: GpuOptions) -> [Backend; 2] {
+        [Backend::Cpu, Backend::Gpu(options)]
+    }
+
+    /// `cpu` or `gpu`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Gpu(_) => "gpu",
+        }
+    }
+
+    /// An optimizer of `config` over `params` on this backend.
+    pub fn build(
+        &self,
+        config: impl Into<Config>,
+        params: &[&[f32]],
+    ) -> wgpu_optim::Result<Box<dyn Optimizer>> {
+        Ok(match self {
+            Backend::Cpu => Box::new(CpuOptimizer::new(config, params)?),
+            Backend::Gpu(options) => Box::new(GpuOptimizer::with_options(
+                ctx(),
+                config,
+                params,
+                options.clone(),
+            )?),
+        })
+    }
+
+    /// An optimizer restored from `ckpt` on this backend.
+    pub fn restore(
+        &self,
+        ckpt: &wgpu_optim::checkpoint::Checkpoint,
+    ) -> wgpu_optim::Result<Box<dyn Optimizer>> {
+        Ok(match self {
+            Backend::Cpu => Box::new(CpuOptimizer::from_checkpoint(ckpt)?),
+            Backend::Gpu(options) => {
+                Box::new(GpuOptimizer::from_checkpoint(ctx(), ckpt, options.clone())?)
+            }
+        })
+    }
+}
+
+/// The parameters of any backend, packed into one vector.
+pub fn params_flat(opt: &dyn Optimizer) -> Vec<f32> {
+    opt.read_params().unwrap().concat()
+}
+
+/// The state tensor `name` of any backend, packed into one vector.
+pub fn state_flat(opt: &dyn Optimizer, name: &str) -> Vec<f32> {
+    opt.read_state(name).unwrap().concat()
+}
+
+/// Everything an optimizer holds, as bit patterns (so that NaN equals NaN):
+/// the parameters, each state tensor by name, the step count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The parameters, packed.
+    pub params: Vec<u32>,
+    /// (name, packed values) of each state tensor, in the optimizer's order.
+    pub state: Vec<(String, Vec<u32>)>,
+    /// Steps taken.
+    pub steps: u64,
+}
+
+/// The bit patterns of `v`.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// What `opt` holds now (read back from the GPU).
+pub fn snapshot(opt: &dyn Optimizer) -> Snapshot {
+    Snapshot {
+        params: bits(&params_flat(opt)),
+        state: opt
+            .state_names()
+            .iter()
+            .map(|n| (n.to_string(), bits(&state_flat(opt, n))))
+            .collect(),
+        steps: opt.step_count(),
+    }
+}
+
+impl Snapshot {
+    /// The parameters as values.
+    pub fn param_values(&self) -> Vec<f32> {
+        self.params.iter().map(|&b| f32::from_bits(b)).collect()
+    }
+
+    /// Every state element as values, tensor after tensor.
+    pub fn state_values(&self) -> Vec<f32> {
+        self.state
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|&b| f32::from_bits(b)))
+            .collect()
     }
 }

@@ -1,0 +1,1279 @@
+//! The table of every rule's test configurations, in the manner of
+//! PyTorch's `optim_db` (`torch/testing/_internal/common_optimizers.py`):
+//! per rule, its configurations ([`RuleInfo::inputs`], torch's
+//! `optim_inputs_func`), the configurations it must refuse
+//! ([`RuleInfo::error_inputs`], `optim_error_inputs_func`) and what it
+//! supports ([`RuleInfo::momentum`], [`RuleInfo::gpu_k`]).
+//!
+//! The GPU-vs-CPU, checkpoint, non-finite, behaviour and error tests iterate
+//! this table, never a list of their own, so a rule added here is run by all
+//! of them; tests/registry_coverage.rs fails while a registered rule
+//! ([`RuleKind::ALL`]) is missing here, has an option no configuration sets
+//! or a numeric hyperparameter no error input names,
+//! or has no golden case.
+//!
+//! Which inputs a suite runs:
+//! * tests/gpu_vs_cpu.rs: every input without clipping, its schedule
+//!   applied (the clipped ones are compared in tests/lamb_clip.rs, with the
+//!   bound clipping adds);
+//! * tests/checkpoint.rs, tests/nonfinite.rs: every input without a
+//!   schedule, with its clipping;
+//! * tests/behaviour.rs: the [`RuleInfo::descent`] configurations; every
+//!   configuration without weight decay (zero gradients; schedules and
+//!   clipping left out); every [`plain`] one (the caller's buffers);
+//! * tests/errors.rs: [`RuleInfo::error_inputs`]; every [`plain`]
+//!   configuration (setters, mismatched gradients); every clipped one
+//!   (invalid clipping);
+//! * tests/lamb_clip.rs: LAMB's [`plain`] inputs over tile-sized tensors;
+//!   every clipped input (with its own `max_norm`s), against the CPU and
+//!   for clipping's semantics.
+
+use wgpu_optim::checkpoint::Checkpoint;
+use wgpu_optim::{Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, RmsProp, RuleKind, Sgd};
+
+/// A hyperparameter change applied before a step.
+#[derive(Clone, Copy, Debug)]
+pub enum Change {
+    /// `set_lr`.
+    Lr(f64),
+    /// `set_momentum` (SGD's and RMSprop's momentum, `betas[0]` of the rest).
+    Momentum(f64),
+}
+
+/// One configuration of a rule, as torch's `OptimizerInput`.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// What it is, for messages.
+    pub desc: String,
+    /// The rule and its hyperparameters.
+    pub config: Config,
+    /// (step index, change): applied before that step (0: before the first).
+    pub schedule: Vec<(usize, Change)>,
+    /// Global-norm clipping, on from the start.
+    pub clip: Option<ClipGradNorm>,
+}
+
+/// A configuration alone.
+pub fn input(desc: &str, config: impl Into<Config>) -> Input {
+    Input {
+        desc: desc.into(),
+        config: config.into(),
+        schedule: Vec::new(),
+        clip: None,
+    }
+}
+
+/// A configuration with changes between steps.
+pub fn scheduled(desc: &str, config: impl Into<Config>, schedule: &[(usize, Change)]) -> Input {
+    Input {
+        schedule: schedule.to_vec(),
+        ..input(desc, config)
+    }
+}
+
+/// A configuration clipped to `max_norm`.
+pub fn clipped(desc: &str, config: impl Into<Config>, max_norm: f64) -> Input {
+    Input {
+        clip: Some(ClipGradNorm::new(max_norm)),
+        ..input(desc, config)
+    }
+}
+
+/// What a refused configuration must be refused with.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// `Error::InvalidHyperparameter { name, value, .. }` (NaN matches NaN).
+    Hyper(&'static str, f64),
+    /// `Error::InvalidOptions(message)`, the message containing each of these.
+    Options(&'static [&'static str]),
+}
+
+/// A configuration the constructors refuse, as torch's `ErrorOptimizerInput`.
+#[derive(Clone, Debug)]
+pub struct ErrorInput {
+    /// What it is, for messages.
+    pub desc: String,
+    /// The invalid configuration.
+    pub config: Config,
+    /// The error.
+    pub expect: Expect,
+}
+
+fn hyper(desc: String, config: impl Into<Config>, name: &'static str, value: f64) -> ErrorInput {
+    ErrorInput {
+        desc,
+        config: config.into(),
+        expect: Expect::Hyper(name, value),
+    }
+}
+
+/// What `set_momentum` does for a rule.
+#[derive(Clone, Copy, Debug)]
+pub struct Momentum {
+    /// The hyperparameter it sets, as errors name it.
+    pub name: &'static str,
+    /// Values it must refuse with `InvalidHyperparameter { name, .. }`.
+    pub bad: &'static [f64],
+    /// Whether only an optimizer built with a non-zero momentum has the
+    /// buffer (SGD, RMSprop); without one, `set_momentum` is `NoMomentum`.
+    pub needs_buffer: bool,
+}
+
+/// One row of the table.
+pub struct RuleInfo {
+    /// The rule.
+    pub rule: RuleKind,
+    /// Every option alone and with the others, options changed between
+    /// steps, and clipping.
+    pub inputs: Vec<Input>,
+    /// Invalid hyperparameters and option combinations.
+    pub error_inputs: Vec<ErrorInput>,
+    /// Numeric options that no value can make invalid (none today); every
+    /// other numeric option must be named by an error input.
+    pub unchecked: &'static [&'static str],
+    /// `set_momentum`; `None`: the rule has no momentum (`NoMomentum`).
+    pub momentum: Option<Momentum>,
+    /// (name, configuration on the quadratic, on Rosenbrock's function) of
+    /// tests/behaviour.rs: learning rates suited to each problem.
+    pub descent: Vec<(&'static str, Config, Config)>,
+    /// `K` of the parameters and of the state tensors in the GPU-against-CPU
+    /// bound `steps·K·ε·scale`, argued in tests/gpu_vs_cpu.rs (8 for an
+    /// element-wise rule; LAMB's update and trust ratio need more).
+    pub gpu_k: (f64, f64),
+}
+
+/// The whole table, one row per rule.
+pub fn table() -> Vec<RuleInfo> {
+    vec![sgd(), adagrad(), rmsprop(), adam(), adamw(), lamb()]
+}
+
+/// The row of `rule`.
+pub fn info(rule: RuleKind) -> RuleInfo {
+    table()
+        .into_iter()
+        .find(|r| r.rule == rule)
+        .unwrap_or_else(|| panic!("rule {rule} is not in tests/common/cases.rs"))
+}
+
+/// Every input of every rule, in table order.
+pub fn inputs() -> Vec<Input> {
+    table().into_iter().flat_map(|r| r.inputs).collect()
+}
+
+/// Every input without a schedule or clipping: a configuration alone.
+pub fn plain() -> Vec<Input> {
+    inputs()
+        .into_iter()
+        .filter(|i| i.schedule.is_empty() && i.clip.is_none())
+        .collect()
+}
+
+/// Every input with clipping.
+pub fn clipping() -> Vec<Input> {
+    inputs().into_iter().filter(|i| i.clip.is_some()).collect()
+}
+
+/// Every input without a schedule (with or without clipping).
+pub fn unscheduled() -> Vec<Input> {
+    inputs()
+        .into_iter()
+        .filter(|i| i.schedule.is_empty())
+        .collect()
+}
+
+/// The input of `rule` that sets the most options (the first of those
+/// that tie), without clipping.
+pub fn richest(rule: RuleKind) -> Input {
+    let row = info(rule);
+    let default = hyperparameters(&rule.default_config());
+    let set = |c: &Config| {
+        let h = hyperparameters(c);
+        h.iter().filter(|(k, v)| default.get(*k) != Some(v)).count()
+    };
+    let mut best: Option<(usize, Input)> = None;
+    for i in row.inputs.into_iter().filter(|i| i.clip.is_none()) {
+        let n = set(&i.config);
+        if best.as_ref().is_none_or(|(m, _)| n > *m) {
+            best = Some((n, i));
+        }
+    }
+    best.expect("every rule has inputs").1
+}
+
+/// torch's keyword arguments that choose an implementation, not the update:
+/// never options of a rule.
+pub const TORCH_SWITCHES: &[&str] = &[
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+];
+
+/// A configuration's hyperparameters as torch's keyword arguments (with this
+/// crate's own options beside them), read from the `param_groups` a
+/// checkpoint writes: the one mapping the library keeps, so that a new
+/// rule's options are found without a list here. torch's
+/// [`TORCH_SWITCHES`] are left out.
+pub fn hyperparameters(config: &Config) -> serde_json::Map<String, serde_json::Value> {
+    let bytes = Checkpoint::new(config.clone(), &[1])
+        .and_then(|c| c.to_bytes())
+        .unwrap_or_else(|e| panic!("{config:?}: {e}"));
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let groups = &meta.metadata().as_ref().expect("metadata")["param_groups"];
+    let groups: serde_json::Value = serde_json::from_str(groups).unwrap();
+    let mut group = groups[0].as_object().expect("one group").clone();
+    group.remove("params");
+    for k in TORCH_SWITCHES {
+        group.remove(*k);
+    }
+    group
+}
+
+// ------------------------------------------------------------------ rows
+
+fn sgd() -> RuleInfo {
+    let base = Sgd {
+        lr: 0.05,
+        ..Sgd::default()
+    };
+    let m = Sgd {
+        momentum: 0.9,
+        ..base.clone()
+    };
+    use Change::{Lr, Momentum as Mom};
+    let inputs = vec![
+        input("sgd plain", base.clone()),
+        input(
+            "sgd weight_decay",
+            Sgd {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input("sgd momentum", m.clone()),
+        input(
+            "sgd momentum dampening",
+            Sgd {
+                dampening: 0.3,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd nesterov",
+            Sgd {
+                nesterov: true,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd maximize",
+            Sgd {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "sgd momentum maximize",
+            Sgd {
+                maximize: true,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd nesterov weight_decay maximize",
+            Sgd {
+                nesterov: true,
+                weight_decay: 0.01,
+                maximize: true,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd momentum dampening weight_decay maximize",
+            Sgd {
+                momentum: 0.5,
+                dampening: 0.5,
+                weight_decay: 0.05,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "sgd momentum dampening weight_decay",
+            Sgd {
+                dampening: 0.1,
+                weight_decay: 0.01,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd momentum, heavy dampening",
+            Sgd {
+                dampening: 0.5,
+                ..m.clone()
+            },
+        ),
+        input(
+            "sgd nesterov maximize",
+            Sgd {
+                nesterov: true,
+                maximize: true,
+                ..m.clone()
+            },
+        ),
+        scheduled(
+            "sgd momentum, lr and momentum changed",
+            m.clone(),
+            LR_AND_MOMENTUM,
+        ),
+        scheduled(
+            "sgd nesterov dampening-free, lr and momentum changed",
+            Sgd {
+                nesterov: true,
+                weight_decay: 0.01,
+                ..m.clone()
+            },
+            LR_AND_MOMENTUM,
+        ),
+        scheduled(
+            "sgd momentum dampening, lr and momentum changed",
+            Sgd {
+                dampening: 0.2,
+                maximize: true,
+                ..m.clone()
+            },
+            LR_AND_MOMENTUM,
+        ),
+        // Momentum 0 from step 10: plain SGD, the buffer left as it was;
+        // from step 18 on the buffer carries on where it stopped.
+        scheduled(
+            "sgd momentum set to 0 and back",
+            m.clone(),
+            &[(10, Mom(0.0)), (15, Lr(0.2)), (18, Mom(0.7))],
+        ),
+        // Momentum 0 before the first step: the buffer is filled with the
+        // gradient on its first use, at step 5 (PyTorch's `buf is None`).
+        scheduled(
+            "sgd nesterov, momentum 0 for the first steps",
+            Sgd {
+                nesterov: true,
+                ..m.clone()
+            },
+            &[(0, Mom(0.0)), (5, Mom(0.9))],
+        ),
+        scheduled(
+            "sgd plain, lr changed",
+            base.clone(),
+            &[(5, Lr(0.2)), (12, Lr(0.0)), (18, Lr(0.01))],
+        ),
+        clipped("sgd momentum, clipped", m.clone(), 1.0),
+        clipped(
+            "sgd nesterov, clipped",
+            Sgd {
+                nesterov: true,
+                ..m
+            },
+            0.5,
+        ),
+    ];
+    let mut error_inputs = bad_lr(|lr| Sgd {
+        lr,
+        ..Sgd::default()
+    });
+    for v in [-0.9, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("sgd momentum = {v}"),
+            Sgd {
+                momentum: v,
+                ..Sgd::default()
+            },
+            "momentum",
+            v,
+        ));
+    }
+    for v in [f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("sgd dampening = {v}"),
+            Sgd {
+                momentum: 0.9,
+                dampening: v,
+                ..Sgd::default()
+            },
+            "dampening",
+            v,
+        ));
+    }
+    error_inputs.push(hyper(
+        "sgd weight_decay < 0".into(),
+        Sgd {
+            weight_decay: -0.01,
+            ..Sgd::default()
+        },
+        "weight_decay",
+        -0.01,
+    ));
+    // Option combinations PyTorch refuses.
+    error_inputs.push(ErrorInput {
+        desc: "sgd nesterov without momentum".into(),
+        config: Sgd {
+            nesterov: true,
+            ..Sgd::default()
+        }
+        .into(),
+        expect: Expect::Options(&["nesterov", "momentum = 0"]),
+    });
+    error_inputs.push(ErrorInput {
+        desc: "sgd nesterov with dampening".into(),
+        config: Sgd {
+            nesterov: true,
+            momentum: 0.9,
+            dampening: 0.1,
+            ..Sgd::default()
+        }
+        .into(),
+        expect: Expect::Options(&["nesterov", "dampening = 0.1"]),
+    });
+    let sgd = |lr, momentum, nesterov| {
+        Config::from(Sgd {
+            lr,
+            momentum,
+            nesterov,
+            ..Sgd::default()
+        })
+    };
+    RuleInfo {
+        rule: RuleKind::Sgd,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(Momentum {
+            name: "momentum",
+            bad: &[-0.5, f64::NAN, f64::INFINITY],
+            needs_buffer: true,
+        }),
+        descent: vec![
+            ("sgd", sgd(0.04, 0.0, false), sgd(5e-4, 0.0, false)),
+            ("sgd momentum", sgd(0.01, 0.9, false), sgd(2e-4, 0.9, false)),
+            ("sgd nesterov", sgd(0.01, 0.9, true), sgd(2e-4, 0.9, true)),
+        ],
+        gpu_k: (K, K),
+    }
+}
+
+/// `K` of an element-wise rule: at most ~8 operations per stored value per
+/// step may round differently on the GPU (tests/gpu_vs_cpu.rs).
+pub const K: f64 = 8.0;
+
+/// set_lr and set_momentum between steps.
+const LR_AND_MOMENTUM: &[(usize, Change)] = &[
+    (5, Change::Lr(0.02)),
+    (9, Change::Momentum(0.5)),
+    (14, Change::Lr(0.1)),
+    (14, Change::Momentum(0.95)),
+    (20, Change::Lr(0.005)),
+];
+
+/// set_lr and `beta1` (set_momentum) between steps, `beta1 = 0` too.
+const LR_AND_BETA1: &[(usize, Change)] = &[
+    (5, Change::Lr(0.002)),
+    (9, Change::Momentum(0.5)),
+    (14, Change::Lr(0.03)),
+    (14, Change::Momentum(0.0)),
+    (20, Change::Momentum(0.95)),
+];
+
+/// lr negative, NaN and +inf.
+fn bad_lr<C: Into<Config>>(make: impl Fn(f64) -> C) -> Vec<ErrorInput> {
+    [-0.1, f64::NAN, f64::INFINITY]
+        .into_iter()
+        .map(|lr| {
+            let config: Config = make(lr).into();
+            hyper(format!("{} lr = {lr}", config.kind()), config, "lr", lr)
+        })
+        .collect()
+}
+
+fn adagrad() -> RuleInfo {
+    let base = Adagrad {
+        lr: 0.05,
+        ..Adagrad::default()
+    };
+    let inputs = vec![
+        input("adagrad default", base.clone()),
+        input(
+            "adagrad lr_decay",
+            Adagrad {
+                lr_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad weight_decay",
+            Adagrad {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad initial_accumulator_value",
+            Adagrad {
+                initial_accumulator_value: 0.5,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad eps_inside_sqrt",
+            Adagrad {
+                eps: 1e-3,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad large eps outside sqrt",
+            Adagrad {
+                eps: 1e-3,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad maximize",
+            Adagrad {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad all options",
+            Adagrad {
+                lr_decay: 0.05,
+                weight_decay: 0.01,
+                initial_accumulator_value: 0.1,
+                eps: 1e-3,
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad small lr_decay",
+            Adagrad {
+                lr_decay: 0.05,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad lr_decay initial_accumulator_value",
+            Adagrad {
+                lr_decay: 0.01,
+                initial_accumulator_value: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adagrad all options but weight_decay",
+            Adagrad {
+                lr_decay: 0.1,
+                initial_accumulator_value: 0.5,
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "adagrad lr_decay, lr changed",
+            Adagrad {
+                lr_decay: 0.1,
+                ..base.clone()
+            },
+            &[(5, Change::Lr(0.2)), (12, Change::Lr(0.01))],
+        ),
+        clipped("adagrad, clipped", base, 1.0),
+    ];
+    let d = Adagrad::default;
+    let mut error_inputs = bad_lr(|lr| Adagrad { lr, ..d() });
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("adagrad eps = {v}"),
+            Adagrad { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    error_inputs.extend([
+        hyper(
+            "adagrad weight_decay < 0".into(),
+            Adagrad {
+                weight_decay: -0.01,
+                ..d()
+            },
+            "weight_decay",
+            -0.01,
+        ),
+        hyper(
+            "adagrad lr_decay < 0".into(),
+            Adagrad {
+                lr_decay: -0.25,
+                ..d()
+            },
+            "lr_decay",
+            -0.25,
+        ),
+        hyper(
+            "adagrad initial_accumulator_value < 0".into(),
+            Adagrad {
+                initial_accumulator_value: -0.125,
+                ..d()
+            },
+            "initial_accumulator_value",
+            -0.125,
+        ),
+    ]);
+    let on_both = Config::from(Adagrad { lr: 0.5, ..d() });
+    RuleInfo {
+        rule: RuleKind::Adagrad,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: None,
+        descent: vec![("adagrad", on_both.clone(), on_both)],
+        gpu_k: (K, K),
+    }
+}
+
+fn rmsprop() -> RuleInfo {
+    let base = RmsProp {
+        lr: 0.01,
+        ..RmsProp::default()
+    };
+    let m = RmsProp {
+        momentum: 0.9,
+        ..base.clone()
+    };
+    let cm = RmsProp {
+        centered: true,
+        ..m.clone()
+    };
+    let inputs = vec![
+        input("rmsprop default", base.clone()),
+        input("rmsprop momentum", m.clone()),
+        input(
+            "rmsprop centered",
+            RmsProp {
+                centered: true,
+                ..base.clone()
+            },
+        ),
+        input("rmsprop centered momentum", cm.clone()),
+        input(
+            "rmsprop weight_decay",
+            RmsProp {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "rmsprop eps_inside_sqrt",
+            RmsProp {
+                eps: 1e-3,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "rmsprop maximize",
+            RmsProp {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "rmsprop all options",
+            RmsProp {
+                alpha: 0.9,
+                centered: true,
+                momentum: 0.5,
+                weight_decay: 0.01,
+                eps: 1e-4,
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "rmsprop centered, small momentum",
+            RmsProp {
+                momentum: 0.3,
+                ..cm.clone()
+            },
+        ),
+        input(
+            "rmsprop centered momentum weight_decay",
+            RmsProp {
+                momentum: 0.5,
+                weight_decay: 0.01,
+                ..cm.clone()
+            },
+        ),
+        input(
+            "rmsprop centered momentum eps_inside_sqrt maximize",
+            RmsProp {
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..cm.clone()
+            },
+        ),
+        scheduled(
+            "rmsprop momentum, lr and momentum changed",
+            m.clone(),
+            LR_AND_MOMENTUM,
+        ),
+        scheduled(
+            "rmsprop centered momentum, lr and momentum changed",
+            cm.clone(),
+            LR_AND_MOMENTUM,
+        ),
+        // Momentum 0 with the buffer still there: plain RMSprop from step
+        // 10, the buffer in use again from step 18.
+        scheduled(
+            "rmsprop momentum set to 0 and back",
+            m,
+            &[(10, Change::Momentum(0.0)), (18, Change::Momentum(0.5))],
+        ),
+        scheduled(
+            "rmsprop centered momentum set to 0 and back",
+            cm.clone(),
+            &[(10, Change::Momentum(0.0)), (18, Change::Momentum(0.5))],
+        ),
+        clipped("rmsprop, clipped", base, 1.0),
+        clipped(
+            "rmsprop centered momentum, clipped",
+            RmsProp {
+                momentum: 0.5,
+                ..cm
+            },
+            1.0,
+        ),
+    ];
+    let d = RmsProp::default;
+    let mut error_inputs = bad_lr(|lr| RmsProp { lr, ..d() });
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("rmsprop eps = {v}"),
+            RmsProp { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.9, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("rmsprop momentum = {v}"),
+            RmsProp { momentum: v, ..d() },
+            "momentum",
+            v,
+        ));
+    }
+    error_inputs.extend([
+        hyper(
+            "rmsprop weight_decay < 0".into(),
+            RmsProp {
+                weight_decay: -0.01,
+                ..d()
+            },
+            "weight_decay",
+            -0.01,
+        ),
+        hyper(
+            "rmsprop alpha < 0".into(),
+            RmsProp { alpha: -0.5, ..d() },
+            "alpha",
+            -0.5,
+        ),
+    ]);
+    RuleInfo {
+        rule: RuleKind::RmsProp,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(Momentum {
+            name: "momentum",
+            bad: &[-0.5, f64::NAN, f64::INFINITY],
+            needs_buffer: true,
+        }),
+        descent: vec![(
+            "rmsprop",
+            RmsProp { lr: 0.01, ..d() }.into(),
+            RmsProp { lr: 0.003, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+    }
+}
+
+/// What `set_momentum` (`betas[0]`) refuses in the Adam family and LAMB.
+const BETA1: Momentum = Momentum {
+    name: "betas[0]",
+    bad: &[1.0, -0.1, f64::NAN, 2.0],
+    needs_buffer: false,
+};
+
+fn adam() -> RuleInfo {
+    let base = Adam {
+        lr: 0.01,
+        ..Adam::default()
+    };
+    let inputs = vec![
+        input("adam default", base.clone()),
+        input(
+            "adam amsgrad",
+            Adam {
+                amsgrad: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam weight_decay",
+            Adam {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam maximize",
+            Adam {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam eps_inside_sqrt",
+            Adam {
+                eps: 1e-6,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam all options",
+            Adam {
+                betas: (0.8, 0.99),
+                eps: 1e-6,
+                weight_decay: 0.05,
+                amsgrad: true,
+                maximize: true,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam betas",
+            Adam {
+                betas: (0.8, 0.95),
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam small weight_decay",
+            Adam {
+                weight_decay: 0.01,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam amsgrad weight_decay",
+            Adam {
+                amsgrad: true,
+                weight_decay: 0.01,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adam amsgrad eps_inside_sqrt maximize",
+            Adam {
+                amsgrad: true,
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "adam, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "adam amsgrad, lr and beta1 changed",
+            Adam {
+                amsgrad: true,
+                weight_decay: 0.01,
+                ..base.clone()
+            },
+            LR_AND_BETA1,
+        ),
+        clipped(
+            "adam amsgrad, clipped",
+            Adam {
+                amsgrad: true,
+                ..base
+            },
+            1.0,
+        ),
+    ];
+    let d = Adam::default;
+    let mut error_inputs = bad_lr(|lr| Adam { lr, ..d() });
+    error_inputs.extend(bad_betas(|betas| Adam { betas, ..d() }, true));
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("adam eps = {v}"),
+            Adam { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    error_inputs.push(hyper(
+        "adam weight_decay < 0".into(),
+        Adam {
+            weight_decay: -0.01,
+            ..d()
+        },
+        "weight_decay",
+        -0.01,
+    ));
+    RuleInfo {
+        rule: RuleKind::Adam,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "adam",
+            Adam { lr: 0.05, ..d() }.into(),
+            Adam { lr: 0.02, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+    }
+}
+
+/// Both betas outside [0, 1): 1, −0.1, NaN, +inf (and 1.5 where `wide`).
+fn bad_betas<C: Into<Config>>(make: impl Fn((f64, f64)) -> C, wide: bool) -> Vec<ErrorInput> {
+    let mut values = vec![1.0, -0.1, f64::NAN, f64::INFINITY];
+    if wide {
+        values.push(1.5);
+    }
+    let mut out = Vec::new();
+    for v in values {
+        let b0: Config = make((v, 0.999)).into();
+        out.push(hyper(
+            format!("{} betas[0] = {v}", b0.kind()),
+            b0,
+            "betas[0]",
+            v,
+        ));
+        let b1: Config = make((0.9, v)).into();
+        out.push(hyper(
+            format!("{} betas[1] = {v}", b1.kind()),
+            b1,
+            "betas[1]",
+            v,
+        ));
+    }
+    out
+}
+
+fn adamw() -> RuleInfo {
+    let base = AdamW {
+        lr: 0.01,
+        ..AdamW::default()
+    };
+    let inputs = vec![
+        input("adamw default", base.clone()),
+        input(
+            "adamw no weight_decay",
+            AdamW {
+                weight_decay: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw amsgrad",
+            AdamW {
+                amsgrad: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw large weight_decay",
+            AdamW {
+                weight_decay: 0.5,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw maximize",
+            AdamW {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw eps_inside_sqrt",
+            AdamW {
+                eps: 1e-6,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw all options",
+            AdamW {
+                betas: (0.8, 0.99),
+                eps: 1e-6,
+                weight_decay: 0.1,
+                amsgrad: true,
+                maximize: true,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamw amsgrad maximize, no weight_decay",
+            AdamW {
+                weight_decay: 0.0,
+                amsgrad: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "adamw, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "adamw amsgrad maximize, lr and beta1 changed",
+            AdamW {
+                amsgrad: true,
+                maximize: true,
+                ..base.clone()
+            },
+            LR_AND_BETA1,
+        ),
+        clipped("adamw, clipped", base, 0.75),
+    ];
+    let d = AdamW::default;
+    let mut error_inputs = bad_lr(|lr| AdamW { lr, ..d() });
+    error_inputs.extend(bad_betas(|betas| AdamW { betas, ..d() }, true));
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("adamw eps = {v}"),
+            AdamW { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("adamw weight_decay = {v}"),
+            AdamW {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    RuleInfo {
+        rule: RuleKind::AdamW,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "adamw",
+            AdamW { lr: 0.05, ..d() }.into(),
+            AdamW { lr: 0.02, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+    }
+}
+
+/// LAMB's `K`: its update `u = m̂/(sqrt(v̂) + eps) + wd·θ` has three
+/// divisions, a square root and a possible FMA (14 instead of 8); its trust
+/// ratio `‖θ‖/‖u‖` from f32 tree sums on the GPU and f64 sums on the CPU
+/// adds at most 44.5 to the parameters' (derived in tests/lamb_clip.rs for
+/// tiles of 4096 elements). The moments do not depend on the ratio.
+pub const K_LAMB: (f64, f64) = (14.0 + 44.5, 14.0);
+
+fn lamb() -> RuleInfo {
+    let d = Lamb::default;
+    let base = Lamb {
+        lr: 0.01,
+        ..Lamb::default()
+    };
+    let inputs = vec![
+        input("lamb default", base.clone()),
+        input(
+            "lamb weight_decay 0",
+            Lamb {
+                weight_decay: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb trust_ratio_clamp",
+            Lamb {
+                trust_ratio_clamp: Some((0.8, 1.2)),
+                ..base.clone()
+            },
+        ),
+        // Bounds that bind for some tensors and not others (the initial
+        // magnitudes of tests/lamb_clip.rs).
+        input(
+            "lamb trust_ratio_clamp (0.5, 2)",
+            Lamb {
+                trust_ratio_clamp: Some((0.5, 2.0)),
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb unit_ratio_without_decay",
+            Lamb {
+                weight_decay: 0.0,
+                unit_ratio_without_decay: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb unit_ratio_without_decay, weight_decay 0.1",
+            Lamb {
+                weight_decay: 0.1,
+                unit_ratio_without_decay: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb eps_inside_sqrt",
+            Lamb {
+                eps: 1e-4,
+                eps_inside_sqrt: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb maximize",
+            Lamb {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lamb maximize, betas, clamp",
+            Lamb {
+                maximize: true,
+                betas: (0.8, 0.99),
+                trust_ratio_clamp: Some((0.0, 10.0)),
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "lamb all options, lr and beta1 changed",
+            Lamb {
+                betas: (0.8, 0.99),
+                weight_decay: 0.1,
+                trust_ratio_clamp: Some((0.5, 2.0)),
+                eps_inside_sqrt: true,
+                maximize: true,
+                ..base.clone()
+            },
+            &[
+                (5, Change::Lr(0.002)),
+                (9, Change::Momentum(0.5)),
+                (14, Change::Lr(0.03)),
+                (20, Change::Momentum(0.95)),
+            ],
+        ),
+        clipped("lamb, clipped", base.clone(), 0.7),
+        clipped(
+            "lamb clamp, clipped",
+            Lamb {
+                trust_ratio_clamp: Some((0.1, 5.0)),
+                ..base
+            },
+            1.0,
+        ),
+    ];
+    RuleInfo {
+        rule: RuleKind::Lamb,
+        inputs,
+        error_inputs: lamb_error_inputs(),
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "lamb",
+            Lamb { lr: 0.05, ..d() }.into(),
+            Lamb { lr: 0.005, ..d() }.into(),
+        )],
+        gpu_k: K_LAMB,
+    }
+}
+
+/// lr, betas, eps, weight_decay, and the trust ratio clamp (each bound
+/// finite and >= 0, min <= max).
+fn lamb_error_inputs() -> Vec<ErrorInput> {
+    let d = Lamb::default;
+    let mut out = bad_lr(|lr| Lamb { lr, ..d() });
+    out.extend(bad_betas(|betas| Lamb { betas, ..d() }, false));
+    for v in [-1e-8, f64::NAN] {
+        out.push(hyper(
+            format!("lamb eps = {v}"),
+            Lamb { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        out.push(hyper(
+            format!("lamb weight_decay = {v}"),
+            Lamb {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    let clamp = |lo: f64, hi: f64| Lamb {
+        trust_ratio_clamp: Some((lo, hi)),
+        ..d()
+    };
+    let min = "trust_ratio_clamp.min";
+    let max = "trust_ratio_clamp.max";
+    out.extend([
+        hyper("lamb clamp min < 0".into(), clamp(-0.5, 1.0), min, -0.5),
+        hyper("lamb clamp both < 0".into(), clamp(-2.0, -1.0), min, -2.0),
+        hyper(
+            "lamb clamp min NaN".into(),
+            clamp(f64::NAN, 1.0),
+            min,
+            f64::NAN,
+        ),
+        hyper(
+            "lamb clamp max NaN".into(),
+            clamp(0.5, f64::NAN),
+            max,
+            f64::NAN,
+        ),
+        hyper(
+            "lamb clamp max inf".into(),
+            clamp(0.0, f64::INFINITY),
+            max,
+            f64::INFINITY,
+        ),
+    ]);
+    out.push(ErrorInput {
+        desc: "lamb clamp min > max".into(),
+        config: clamp(2.0, 1.0).into(),
+        expect: Expect::Options(&["trust_ratio_clamp", "min <= max", "(2, 1)"]),
+    });
+    out
+}
