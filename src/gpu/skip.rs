@@ -259,6 +259,23 @@ impl GpuOptimizer {
         }
         if wait {
             self.ctx.wait()?;
+            // Another thread polling the same device may have taken our map
+            // callbacks and not run them yet when our wait returns: give
+            // them a bounded while.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while t
+                .pending
+                .iter()
+                .any(|r| r.done.lock().is_ok_and(|d| d.is_none()))
+            {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Readback(
+                        "the step-counter read-back did not complete in 30 s".into(),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+            }
         } else {
             let _ = self.ctx.device.poll(wgpu::PollType::Poll);
         }
