@@ -285,12 +285,6 @@ const KERNEL: KernelSpec = KernelSpec {
 
 /// The Adam family's items of [`Rule`], for Adam and AdamW alike.
 impl AdamFamily {
-    fn set_betas0(betas: &mut (f64, f64), value: f64) -> Result<()> {
-        check_unit_interval("betas[0]", value)?;
-        betas.0 = value;
-        Ok(())
-    }
-
     fn table_entry(s: &AdamScalars) -> [f32; 4] {
         [
             s.step_size,
@@ -382,7 +376,7 @@ impl Rule for Adam {
         Some(self.betas.0)
     }
     fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
-        AdamFamily::set_betas0(&mut self.betas, value)
+        super::set_beta1(&mut self.betas, value)
     }
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         self.to_family(false).overrides()
@@ -460,7 +454,7 @@ impl Rule for AdamW {
         Some(self.betas.0)
     }
     fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
-        AdamFamily::set_betas0(&mut self.betas, value)
+        super::set_beta1(&mut self.betas, value)
     }
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         self.to_adam_family().overrides()

@@ -181,9 +181,7 @@ impl Rule for Lamb {
     }
 
     fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
-        check_unit_interval("betas[0]", value)?;
-        self.betas.0 = value;
-        Ok(())
+        super::set_beta1(&mut self.betas, value)
     }
 
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {

@@ -649,6 +649,30 @@ pub(crate) fn check_finite(name: &'static str, v: f64) -> Result<()> {
     }
 }
 
+/// `set_momentum` of the rules whose momentum lives in a buffer (SGD,
+/// RMSprop): it can change only while the optimizer has the buffer.
+pub(crate) fn set_buffered_momentum(
+    rule: &'static str,
+    momentum: &mut f64,
+    value: f64,
+    has_buffer: bool,
+) -> Result<()> {
+    if !has_buffer {
+        return Err(Error::NoMomentum { rule });
+    }
+    check_non_negative("momentum", value)?;
+    *momentum = value;
+    Ok(())
+}
+
+/// `set_momentum` of the rules whose momentum is `betas[0]` (the Adam
+/// family, LAMB).
+pub(crate) fn set_beta1(betas: &mut (f64, f64), value: f64) -> Result<()> {
+    check_unit_interval("betas[0]", value)?;
+    betas.0 = value;
+    Ok(())
+}
+
 pub(crate) fn check_non_negative(name: &'static str, v: f64) -> Result<()> {
     check_finite(name, v)?;
     if v < 0.0 {

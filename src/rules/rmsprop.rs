@@ -164,12 +164,7 @@ impl Rule for RmsProp {
     }
 
     fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
-        if !has_buffer {
-            return Err(Error::NoMomentum { rule: Self::NAME });
-        }
-        check_non_negative("momentum", value)?;
-        self.momentum = value;
-        Ok(())
+        super::set_buffered_momentum(Self::NAME, &mut self.momentum, value, has_buffer)
     }
 
     fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)> {

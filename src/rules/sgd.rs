@@ -168,12 +168,7 @@ impl Rule for Sgd {
     }
 
     fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
-        if !has_buffer {
-            return Err(Error::NoMomentum { rule: Self::NAME });
-        }
-        check_non_negative("momentum", value)?;
-        self.momentum = value;
-        Ok(())
+        super::set_buffered_momentum(Self::NAME, &mut self.momentum, value, has_buffer)
     }
 
     fn fills_buffer_on_first_use(&self) -> bool {
