@@ -3,13 +3,13 @@
 // `V` (the host's prelude; see common.wgsl and elementwise.wgsl).
 
 // `u.rule`: `AdagradScalars` in src/rules/adagrad.rs, whose size the host
-// checks against this struct. clr is read from the step table (below),
-// which the host fills from it.
+// checks against this struct. clr, which changes with the step count, is
+// the step table's entry (`Rule::step_entry` there).
 struct Scalars {
-    clr: f32,
     weight_decay: f32,
     eps: f32,
     _pad0: u32,
+    _pad1: u32,
 }
 
 override MAXIMIZE: bool = false;

@@ -3,21 +3,17 @@
 // `V` (the host's prelude; see common.wgsl and elementwise.wgsl).
 
 // `u.rule`: `AdamScalars` in src/rules/adam.rs, whose size the host checks
-// against this struct. step_size and the bias corrections are read from
-// the step table (`t` below), which the host fills from them.
+// against this struct. The step size and the bias corrections, which
+// change with the step count, are the step table's entry (`t` below).
 struct Scalars {
     beta2: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
-    step_size: f32,
-    bias_correction2_sqrt: f32,
-    bias_correction2: f32,
     eps: f32,
     weight_decay: f32,
     decay_factor: f32,
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 override MAXIMIZE: bool = false;
@@ -25,7 +21,7 @@ override EPS_INSIDE_SQRT: bool = false;
 override AMSGRAD: bool = false;
 override DECOUPLED: bool = false;
 
-// This step's (step_size, bias_correction2_sqrt, bias_correction2).
+// This step's (lr / (1 − β1ᵗ), sqrt(1 − β2ᵗ), 1 − β2ᵗ): `AdamFamily::step_entry`.
 var<private> t: vec4<f32>;
 
 fn begin_step(entry: vec4<f32>) {

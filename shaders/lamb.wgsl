@@ -8,22 +8,22 @@
 //                 θ ← θ − lr·ratio·u.
 
 // LAMB's uniforms (`u.rule`); `LambScalars` in src/rules/lamb.rs, whose
-// size the host checks against this struct. The bias corrections are read
-// from the step table (`bc` below), which the host fills from them.
+// size the host checks against this struct. The bias corrections, which
+// change with the step count, are the step table's entry (`bc` below).
 struct Scalars {
     lr: f32,
     beta1: f32,
     beta2: f32,
     one_minus_beta1: f32,
     one_minus_beta2: f32,
-    bias_correction1: f32,
-    bias_correction2: f32,
     eps: f32,
     weight_decay: f32,
     clamp_min: f32,
     clamp_max: f32,
     // LAMB_CLAMP, LAMB_UNIT_RATIO.
     options: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 // Overrides fixed for the optimizer's life:

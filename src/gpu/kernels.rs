@@ -512,7 +512,7 @@ mod tests {
             let config = kind.default_config();
             let spec = config.kernel();
             let (name, source) = (spec.name, spec.source);
-            let rule_bytes = config.step_scalars(1, false).bytes().len() as u32;
+            let rule_bytes = config.step_scalars(false).bytes().len() as u32;
             let sources = match spec.shape {
                 KernelShape::Tiled { constants, .. } => vec![(
                     compose(

@@ -176,14 +176,9 @@ impl GpuOptimizer {
             table: [[0.0; 4]; TABLE_LEN],
         };
         for j in 0..=window {
-            let s = self
-                .config
-                .step_scalars(base + j + 1, self.counters.buffer_filled);
-            tail.table[j as usize] = s.table_entry();
+            tail.table[j as usize] = self.config.step_entry(base + j + 1);
         }
-        let scalars = self
-            .config
-            .step_scalars(self.counters.step + 1, self.counters.buffer_filled);
+        let scalars = self.config.step_scalars(self.counters.buffer_filled);
         let header = TileHeader {
             max_norm: self.clip.map_or(0.0, |c| c.max_norm as f32),
             // Both below 2^32: Tiling::new refused more.

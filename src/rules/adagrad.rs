@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bool_override, check_non_negative, elementwise_step, object, Config, KernelShape, KernelSpec,
-    Preset, Rule, TorchArgs,
+    Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::Result;
 use crate::layout::Layout;
@@ -93,11 +93,9 @@ impl Default for Adagrad {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AdagradScalars {
-    /// `lr / (1 + (t − 1)·lr_decay)`, computed in f64.
-    pub clr: f32,
     pub weight_decay: f32,
     pub eps: f32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<AdagradScalars>() == 16);
 
@@ -142,23 +140,24 @@ impl Rule for Adagrad {
         ]
     }
 
-    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdagradScalars {
-        let clr = self.lr / (1.0 + (step.saturating_sub(1)) as f64 * self.lr_decay);
+    fn scalars(&self, _buffer_filled: bool) -> AdagradScalars {
         AdagradScalars {
-            clr: clr as f32,
             weight_decay: self.weight_decay as f32,
             eps: self.eps as f32,
-            _pad: 0,
+            _pad: [0; 2],
         }
     }
 
-    fn table_entry(s: &AdagradScalars) -> [f32; 4] {
-        [s.clr, 0.0, 0.0, 0.0]
+    /// `[clr]`: `lr / (1 + (t − 1)·lr_decay)`, computed in f64.
+    fn step_entry(&self, step: u64) -> StepEntry {
+        let clr = self.lr / (1.0 + (step.saturating_sub(1)) as f64 * self.lr_decay);
+        [clr as f32, 0.0, 0.0, 0.0]
     }
 
     fn cpu_step(
         &self,
         s: &AdagradScalars,
+        entry: StepEntry,
         _layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
@@ -166,7 +165,7 @@ impl Rule for Adagrad {
         clip_scale: Option<f32>,
     ) {
         elementwise_step(params, grads, states, clip_scale, |p, g, st| {
-            step_slice(s, self, p, g, st)
+            step_slice(s, entry[0], self, p, g, st)
         });
     }
 
@@ -209,6 +208,7 @@ impl Rule for Adagrad {
 #[inline(always)]
 pub(crate) fn step_element(
     s: &AdagradScalars,
+    clr: f32,
     c: &Adagrad,
     param: &mut f32,
     grad: f32,
@@ -227,12 +227,13 @@ pub(crate) fn step_element(
     } else {
         acc.sqrt() + s.eps
     };
-    *param = p - s.clr * (g / std);
+    *param = p - clr * (g / std);
 }
 
 #[inline(always)]
 fn step_slice_impl(
     s: &AdagradScalars,
+    clr: f32,
     c: &Adagrad,
     params: &mut [f32],
     grads: &[f32],
@@ -242,7 +243,7 @@ fn step_slice_impl(
         unreachable!("adagrad has one state tensor")
     };
     for ((p, &g), acc) in params.iter_mut().zip(grads).zip(sum.iter_mut()) {
-        step_element(s, c, p, g, acc);
+        step_element(s, clr, c, p, g, acc);
     }
 }
 
@@ -250,6 +251,7 @@ super::multiversion! {
     /// One step over flat slices, vectorized for the processor at hand.
     step_slice = step_slice_impl(
         s: &AdagradScalars,
+        clr: f32,
         c: &Adagrad,
         params: &mut [f32],
         grads: &[f32],

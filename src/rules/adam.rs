@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, elementwise_step,
-    lerp, object, Config, KernelShape, KernelSpec, Preset, Rule, TorchArgs,
+    lerp, object, Config, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::clip::ClipGradNorm;
 use crate::error::Result;
@@ -214,19 +214,13 @@ pub(crate) struct AdamScalars {
     pub beta2: f32,
     pub one_minus_beta1: f32,
     pub one_minus_beta2: f32,
-    /// `lr / (1 − β1ᵗ)`.
-    pub step_size: f32,
-    /// `sqrt(1 − β2ᵗ)`.
-    pub bias_correction2_sqrt: f32,
-    /// `1 − β2ᵗ`.
-    pub bias_correction2: f32,
     pub eps: f32,
     pub weight_decay: f32,
     /// `1 − lr·weight_decay` (decoupled decay).
     pub decay_factor: f32,
-    pub _pad: [u32; 3],
+    pub _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<AdamScalars>() == 48);
+const _: () = assert!(std::mem::size_of::<AdamScalars>() == 32);
 
 impl AdamFamily {
     pub(crate) fn validate(&self) -> Result<()> {
@@ -255,22 +249,30 @@ impl AdamFamily {
         ]
     }
 
-    pub(crate) fn scalars(&self, step: u64) -> AdamScalars {
+    pub(crate) fn scalars(&self) -> AdamScalars {
         let (beta1, beta2) = self.betas;
-        let bias_correction1 = bias_correction(beta1, step);
-        let bias_correction2 = bias_correction(beta2, step);
         AdamScalars {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            step_size: (self.lr / bias_correction1) as f32,
-            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
-            bias_correction2: bias_correction2 as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             decay_factor: (1.0 - self.lr * self.weight_decay) as f32,
-            _pad: [0; 3],
+            _pad: [0; 2],
         }
+    }
+
+    /// `[lr / (1 − β1ᵗ), sqrt(1 − β2ᵗ), 1 − β2ᵗ]`, computed in f64.
+    pub(crate) fn step_entry(&self, step: u64) -> StepEntry {
+        let (beta1, beta2) = self.betas;
+        let bias_correction1 = bias_correction(beta1, step);
+        let bias_correction2 = bias_correction(beta2, step);
+        [
+            (self.lr / bias_correction1) as f32,
+            bias_correction2.sqrt() as f32,
+            bias_correction2 as f32,
+            0.0,
+        ]
     }
 }
 
@@ -285,25 +287,17 @@ const KERNEL: KernelSpec = KernelSpec {
 
 /// The Adam family's items of [`Rule`], for Adam and AdamW alike.
 impl AdamFamily {
-    fn table_entry(s: &AdamScalars) -> [f32; 4] {
-        [
-            s.step_size,
-            s.bias_correction2_sqrt,
-            s.bias_correction2,
-            0.0,
-        ]
-    }
-
     fn cpu_step(
         &self,
         s: &AdamScalars,
+        entry: StepEntry,
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
         clip_scale: Option<f32>,
     ) {
         elementwise_step(params, grads, states, clip_scale, |p, g, st| {
-            step_slice(s, self, p, g, st)
+            step_slice(s, entry, self, p, g, st)
         });
     }
 
@@ -381,15 +375,16 @@ impl Rule for Adam {
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         self.to_family(false).overrides()
     }
-    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdamScalars {
-        self.to_family(false).scalars(step)
+    fn scalars(&self, _buffer_filled: bool) -> AdamScalars {
+        self.to_family(false).scalars()
     }
-    fn table_entry(s: &AdamScalars) -> [f32; 4] {
-        AdamFamily::table_entry(s)
+    fn step_entry(&self, step: u64) -> StepEntry {
+        self.to_family(false).step_entry(step)
     }
     fn cpu_step(
         &self,
         s: &AdamScalars,
+        entry: StepEntry,
         _layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
@@ -397,7 +392,7 @@ impl Rule for Adam {
         clip_scale: Option<f32>,
     ) {
         self.to_family(false)
-            .cpu_step(s, params, grads, states, clip_scale)
+            .cpu_step(s, entry, params, grads, states, clip_scale)
     }
     fn to_torch(&self) -> Map<String, Value> {
         self.to_family(false).to_torch()
@@ -459,15 +454,16 @@ impl Rule for AdamW {
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         self.to_adam_family().overrides()
     }
-    fn scalars(&self, step: u64, _buffer_filled: bool) -> AdamScalars {
-        self.to_adam_family().scalars(step)
+    fn scalars(&self, _buffer_filled: bool) -> AdamScalars {
+        self.to_adam_family().scalars()
     }
-    fn table_entry(s: &AdamScalars) -> [f32; 4] {
-        AdamFamily::table_entry(s)
+    fn step_entry(&self, step: u64) -> StepEntry {
+        self.to_adam_family().step_entry(step)
     }
     fn cpu_step(
         &self,
         s: &AdamScalars,
+        entry: StepEntry,
         _layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
@@ -475,7 +471,7 @@ impl Rule for AdamW {
         clip_scale: Option<f32>,
     ) {
         self.to_adam_family()
-            .cpu_step(s, params, grads, states, clip_scale)
+            .cpu_step(s, entry, params, grads, states, clip_scale)
     }
     fn to_torch(&self) -> Map<String, Value> {
         self.to_adam_family().to_torch()
@@ -502,6 +498,7 @@ impl Rule for AdamW {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn step_element(
     s: &AdamScalars,
+    entry: StepEntry,
     c: &AdamFamily,
     param: &mut f32,
     grad: f32,
@@ -531,17 +528,19 @@ pub(crate) fn step_element(
         }
         None => v,
     };
+    let [step_size, bias_correction2_sqrt, bias_correction2, _] = entry;
     let denom = if c.eps_inside_sqrt {
-        (v / s.bias_correction2 + s.eps).sqrt()
+        (v / bias_correction2 + s.eps).sqrt()
     } else {
-        v.sqrt() / s.bias_correction2_sqrt + s.eps
+        v.sqrt() / bias_correction2_sqrt + s.eps
     };
-    *param = p - s.step_size * (m / denom);
+    *param = p - step_size * (m / denom);
 }
 
 #[inline(always)]
 fn step_slice_impl(
     s: &AdamScalars,
+    entry: StepEntry,
     c: &AdamFamily,
     params: &mut [f32],
     grads: &[f32],
@@ -556,7 +555,7 @@ fn step_slice_impl(
                 .zip(m.iter_mut())
                 .zip(v.iter_mut())
             {
-                step_element(s, c, p, g, m, v, None);
+                step_element(s, entry, c, p, g, m, v, None);
             }
         }
         [m, v, vmax] => {
@@ -567,7 +566,7 @@ fn step_slice_impl(
                 .zip(v.iter_mut())
                 .zip(vmax.iter_mut())
             {
-                step_element(s, c, p, g, m, v, Some(vmax));
+                step_element(s, entry, c, p, g, m, v, Some(vmax));
             }
         }
         _ => unreachable!("adam has two or three state tensors"),
@@ -578,6 +577,7 @@ super::multiversion! {
     /// One step over flat slices, vectorized for the processor at hand.
     step_slice = step_slice_impl(
         s: &AdamScalars,
+        entry: StepEntry,
         c: &AdamFamily,
         params: &mut [f32],
         grads: &[f32],
@@ -615,15 +615,16 @@ mod tests {
             amsgrad: true,
             ..Adam::default()
         };
-        let (c, s) = (adam.to_family(false), adam.scalars(3, false));
+        let c = adam.to_family(false);
+        let (s, entry) = (c.scalars(), c.step_entry(3));
         let run = |dispatched: bool| {
             let mut p: Vec<f32> = (0..n).map(|i| pick(i, 13)).collect();
             let mut st = init.clone();
             let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
             if dispatched {
-                step_slice(&s, &c, &mut p, &grads, &mut views);
+                step_slice(&s, entry, &c, &mut p, &grads, &mut views);
             } else {
-                step_slice_impl(&s, &c, &mut p, &grads, &mut views);
+                step_slice_impl(&s, entry, &c, &mut p, &grads, &mut views);
             }
             let mut bits: Vec<u32> = p.iter().map(|x| x.to_bits()).collect();
             for v in &st {

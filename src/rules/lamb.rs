@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, object, Config,
-    KernelShape, KernelSpec, Preset, Rule, TorchArgs,
+    KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -99,10 +99,11 @@ impl Default for Lamb {
     }
 }
 
-/// LAMB's per-step scalars: what the CPU step reads, and the uniforms of
-/// LAMB's tile kernels (`struct Scalars` in `shaders/lamb.wgsl`, whose
-/// size the kernels' tests check against this one). The bias corrections
-/// reach the kernels through the step table, made from them.
+/// LAMB's scalars that stay the same from step to step: what the CPU step
+/// reads, and the uniforms of LAMB's tile kernels (`struct Scalars` in
+/// `shaders/lamb.wgsl`, whose size the kernels' tests check against this
+/// one). The bias corrections are the step table's entry
+/// ([`Rule::step_entry`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct LambScalars {
@@ -111,16 +112,13 @@ pub(crate) struct LambScalars {
     pub beta2: f32,
     pub one_minus_beta1: f32,
     pub one_minus_beta2: f32,
-    /// `1 − β1ᵗ`.
-    pub bias_correction1: f32,
-    /// `1 − β2ᵗ`.
-    pub bias_correction2: f32,
     pub eps: f32,
     pub weight_decay: f32,
     pub clamp_min: f32,
     pub clamp_max: f32,
     /// [`LAMB_CLAMP`], [`LAMB_UNIT_RATIO`].
     pub options: u32,
+    pub _pad: [u32; 2],
 }
 const _: () = assert!(std::mem::size_of::<LambScalars>() == 48);
 
@@ -191,8 +189,7 @@ impl Rule for Lamb {
         ]
     }
 
-    /// The scalars of step `step` (1 for the first).
-    fn scalars(&self, step: u64, _buffer_filled: bool) -> LambScalars {
+    fn scalars(&self, _buffer_filled: bool) -> LambScalars {
         let (beta1, beta2) = self.betas;
         let (lo, hi) = self.trust_ratio_clamp.unwrap_or((0.0, 0.0));
         let mut options = 0;
@@ -208,30 +205,47 @@ impl Rule for Lamb {
             beta2: beta2 as f32,
             one_minus_beta1: (1.0 - beta1) as f32,
             one_minus_beta2: (1.0 - beta2) as f32,
-            bias_correction1: bias_correction(beta1, step) as f32,
-            bias_correction2: bias_correction(beta2, step) as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             clamp_min: lo as f32,
             clamp_max: hi as f32,
             options,
+            _pad: [0; 2],
         }
     }
 
-    fn table_entry(s: &LambScalars) -> [f32; 4] {
-        [s.bias_correction1, s.bias_correction2, 0.0, 0.0]
+    /// `[1 − β1ᵗ, 1 − β2ᵗ]`, computed in f64.
+    fn step_entry(&self, step: u64) -> StepEntry {
+        let (beta1, beta2) = self.betas;
+        [
+            bias_correction(beta1, step) as f32,
+            bias_correction(beta2, step) as f32,
+            0.0,
+            0.0,
+        ]
     }
 
     fn cpu_step(
         &self,
         s: &LambScalars,
+        entry: StepEntry,
         layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
         clip_scale: Option<f32>,
     ) {
-        cpu_step(s, self, layout, params, grads, states, clip_scale)
+        let bias_corrections = (entry[0], entry[1]);
+        cpu_step(
+            s,
+            bias_corrections,
+            self,
+            layout,
+            params,
+            grads,
+            states,
+            clip_scale,
+        )
     }
 
     fn to_torch(&self) -> Map<String, Value> {
@@ -269,12 +283,12 @@ impl Rule for Lamb {
 /// `u` of one element, from the already updated moments; the same
 /// arithmetic as `lamb_update` in `shaders/lamb.wgsl`.
 #[inline(always)]
-fn update_direction(s: &LambScalars, c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
-    let m_hat = m / s.bias_correction1;
+fn update_direction(s: &LambScalars, bc: (f32, f32), c: &Lamb, p: f32, m: f32, v: f32) -> f32 {
+    let m_hat = m / bc.0;
     let denom = if c.eps_inside_sqrt {
-        (v / s.bias_correction2 + s.eps).sqrt()
+        (v / bc.1 + s.eps).sqrt()
     } else {
-        (v / s.bias_correction2).sqrt() + s.eps
+        (v / bc.1).sqrt() + s.eps
     };
     m_hat / denom + s.weight_decay * p
 }
@@ -295,11 +309,13 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
     r
 }
 
-/// One LAMB step on the CPU over the packed tensors of `layout`; `grad_scale`
-/// multiplies every gradient first (global-norm clipping). Norms are summed
-/// in f64.
+/// One LAMB step on the CPU over the packed tensors of `layout`, with the
+/// bias corrections `bc` (`1 − β1ᵗ`, `1 − β2ᵗ`); `grad_scale` multiplies
+/// every gradient first (global-norm clipping). Norms are summed in f64.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn cpu_step(
     s: &LambScalars,
+    bc: (f32, f32),
     c: &Lamb,
     layout: &Layout,
     params: &mut [f32],
@@ -325,14 +341,14 @@ pub(crate) fn cpu_step(
             }
             m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
             v[i] = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
-            let u = update_direction(s, c, p[i], m[i], v[i]);
+            let u = update_direction(s, bc, c, p[i], m[i], v[i]);
             param_sq += (p[i] as f64) * (p[i] as f64);
             update_sq += (u as f64) * (u as f64);
         }
         let ratio = trust_ratio(s, param_sq as f32, update_sq as f32);
         let step = s.lr * ratio;
         for i in 0..p.len() {
-            let u = update_direction(s, c, p[i], m[i], v[i]);
+            let u = update_direction(s, bc, c, p[i], m[i], v[i]);
             p[i] -= step * u;
         }
     }

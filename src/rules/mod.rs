@@ -126,23 +126,29 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
     /// [`Rule::validate`] (`HAS_MOMENTUM` says whether the state has one,
     /// not whether the momentum in force is 0).
     fn overrides(&self, momentum_buffer: bool) -> Vec<(&'static str, f64)>;
-    /// The scalars of step `step` (1 for the first); `buffer_filled` as
+    /// The scalars that stay the same from step to step, the header of the
+    /// kernel's uniforms; `buffer_filled` as
     /// [`Rule::fills_buffer_on_first_use`].
-    fn scalars(&self, step: u64, buffer_filled: bool) -> Self::Scalars;
-    /// The step-dependent scalars as the kernel reads them from the table
-    /// of the uniforms' tail when steps may be skipped on the GPU (with
-    /// `skip_nonfinite` the GPU knows the step count, the host does not).
-    fn table_entry(_s: &Self::Scalars) -> [f32; 4] {
+    fn scalars(&self, buffer_filled: bool) -> Self::Scalars;
+    /// The scalars of step `step` (1 for the first) that depend on the step
+    /// count (bias corrections, a decayed learning rate): the kernel reads
+    /// them from the table of the uniforms' tail, where with
+    /// `skip_nonfinite` the GPU picks the entry of the step count it is at
+    /// (it knows the count, the host does not); the CPU step gets the same
+    /// entry.
+    fn step_entry(&self, _step: u64) -> StepEntry {
         [0.0; 4]
     }
     /// One step on the CPU over the packed tensors of `layout`: `states` in
-    /// the optimizer's [`Rule::state_names`] order; the gradients are multiplied by
+    /// the optimizer's [`Rule::state_names`] order, `s` and `entry` the
+    /// header and the table entry the kernel reads; the gradients are multiplied by
     /// `clip_scale` first, as torch's `clip_grad_norm_` does. Element-wise
     /// rules call [`elementwise_step`].
     #[allow(clippy::too_many_arguments)]
     fn cpu_step(
         &self,
         s: &Self::Scalars,
+        entry: StepEntry,
         layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
@@ -158,6 +164,10 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
     /// The configurations `wgpu-optim bench` runs.
     fn presets() -> Vec<Preset>;
 }
+
+/// One entry of the step table (`table` of the uniforms' tail): a rule's
+/// step-dependent scalars, at most four.
+pub(crate) type StepEntry = [f32; 4];
 
 /// A rule's GPU kernel.
 pub(crate) struct KernelSpec {
@@ -250,7 +260,7 @@ macro_rules! registry {
             }
         })*
 
-        /// The per-step scalars of a rule, laid out for the WGSL uniform
+        /// The header of a rule's uniforms, laid out for the WGSL uniform
         /// buffer.
         #[derive(Clone, Copy, Debug)]
         pub(crate) enum StepScalars {
@@ -299,13 +309,6 @@ macro_rules! registry {
             pub(crate) fn bytes(&self) -> &[u8] {
                 match self {
                     $(StepScalars::$v(s) => bytemuck::bytes_of(s),)*
-                }
-            }
-
-            /// See [`Rule::table_entry`].
-            pub(crate) fn table_entry(&self) -> [f32; 4] {
-                match self {
-                    $(StepScalars::$v(s) => <$ty as Rule>::table_entry(s),)*
                 }
             }
 
@@ -453,13 +456,21 @@ macro_rules! registry {
                 }
             }
 
-            /// The scalars of step number `step` (1 for the first step).
+            /// The header of the kernel's uniforms (see [`Rule::scalars`]).
             /// `buffer_filled` is false until SGD's momentum buffer has
             /// been filled once (PyTorch fills it with the gradient on its
             /// first use).
-            pub(crate) fn step_scalars(&self, step: u64, buffer_filled: bool) -> StepScalars {
+            pub(crate) fn step_scalars(&self, buffer_filled: bool) -> StepScalars {
                 match self {
-                    $(Config::$v(c) => StepScalars::$v(c.scalars(step, buffer_filled)),)*
+                    $(Config::$v(c) => StepScalars::$v(c.scalars(buffer_filled)),)*
+                }
+            }
+
+            /// The table entry of step number `step` (see
+            /// [`Rule::step_entry`]).
+            pub(crate) fn step_entry(&self, step: u64) -> StepEntry {
+                match self {
+                    $(Config::$v(c) => c.step_entry(step),)*
                 }
             }
 
@@ -478,8 +489,8 @@ macro_rules! registry {
             ) {
                 match self {
                     $(Config::$v(c) => {
-                        let s = c.scalars(step, buffer_filled);
-                        c.cpu_step(&s, layout, params, grads, states, clip_scale)
+                        let s = c.scalars(buffer_filled);
+                        c.cpu_step(&s, c.step_entry(step), layout, params, grads, states, clip_scale)
                     })*
                 }
             }

@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bool_override, check_non_negative, elementwise_step, lerp, object, Config, KernelShape,
-    KernelSpec, Preset, Rule, TorchArgs,
+    KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -176,7 +176,7 @@ impl Rule for RmsProp {
         ]
     }
 
-    fn scalars(&self, _step: u64, _buffer_filled: bool) -> RmsPropScalars {
+    fn scalars(&self, _buffer_filled: bool) -> RmsPropScalars {
         RmsPropScalars {
             lr: self.lr as f32,
             alpha: self.alpha as f32,
@@ -192,6 +192,7 @@ impl Rule for RmsProp {
     fn cpu_step(
         &self,
         s: &RmsPropScalars,
+        _entry: StepEntry,
         _layout: &Layout,
         params: &mut [f32],
         grads: &[f32],

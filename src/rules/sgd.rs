@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bool_override, check_non_negative, elementwise_step, object, Config, KernelShape, KernelSpec,
-    Preset, Rule, TorchArgs,
+    Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -183,7 +183,7 @@ impl Rule for Sgd {
         ]
     }
 
-    fn scalars(&self, _step: u64, buffer_filled: bool) -> SgdScalars {
+    fn scalars(&self, buffer_filled: bool) -> SgdScalars {
         SgdScalars {
             lr: self.lr as f32,
             momentum: self.momentum as f32,
@@ -198,6 +198,7 @@ impl Rule for Sgd {
     fn cpu_step(
         &self,
         s: &SgdScalars,
+        _entry: StepEntry,
         _layout: &Layout,
         params: &mut [f32],
         grads: &[f32],
