@@ -4,7 +4,11 @@
 
 use serde_json::Map;
 use wgpu_optim::conformance::{config_from_hyper, CASE_RULES};
-use wgpu_optim::{Adagrad, Adam, AdamW, Checkpoint, Config, Lamb, RmsProp, RuleKind, Sgd};
+use wgpu_optim::{Checkpoint, RuleKind};
+
+mod common;
+
+use common::cases;
 
 #[test]
 fn every_rule_has_a_name_a_default_and_presets() {
@@ -51,74 +55,19 @@ fn empty_hyper_is_the_default_config() {
 
 /// What a checkpoint writes of a configuration (torch's keyword arguments
 /// and this crate's options) reads back as the same configuration, for
-/// every preset and default.
+/// every default, preset and configuration of the test table
+/// (tests/common/cases.rs, where tests/registry_coverage.rs checks that
+/// every option is set by some input).
 #[test]
 fn torch_keyword_arguments_round_trip_through_a_checkpoint() {
     for kind in RuleKind::ALL {
-        assert!(
-            unusual_options().iter().any(|c| c.kind() == kind),
-            "{kind}: add its options to unusual_options"
-        );
         let configs = std::iter::once(kind.default_config())
-            .chain(kind.presets().into_iter().map(|p| p.config));
-        for config in configs.chain(unusual_options().into_iter().filter(|c| c.kind() == kind)) {
+            .chain(kind.presets().into_iter().map(|p| p.config))
+            .chain(cases::info(kind).inputs.into_iter().map(|i| i.config));
+        for config in configs {
             let ckpt = Checkpoint::new(config.clone(), &[3, 2]).unwrap();
             let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
             assert_eq!(back.config, config, "{kind}");
         }
     }
-}
-
-/// Every option away from its default, this crate's own ones included.
-fn unusual_options() -> Vec<Config> {
-    vec![
-        Sgd {
-            lr: 0.1,
-            momentum: 0.5,
-            dampening: 0.25,
-            weight_decay: 0.01,
-            nesterov: false,
-            maximize: true,
-        }
-        .into(),
-        Adagrad {
-            lr_decay: 0.1,
-            initial_accumulator_value: 0.5,
-            maximize: true,
-            eps_inside_sqrt: true,
-            ..Adagrad::default()
-        }
-        .into(),
-        RmsProp {
-            momentum: 0.9,
-            centered: true,
-            maximize: true,
-            eps_inside_sqrt: true,
-            ..RmsProp::default()
-        }
-        .into(),
-        Adam {
-            betas: (0.8, 0.99),
-            amsgrad: true,
-            maximize: true,
-            eps_inside_sqrt: true,
-            ..Adam::default()
-        }
-        .into(),
-        AdamW {
-            weight_decay: 0.0,
-            amsgrad: true,
-            eps_inside_sqrt: true,
-            ..AdamW::default()
-        }
-        .into(),
-        Lamb {
-            trust_ratio_clamp: Some((0.5, 2.0)),
-            unit_ratio_without_decay: true,
-            eps_inside_sqrt: true,
-            maximize: true,
-            ..Lamb::default()
-        }
-        .into(),
-    ]
 }

@@ -21,10 +21,10 @@
 
 mod common;
 
-use common::{ctx, Envelope, Rng};
+use common::{cases, ctx, Envelope, Rng};
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, Checkpoint, ClipGradNorm, Config, CpuOptimizer, CyclicLr, Error,
-    GpuOptimizer, GpuOptions, Lamb, Optimizer, Result, RmsProp, RuleKind, Schedule, Scheduler, Sgd,
+    Adam, Checkpoint, ClipGradNorm, Config, CpuOptimizer, CyclicLr, Error, GpuOptimizer,
+    GpuOptions, Optimizer, Result, RmsProp, RuleKind, Schedule, Scheduler, Sgd,
 };
 
 /// Tensors of the optimizers: an empty one, a single element, lengths that
@@ -226,147 +226,25 @@ fn sequences() -> Vec<Sequence> {
     ]
 }
 
-/// Every rule with each option that changes its state tensors or kernel.
-/// The `match` is exhaustive: a new rule does not compile until it has
+/// Every rule with each set of state tensors it can have (the table's
+/// [`cases::variants`]): a rule added to tests/common/cases.rs gets its
 /// rows here, and [`every_rule_has_rows`] checks each has some.
-fn configs_of(kind: RuleKind) -> Vec<(&'static str, Config)> {
-    let sgd = Sgd {
-        lr: 0.05,
-        ..Sgd::default()
-    };
-    let rmsprop = RmsProp {
-        lr: 0.01,
-        ..RmsProp::default()
-    };
-    let adam = Adam {
-        lr: 0.01,
-        weight_decay: 0.01,
-        ..Adam::default()
-    };
-    let adamw = AdamW {
-        lr: 0.01,
-        ..AdamW::default()
-    };
-    match kind {
-        RuleKind::Sgd => vec![
-            ("sgd", sgd.clone().into()),
-            (
-                "sgd momentum dampening weight_decay",
-                Sgd {
-                    momentum: 0.9,
-                    dampening: 0.1,
-                    weight_decay: 0.01,
-                    ..sgd.clone()
-                }
-                .into(),
-            ),
-            (
-                "sgd nesterov maximize",
-                Sgd {
-                    momentum: 0.9,
-                    nesterov: true,
-                    maximize: true,
-                    ..sgd.clone()
-                }
-                .into(),
-            ),
-        ],
-        RuleKind::Adagrad => vec![(
-            "adagrad lr_decay initial_accumulator_value",
-            Adagrad {
-                lr: 0.05,
-                lr_decay: 0.01,
-                initial_accumulator_value: 0.1,
-                ..Adagrad::default()
-            }
-            .into(),
-        )],
-        RuleKind::RmsProp => vec![
-            ("rmsprop", rmsprop.clone().into()),
-            (
-                "rmsprop momentum",
-                RmsProp {
-                    momentum: 0.9,
-                    ..rmsprop.clone()
-                }
-                .into(),
-            ),
-            (
-                "rmsprop centered",
-                RmsProp {
-                    centered: true,
-                    ..rmsprop.clone()
-                }
-                .into(),
-            ),
-            (
-                "rmsprop centered momentum weight_decay",
-                RmsProp {
-                    centered: true,
-                    momentum: 0.5,
-                    weight_decay: 0.01,
-                    ..rmsprop.clone()
-                }
-                .into(),
-            ),
-        ],
-        RuleKind::Adam => vec![
-            ("adam", adam.clone().into()),
-            (
-                "adam amsgrad",
-                Adam {
-                    amsgrad: true,
-                    ..adam.clone()
-                }
-                .into(),
-            ),
-        ],
-        RuleKind::AdamW => vec![
-            ("adamw", adamw.clone().into()),
-            (
-                "adamw amsgrad maximize",
-                AdamW {
-                    amsgrad: true,
-                    maximize: true,
-                    ..adamw.clone()
-                }
-                .into(),
-            ),
-        ],
-        RuleKind::Lamb => vec![
-            (
-                "lamb",
-                Lamb {
-                    lr: 0.01,
-                    ..Lamb::default()
-                }
-                .into(),
-            ),
-            (
-                "lamb trust_ratio_clamp",
-                Lamb {
-                    lr: 0.01,
-                    trust_ratio_clamp: Some((0.5, 2.0)),
-                    ..Lamb::default()
-                }
-                .into(),
-            ),
-        ],
-        // `RuleKind` is non-exhaustive: a new rule needs its rows here.
-        other => panic!("configs_of: rule {other} not listed"),
-    }
+fn configs_of(kind: RuleKind) -> Vec<(String, Config)> {
+    cases::variants(kind)
+        .into_iter()
+        .map(|i| (i.desc, i.config))
+        .collect()
 }
 
 /// Whether `set_momentum` is accepted by an optimizer with `config` in
 /// force and the state tensors `names`: a rule with `betas`, or SGD and
-/// RMSprop with a momentum buffer (whatever the momentum in force).
+/// RMSprop with a momentum buffer (whatever the momentum in force), as the
+/// table's [`cases::Momentum`] says.
 fn accepts_momentum(config: &Config, names: &[&str]) -> bool {
-    match config {
-        Config::Sgd(_) | Config::RmsProp(_) => names.contains(&"momentum_buffer"),
-        Config::Adagrad(_) => false,
-        Config::Adam(_) | Config::AdamW(_) | Config::Lamb(_) => true,
-        // `Config` is non-exhaustive: a new rule needs its answer here.
-        other => panic!("accepts_momentum: rule {} not listed", other.kind()),
+    match cases::info(config.kind()).momentum {
+        None => false,
+        Some(m) if m.needs_buffer => names.contains(&"momentum_buffer"),
+        Some(_) => true,
     }
 }
 
@@ -719,11 +597,8 @@ fn gpu_setter_sequences_restore_bit_for_bit() {
 /// from the same f32 factor; skipped steps change nothing on either; the
 /// schedule's lr and momentum are the same f64 values on both.
 fn cross_device_bound(config: &Config, param: bool, clipped: bool) -> f64 {
-    let k = match config {
-        Config::Lamb(_) if param => 14.0 + 44.5,
-        Config::Lamb(_) => 14.0,
-        _ => 8.0,
-    };
+    let (k_param, k_state) = cases::info(config.kind()).gpu_k;
+    let k = if param { k_param } else { k_state };
     if clipped {
         k + 38.0
     } else {

@@ -46,11 +46,12 @@ mod recorded_steps;
 #[path = "setter_sequences.rs"]
 mod setter_sequences;
 
+use common::cases::{self, Kernel};
 use common::{device_with_limits, Envelope, Rng};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer,
-    GpuOptions, Lamb, RmsProp, RuleKind, Sgd,
+    Adam, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, GpuOptions,
+    RuleKind, Sgd,
 };
 
 /// Tensors of mixed lengths (an empty one, one shorter than a vec4, ones
@@ -59,170 +60,25 @@ use wgpu_optim::{
 const LENGTHS: &[usize] = &[300, 0, 5, 63, 1000];
 const STEPS: usize = 3;
 
-/// Every rule, and each option that changes which kernel (or which
-/// bindings) a rule uses.
-fn configs() -> Vec<(&'static str, Config)> {
-    let lr = 0.05;
-    let sgd = Sgd {
-        lr,
-        ..Sgd::default()
-    };
-    let momentum = Sgd {
-        momentum: 0.9,
-        ..sgd.clone()
-    };
-    let rms = RmsProp {
-        lr: 0.01,
-        ..RmsProp::default()
-    };
-    let adam = Adam {
-        lr,
-        ..Adam::default()
-    };
-    let lamb = Lamb {
-        lr,
-        ..Lamb::default()
-    };
-    vec![
-        ("sgd", sgd.clone().into()),
-        (
-            "sgd weight_decay maximize",
-            Sgd {
-                weight_decay: 0.1,
-                maximize: true,
-                ..sgd.clone()
-            }
-            .into(),
-        ),
-        ("sgd momentum", momentum.clone().into()),
-        (
-            "sgd nesterov",
-            Sgd {
-                nesterov: true,
-                ..momentum.clone()
-            }
-            .into(),
-        ),
-        (
-            "sgd dampening",
-            Sgd {
-                dampening: 0.3,
-                ..momentum
-            }
-            .into(),
-        ),
-        (
-            "adagrad",
-            Adagrad {
-                lr,
-                ..Adagrad::default()
-            }
-            .into(),
-        ),
-        (
-            "adagrad lr_decay initial_accumulator_value",
-            Adagrad {
-                lr,
-                lr_decay: 0.01,
-                initial_accumulator_value: 0.1,
-                ..Adagrad::default()
-            }
-            .into(),
-        ),
-        ("rmsprop", rms.clone().into()),
-        (
-            "rmsprop momentum",
-            RmsProp {
-                momentum: 0.9,
-                ..rms.clone()
-            }
-            .into(),
-        ),
-        (
-            "rmsprop centered momentum",
-            RmsProp {
-                momentum: 0.9,
-                centered: true,
-                ..rms.clone()
-            }
-            .into(),
-        ),
-        (
-            "rmsprop centered",
-            RmsProp {
-                centered: true,
-                ..rms
-            }
-            .into(),
-        ),
-        ("adam", adam.clone().into()),
-        (
-            "adam amsgrad weight_decay",
-            Adam {
-                amsgrad: true,
-                weight_decay: 0.1,
-                ..adam.clone()
-            }
-            .into(),
-        ),
-        (
-            "adam maximize",
-            Adam {
-                maximize: true,
-                ..adam
-            }
-            .into(),
-        ),
-        (
-            "adamw",
-            AdamW {
-                lr,
-                ..AdamW::default()
-            }
-            .into(),
-        ),
-        (
-            "adamw amsgrad",
-            AdamW {
-                lr,
-                amsgrad: true,
-                ..AdamW::default()
-            }
-            .into(),
-        ),
-        ("lamb", lamb.clone().into()),
-        (
-            "lamb clamp eps_inside_sqrt",
-            Lamb {
-                trust_ratio_clamp: Some((0.1, 2.0)),
-                eps_inside_sqrt: true,
-                ..lamb.clone()
-            }
-            .into(),
-        ),
-        (
-            "lamb unit ratio without decay",
-            Lamb {
-                weight_decay: 0.0,
-                unit_ratio_without_decay: true,
-                ..lamb
-            }
-            .into(),
-        ),
-    ]
+/// Every rule, with each set of state tensors (and so of bindings) it can
+/// have: the table's [`cases::variants`].
+fn configs() -> Vec<(String, Config)> {
+    RuleKind::ALL
+        .into_iter()
+        .flat_map(cases::variants)
+        .map(|i| (i.desc, i.config))
+        .collect()
 }
 
-/// Storage buffers each rule's own kernel binds (params, grads, the state
-/// slots its shader declares, the step info and counters; LAMB's tile
-/// kernels: 8), as src/gpu/optimizer.rs lays them out.
+/// Storage buffers each rule's own kernel binds (the table's
+/// [`cases::Kernel`]).
 fn storage_buffers(kind: RuleKind) -> u64 {
-    match kind {
-        RuleKind::Sgd | RuleKind::Adagrad => 5,
-        RuleKind::RmsProp | RuleKind::Adam | RuleKind::AdamW => 7,
-        RuleKind::Lamb => 8,
-        // `RuleKind` is non-exhaustive: a new rule needs its count here.
-        other => panic!("storage_buffers: rule {other} not listed"),
-    }
+    cases::info(kind).kernel.storage_buffers()
+}
+
+/// Whether the rule runs LAMB's tile kernels.
+fn tiled(kind: RuleKind) -> bool {
+    cases::info(kind).kernel == Kernel::Tiled
 }
 
 /// Storage buffers of the reduction (clipping, `skip_nonfinite`).
@@ -512,7 +368,7 @@ fn workgroup_limits_below_the_kernels_give_the_typed_error() {
     ] {
         let ctx = device_with_limits(|_| small);
         for (name, config) in configs() {
-            expect(&ctx, &config, limit, 256, name);
+            expect(&ctx, &config, limit, 256, &name);
         }
     }
 
@@ -524,7 +380,7 @@ fn workgroup_limits_below_the_kernels_give_the_typed_error() {
         });
         for (name, config) in configs() {
             let what = format!("{name} with {bytes} bytes of workgroup memory");
-            let lamb = config.kind() == RuleKind::Lamb;
+            let lamb = tiled(config.kind());
             if lamb && !fits {
                 expect(
                     &ctx,
@@ -593,11 +449,7 @@ fn tiny_storage_bindings_chunk_or_give_the_typed_error() {
             let what = format!("{name} in 256-byte bindings, {source:?}");
             let mut gpu = build(&ctx, &config, &params, source, GpuOptions::default())
                 .unwrap_or_else(|e| panic!("{what}: {e}"));
-            let rule = if config.kind() == RuleKind::Lamb {
-                2 * 22 + 1
-            } else {
-                22
-            };
+            let rule = if tiled(config.kind()) { 2 * 22 + 1 } else { 22 };
             assert_eq!(gpu.dispatches_per_step(), rule, "{what}");
             let mut cpu = CpuOptimizer::new(config.clone(), &refs).unwrap();
             gpu.set_clip_grad_norm(Some(ClipGradNorm::new(0.5)))

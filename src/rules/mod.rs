@@ -20,8 +20,9 @@
 //!    defaults, documented: the equations, the reference, an example), its
 //!    `#[repr(C)]` scalars, the `#[inline(always)]` element function and
 //!    its `multiversion!` slice loop, and `impl Rule` (name, kernel,
-//!    validation, state, scalars, CPU step, torch's keyword arguments both
-//!    ways, bench presets).
+//!    validation, state, the scalars that stay the same from step to step
+//!    and the step-table entry of those that change, CPU step, torch's
+//!    keyword arguments both ways, bench presets).
 //! 3. Here: `pub mod <rule>;`, `pub use <rule>::<Type>;` and one row of
 //!    `registry!` below, `Variant(Type)` with its doc.
 //! 4. `src/lib.rs`: `<Type>` in the crate root's `pub use rules::{..}`.
@@ -35,9 +36,9 @@
 //! GPU-vs-CPU, checkpoint, non-finite, behaviour and error tests run;
 //! `tests/registry_coverage.rs` fails until that row sets every option and
 //! the rule has golden cases (`tests/data/golden`) and torch's non-finite
-//! expectations (`tests/data/nonfinite`). `tests/setter_sequences.rs`
-//! keeps a list of its own and refuses a rule it does not list;
-//! `tests/webgpu_limits.rs` lists the bindings each rule's kernel needs.
+//! expectations (`tests/data/nonfinite`). The row also says the rule's
+//! momentum (what `set_momentum` sets), its GPU-against-CPU bound and its
+//! kernel's bindings (`tests/webgpu_limits.rs`).
 
 pub mod adagrad;
 pub mod adam;

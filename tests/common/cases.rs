@@ -140,6 +140,31 @@ pub struct RuleInfo {
     /// bound `steps·K·ε·scale`, argued in tests/gpu_vs_cpu.rs (8 for an
     /// element-wise rule; LAMB's update and trust ratio need more).
     pub gpu_k: (f64, f64),
+    /// The kernel's shape and its storage bindings (tests/webgpu_limits.rs).
+    pub kernel: Kernel,
+}
+
+/// How a rule's kernel is bound, as src/gpu lays it out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kernel {
+    /// One element-wise kernel binding this many storage buffers:
+    /// parameters, gradients, the state slots its shader declares (with or
+    /// without the option that fills them), the step info and counters.
+    ElementWise { storage_buffers: u64 },
+    /// Three tile kernels (moments, per-tensor ratio, apply: two dispatches
+    /// per chunk and one in all), binding eight storage buffers and 2052
+    /// bytes of workgroup memory.
+    Tiled,
+}
+
+impl Kernel {
+    /// Storage buffers the kernel binds.
+    pub fn storage_buffers(self) -> u64 {
+        match self {
+            Kernel::ElementWise { storage_buffers } => storage_buffers,
+            Kernel::Tiled => 8,
+        }
+    }
 }
 
 /// The whole table, one row per rule.
@@ -198,6 +223,32 @@ pub fn richest(rule: RuleKind) -> Input {
         }
     }
     best.expect("every rule has inputs").1
+}
+
+/// One configuration of `rule` per set of state tensors it can have: of
+/// the [`plain`] inputs with that state, the one setting the most options
+/// (the first of those that tie). The tests that run every state an
+/// optimizer can be in (tests/setter_sequences.rs) or every set of
+/// bindings a kernel can have (tests/webgpu_limits.rs) run these.
+pub fn variants(rule: RuleKind) -> Vec<Input> {
+    let default = hyperparameters(&rule.default_config());
+    let set = |c: &Config| {
+        let h = hyperparameters(c);
+        h.iter().filter(|(k, v)| default.get(*k) != Some(v)).count()
+    };
+    let mut best: Vec<(Vec<&'static str>, usize, Input)> = Vec::new();
+    for i in info(rule).inputs {
+        if !i.schedule.is_empty() || i.clip.is_some() {
+            continue;
+        }
+        let (names, n) = (i.config.state_names(), set(&i.config));
+        match best.iter_mut().find(|(s, _, _)| *s == names) {
+            Some(b) if n > b.1 => *b = (names, n, i),
+            Some(_) => {}
+            None => best.push((names, n, i)),
+        }
+    }
+    best.into_iter().map(|(_, _, i)| i).collect()
 }
 
 /// torch's keyword arguments that choose an implementation, not the update:
@@ -458,6 +509,7 @@ fn sgd() -> RuleInfo {
             ("sgd nesterov", sgd(0.01, 0.9, true), sgd(2e-4, 0.9, true)),
         ],
         gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 5 },
     }
 }
 
@@ -639,6 +691,7 @@ fn adagrad() -> RuleInfo {
         momentum: None,
         descent: vec![("adagrad", on_both.clone(), on_both)],
         gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 5 },
     }
 }
 
@@ -807,6 +860,7 @@ fn rmsprop() -> RuleInfo {
             RmsProp { lr: 0.003, ..d() }.into(),
         )],
         gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 7 },
     }
 }
 
@@ -951,6 +1005,7 @@ fn adam() -> RuleInfo {
             Adam { lr: 0.02, ..d() }.into(),
         )],
         gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 7 },
     }
 }
 
@@ -1094,6 +1149,7 @@ fn adamw() -> RuleInfo {
             AdamW { lr: 0.02, ..d() }.into(),
         )],
         gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 7 },
     }
 }
 
@@ -1214,6 +1270,7 @@ fn lamb() -> RuleInfo {
             Lamb { lr: 0.005, ..d() }.into(),
         )],
         gpu_k: K_LAMB,
+        kernel: Kernel::Tiled,
     }
 }
 
