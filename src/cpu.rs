@@ -4,7 +4,7 @@ use crate::checkpoint::Checkpoint;
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::layout::{Counters, Layout};
-use crate::rules::{inverse_grad_scale, Config};
+use crate::rules::{inverse_grad_scale, Config, GradScales};
 
 /// An optimizer whose parameters and state live in host memory.
 ///
@@ -103,23 +103,20 @@ impl CpuOptimizer {
     pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
         self.layout.check_flat(grads)?;
         use rayon::prelude::*;
-        let unscaled: Vec<f32>;
-        let raw = grads;
-        let grads = if self.inv_scale != 1.0 {
-            let inv = self.inv_scale;
-            unscaled = grads.par_iter().map(|&g| g * inv).collect();
-            &unscaled
-        } else {
-            grads
+        // The loss scale and the clip coefficient are applied chunk by
+        // chunk inside the step (GradScales), never to a copy of all the
+        // gradients.
+        let mut scales = GradScales {
+            inv_scale: self.inv_scale,
+            clip: 1.0,
         };
-        let mut scale = None;
         let mut norm = None;
         if let Some(clip) = self.clip {
-            let n = total_norm(grads);
+            let n = total_norm(grads, self.inv_scale);
             norm = Some(n);
-            scale = Some(clip.scale(n));
+            scales.clip = clip.scale(n);
         }
-        if self.skip_nonfinite && raw.par_iter().any(|g| !g.is_finite()) {
+        if self.skip_nonfinite && grads.par_iter().any(|g| !g.is_finite()) {
             self.last_grad_norm = norm;
             self.skipped += 1;
             self.last_skipped = true;
@@ -148,7 +145,7 @@ impl CpuOptimizer {
             &mut self.params,
             grads,
             &mut self.state,
-            scale,
+            scales,
         );
         self.counters.advance(&self.config);
         Ok(())

@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, elementwise_step,
-    lerp, object, Config, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
+    lerp, object, Config, GradScales, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::clip::ClipGradNorm;
 use crate::error::Result;
@@ -294,9 +294,9 @@ impl AdamFamily {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+        elementwise_step(params, grads, states, scales, |p, g, st| {
             step_slice(s, entry, self, p, g, st)
         });
     }
@@ -389,10 +389,10 @@ impl Rule for Adam {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
         self.to_family(false)
-            .cpu_step(s, entry, params, grads, states, clip_scale)
+            .cpu_step(s, entry, params, grads, states, scales)
     }
     fn to_torch(&self) -> Map<String, Value> {
         self.to_family(false).to_torch()
@@ -468,10 +468,10 @@ impl Rule for AdamW {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
         self.to_adam_family()
-            .cpu_step(s, entry, params, grads, states, clip_scale)
+            .cpu_step(s, entry, params, grads, states, scales)
     }
     fn to_torch(&self) -> Map<String, Value> {
         self.to_adam_family().to_torch()

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, object, Config,
-    KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
+    GradScales, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs, CPU_CHUNK,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -233,7 +233,7 @@ impl Rule for Lamb {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
         let bias_corrections = (entry[0], entry[1]);
         cpu_step(
@@ -244,7 +244,7 @@ impl Rule for Lamb {
             params,
             grads,
             states,
-            clip_scale,
+            scales,
         )
     }
 
@@ -310,8 +310,15 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
 }
 
 /// One LAMB step on the CPU over the packed tensors of `layout`, with the
-/// bias corrections `bc` (`1 − β1ᵗ`, `1 − β2ᵗ`); `grad_scale` multiplies
-/// every gradient first (global-norm clipping). Norms are summed in f64.
+/// bias corrections `bc` (`1 − β1ᵗ`, `1 − β2ᵗ`); `scales` multiply every
+/// gradient first (loss scale, global-norm clipping).
+///
+/// On all cores, in two passes over chunks of [`CPU_CHUNK`] elements, each
+/// chunk within one tensor: the first updates the moments and sums `θ²`
+/// and `u²` of its chunk in f64 (eight running sums, added in a fixed
+/// order); the chunks' sums of each tensor are then added in order, so the
+/// trust ratio does not depend on the number of threads; the second
+/// applies `θ ← θ − lr·ratio·u`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cpu_step(
     s: &LambScalars,
@@ -321,35 +328,260 @@ pub(crate) fn cpu_step(
     params: &mut [f32],
     grads: &[f32],
     states: &mut [Vec<f32>],
-    grad_scale: Option<f32>,
+    scales: GradScales,
 ) {
+    use rayon::prelude::*;
     let [exp_avg, exp_avg_sq] = states else {
         unreachable!("lamb has two state tensors")
     };
-    for t in 0..layout.len() {
-        let r = layout.range(t);
-        let (p, g) = (&mut params[r.clone()], &grads[r.clone()]);
-        let (m, v) = (&mut exp_avg[r.clone()], &mut exp_avg_sq[r]);
-        let (mut param_sq, mut update_sq) = (0.0f64, 0.0f64);
-        for i in 0..p.len() {
-            let mut gi = match grad_scale {
-                Some(k) => g[i] * k,
-                None => g[i],
-            };
-            if c.maximize {
-                gi = -gi;
-            }
-            m[i] = s.beta1 * m[i] + s.one_minus_beta1 * gi;
-            v[i] = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
-            let u = update_direction(s, bc, c, p[i], m[i], v[i]);
-            param_sq += (p[i] as f64) * (p[i] as f64);
-            update_sq += (u as f64) * (u as f64);
+    // (tensor, parameters, gradients, exp_avg, exp_avg_sq) of each chunk.
+    type Chunk<'a> = (
+        usize,
+        &'a mut [f32],
+        &'a [f32],
+        &'a mut [f32],
+        &'a mut [f32],
+    );
+    let mut chunks: Vec<Chunk<'_>> = Vec::new();
+    let (mut p_rest, mut g_rest) = (&mut params[..], grads);
+    let (mut m_rest, mut v_rest) = (&mut exp_avg[..], &mut exp_avg_sq[..]);
+    for (t, &len) in layout.lengths().iter().enumerate() {
+        let (p, pr) = std::mem::take(&mut p_rest).split_at_mut(len);
+        let (g, gr) = g_rest.split_at(len);
+        let (m, mr) = std::mem::take(&mut m_rest).split_at_mut(len);
+        let (v, vr) = std::mem::take(&mut v_rest).split_at_mut(len);
+        (p_rest, g_rest, m_rest, v_rest) = (pr, gr, mr, vr);
+        for ((p, g), (m, v)) in p
+            .chunks_mut(CPU_CHUNK)
+            .zip(g.chunks(CPU_CHUNK))
+            .zip(m.chunks_mut(CPU_CHUNK).zip(v.chunks_mut(CPU_CHUNK)))
+        {
+            chunks.push((t, p, g, m, v));
         }
-        let ratio = trust_ratio(s, param_sq as f32, update_sq as f32);
-        let step = s.lr * ratio;
-        for i in 0..p.len() {
-            let u = update_direction(s, bc, c, p[i], m[i], v[i]);
-            p[i] -= step * u;
+    }
+    let parallel = layout.total() >= 4 * CPU_CHUNK;
+    let moments = |buf: &mut Vec<f32>, (_, p, g, m, v): &mut Chunk<'_>| {
+        let g: &[f32] = if scales.is_identity() {
+            g
+        } else {
+            buf.clear();
+            buf.extend(g.iter().map(|&x| scales.apply(x)));
+            buf
+        };
+        let mut sums = [0.0f64; 2];
+        moments_slice(s, bc, c, p, g, m, v, &mut sums);
+        sums
+    };
+    let sums: Vec<[f64; 2]> = if parallel {
+        chunks.par_iter_mut().map_init(Vec::new, moments).collect()
+    } else {
+        let mut buf = Vec::new();
+        chunks.iter_mut().map(|ch| moments(&mut buf, ch)).collect()
+    };
+    let mut norms = vec![[0.0f64; 2]; layout.len()];
+    for ((t, ..), [ps, us]) in chunks.iter().zip(&sums) {
+        norms[*t][0] += ps;
+        norms[*t][1] += us;
+    }
+    let steps: Vec<f32> = norms
+        .iter()
+        .map(|[ps, us]| s.lr * trust_ratio(s, *ps as f32, *us as f32))
+        .collect();
+    let apply = |(t, p, _, m, v): &mut Chunk<'_>| apply_slice(s, bc, c, steps[*t], p, m, v);
+    if parallel {
+        chunks.par_iter_mut().for_each(apply);
+    } else {
+        chunks.iter_mut().for_each(apply);
+    }
+}
+
+/// Eight running f64 sums of squares, added in a fixed order: independent
+/// lanes, so the loop vectorizes.
+#[derive(Clone, Copy)]
+struct Lanes([f64; 8]);
+
+impl Lanes {
+    #[inline(always)]
+    fn total(self) -> f64 {
+        let a = self.0;
+        ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    }
+}
+
+/// The moments of one chunk, and its sums of `θ²` and `u²` (before the
+/// update) into `sums`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn moments_slice_impl(
+    s: &LambScalars,
+    bc: (f32, f32),
+    c: &Lamb,
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    sums: &mut [f64; 2],
+) {
+    let (mut ps, mut us) = (Lanes([0.0; 8]), Lanes([0.0; 8]));
+    let n = p.len();
+    // Equal lengths up front: no bounds checks left in the loops.
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let body = n - n % 8;
+    let element = |i: usize, ps: &mut f64, us: &mut f64, m: &mut [f32], v: &mut [f32]| {
+        let gi = if c.maximize { -g[i] } else { g[i] };
+        let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
+        let vi = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
+        m[i] = mi;
+        v[i] = vi;
+        let u = update_direction(s, bc, c, p[i], mi, vi);
+        *ps += (p[i] as f64) * (p[i] as f64);
+        *us += (u as f64) * (u as f64);
+    };
+    for base in (0..body).step_by(8) {
+        for k in 0..8 {
+            element(base + k, &mut ps.0[k], &mut us.0[k], m, v);
+        }
+    }
+    let (mut ps_tail, mut us_tail) = (0.0, 0.0);
+    for i in body..n {
+        element(i, &mut ps_tail, &mut us_tail, m, v);
+    }
+    *sums = [ps.total() + ps_tail, us.total() + us_tail];
+}
+
+super::multiversion! {
+    /// [`moments_slice_impl`], vectorized for the processor at hand.
+    moments_slice = moments_slice_impl(
+        s: &LambScalars,
+        bc: (f32, f32),
+        c: &Lamb,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        sums: &mut [f64; 2],
+    )
+}
+
+/// `θ ← θ − step·u` over one chunk, `u` recomputed from the new moments.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn apply_slice_impl(
+    s: &LambScalars,
+    bc: (f32, f32),
+    c: &Lamb,
+    step: f32,
+    p: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    for ((p, &m), &v) in p.iter_mut().zip(m.iter()).zip(v.iter()) {
+        let u = update_direction(s, bc, c, *p, m, v);
+        *p -= step * u;
+    }
+}
+
+super::multiversion! {
+    /// [`apply_slice_impl`], vectorized for the processor at hand.
+    apply_slice = apply_slice_impl(
+        s: &LambScalars,
+        bc: (f32, f32),
+        c: &Lamb,
+        step: f32,
+        p: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The step as written before it was threaded: one element after the
+    /// other, the norms summed in f64 in element order.
+    fn sequential(
+        s: &LambScalars,
+        bc: (f32, f32),
+        c: &Lamb,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        states: &mut [Vec<f32>],
+    ) {
+        let [m, v] = states else { unreachable!() };
+        for t in 0..layout.len() {
+            let r = layout.range(t);
+            let (mut ps, mut us) = (0.0f64, 0.0f64);
+            for i in r.clone() {
+                let g = if c.maximize { -grads[i] } else { grads[i] };
+                m[i] = s.beta1 * m[i] + s.one_minus_beta1 * g;
+                v[i] = s.beta2 * v[i] + s.one_minus_beta2 * (g * g);
+                let u = update_direction(s, bc, c, params[i], m[i], v[i]);
+                ps += (params[i] as f64).powi(2);
+                us += (u as f64).powi(2);
+            }
+            let step = s.lr * trust_ratio(s, ps as f32, us as f32);
+            for i in r {
+                params[i] -= step * update_direction(s, bc, c, params[i], m[i], v[i]);
+            }
+        }
+    }
+
+    /// Over tensors that span several chunks (and end inside one), the
+    /// threaded step gives the same bits on one thread as on two, and the
+    /// parameters of the sequential step to within one unit in the last
+    /// place: only the f64 sums are added in another order, and they reach
+    /// the ratio rounded to f32.
+    #[test]
+    fn threaded_step_is_deterministic_and_matches_the_sequential_one() {
+        let layout = Layout::new(&[3 * CPU_CHUNK + 5, 17, 2 * CPU_CHUNK - 3, 0]).unwrap();
+        let n = layout.total();
+        let value = |i: usize, k: u32| ((i as f32 * 0.618 + k as f32).sin()) * 0.5;
+        let init: Vec<f32> = (0..n).map(|i| value(i, 1)).collect();
+        let grads: Vec<f32> = (0..n).map(|i| value(i, 2)).collect();
+        let lamb = Lamb {
+            weight_decay: 0.01,
+            ..Lamb::default()
+        };
+        let (s, entry) = (lamb.scalars(false), lamb.step_entry(3));
+        let bc = (entry[0], entry[1]);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut p, mut st) = (init.clone(), vec![vec![0.01f32; n], vec![0.02f32; n]]);
+            pool.install(|| {
+                for _ in 0..2 {
+                    cpu_step(
+                        &s,
+                        bc,
+                        &lamb,
+                        &layout,
+                        &mut p,
+                        &grads,
+                        &mut st,
+                        GradScales::default(),
+                    );
+                }
+            });
+            (p, st)
+        };
+        let (one, one_state) = run(1);
+        let (two, two_state) = run(2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&one), bits(&two));
+        assert_eq!(one_state, two_state);
+
+        let (mut p, mut st) = (init.clone(), vec![vec![0.01f32; n], vec![0.02f32; n]]);
+        for _ in 0..2 {
+            sequential(&s, bc, &lamb, &layout, &mut p, &grads, &mut st);
+        }
+        assert_eq!(st, one_state, "the moments do not depend on the sums");
+        for (i, (a, b)) in one.iter().zip(&p).enumerate() {
+            let ulp = f32::EPSILON * b.abs().max(f32::MIN_POSITIVE);
+            assert!((a - b).abs() <= 2.0 * ulp, "{i}: {a} vs {b}");
         }
     }
 }

@@ -142,9 +142,10 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
     }
     /// One step on the CPU over the packed tensors of `layout`: `states` in
     /// the optimizer's [`Rule::state_names`] order, `s` and `entry` the
-    /// header and the table entry the kernel reads; the gradients are multiplied by
-    /// `clip_scale` first, as torch's `clip_grad_norm_` does. Element-wise
-    /// rules call [`elementwise_step`].
+    /// header and the table entry the kernel reads; the gradients are
+    /// multiplied by `scales` first (the loss scale's inverse, then the
+    /// clip coefficient, as torch does). Element-wise rules call
+    /// [`elementwise_step`].
     #[allow(clippy::too_many_arguments)]
     fn cpu_step(
         &self,
@@ -154,7 +155,7 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     );
     /// torch's `param_groups[0]` (without `params`), with this crate's own
     /// options beside torch's: what a checkpoint writes.
@@ -486,12 +487,12 @@ macro_rules! registry {
                 params: &mut [f32],
                 grads: &[f32],
                 states: &mut [Vec<f32>],
-                clip_scale: Option<f32>,
+                scales: GradScales,
             ) {
                 match self {
                     $(Config::$v(c) => {
                         let s = c.scalars(buffer_filled);
-                        c.cpu_step(&s, c.step_entry(step), layout, params, grads, states, clip_scale)
+                        c.cpu_step(&s, c.step_entry(step), layout, params, grads, states, scales)
                     })*
                 }
             }
@@ -548,48 +549,109 @@ impl Config {
     }
 }
 
+/// The factors the gradients are multiplied by before the update, in this
+/// order, each in f32 as torch does: `1/grad_scale` (`GradScaler.unscale_`)
+/// and the clip coefficient (`clip_grad_norm_`). 1 is none: `g · 1 = g`
+/// exactly, NaN and −0 included.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct GradScales {
+    pub inv_scale: f32,
+    pub clip: f32,
+}
+
+impl Default for GradScales {
+    fn default() -> Self {
+        GradScales {
+            inv_scale: 1.0,
+            clip: 1.0,
+        }
+    }
+}
+
+impl GradScales {
+    /// The gradient as the update sees it.
+    #[inline(always)]
+    pub(crate) fn apply(self, g: f32) -> f32 {
+        g * self.inv_scale * self.clip
+    }
+
+    /// Whether both factors are 1.
+    pub(crate) fn is_identity(self) -> bool {
+        self.inv_scale == 1.0 && self.clip == 1.0
+    }
+
+    /// `out` ← the scaled `grads` (`out` the same length).
+    fn scale_into(self, grads: &[f32], out: &mut [f32]) {
+        // Separate loops, so each is a plain vectorized multiply.
+        match (self.inv_scale != 1.0, self.clip != 1.0) {
+            (true, true) => {
+                for (o, &g) in out.iter_mut().zip(grads) {
+                    *o = g * self.inv_scale * self.clip;
+                }
+            }
+            (true, false) => {
+                for (o, &g) in out.iter_mut().zip(grads) {
+                    *o = g * self.inv_scale;
+                }
+            }
+            _ => {
+                for (o, &g) in out.iter_mut().zip(grads) {
+                    *o = g * self.clip;
+                }
+            }
+        }
+    }
+}
+
+/// Elements a CPU step works on at a time: parameters, gradients and
+/// state of one chunk stay in a core's cache between the scaling and the
+/// update.
+pub(crate) const CPU_CHUNK: usize = 1 << 15;
+
 /// One step of an element-wise rule on all cores (rayon), over independent
 /// chunks: `step_slice` gets the same chunk of the parameters, the
-/// gradients (multiplied by `clip_scale` first, in f32, as torch's
-/// `clip_grad_norm_` does) and each state tensor. The arithmetic of each
-/// element does not depend on the chunking.
+/// gradients (multiplied by `scales` first, see [`GradScales`]) and each
+/// state tensor. The scaled gradients of a chunk are written to a buffer
+/// of the thread's, not to a copy of all of them: they are still in cache
+/// when the update reads them. The arithmetic of each element does not
+/// depend on the chunking.
 pub(crate) fn elementwise_step(
     params: &mut [f32],
     grads: &[f32],
     states: &mut [Vec<f32>],
-    clip_scale: Option<f32>,
+    scales: GradScales,
     step_slice: impl Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync,
 ) {
     use rayon::prelude::*;
-    const CHUNK: usize = 1 << 15;
-    let scaled: Vec<f32>;
-    let grads = match clip_scale {
-        Some(k) => {
-            scaled = grads.par_iter().map(|&g| g * k).collect();
-            &scaled
-        }
-        None => grads,
-    };
     let n = params.len();
     if n == 0 {
         return;
     }
     let mut state_chunks: Vec<std::slice::ChunksMut<'_, f32>> =
-        states.iter_mut().map(|s| s.chunks_mut(CHUNK)).collect();
+        states.iter_mut().map(|s| s.chunks_mut(CPU_CHUNK)).collect();
     type Work<'a> = (&'a mut [f32], &'a [f32], Vec<&'a mut [f32]>);
     let mut work: Vec<Work<'_>> = Vec::new();
-    for (p, g) in params.chunks_mut(CHUNK).zip(grads.chunks(CHUNK)) {
+    for (p, g) in params.chunks_mut(CPU_CHUNK).zip(grads.chunks(CPU_CHUNK)) {
         let st: Vec<&mut [f32]> = state_chunks
             .iter_mut()
             .map(|it| it.next().expect("state lengths equal the parameters'"))
             .collect();
         work.push((p, g, st));
     }
-    let run = |(p, g, mut st): Work<'_>| step_slice(p, g, &mut st);
-    if n >= 4 * CHUNK {
-        work.into_par_iter().for_each(run);
+    let run = |buf: &mut Vec<f32>, (p, g, mut st): Work<'_>| {
+        if scales.is_identity() {
+            step_slice(p, g, &mut st);
+        } else {
+            buf.resize(g.len(), 0.0);
+            scales.scale_into(g, buf);
+            step_slice(p, buf, &mut st);
+        }
+    };
+    if n >= 4 * CPU_CHUNK {
+        work.into_par_iter().for_each_init(Vec::new, run);
     } else {
-        work.into_iter().for_each(run);
+        let mut buf = Vec::new();
+        work.into_iter().for_each(|w| run(&mut buf, w));
     }
 }
 
@@ -612,14 +674,17 @@ pub(crate) fn object(v: Value) -> Map<String, Value> {
 macro_rules! multiversion {
     ($(#[$doc:meta])* $name:ident = $imp:ident($($arg:ident : $ty:ty),* $(,)?)) => {
         $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx512($($arg: $ty),*) {
                     $imp($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn avx2($($arg: $ty),*) {
                     $imp($($arg),*)
                 }
