@@ -71,39 +71,76 @@ pub(crate) fn total_norm(grads: &[f32], inv_scale: f32) -> f32 {
     use rayon::prelude::*;
     let chunks: Vec<f64> = grads
         .par_chunks(1 << 16)
-        .map(|c| {
-            let mut sum = 0.0;
-            sum_squares(c, inv_scale, &mut sum);
-            sum
-        })
+        .map(|c| sum_squares(c, inv_scale))
         .collect();
     chunks.iter().sum::<f64>().sqrt() as f32
 }
 
-/// `Σ (g·inv_scale)²` in f64 over eight independent running sums (so the
-/// loop vectorizes), added in a fixed order.
-#[inline(always)]
-fn sum_squares_impl(grads: &[f32], inv_scale: f32, out: &mut f64) {
-    let mut lanes = [0.0f64; 8];
-    let mut body = grads.chunks_exact(8);
+/// Running sums of [`sum_squares`]: element `i` of a run of 16 goes to
+/// lane `i`.
+const LANES: usize = 16;
+
+/// `Σ (x·scale)²` in f64: each product rounded to f32 (as torch scales
+/// f32 gradients), then squared and added in f64 into [`LANES`] running
+/// sums, which a pairwise tree adds before the tail. The AVX2 build does
+/// the same operations in the same order four lanes at a time (the
+/// compiler's own vectorization of this loop stays at two), so both give
+/// the same bits.
+pub(crate) fn sum_squares(x: &[f32], scale: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor has AVX2.
+        return unsafe { sum_squares_avx2(x, scale) };
+    }
+    let mut lanes = [0.0f64; LANES];
+    let mut body = x.chunks_exact(LANES);
     for c in &mut body {
-        for k in 0..8 {
-            let g = (c[k] * inv_scale) as f64;
-            lanes[k] += g * g;
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            let g = (v * scale) as f64;
+            *l += g * g;
         }
     }
-    let mut tail = 0.0;
-    for &g in body.remainder() {
-        let g = (g * inv_scale) as f64;
-        tail += g * g;
-    }
-    let l = lanes;
-    *out = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])) + tail;
+    finish_lanes(lanes, body.remainder(), scale)
 }
 
-crate::rules::multiversion! {
-    /// [`sum_squares_impl`], vectorized for the processor at hand.
-    sum_squares = sum_squares_impl(grads: &[f32], inv_scale: f32, out: &mut f64)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_squares_avx2(x: &[f32], scale: f32) -> f64 {
+    use std::arch::x86_64::*;
+    let s = _mm_set1_ps(scale);
+    let mut acc = [_mm256_setzero_pd(); LANES / 4];
+    let mut body = x.chunks_exact(LANES);
+    for c in &mut body {
+        for (q, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `c` has LANES elements, 4·q + 3 < LANES.
+            let v = _mm_mul_ps(unsafe { _mm_loadu_ps(c.as_ptr().add(4 * q)) }, s);
+            let d = _mm256_cvtps_pd(v);
+            *a = _mm256_add_pd(*a, _mm256_mul_pd(d, d));
+        }
+    }
+    let mut lanes = [0.0f64; LANES];
+    for (q, a) in acc.iter().enumerate() {
+        // SAFETY: 4·q + 3 < LANES.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * q), *a) };
+    }
+    finish_lanes(lanes, body.remainder(), scale)
+}
+
+/// The lanes added pairwise, then the tail's squares in order.
+fn finish_lanes(mut lanes: [f64; LANES], tail: &[f32], scale: f32) -> f64 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for k in 0..width {
+            lanes[k] += lanes[k + width];
+        }
+    }
+    let mut sum = lanes[0];
+    for &v in tail {
+        let g = (v * scale) as f64;
+        sum += g * g;
+    }
+    sum
 }
 
 #[cfg(test)]
@@ -134,5 +171,31 @@ mod tests {
         // g·0.5 is exact, so the only difference is the order of f64
         // additions: far below f32's half unit.
         assert_eq!(one, exact as f32);
+    }
+
+    /// The AVX2 build of the sum gives the bits of the portable one, over
+    /// bodies and tails, NaN and infinities included.
+    #[test]
+    fn sum_squares_avx2_equals_portable() {
+        let values = [0.3f32, -1e20, 7.5, 1e-30, -0.0, 2.0, f32::MAX, 1.1];
+        for n in [0, 5, 16, 17, 1000, 1003] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| values[(i * 7 + i / 5) % 8] * (i as f32 + 1.0))
+                .collect();
+            let portable = {
+                let mut lanes = [0.0f64; LANES];
+                let mut body = x.chunks_exact(LANES);
+                for c in &mut body {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        *l += ((v * 0.75) as f64).powi(2);
+                    }
+                }
+                finish_lanes(lanes, body.remainder(), 0.75)
+            };
+            assert_eq!(sum_squares(&x, 0.75).to_bits(), portable.to_bits(), "{n}");
+        }
+        let special = [1.0f32, f32::INFINITY, 2.0, f32::NAN];
+        assert!(sum_squares(&special.repeat(5), 1.0).is_nan());
+        assert_eq!(sum_squares(&[f32::INFINITY; 20], 1.0), f64::INFINITY);
     }
 }

@@ -3,10 +3,12 @@
 
 use serde_json::{json, Map, Value};
 
+use super::with_chunk_buffer;
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, object, Config,
     GradScales, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs, CPU_CHUNK,
 };
+use crate::clip::sum_squares;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
@@ -315,10 +317,10 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
 ///
 /// On all cores, in two passes over chunks of [`CPU_CHUNK`] elements, each
 /// chunk within one tensor: the first updates the moments and sums `θ²`
-/// and `u²` of its chunk in f64 (eight running sums, added in a fixed
-/// order); the chunks' sums of each tensor are then added in order, so the
-/// trust ratio does not depend on the number of threads; the second
-/// applies `θ ← θ − lr·ratio·u`.
+/// and `u²` of its chunk in f64 ([`sum_squares`], a fixed order); the
+/// chunks' sums of each tensor are then added in order, so the trust ratio
+/// does not depend on the number of threads; the second applies
+/// `θ ← θ − lr·ratio·u`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cpu_step(
     s: &LambScalars,
@@ -360,23 +362,20 @@ pub(crate) fn cpu_step(
         }
     }
     let parallel = layout.total() >= 4 * CPU_CHUNK;
-    let moments = |buf: &mut Vec<f32>, (_, p, g, m, v): &mut Chunk<'_>| {
-        let g: &[f32] = if scales.is_identity() {
-            g
-        } else {
-            buf.clear();
-            buf.extend(g.iter().map(|&x| scales.apply(x)));
-            buf
-        };
-        let mut sums = [0.0f64; 2];
-        moments_slice(s, bc, c, p, g, m, v, &mut sums);
-        sums
+    let moments = |(_, p, g, m, v): &mut Chunk<'_>| {
+        with_chunk_buffer(p.len(), |u| {
+            if scales.is_identity() {
+                moments_slice(s, bc, c, scales, false, p, g, m, v, u);
+            } else {
+                moments_slice(s, bc, c, scales, true, p, g, m, v, u);
+            }
+            [sum_squares(p, 1.0), sum_squares(u, 1.0)]
+        })
     };
     let sums: Vec<[f64; 2]> = if parallel {
-        chunks.par_iter_mut().map_init(Vec::new, moments).collect()
+        chunks.par_iter_mut().map(moments).collect()
     } else {
-        let mut buf = Vec::new();
-        chunks.iter_mut().map(|ch| moments(&mut buf, ch)).collect()
+        chunks.iter_mut().map(moments).collect()
     };
     let mut norms = vec![[0.0f64; 2]; layout.len()];
     for ((t, ..), [ps, us]) in chunks.iter().zip(&sums) {
@@ -395,58 +394,34 @@ pub(crate) fn cpu_step(
     }
 }
 
-/// Eight running f64 sums of squares, added in a fixed order: independent
-/// lanes, so the loop vectorizes.
-#[derive(Clone, Copy)]
-struct Lanes([f64; 8]);
-
-impl Lanes {
-    #[inline(always)]
-    fn total(self) -> f64 {
-        let a = self.0;
-        ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
-    }
-}
-
-/// The moments of one chunk, and its sums of `θ²` and `u²` (before the
-/// update) into `sums`.
+/// The moments of one chunk, and its update directions `u` (before the
+/// update of θ) into `u`; the gradients multiplied by `scales` first when
+/// `scaled`. f32 only, so the loop vectorizes as Adam's does; the norms'
+/// f64 sums are taken after, from the chunk still in cache.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn moments_slice_impl(
     s: &LambScalars,
     bc: (f32, f32),
     c: &Lamb,
-    p: &mut [f32],
+    scales: GradScales,
+    scaled: bool,
+    p: &[f32],
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    sums: &mut [f64; 2],
+    u: &mut [f32],
 ) {
-    let (mut ps, mut us) = (Lanes([0.0; 8]), Lanes([0.0; 8]));
-    let n = p.len();
-    // Equal lengths up front: no bounds checks left in the loops.
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    let body = n - n % 8;
-    let element = |i: usize, ps: &mut f64, us: &mut f64, m: &mut [f32], v: &mut [f32]| {
-        let gi = if c.maximize { -g[i] } else { g[i] };
-        let mi = s.beta1 * m[i] + s.one_minus_beta1 * gi;
-        let vi = s.beta2 * v[i] + s.one_minus_beta2 * (gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        let u = update_direction(s, bc, c, p[i], mi, vi);
-        *ps += (p[i] as f64) * (p[i] as f64);
-        *us += (u as f64) * (u as f64);
-    };
-    for base in (0..body).step_by(8) {
-        for k in 0..8 {
-            element(base + k, &mut ps.0[k], &mut us.0[k], m, v);
-        }
+    let iter = p.iter().zip(g).zip(m.iter_mut().zip(v.iter_mut())).zip(u);
+    for (((&p, &g), (m, v)), u) in iter {
+        let g = if scaled { scales.apply(g) } else { g };
+        let g = if c.maximize { -g } else { g };
+        let mi = s.beta1 * *m + s.one_minus_beta1 * g;
+        let vi = s.beta2 * *v + s.one_minus_beta2 * (g * g);
+        *m = mi;
+        *v = vi;
+        *u = update_direction(s, bc, c, p, mi, vi);
     }
-    let (mut ps_tail, mut us_tail) = (0.0, 0.0);
-    for i in body..n {
-        element(i, &mut ps_tail, &mut us_tail, m, v);
-    }
-    *sums = [ps.total() + ps_tail, us.total() + us_tail];
 }
 
 super::multiversion! {
@@ -455,11 +430,13 @@ super::multiversion! {
         s: &LambScalars,
         bc: (f32, f32),
         c: &Lamb,
-        p: &mut [f32],
+        scales: GradScales,
+        scaled: bool,
+        p: &[f32],
         g: &[f32],
         m: &mut [f32],
         v: &mut [f32],
-        sums: &mut [f64; 2],
+        u: &mut [f32],
     )
 }
 

@@ -638,21 +638,37 @@ pub(crate) fn elementwise_step(
             .collect();
         work.push((p, g, st));
     }
-    let run = |buf: &mut Vec<f32>, (p, g, mut st): Work<'_>| {
+    let run = |(p, g, mut st): Work<'_>| {
         if scales.is_identity() {
             step_slice(p, g, &mut st);
         } else {
-            buf.resize(g.len(), 0.0);
-            scales.scale_into(g, buf);
-            step_slice(p, buf, &mut st);
+            with_chunk_buffer(g.len(), |buf| {
+                scales.scale_into(g, buf);
+                step_slice(p, buf, &mut st);
+            });
         }
     };
     if n >= 4 * CPU_CHUNK {
-        work.into_par_iter().for_each_init(Vec::new, run);
+        work.into_par_iter().for_each(run);
     } else {
-        let mut buf = Vec::new();
-        work.into_iter().for_each(|w| run(&mut buf, w));
+        work.into_iter().for_each(run);
     }
+}
+
+/// Runs `f` on a buffer of `len` elements (at most [`CPU_CHUNK`]) of this
+/// thread's, allocated once per thread: a chunk's scaled gradients.
+pub(crate) fn with_chunk_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
 }
 
 /// `json!` of an object literal, as the object.
