@@ -40,16 +40,20 @@
 //! momentum (what `set_momentum` sets), its GPU-against-CPU bound and its
 //! kernel's bindings (`tests/webgpu_limits.rs`).
 
+pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
 pub mod lamb;
 pub mod rmsprop;
+pub mod rprop;
 pub mod sgd;
 
+pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use lamb::Lamb;
 pub use rmsprop::RmsProp;
+pub use rprop::Rprop;
 pub use sgd::Sgd;
 
 mod torch;
@@ -520,6 +524,10 @@ registry! {
     AdamW(AdamW),
     /// LAMB (layer-wise trust ratio).
     Lamb(Lamb),
+    /// Adadelta.
+    Adadelta(Adadelta),
+    /// Rprop (resilient backpropagation).
+    Rprop(Rprop),
 }
 
 impl RuleKind {
