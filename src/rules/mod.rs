@@ -280,8 +280,8 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
-            /// LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`, `adadelta`, `rprop`), or of
+            /// Apex's and optax's for LAMB (`lamb`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -378,7 +378,8 @@ macro_rules! registry {
             }
 
             /// The value each state tensor starts with (Adagrad's
-            /// `initial_accumulator_value`; zero for everything else).
+            /// `initial_accumulator_value`, Rprop's `lr` for `step_size`;
+            /// zero for everything else).
             pub(crate) fn state_initial_value(&self, name: &str) -> f32 {
                 match self {
                     $(Config::$v(c) => c.state_initial_value(name),)*
@@ -402,7 +403,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad.
+            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad,
+            /// Adadelta and Rprop.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*

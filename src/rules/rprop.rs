@@ -26,10 +26,12 @@ use crate::layout::Layout;
 /// with `(η₋, η₊) = etas` and `(step_size_min, step_size_max) =
 /// step_sizes`. The step sizes start at `lr`, and the learning rate does
 /// nothing else: as in torch, whose step sizes are filled with the group's
-/// `lr` when its state is created at the first step, [`Rprop::lr`] in
-/// force at the first step sets the initial step sizes, and changing it
-/// later (`set_lr`, a schedule) has no effect. The state `step_size`
-/// holds the `lr` the optimizer was built with until that first step.
+/// `lr` when its state is created at the first step, the `lr` in force at
+/// the first step sets the initial step sizes, and changing it later
+/// (`set_lr`, a schedule) has no effect. Until that first step the state
+/// `step_size` holds the `lr` the optimizer was built with; the first step
+/// starts from the `lr` in force whatever the state holds (a `write_state`
+/// of `step_size` before it included).
 ///
 /// A NaN gradient leaves its parameter as it was (its sign is 0) and goes
 /// into `prev`, where it makes the next product NaN: the step after it
@@ -133,7 +135,7 @@ impl Rule for Rprop {
         check_non_negative("lr", self.lr)?;
         let (minus, plus) = self.etas;
         check_finite("etas[0]", minus)?;
-        if !(minus > 0.0 && minus < 1.0) {
+        if minus <= 0.0 || minus >= 1.0 {
             return Err(Error::InvalidHyperparameter {
                 name: "etas[0]",
                 value: minus,
@@ -141,7 +143,7 @@ impl Rule for Rprop {
             });
         }
         check_finite("etas[1]", plus)?;
-        if !(plus > 1.0) {
+        if plus <= 1.0 {
             return Err(Error::InvalidHyperparameter {
                 name: "etas[1]",
                 value: plus,
@@ -315,4 +317,57 @@ super::multiversion! {
         grads: &[f32],
         states: &mut [&mut [f32]],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step over the special products against torch's float32 run of
+    /// it (`torch.optim.Rprop(lr=0.01, foreach=False)` after a first step
+    /// of zero gradients, `prev` then overwritten): positive, negative and
+    /// zero products, NaN and infinite ones, a zero and a NaN gradient; and
+    /// with an `η₋` that rounds to 0 in f32 (torch's `sign == 0 → 1` then
+    /// catches it) and one that rounds to 1 (every factor-1 gradient is
+    /// zeroed).
+    #[test]
+    fn special_products_are_torchs() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        let prev = [1.0, 1.0, -1.0, 0.0, nan, inf, -inf, 2.0, 1.0];
+        let grad = [2.0, -2.0, -3.0, 5.0, 1.0, 1.0, 1.0, 0.0, nan];
+        let (a, b, c) = (0.012f32, 0.01f32, 0.005f32);
+        // etas, then torch's parameters, step sizes and prev after the step.
+        type Expected = ((f64, f64), [f32; 9], [f32; 9], [f32; 9]);
+        #[rustfmt::skip]
+        let expected: [Expected; 3] = [
+            ((0.5, 1.2),
+             [-a, 0.0, a, -b, -b, -a, 0.0, 0.0, 0.0],
+             [a, c, a, b, b, a, c, b, b],
+             [2.0, 0.0, -3.0, 5.0, 1.0, 1.0, 0.0, 0.0, nan]),
+            ((1e-50, 1.2),
+             [-a, b, a, -b, -b, -a, -b, 0.0, 0.0],
+             [a, b, a, b, b, a, b, b, b],
+             [2.0, -2.0, -3.0, 5.0, 1.0, 1.0, 1.0, 0.0, nan]),
+            ((1.0 - 1e-10, 1.2),
+             [-a, 0.0, a, 0.0, 0.0, -a, 0.0, 0.0, 0.0],
+             [a, b, a, b, b, a, b, b, b],
+             [2.0, 0.0, -3.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]),
+        ];
+        let same = |x: f32, y: f32| x == y || (x.is_nan() && y.is_nan());
+        for (etas, params, step_sizes, prevs) in expected {
+            let c = Rprop {
+                etas,
+                ..Rprop::default()
+            };
+            let s = c.scalars(false);
+            for i in 0..9 {
+                let (mut p, mut pr, mut eta) = (0.0f32, prev[i], 0.01f32);
+                step_element(&s, None, &c, &mut p, grad[i], &mut pr, &mut eta);
+                let what = format!("etas {etas:?}, element {i}");
+                assert!(same(p, params[i]), "{what}: param {p}, torch {}", params[i]);
+                assert_eq!(eta, step_sizes[i], "{what}: step_size");
+                assert!(same(pr, prevs[i]), "{what}: prev {pr}, torch {}", prevs[i]);
+            }
+        }
+    }
 }

@@ -1495,6 +1495,15 @@ fn rprop() -> RuleInfo {
                 ..base.clone()
             },
         ),
+        // η₋ rounds to 0 in f32: torch then turns the factor into 1 (and
+        // zeroes no gradient), on the GPU as on the CPU.
+        input(
+            "rprop etas[0] below f32",
+            Rprop {
+                etas: (1e-50, 1.2),
+                ..base.clone()
+            },
+        ),
         input(
             "rprop maximize",
             Rprop {
