@@ -185,7 +185,9 @@ impl Case {
 /// `lr`, `betas` (a list of two), `eps`, `weight_decay`, `amsgrad`,
 /// `maximize` (Adam, AdamW), and Adam's `decoupled_weight_decay` (true makes
 /// it AdamW, as in PyTorch); `lr`, `betas`, `eps`, `weight_decay` (LAMB,
-/// Apex's names). Each rule reads them where it reads a checkpoint's.
+/// Apex's names); `lr`, `rho`, `eps`, `weight_decay`, `maximize`
+/// (Adadelta); `lr`, `etas`, `step_sizes` (lists of two), `maximize`
+/// (Rprop). Each rule reads them where it reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
 /// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.

@@ -40,16 +40,20 @@
 //! momentum (what `set_momentum` sets), its GPU-against-CPU bound and its
 //! kernel's bindings (`tests/webgpu_limits.rs`).
 
+pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
 pub mod lamb;
 pub mod rmsprop;
+pub mod rprop;
 pub mod sgd;
 
+pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use lamb::Lamb;
 pub use rmsprop::RmsProp;
+pub use rprop::Rprop;
 pub use sgd::Sgd;
 
 mod torch;
@@ -277,8 +281,8 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
-            /// LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`, `adadelta`, `rprop`), or of
+            /// Apex's and optax's for LAMB (`lamb`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -375,7 +379,8 @@ macro_rules! registry {
             }
 
             /// The value each state tensor starts with (Adagrad's
-            /// `initial_accumulator_value`; zero for everything else).
+            /// `initial_accumulator_value`, Rprop's `lr` for `step_size`;
+            /// zero for everything else).
             pub(crate) fn state_initial_value(&self, name: &str) -> f32 {
                 match self {
                     $(Config::$v(c) => c.state_initial_value(name),)*
@@ -399,7 +404,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad.
+            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad,
+            /// Adadelta and Rprop.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -521,6 +527,10 @@ registry! {
     AdamW(AdamW),
     /// LAMB (layer-wise trust ratio).
     Lamb(Lamb),
+    /// Adadelta.
+    Adadelta(Adadelta),
+    /// Rprop (resilient backpropagation).
+    Rprop(Rprop),
 }
 
 impl RuleKind {

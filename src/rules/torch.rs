@@ -186,23 +186,34 @@ impl<'a> TorchArgs<'a> {
     /// torch's `betas`: required in a checkpoint, `default` when a case
     /// leaves it out.
     pub(crate) fn betas(&mut self, default: (f64, f64)) -> Result<(f64, f64)> {
+        self.num_pair("betas", default)
+    }
+
+    /// A pair of torch's numbers (`betas`, Rprop's `etas` and
+    /// `step_sizes`): required in a checkpoint, `default` when a case
+    /// leaves it out.
+    pub(crate) fn num_pair(
+        &mut self,
+        key: &'static str,
+        default: (f64, f64),
+    ) -> Result<(f64, f64)> {
         match self.source {
-            Source::Checkpoint => self.pair("betas")?.ok_or_else(|| self.missing("betas")),
+            Source::Checkpoint => self.pair(key)?.ok_or_else(|| self.missing(key)),
             Source::Case { .. } => {
-                self.used.push("betas");
-                let Some(v) = self.map.get("betas") else {
+                self.used.push(key);
+                let Some(v) = self.map.get(key) else {
                     return Ok(default);
                 };
                 match v.as_array().map(|a| a.as_slice()) {
-                    Some([b1, b2]) => match (b1.as_f64(), b2.as_f64()) {
-                        (Some(b1), Some(b2)) => Ok((self.round(b1), self.round(b2))),
+                    Some([a, b]) => match (a.as_f64(), b.as_f64()) {
+                        (Some(a), Some(b)) => Ok((self.round(a), self.round(b))),
                         _ => Err(self.error(format!(
-                            "`betas` of {} must be two numbers, got {v}",
+                            "`{key}` of {} must be two numbers, got {v}",
                             self.rule
                         ))),
                     },
                     _ => Err(self.error(format!(
-                        "`betas` of {} must be a list of two numbers, got {v}",
+                        "`{key}` of {} must be a list of two numbers, got {v}",
                         self.rule
                     ))),
                 }

@@ -29,7 +29,9 @@
 //!   for clipping's semantics.
 
 use wgpu_optim::checkpoint::Checkpoint;
-use wgpu_optim::{Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, RmsProp, RuleKind, Sgd};
+use wgpu_optim::{
+    Adadelta, Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, RmsProp, Rprop, RuleKind, Sgd,
+};
 
 /// A hyperparameter change applied before a step.
 #[derive(Clone, Copy, Debug)]
@@ -169,7 +171,16 @@ impl Kernel {
 
 /// The whole table, one row per rule.
 pub fn table() -> Vec<RuleInfo> {
-    vec![sgd(), adagrad(), rmsprop(), adam(), adamw(), lamb()]
+    vec![
+        sgd(),
+        adagrad(),
+        rmsprop(),
+        adam(),
+        adamw(),
+        lamb(),
+        adadelta(),
+        rprop(),
+    ]
 }
 
 /// The row of `rule`.
@@ -1333,4 +1344,253 @@ fn lamb_error_inputs() -> Vec<ErrorInput> {
         expect: Expect::Options(&["trust_ratio_clamp", "min <= max", "(2, 1)"]),
     });
     out
+}
+
+fn adadelta() -> RuleInfo {
+    let base = Adadelta::default();
+    let inputs = vec![
+        input("adadelta default", base.clone()),
+        input(
+            "adadelta rho",
+            Adadelta {
+                rho: 0.5,
+                ..base.clone()
+            },
+        ),
+        // The bounds torch allows: rho = 0 keeps only this step's squares,
+        // rho = 1 never changes either average (plain SGD with step lr).
+        input(
+            "adadelta rho 0",
+            Adadelta {
+                rho: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adadelta rho 1",
+            Adadelta {
+                rho: 1.0,
+                lr: 0.01,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adadelta eps",
+            Adadelta {
+                eps: 1e-3,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adadelta weight_decay",
+            Adadelta {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adadelta maximize",
+            Adadelta {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adadelta all options",
+            Adadelta {
+                lr: 0.5,
+                rho: 0.95,
+                eps: 1e-4,
+                weight_decay: 0.01,
+                maximize: true,
+            },
+        ),
+        scheduled(
+            "adadelta, lr changed",
+            base.clone(),
+            &[
+                (0, Change::Lr(2.0)),
+                (5, Change::Lr(0.5)),
+                (12, Change::Lr(0.0)),
+                (18, Change::Lr(1.0)),
+            ],
+        ),
+        clipped("adadelta, clipped", base, 1.0),
+    ];
+    let d = Adadelta::default;
+    let mut error_inputs = bad_lr(|lr| Adadelta { lr, ..d() });
+    for v in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("adadelta rho = {v}"),
+            Adadelta { rho: v, ..d() },
+            "rho",
+            v,
+        ));
+    }
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("adadelta eps = {v}"),
+            Adadelta { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("adadelta weight_decay = {v}"),
+            Adadelta {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    RuleInfo {
+        rule: RuleKind::Adadelta,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: None,
+        // Adadelta's steps start near lr·sqrt(eps/(1 − rho)) ≈ 3e-3·lr and
+        // grow as acc_delta fills: lr 5 reaches the quadratic's floor in
+        // 300 steps, torch's lr 1 goes down Rosenbrock's valley.
+        descent: vec![("adadelta", Adadelta { lr: 5.0, ..d() }.into(), d().into())],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
+}
+
+fn rprop() -> RuleInfo {
+    let base = Rprop::default();
+    let inputs = vec![
+        input("rprop default", base.clone()),
+        input(
+            "rprop etas",
+            Rprop {
+                etas: (0.3, 1.5),
+                ..base.clone()
+            },
+        ),
+        input(
+            "rprop step_sizes",
+            Rprop {
+                step_sizes: (1e-4, 0.05),
+                ..base.clone()
+            },
+        ),
+        // Bounds that bind on most steps, from below and from above.
+        input(
+            "rprop narrow step_sizes",
+            Rprop {
+                step_sizes: (0.008, 0.015),
+                ..base.clone()
+            },
+        ),
+        // The first step's size is lr clamped to the bounds.
+        input(
+            "rprop lr below step_sizes min",
+            Rprop {
+                lr: 1e-7,
+                ..base.clone()
+            },
+        ),
+        // η₋ rounds to 0 in f32: torch then turns the factor into 1 (and
+        // zeroes no gradient), on the GPU as on the CPU.
+        input(
+            "rprop etas[0] below f32",
+            Rprop {
+                etas: (1e-50, 1.2),
+                ..base.clone()
+            },
+        ),
+        input(
+            "rprop maximize",
+            Rprop {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "rprop all options",
+            Rprop {
+                lr: 0.05,
+                etas: (0.4, 1.3),
+                step_sizes: (1e-5, 0.5),
+                maximize: true,
+            },
+        ),
+        // Only the lr in force at the first step matters (the initial step
+        // sizes); the later changes must change nothing, on both backends.
+        scheduled(
+            "rprop, lr changed before the first step and after",
+            base.clone(),
+            &[
+                (0, Change::Lr(0.05)),
+                (5, Change::Lr(0.2)),
+                (12, Change::Lr(0.0)),
+            ],
+        ),
+        clipped("rprop, clipped", base, 1.0),
+    ];
+    let d = Rprop::default;
+    let etas = |minus, plus| Rprop {
+        etas: (minus, plus),
+        ..d()
+    };
+    let mut error_inputs = bad_lr(|lr| Rprop { lr, ..d() });
+    for v in [0.0, 1.0, -0.5, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("rprop etas[0] = {v}"),
+            etas(v, 1.2),
+            "etas[0]",
+            v,
+        ));
+    }
+    for v in [1.0, 0.5, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("rprop etas[1] = {v}"),
+            etas(0.5, v),
+            "etas[1]",
+            v,
+        ));
+    }
+    let step_sizes = |lo, hi| Rprop {
+        step_sizes: (lo, hi),
+        ..d()
+    };
+    for v in [-1e-6, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("rprop step_sizes[0] = {v}"),
+            step_sizes(v, 50.0),
+            "step_sizes[0]",
+            v,
+        ));
+    }
+    for v in [-1.0, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("rprop step_sizes[1] = {v}"),
+            step_sizes(1e-6, v),
+            "step_sizes[1]",
+            v,
+        ));
+    }
+    error_inputs.push(ErrorInput {
+        desc: "rprop step_sizes min > max".into(),
+        config: step_sizes(1.0, 0.5).into(),
+        expect: Expect::Options(&["step_sizes", "min <= max", "(1, 0.5)"]),
+    });
+    RuleInfo {
+        rule: RuleKind::Rprop,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: None,
+        descent: vec![("rprop", d().into(), d().into())],
+        // Rprop's arithmetic is a product, a sign and a clamp per step,
+        // each exact or correctly rounded on both: the GPU lands on the
+        // CPU's bits, well inside the element-wise bound.
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
 }

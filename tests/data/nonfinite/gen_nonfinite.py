@@ -77,6 +77,14 @@ CASES = [
     ("adam_amsgrad_clip", "adam", {"lr": 0.01, "amsgrad": True}, 1.0),
     ("adamw_clip", "adamw", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
     ("lamb_clip", "lamb", {"lr": 0.01, "weight_decay": 0.01}, 1.0),
+    ("adadelta", "adadelta", {"lr": 1.0}),
+    ("adadelta_options", "adadelta",
+     {"lr": 0.5, "rho": 0.95, "eps": 1e-5, "weight_decay": 0.1, "maximize": True}),
+    ("adadelta_clip", "adadelta", {"lr": 1.0}, 1.0),
+    ("rprop", "rprop", {"lr": 0.01}),
+    ("rprop_options", "rprop",
+     {"lr": 0.05, "etas": [0.4, 1.3], "step_sizes": [1e-5, 0.5], "maximize": True}),
+    ("rprop_clip", "rprop", {"lr": 0.01}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -85,6 +93,8 @@ TORCH_RULES = {
     "rmsprop": torch.optim.RMSprop,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
+    "adadelta": torch.optim.Adadelta,
+    "rprop": torch.optim.Rprop,
 }
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
