@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{
-    bool_override, check_finite, check_non_negative, elementwise_step, object, Config, KernelShape,
-    KernelSpec, Preset, Rule, StepEntry, TorchArgs,
+    bool_override, check_finite, check_non_negative, elementwise_step, object, Config, GradScales,
+    KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -160,9 +160,9 @@ impl Rule for Adadelta {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+        elementwise_step(params, grads, states, scales, |p, g, st| {
             step_slice(s, self, p, g, st)
         });
     }

@@ -4,7 +4,7 @@ use serde_json::{json, Map, Value};
 
 use super::{
     bool_override, check_finite, check_non_negative, clamp, elementwise_step, object, Config,
-    KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
+    GradScales, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -211,10 +211,10 @@ impl Rule for Rprop {
         params: &mut [f32],
         grads: &[f32],
         states: &mut [Vec<f32>],
-        clip_scale: Option<f32>,
+        scales: GradScales,
     ) {
         let initial = (entry[0] != 0.0).then_some(entry[1]);
-        elementwise_step(params, grads, states, clip_scale, |p, g, st| {
+        elementwise_step(params, grads, states, scales, |p, g, st| {
             step_slice(s, initial, self, p, g, st)
         });
     }
