@@ -65,5 +65,5 @@ pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use optimizer::Optimizer;
-pub use rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
+pub use rules::{AdEMAMix, Adagrad, Adam, AdamW, Config, Lamb, Lion, RmsProp, RuleKind, Sgd};
 pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};

@@ -42,13 +42,17 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod ademamix;
 pub mod lamb;
+pub mod lion;
 pub mod rmsprop;
 pub mod sgd;
 
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use ademamix::AdEMAMix;
 pub use lamb::Lamb;
+pub use lion::Lion;
 pub use rmsprop::RmsProp;
 pub use sgd::Sgd;
 
@@ -276,8 +280,9 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
-            /// LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`), of Apex's and optax's for LAMB
+            /// (`lamb`), of the reference package's for the rules torch
+            /// lacks (`lion`, `ademamix`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -398,7 +403,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad.
+            /// Adam family's, LAMB's, Lion's and AdEMAMix's `betas[0]`;
+            /// `None` for Adagrad.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -520,6 +526,10 @@ registry! {
     AdamW(AdamW),
     /// LAMB (layer-wise trust ratio).
     Lamb(Lamb),
+    /// Lion (the sign of an interpolated momentum; lion-pytorch).
+    Lion(Lion),
+    /// AdEMAMix (Adam with a second, slow momentum; pytorch-optimizer).
+    AdEMAMix(AdEMAMix),
 }
 
 impl RuleKind {
@@ -704,6 +714,19 @@ pub(crate) fn check_unit_interval(name: &'static str, v: f64) -> Result<()> {
             name,
             value: v,
             reason: "must be in [0, 1)",
+        });
+    }
+    Ok(())
+}
+
+/// A `β` that may also be 1 (Lion's betas, AdEMAMix's `β3`): in `[0, 1]`.
+pub(crate) fn check_closed_unit_interval(name: &'static str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(Error::InvalidHyperparameter {
+            name,
+            value: v,
+            reason: "must be in [0, 1]",
         });
     }
     Ok(())
