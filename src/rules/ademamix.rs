@@ -52,10 +52,12 @@ use crate::layout::Layout;
 /// default is the coupled L2 term, and it is followed here. The paper's
 /// β3 scheduler is the same expression. The package checks `lr`, `alpha`,
 /// `t_alpha_beta3`, `weight_decay` and `eps` `>= 0`, `β1` and `β2` in
-/// `[0, 1)` and `β3` in `[0, 1]`; this crate also refuses what makes the
-/// package fail on its first step: `t_alpha_beta3 = 0` (a division by
-/// zero), and `β1 = 0` or `β3 = 0` with `t_alpha_beta3` (their
-/// logarithms), and any value that is not finite.
+/// `[0, 1)` and `β3` in `[0, 1]`; this crate also refuses
+/// `t_alpha_beta3 = 0`, on which the package fails at its first step (a
+/// division by zero), and any value that is not finite. With a warmup and
+/// `β1 = 0` or `β3 = 0`, where the package fails too (the logarithm of 0),
+/// `β3ₜ` is the limit of its formula: `β3^(T/t)` for `β1 → 0` (so a
+/// schedule may cycle `β1` down to 0), 0 for `β3 → 0`.
 ///
 /// On the first step `m = (1 − β1)·g` and `m₂ = (1 − β3)·g`, so the
 /// update is `(g + alpha·(1 − β3)·g) / |g|`: each element moves by
@@ -142,21 +144,10 @@ pub(crate) struct AdEMAMixScalars {
 const _: () = assert!(std::mem::size_of::<AdEMAMixScalars>() == 32);
 
 impl AdEMAMix {
-    /// `β1` in `[0, 1)`, and above 0 while the warmup takes its logarithm.
-    fn check_beta1(&self, beta1: f64) -> Result<()> {
-        check_unit_interval("betas[0]", beta1)?;
-        if self.t_alpha_beta3.is_some() && beta1 == 0.0 {
-            return Err(Error::InvalidHyperparameter {
-                name: "betas[0]",
-                value: beta1,
-                reason: "must be > 0 with t_alpha_beta3 (the β3 warmup takes ln β1)",
-            });
-        }
-        Ok(())
-    }
-
     /// `(αₜ, β3ₜ)` of step `step`, in f64 and in the package's order of
-    /// operations.
+    /// operations. Where the package would take the logarithm of 0 (and
+    /// fail), the limit of its formula: for `β1 → 0`, `β3ₜ = β3^(T/t)` (the
+    /// half-life still grows linearly, from 0); for `β3 → 0`, 0.
     fn warmup(&self, step: u64) -> (f64, f64) {
         let (beta1, _, beta3) = self.betas;
         let Some(t_end) = self.t_alpha_beta3 else {
@@ -166,9 +157,16 @@ impl AdEMAMix {
         // Python's min(x, cap): the cap only when it is smaller.
         let min = |x: f64, cap: f64| if cap < x { cap } else { x };
         let alpha_t = min(t * self.alpha / t_end, self.alpha);
-        let (log_beta1, log_beta3) = (beta1.ln(), beta3.ln());
         let frac = t / t_end;
-        let exponent = log_beta1 * log_beta3 / ((1.0 - frac) * log_beta3 + frac * log_beta1);
+        let log_beta3 = beta3.ln();
+        let exponent = if beta3 == 0.0 {
+            f64::NEG_INFINITY
+        } else if beta1 == 0.0 {
+            log_beta3 / frac
+        } else {
+            let log_beta1 = beta1.ln();
+            log_beta1 * log_beta3 / ((1.0 - frac) * log_beta3 + frac * log_beta1)
+        };
         (alpha_t, min(exponent.exp(), beta3))
     }
 }
@@ -186,7 +184,7 @@ impl Rule for AdEMAMix {
 
     fn validate(&self, _momentum_buffer: bool) -> Result<()> {
         check_non_negative("lr", self.lr)?;
-        self.check_beta1(self.betas.0)?;
+        check_unit_interval("betas[0]", self.betas.0)?;
         check_unit_interval("betas[1]", self.betas.1)?;
         check_closed_unit_interval("betas[2]", self.betas.2)?;
         check_non_negative("alpha", self.alpha)?;
@@ -197,13 +195,6 @@ impl Rule for AdEMAMix {
                     name: "t_alpha_beta3",
                     value: t,
                     reason: "must be > 0 (the warmup divides by it)",
-                });
-            }
-            if self.betas.2 == 0.0 {
-                return Err(Error::InvalidHyperparameter {
-                    name: "betas[2]",
-                    value: 0.0,
-                    reason: "must be > 0 with t_alpha_beta3 (the β3 warmup takes ln β3)",
                 });
             }
         }
@@ -229,7 +220,7 @@ impl Rule for AdEMAMix {
     }
 
     fn set_momentum(&mut self, value: f64, _has_buffer: bool) -> Result<()> {
-        self.check_beta1(value)?;
+        check_unit_interval("betas[0]", value)?;
         self.betas.0 = value;
         Ok(())
     }
@@ -285,10 +276,12 @@ impl Rule for AdEMAMix {
 
     fn to_torch(&self) -> Map<String, Value> {
         let (b1, b2, b3) = self.betas;
-        object(json!({"lr": self.lr, "betas": [b1, b2, b3], "weight_decay": self.weight_decay,
+        object(
+            json!({"lr": self.lr, "betas": [b1, b2, b3], "weight_decay": self.weight_decay,
             "weight_decouple": self.weight_decouple, "fixed_decay": self.fixed_decay,
             "alpha": self.alpha, "t_alpha_beta3": self.t_alpha_beta3, "eps": self.eps,
-            "foreach": null, "maximize": self.maximize}))
+            "foreach": null, "maximize": self.maximize}),
+        )
     }
 
     fn from_torch(args: &mut TorchArgs<'_>) -> Result<Config> {
@@ -440,6 +433,34 @@ mod tests {
         assert!((h15 - want).abs() < 1e-9 * want, "{h15} vs {want}");
     }
 
+    /// With `β1` or `β3` at 0 the warmup is the limit of the formula as
+    /// they go to 0 (the package would take the logarithm of 0).
+    #[test]
+    fn warmup_limits_at_zero_betas() {
+        let with = |b1: f64, b3: f64| AdEMAMix {
+            betas: (b1, 0.999, b3),
+            t_alpha_beta3: Some(30.0),
+            ..AdEMAMix::default()
+        };
+        for t in [1, 7, 15, 29, 30, 31, 100] {
+            let (_, at_zero) = with(0.0, 0.9999).warmup(t);
+            let (_, near_zero) = with(1e-300, 0.9999).warmup(t);
+            assert!(
+                (at_zero - near_zero).abs() < 1e-5,
+                "{t}: {at_zero} {near_zero}"
+            );
+            let want = if t >= 30 {
+                0.9999
+            } else {
+                0.9999f64.powf(30.0 / t as f64)
+            };
+            assert!((at_zero - want).abs() < 1e-15, "{t}: {at_zero} {want}");
+            assert_eq!(with(0.9, 0.0).warmup(t).1, 0.0);
+            assert_eq!(with(0.0, 0.0).warmup(t).1, 0.0);
+            assert_eq!(with(0.0, 1.0).warmup(t).1, 1.0);
+        }
+    }
+
     /// Without warmup the entry is the plain bias corrections and the
     /// constants, the defaults taken as exact decimals: `1 − β3` is the f32
     /// of 1e-4, not the difference of the f32 of 0.9999 from 1.
@@ -458,7 +479,15 @@ mod tests {
     /// the NaN's sign, depends on the operand order the compiler picks).
     #[test]
     fn dispatched_equals_baseline_bit_for_bit() {
-        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-3, -2.0];
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e-3,
+            -2.0,
+        ];
         let n = 1003;
         let pick = |i: usize, k: usize| specials[(i * k + i / 7) % specials.len()];
         let grads: Vec<f32> = (0..n).map(|i| pick(i, 3)).collect();

@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{
-    bool_override, check_closed_unit_interval, check_finite, check_non_negative,
-    elementwise_step, object, Config, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
+    bool_override, check_closed_unit_interval, check_finite, check_non_negative, elementwise_step,
+    object, Config, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs,
 };
 use crate::error::Result;
 use crate::layout::Layout;
@@ -325,7 +325,15 @@ mod tests {
     /// the NaN's sign, depends on the operand order the compiler picks).
     #[test]
     fn dispatched_equals_baseline_bit_for_bit() {
-        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e-3, -2.0];
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e-3,
+            -2.0,
+        ];
         let n = 1003;
         let pick = |i: usize, k: usize| specials[(i * k + i / 7) % specials.len()];
         let grads: Vec<f32> = (0..n).map(|i| pick(i, 3)).collect();

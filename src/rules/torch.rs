@@ -256,7 +256,12 @@ impl<'a> TorchArgs<'a> {
             (None, Source::Case { .. }) => Ok(default),
             (Some(Value::Null), _) => Ok(None),
             (Some(v), _) => v.as_f64().map(|x| Some(self.round(x))).ok_or_else(|| {
-                self.ill_typed(key, v, "is not a number or null", "must be a number or null")
+                self.ill_typed(
+                    key,
+                    v,
+                    "is not a number or null",
+                    "must be a number or null",
+                )
             }),
         }
     }
