@@ -304,18 +304,8 @@ impl Rule for AdEMAMix {
     }
 
     fn presets() -> Vec<Preset> {
-        vec![
-            Preset::new("ademamix", AdEMAMix::default()),
-            Preset::new(
-                "ademamix_warmup",
-                AdEMAMix {
-                    t_alpha_beta3: Some(1000.0),
-                    weight_decay: 0.01,
-                    weight_decouple: true,
-                    ..AdEMAMix::default()
-                },
-            ),
-        ]
+        // The warmup only changes the host's per-step scalars: one preset.
+        vec![Preset::new("ademamix", AdEMAMix::default())]
     }
 }
 

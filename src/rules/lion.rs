@@ -205,16 +205,7 @@ impl Rule for Lion {
     }
 
     fn presets() -> Vec<Preset> {
-        vec![
-            Preset::new("lion", Lion::default()),
-            Preset::new(
-                "lion_wd",
-                Lion {
-                    weight_decay: 0.1,
-                    ..Lion::default()
-                },
-            ),
-        ]
+        vec![Preset::new("lion", Lion::default())]
     }
 }
 

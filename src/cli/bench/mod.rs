@@ -186,8 +186,9 @@ pub enum Backend {
 #[command(after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
-    /// adam, adam_amsgrad, adamw, adam_clip, lamb, or all. Presets as PyTorch's bench script:
-    /// lr 1e-3 (adagrad 1e-2), momentum 0.9, PyTorch's defaults otherwise.
+    /// adam, adam_amsgrad, adamw, adam_clip, lamb, lion, ademamix, or all. Presets as
+    /// PyTorch's bench script: lr 1e-3 (adagrad 1e-2), momentum 0.9, PyTorch's defaults
+    /// otherwise (lion-pytorch's and pytorch-optimizer's for lion and ademamix).
     #[arg(
         long,
         value_delimiter = ',',
