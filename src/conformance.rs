@@ -187,7 +187,11 @@ impl Case {
 /// it AdamW, as in PyTorch); `lr`, `betas`, `eps`, `weight_decay` (LAMB,
 /// Apex's names); `lr`, `rho`, `eps`, `weight_decay`, `maximize`
 /// (Adadelta); `lr`, `etas`, `step_sizes` (lists of two), `maximize`
-/// (Rprop). Each rule reads them where it reads a checkpoint's.
+/// (Rprop); `lr`, `betas`, `weight_decay` (Lion, lion-pytorch's);
+/// `lr`, `betas` (a list of three), `weight_decay`, `weight_decouple`,
+/// `fixed_decay`, `alpha`, `t_alpha_beta3` (a number or null), `eps`,
+/// `maximize` (AdEMAMix, pytorch-optimizer's). Each rule reads them where
+/// it reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
 /// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.

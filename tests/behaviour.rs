@@ -668,12 +668,12 @@ fn from_buffers_steps_the_callers_buffers_in_place() {
             let user_params = read_back(ctx, &params);
             let user_grads = read_back(ctx, &grads);
             assert_eq!(user_params.len(), total + EXTRA);
+            // An element the CPU moved must have moved in the caller's
+            // buffer. (Not every element moves: Rprop's ±lr·1.2ᵃ·0.5ᵇ and
+            // Lion's ±lr steps can bring one back exactly where it started.)
             let mut moved = 0;
             for i in 0..total {
                 let (gv, cv) = (user_params[i], cpu.params_flat()[i]);
-                // An element the GPU skipped still holds its initial value
-                // where the CPU's moved. (Rprop's steps, ±lr·1.2ᵃ·0.5ᵇ, can
-                // bring an element back to exactly where it started.)
                 if cv.to_bits() != init[i].to_bits() {
                     moved += 1;
                     assert_ne!(
@@ -691,7 +691,7 @@ fn from_buffers_steps_the_callers_buffers_in_place() {
                 );
             }
             assert!(
-                moved * 10 >= total * 9,
+                moved * 2 >= total,
                 "{:?} {lengths:?}: only {moved} of {total} parameters moved on the CPU",
                 config.kind()
             );

@@ -837,10 +837,12 @@ fn error_if_nonfinite_refuses_the_step_and_changes_nothing() {
 
 /// Without `error_if_nonfinite` a non-finite norm goes into the step, as in
 /// PyTorch (`clip_coef = max_norm / (nan + 1e-6)` multiplies every
-/// gradient): a NaN makes every parameter NaN (Rprop's stay as they were,
-/// torch's `sign(NaN)` being 0, and the NaN goes into `prev`); an infinite
-/// gradient gives scale 0, so the other gradients become 0 (for plain SGD:
-/// those parameters unchanged) and that one `inf·0 = NaN`.
+/// gradient): a NaN makes every parameter NaN (but Rprop's, which stay as
+/// they were, torch's `sign(NaN)` being 0, the NaN going into `prev`; and
+/// Lion's, whose step is `lr·sign(NaN) = 0`: only its weight decay
+/// applies); an infinite gradient gives scale 0, so the other gradients
+/// become 0 (for plain SGD: those parameters unchanged) and that one
+/// `inf·0 = NaN`.
 #[test]
 fn without_error_if_nonfinite_nan_propagates() {
     let lengths = [5usize, 4097, 0, 64];
@@ -857,20 +859,18 @@ fn without_error_if_nonfinite_nan_propagates() {
             opt.step(&refs(&g)).unwrap();
             let norm = opt.last_grad_norm().unwrap().unwrap();
             assert!(norm.is_nan(), "{name} {on}: norm {norm}");
+            let params = params_flat(&*opt);
             if config.kind() == RuleKind::Rprop {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&params_flat(&*opt)),
-                    bits(&init.concat()),
-                    "{name}: {on}"
-                );
+                assert_eq!(bits(&params), bits(&init.concat()), "{name}: {on}");
                 let prev = opt.read_state("prev").unwrap().concat();
                 assert!(prev.iter().all(|p| p.is_nan()), "{name}: {on}");
+            } else if let Config::Lion(lion) = &config {
+                let decay = (1.0 - lion.lr * lion.weight_decay) as f32;
+                let want: Vec<f32> = init.concat().iter().map(|p| p * decay).collect();
+                assert_eq!(params, want, "{name}: {on}");
             } else {
-                assert!(
-                    params_flat(&*opt).iter().all(|p| p.is_nan()),
-                    "{name}: {on}"
-                );
+                assert!(params.iter().all(|p| p.is_nan()), "{name}: {on}");
             }
             assert_eq!(opt.step_count(), 1, "{name} {on}");
         }

@@ -43,7 +43,9 @@
 pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod ademamix;
 pub mod lamb;
+pub mod lion;
 pub mod rmsprop;
 pub mod rprop;
 pub mod sgd;
@@ -51,7 +53,9 @@ pub mod sgd;
 pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use ademamix::AdEMAMix;
 pub use lamb::Lamb;
+pub use lion::Lion;
 pub use rmsprop::RmsProp;
 pub use rprop::Rprop;
 pub use sgd::Sgd;
@@ -281,8 +285,9 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`, `adadelta`, `rprop`), or of
-            /// Apex's and optax's for LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`, `adadelta`, `rprop`), of Apex's
+            /// and optax's for LAMB (`lamb`), of the reference package's
+            /// for the rules torch lacks (`lion`, `ademamix`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -404,8 +409,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad,
-            /// Adadelta and Rprop.
+            /// Adam family's, LAMB's, Lion's and AdEMAMix's `betas[0]`;
+            /// `None` for Adagrad, Adadelta and Rprop.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -531,6 +536,10 @@ registry! {
     Adadelta(Adadelta),
     /// Rprop (resilient backpropagation).
     Rprop(Rprop),
+    /// Lion (the sign of an interpolated momentum; lion-pytorch).
+    Lion(Lion),
+    /// AdEMAMix (Adam with a second, slow momentum; pytorch-optimizer).
+    AdEMAMix(AdEMAMix),
 }
 
 impl RuleKind {
@@ -795,6 +804,19 @@ pub(crate) fn check_unit_interval(name: &'static str, v: f64) -> Result<()> {
             name,
             value: v,
             reason: "must be in [0, 1)",
+        });
+    }
+    Ok(())
+}
+
+/// A `β` that may also be 1 (Lion's betas, AdEMAMix's `β3`): in `[0, 1]`.
+pub(crate) fn check_closed_unit_interval(name: &'static str, v: f64) -> Result<()> {
+    check_finite(name, v)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(Error::InvalidHyperparameter {
+            name,
+            value: v,
+            reason: "must be in [0, 1]",
         });
     }
     Ok(())

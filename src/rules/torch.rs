@@ -221,6 +221,62 @@ impl<'a> TorchArgs<'a> {
         }
     }
 
+    /// A list of `N` numbers of the reference's (AdEMAMix's three `betas`):
+    /// required in a checkpoint, `default` when a case leaves it out.
+    pub(crate) fn numbers<const N: usize>(
+        &mut self,
+        key: &'static str,
+        default: [f64; N],
+    ) -> Result<[f64; N]> {
+        self.used.push(key);
+        let Some(v) = self.map.get(key) else {
+            return match self.source {
+                Source::Checkpoint => Err(self.missing(key)),
+                Source::Case { .. } => Ok(default),
+            };
+        };
+        let values: Option<Vec<f64>> = v
+            .as_array()
+            .filter(|a| a.len() == N)
+            .and_then(|a| a.iter().map(Value::as_f64).collect());
+        match values {
+            Some(values) => {
+                let mut out = default;
+                for (o, x) in out.iter_mut().zip(values) {
+                    *o = self.round(x);
+                }
+                Ok(out)
+            }
+            None => {
+                let want = format!("must be a list of {N} numbers");
+                Err(self.ill_typed(key, v, &format!("is not a list of {N} numbers"), &want))
+            }
+        }
+    }
+
+    /// A number of the reference's that may be `null` (off): the key
+    /// required in a checkpoint, `default` when a case leaves it out.
+    pub(crate) fn nullable_num(
+        &mut self,
+        key: &'static str,
+        default: Option<f64>,
+    ) -> Result<Option<f64>> {
+        self.used.push(key);
+        match (self.map.get(key), self.source) {
+            (None, Source::Checkpoint) => Err(self.missing(key)),
+            (None, Source::Case { .. }) => Ok(default),
+            (Some(Value::Null), _) => Ok(None),
+            (Some(v), _) => v.as_f64().map(|x| Some(self.round(x))).ok_or_else(|| {
+                self.ill_typed(
+                    key,
+                    v,
+                    "is not a number or null",
+                    "must be a number or null",
+                )
+            }),
+        }
+    }
+
     /// One of this crate's own boolean options (not torch's): optional in
     /// a checkpoint, never in a case file (`default` there).
     pub(crate) fn own_flag(&mut self, key: &'static str, default: bool) -> Result<bool> {

@@ -30,7 +30,8 @@
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adadelta, Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, RmsProp, Rprop, RuleKind, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, Lion, RmsProp, Rprop,
+    RuleKind, Sgd,
 };
 
 /// A hyperparameter change applied before a step.
@@ -180,6 +181,8 @@ pub fn table() -> Vec<RuleInfo> {
         lamb(),
         adadelta(),
         rprop(),
+        lion(),
+        ademamix(),
     ]
 }
 
@@ -1592,5 +1595,365 @@ fn rprop() -> RuleInfo {
         // CPU's bits, well inside the element-wise bound.
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
+}
+
+fn lion() -> RuleInfo {
+    let base = Lion {
+        lr: 0.01,
+        ..Lion::default()
+    };
+    let inputs = vec![
+        input("lion default", base.clone()),
+        input(
+            "lion weight_decay",
+            Lion {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        // lion-pytorch does not check the sign of the decay: θ grows.
+        input(
+            "lion weight_decay < 0",
+            Lion {
+                weight_decay: -0.5,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lion betas",
+            Lion {
+                betas: (0.8, 0.95),
+                ..base.clone()
+            },
+        ),
+        // β1 = 0: the sign of the gradient alone (signSGD); β2 = 1: the
+        // momentum stays 0. (β1 = 1 is set by a schedule below.)
+        input(
+            "lion betas at the bounds (0, 1)",
+            Lion {
+                betas: (0.0, 1.0),
+                ..base.clone()
+            },
+        ),
+        input(
+            "lion maximize",
+            Lion {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "lion all options",
+            Lion {
+                betas: (0.95, 0.98),
+                weight_decay: 0.1,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "lion, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "lion weight_decay maximize, lr and beta1 changed (beta1 = 1 too)",
+            Lion {
+                weight_decay: 0.1,
+                maximize: true,
+                ..base.clone()
+            },
+            &[
+                (5, Change::Lr(0.002)),
+                (9, Change::Momentum(1.0)),
+                (14, Change::Lr(0.03)),
+                (20, Change::Momentum(0.5)),
+            ],
+        ),
+        clipped(
+            "lion weight_decay, clipped",
+            Lion {
+                weight_decay: 0.1,
+                ..base
+            },
+            1.0,
+        ),
+    ];
+    let d = Lion::default;
+    let mut error_inputs = bad_lr(|lr| Lion { lr, ..d() });
+    // Both betas in [0, 1]: 1 is allowed.
+    for v in [1.5, -0.1, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("lion betas[0] = {v}"),
+            Lion {
+                betas: (v, 0.99),
+                ..d()
+            },
+            "betas[0]",
+            v,
+        ));
+        error_inputs.push(hyper(
+            format!("lion betas[1] = {v}"),
+            Lion {
+                betas: (0.9, v),
+                ..d()
+            },
+            "betas[1]",
+            v,
+        ));
+    }
+    // lion-pytorch takes any weight decay; only a non-finite one is refused.
+    for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        error_inputs.push(hyper(
+            format!("lion weight_decay = {v}"),
+            Lion {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    RuleInfo {
+        rule: RuleKind::Lion,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(Momentum {
+            name: "betas[0]",
+            bad: &[1.5, -0.1, f64::NAN, f64::INFINITY],
+            needs_buffer: false,
+        }),
+        descent: vec![(
+            "lion",
+            Lion { lr: 0.05, ..d() }.into(),
+            Lion { lr: 0.005, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 5 },
+    }
+}
+
+fn ademamix() -> RuleInfo {
+    let base = AdEMAMix {
+        lr: 0.01,
+        ..AdEMAMix::default()
+    };
+    let warmup = AdEMAMix {
+        t_alpha_beta3: Some(10.0),
+        ..base.clone()
+    };
+    let inputs = vec![
+        input("ademamix default", base.clone()),
+        input(
+            "ademamix weight_decay (L2)",
+            AdEMAMix {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix weight_decouple",
+            AdEMAMix {
+                weight_decay: 0.1,
+                weight_decouple: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix weight_decouple fixed_decay",
+            AdEMAMix {
+                weight_decay: 0.01,
+                weight_decouple: true,
+                fixed_decay: true,
+                ..base.clone()
+            },
+        ),
+        // fixed_decay only changes the decoupled decay: here it is L2.
+        input(
+            "ademamix fixed_decay without weight_decouple",
+            AdEMAMix {
+                weight_decay: 0.01,
+                fixed_decay: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix alpha",
+            AdEMAMix {
+                alpha: 2.0,
+                ..base.clone()
+            },
+        ),
+        // The warmup ends at step 10 of the tests' 25.
+        input("ademamix t_alpha_beta3", warmup.clone()),
+        input(
+            "ademamix t_alpha_beta3 past the run",
+            AdEMAMix {
+                t_alpha_beta3: Some(100.0),
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix betas",
+            AdEMAMix {
+                betas: (0.8, 0.99, 0.999),
+                ..base.clone()
+            },
+        ),
+        // β3 = 1: the slow momentum stays 0 (the package allows it).
+        input(
+            "ademamix beta3 = 1, warmup",
+            AdEMAMix {
+                betas: (0.9, 0.999, 1.0),
+                ..warmup.clone()
+            },
+        ),
+        // β1 = 0 and β3 = 0 in the warmup: the limits of the package's
+        // formula, which takes their logarithms.
+        input(
+            "ademamix beta1 = 0, warmup",
+            AdEMAMix {
+                betas: (0.0, 0.999, 0.9999),
+                ..warmup.clone()
+            },
+        ),
+        input(
+            "ademamix beta3 = 0, warmup",
+            AdEMAMix {
+                betas: (0.9, 0.999, 0.0),
+                ..warmup.clone()
+            },
+        ),
+        input(
+            "ademamix eps",
+            AdEMAMix {
+                eps: 1e-4,
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix maximize",
+            AdEMAMix {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "ademamix all options",
+            AdEMAMix {
+                betas: (0.8, 0.99, 0.999),
+                weight_decay: 0.05,
+                weight_decouple: true,
+                fixed_decay: true,
+                alpha: 3.0,
+                eps: 1e-6,
+                maximize: true,
+                ..warmup.clone()
+            },
+        ),
+        scheduled(
+            "ademamix, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "ademamix warmup weight_decay, lr and beta1 changed (beta1 = 0 too)",
+            AdEMAMix {
+                weight_decay: 0.01,
+                ..warmup.clone()
+            },
+            LR_AND_BETA1,
+        ),
+        clipped("ademamix warmup, clipped", warmup, 1.0),
+    ];
+    let d = AdEMAMix::default;
+    let mut error_inputs = bad_lr(|lr| AdEMAMix { lr, ..d() });
+    for v in [1.0, -0.1, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("ademamix betas[0] = {v}"),
+            AdEMAMix {
+                betas: (v, 0.999, 0.9999),
+                ..d()
+            },
+            "betas[0]",
+            v,
+        ));
+        error_inputs.push(hyper(
+            format!("ademamix betas[1] = {v}"),
+            AdEMAMix {
+                betas: (0.9, v, 0.9999),
+                ..d()
+            },
+            "betas[1]",
+            v,
+        ));
+    }
+    // β3 may be 1.
+    for v in [1.5, -0.1, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("ademamix betas[2] = {v}"),
+            AdEMAMix {
+                betas: (0.9, 0.999, v),
+                ..d()
+            },
+            "betas[2]",
+            v,
+        ));
+    }
+    // The warmup divides by t_alpha_beta3 (the package fails on its first
+    // step with 0).
+    for v in [-5.0, 0.0, f64::NAN, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("ademamix t_alpha_beta3 = {v}"),
+            AdEMAMix {
+                t_alpha_beta3: Some(v),
+                ..d()
+            },
+            "t_alpha_beta3",
+            v,
+        ));
+    }
+    for v in [-1.0, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("ademamix alpha = {v}"),
+            AdEMAMix { alpha: v, ..d() },
+            "alpha",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("ademamix weight_decay = {v}"),
+            AdEMAMix {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("ademamix eps = {v}"),
+            AdEMAMix { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    RuleInfo {
+        rule: RuleKind::AdEMAMix,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "ademamix",
+            AdEMAMix { lr: 0.05, ..d() }.into(),
+            AdEMAMix { lr: 0.02, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 7 },
     }
 }

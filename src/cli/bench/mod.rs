@@ -186,10 +186,10 @@ pub enum Backend {
 #[command(after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
-    /// adam, adam_amsgrad, adamw, adam_clip, lamb, adadelta, rprop, or all.
-    /// Presets as PyTorch's bench script: lr 1e-3 (adagrad 1e-2), momentum
-    /// 0.9, PyTorch's defaults otherwise (and for adadelta and rprop, which
-    /// the script lacks).
+    /// adam, adam_amsgrad, adamw, adam_clip, lamb, adadelta, rprop, lion,
+    /// ademamix, or all. Presets as PyTorch's bench script: lr 1e-3 (adagrad
+    /// 1e-2), momentum 0.9, PyTorch's defaults otherwise (and the reference
+    /// packages' for the rules the script lacks).
     #[arg(
         long,
         value_delimiter = ',',

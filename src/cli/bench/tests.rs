@@ -30,9 +30,11 @@ fn rules_match_pytorchs_script() {
     assert_eq!(bytes("adam_amsgrad"), 36);
     assert_eq!(bytes("adam_clip"), 32);
     assert_eq!(bytes("lamb"), 28);
-    // Not in PyTorch's script: θ, g and two state tensors.
+    // Not in PyTorch's script: θ, g and two state tensors; one; three.
     assert_eq!(bytes("adadelta"), 28);
     assert_eq!(bytes("rprop"), 28);
+    assert_eq!(bytes("lion"), 20);
+    assert_eq!(bytes("ademamix"), 36);
     assert_eq!(parse_rules("all").unwrap().0.len(), 12);
     assert!(parse_rules("lars").is_err());
 }

@@ -85,6 +85,14 @@ CASES = [
     ("rprop_options", "rprop",
      {"lr": 0.05, "etas": [0.4, 1.3], "step_sizes": [1e-5, 0.5], "maximize": True}),
     ("rprop_clip", "rprop", {"lr": 0.01}, 1.0),
+    ("lion", "lion", {"lr": 0.01}),
+    ("lion_wd", "lion", {"lr": 0.01, "betas": [0.95, 0.98], "weight_decay": 0.1}),
+    ("ademamix", "ademamix", {"lr": 0.01}),
+    ("ademamix_warmup_decouple", "ademamix",
+     {"lr": 0.01, "alpha": 8.0, "t_alpha_beta3": 3.0, "weight_decay": 0.1, "weight_decouple": True}),
+    ("ademamix_l2_maximize", "ademamix", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("lion_clip", "lion", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
+    ("ademamix_clip", "ademamix", {"lr": 0.01}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -97,6 +105,24 @@ TORCH_RULES = {
     "rprop": torch.optim.Rprop,
 }
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def reference_package_optimizer(rule):
+    """The rules torch lacks, from their reference packages (FORMAT.md of
+    tests/data/golden), in float32: lion_pytorch.Lion (0.2.5, its PyTorch
+    update, which takes no `foreach`) and pytorch_optimizer.AdEMAMix (4.1.0,
+    its for-loop path)."""
+    def make(params, foreach, **hyper):
+        if rule == "lion":
+            from lion_pytorch import Lion
+            return Lion(params, use_triton=False, **hyper)
+        from pytorch_optimizer import AdEMAMix
+        return AdEMAMix(params, foreach=foreach, **hyper)
+    return make
+
+
+TORCH_RULES["lion"] = reference_package_optimizer("lion")
+TORCH_RULES["ademamix"] = reference_package_optimizer("ademamix")
 
 
 def lamb_step(params, grads, state, lr, betas, eps, wd, step, clamp):
