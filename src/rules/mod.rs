@@ -42,13 +42,17 @@
 
 pub mod adagrad;
 pub mod adam;
+pub mod adamax;
 pub mod lamb;
+pub mod radam;
 pub mod rmsprop;
 pub mod sgd;
 
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use adamax::Adamax;
 pub use lamb::Lamb;
+pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use sgd::Sgd;
 
@@ -276,8 +280,8 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
-            /// LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`, `radam`, `adamax`), or of Apex's
+            /// and optax's for LAMB (`lamb`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -398,7 +402,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's and LAMB's `betas[0]`; `None` for Adagrad.
+            /// Adam family's (RAdam and Adamax too) and LAMB's `betas[0]`;
+            /// `None` for Adagrad.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -520,6 +525,10 @@ registry! {
     AdamW(AdamW),
     /// LAMB (layer-wise trust ratio).
     Lamb(Lamb),
+    /// RAdam (rectified Adam).
+    RAdam(RAdam),
+    /// Adamax (Adam with the infinity norm).
+    Adamax(Adamax),
 }
 
 impl RuleKind {
