@@ -77,6 +77,15 @@ CASES = [
     ("adam_amsgrad_clip", "adam", {"lr": 0.01, "amsgrad": True}, 1.0),
     ("adamw_clip", "adamw", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
     ("lamb_clip", "lamb", {"lr": 0.01, "weight_decay": 0.01}, 1.0),
+    # RAdam's rectification starts at step 6 (rho_t > 5), after these runs:
+    # they take its unrectified branch, theta -= lr * m_hat.
+    ("radam", "radam", {"lr": 0.01}),
+    ("radam_decay_maximize", "radam", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("radam_decoupled", "radam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam_clip", "radam", {"lr": 0.01}, 1.0),
+    ("adamax", "adamax", {"lr": 0.01}),
+    ("adamax_decay_maximize", "adamax", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("adamax_clip", "adamax", {"lr": 0.01}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -85,6 +94,8 @@ TORCH_RULES = {
     "rmsprop": torch.optim.RMSprop,
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
+    "radam": torch.optim.RAdam,
+    "adamax": torch.optim.Adamax,
 }
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
