@@ -184,7 +184,10 @@ fn cases() -> Vec<Case> {
         "unknown rule",
         file(
             &[],
-            &[("rule", "no_such_rule".into()), ("param_groups", "[]".into())],
+            &[
+                ("rule", "no_such_rule".into()),
+                ("param_groups", "[]".into()),
+            ],
         ),
         &["no_such_rule"],
     );

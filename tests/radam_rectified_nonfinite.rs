@@ -90,7 +90,11 @@ fn check_pattern(trace: &Trace, what: &str) {
             for i in 0..3 {
                 let (g, w) = (got[i], want[t][i]);
                 let same = if w.is_nan() { g.is_nan() } else { g == w };
-                assert!(same, "{what}: step {}, {name}[{i}] = {g}, torch {w}", step + 1);
+                assert!(
+                    same,
+                    "{what}: step {}, {name}[{i}] = {g}, torch {w}",
+                    step + 1
+                );
             }
             assert!(
                 got[3..].iter().all(|x| x.is_finite()),
