@@ -20,7 +20,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `format` | `wgpu-optim/checkpoint/1` |
-//! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, ...) |
+//! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
 //! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` |
 //!

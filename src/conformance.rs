@@ -190,8 +190,10 @@ impl Case {
 /// (Rprop); `lr`, `betas`, `weight_decay` (Lion, lion-pytorch's);
 /// `lr`, `betas` (a list of three), `weight_decay`, `weight_decouple`,
 /// `fixed_decay`, `alpha`, `t_alpha_beta3` (a number or null), `eps`,
-/// `maximize` (AdEMAMix, pytorch-optimizer's). Each rule reads them where
-/// it reads a checkpoint's.
+/// `maximize` (AdEMAMix, pytorch-optimizer's); `lr`, `betas`, `eps`,
+/// `weight_decay`, `decoupled_weight_decay`, `maximize` (RAdam); `lr`,
+/// `betas`, `eps`, `weight_decay`, `maximize` (Adamax). Each rule reads
+/// them where it reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
 /// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.

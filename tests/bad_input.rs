@@ -184,9 +184,12 @@ fn cases() -> Vec<Case> {
         "unknown rule",
         file(
             &[],
-            &[("rule", "adamax".into()), ("param_groups", "[]".into())],
+            &[
+                ("rule", "no_such_rule".into()),
+                ("param_groups", "[]".into()),
+            ],
         ),
-        &["adamax"],
+        &["no_such_rule"],
     );
     bad_file(
         "another format version",

@@ -169,7 +169,7 @@ fn golden_bases(case: &Map<String, Value>) -> (f64, Option<f64>) {
                 .get("momentum")
                 .map_or(0.0, |v| f32r(v.as_f64().unwrap())),
         ),
-        "adam" | "adamw" | "lamb" => Some(
+        "adam" | "adamw" | "lamb" | "radam" | "adamax" | "lion" | "ademamix" => Some(
             hyper
                 .get("betas")
                 .map_or(0.9, |v| f32r(v[0].as_f64().unwrap())),

@@ -43,9 +43,11 @@
 pub mod adadelta;
 pub mod adagrad;
 pub mod adam;
+pub mod adamax;
 pub mod ademamix;
 pub mod lamb;
 pub mod lion;
+pub mod radam;
 pub mod rmsprop;
 pub mod rprop;
 pub mod sgd;
@@ -53,9 +55,11 @@ pub mod sgd;
 pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
+pub use adamax::Adamax;
 pub use ademamix::AdEMAMix;
 pub use lamb::Lamb;
 pub use lion::Lion;
+pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use rprop::Rprop;
 pub use sgd::Sgd;
@@ -285,9 +289,10 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`, `adadelta`, `rprop`), of Apex's
-            /// and optax's for LAMB (`lamb`), of the reference package's
-            /// for the rules torch lacks (`lion`, `ademamix`).
+            /// `rmsprop`, `adam`, `adamw`, `radam`, `adamax`, `adadelta`,
+            /// `rprop`), of Apex's and optax's for LAMB (`lamb`), of the
+            /// reference package's for the rules torch lacks (`lion`,
+            /// `ademamix`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -409,8 +414,8 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's, LAMB's, Lion's and AdEMAMix's `betas[0]`;
-            /// `None` for Adagrad, Adadelta and Rprop.
+            /// Adam family's (RAdam and Adamax too), LAMB's, Lion's and
+            /// AdEMAMix's `betas[0]`; `None` for Adagrad, Adadelta and Rprop.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -540,6 +545,10 @@ registry! {
     Lion(Lion),
     /// AdEMAMix (Adam with a second, slow momentum; pytorch-optimizer).
     AdEMAMix(AdEMAMix),
+    /// RAdam (rectified Adam).
+    RAdam(RAdam),
+    /// Adamax (Adam with the infinity norm).
+    Adamax(Adamax),
 }
 
 impl RuleKind {

@@ -30,8 +30,8 @@
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, ClipGradNorm, Config, Lamb, Lion, RmsProp, Rprop,
-    RuleKind, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, ClipGradNorm, Config, Lamb, Lion, RAdam,
+    RmsProp, Rprop, RuleKind, Sgd,
 };
 
 /// A hyperparameter change applied before a step.
@@ -183,6 +183,8 @@ pub fn table() -> Vec<RuleInfo> {
         rprop(),
         lion(),
         ademamix(),
+        radam(),
+        adamax(),
     ]
 }
 
@@ -1955,5 +1957,231 @@ fn ademamix() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 7 },
+    }
+}
+
+/// lr, betas, eps and weight_decay as torch's constructors of the Adam
+/// family check them: eps and weight_decay finite and >= 0.
+fn adam_like_error_inputs<C: Into<Config>>(
+    name: &str,
+    make: impl Fn(f64, (f64, f64), f64, f64) -> C,
+) -> Vec<ErrorInput> {
+    let d = (1e-3, (0.9, 0.999), 1e-8, 0.0);
+    let mut out = bad_lr(|lr| make(lr, d.1, d.2, d.3));
+    out.extend(bad_betas(|betas| make(d.0, betas, d.2, d.3), true));
+    for v in [-1e-8, f64::NAN] {
+        out.push(hyper(
+            format!("{name} eps = {v}"),
+            make(d.0, d.1, v, d.3),
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        out.push(hyper(
+            format!("{name} weight_decay = {v}"),
+            make(d.0, d.1, d.2, v),
+            "weight_decay",
+            v,
+        ));
+    }
+    out
+}
+
+fn radam() -> RuleInfo {
+    let base = RAdam {
+        lr: 0.01,
+        ..RAdam::default()
+    };
+    let decoupled = RAdam {
+        weight_decay: 0.1,
+        decoupled_weight_decay: true,
+        ..base.clone()
+    };
+    // With β2 = 0.999 the rectification starts at step 6 (ρ6 ≈ 5.99), so
+    // every run of more than 5 steps takes both branches; with β2 = 0.5
+    // (ρ∞ = 3) it never starts, with β2 = 0.9 (ρ∞ = 19) from step 7.
+    let inputs = vec![
+        input("radam default", base.clone()),
+        input(
+            "radam weight_decay",
+            RAdam {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input("radam decoupled_weight_decay", decoupled.clone()),
+        input(
+            "radam maximize",
+            RAdam {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "radam eps",
+            RAdam {
+                eps: 1e-4,
+                ..base.clone()
+            },
+        ),
+        input(
+            "radam betas (0.8, 0.9)",
+            RAdam {
+                betas: (0.8, 0.9),
+                ..base.clone()
+            },
+        ),
+        input(
+            "radam never rectified (beta2 = 0.5)",
+            RAdam {
+                betas: (0.9, 0.5),
+                lr: 0.001,
+                ..base.clone()
+            },
+        ),
+        input(
+            "radam all options",
+            RAdam {
+                betas: (0.8, 0.99),
+                eps: 1e-6,
+                maximize: true,
+                ..decoupled.clone()
+            },
+        ),
+        input(
+            "radam weight_decay maximize",
+            RAdam {
+                weight_decay: 0.05,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "radam, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "radam decoupled_weight_decay, lr and beta1 changed",
+            decoupled.clone(),
+            LR_AND_BETA1,
+        ),
+        clipped("radam decoupled_weight_decay, clipped", decoupled, 1.0),
+    ];
+    let error_inputs = adam_like_error_inputs("radam", |lr, betas, eps, weight_decay| RAdam {
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        ..RAdam::default()
+    });
+    let d = RAdam::default;
+    RuleInfo {
+        rule: RuleKind::RAdam,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        // Rosenbrock at lr 0.01, half Adam's: RAdam's first five steps are
+        // θ −= lr·m̂, momentum SGD with the gradient's own size (about 155
+        // at the start), which diverges there at lr 0.02.
+        descent: vec![(
+            "radam",
+            RAdam { lr: 0.05, ..d() }.into(),
+            RAdam { lr: 0.01, ..d() }.into(),
+        )],
+        // As Adam's: the update has two divisions and a square root
+        // (2.5 ULP each on the GPU), the moments a possible FMA each.
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
+}
+
+fn adamax() -> RuleInfo {
+    let base = Adamax {
+        lr: 0.01,
+        ..Adamax::default()
+    };
+    let inputs = vec![
+        input("adamax default", base.clone()),
+        input(
+            "adamax weight_decay",
+            Adamax {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamax maximize",
+            Adamax {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        // eps large enough to win the maximum for the small gradients.
+        input(
+            "adamax eps",
+            Adamax {
+                eps: 0.05,
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamax betas",
+            Adamax {
+                betas: (0.8, 0.95),
+                ..base.clone()
+            },
+        ),
+        input(
+            "adamax all options",
+            Adamax {
+                betas: (0.5, 0.9),
+                eps: 1e-6,
+                weight_decay: 0.05,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "adamax, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "adamax weight_decay maximize, lr and beta1 changed",
+            Adamax {
+                weight_decay: 0.01,
+                maximize: true,
+                ..base.clone()
+            },
+            LR_AND_BETA1,
+        ),
+        clipped("adamax, clipped", base, 1.0),
+    ];
+    let error_inputs = adam_like_error_inputs("adamax", |lr, betas, eps, weight_decay| Adamax {
+        lr,
+        betas,
+        eps,
+        weight_decay,
+        ..Adamax::default()
+    });
+    let d = Adamax::default;
+    RuleInfo {
+        rule: RuleKind::Adamax,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "adamax",
+            Adamax { lr: 0.05, ..d() }.into(),
+            Adamax { lr: 0.02, ..d() }.into(),
+        )],
+        // One division in the update, a possible FMA in the L2 term and in
+        // the lerp of `exp_avg`; the maximum is exact.
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
     }
 }

@@ -35,7 +35,14 @@ fn rules_match_pytorchs_script() {
     assert_eq!(bytes("rprop"), 28);
     assert_eq!(bytes("lion"), 20);
     assert_eq!(bytes("ademamix"), 36);
-    assert_eq!(parse_rules("all").unwrap().0.len(), 12);
+    assert_eq!(bytes("radam"), 28);
+    assert_eq!(bytes("adamax"), 28);
+    // `all` is every rule's presets, each once.
+    let presets: usize = wgpu_optim::RuleKind::ALL
+        .iter()
+        .map(|r| r.presets().len())
+        .sum();
+    assert_eq!(parse_rules("all").unwrap().0.len(), presets);
     assert!(parse_rules("lars").is_err());
 }
 

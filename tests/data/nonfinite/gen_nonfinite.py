@@ -93,6 +93,15 @@ CASES = [
     ("ademamix_l2_maximize", "ademamix", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
     ("lion_clip", "lion", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
     ("ademamix_clip", "ademamix", {"lr": 0.01}, 1.0),
+    # RAdam's rectification starts at step 6 (rho_t > 5), after these runs:
+    # they take its unrectified branch, theta -= lr * m_hat.
+    ("radam", "radam", {"lr": 0.01}),
+    ("radam_decay_maximize", "radam", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("radam_decoupled", "radam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam_clip", "radam", {"lr": 0.01}, 1.0),
+    ("adamax", "adamax", {"lr": 0.01}),
+    ("adamax_decay_maximize", "adamax", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+    ("adamax_clip", "adamax", {"lr": 0.01}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -103,6 +112,8 @@ TORCH_RULES = {
     "adamw": torch.optim.AdamW,
     "adadelta": torch.optim.Adadelta,
     "rprop": torch.optim.Rprop,
+    "radam": torch.optim.RAdam,
+    "adamax": torch.optim.Adamax,
 }
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
 
