@@ -1,15 +1,15 @@
 //! # wgpu-optim
 //!
 //! Optimizer steps (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AdamW,
-//! LAMB) for millions or billions of parameters on any GPU that wgpu reaches
+//! LAMB, NAdam, ASGD) for millions or billions of parameters on any GPU that wgpu reaches
 //! (Vulkan, Metal, DX12), one fused WGSL compute kernel per rule, the
 //! optimizer's state kept on the GPU between steps, with global-norm
 //! gradient clipping ([`ClipGradNorm`]) and PyTorch's learning-rate
 //! schedules ([`schedule`]). Names, defaults and formulas follow
 //! `torch.optim` (PyTorch 2.15); a CPU implementation of every rule checks
 //! the GPU and runs as a backend of its own. Each rule's page ([`Sgd`],
-//! [`Adagrad`], [`RmsProp`], [`Adam`], [`AdamW`], [`Lamb`]) gives its
-//! equations, defaults and reference, with an example.
+//! [`Adagrad`], [`RmsProp`], [`Adam`], [`AdamW`], [`Lamb`], [`NAdam`],
+//! [`Asgd`]) gives its equations, defaults and reference, with an example.
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};
@@ -65,5 +65,5 @@ pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use optimizer::Optimizer;
-pub use rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
+pub use rules::{Adagrad, Adam, AdamW, Asgd, Config, Lamb, NAdam, RmsProp, RuleKind, Sgd};
 pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};

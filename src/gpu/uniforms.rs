@@ -11,7 +11,7 @@
 
 use wgpu::util::DeviceExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::optimizer::GpuOptimizer;
 
@@ -163,10 +163,18 @@ impl GpuOptimizer {
         via: ScalarsVia,
     ) -> Result<()> {
         // The applied-step count before this step: known exactly without
-        // skipping; with it, one of `applied_known ..= applied_known + unknown`.
-        let (base, window) = match &self.skip {
-            Some(t) => (t.applied_known, t.outcomes_unknown()),
-            None => (self.counters.step, 0),
+        // skipping; with it, one of `applied_known ..= applied_known + unknown`,
+        // the rule's scalar state before it known for each (make_room saw
+        // to that).
+        let (base, scalar_states) = match &self.skip {
+            Some(t) if !t.window_advances_alike() => {
+                return Err(Error::UnsubmittedSteps {
+                    steps: t.outcomes_unknown(),
+                    needs: "the scalar state needs the outcome of the queued steps",
+                })
+            }
+            Some(t) => (t.applied_known, t.scalar_states_ahead()),
+            None => (self.counters.step, vec![self.scalar_state.clone()]),
         };
         let mut tail = StepTail {
             flags: self.step_flags(),
@@ -175,8 +183,8 @@ impl GpuOptimizer {
             host_step: (host_step + 1) as u32,
             table: [[0.0; 4]; TABLE_LEN],
         };
-        for j in 0..=window {
-            tail.table[j as usize] = self.config.step_entry(base + j + 1);
+        for (j, state) in scalar_states.iter().enumerate() {
+            tail.table[j] = self.config.step_entry(base + j as u64 + 1, state);
         }
         let scalars = self.config.step_scalars(self.counters.buffer_filled);
         let header = TileHeader {
