@@ -77,6 +77,17 @@ CASES = [
     ("adam_amsgrad_clip", "adam", {"lr": 0.01, "amsgrad": True}, 1.0),
     ("adamw_clip", "adamw", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
     ("lamb_clip", "lamb", {"lr": 0.01, "weight_decay": 0.01}, 1.0),
+    ("nadam", "nadam", {"lr": 0.01}),
+    ("nadam_decoupled_maximize", "nadam",
+     {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}),
+    ("nadam_clip", "nadam", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
+    # t0 = 0 averages from the third step on (ax + (θ − ax)·μ), the default
+    # t0 copies θ into ax: a NaN or an infinity of ax goes on differently.
+    ("asgd", "asgd", {"lr": 0.01}),
+    ("asgd_averaging", "asgd", {"lr": 0.01, "t0": 0}),
+    ("asgd_decay_maximize", "asgd",
+     {"lr": 0.01, "lambd": 0.1, "weight_decay": 0.1, "maximize": True, "t0": 0}),
+    ("asgd_clip", "asgd", {"lr": 0.01, "t0": 0}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -87,6 +98,15 @@ TORCH_RULES = {
     "adamw": torch.optim.AdamW,
 }
 VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def nadam_and_asgd():
+    """NAdam and ASGD step as torch.optim's own; their one-number state
+    (mu_product; eta, mu) is not element-wise and not recorded."""
+    TORCH_RULES.update(nadam=torch.optim.NAdam, asgd=torch.optim.ASGD)
+
+
+nadam_and_asgd()
 
 
 def lamb_step(params, grads, state, lr, betas, eps, wd, step, clamp):
