@@ -11,7 +11,7 @@
 //!
 //! | tensor | dtype, shape | what |
 //! | --- | --- | --- |
-//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`) |
+//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`, `ax`) |
 //! | `state.{i}.step` | F32, `[]` | the step count, as torch keeps it (exact below 2^24; the metadata has the exact `u64`) |
 //! | `state.{i}.{name}` | F32, `[]` | the rule's scalar state `name` (NAdam's `mu_product`, ASGD's `eta` and `mu`), the same in every tensor, as torch keeps it |
 //! | `params.{i}` | F32, `[len_i]` | parameter tensor `i`, when the checkpoint carries the parameters |
@@ -21,7 +21,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `format` | `wgpu-optim/checkpoint/1` |
-//! | `rule` | `sgd`, `adagrad`, `rmsprop`, `adam`, `adamw` or `lamb` |
+//! | `rule` | `sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `nadam` or `asgd` |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them; the scalar state that torch keeps in the group, if a rule has any |
 //! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` |
 //!

@@ -185,7 +185,10 @@ impl Case {
 /// `lr`, `betas` (a list of two), `eps`, `weight_decay`, `amsgrad`,
 /// `maximize` (Adam, AdamW), and Adam's `decoupled_weight_decay` (true makes
 /// it AdamW, as in PyTorch); `lr`, `betas`, `eps`, `weight_decay` (LAMB,
-/// Apex's names). Each rule reads them where it reads a checkpoint's.
+/// Apex's names); `lr`, `betas`, `eps`, `weight_decay`, `momentum_decay`,
+/// `decoupled_weight_decay`, `maximize` (NAdam); `lr`, `lambd`, `alpha`,
+/// `t0`, `weight_decay`, `maximize` (ASGD). Each rule reads them where it
+/// reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
 /// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.

@@ -349,8 +349,8 @@ impl CpuOptimizer {
         self.config.set_lr(lr)
     }
 
-    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW) used from
-    /// the next step on.
+    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
+    /// LAMB) used from the next step on.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
         let has_buffer = self.state_names.contains(&"momentum_buffer");
         self.config.set_momentum(momentum, has_buffer)

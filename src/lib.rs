@@ -1,8 +1,9 @@
 //! # wgpu-optim
 //!
 //! Optimizer steps (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AdamW,
-//! LAMB, NAdam, ASGD) for millions or billions of parameters on any GPU that wgpu reaches
-//! (Vulkan, Metal, DX12), one fused WGSL compute kernel per rule, the
+//! LAMB, NAdam, ASGD) for millions or billions of parameters on any GPU
+//! that wgpu reaches (Vulkan, Metal, DX12), one fused WGSL compute kernel
+//! per rule, the
 //! optimizer's state kept on the GPU between steps, with global-norm
 //! gradient clipping ([`ClipGradNorm`]) and PyTorch's learning-rate
 //! schedules ([`schedule`]). Names, defaults and formulas follow

@@ -251,7 +251,7 @@ fn skipped_steps_with_history_changed_between_them() {
         let mut state_envelopes: Vec<Envelope> = c
             .state_names()
             .iter()
-            .map(|_| Envelope::new(&vec![0.0; TOTAL]))
+            .map(|_| Envelope::new(&[0.0; TOTAL]))
             .collect();
         run(&mut c, &ops, &mut |o: &CpuOptimizer| {
             envelope.update(o.params_flat());

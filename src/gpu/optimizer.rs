@@ -429,7 +429,11 @@ impl GpuOptimizer {
     /// (the host waits for steps already submitted when it must): the 33rd
     /// step recorded before the encoder is submitted returns
     /// [`Error::UnsubmittedSteps`] and changes nothing; submit the encoder
-    /// and record again. With [`ClipGradNorm::error_if_nonfinite`] use
+    /// and record again. So does, for NAdam and ASGD, a step after
+    /// `betas[0]` (NAdam) or the lr (ASGD) changed among recorded steps
+    /// that are not submitted yet: their scalar state needs the outcomes
+    /// (see [`GpuOptimizer::set_skip_nonfinite`]). With
+    /// [`ClipGradNorm::error_if_nonfinite`] use
     /// [`GpuOptimizer::step_device`], which learns whether the GPU refused
     /// the step; this returns [`Error::InvalidOptions`] then.
     pub fn record_step(
@@ -833,8 +837,8 @@ impl GpuOptimizer {
         self.config.set_lr(lr)
     }
 
-    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW) used from
-    /// the next step on.
+    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
+    /// LAMB) used from the next step on.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
         let has_buffer = self.state_names.contains(&"momentum_buffer");
         self.config.set_momentum(momentum, has_buffer)

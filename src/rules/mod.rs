@@ -184,8 +184,9 @@ pub(crate) trait Rule: Clone + Default + PartialEq + Into<Config> {
     fn advance_scalar_state(&self, _state: &mut [f64], _step: u64) {}
     /// Whether steps taken with `self` and with `other` in force advance
     /// the scalar state alike: the hyperparameters
-    /// [`Rule::advance_scalar_state`] reads are the same. Equal
-    /// configurations by default; only asked of rules with scalar state.
+    /// [`Rule::advance_scalar_state`] and [`Rule::scalar_state_initial`]
+    /// read are the same. Equal configurations by default; only asked of
+    /// rules with scalar state.
     fn advances_alike(&self, other: &Self) -> bool {
         self == other
     }
@@ -369,8 +370,8 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`), or of Apex's and optax's for
-            /// LAMB (`lamb`).
+            /// `rmsprop`, `adam`, `adamw`, `nadam`, `asgd`), or of Apex's
+            /// and optax's for LAMB (`lamb`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
