@@ -296,9 +296,8 @@ impl GpuOptimizer {
             if let Some(t) = self.skip.as_ref().filter(|t| mixed(t)) {
                 return Err(Error::UnsubmittedSteps {
                     steps: t.outcomes_unknown(),
-                    needs: "with skip_nonfinite, a step after a change of what the rule's scalar \
-                            state depends on (NAdam's betas[0], ASGD's lr) needs the outcome of \
-                            the steps queued before the change",
+                    needs: "the next step's scalar state needs their outcomes (the betas[0] or \
+                            lr it depends on changed among them)",
                 });
             }
         }

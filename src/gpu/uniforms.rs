@@ -170,7 +170,7 @@ impl GpuOptimizer {
             Some(t) if !t.window_advances_alike() => {
                 return Err(Error::UnsubmittedSteps {
                     steps: t.outcomes_unknown(),
-                    needs: "the scalar state needs the outcome of the queued steps",
+                    needs: "the next step's scalar state needs their outcomes",
                 })
             }
             Some(t) => (t.applied_known, t.scalar_states_ahead()),

@@ -186,7 +186,8 @@ pub enum Backend {
 #[command(after_long_help = AFTER_HELP)]
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
-    /// adam, adam_amsgrad, adamw, adam_clip, lamb, or all. Presets as PyTorch's bench script:
+    /// adam, adam_amsgrad, adamw, adam_clip, lamb, nadam, nadamw, asgd, or
+    /// all. Presets as PyTorch's bench script:
     /// lr 1e-3 (adagrad 1e-2), momentum 0.9, PyTorch's defaults otherwise.
     #[arg(
         long,

@@ -30,7 +30,15 @@ fn rules_match_pytorchs_script() {
     assert_eq!(bytes("adam_amsgrad"), 36);
     assert_eq!(bytes("adam_clip"), 32);
     assert_eq!(bytes("lamb"), 28);
-    assert_eq!(parse_rules("all").unwrap().0.len(), 10);
+    assert_eq!(bytes("nadam"), 28);
+    assert_eq!(bytes("asgd"), 20);
+    // Every rule's presets, whatever rules are registered.
+    let presets: usize = wgpu_optim::RuleKind::ALL
+        .iter()
+        .map(|r| r.presets().len())
+        .sum();
+    assert_eq!(parse_rules("all").unwrap().0.len(), presets);
+    assert!(presets >= 10);
     assert!(parse_rules("lars").is_err());
 }
 
