@@ -114,19 +114,18 @@ impl SkipTracker {
         }
     }
 
-    /// The scalar state before each step count the next step may run at:
-    /// entry `j` after `applied_known + j` steps, `j = 0 ..= window`. Only
-    /// while [`SkipTracker::window_advances_alike`].
-    pub(super) fn scalar_states_ahead(&self) -> Vec<Vec<f64>> {
+    /// Calls `f(j, state)` for each step count the next step may run at,
+    /// `j = 0 ..= window`, with the scalar state after `applied_known + j`
+    /// steps. Only while [`SkipTracker::window_advances_alike`].
+    pub(super) fn for_each_count(&self, mut f: impl FnMut(u64, &[f64])) {
         let mut state = self.scalar_state_known.clone();
-        let mut out = vec![state.clone()];
+        f(0, &state);
         if let Some(config) = self.window.front() {
             for j in 1..=self.window.len() as u64 {
                 config.advance_scalar_state(&mut state, self.applied_known + j);
-                out.push(state.clone());
+                f(j, &state);
             }
         }
-        out
     }
 }
 
@@ -588,13 +587,14 @@ mod tests {
         // A window that advances alike: entry j is the state after j steps.
         let t = tracker(start, vec![beta(0.8); 3], vec![0.25]);
         assert!(t.window_advances_alike());
-        let ahead = t.scalar_states_ahead();
-        assert_eq!(ahead.len(), 4);
+        let mut ahead = Vec::new();
+        t.for_each_count(|j, s| ahead.push((j, s.to_vec())));
         let mut state = vec![0.25];
-        for (j, s) in ahead.iter().enumerate() {
-            assert_eq!(s, &state, "entry {j}");
-            beta(0.8).advance_scalar_state(&mut state, start + 1 + j as u64);
+        for j in 0..4u64 {
+            assert_eq!(ahead[j as usize], (j, state.clone()), "entry {j}");
+            beta(0.8).advance_scalar_state(&mut state, start + 1 + j);
         }
+        assert_eq!(ahead.len(), 4);
         // A new lr does not change NAdam's state: still alike.
         let mut lr = t.window.clone();
         if let Some(Config::NAdam(c)) = lr.back_mut() {
