@@ -68,6 +68,9 @@ fn clip_finish(@builtin(local_invocation_index) lid: u32) {
             }
             counters[1] = u.tail.host_step;
             counters[5] = select(0u, 1u, refused);
+            // The outcomes of the last 32 steps, the last in bit 0: which
+            // were applied, for the host's scalar state (src/gpu/skip.rs).
+            counters[6] = (counters[6] << 1u) | select(1u, 0u, refused);
         }
     }
 }

@@ -17,8 +17,9 @@
 // non-finite gradients are skipped (FLAG_SKIP_NONFINITE): [0] steps
 // applied, [1] the host's number of the last step processed, [2] steps
 // skipped, [3] SGD's momentum buffer filled, [4] filled before the current
-// step, [5] the current step was skipped; all u32 (the host keeps the high
-// bits). `u.tiles` (`TileHeader` in src/gpu/uniforms.rs): clipping's
+// step, [5] the current step was skipped, [6] the outcomes of the last 32
+// steps (bit 0 the last, 1 when applied); all u32 (the host keeps the high
+// bits of the counts). `u.tiles` (`TileHeader` in src/gpu/uniforms.rs): clipping's
 // max_norm, the tiles over all chunks, the tensors.
 
 fn tile_count() -> u32 { return tables[0].y; }

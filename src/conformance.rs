@@ -192,8 +192,10 @@ impl Case {
 /// `fixed_decay`, `alpha`, `t_alpha_beta3` (a number or null), `eps`,
 /// `maximize` (AdEMAMix, pytorch-optimizer's); `lr`, `betas`, `eps`,
 /// `weight_decay`, `decoupled_weight_decay`, `maximize` (RAdam); `lr`,
-/// `betas`, `eps`, `weight_decay`, `maximize` (Adamax). Each rule reads
-/// them where it reads a checkpoint's.
+/// `betas`, `eps`, `weight_decay`, `maximize` (Adamax); `lr`, `betas`,
+/// `eps`, `weight_decay`, `momentum_decay`, `decoupled_weight_decay`,
+/// `maximize` (NAdam); `lr`, `lambd`, `alpha`, `t0`, `weight_decay`,
+/// `maximize` (ASGD). Each rule reads them where it reads a checkpoint's.
 ///
 /// Errors: a key the rule does not have, or a value of the wrong type, is
 /// [`Error::InvalidOptions`] (never ignored), and so is an unknown rule.
@@ -287,12 +289,15 @@ fn read_f64(
 }
 
 /// Puts tensor `t` of a `[t]` list, checking its index and length.
+/// Puts tensor `t` of `name` in its slot; `scalar` says it is one number
+/// per tensor (the rule's scalar state), not one per element.
 fn place<T>(
     slots: &mut [Option<Vec<T>>],
     sizes: &[usize],
     name: &str,
     t: usize,
     data: Vec<T>,
+    scalar: bool,
 ) -> std::result::Result<(), String> {
     let Some(&size) = sizes.get(t) else {
         return Err(format!(
@@ -300,6 +305,7 @@ fn place<T>(
             sizes.len()
         ));
     };
+    let size = if scalar { 1 } else { size };
     if data.len() != size {
         return Err(format!(
             "tensor `{name}` has {} elements, but sizes[{t}] = {size}",
@@ -506,16 +512,23 @@ fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
     let mut torch_params: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut any_torch_param = false;
     let mut torch_state: BTreeMap<String, Vec<Option<Vec<f32>>>> = BTreeMap::new();
+    // NAdam's `mu_product`, ASGD's `eta` and `mu`: one number per tensor.
+    let scalar_names = config
+        .as_ref()
+        .map_or_else(Vec::new, Config::scalar_state_names);
+    let scalar = |s: &str| scalar_names.contains(&s);
     for (tname, view) in st.iter() {
         let kind =
             parse_tensor_name(tname).ok_or_else(|| format!("unexpected tensor `{tname}`"))?;
         match kind {
-            TensorName::Init(t) => place(&mut init, &sizes, tname, t, read_f32(tname, &view)?)?,
+            TensorName::Init(t) => {
+                place(&mut init, &sizes, tname, t, read_f32(tname, &view)?, false)?
+            }
             TensorName::Grad(s, t) => {
                 let step = grads.get_mut(s).ok_or_else(|| {
                     format!("tensor `{tname}`: step {s} out of range (the case has {steps} steps)")
                 })?;
-                place(step, &sizes, tname, t, read_f32(tname, &view)?)?
+                place(step, &sizes, tname, t, read_f32(tname, &view)?, false)?
             }
             TensorName::ExpectedParam(t) => place(
                 &mut expected_params,
@@ -523,18 +536,28 @@ fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
                 tname,
                 t,
                 read_f64(tname, &view)?,
+                false,
             )?,
             TensorName::ExpectedState(s, t) => {
+                let one = scalar(&s);
                 let slots = expected_state.entry(s).or_insert_with(|| vec![None; n]);
-                place(slots, &sizes, tname, t, read_f64(tname, &view)?)?
+                place(slots, &sizes, tname, t, read_f64(tname, &view)?, one)?
             }
             TensorName::TorchParam(t) => {
                 any_torch_param = true;
-                place(&mut torch_params, &sizes, tname, t, read_f32(tname, &view)?)?
+                place(
+                    &mut torch_params,
+                    &sizes,
+                    tname,
+                    t,
+                    read_f32(tname, &view)?,
+                    false,
+                )?
             }
             TensorName::TorchState(s, t) => {
+                let one = scalar(&s);
                 let slots = torch_state.entry(s).or_insert_with(|| vec![None; n]);
-                place(slots, &sizes, tname, t, read_f32(tname, &view)?)?
+                place(slots, &sizes, tname, t, read_f32(tname, &view)?, one)?
             }
         }
     }
@@ -933,6 +956,10 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
     let mut state = BTreeMap::new();
     for name in opt.state_names().to_vec() {
         state.insert(name.to_string(), opt.read_state(name)?);
+    }
+    // One number for all tensors, compared in each as torch has it there.
+    for (name, value) in opt.scalar_state()? {
+        state.insert(name.to_string(), vec![vec![value as f32]; params.len()]);
     }
     Ok((params, state))
 }

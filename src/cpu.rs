@@ -29,6 +29,8 @@ pub struct CpuOptimizer {
     params: Vec<f32>,
     state_names: Vec<&'static str>,
     state: Vec<Vec<f32>>,
+    /// The rule's scalar state after `counters.step` steps.
+    scalar_state: Vec<f64>,
     counters: Counters,
     clip: Option<ClipGradNorm>,
     last_grad_norm: Option<f32>,
@@ -64,12 +66,14 @@ impl CpuOptimizer {
             .iter()
             .map(|name| vec![config.state_initial_value(name); layout.total()])
             .collect();
+        let scalar_state = config.scalar_state_initial();
         Ok(CpuOptimizer {
             config,
             layout,
             params: flat,
             state_names,
             state,
+            scalar_state,
             counters: Counters::default(),
             clip: None,
             last_grad_norm: None,
@@ -138,15 +142,19 @@ impl CpuOptimizer {
         self.last_skipped = false;
         // PyTorch multiplies the gradients by the clip coefficient (f32)
         // before the step; the GPU does the same inside its kernel.
+        let step = self.counters.step + 1;
         self.config.cpu_step(
-            self.counters.step + 1,
+            step,
             self.counters.buffer_filled,
+            &self.scalar_state,
             &self.layout,
             &mut self.params,
             grads,
             &mut self.state,
             scales,
         );
+        self.config
+            .advance_scalar_state(&mut self.scalar_state, step);
         self.counters.advance(&self.config);
         Ok(())
     }
@@ -205,6 +213,11 @@ impl CpuOptimizer {
                 .zip(&self.state)
                 .map(|(n, v)| (n.to_string(), v.clone()))
                 .collect(),
+            scalar_state: self
+                .scalar_state()
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v))
+                .collect(),
             params: Some(self.params.clone()),
             clip: self.clip,
             skip_nonfinite: self.skip_nonfinite,
@@ -253,6 +266,7 @@ impl CpuOptimizer {
             self.params.copy_from_slice(p);
         }
         self.config = ckpt.config.clone();
+        self.scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
         self.counters = Counters {
             step: ckpt.step,
             buffer_filled: ckpt.buffer_filled,
@@ -332,8 +346,8 @@ impl CpuOptimizer {
         self.config.set_lr(lr)
     }
 
-    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW) used from
-    /// the next step on.
+    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
+    /// LAMB) used from the next step on.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
         let has_buffer = self.state_names.contains(&"momentum_buffer");
         self.config.set_momentum(momentum, has_buffer)
@@ -359,6 +373,15 @@ impl CpuOptimizer {
         &self.state_names
     }
 
+    /// The rule's scalar state ([`Config::scalar_state_names`]: NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`), each value as torch keeps it
+    /// in every tensor's state after the steps taken (before the first
+    /// step, the values it would start from now); empty for the other
+    /// rules.
+    pub fn scalar_state(&self) -> Vec<(&'static str, f64)> {
+        scalar_state_of(&self.config, self.counters.step, &self.scalar_state)
+    }
+
     /// The state tensor `name` (`exp_avg`, `momentum_buffer`, ...), packed as
     /// the parameters are.
     pub fn state_flat(&self, name: &str) -> Result<&[f32]> {
@@ -370,6 +393,27 @@ impl CpuOptimizer {
     pub fn state(&self, name: &str) -> Result<Vec<&[f32]>> {
         Ok(self.layout.split_unchecked(self.state_flat(name)?))
     }
+}
+
+/// `values`, the scalar state after `step` steps, named; before the first
+/// step, the state `config` would start from.
+pub(crate) fn scalar_state_of(
+    config: &Config,
+    step: u64,
+    values: &[f64],
+) -> Vec<(&'static str, f64)> {
+    let initial;
+    let values = if step == 0 {
+        initial = config.scalar_state_initial();
+        &initial
+    } else {
+        values
+    };
+    config
+        .scalar_state_names()
+        .into_iter()
+        .zip(values.iter().copied())
+        .collect()
 }
 
 pub(crate) fn state_index(config: &Config, names: &[&'static str], name: &str) -> Result<usize> {

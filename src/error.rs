@@ -204,9 +204,11 @@ pub enum Error {
     /// Steps recorded with `GpuOptimizer::record_step` have not run on the
     /// GPU (the encoder holding them has not been submitted), and the call
     /// needs them to have run: with `set_skip_nonfinite` at most 32 steps
-    /// may be queued ahead of what the host has read back, and exact counts
-    /// (a checkpoint, `skipped_steps`) need every step run. Nothing was
-    /// changed; submit the encoder and call again.
+    /// may be queued ahead of what the host has read back, NAdam's and
+    /// ASGD's scalar state needs the outcomes of the steps queued since
+    /// `betas[0]` or the lr changed, and exact counts (a checkpoint,
+    /// `skipped_steps`) need every step run. Nothing was changed; submit
+    /// the encoder and call again.
     #[error("{steps} steps recorded with record_step have not run on the GPU, and {needs}: submit the encoder they were recorded into first (nothing was changed)")]
     UnsubmittedSteps {
         /// Steps queued whose outcome the host could not read back.

@@ -1,17 +1,17 @@
 //! # wgpu-optim
 //!
 //! Optimizer steps (SGD, momentum, Nesterov, Adagrad, RMSprop, Adam, AdamW,
-//! LAMB, RAdam, Adamax, Adadelta, Rprop, Lion, AdEMAMix) for millions or
-//! billions of parameters on any GPU that wgpu reaches (Vulkan, Metal,
-//! DX12), one fused WGSL compute kernel per rule, the optimizer's state kept
-//! on the GPU between steps, with global-norm gradient clipping
+//! LAMB, RAdam, Adamax, NAdam, ASGD, Adadelta, Rprop, Lion, AdEMAMix) for
+//! millions or billions of parameters on any GPU that wgpu reaches (Vulkan,
+//! Metal, DX12), one fused WGSL compute kernel per rule, the optimizer's
+//! state kept on the GPU between steps, with global-norm gradient clipping
 //! ([`ClipGradNorm`]) and PyTorch's learning-rate schedules ([`schedule`]).
 //! Names, defaults and formulas follow `torch.optim` (PyTorch 2.15); a CPU
 //! implementation of every rule checks the GPU and runs as a backend of its
 //! own. Each rule's page ([`Sgd`], [`Adagrad`], [`RmsProp`], [`Adam`],
-//! [`AdamW`], [`Lamb`], [`RAdam`], [`Adamax`], [`Adadelta`], [`Rprop`],
-//! [`Lion`], [`AdEMAMix`]) gives its equations, defaults and reference,
-//! with an example.
+//! [`AdamW`], [`Lamb`], [`RAdam`], [`Adamax`], [`NAdam`], [`Asgd`],
+//! [`Adadelta`], [`Rprop`], [`Lion`], [`AdEMAMix`]) gives its equations,
+//! defaults and reference, with an example.
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};
@@ -68,7 +68,7 @@ pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use optimizer::Optimizer;
 pub use rules::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Config, Lamb, Lion, RAdam, RmsProp, Rprop,
-    RuleKind, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, Lamb, Lion, NAdam, RAdam,
+    RmsProp, Rprop, RuleKind, Sgd,
 };
 pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};

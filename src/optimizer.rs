@@ -97,6 +97,11 @@ pub trait Optimizer {
     /// The state tensor `name`, one vector per parameter tensor.
     fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>>;
 
+    /// The rule's scalar state by torch's name (NAdam's `mu_product`,
+    /// ASGD's `eta` and `mu`; empty for the other rules), one value for
+    /// all tensors, as torch keeps it.
+    fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>>;
+
     /// The whole state as a [`Checkpoint`].
     fn checkpoint(&self) -> Result<Checkpoint>;
 
@@ -199,6 +204,9 @@ mod backends {
         fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
             Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
         }
+        fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>> {
+            Ok(CpuOptimizer::scalar_state(self))
+        }
         fn checkpoint(&self) -> Result<Checkpoint> {
             Ok(CpuOptimizer::checkpoint(self))
         }
@@ -267,6 +275,9 @@ mod backends {
         }
         fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
             GpuOptimizer::read_state(self, name)
+        }
+        fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>> {
+            GpuOptimizer::scalar_state(self)
         }
         fn checkpoint(&self) -> Result<Checkpoint> {
             GpuOptimizer::checkpoint(self)

@@ -136,20 +136,22 @@ fn every_rule_lowers_the_loss() {
 
 /// With zero gradients and no weight decay every rule's update is an exact
 /// zero: SGD's and the momentum's `lr·0`, Adagrad's and RMSprop's
-/// `0 / (sqrt(0 or init) + eps)` (eps > 0), Adam's `0 / (0 + eps)`; and
-/// `θ − 0 = θ` exactly. So the parameters stay bit for bit (all of them
+/// `0 / (sqrt(0 or init) + eps)` (eps > 0), Adam's and NAdam's
+/// `0 / (0 + eps)`, ASGD's `η·0` (its `θ·(1 − λ·η)` is `θ·1` only without
+/// `lambd`, which counts as decay here); and `θ − 0 = θ` exactly. So the parameters stay bit for bit (all of them
 /// normal numbers or +0 here: `maximize` negates the zero, and
 /// `−0 − (−0)` would be +0).
 #[test]
 fn zero_gradients_leave_parameters_bit_for_bit() {
     // Every configuration of the table without weight decay (torch's
-    // `weight_decay` 0; a rule without the option counts as 0).
+    // `weight_decay` 0, and ASGD's `lambd`, which decays θ by `1 − λ·η`;
+    // a rule without the option counts as 0).
     let mut configs: Vec<Config> = Vec::new();
     for input in cases::inputs() {
         let h = cases::hyperparameters(&input.config);
-        let decays = h
-            .get("weight_decay")
-            .is_some_and(|w| w.as_f64() != Some(0.0));
+        let decays = ["weight_decay", "lambd"]
+            .iter()
+            .any(|k| h.get(*k).is_some_and(|w| w.as_f64() != Some(0.0)));
         if !decays && !configs.contains(&input.config) {
             configs.push(input.config);
         }

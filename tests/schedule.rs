@@ -159,24 +159,16 @@ fn f32r(v: f64) -> f64 {
 }
 
 /// The optimizer's lr and momentum (or `betas[0]`) in force before any
-/// scheduler, as the golden generator built it.
-fn golden_bases(case: &Map<String, Value>) -> (f64, Option<f64>) {
-    let hyper = case["hyper"].as_object().unwrap();
-    let lr = f32r(hyper["lr"].as_f64().unwrap());
-    let momentum = match case["rule"].as_str().unwrap() {
-        "sgd" | "rmsprop" => Some(
-            hyper
-                .get("momentum")
-                .map_or(0.0, |v| f32r(v.as_f64().unwrap())),
-        ),
-        "adam" | "adamw" | "lamb" | "radam" | "adamax" | "lion" | "ademamix" => Some(
-            hyper
-                .get("betas")
-                .map_or(0.9, |v| f32r(v[0].as_f64().unwrap())),
-        ),
-        _ => None,
-    };
-    (lr, momentum)
+/// scheduler, as the golden generator built it: the case's configuration
+/// as the conformance runner reads it (explicit values rounded to f32,
+/// defaults exact), whatever the rule.
+fn golden_bases(g: &GoldenCase) -> (f64, Option<f64>) {
+    let case = wgpu_optim::conformance::Case::from_bytes(&g.bytes, &g.file)
+        .unwrap_or_else(|e| panic!("{}: {e}", g.file));
+    let config = case
+        .config
+        .unwrap_or_else(|| panic!("{}: rule {}", g.file, case.rule));
+    (config.lr(), config.momentum())
 }
 
 #[test]
@@ -191,7 +183,7 @@ fn golden_cases_lr_and_momentum_match_torch() {
         if g.case.contains_key("schedule") {
             scheduled.push(g.case["schedule"]["kind"].as_str().unwrap().to_string());
         }
-        let (base_lr, base_momentum) = golden_bases(&g.case);
+        let (base_lr, base_momentum) = golden_bases(&g);
         let lrs = raw_arrays(&g.text, "lr_per_step").remove(0);
         let moms = raw_arrays(&g.text, "momentum_per_step")
             .into_iter()

@@ -11,8 +11,8 @@
 //! restores it into fresh optimizers (`from_checkpoint`, and
 //! `load_checkpoint` into one built from other parameters), continues with
 //! more setters and steps, and compares everything (parameters, every state
-//! tensor, step and skip counts, SGD's buffer flag, clipping, loss scale,
-//! scheduler) bit for bit with the run that was never interrupted: on the
+//! tensor, the scalar state, step and skip counts, SGD's buffer flag,
+//! clipping, loss scale, scheduler) bit for bit with the run that was never interrupted: on the
 //! CPU, on the GPU, and from one to the other within the GPU-against-CPU
 //! tolerance argued at [`cross_device_bound`].
 //!
@@ -451,7 +451,7 @@ fn same(a: &Checkpoint, b: &Checkpoint) -> std::result::Result<(), String> {
     let fields = |c: &Checkpoint| {
         format!(
             "config {:?} lengths {:?} step {} buffer_filled {} clip {:?} skip_nonfinite {} \
-             skipped {} grad_scale {:?} scheduler {:?} state {:?}",
+             skipped {} grad_scale {:?} scheduler {:?} state {:?} scalar state {:?}",
             c.config,
             c.lengths,
             c.step,
@@ -461,7 +461,8 @@ fn same(a: &Checkpoint, b: &Checkpoint) -> std::result::Result<(), String> {
             c.skipped_steps,
             c.grad_scale,
             c.scheduler,
-            c.state.iter().map(|(n, _)| n).collect::<Vec<_>>()
+            c.state.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            c.scalar_state
         )
     };
     if fields(a) != fields(b) {

@@ -23,7 +23,8 @@ mod common;
 // The GPU test tier on `wgpu::Limits::default()`. Chosen: the files that
 // step every kernel (gpu_vs_cpu, lamb_clip: every rule and option against
 // the CPU; golden: against PyTorch), the ones that turn the reduction on
-// and off (nonfinite, checkpoint, setter_sequences, recorded_steps) and
+// and off (nonfinite, checkpoint, setter_sequences, recorded_steps,
+// scalar_state) and
 // the error paths (errors, bad_input). The rest (behaviour, schedule,
 // faults, train, large_model) drive the same kernels through the same
 // calls, and would add minutes on CI's 2 cores.
@@ -43,6 +44,8 @@ mod lamb_clip;
 mod nonfinite;
 #[path = "recorded_steps.rs"]
 mod recorded_steps;
+#[path = "scalar_state.rs"]
+mod scalar_state;
 #[path = "setter_sequences.rs"]
 mod setter_sequences;
 

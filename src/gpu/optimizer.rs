@@ -6,7 +6,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::clip::ClipGradNorm;
-use crate::cpu::state_index;
+use crate::cpu::{scalar_state_of, state_index};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::layout::{Counters, Layout};
@@ -80,6 +80,9 @@ pub struct GpuOptimizer {
     /// A step has run with the clipping in force (so `info` holds its norm).
     pub(super) norm_seen: bool,
     pub(super) counters: Counters,
+    /// The rule's scalar state after `counters.step` steps (while
+    /// skipping, the tracker's `scalar_state_known` is the one kept).
+    pub(super) scalar_state: Vec<f64>,
     /// `1/grad_scale` and the scale (1: off).
     pub(super) inv_scale: f32,
     pub(super) grad_scale: f64,
@@ -286,6 +289,7 @@ impl GpuOptimizer {
         };
         let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
         let state_names = config.state_names_with(momentum_buffer);
+        let scalar_state = config.scalar_state_initial();
         let buffers =
             OwnedResources::create(ctx, &config, &state_names, &chunks, &tiling, layout.len())?;
         let mut opt = GpuOptimizer {
@@ -304,6 +308,7 @@ impl GpuOptimizer {
             clip: None,
             norm_seen: false,
             counters: Counters::default(),
+            scalar_state,
             inv_scale: 1.0,
             grad_scale: 1.0,
             skip: None,
@@ -345,7 +350,7 @@ impl GpuOptimizer {
     pub fn step_device(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
         self.make_room()?;
-        let before = self.counters;
+        let before = (self.counters, self.scalar_state.clone());
         let staging = self.skip.as_mut().map(|t| {
             t.free.pop().unwrap_or_else(|| {
                 ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -391,7 +396,7 @@ impl GpuOptimizer {
                         return Ok(());
                     }
                 } else {
-                    self.counters = before;
+                    (self.counters, self.scalar_state) = before;
                 }
                 return Err(Error::NonFiniteGradNorm {
                     norm: info[0] as f64,
@@ -424,7 +429,11 @@ impl GpuOptimizer {
     /// (the host waits for steps already submitted when it must): the 33rd
     /// step recorded before the encoder is submitted returns
     /// [`Error::UnsubmittedSteps`] and changes nothing; submit the encoder
-    /// and record again. With [`ClipGradNorm::error_if_nonfinite`] use
+    /// and record again. So does, for NAdam and ASGD, a step after
+    /// `betas[0]` (NAdam) or the lr (ASGD) changed among recorded steps
+    /// that are not submitted yet: their scalar state needs the outcomes
+    /// (see [`GpuOptimizer::set_skip_nonfinite`]). With
+    /// [`ClipGradNorm::error_if_nonfinite`] use
     /// [`GpuOptimizer::step_device`], which learns whether the GPU refused
     /// the step; this returns [`Error::InvalidOptions`] then.
     pub fn record_step(
@@ -510,10 +519,15 @@ impl GpuOptimizer {
         match self.skip.as_mut() {
             Some(t) => {
                 t.host_steps_queued += 1;
+                t.window.push_back(self.config.clone());
                 // An upper bound until the outcome is read back.
                 self.counters.step = t.applied_known + t.outcomes_unknown();
             }
-            None => self.counters.advance(&self.config),
+            None => {
+                self.config
+                    .advance_scalar_state(&mut self.scalar_state, self.counters.step + 1);
+                self.counters.advance(&self.config);
+            }
         }
         Ok(())
     }
@@ -636,17 +650,22 @@ impl GpuOptimizer {
         for name in &self.state_names {
             state.push((name.to_string(), self.read_state_flat(name)?));
         }
-        let (step, buffer_filled, skipped) = self.exact_counts()?;
+        let exact = self.exact_counts()?;
+        let scalar_state = scalar_state_of(&self.config, exact.step, &exact.scalar_state)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
-            step,
-            buffer_filled,
+            step: exact.step,
+            buffer_filled: exact.buffer_filled,
             state,
+            scalar_state,
             params,
             clip: self.clip,
             skip_nonfinite: self.skip.is_some(),
-            skipped_steps: skipped,
+            skipped_steps: exact.skipped,
             grad_scale: self.grad_scale,
             scheduler: None,
         })
@@ -711,6 +730,7 @@ impl GpuOptimizer {
             step: ckpt.step,
             buffer_filled: ckpt.buffer_filled,
         };
+        self.scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
         self.clip = ckpt.clip;
         self.norm_seen = false;
         self.inv_scale = inv_scale;
@@ -778,6 +798,20 @@ impl GpuOptimizer {
         &self.state_names
     }
 
+    /// The rule's scalar state ([`Config::scalar_state_names`]: NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`), kept on the host, as
+    /// [`crate::CpuOptimizer::scalar_state`] gives it. With
+    /// [`GpuOptimizer::set_skip_nonfinite`] it depends on which queued
+    /// steps were applied: this reads the GPU's counters back (waits).
+    pub fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>> {
+        let exact = self.exact_counts()?;
+        Ok(scalar_state_of(
+            &self.config,
+            exact.step,
+            &exact.scalar_state,
+        ))
+    }
+
     /// The rule and hyperparameters in force.
     pub fn config(&self) -> &Config {
         &self.config
@@ -803,8 +837,8 @@ impl GpuOptimizer {
         self.config.set_lr(lr)
     }
 
-    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW) used from
-    /// the next step on.
+    /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
+    /// LAMB) used from the next step on.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
         let has_buffer = self.state_names.contains(&"momentum_buffer");
         self.config.set_momentum(momentum, has_buffer)

@@ -2,8 +2,11 @@
 //! whether each step is applied and keeps the step counters; the host
 //! learns them later from read-backs it never waits for unless it must.
 
+use std::collections::VecDeque;
+
 use crate::error::{Error, Result};
 use crate::layout::Counters;
+use crate::rules::Config;
 
 use super::optimizer::GpuOptimizer;
 use super::readback::{map_counters, read_buffer, Readback};
@@ -25,6 +28,18 @@ use super::uniforms::TABLE_LEN;
 /// [`StepTail`](super::uniforms::StepTail)) and the GPU picks. A step can be queued only while that
 /// window fits the table ([`TABLE_LEN`]); at its edge the host waits for
 /// the read-back of a step already submitted.
+///
+/// A rule's scalar state (NAdam's `mu_product`, ASGD's `eta` and `mu`) is
+/// history: the entry of count `applied_known + j` needs the state after
+/// `j` of the window's steps were applied, which depends on which ones
+/// when a hyperparameter the state reads changed among them
+/// ([`Config::advances_alike`]). The tracker keeps the configuration of
+/// every step of the window; while they advance the state alike the host
+/// advances the known state `j` times for entry `j`, and otherwise it
+/// first waits for the outcomes ([`GpuOptimizer::make_room`]). The GPU
+/// shifts each step's outcome into a word of the counters, so a read-back
+/// tells which of the (at most [`TABLE_LEN`]) steps it covers were applied,
+/// and the known state is advanced over exactly those.
 pub(super) struct SkipTracker {
     /// Steps queued in all (the number of the last one).
     pub(super) host_steps_queued: u64,
@@ -38,6 +53,11 @@ pub(super) struct SkipTracker {
     pub(super) momentum_filled_known: bool,
     /// Step `host_steps_known` was skipped.
     pub(super) last_skipped_known: bool,
+    /// The rule's scalar state after `applied_known` steps.
+    pub(super) scalar_state_known: Vec<f64>,
+    /// The configuration in force at each step whose outcome is unknown,
+    /// host steps `host_steps_known + 1 ..= host_steps_queued` in order.
+    pub(super) window: VecDeque<Config>,
     /// Read-backs in flight: the staging buffer and its map result.
     pub(super) pending: Vec<Readback>,
     /// Staging buffers ready for reuse.
@@ -48,13 +68,30 @@ impl SkipTracker {
     /// Takes in a read-back of the counters: the GPU's numbers are the low
     /// 32 bits of counts that only grow, and lie between what the host
     /// knew and what it queued, so the host puts the high bits back.
+    ///
+    /// The newly known steps leave the window, and the scalar state is
+    /// advanced over those the outcome bits say were applied (bit 0 is step
+    /// `h`, bit 1 the one before; the window never holds more than the 32
+    /// bits tell).
     fn learn(&mut self, w: CounterWords) {
         let h =
             self.host_steps_known + (w.host_step.wrapping_sub(self.host_steps_known as u32)) as u64;
         if h < self.host_steps_known || h > self.host_steps_queued {
             return;
         }
+        let newly = h - self.host_steps_known;
+        let mut applied = self.applied_known;
+        for back in (0..newly).rev() {
+            let Some(config) = self.window.pop_front() else {
+                break;
+            };
+            if back < 32 && (w.outcomes >> back) & 1 == 1 {
+                applied += 1;
+                config.advance_scalar_state(&mut self.scalar_state_known, applied);
+            }
+        }
         self.applied_known += w.applied.wrapping_sub(self.applied_known as u32) as u64;
+        debug_assert_eq!(applied, self.applied_known, "outcome bits against counts");
         self.skipped_known += w.skipped.wrapping_sub(self.skipped_known as u32) as u64;
         self.host_steps_known = h;
         self.momentum_filled_known = w.filled != 0;
@@ -64,6 +101,31 @@ impl SkipTracker {
     /// Steps queued whose outcome the host does not know yet.
     pub(super) fn outcomes_unknown(&self) -> u64 {
         self.host_steps_queued - self.host_steps_known
+    }
+
+    /// Whether the steps of the window advance the scalar state alike,
+    /// so that the state after any `j` of them is known without knowing
+    /// which.
+    pub(super) fn window_advances_alike(&self) -> bool {
+        let mut w = self.window.iter();
+        match w.next() {
+            None => true,
+            Some(first) => w.all(|c| first.advances_alike(c)),
+        }
+    }
+
+    /// Calls `f(j, state)` for each step count the next step may run at,
+    /// `j = 0 ..= window`, with the scalar state after `applied_known + j`
+    /// steps. Only while [`SkipTracker::window_advances_alike`].
+    pub(super) fn for_each_count(&self, mut f: impl FnMut(u64, &[f64])) {
+        let mut state = self.scalar_state_known.clone();
+        f(0, &state);
+        if let Some(config) = self.window.front() {
+            for j in 1..=self.window.len() as u64 {
+                config.advance_scalar_state(&mut state, self.applied_known + j);
+                f(j, &state);
+            }
+        }
     }
 }
 
@@ -75,6 +137,7 @@ struct CounterWords {
     skipped: u32,
     filled: u32,
     last_skipped: u32,
+    outcomes: u32,
 }
 
 impl CounterWords {
@@ -85,6 +148,7 @@ impl CounterWords {
             skipped: words[2],
             filled: words[3],
             last_skipped: words[5],
+            outcomes: words[6],
         }
     }
 }
@@ -92,7 +156,8 @@ impl CounterWords {
 /// Words of the step-counter buffer (`counters` in tiles.wgsl): [0] steps
 /// applied, [1] host step number last processed, [2] steps skipped, [3]
 /// SGD buffer filled, [4] filled before the current step, [5] current step
-/// skipped; all the low 32 bits.
+/// skipped, [6] the outcomes of the last 32 steps (bit 0 the last, 1 when
+/// applied); the counts their low 32 bits.
 pub(super) const COUNTER_WORDS: u64 = 8;
 
 impl GpuOptimizer {
@@ -116,6 +181,21 @@ impl GpuOptimizer {
     /// unless 32 steps are queued ahead of what it knows. The scalars are
     /// those of the same f64 formula as without skipping, so a run with
     /// skipped steps is bit for bit the run that never saw those gradients.
+    ///
+    /// A rule's scalar state (NAdam's `mu_product`, ASGD's `eta` and `mu`)
+    /// is history, kept on the host, and the entry of each count is
+    /// computed from the state after that many of the queued steps. That
+    /// needs no waiting while the queued steps whose outcome is unknown
+    /// were taken with the same value of what the state depends on
+    /// (NAdam's `betas[0]`, ASGD's lr). Where that changed among them, the
+    /// state depends on which were applied, so the next step first waits
+    /// for their outcomes (the read-back of each step is already in
+    /// flight): a step after each such change waits for the GPU, and a
+    /// schedule that changes it every step (a `CyclicLr` cycling NAdam's
+    /// `β1`, any lr schedule with ASGD) makes every step wait for the one
+    /// before, as it would without skipping if the host read each step
+    /// back. With [`GpuOptimizer::record_step`] the steps waited for must
+    /// have been submitted ([`Error::UnsubmittedSteps`] otherwise).
     ///
     /// Turning it off waits for the queued steps (to learn the count).
     /// Toggle it between submissions, not between steps recorded into one
@@ -153,6 +233,7 @@ impl GpuOptimizer {
             0,
             0,
         ];
+        let scalar_state_known = self.scalar_state.clone();
         let ctx = self.ctx.clone();
         ctx.scoped("starting the step counters", || {
             ctx.queue
@@ -165,6 +246,8 @@ impl GpuOptimizer {
             skipped_known: 0,
             momentum_filled_known: c.buffer_filled,
             last_skipped_known: false,
+            scalar_state_known,
+            window: VecDeque::new(),
             pending: Vec::new(),
             free: Vec::new(),
         });
@@ -194,12 +277,29 @@ impl GpuOptimizer {
 
     /// With `skip_nonfinite`, makes sure the next step's window of possible
     /// step counts fits the table: takes in finished read-backs (without
-    /// waiting), and waits for one only when the window is full.
+    /// waiting), and waits for one only when the window is full, or when
+    /// the window's steps do not advance the rule's scalar state alike (the
+    /// state before the next step then depends on which were applied).
     pub(super) fn make_room(&mut self) -> Result<()> {
         if self.skip.is_none() {
             return Ok(());
         }
         self.collect_readbacks(false)?;
+        let mixed = |t: &SkipTracker| !t.window_advances_alike();
+        if self.skip.as_ref().is_some_and(mixed) {
+            self.collect_readbacks(true)?;
+            if self.skip.as_ref().is_some_and(mixed) {
+                self.request_counters()?;
+                self.collect_readbacks(true)?;
+            }
+            if let Some(t) = self.skip.as_ref().filter(|t| mixed(t)) {
+                return Err(Error::UnsubmittedSteps {
+                    steps: t.outcomes_unknown(),
+                    needs: "the next step's scalar state needs their outcomes (the betas[0] or \
+                            lr it depends on changed among them)",
+                });
+            }
+        }
         let full = |t: &SkipTracker| t.outcomes_unknown() + 1 > TABLE_LEN as u64;
         if self.skip.as_ref().is_some_and(full) {
             self.collect_readbacks(true)?;
@@ -336,19 +436,22 @@ impl GpuOptimizer {
                 step: t.applied_known,
                 buffer_filled: t.momentum_filled_known,
             };
+            self.scalar_state = t.scalar_state_known.clone();
         }
         Ok(())
     }
 
-    /// The exact (steps applied, SGD buffer filled, steps skipped), reading
-    /// the GPU's counters back with `skip_nonfinite` (waits).
-    pub(super) fn exact_counts(&self) -> Result<(u64, bool, u64)> {
+    /// The exact (steps applied, SGD buffer filled, steps skipped, scalar
+    /// state), reading the GPU's counters back with `skip_nonfinite`
+    /// (waits).
+    pub(super) fn exact_counts(&self) -> Result<ExactCounts> {
         let Some(t) = &self.skip else {
-            return Ok((
-                self.counters.step,
-                self.counters.buffer_filled,
-                self.skipped_before,
-            ));
+            return Ok(ExactCounts {
+                step: self.counters.step,
+                buffer_filled: self.counters.buffer_filled,
+                skipped: self.skipped_before,
+                scalar_state: self.scalar_state.clone(),
+            });
         };
         let words: Vec<u32> = read_buffer(&self.ctx, &self.buffers.counters, 0, COUNTER_WORDS * 4)?
             .iter()
@@ -361,6 +464,8 @@ impl GpuOptimizer {
             skipped_known: t.skipped_known,
             momentum_filled_known: t.momentum_filled_known,
             last_skipped_known: t.last_skipped_known,
+            scalar_state_known: t.scalar_state_known.clone(),
+            window: t.window.clone(),
             pending: Vec::new(),
             free: Vec::new(),
         };
@@ -371,39 +476,60 @@ impl GpuOptimizer {
                 needs: "the exact step count needs every step run",
             });
         }
-        Ok((
-            copy.applied_known,
-            copy.momentum_filled_known,
-            self.skipped_before + copy.skipped_known,
-        ))
+        Ok(ExactCounts {
+            step: copy.applied_known,
+            buffer_filled: copy.momentum_filled_known,
+            skipped: self.skipped_before + copy.skipped_known,
+            scalar_state: copy.scalar_state_known,
+        })
     }
+}
+
+/// What [`GpuOptimizer::exact_counts`] reads.
+pub(super) struct ExactCounts {
+    /// Steps applied.
+    pub(super) step: u64,
+    /// SGD's momentum buffer filled.
+    pub(super) buffer_filled: bool,
+    /// Steps skipped.
+    pub(super) skipped: u64,
+    /// The rule's scalar state after `step` steps.
+    pub(super) scalar_state: Vec<f64>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NAdam, Sgd};
+
+    fn tracker(start: u64, window: Vec<Config>, scalar_state: Vec<f64>) -> SkipTracker {
+        SkipTracker {
+            host_steps_queued: start + window.len() as u64,
+            host_steps_known: start,
+            applied_known: start,
+            skipped_known: 0,
+            momentum_filled_known: false,
+            last_skipped_known: false,
+            scalar_state_known: scalar_state,
+            window: window.into(),
+            pending: Vec::new(),
+            free: Vec::new(),
+        }
+    }
 
     /// The low 32 bits the GPU keeps are put back into full counts, past
     /// 2^32 too.
     #[test]
     fn counters_past_32_bits() {
         let start = (1u64 << 32) - 2;
-        let mut t = SkipTracker {
-            host_steps_queued: start + 5,
-            host_steps_known: start,
-            applied_known: start,
-            skipped_known: 0,
-            momentum_filled_known: false,
-            last_skipped_known: false,
-            pending: Vec::new(),
-            free: Vec::new(),
-        };
+        let mut t = tracker(start, vec![Sgd::default().into(); 5], Vec::new());
         t.learn(CounterWords {
             applied: (start + 3) as u32,
             host_step: (start + 4) as u32,
             skipped: 1,
             filled: 1,
             last_skipped: 0,
+            outcomes: 0b1101,
         });
         assert_eq!(
             (t.host_steps_known, t.applied_known, t.skipped_known),
@@ -416,11 +542,64 @@ mod tests {
             skipped: 0,
             filled: 0,
             last_skipped: 0,
+            outcomes: 0b1,
         });
         assert_eq!(
             (t.host_steps_known, t.applied_known),
             (start + 4, start + 3)
         );
-        assert_eq!(t.outcomes_unknown(), 1);
+        assert_eq!((t.outcomes_unknown(), t.window.len()), (1, 1));
+    }
+
+    /// The scalar state is advanced over exactly the applied steps, each
+    /// with the configuration it was queued with: here NAdam's β1 changed
+    /// among four queued steps, of which the second was skipped.
+    #[test]
+    fn scalar_state_follows_the_applied_steps() {
+        let beta = |b1| -> Config {
+            NAdam {
+                betas: (b1, 0.999),
+                ..NAdam::default()
+            }
+            .into()
+        };
+        let window = vec![beta(0.9), beta(0.5), beta(0.5), beta(0.7)];
+        let start = 10;
+        let mut t = tracker(start, window.clone(), vec![0.25]);
+        assert!(!t.window_advances_alike());
+        // Bit 0 is the last step: applied, applied, skipped, applied.
+        t.learn(CounterWords {
+            applied: (start + 3) as u32,
+            host_step: (start + 4) as u32,
+            skipped: 1,
+            filled: 0,
+            last_skipped: 0,
+            outcomes: 0b1011,
+        });
+        let mut by_hand = vec![0.25];
+        for (n, k) in [0usize, 2, 3].into_iter().enumerate() {
+            window[k].advance_scalar_state(&mut by_hand, start + 1 + n as u64);
+        }
+        assert_eq!(t.scalar_state_known, by_hand);
+        assert_ne!(by_hand, vec![0.25]);
+        assert!(t.window.is_empty() && t.window_advances_alike());
+
+        // A window that advances alike: entry j is the state after j steps.
+        let t = tracker(start, vec![beta(0.8); 3], vec![0.25]);
+        assert!(t.window_advances_alike());
+        let mut ahead = Vec::new();
+        t.for_each_count(|j, s| ahead.push((j, s.to_vec())));
+        let mut state = vec![0.25];
+        for j in 0..4u64 {
+            assert_eq!(ahead[j as usize], (j, state.clone()), "entry {j}");
+            beta(0.8).advance_scalar_state(&mut state, start + 1 + j);
+        }
+        assert_eq!(ahead.len(), 4);
+        // A new lr does not change NAdam's state: still alike.
+        let mut lr = t.window.clone();
+        if let Some(Config::NAdam(c)) = lr.back_mut() {
+            c.lr = 1.0;
+        }
+        assert!(tracker(start, lr.into(), vec![0.25]).window_advances_alike());
     }
 }

@@ -11,7 +11,7 @@
 
 use wgpu::util::DeviceExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 use super::optimizer::GpuOptimizer;
 
@@ -163,10 +163,12 @@ impl GpuOptimizer {
         via: ScalarsVia,
     ) -> Result<()> {
         // The applied-step count before this step: known exactly without
-        // skipping; with it, one of `applied_known ..= applied_known + unknown`.
-        let (base, window) = match &self.skip {
-            Some(t) => (t.applied_known, t.outcomes_unknown()),
-            None => (self.counters.step, 0),
+        // skipping; with it, one of `applied_known ..= applied_known + unknown`,
+        // the rule's scalar state before it known for each (make_room saw
+        // to that).
+        let base = match &self.skip {
+            Some(t) => t.applied_known,
+            None => self.counters.step,
         };
         let mut tail = StepTail {
             flags: self.step_flags(),
@@ -175,8 +177,17 @@ impl GpuOptimizer {
             host_step: (host_step + 1) as u32,
             table: [[0.0; 4]; TABLE_LEN],
         };
-        for j in 0..=window {
-            tail.table[j as usize] = self.config.step_entry(base + j + 1);
+        match &self.skip {
+            Some(t) if !t.window_advances_alike() => {
+                return Err(Error::UnsubmittedSteps {
+                    steps: t.outcomes_unknown(),
+                    needs: "the next step's scalar state needs their outcomes",
+                })
+            }
+            Some(t) => t.for_each_count(|j, state| {
+                tail.table[j as usize] = self.config.step_entry(base + j + 1, state);
+            }),
+            None => tail.table[0] = self.config.step_entry(base + 1, &self.scalar_state),
         }
         let scalars = self.config.step_scalars(self.counters.buffer_filled);
         let header = TileHeader {

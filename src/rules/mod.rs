@@ -45,8 +45,10 @@ pub mod adagrad;
 pub mod adam;
 pub mod adamax;
 pub mod ademamix;
+pub mod asgd;
 pub mod lamb;
 pub mod lion;
+pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
 pub mod rprop;
@@ -57,8 +59,10 @@ pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
 pub use ademamix::AdEMAMix;
+pub use asgd::Asgd;
 pub use lamb::Lamb;
 pub use lion::Lion;
+pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use rprop::Rprop;
@@ -78,7 +82,32 @@ use crate::layout::Layout;
 /// implemented by its configuration struct in the rule's own file. The
 /// [`registry!`] row of the rule turns each item into a method of
 /// [`Config`] or [`RuleKind`].
-pub(crate) trait Rule: Clone + Default + Into<Config> {
+///
+/// # Scalar state
+///
+/// Most step-dependent scalars are functions of the step count and the
+/// configuration in force ([`Rule::step_entry`]). Some are history: NAdam's
+/// `mu_product` is a product over the applied steps of a factor that
+/// depends on the `β1` in force at each, ASGD's `eta` comes from the lr of
+/// the previous applied step (schedule-free AdamW's `lr_max` and
+/// `weight_sum` are of the same kind). A rule declares such numbers in
+/// [`Rule::SCALAR_STATE`], with the type and the place torch keeps them in;
+/// both optimizers keep their values on the host (`f64`, holding `f32`
+/// values where torch keeps `f32`), start them from
+/// [`Rule::scalar_state_initial`] of the configuration in force at the
+/// first applied step, advance them once per applied step
+/// ([`Rule::advance_scalar_state`]) and hand them to
+/// [`Rule::step_entry_with`]; checkpoints carry them under torch's names.
+///
+/// With `skip_nonfinite` the GPU optimizer does not know at once which of
+/// its queued steps were applied. It sends the entry of every step count
+/// the GPU may be at, the scalar state of each computed by advancing the
+/// known state over that many steps: exact while the queued steps whose
+/// outcome is unknown advance the state alike ([`Rule::advances_alike`]).
+/// When they do not (NAdam's `β1`, ASGD's lr changed among them) it waits
+/// for their outcomes first; the read-backs tell which steps were applied,
+/// and the state is advanced over exactly those (src/gpu/skip.rs).
+pub(crate) trait Rule: Clone + Default + PartialEq + Into<Config> {
     /// The lower-case name of torch's class (of Apex's for LAMB):
     /// [`RuleKind::name`], the `rule` of checkpoints and case files.
     const NAME: &'static str;
@@ -152,6 +181,32 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
     fn step_entry(&self, _step: u64) -> StepEntry {
         [0.0; 4]
     }
+    /// The rule's scalar state (see "Scalar state" below): the numbers
+    /// torch keeps besides the step count whose values depend on the
+    /// history of the steps, in the order of the values the optimizers keep.
+    const SCALAR_STATE: &'static [ScalarState] = &[];
+    /// The scalar state before the first step, from this configuration,
+    /// the one in force at the first applied step (torch creates it then).
+    fn scalar_state_initial(&self) -> Vec<f64> {
+        Vec::new()
+    }
+    /// Advances the scalar state over applied step `step` (1 for the first)
+    /// taken with this configuration in force, each value rounded as torch
+    /// keeps it.
+    fn advance_scalar_state(&self, _state: &mut [f64], _step: u64) {}
+    /// Whether steps taken with `self` and with `other` in force advance
+    /// the scalar state alike: the hyperparameters
+    /// [`Rule::advance_scalar_state`] and [`Rule::scalar_state_initial`]
+    /// read are the same. Equal configurations by default; only asked of
+    /// rules with scalar state.
+    fn advances_alike(&self, other: &Self) -> bool {
+        self == other
+    }
+    /// The table entry of step `step` when the scalar state before it is
+    /// `state`; [`Rule::step_entry`] for rules without scalar state.
+    fn step_entry_with(&self, step: u64, _state: &[f64]) -> StepEntry {
+        self.step_entry(step)
+    }
     /// One step on the CPU over the packed tensors of `layout`: `states` in
     /// the optimizer's [`Rule::state_names`] order, `s` and `entry` the
     /// header and the table entry the kernel reads; the gradients are
@@ -182,6 +237,45 @@ pub(crate) trait Rule: Clone + Default + Into<Config> {
 /// One entry of the step table (`table` of the uniforms' tail): a rule's
 /// step-dependent scalars, at most four.
 pub(crate) type StepEntry = [f32; 4];
+
+/// One number of a rule's scalar state ([`Rule::SCALAR_STATE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScalarState {
+    /// torch's name (`mu_product`, `eta`, ...).
+    pub name: &'static str,
+    /// The type torch keeps it in.
+    pub dtype: ScalarDtype,
+    /// Where torch's `state_dict` has it.
+    pub home: ScalarHome,
+}
+
+/// The type torch keeps a number of scalar state in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScalarDtype {
+    /// A float32 tensor (torch's default dtype: NAdam's `mu_product`,
+    /// ASGD's `eta` and `mu`). The rule rounds its values to `f32`.
+    F32,
+    /// A float64 value (a Python float).
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "schedule-free's lr_max and weight_sum are the first"
+        )
+    )]
+    F64,
+}
+
+/// Where torch's `state_dict` keeps a number of scalar state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScalarHome {
+    /// In every parameter's state, a 0-dimensional tensor
+    /// (`state.{i}.{name}` of a checkpoint): NAdam's, ASGD's.
+    Tensor,
+    /// In the parameter group (`param_groups[0].{name}`), as
+    /// schedule-free's `lr_max` and `weight_sum` are.
+    Group,
+}
 
 /// A rule's GPU kernel.
 pub(crate) struct KernelSpec {
@@ -289,10 +383,10 @@ macro_rules! registry {
             pub const ALL: [RuleKind; NAMES.len()] = [$(RuleKind::$v),*];
 
             /// The lower-case name of PyTorch's class (`sgd`, `adagrad`,
-            /// `rmsprop`, `adam`, `adamw`, `radam`, `adamax`, `adadelta`,
-            /// `rprop`), of Apex's and optax's for LAMB (`lamb`), of the
-            /// reference package's for the rules torch lacks (`lion`,
-            /// `ademamix`).
+            /// `rmsprop`, `adam`, `adamw`, `radam`, `adamax`, `nadam`,
+            /// `asgd`, `adadelta`, `rprop`), of Apex's and optax's for LAMB
+            /// (`lamb`), of the reference package's for the rules torch
+            /// lacks (`lion`, `ademamix`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -370,6 +464,16 @@ macro_rules! registry {
                 self.state_names_with(self.builds_momentum_buffer())
             }
 
+            /// The names of the rule's scalar state, as PyTorch names it:
+            /// numbers torch keeps per tensor besides the step count, whose
+            /// values depend on the steps taken (NAdam's `mu_product`,
+            /// ASGD's `eta` and `mu`; none for the other rules). The
+            /// optimizers keep one value of each for all their tensors
+            /// (`scalar_state()`), checkpoints carry them.
+            pub fn scalar_state_names(&self) -> Vec<&'static str> {
+                self.scalar_state_spec().iter().map(|s| s.name).collect()
+            }
+
             /// Whether an optimizer built with this configuration has a
             /// `momentum_buffer`: SGD with `momentum != 0`, RMSprop with
             /// `momentum > 0`, as torch allocates one.
@@ -414,8 +518,9 @@ macro_rules! registry {
             }
 
             /// The momentum in force: SGD's and RMSprop's `momentum`, the
-            /// Adam family's (RAdam and Adamax too), LAMB's, Lion's and
-            /// AdEMAMix's `betas[0]`; `None` for Adagrad, Adadelta and Rprop.
+            /// Adam family's (RAdam, Adamax and NAdam too), LAMB's, Lion's
+            /// and AdEMAMix's `betas[0]`; `None` for Adagrad, ASGD, Adadelta
+            /// and Rprop.
             pub fn momentum(&self) -> Option<f64> {
                 match self {
                     $(Config::$v(c) => c.momentum(),)*
@@ -484,31 +589,87 @@ macro_rules! registry {
                 }
             }
 
-            /// The table entry of step number `step` (see
-            /// [`Rule::step_entry`]).
-            pub(crate) fn step_entry(&self, step: u64) -> StepEntry {
+            /// The table entry of step number `step` with the scalar
+            /// state `scalar_state` before it (see [`Rule::step_entry_with`];
+            /// before the first step the state is this configuration's
+            /// initial one, whatever `scalar_state` holds, as torch creates
+            /// it at the first step).
+            pub(crate) fn step_entry(&self, step: u64, scalar_state: &[f64]) -> StepEntry {
                 match self {
-                    $(Config::$v(c) => c.step_entry(step),)*
+                    $(Config::$v(c) => {
+                        if step == 1 && !<$ty as Rule>::SCALAR_STATE.is_empty() {
+                            c.step_entry_with(step, &c.scalar_state_initial())
+                        } else {
+                            c.step_entry_with(step, scalar_state)
+                        }
+                    })*
+                }
+            }
+
+            /// The rule's scalar state: what each number is (see
+            /// [`Rule::SCALAR_STATE`]).
+            pub(crate) fn scalar_state_spec(&self) -> &'static [ScalarState] {
+                match self {
+                    $(Config::$v(_) => <$ty as Rule>::SCALAR_STATE,)*
+                }
+            }
+
+            /// The rule's scalar state before the first step, from this
+            /// configuration.
+            pub(crate) fn scalar_state_initial(&self) -> Vec<f64> {
+                match self {
+                    $(Config::$v(c) => c.scalar_state_initial(),)*
+                }
+            }
+
+            /// Advances `scalar_state` over applied step `step` taken with
+            /// this configuration in force (the first step starts it from
+            /// this configuration, as torch does).
+            pub(crate) fn advance_scalar_state(&self, scalar_state: &mut Vec<f64>, step: u64) {
+                match self {
+                    $(Config::$v(c) => {
+                        if <$ty as Rule>::SCALAR_STATE.is_empty() {
+                            return;
+                        }
+                        if step == 1 {
+                            *scalar_state = c.scalar_state_initial();
+                        }
+                        c.advance_scalar_state(scalar_state, step)
+                    })*
+                }
+            }
+
+            /// Whether steps with `self` and `other` in force advance the
+            /// scalar state alike (always, for rules without one).
+            pub(crate) fn advances_alike(&self, other: &Config) -> bool {
+                match (self, other) {
+                    $((Config::$v(a), Config::$v(b)) => {
+                        <$ty as Rule>::SCALAR_STATE.is_empty() || a.advances_alike(b)
+                    })*
+                    _ => false,
                 }
             }
 
             /// Step number `step` on the CPU over the packed tensors of
-            /// `layout` (see [`Rule::cpu_step`]).
+            /// `layout` (see [`Rule::cpu_step`]), the scalar state before it
+            /// `scalar_state`.
             #[allow(clippy::too_many_arguments)]
             pub(crate) fn cpu_step(
                 &self,
                 step: u64,
                 buffer_filled: bool,
+                scalar_state: &[f64],
                 layout: &Layout,
                 params: &mut [f32],
                 grads: &[f32],
                 states: &mut [Vec<f32>],
                 scales: GradScales,
             ) {
+                let entry = self.step_entry(step, scalar_state);
                 match self {
                     $(Config::$v(c) => {
                         let s = c.scalars(buffer_filled);
-                        c.cpu_step(&s, c.step_entry(step), layout, params, grads, states, scales)
+                        c.cpu_step(&s, entry, layout, params, grads, states, scales)
                     })*
                 }
             }
@@ -549,6 +710,10 @@ registry! {
     RAdam(RAdam),
     /// Adamax (Adam with the infinity norm).
     Adamax(Adamax),
+    /// NAdam (Nesterov momentum in Adam, with momentum decay).
+    NAdam(NAdam),
+    /// ASGD (averaged stochastic gradient descent).
+    Asgd(Asgd),
 }
 
 impl RuleKind {

@@ -30,8 +30,8 @@
 
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, ClipGradNorm, Config, Lamb, Lion, RAdam,
-    RmsProp, Rprop, RuleKind, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, ClipGradNorm, Config, Lamb, Lion,
+    NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd,
 };
 
 /// A hyperparameter change applied before a step.
@@ -185,6 +185,8 @@ pub fn table() -> Vec<RuleInfo> {
         ademamix(),
         radam(),
         adamax(),
+        nadam(),
+        asgd(),
     ]
 }
 
@@ -2183,5 +2185,259 @@ fn adamax() -> RuleInfo {
         // the lerp of `exp_avg`; the maximum is exact.
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
+}
+
+fn nadam() -> RuleInfo {
+    let base = NAdam {
+        lr: 0.01,
+        ..NAdam::default()
+    };
+    let inputs = vec![
+        input("nadam default", base.clone()),
+        input(
+            "nadam weight_decay",
+            NAdam {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam decoupled_weight_decay",
+            NAdam {
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam maximize",
+            NAdam {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam momentum_decay",
+            NAdam {
+                momentum_decay: 0.05,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam no momentum_decay",
+            NAdam {
+                momentum_decay: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam betas eps",
+            NAdam {
+                betas: (0.8, 0.99),
+                eps: 1e-6,
+                ..base.clone()
+            },
+        ),
+        input(
+            "nadam all options",
+            NAdam {
+                betas: (0.85, 0.995),
+                eps: 1e-6,
+                weight_decay: 0.05,
+                momentum_decay: 0.01,
+                decoupled_weight_decay: true,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        // mu_product is a product over the steps of factors of the β1 in
+        // force at each: a β1 schedule changes it for good.
+        scheduled(
+            "nadam, lr and beta1 changed (beta1 = 0 too)",
+            base.clone(),
+            LR_AND_BETA1,
+        ),
+        scheduled(
+            "nadam weight_decay, lr and beta1 changed",
+            NAdam {
+                weight_decay: 0.01,
+                momentum_decay: 0.02,
+                ..base.clone()
+            },
+            LR_AND_BETA1,
+        ),
+        clipped("nadam, clipped", base, 1.0),
+    ];
+    let d = NAdam::default;
+    let mut error_inputs = bad_lr(|lr| NAdam { lr, ..d() });
+    error_inputs.extend(bad_betas(|betas| NAdam { betas, ..d() }, true));
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("nadam eps = {v}"),
+            NAdam { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for v in [-0.01, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("nadam weight_decay = {v}"),
+            NAdam {
+                weight_decay: v,
+                ..d()
+            },
+            "weight_decay",
+            v,
+        ));
+    }
+    for v in [-4e-3, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("nadam momentum_decay = {v}"),
+            NAdam {
+                momentum_decay: v,
+                ..d()
+            },
+            "momentum_decay",
+            v,
+        ));
+    }
+    RuleInfo {
+        rule: RuleKind::NAdam,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: Some(BETA1),
+        descent: vec![(
+            "nadam",
+            NAdam { lr: 0.05, ..d() }.into(),
+            NAdam { lr: 0.02, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
+    }
+}
+
+fn asgd() -> RuleInfo {
+    // Averaging from the third step on (t0 = 1), so that 25 steps reach it.
+    let base = Asgd {
+        lr: 0.05,
+        t0: 1.0,
+        ..Asgd::default()
+    };
+    let inputs = vec![
+        input("asgd t0 = 1", base.clone()),
+        input(
+            "asgd default t0 (no averaging)",
+            Asgd {
+                t0: Asgd::default().t0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "asgd lambd alpha",
+            Asgd {
+                lambd: 0.5,
+                alpha: 0.5,
+                ..base.clone()
+            },
+        ),
+        input(
+            "asgd no decay",
+            Asgd {
+                lambd: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "asgd weight_decay",
+            Asgd {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "asgd maximize",
+            Asgd {
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        input(
+            "asgd all options",
+            Asgd {
+                lambd: 0.1,
+                alpha: 1.0,
+                t0: 4.0,
+                weight_decay: 0.05,
+                maximize: true,
+                ..base.clone()
+            },
+        ),
+        // eta is computed from the lr of the previous step: a new lr
+        // arrives one step late, and 0 stops the parameters for a step.
+        scheduled(
+            "asgd lambd, lr changed (to 0 too)",
+            Asgd {
+                lambd: 0.5,
+                ..base.clone()
+            },
+            &[
+                (5, Change::Lr(0.02)),
+                (9, Change::Lr(0.0)),
+                (10, Change::Lr(0.1)),
+                (14, Change::Lr(0.005)),
+            ],
+        ),
+        clipped("asgd, clipped", base, 1.0),
+    ];
+    let d = Asgd::default;
+    let mut error_inputs = bad_lr(|lr| Asgd { lr, ..d() });
+    for v in [-1e-4, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("asgd lambd = {v}"),
+            Asgd { lambd: v, ..d() },
+            "lambd",
+            v,
+        ));
+    }
+    for v in [-0.75, f64::INFINITY] {
+        error_inputs.push(hyper(
+            format!("asgd alpha = {v}"),
+            Asgd { alpha: v, ..d() },
+            "alpha",
+            v,
+        ));
+    }
+    for v in [f64::NAN, f64::NEG_INFINITY] {
+        error_inputs.push(hyper(
+            format!("asgd t0 = {v}"),
+            Asgd { t0: v, ..d() },
+            "t0",
+            v,
+        ));
+    }
+    error_inputs.push(hyper(
+        "asgd weight_decay < 0".into(),
+        Asgd {
+            weight_decay: -0.01,
+            ..d()
+        },
+        "weight_decay",
+        -0.01,
+    ));
+    RuleInfo {
+        rule: RuleKind::Asgd,
+        inputs,
+        error_inputs,
+        unchecked: &[],
+        momentum: None,
+        descent: vec![(
+            "asgd",
+            Asgd { lr: 0.04, ..d() }.into(),
+            Asgd { lr: 5e-4, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 5 },
     }
 }

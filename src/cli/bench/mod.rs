@@ -187,9 +187,10 @@ pub enum Backend {
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
     /// adam, adam_amsgrad, adamw, adam_clip, lamb, adadelta, rprop, lion,
-    /// ademamix, or all. Presets as PyTorch's bench script: lr 1e-3 (adagrad
-    /// 1e-2), momentum 0.9, PyTorch's defaults otherwise (and the reference
-    /// packages' for the rules the script lacks).
+    /// ademamix, radam, adamax, nadam, nadamw, asgd, or all. Presets as
+    /// PyTorch's bench script: lr 1e-3 (adagrad 1e-2), momentum 0.9,
+    /// PyTorch's defaults otherwise (and the reference packages' for the
+    /// rules the script lacks).
     #[arg(
         long,
         value_delimiter = ',',

@@ -37,12 +37,15 @@ fn rules_match_pytorchs_script() {
     assert_eq!(bytes("ademamix"), 36);
     assert_eq!(bytes("radam"), 28);
     assert_eq!(bytes("adamax"), 28);
+    assert_eq!(bytes("nadam"), 28);
+    assert_eq!(bytes("asgd"), 20);
     // `all` is every rule's presets, each once.
     let presets: usize = wgpu_optim::RuleKind::ALL
         .iter()
         .map(|r| r.presets().len())
         .sum();
     assert_eq!(parse_rules("all").unwrap().0.len(), presets);
+    assert!(presets >= 10);
     assert!(parse_rules("lars").is_err());
 }
 

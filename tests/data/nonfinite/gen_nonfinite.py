@@ -102,6 +102,17 @@ CASES = [
     ("adamax", "adamax", {"lr": 0.01}),
     ("adamax_decay_maximize", "adamax", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
     ("adamax_clip", "adamax", {"lr": 0.01}, 1.0),
+    ("nadam", "nadam", {"lr": 0.01}),
+    ("nadam_decoupled_maximize", "nadam",
+     {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True}),
+    ("nadam_clip", "nadam", {"lr": 0.01, "weight_decay": 0.1}, 1.0),
+    # t0 = 0 averages from the third step on (ax + (θ − ax)·μ), the default
+    # t0 copies θ into ax: a NaN or an infinity of ax goes on differently.
+    ("asgd", "asgd", {"lr": 0.01}),
+    ("asgd_averaging", "asgd", {"lr": 0.01, "t0": 0}),
+    ("asgd_decay_maximize", "asgd",
+     {"lr": 0.01, "lambd": 0.1, "weight_decay": 0.1, "maximize": True, "t0": 0}),
+    ("asgd_clip", "asgd", {"lr": 0.01, "t0": 0}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -134,6 +145,13 @@ def reference_package_optimizer(rule):
 
 TORCH_RULES["lion"] = reference_package_optimizer("lion")
 TORCH_RULES["ademamix"] = reference_package_optimizer("ademamix")
+def nadam_and_asgd():
+    """NAdam and ASGD step as torch.optim's own; their one-number state
+    (mu_product; eta, mu) is not element-wise and not recorded."""
+    TORCH_RULES.update(nadam=torch.optim.NAdam, asgd=torch.optim.ASGD)
+
+
+nadam_and_asgd()
 
 
 def lamb_step(params, grads, state, lr, betas, eps, wd, step, clamp):
