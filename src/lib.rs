@@ -66,4 +66,7 @@ pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use optimizer::Optimizer;
 pub use rules::{Adagrad, Adam, AdamW, Config, Lamb, RmsProp, RuleKind, Sgd};
-pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};
+pub use schedule::{
+    AnnealStrategy, CyclicLr, CyclicMode, LrLambda, OneCycleLr, PlateauMode, PlateauState,
+    ReduceLrOnPlateau, Schedule, Scheduler, ThresholdMode,
+};
