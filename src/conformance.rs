@@ -25,10 +25,12 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 //!
-//! Not supported yet (such a case gives a result with `pass: false` and an
-//! `error` naming what): learning-rate schedules (`schedule`), gradient
-//! clipping (`clip_grad_norm`) and the rule `lamb`. See
-//! [`Case::unsupported`].
+//! The case's schedule drives the lr through the library's own
+//! [`Scheduler`] (a `plateau` one, `ReduceLROnPlateau`, fed the case's
+//! `metrics` after each step); gradient clipping is the optimizer's.
+//! Not supported (such a case gives a result with `pass: false` and an
+//! `error` naming what): a rule this crate lacks, a schedule
+//! [`Schedule::from_json_map`] does not read. See [`Case::unsupported`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

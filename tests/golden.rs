@@ -95,7 +95,7 @@ fn check_all(backend: Backend<'_>) {
         backend.adapter()
     );
     assert_eq!(passed, cases.len());
-    assert!(passed >= 27 && scheduled >= 7 && clipped >= 2 && lamb >= 2);
+    assert!(passed >= 31 && scheduled >= 11 && clipped >= 2 && lamb >= 2);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -994,7 +994,10 @@ fn json_cannot_carry_closures() {
         ],
     };
     assert!(chained.has_closure());
-    assert_eq!(chained.to_json()["schedulers"][1], json!({"kind": "multiplicative"}));
+    assert_eq!(
+        chained.to_json()["schedulers"][1],
+        json!({"kind": "multiplicative"})
+    );
     for v in [lam.to_json(), chained.to_json()] {
         let m = options_err(Schedule::from_json(&v).map(|_| ()));
         assert!(m.contains("closure"), "{m}");
@@ -1542,10 +1545,7 @@ fn invalid_constant_polynomial_warm_restarts_chained() {
         let m = options_err(chained(vec![exp(), bad]));
         assert!(m.contains(name) && m.contains("scheduler 1"), "{m}");
     }
-    assert_eq!(
-        hyper_err(chained(vec![exp(), cf(2.0, 3)])),
-        ("factor", 2.0)
-    );
+    assert_eq!(hyper_err(chained(vec![exp(), cf(2.0, 3)])), ("factor", 2.0));
     chained(vec![
         Schedule::Chained {
             schedules: vec![exp()],
@@ -1590,10 +1590,7 @@ fn invalid_plateau() {
     let d = ReduceLrOnPlateau::default;
     // torch: factor < 1.
     assert_eq!(
-        hyper_err(v(ReduceLrOnPlateau {
-            factor: 1.0,
-            ..d()
-        })),
+        hyper_err(v(ReduceLrOnPlateau { factor: 1.0, ..d() })),
         ("factor", 1.0)
     );
     assert_eq!(
@@ -1653,8 +1650,10 @@ fn invalid_plateau() {
     assert!(options_err(j(json!({"kind": "plateau", "metrics": [1.0, "a"]}))).contains("metrics"));
     assert!(options_err(j(json!({"kind": "plateau", "patience": -1}))).contains("patience"));
     assert!(options_err(j(json!({"kind": "chained", "schedulers": 3}))).contains("schedulers"));
-    let m = options_err(j(json!({"kind": "sequential", "schedules": [], "schedulers": [],
-                                 "milestones": []})));
+    let m = options_err(j(
+        json!({"kind": "sequential", "schedules": [], "schedulers": [],
+                                 "milestones": []}),
+    ));
     assert!(m.contains("not both"), "{m}");
 }
 
@@ -1674,9 +1673,9 @@ fn plateau_follows_torch_step_by_step() {
     // from torch's ReduceLROnPlateau.step.
     let trace = [
         (1.0, 0.1, 1.0, 0, 0),
-        (1.0, 0.1, 1.0, 1, 0), // not better by the relative threshold
+        (1.0, 0.1, 1.0, 1, 0),       // not better by the relative threshold
         (f64::NAN, 0.05, 1.0, 0, 1), // NaN is never better: 2 > patience, halve, cooldown
-        (2.0, 0.05, 1.0, 0, 0), // a bad epoch in cooldown is forgotten
+        (2.0, 0.05, 1.0, 0, 0),      // a bad epoch in cooldown is forgotten
         (3.0, 0.05, 1.0, 1, 0),
         (3.0, 0.025, 1.0, 0, 1),
         (0.5, 0.025, 0.5, 0, 0),
@@ -1779,11 +1778,24 @@ fn plateau_state_round_trips_through_checkpoints() {
         let mut ckpt = Checkpoint::new(Sgd::default(), &[3]).unwrap();
         ckpt.set_scheduler(Some(s));
         let bytes = ckpt.to_bytes().unwrap();
-        Checkpoint::from_bytes(&bytes).unwrap().scheduler().unwrap().unwrap()
+        Checkpoint::from_bytes(&bytes)
+            .unwrap()
+            .scheduler()
+            .unwrap()
+            .unwrap()
     };
     // Before any metric best is +inf, which JSON has no number for.
     assert_eq!(round_trip(&s), s);
-    for metric in [1.0, 0.9, 0.95, 0.97, 0.99, 1.2, 0.1 + 0.2, f64::NEG_INFINITY] {
+    for metric in [
+        1.0,
+        0.9,
+        0.95,
+        0.97,
+        0.99,
+        1.2,
+        0.1 + 0.2,
+        f64::NEG_INFINITY,
+    ] {
         s.advance_with_metric(metric).unwrap();
         let r = round_trip(&s);
         assert_eq!(r, s);
@@ -1918,7 +1930,11 @@ fn chained_steps_each_schedule_on_the_lr_the_previous_left() {
             10 => 1.0 / 0.5,
             _ => 1.0,
         };
-        assert_eq!(before.lr_at(base, e), warm.lr_at(base, e) * factor, "step {e}");
+        assert_eq!(
+            before.lr_at(base, e),
+            warm.lr_at(base, e) * factor,
+            "step {e}"
+        );
     }
 }
 
@@ -1961,6 +1977,9 @@ fn warm_restarts_restart_where_torch_does() {
         total_iters: 1 << 40,
     };
     assert_eq!(cf.lr_at(1.0, u64::MAX - 1), 0.25 * (1.0 / 0.25));
-    assert_eq!(Schedule::lambda(|e| 1.0 / e as f64).lr_at(2.0, 1 << 60), 2.0 / (1u64 << 60) as f64);
+    assert_eq!(
+        Schedule::lambda(|e| 1.0 / e as f64).lr_at(2.0, 1 << 60),
+        2.0 / (1u64 << 60) as f64
+    );
     assert!(start.elapsed().as_secs() < 5);
 }

@@ -254,7 +254,9 @@ pub(super) fn parse_map(map: &Map<String, Value>, closures: bool) -> Result<Sche
             match a.get("metrics") {
                 None => {}
                 Some(Value::Array(v)) if v.iter().all(Value::is_number) => {}
-                Some(v) => return Err(a.err(format!("`metrics` must be a list of numbers, got {v}"))),
+                Some(v) => {
+                    return Err(a.err(format!("`metrics` must be a list of numbers, got {v}")))
+                }
             }
             Schedule::ReduceOnPlateau(p)
         }

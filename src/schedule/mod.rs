@@ -603,9 +603,9 @@ impl Schedule {
                 let i = milestones.partition_point(|&m| m == 0);
                 schedules[i].initial_lr(base, base)
             }
-            Schedule::Chained { schedules } => schedules
-                .iter()
-                .fold(cur, |lr, s| s.initial_lr(base, lr)),
+            Schedule::Chained { schedules } => {
+                schedules.iter().fold(cur, |lr, s| s.initial_lr(base, lr))
+            }
             Schedule::Cyclic(c) => c.lr_at(0),
             Schedule::OneCycle(c) => c.values_at(0).0,
         }
@@ -727,9 +727,9 @@ impl Schedule {
                     schedules[i].next_lr(base, e - milestones[i - 1], prev)
                 }
             }
-            Schedule::Chained { schedules } => schedules
-                .iter()
-                .fold(prev, |lr, s| s.next_lr(base, e, lr)),
+            Schedule::Chained { schedules } => {
+                schedules.iter().fold(prev, |lr, s| s.next_lr(base, e, lr))
+            }
             Schedule::Cyclic(c) => c.lr_at(e),
             Schedule::OneCycle(c) => c.values_at(e).0,
             Schedule::ReduceOnPlateau(_) => prev,
