@@ -23,7 +23,7 @@
 //! | `format` | `wgpu-optim/checkpoint/1` |
 //! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
-//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` |
+//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
 //!
 //! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
 //! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
@@ -68,7 +68,7 @@ use serde_json::{json, Map, Value};
 use crate::clip::ClipGradNorm;
 use crate::error::{Error, Result};
 use crate::rules::{Config, RuleKind, ScalarDtype, ScalarHome, ScalarState, TorchArgs};
-use crate::schedule::{Schedule, Scheduler};
+use crate::schedule::{PlateauState, Schedule, Scheduler};
 
 /// The `format` metadata value.
 pub const FORMAT: &str = "wgpu-optim/checkpoint/1";
@@ -120,7 +120,19 @@ pub struct Checkpoint {
     pub scheduler: Option<SchedulerState>,
 }
 
-/// A [`Scheduler`] as a checkpoint keeps it.
+/// A [`Scheduler`] as a checkpoint keeps it: the schedule, the position,
+/// the lr in force and, for `ReduceLROnPlateau`, its state.
+///
+/// A `LambdaLR` or `MultiplicativeLR` closure ([`crate::schedule::LrLambda`])
+/// is code, which no file can carry; as torch's `state_dict` leaves plain
+/// functions out, the checkpoint keeps everything else (the schedule's JSON
+/// with `{"kind": "lambda"}` in the closure's place, the position, the lr)
+/// and saves without error. Reading such a scheduler back takes the closure
+/// from the caller: [`Checkpoint::scheduler_with`] (or
+/// [`SchedulerState::to_scheduler_with`]) with the schedule rebuilt in code;
+/// [`Checkpoint::scheduler`] is an [`Error::Checkpoint`] that says so. The
+/// checkpoint cannot tell whether the closure given back is the one saved:
+/// that is the caller's to keep.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerState {
     /// The schedule ([`Schedule::to_json`]).
@@ -135,6 +147,13 @@ pub struct SchedulerState {
     /// restored scheduler goes on bit for bit and in `O(1)` (replaying a
     /// chainable schedule to a position is `O(position)`).
     pub lr: f64,
+    /// [`Scheduler::plateau_state`]: `ReduceLROnPlateau`'s `best`,
+    /// `num_bad_epochs` and `cooldown_counter` (`None` for the other kinds).
+    /// In the file's JSON an infinite `best` (before the first metric) is
+    /// the string `"inf"` or `"-inf"`.
+    pub plateau: Option<PlateauState>,
+    /// [`Scheduler::metric_missing`].
+    pub metric_missing: bool,
 }
 
 impl SchedulerState {
@@ -146,16 +165,60 @@ impl SchedulerState {
             base_momentum: scheduler.base_momentum(),
             position: scheduler.position(),
             lr: scheduler.lr(),
+            plateau: scheduler.plateau_state().copied(),
+            metric_missing: scheduler.metric_missing(),
         }
     }
 
-    /// The scheduler, rebuilt and moved to its position.
+    /// The scheduler, rebuilt and moved to its position. A schedule with a
+    /// closure is an [`Error::Checkpoint`]: use
+    /// [`SchedulerState::to_scheduler_with`].
     pub fn to_scheduler(&self) -> Result<Scheduler> {
-        let schedule = Schedule::from_json(&self.schedule)
+        // Checked in full first, so that a bad state is not reported as a
+        // missing closure.
+        let placeholders = self.restore(
+            Schedule::from_json_with_placeholders(&self.schedule)
+                .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?,
+        )?;
+        if placeholders.schedule().has_placeholder() {
+            return Err(Error::Checkpoint(
+                "scheduler: its schedule has a LambdaLR or MultiplicativeLR, whose closure a \
+                 checkpoint cannot carry: rebuild the schedule in code and restore it with \
+                 Checkpoint::scheduler_with"
+                    .into(),
+            ));
+        }
+        Ok(placeholders)
+    }
+
+    /// The scheduler with `schedule` (which carries the closures of
+    /// `LambdaLR` and `MultiplicativeLR`), moved to the saved position,
+    /// lr and state. `schedule` must be the one saved:
+    /// [`Error::CheckpointMismatch`] if its JSON ([`Schedule::to_json`],
+    /// where a closure is its kind alone) differs from the saved one.
+    pub fn to_scheduler_with(&self, schedule: Schedule) -> Result<Scheduler> {
+        let given = schedule.to_json();
+        if given != self.schedule {
+            return Err(Error::CheckpointMismatch {
+                what: "scheduler's schedule".into(),
+                expected: given.to_string(),
+                got: self.schedule.to_string(),
+            });
+        }
+        self.restore(schedule)
+    }
+
+    /// Checks the state without needing the closures.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let schedule = Schedule::from_json_with_placeholders(&self.schedule)
             .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
+        self.restore(schedule).map(|_| ())
+    }
+
+    fn restore(&self, schedule: Schedule) -> Result<Scheduler> {
         let mut s = Scheduler::new(schedule, self.base_lr, self.base_momentum)
             .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
-        s.restore(self.position, self.lr)
+        s.restore(self.position, self.lr, self.plateau, self.metric_missing)
             .map_err(|e| Error::Checkpoint(format!("scheduler: {e}")))?;
         Ok(s)
     }
@@ -218,11 +281,24 @@ impl Checkpoint {
     }
 
     /// The scheduler saved with [`Checkpoint::set_scheduler`], rebuilt at its
-    /// position; `None` when none was saved.
+    /// position; `None` when none was saved. A schedule with a `LambdaLR` or
+    /// `MultiplicativeLR` closure is an [`Error::Checkpoint`]: see
+    /// [`Checkpoint::scheduler_with`].
     pub fn scheduler(&self) -> Result<Option<Scheduler>> {
         self.scheduler
             .as_ref()
             .map(SchedulerState::to_scheduler)
+            .transpose()
+    }
+
+    /// The scheduler saved with [`Checkpoint::set_scheduler`], rebuilt with
+    /// `schedule` at its position: how a schedule with closures comes back
+    /// ([`SchedulerState`], [`SchedulerState::to_scheduler_with`]); `None`
+    /// when none was saved.
+    pub fn scheduler_with(&self, schedule: Schedule) -> Result<Option<Scheduler>> {
+        self.scheduler
+            .as_ref()
+            .map(|s| s.to_scheduler_with(schedule))
             .transpose()
     }
 
@@ -311,7 +387,7 @@ impl Checkpoint {
         crate::rules::inverse_grad_scale(self.grad_scale)
             .map_err(|e| Error::Checkpoint(format!("grad_scale: {e}")))?;
         if let Some(s) = &self.scheduler {
-            s.to_scheduler()?;
+            s.validate()?;
         }
         Ok(())
     }
@@ -675,6 +751,46 @@ impl Checkpoint {
                     None | Some(Value::Null) => None,
                     Some(_) => Some(f("base_momentum")?),
                 };
+                let count = |what: &str, v: Option<&Value>| {
+                    v.and_then(Value::as_u64)
+                        .ok_or_else(|| bad(format!("wgpu_optim.scheduler.{what} is not a count")))
+                };
+                let plateau = match s.get("plateau") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(p)) => Some(PlateauState {
+                        best: match p.get("best") {
+                            Some(Value::String(x)) if x == "inf" => f64::INFINITY,
+                            Some(Value::String(x)) if x == "-inf" => f64::NEG_INFINITY,
+                            Some(v) if v.is_number() => v.as_f64().unwrap_or(f64::NAN),
+                            _ => {
+                                return Err(bad(
+                                    "wgpu_optim.scheduler.plateau.best is not a number, \"inf\" \
+                                     or \"-inf\""
+                                        .into(),
+                                ))
+                            }
+                        },
+                        num_bad_epochs: count("plateau.num_bad_epochs", p.get("num_bad_epochs"))?,
+                        cooldown_counter: count(
+                            "plateau.cooldown_counter",
+                            p.get("cooldown_counter"),
+                        )?,
+                    }),
+                    Some(v) => {
+                        return Err(bad(format!(
+                            "wgpu_optim.scheduler.plateau: {v} is not an object"
+                        )))
+                    }
+                };
+                let metric_missing = match s.get("metric_missing") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(v) => {
+                        return Err(bad(format!(
+                            "wgpu_optim.scheduler.metric_missing: {v} is not true or false"
+                        )))
+                    }
+                };
                 Some(SchedulerState {
                     schedule: s
                         .get("schedule")
@@ -682,10 +798,10 @@ impl Checkpoint {
                         .ok_or_else(|| bad("wgpu_optim.scheduler.schedule is missing".into()))?,
                     base_lr: f("base_lr")?,
                     base_momentum,
-                    position: s.get("position").and_then(Value::as_u64).ok_or_else(|| {
-                        bad("wgpu_optim.scheduler.position is not a count".into())
-                    })?,
+                    position: count("position", s.get("position"))?,
                     lr: f("lr")?,
+                    plateau,
+                    metric_missing,
                 })
             }
             Some(v) => return Err(bad(format!("wgpu_optim.scheduler: {v} is not an object"))),
@@ -768,13 +884,29 @@ impl Checkpoint {
             "skip_nonfinite": self.skip_nonfinite,
             "skipped_steps": self.skipped_steps,
             "grad_scale": self.grad_scale,
-            "scheduler": self.scheduler.as_ref().map(|s| json!({
-                "schedule": s.schedule,
-                "base_lr": s.base_lr,
-                "base_momentum": s.base_momentum,
-                "position": s.position,
-                "lr": s.lr,
-            })),
+            "scheduler": self.scheduler.as_ref().map(|s| {
+                let mut v = json!({
+                    "schedule": s.schedule,
+                    "base_lr": s.base_lr,
+                    "base_momentum": s.base_momentum,
+                    "position": s.position,
+                    "lr": s.lr,
+                });
+                if let Some(p) = &s.plateau {
+                    // JSON has no infinity: torch's float('inf') spelling.
+                    let best = match p.best {
+                        b if b == f64::INFINITY => json!("inf"),
+                        b if b == f64::NEG_INFINITY => json!("-inf"),
+                        b => json!(b),
+                    };
+                    v["plateau"] = json!({"best": best, "num_bad_epochs": p.num_bad_epochs,
+                                          "cooldown_counter": p.cooldown_counter});
+                }
+                if s.metric_missing {
+                    v["metric_missing"] = json!(true);
+                }
+                v
+            }),
         });
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),

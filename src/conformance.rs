@@ -25,10 +25,12 @@
 //! # Ok::<(), wgpu_optim::Error>(())
 //! ```
 //!
-//! Not supported yet (such a case gives a result with `pass: false` and an
-//! `error` naming what): learning-rate schedules (`schedule`), gradient
-//! clipping (`clip_grad_norm`) and the rule `lamb`. See
-//! [`Case::unsupported`].
+//! The case's schedule drives the lr through the library's own
+//! [`Scheduler`] (a `plateau` one, `ReduceLROnPlateau`, fed the case's
+//! `metrics` after each step); gradient clipping is the optimizer's.
+//! Not supported (such a case gives a result with `pass: false` and an
+//! `error` naming what): a rule this crate lacks, a schedule
+//! [`Schedule::from_json_map`] does not read. See [`Case::unsupported`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,9 +96,16 @@ pub struct Case {
     /// The seed the inputs were drawn with (informational).
     pub seed: Option<u64>,
     /// The learning-rate scheduler that drove the run, a JSON object whose
-    /// `kind` names it (`cyclic`, `one_cycle`, `cosine`, `step`,
-    /// `exponential`, `warmup_cosine`); `None` for a constant learning rate.
+    /// `kind` names it (FORMAT.md's kinds: `cyclic`, `one_cycle`, `cosine`,
+    /// `step`, `multistep`, `exponential`, `constant`, `linear`,
+    /// `polynomial`, `cosine_warm_restarts`, `plateau`, `chained`,
+    /// `sequential`, `warmup_cosine`; read with [`Schedule::from_json_map`]);
+    /// `None` for a constant learning rate.
     pub schedule: Option<Map<String, Value>>,
+    /// The metric a `plateau` schedule (ReduceLROnPlateau) was stepped with
+    /// after each step (the schedule's `metrics`, one per step); empty
+    /// otherwise.
+    pub metrics: Vec<f64>,
     /// The global L2 norm the gradients were clipped to before every step.
     pub clip_grad_norm: Option<f64>,
     /// The learning rate in force at each step, as PyTorch computed it
@@ -450,6 +459,19 @@ fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
         }
         Some(v) => return Err(format!("case key `schedule` must be an object, got {v}")),
     };
+    let metrics = match &schedule {
+        Some(s) if s.get("kind").and_then(Value::as_str) == Some("plateau") => {
+            let m = get_numbers(s, "metrics")?;
+            if m.len() != steps {
+                return Err(format!(
+                    "schedule `plateau` has {} metrics for {steps} steps (one per step)",
+                    m.len()
+                ));
+            }
+            m
+        }
+        _ => Vec::new(),
+    };
     let clip_grad_norm = get_number(&meta, "clip_grad_norm")?;
     let lr_per_step = get_numbers(&meta, "lr_per_step")?;
     let momentum_per_step = get_numbers(&meta, "momentum_per_step")?;
@@ -598,6 +620,7 @@ fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case, String> {
         steps,
         seed,
         schedule,
+        metrics,
         clip_grad_norm,
         lr_per_step,
         momentum_per_step,
@@ -942,14 +965,17 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
         None => None,
     };
     opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
-    for step_grads in &case.grads {
+    for (step, step_grads) in case.grads.iter().enumerate() {
         if let Some(s) = &scheduler {
             s.apply(opt)?;
         }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
         if let Some(s) = &mut scheduler {
-            s.advance();
+            match case.metrics.get(step) {
+                Some(&metric) => s.advance_with_metric(metric)?,
+                None => s.advance(),
+            }
         }
     }
     let params = opt.read_params()?;

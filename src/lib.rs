@@ -71,4 +71,7 @@ pub use rules::{
     AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, Lamb, Lion, NAdam, RAdam,
     RmsProp, Rprop, RuleKind, Sgd,
 };
-pub use schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};
+pub use schedule::{
+    AnnealStrategy, CyclicLr, CyclicMode, LrLambda, OneCycleLr, PlateauMode, PlateauState,
+    ReduceLrOnPlateau, Schedule, Scheduler, ThresholdMode,
+};

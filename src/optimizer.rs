@@ -112,8 +112,12 @@ pub trait Optimizer {
 impl Scheduler {
     /// Sets the optimizer's lr, and its momentum when the schedule cycles
     /// it, to the values for the next step. On error (a momentum the rule
-    /// refuses, or a rule without one) the optimizer is unchanged.
+    /// refuses, or a rule without one; an lr the rule refuses, such as a
+    /// negative or NaN one from a `LambdaLR` closure; a `ReduceLROnPlateau`
+    /// advanced without a metric, [`Scheduler::metric_missing`]) the
+    /// optimizer is unchanged.
     pub fn apply(&self, opt: &mut (impl Optimizer + ?Sized)) -> Result<()> {
+        self.check_metric_fed()?;
         let old = opt.config().lr();
         opt.set_lr(self.lr())?;
         if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {

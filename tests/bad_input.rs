@@ -388,7 +388,7 @@ fn cases() -> Vec<Case> {
     bad_file(
         "an unknown schedule",
         torch_file(|_, _, x| {
-            *x = json!({"scheduler": {"schedule": {"kind": "polynomial"}, "base_lr": 0.1,
+            *x = json!({"scheduler": {"schedule": {"kind": "swalr"}, "base_lr": 0.1,
                 "position": 3, "lr": 0.1}})
         }),
         &["scheduler"],
@@ -396,7 +396,7 @@ fn cases() -> Vec<Case> {
     bad_file(
         "a scheduler lr < 0",
         torch_file(|_, _, x| {
-            *x = json!({"scheduler": {"schedule": {"kind": "constant"}, "base_lr": 0.1,
+            *x = json!({"scheduler": {"schedule": {"kind": "none"}, "base_lr": 0.1,
                 "position": 3, "lr": -1.0}})
         }),
         &["scheduler", "lr"],

@@ -95,7 +95,7 @@ fn check_all(backend: Backend<'_>) {
         backend.adapter()
     );
     assert_eq!(passed, cases.len());
-    assert!(passed >= 27 && scheduled >= 7 && clipped >= 2 && lamb >= 2);
+    assert!(passed >= 31 && scheduled >= 11 && clipped >= 2 && lamb >= 2);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -462,10 +462,10 @@ fn cli_exit_code_and_json_lines() {
     // A case whose schedule the library does not know is reported as
     // unsupported, named, and the command exits 1.
     let mut r = raw("sgd_step_lr");
-    r.meta["schedule"] = json!({"kind": "polynomial", "power": 2.0});
+    r.meta["schedule"] = json!({"kind": "swalr", "swa_lr": 0.05});
     let dir = std::env::temp_dir().join(format!("wgpu-optim-golden-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sgd_polynomial.safetensors");
+    let path = dir.join("sgd_swalr.safetensors");
     std::fs::write(&path, r.bytes()).unwrap();
     let out = std::process::Command::new(bin)
         .args(["conformance", "--backend", "cpu"])
@@ -476,12 +476,12 @@ fn cli_exit_code_and_json_lines() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
-        stdout.contains("FAIL") && stdout.contains("not supported yet: schedule `polynomial`"),
+        stdout.contains("FAIL") && stdout.contains("not supported yet: schedule `swalr`"),
         "{stdout}"
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("not supported yet: schedule `polynomial`"),
+        stderr.contains("not supported yet: schedule `swalr`"),
         "{stderr}"
     );
 }

@@ -1497,6 +1497,55 @@ mod readme {
         }
         Ok(())
     }
+
+    #[test]
+    fn readme_reduce_on_plateau() -> Result<(), Error> {
+        use wgpu_optim::schedule::{ReduceLrOnPlateau, Schedule, Scheduler};
+        use wgpu_optim::{GpuContext, GpuOptimizer, Sgd};
+
+        let ctx = GpuContext::new()?;
+        let sgd = Sgd { lr: 0.1, momentum: 0.9, ..Sgd::default() };
+        let mut opt = GpuOptimizer::new(&ctx, sgd, &[&vec![0.1f32; 1000]])?;
+        // ReduceLROnPlateau(optimizer, factor=0.5, patience=2, cooldown=1)
+        let plateau = ReduceLrOnPlateau { factor: 0.5, patience: 2, cooldown: 1, ..ReduceLrOnPlateau::default() };
+        let mut sched = Scheduler::for_config(Schedule::ReduceOnPlateau(plateau), opt.config())?;
+        let val_losses = [1.0, 0.8, 0.7, 0.7, 0.71, 0.7, 0.69, 0.72, 0.7, 0.7];
+        for &loss in &val_losses {
+            sched.apply_to_gpu(&mut opt)?;
+            opt.step(&[&vec![0.01f32; 1000]])?; // your gradients
+            sched.advance_with_metric(loss)?; // torch's scheduler.step(val_loss)
+        }
+        // The 6th loss is the third in a row not below 0.7 · (1 − 1e-4): halved.
+        // 0.69 is a new best, then 0.72, 0.7, 0.7 do not beat it: halved again.
+        assert_eq!(sched.lr(), 0.1 * 0.5 * 0.5);
+        assert_eq!(sched.plateau_state().unwrap().best, 0.69);
+        Ok(())
+    }
+
+    #[test]
+    fn readme_lambda_checkpoint() -> Result<(), Error> {
+        use wgpu_optim::schedule::{Schedule, Scheduler};
+        use wgpu_optim::{AdamW, Checkpoint, Config, CpuOptimizer, Error};
+
+        let config = Config::from(AdamW { lr: 1e-3, ..AdamW::default() });
+        let mut opt = CpuOptimizer::new(config.clone(), &[&vec![0.1f32; 1000]])?;
+        // LambdaLR(optimizer, lambda epoch: min(1.0, (epoch + 1) / 100)): a linear warmup.
+        let warmup = || Schedule::lambda(|epoch| f64::min(1.0, (epoch + 1) as f64 / 100.0));
+        let mut sched = Scheduler::for_config(warmup(), &config)?;
+        for _ in 0..50 {
+            sched.apply_to_cpu(&mut opt)?;
+            opt.step(&[&vec![0.01f32; 1000]])?;
+            sched.advance();
+        }
+        assert_eq!(sched.lr(), 1e-3 * (51.0 / 100.0));
+        let mut ckpt = opt.checkpoint();
+        ckpt.set_scheduler(Some(&sched)); // saved without the closure
+        let back = Checkpoint::from_bytes(&ckpt.to_bytes()?)?;
+        assert!(matches!(back.scheduler(), Err(Error::Checkpoint(_))));
+        let resumed = back.scheduler_with(warmup())?.expect("saved above");
+        assert_eq!((resumed.position(), resumed.lr()), (50, sched.lr()));
+        Ok(())
+    }
 }
 
 /// Every ```` ```rust ```` block of README.md from "### LAMB" up to "## Proof
@@ -1527,7 +1576,7 @@ fn readme_blocks_are_these() {
         blocks += 1;
         rest = &body[j + 3..];
     }
-    assert_eq!(blocks, 5, "README code blocks checked");
+    assert_eq!(blocks, 7, "README code blocks checked");
 }
 
 /// `last_grad_norm` answers the same on both backends: `None` while clipping

@@ -8,9 +8,12 @@
 use safetensors::SafeTensors;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
-use wgpu_optim::schedule::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr, Schedule, Scheduler};
+use wgpu_optim::schedule::{
+    AnnealStrategy, CyclicLr, CyclicMode, LrLambda, OneCycleLr, PlateauMode, PlateauState,
+    ReduceLrOnPlateau, Schedule, Scheduler, ThresholdMode,
+};
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, Sgd,
+    Adagrad, Adam, AdamW, Checkpoint, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, Sgd,
 };
 
 const REL: f64 = 1e-12;
@@ -35,7 +38,10 @@ fn raw_arrays(text: &str, key: &str) -> Vec<Vec<f64>> {
             .split(',')
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(|t| t.parse::<f64>().unwrap_or_else(|e| panic!("{t}: {e}")))
+            .map(|t| match t {
+                "null" => f64::NAN, // a NaN metric (gen_schedules.py)
+                _ => t.parse::<f64>().unwrap_or_else(|e| panic!("{t}: {e}")),
+            })
             .collect();
         out.push(nums);
         rest = &body[end..];
@@ -117,6 +123,124 @@ fn check_sequences(
     }
 }
 
+/// Compares a metric-driven schedule's lr and momentum sequences with
+/// torch's: a [`Scheduler`] fed `metrics[s]` after step `s`, and the same
+/// run saved into a checkpoint (file bytes) and restored at a few steps,
+/// which must go on identically.
+#[allow(clippy::too_many_arguments)]
+fn check_metric_sequences(
+    tally: &mut Tally,
+    name: &str,
+    schedule: &Schedule,
+    base_lr: f64,
+    base_momentum: Option<f64>,
+    lrs: &[f64],
+    moms: &[f64],
+    metrics: &[f64],
+) {
+    assert!(metrics.len() + 1 >= lrs.len(), "{name}: too few metrics");
+    let n = lrs.len();
+    let restore_at = [1, n / 3, n / 2, n.saturating_sub(1)];
+    let mut s = Scheduler::new(schedule.clone(), base_lr, base_momentum)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut restored: Vec<Scheduler> = Vec::new();
+    for (i, &lr) in lrs.iter().enumerate() {
+        assert_eq!(s.position(), i as u64);
+        tally.check(&format!("{name} lr (advance_with_metric)"), i, s.lr(), lr);
+        if let Some(&m) = moms.get(i) {
+            tally.check(&format!("{name} momentum"), i, s.momentum().unwrap(), m);
+        }
+        for r in &restored {
+            assert_eq!(r, &s, "{name}: restored run differs at step {i}");
+        }
+        if restore_at.contains(&i) {
+            let mut ckpt = Checkpoint::new(Sgd::default(), &[2]).unwrap();
+            ckpt.set_scheduler(Some(&s));
+            let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
+            let r = back.scheduler().unwrap().unwrap();
+            assert_eq!(r, s, "{name}: restored at {i}");
+            assert_eq!(r.lr().to_bits(), s.lr().to_bits());
+            restored.push(r);
+        }
+        if i + 1 < n {
+            s.advance_with_metric(metrics[i]).unwrap();
+            for r in &mut restored {
+                r.advance_with_metric(metrics[i]).unwrap();
+            }
+        }
+    }
+}
+
+/// The functions of gen_schedules.py's LAMBDAS, with the same float
+/// operations (Python's `x ** e` is C `pow(x, (double)e)`, `(e + 1) / 5`
+/// the correctly rounded quotient of two exact doubles).
+fn generated_lambda(name: &str) -> LrLambda {
+    match name {
+        "pow_0.95" => LrLambda::new(|e| 0.95f64.powf(e as f64)),
+        "warmup_5" => LrLambda::new(|e| if e < 5 { (e + 1) as f64 / 5.0 } else { 1.0 }),
+        "inverse" => LrLambda::new(|e| 1.0 / (1.0 + 0.1 * e as f64)),
+        "zero_then_one" => LrLambda::new(|e| if e < 2 { 0.0 } else { 1.0 }),
+        "times_0.9_every_3" => LrLambda::new(|e| if e % 3 == 0 { 0.9 } else { 1.0 }),
+        "shrinking" => LrLambda::new(|e| 1.0 - 0.01 * e as f64),
+        "grow_1.05" => LrLambda::new(|_| 1.05),
+        other => panic!("no lambda `{other}`"),
+    }
+}
+
+fn json_has_lambda(v: &Value) -> bool {
+    v.get("lr_lambda").is_some()
+        || ["schedulers", "schedules"]
+            .iter()
+            .filter_map(|k| v.get(*k).and_then(Value::as_array))
+            .flatten()
+            .any(json_has_lambda)
+}
+
+/// A generated case's schedule: [`Schedule::from_json`] where JSON can
+/// carry it, built here around the closures of `lambda` and
+/// `multiplicative` (named by `lr_lambda`) otherwise; a `plateau`'s
+/// `metrics` (which may hold null, NaN) are left to the caller.
+fn generated_schedule(v: &Value) -> Schedule {
+    let mut v = v.clone();
+    v.as_object_mut().unwrap().remove("metrics");
+    if !json_has_lambda(&v) {
+        return Schedule::from_json(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+    }
+    let subs = |key: &str| -> Vec<Schedule> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(generated_schedule)
+            .collect()
+    };
+    let s = match v["kind"].as_str().unwrap() {
+        "lambda" => Schedule::Lambda(generated_lambda(v["lr_lambda"].as_str().unwrap())),
+        "multiplicative" => {
+            Schedule::Multiplicative(generated_lambda(v["lr_lambda"].as_str().unwrap()))
+        }
+        "chained" => Schedule::Chained {
+            schedules: subs("schedulers"),
+        },
+        "sequential" => Schedule::Sequential {
+            schedules: subs(if v.get("schedulers").is_some() {
+                "schedulers"
+            } else {
+                "schedules"
+            }),
+            milestones: v["milestones"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_u64().unwrap())
+                .collect(),
+        },
+        other => panic!("`{other}` with a lambda"),
+    };
+    s.validate().unwrap_or_else(|e| panic!("{v}: {e}"));
+    s
+}
+
 // ------------------------------------------------------------ golden cases
 
 struct GoldenCase {
@@ -191,15 +315,29 @@ fn golden_cases_lr_and_momentum_match_torch() {
             .unwrap_or_default();
         assert_eq!(lrs.len() as u64, g.case["steps"].as_u64().unwrap());
         assert!(moms.is_empty() || moms.len() == lrs.len());
-        check_sequences(
-            &mut tally,
-            &g.file,
-            &schedule,
-            base_lr,
-            base_momentum,
-            &lrs,
-            &moms,
-        );
+        if schedule.needs_metric() {
+            let metrics = raw_arrays(&g.text, "metrics").remove(0);
+            check_metric_sequences(
+                &mut tally,
+                &g.file,
+                &schedule,
+                base_lr,
+                base_momentum,
+                &lrs,
+                &moms,
+                &metrics,
+            );
+        } else {
+            check_sequences(
+                &mut tally,
+                &g.file,
+                &schedule,
+                base_lr,
+                base_momentum,
+                &lrs,
+                &moms,
+            );
+        }
     }
     scheduled.sort();
     scheduled.dedup();
@@ -207,7 +345,16 @@ fn golden_cases_lr_and_momentum_match_torch() {
         "golden: {} values, {} bit-exact, worst relative error {:e}; schedule kinds {:?}",
         tally.values, tally.exact, tally.worst, scheduled
     );
-    for kind in ["cyclic", "one_cycle", "step", "warmup_cosine"] {
+    for kind in [
+        "cyclic",
+        "one_cycle",
+        "step",
+        "warmup_cosine",
+        "polynomial",
+        "chained",
+        "cosine_warm_restarts",
+        "plateau",
+    ] {
         assert!(
             scheduled.iter().any(|k| k == kind),
             "no golden `{kind}` case"
@@ -271,6 +418,7 @@ fn golden_scheduled_runs_train_to_torch_parameters() {
         let refs: Vec<&[f32]> = init.iter().map(|v| v.as_slice()).collect();
         let mut opt = CpuOptimizer::new(config.clone(), &refs).unwrap();
         let mut sched = Scheduler::for_config(Schedule::from_json(spec).unwrap(), &config).unwrap();
+        let metrics = raw_arrays(&g.text, "metrics").into_iter().next();
         for s in 0..g.case["steps"].as_u64().unwrap() {
             sched.apply_to_cpu(&mut opt).unwrap();
             assert_eq!(opt.config().lr(), sched.lr());
@@ -280,7 +428,10 @@ fn golden_scheduled_runs_train_to_torch_parameters() {
                 .collect();
             let grefs: Vec<&[f32]> = grads.iter().map(|v| v.as_slice()).collect();
             opt.step(&grefs).unwrap();
-            sched.advance();
+            match &metrics {
+                Some(m) => sched.advance_with_metric(m[s as usize]).unwrap(),
+                None => sched.advance(),
+            }
         }
         let atol = g.case["atol_param"].as_f64().unwrap();
         for t in 0..ntensors {
@@ -295,7 +446,7 @@ fn golden_scheduled_runs_train_to_torch_parameters() {
         }
         ran += 1;
     }
-    assert!(ran >= 5, "only {ran} scheduled golden runs");
+    assert!(ran >= 9, "only {ran} scheduled golden runs");
 }
 
 // ------------------------------------------------- generated sequences
@@ -322,14 +473,13 @@ fn generated_sequences_match_torch() {
     // One chunk of the text per case (only the cases have a "name").
     let chunks: Vec<&str> = text.split("{\"name\":").skip(1).collect();
     assert_eq!(chunks.len(), cases.len());
-    assert!(cases.len() >= 40, "only {} generated cases", cases.len());
+    assert!(cases.len() >= 85, "only {} generated cases", cases.len());
     let mut tally = Tally::default();
     let mut kinds = Vec::new();
     for (case, chunk) in cases.iter().zip(&chunks) {
         let name = case["name"].as_str().unwrap();
         assert!(chunk.starts_with(&format!("\"{name}\"")));
-        let schedule =
-            Schedule::from_json(&case["schedule"]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let schedule = generated_schedule(&case["schedule"]);
         kinds.push(case["schedule"]["kind"].as_str().unwrap().to_string());
         let base_lr = raw_number(chunk, "lr").unwrap();
         let base_m = raw_number(chunk, "momentum").or_else(|| raw_number(chunk, "beta1"));
@@ -338,7 +488,14 @@ fn generated_sequences_match_torch() {
         let moms = raw_arrays(chunk, "momentum_per_step").remove(0);
         assert_eq!(lrs.len() as u64, case["steps"].as_u64().unwrap(), "{name}");
         assert_eq!(moms.len(), lrs.len(), "{name}");
-        check_sequences(&mut tally, name, &schedule, base_lr, base_m, &lrs, &moms);
+        if schedule.needs_metric() {
+            let metrics = raw_arrays(chunk, "metrics").remove(0);
+            check_metric_sequences(
+                &mut tally, name, &schedule, base_lr, base_m, &lrs, &moms, &metrics,
+            );
+        } else {
+            check_sequences(&mut tally, name, &schedule, base_lr, base_m, &lrs, &moms);
+        }
     }
     kinds.sort();
     kinds.dedup();
@@ -351,16 +508,23 @@ fn generated_sequences_match_torch() {
         tally.worst
     );
     for kind in [
+        "none",
         "constant",
         "step",
         "multi_step",
         "exponential",
         "cosine",
         "linear",
+        "polynomial",
+        "cosine_warm_restarts",
+        "lambda",
+        "multiplicative",
         "warmup_cosine",
         "sequential",
+        "chained",
         "cyclic",
         "one_cycle",
+        "plateau",
     ] {
         assert!(
             kinds.iter().any(|k| k == kind),
@@ -422,6 +586,57 @@ fn sample_schedules() -> Vec<Schedule> {
             three_phase: true,
             ..OneCycleLr::new(0.1, 25)
         }),
+        Schedule::ConstantFactor {
+            factor: 0.25,
+            total_iters: 6,
+        },
+        Schedule::Polynomial {
+            total_iters: 20,
+            power: 1.5,
+        },
+        Schedule::CosineAnnealingWarmRestarts {
+            t_0: 3,
+            t_mult: 2,
+            eta_min: 1e-4,
+        },
+        Schedule::CosineAnnealingWarmRestarts {
+            t_0: 4,
+            t_mult: 1,
+            eta_min: 0.0,
+        },
+        Schedule::lambda(|e| 1.0 / (1.0 + e as f64)),
+        Schedule::multiplicative(|e| if e % 4 == 0 { 0.8 } else { 1.01 }),
+        Schedule::Chained {
+            schedules: vec![
+                Schedule::ConstantFactor {
+                    factor: 0.5,
+                    total_iters: 5,
+                },
+                Schedule::MultiStep {
+                    milestones: vec![8, 15],
+                    gamma: 0.3,
+                },
+                Schedule::CosineAnnealing {
+                    t_max: 12,
+                    eta_min: 1e-3,
+                },
+            ],
+        },
+        Schedule::Sequential {
+            schedules: vec![
+                Schedule::Polynomial {
+                    total_iters: 6,
+                    power: 2.0,
+                },
+                Schedule::multiplicative(|_| 0.9),
+                Schedule::CosineAnnealingWarmRestarts {
+                    t_0: 5,
+                    t_mult: 3,
+                    eta_min: 0.0,
+                },
+            ],
+            milestones: vec![4, 11],
+        },
     ]
 }
 
@@ -621,7 +836,21 @@ fn sequential_starts_later_schedules_from_their_closed_form() {
 
 #[test]
 fn json_round_trips() {
-    for s in sample_schedules() {
+    let plateau = Schedule::ReduceOnPlateau(ReduceLrOnPlateau {
+        mode: PlateauMode::Max,
+        factor: 0.25,
+        patience: 3,
+        threshold: 0.01,
+        threshold_mode: ThresholdMode::Abs,
+        cooldown: 2,
+        min_lr: 1e-5,
+        eps: 1e-9,
+    });
+    for s in sample_schedules()
+        .into_iter()
+        .filter(|s| !s.has_closure())
+        .chain([plateau])
+    {
         let v = s.to_json();
         assert_eq!(Schedule::from_json(&v).unwrap(), s, "{v}");
         assert_eq!(Schedule::from_json_map(v.as_object().unwrap()).unwrap(), s);
@@ -651,6 +880,124 @@ fn json_round_trips() {
             total_iters: 5
         }
     );
+}
+
+/// The kinds and keys of tests/data/golden/FORMAT.md, with torch's defaults.
+#[test]
+fn json_reads_the_golden_format() {
+    let j = |v: Value| Schedule::from_json(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+    // `constant` is torch's ConstantLR; no scheduler is `none`.
+    assert_eq!(
+        j(json!({"kind": "constant"})),
+        Schedule::ConstantFactor {
+            factor: 1.0 / 3.0,
+            total_iters: 5
+        }
+    );
+    assert_eq!(j(json!({"kind": "none"})), Schedule::Constant);
+    assert_eq!(Schedule::Constant.to_json(), json!({"kind": "none"}));
+    assert_eq!(
+        j(json!({"kind": "polynomial"})),
+        Schedule::Polynomial {
+            total_iters: 5,
+            power: 1.0
+        }
+    );
+    assert_eq!(
+        j(json!({"kind": "cosine_warm_restarts", "T_0": 7})),
+        Schedule::CosineAnnealingWarmRestarts {
+            t_0: 7,
+            t_mult: 1,
+            eta_min: 0.0
+        }
+    );
+    assert_eq!(
+        j(json!({"kind": "plateau"})),
+        Schedule::ReduceOnPlateau(ReduceLrOnPlateau::default())
+    );
+    assert_eq!(
+        ReduceLrOnPlateau::default(),
+        ReduceLrOnPlateau {
+            mode: PlateauMode::Min,
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            threshold_mode: ThresholdMode::Rel,
+            cooldown: 0,
+            min_lr: 0.0,
+            eps: 1e-8,
+        }
+    );
+    // A case's metrics are read past, not kept.
+    assert_eq!(
+        j(json!({"kind": "plateau", "patience": 2, "metrics": [1.0, 0.5]})),
+        Schedule::ReduceOnPlateau(ReduceLrOnPlateau {
+            patience: 2,
+            ..ReduceLrOnPlateau::default()
+        })
+    );
+    let ms = Schedule::MultiStep {
+        milestones: vec![20, 35],
+        gamma: 0.3,
+    };
+    let cf = Schedule::ConstantFactor {
+        factor: 0.5,
+        total_iters: 10,
+    };
+    assert_eq!(
+        j(json!({"kind": "chained", "schedulers": [
+            {"kind": "constant", "factor": 0.5, "total_iters": 10},
+            {"kind": "multistep", "milestones": [20, 35], "gamma": 0.3}]})),
+        Schedule::Chained {
+            schedules: vec![cf.clone(), ms.clone()]
+        }
+    );
+    let seq = Schedule::Sequential {
+        schedules: vec![cf.clone(), ms.clone()],
+        milestones: vec![10],
+    };
+    let subs = json!([{"kind": "constant", "factor": 0.5, "total_iters": 10},
+                      {"kind": "multi_step", "milestones": [20, 35], "gamma": 0.3}]);
+    assert_eq!(
+        j(json!({"kind": "sequential", "schedulers": subs, "milestones": [10]})),
+        seq
+    );
+    // This crate's earlier key for SequentialLR's list.
+    assert_eq!(
+        j(json!({"kind": "sequential", "schedules": subs, "milestones": [10]})),
+        seq
+    );
+    assert_eq!(
+        seq.to_json()["schedulers"][1]["kind"],
+        json!("multistep"),
+        "FORMAT.md's names are written"
+    );
+}
+
+#[test]
+fn json_cannot_carry_closures() {
+    let lam = Schedule::lambda(|e| 0.9f64.powf(e as f64));
+    assert!(lam.has_closure());
+    assert_eq!(lam.to_json(), json!({"kind": "lambda"}));
+    let chained = Schedule::Chained {
+        schedules: vec![
+            Schedule::Exponential { gamma: 0.5 },
+            Schedule::multiplicative(|_| 0.5),
+        ],
+    };
+    assert!(chained.has_closure());
+    assert_eq!(
+        chained.to_json()["schedulers"][1],
+        json!({"kind": "multiplicative"})
+    );
+    for v in [lam.to_json(), chained.to_json()] {
+        let m = options_err(Schedule::from_json(&v).map(|_| ()));
+        assert!(m.contains("closure"), "{m}");
+    }
+    // A clone is the same closure; another closure is not, whatever it computes.
+    assert_eq!(lam.clone(), lam);
+    assert_ne!(Schedule::lambda(|e| 0.9f64.powf(e as f64)), lam);
+    assert!(format!("{lam:?}").contains("LrLambda"));
 }
 
 // ------------------------------------------------------ invalid parameters
@@ -1140,4 +1487,491 @@ fn apply_to_gpu_sets_lr_and_momentum() {
         Err(Error::NoMomentum { .. })
     ));
     assert_eq!(bad.config().lr(), 0.5);
+}
+
+// ------------------------------------------------- the kinds torch added
+
+#[test]
+fn invalid_constant_polynomial_warm_restarts_chained() {
+    let v = |s: Schedule| s.validate();
+    let cf = |factor, total_iters| Schedule::ConstantFactor {
+        factor,
+        total_iters,
+    };
+    // torch: 0 <= factor <= 1; 0 would divide by zero at total_iters.
+    assert_eq!(hyper_err(v(cf(1.5, 5))), ("factor", 1.5));
+    assert_eq!(hyper_err(v(cf(-0.1, 5))), ("factor", -0.1));
+    assert_eq!(hyper_err(v(cf(0.0, 5))), ("factor", 0.0));
+    assert_eq!(hyper_err(v(cf(f64::NAN, 5))).0, "factor");
+    assert_eq!(hyper_err(v(cf(0.5, 0))), ("total_iters", 0.0));
+    v(cf(1.0, 1)).unwrap();
+    let poly = |total_iters, power| Schedule::Polynomial { total_iters, power };
+    assert_eq!(hyper_err(v(poly(0, 1.0))), ("total_iters", 0.0));
+    assert_eq!(hyper_err(v(poly(5, -1.0))), ("power", -1.0));
+    assert_eq!(hyper_err(v(poly(5, f64::INFINITY))).0, "power");
+    v(poly(5, 0.0)).unwrap();
+    let warm = |t_0, t_mult, eta_min| Schedule::CosineAnnealingWarmRestarts {
+        t_0,
+        t_mult,
+        eta_min,
+    };
+    // torch: T_0 > 0, T_mult >= 1.
+    assert_eq!(hyper_err(v(warm(0, 1, 0.0))), ("T_0", 0.0));
+    assert_eq!(hyper_err(v(warm(3, 0, 0.0))), ("T_mult", 0.0));
+    assert_eq!(hyper_err(v(warm(3, 1, -0.5))), ("eta_min", -0.5));
+    v(warm(1, 1, 0.0)).unwrap();
+
+    let chained = |schedules| Schedule::Chained { schedules }.validate();
+    assert!(options_err(chained(vec![])).contains("at least one"));
+    let exp = || Schedule::Exponential { gamma: 0.9 };
+    for (bad, name) in [
+        (Schedule::Constant, "Constant"),
+        (Schedule::Cyclic(CyclicLr::new(0.1, 1.0)), "CyclicLR"),
+        (Schedule::OneCycle(OneCycleLr::new(0.1, 10)), "OneCycleLR"),
+        (
+            Schedule::ReduceOnPlateau(ReduceLrOnPlateau::default()),
+            "ReduceLROnPlateau",
+        ),
+        (Schedule::warmup_cosine(0.1, 2, 5, 0.0), "SequentialLR"),
+    ] {
+        let m = options_err(chained(vec![exp(), bad]));
+        assert!(m.contains(name) && m.contains("scheduler 1"), "{m}");
+    }
+    assert_eq!(hyper_err(chained(vec![exp(), cf(2.0, 3)])), ("factor", 2.0));
+    chained(vec![
+        Schedule::Chained {
+            schedules: vec![exp()],
+        },
+        Schedule::lambda(|_| 1.0),
+        warm(2, 2, 0.0),
+    ])
+    .unwrap();
+    // SequentialLR takes the new chainable kinds, not a chain or a plateau.
+    let seq = |schedules: Vec<Schedule>| {
+        Schedule::Sequential {
+            milestones: (1..schedules.len() as u64).map(|m| 3 * m).collect(),
+            schedules,
+        }
+        .validate()
+    };
+    seq(vec![
+        cf(0.5, 2),
+        poly(4, 2.0),
+        warm(3, 2, 0.0),
+        Schedule::lambda(|_| 1.0),
+        Schedule::multiplicative(|_| 0.9),
+    ])
+    .unwrap();
+    let m = options_err(seq(vec![
+        exp(),
+        Schedule::Chained {
+            schedules: vec![exp()],
+        },
+    ]));
+    assert!(m.contains("ChainedScheduler"), "{m}");
+    let m = options_err(seq(vec![
+        exp(),
+        Schedule::ReduceOnPlateau(ReduceLrOnPlateau::default()),
+    ]));
+    assert!(m.contains("ReduceLROnPlateau"), "{m}");
+}
+
+#[test]
+fn invalid_plateau() {
+    let v = |p: ReduceLrOnPlateau| Schedule::ReduceOnPlateau(p).validate();
+    let d = ReduceLrOnPlateau::default;
+    // torch: factor < 1.
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau { factor: 1.0, ..d() })),
+        ("factor", 1.0)
+    );
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau {
+            factor: -0.5,
+            ..d()
+        })),
+        ("factor", -0.5)
+    );
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau {
+            threshold: -1e-3,
+            ..d()
+        })),
+        ("threshold", -1e-3)
+    );
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau {
+            threshold: 1.0,
+            ..d()
+        })),
+        ("threshold", 1.0)
+    );
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau {
+            min_lr: -1.0,
+            ..d()
+        })),
+        ("min_lr", -1.0)
+    );
+    assert_eq!(
+        hyper_err(v(ReduceLrOnPlateau {
+            eps: f64::NAN,
+            ..d()
+        }))
+        .0,
+        "eps"
+    );
+    // A relative threshold past 1 is fine where higher is better, and an
+    // absolute one anywhere.
+    v(ReduceLrOnPlateau {
+        mode: PlateauMode::Max,
+        threshold: 2.0,
+        ..d()
+    })
+    .unwrap();
+    v(ReduceLrOnPlateau {
+        threshold_mode: ThresholdMode::Abs,
+        threshold: 2.0,
+        ..d()
+    })
+    .unwrap();
+    v(ReduceLrOnPlateau { factor: 0.0, ..d() }).unwrap();
+    let j = |v: Value| Schedule::from_json(&v).map(|_| ());
+    assert!(options_err(j(json!({"kind": "plateau", "mode": "lowest"}))).contains("lowest"));
+    assert!(options_err(j(json!({"kind": "plateau", "threshold_mode": "x"}))).contains("rel"));
+    assert!(options_err(j(json!({"kind": "plateau", "metrics": [1.0, "a"]}))).contains("metrics"));
+    assert!(options_err(j(json!({"kind": "plateau", "patience": -1}))).contains("patience"));
+    assert!(options_err(j(json!({"kind": "chained", "schedulers": 3}))).contains("schedulers"));
+    let m = options_err(j(
+        json!({"kind": "sequential", "schedules": [], "schedulers": [],
+                                 "milestones": []}),
+    ));
+    assert!(m.contains("not both"), "{m}");
+}
+
+#[test]
+fn plateau_follows_torch_step_by_step() {
+    let p = ReduceLrOnPlateau {
+        factor: 0.5,
+        patience: 1,
+        cooldown: 1,
+        min_lr: 0.02,
+        ..ReduceLrOnPlateau::default()
+    };
+    let mut s = Scheduler::new(Schedule::ReduceOnPlateau(p), 0.1, Some(0.9)).unwrap();
+    let st = |s: &Scheduler| *s.plateau_state().unwrap();
+    assert_eq!(st(&s).best, f64::INFINITY);
+    // (metric, lr after, best, num_bad_epochs, cooldown_counter), by hand
+    // from torch's ReduceLROnPlateau.step.
+    let trace = [
+        (1.0, 0.1, 1.0, 0, 0),
+        (1.0, 0.1, 1.0, 1, 0),       // not better by the relative threshold
+        (f64::NAN, 0.05, 1.0, 0, 1), // NaN is never better: 2 > patience, halve, cooldown
+        (2.0, 0.05, 1.0, 0, 0),      // a bad epoch in cooldown is forgotten
+        (3.0, 0.05, 1.0, 1, 0),
+        (3.0, 0.025, 1.0, 0, 1),
+        (0.5, 0.025, 0.5, 0, 0),
+        (0.6, 0.025, 0.5, 1, 0),
+        (0.6, 0.02, 0.5, 0, 1), // max(0.0125, min_lr)
+        (0.6, 0.02, 0.5, 0, 0),
+        (0.6, 0.02, 0.5, 1, 0),
+        (0.6, 0.02, 0.5, 0, 1), // min_lr reached: the reduction changes nothing
+        (f64::NEG_INFINITY, 0.02, f64::NEG_INFINITY, 0, 0),
+    ];
+    for (i, &(metric, lr, best, bad, cool)) in trace.iter().enumerate() {
+        s.advance_with_metric(metric).unwrap();
+        assert_eq!(s.position(), i as u64 + 1);
+        assert_eq!(
+            (s.lr(), st(&s)),
+            (
+                lr,
+                PlateauState {
+                    best,
+                    num_bad_epochs: bad,
+                    cooldown_counter: cool
+                }
+            ),
+            "after metric {i} ({metric})"
+        );
+        assert_eq!(s.momentum(), Some(0.9));
+        assert_eq!(s.lr_at(s.position()), s.lr());
+    }
+    // The pure view of a metric-driven schedule is its lr before any metric.
+    assert_eq!(s.schedule().lr_at(0.1, 5), 0.1);
+
+    // Max mode with an absolute threshold.
+    let p = ReduceLrOnPlateau {
+        mode: PlateauMode::Max,
+        threshold_mode: ThresholdMode::Abs,
+        threshold: 0.1,
+        patience: 0,
+        ..ReduceLrOnPlateau::default()
+    };
+    let mut s = Scheduler::new(Schedule::ReduceOnPlateau(p), 1.0, None).unwrap();
+    assert_eq!(st(&s).best, f64::NEG_INFINITY);
+    s.advance_with_metric(0.5).unwrap();
+    s.advance_with_metric(0.55).unwrap(); // not above 0.5 + 0.1
+    assert_eq!((s.lr(), st(&s).best), (0.1, 0.5));
+    s.advance_with_metric(0.65).unwrap();
+    assert_eq!((s.lr(), st(&s).best), (0.1, 0.65));
+}
+
+#[test]
+fn plateau_without_a_metric_is_refused_not_ignored() {
+    let mut opt = CpuOptimizer::new(
+        Sgd {
+            lr: 0.1,
+            ..Sgd::default()
+        },
+        &[&[1.0f32]],
+    )
+    .unwrap();
+    let plateau = Schedule::ReduceOnPlateau(ReduceLrOnPlateau::default());
+    let fresh = Scheduler::for_config(plateau.clone(), opt.config()).unwrap();
+    fresh.apply_to_cpu(&mut opt).unwrap();
+    // advance (no metric): nothing moves, and apply says why from then on.
+    let mut s = fresh.clone();
+    s.advance();
+    assert!(s.metric_missing());
+    assert_eq!(s.position(), 0);
+    opt.set_lr(0.3).unwrap();
+    let m = options_err(s.apply_to_cpu(&mut opt));
+    assert!(m.contains("advance_with_metric"), "{m}");
+    assert_eq!(opt.config().lr(), 0.3, "the optimizer is unchanged");
+    // The flag travels with a checkpoint.
+    let mut ckpt = opt.checkpoint();
+    ckpt.set_scheduler(Some(&s));
+    let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
+    assert!(back.scheduler().unwrap().unwrap().metric_missing());
+    // set_position cannot replay metrics either (to the same position it
+    // is a no-op).
+    let mut s = fresh.clone();
+    s.set_position(0);
+    assert!(!s.metric_missing());
+    s.set_position(7);
+    assert!(s.metric_missing() && s.position() == 0);
+    // A metric for a schedule that takes none is an error, nothing moved.
+    let mut e = Scheduler::for_config(Schedule::Exponential { gamma: 0.5 }, opt.config()).unwrap();
+    let m = options_err(e.advance_with_metric(1.0));
+    assert!(m.contains("ExponentialLR") && m.contains("advance"), "{m}");
+    assert_eq!(e.position(), 0);
+}
+
+#[test]
+fn plateau_state_round_trips_through_checkpoints() {
+    let p = ReduceLrOnPlateau {
+        factor: 0.5,
+        patience: 2,
+        cooldown: 3,
+        ..ReduceLrOnPlateau::default()
+    };
+    let mut s = Scheduler::new(Schedule::ReduceOnPlateau(p), 0.1, Some(0.9)).unwrap();
+    let round_trip = |s: &Scheduler| {
+        let mut ckpt = Checkpoint::new(Sgd::default(), &[3]).unwrap();
+        ckpt.set_scheduler(Some(s));
+        let bytes = ckpt.to_bytes().unwrap();
+        Checkpoint::from_bytes(&bytes)
+            .unwrap()
+            .scheduler()
+            .unwrap()
+            .unwrap()
+    };
+    // Before any metric best is +inf, which JSON has no number for.
+    assert_eq!(round_trip(&s), s);
+    for metric in [
+        1.0,
+        0.9,
+        0.95,
+        0.97,
+        0.99,
+        1.2,
+        0.1 + 0.2,
+        f64::NEG_INFINITY,
+    ] {
+        s.advance_with_metric(metric).unwrap();
+        let r = round_trip(&s);
+        assert_eq!(r, s);
+        assert_eq!(r.lr().to_bits(), s.lr().to_bits());
+        assert_eq!(
+            r.plateau_state().unwrap().best.to_bits(),
+            s.plateau_state().unwrap().best.to_bits()
+        );
+    }
+    // A state the options cannot reach is an invalid checkpoint.
+    let mut ckpt = Checkpoint::new(Sgd::default(), &[3]).unwrap();
+    ckpt.set_scheduler(Some(&s));
+    let state = ckpt.scheduler.as_mut().unwrap();
+    state.plateau.as_mut().unwrap().num_bad_epochs = 3; // > patience
+    assert!(matches!(ckpt.validate(), Err(Error::Checkpoint(m)) if m.contains("num_bad_epochs")));
+    let state = ckpt.scheduler.as_mut().unwrap();
+    state.plateau = None;
+    assert!(matches!(ckpt.validate(), Err(Error::Checkpoint(m)) if m.contains("best")));
+}
+
+#[test]
+fn closures_are_saved_without_their_code_and_restored_from_the_callers() {
+    let schedule = || Schedule::Chained {
+        schedules: vec![
+            Schedule::ConstantFactor {
+                factor: 0.5,
+                total_iters: 4,
+            },
+            Schedule::lambda(|e| 0.9f64.powf(e as f64)),
+        ],
+    };
+    let original = schedule();
+    let mut s = Scheduler::new(original.clone(), 0.1, None).unwrap();
+    for _ in 0..6 {
+        s.advance();
+    }
+    let mut ckpt = Checkpoint::new(Sgd::default(), &[3]).unwrap();
+    ckpt.set_scheduler(Some(&s));
+    // Saving works (validate checks everything but the closure) ...
+    let bytes = ckpt.to_bytes().unwrap();
+    let back = Checkpoint::from_bytes(&bytes).unwrap();
+    // ... reading it back without the closure says how ...
+    match back.scheduler() {
+        Err(Error::Checkpoint(m)) => assert!(m.contains("scheduler_with"), "{m}"),
+        other => panic!("expected Error::Checkpoint, got {other:?}"),
+    }
+    // ... and with it, the run goes on bit for bit.
+    let mut r = back.scheduler_with(original.clone()).unwrap().unwrap();
+    assert_eq!((r.position(), r.lr().to_bits()), (6, s.lr().to_bits()));
+    for _ in 0..10 {
+        r.advance();
+        s.advance();
+        assert_eq!(r.lr().to_bits(), s.lr().to_bits());
+    }
+    // A rebuilt closure (another allocation) is accepted: the checkpoint
+    // cannot see code, only the schedule's shape and numbers.
+    back.scheduler_with(schedule()).unwrap().unwrap();
+    // Another schedule is not.
+    let other = Schedule::Chained {
+        schedules: vec![
+            Schedule::ConstantFactor {
+                factor: 0.25,
+                total_iters: 4,
+            },
+            Schedule::lambda(|_| 1.0),
+        ],
+    };
+    assert!(matches!(
+        back.scheduler_with(other),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+    // A factor that makes the lr negative is refused when it is applied.
+    let mut opt = CpuOptimizer::new(Sgd::default(), &[&[1.0f32]]).unwrap();
+    let neg = Scheduler::for_config(Schedule::lambda(|_| -1.0), opt.config()).unwrap();
+    assert!(matches!(
+        neg.apply_to_cpu(&mut opt),
+        Err(Error::InvalidHyperparameter { name: "lr", .. })
+    ));
+}
+
+#[test]
+fn chained_steps_each_schedule_on_the_lr_the_previous_left() {
+    let base = 0.2f64;
+    let chain = Schedule::Chained {
+        schedules: vec![
+            Schedule::ConstantFactor {
+                factor: 0.5,
+                total_iters: 3,
+            },
+            Schedule::MultiStep {
+                milestones: vec![2, 5],
+                gamma: 0.3,
+            },
+        ],
+    };
+    // torch's arithmetic: the group's lr, multiplied in the list's order.
+    let mut want = base * 0.5;
+    for e in 0..8u64 {
+        if e >= 1 {
+            if e == 3 {
+                want *= 1.0 / 0.5;
+            }
+            if e == 2 || e == 5 {
+                want *= 0.3f64.powf(1.0);
+            }
+        }
+        assert_eq!(chain.lr_at(base, e).to_bits(), want.to_bits(), "step {e}");
+    }
+    // The order matters where a schedule sets the lr from the base lr:
+    // CosineAnnealingWarmRestarts after ConstantLR discards its factor;
+    // before it, ConstantLR's factor shows only at the steps where
+    // ConstantLR itself changes the lr (0 and total_iters).
+    let warm = Schedule::CosineAnnealingWarmRestarts {
+        t_0: 4,
+        t_mult: 1,
+        eta_min: 0.0,
+    };
+    let cf = Schedule::ConstantFactor {
+        factor: 0.5,
+        total_iters: 10,
+    };
+    let after = Schedule::Chained {
+        schedules: vec![cf.clone(), warm.clone()],
+    };
+    let before = Schedule::Chained {
+        schedules: vec![warm.clone(), cf],
+    };
+    for e in 0..14 {
+        assert_eq!(after.lr_at(base, e), warm.lr_at(base, e));
+        let factor = match e {
+            0 => 0.5,
+            10 => 1.0 / 0.5,
+            _ => 1.0,
+        };
+        assert_eq!(
+            before.lr_at(base, e),
+            warm.lr_at(base, e) * factor,
+            "step {e}"
+        );
+    }
+}
+
+#[test]
+fn warm_restarts_restart_where_torch_does() {
+    let base = 0.1;
+    let s = Schedule::CosineAnnealingWarmRestarts {
+        t_0: 3,
+        t_mult: 2,
+        eta_min: 0.0,
+    };
+    // Periods of 3, 6, 12, ...: the base lr (closed form at T_cur = 0) at
+    // steps 0, 3, 9, 21.
+    let top = 0.0 + (base - 0.0) * (1.0 + 0.0f64.cos()) / 2.0;
+    for e in [0, 3, 9, 21, 45] {
+        assert_eq!(s.lr_at(base, e), top, "step {e}");
+        assert!(s.lr_at(base, e + 1) < top);
+        assert!(s.lr_at(base, e.saturating_sub(1)) < top || e == 0);
+    }
+    // Far positions are quick and stay in range.
+    let start = std::time::Instant::now();
+    for far in [u64::MAX - 1, u64::MAX / 3, 1 << 62] {
+        let lr = s.lr_at(base, far);
+        assert!((0.0..=base).contains(&lr));
+        let flat = Schedule::CosineAnnealingWarmRestarts {
+            t_0: 7,
+            t_mult: 1,
+            eta_min: 0.01,
+        };
+        assert_eq!(flat.lr_at(base, far), flat.lr_at(base, far % 7));
+        let huge = Schedule::CosineAnnealingWarmRestarts {
+            t_0: u64::MAX / 2,
+            t_mult: u64::MAX,
+            eta_min: 0.0,
+        };
+        assert!((0.0..=base).contains(&huge.lr_at(base, far)));
+    }
+    let cf = Schedule::ConstantFactor {
+        factor: 0.25,
+        total_iters: 1 << 40,
+    };
+    assert_eq!(cf.lr_at(1.0, u64::MAX - 1), 0.25 * (1.0 / 0.25));
+    assert_eq!(
+        Schedule::lambda(|e| 1.0 / e as f64).lr_at(2.0, 1 << 60),
+        2.0 / (1u64 << 60) as f64
+    );
+    assert!(start.elapsed().as_secs() < 5);
 }

@@ -88,14 +88,25 @@ impl<'a> Args<'a> {
     }
 }
 
-pub(super) fn parse_json(value: &Value) -> Result<Schedule> {
+/// The sub-schedules listed under `key`.
+fn schedule_list(a: &mut Args<'_>, key: &'static str, closures: bool) -> Result<Vec<Schedule>> {
+    match a.get(key) {
+        Some(Value::Array(v)) => v.iter().map(|s| parse_json(s, closures)).collect(),
+        Some(v) => Err(a.err(format!("`{key}` must be a list, got {v}"))),
+        None => Err(a.err(format!("`{key}` is required"))),
+    }
+}
+
+/// Parses a schedule. With `closures`, `lambda` and `multiplicative` get a
+/// stand-in closure (checkpoint checks); without, they are refused.
+pub(super) fn parse_json(value: &Value, closures: bool) -> Result<Schedule> {
     let map = value.as_object().ok_or_else(|| {
         Error::InvalidOptions(format!("a schedule must be a JSON object, got {value}"))
     })?;
-    parse_map(map)
+    parse_map(map, closures)
 }
 
-pub(super) fn parse_map(map: &Map<String, Value>) -> Result<Schedule> {
+pub(super) fn parse_map(map: &Map<String, Value>, closures: bool) -> Result<Schedule> {
     let kind = map.get("kind").and_then(Value::as_str).ok_or_else(|| {
         Error::InvalidOptions(format!(
             "a schedule needs a string `kind`, got {}",
@@ -108,12 +119,12 @@ pub(super) fn parse_map(map: &Map<String, Value>) -> Result<Schedule> {
         used: Vec::new(),
     };
     let s = match kind {
-        "constant" => Schedule::Constant,
+        "none" => Schedule::Constant,
         "step" => Schedule::Step {
             step_size: a.u64_or("step_size", None)?,
             gamma: a.f64_or("gamma", Some(0.1))?,
         },
-        "multi_step" => Schedule::MultiStep {
+        "multistep" | "multi_step" => Schedule::MultiStep {
             milestones: a.milestones("milestones")?,
             gamma: a.f64_or("gamma", Some(0.1))?,
         },
@@ -129,6 +140,38 @@ pub(super) fn parse_map(map: &Map<String, Value>) -> Result<Schedule> {
             end_factor: a.f64_or("end_factor", Some(1.0))?,
             total_iters: a.u64_or("total_iters", Some(5))?,
         },
+        "constant" => Schedule::ConstantFactor {
+            factor: a.f64_or("factor", Some(1.0 / 3.0))?,
+            total_iters: a.u64_or("total_iters", Some(5))?,
+        },
+        "polynomial" => Schedule::Polynomial {
+            total_iters: a.u64_or("total_iters", Some(5))?,
+            power: a.f64_or("power", Some(1.0))?,
+        },
+        "cosine_warm_restarts" => Schedule::CosineAnnealingWarmRestarts {
+            t_0: a.u64_or("T_0", None)?,
+            t_mult: a.u64_or("T_mult", Some(1))?,
+            eta_min: a.f64_or("eta_min", Some(0.0))?,
+        },
+        "lambda" | "multiplicative" if closures => {
+            let f = LrLambda::placeholder();
+            if kind == "lambda" {
+                Schedule::Lambda(f)
+            } else {
+                Schedule::Multiplicative(f)
+            }
+        }
+        "lambda" | "multiplicative" => {
+            let (class, ctor) = if kind == "lambda" {
+                ("LambdaLR", "lambda")
+            } else {
+                ("MultiplicativeLR", "multiplicative")
+            };
+            return Err(a.err(format!(
+                "{class} holds a Rust closure, which JSON cannot carry: build it in code \
+                 with Schedule::{ctor}"
+            )));
+        }
         "warmup_cosine" => Schedule::warmup_cosine(
             a.f64_or("start_factor", Some(1.0 / 3.0))?,
             a.u64_or("warmup_steps", None)?,
@@ -136,16 +179,23 @@ pub(super) fn parse_map(map: &Map<String, Value>) -> Result<Schedule> {
             a.f64_or("eta_min", Some(0.0))?,
         ),
         "sequential" => {
-            let schedules = match a.get("schedules") {
-                Some(Value::Array(v)) => v.iter().map(parse_json).collect::<Result<Vec<_>>>()?,
-                Some(v) => return Err(a.err(format!("`schedules` must be a list, got {v}"))),
-                None => return Err(a.err("`schedules` is required".into())),
+            // FORMAT.md's `schedulers`, or this crate's earlier `schedules`.
+            let key = if map.contains_key("schedules") {
+                if map.contains_key("schedulers") {
+                    return Err(a.err("give `schedulers` or `schedules`, not both".into()));
+                }
+                "schedules"
+            } else {
+                "schedulers"
             };
             Schedule::Sequential {
-                schedules,
+                schedules: schedule_list(&mut a, key, closures)?,
                 milestones: a.milestones("milestones")?,
             }
         }
+        "chained" => Schedule::Chained {
+            schedules: schedule_list(&mut a, "schedulers", closures)?,
+        },
         "cyclic" => {
             let mut c = CyclicLr::new(a.f64_or("base_lr", None)?, a.f64_or("max_lr", None)?);
             c.step_size_up = a.u64_or("step_size_up", Some(c.step_size_up))?;
@@ -179,10 +229,42 @@ pub(super) fn parse_map(map: &Map<String, Value>) -> Result<Schedule> {
             c.three_phase = a.bool_or("three_phase", c.three_phase)?;
             Schedule::OneCycle(c)
         }
+        "plateau" => {
+            let d = ReduceLrOnPlateau::default();
+            let mode = a.str_or("mode", d.mode.name())?;
+            let mode = PlateauMode::parse(mode)
+                .ok_or_else(|| a.err(format!("mode `{mode}` is not one of min, max")))?;
+            let threshold_mode = a.str_or("threshold_mode", d.threshold_mode.name())?;
+            let threshold_mode = ThresholdMode::parse(threshold_mode).ok_or_else(|| {
+                a.err(format!(
+                    "threshold_mode `{threshold_mode}` is not one of rel, abs"
+                ))
+            })?;
+            let p = ReduceLrOnPlateau {
+                mode,
+                factor: a.f64_or("factor", Some(d.factor))?,
+                patience: a.u64_or("patience", Some(d.patience))?,
+                threshold: a.f64_or("threshold", Some(d.threshold))?,
+                threshold_mode,
+                cooldown: a.u64_or("cooldown", Some(d.cooldown))?,
+                min_lr: a.f64_or("min_lr", Some(d.min_lr))?,
+                eps: a.f64_or("eps", Some(d.eps))?,
+            };
+            // A case's recorded metrics: data for the run, not an argument.
+            match a.get("metrics") {
+                None => {}
+                Some(Value::Array(v)) if v.iter().all(Value::is_number) => {}
+                Some(v) => {
+                    return Err(a.err(format!("`metrics` must be a list of numbers, got {v}")))
+                }
+            }
+            Schedule::ReduceOnPlateau(p)
+        }
         other => {
             return Err(Error::InvalidOptions(format!(
-                "unknown schedule kind `{other}` (known: constant, step, multi_step, exponential, \
-                 cosine, linear, warmup_cosine, sequential, cyclic, one_cycle)"
+                "unknown schedule kind `{other}` (known: none, step, multistep, exponential, \
+                 cosine, linear, constant, polynomial, cosine_warm_restarts, warmup_cosine, \
+                 sequential, chained, cyclic, one_cycle, plateau)"
             )))
         }
     };

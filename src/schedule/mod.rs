@@ -38,6 +38,10 @@
 //!   not the optimizer's) for `CyclicLR`, `max_lr / div_factor` for
 //!   `OneCycleLR` — and step `n` runs with the value at epoch `n`.
 //!   Here position `n` is the value in force for optimizer step `n`.
+//!   `ConstantLR` starts at `base_lr · factor`, `PolynomialLR`,
+//!   `MultiplicativeLR` and `ReduceLROnPlateau` at the base lr, `LambdaLR`
+//!   at `base_lr · lr_lambda(0)` and `CosineAnnealingWarmRestarts` at its
+//!   closed form `eta_min + (base − eta_min)·(1 + cos 0)/2`.
 //! * **Chainable (recursive) forms.** `StepLR`, `MultiStepLR`,
 //!   `ExponentialLR`, `LinearLR` and `CosineAnnealingLR` compute each value
 //!   from the previous one (`get_lr`), not from their closed forms. The two
@@ -55,6 +59,10 @@
 //!   nanoseconds a step), while [`Scheduler::advance`] is `O(1)`. Past
 //!   `T_max` the cosine schedule continues as torch's does (back up towards
 //!   the base lr, period `2·T_max`).
+//!   `ConstantLR` and `PolynomialLR` are chainable too (`ConstantLR`
+//!   multiplies by `1 / factor` at `total_iters`, `PolynomialLR` by
+//!   `((1 − e/T) / (1 − (e−1)/T))^power` each step), as is
+//!   `MultiplicativeLR` (the previous lr times `lr_lambda(e)`).
 //! * **`SequentialLR`.** The sub-schedule in force at step `s` is the one
 //!   after the last milestone `≤ s` (`bisect_right`). The first sub-schedule
 //!   (the second after a milestone 0, which skips the first) starts with its
@@ -63,7 +71,35 @@
 //!   lr (`_update_lr(0)`), then runs its recursive form from its local epoch
 //!   1 on. For `CosineAnnealingLR` that first value is
 //!   `eta_min + (base − eta_min)·(1 + cos 0)/2`, which can differ from the
-//!   base lr in the last bit; it is reproduced.
+//!   base lr in the last bit; it is reproduced. The kinds without a closed
+//!   form start from their `get_lr` at epoch 0: `LambdaLR` at
+//!   `base · lr_lambda(0)`, `MultiplicativeLR` at the lr in force before
+//!   the milestone times `lr_lambda(0)`.
+//! * **`ChainedScheduler`.** torch's schedulers share the optimizer's lr:
+//!   each one's initial step (at construction, in the list's order) and
+//!   each `step()` reads the lr the one before it left. So the chain's
+//!   value is the composition of its schedules' recursive forms in the
+//!   list's order, one rounding each, and not the product of their closed
+//!   forms: `[ConstantLR(0.5, 10), MultiStepLR([20], 0.3)]` is
+//!   `(base · 0.5) · (1 / 0.5)` from step 10 and that times 0.3 from step
+//!   20. A schedule that sets the lr from the base lr alone (`LambdaLR`,
+//!   `CosineAnnealingWarmRestarts`) discards what the ones before it did.
+//! * **`CosineAnnealingWarmRestarts`** is torch's closed form of `T_cur`
+//!   (steps since the last restart) and `T_i` (this period's length), both
+//!   as torch's step-by-step `step()` counts them: integers, exact.
+//! * **`LambdaLR` and `MultiplicativeLR`** call a Rust closure
+//!   ([`LrLambda`]) with the local epoch (`u64`), as torch calls
+//!   `lr_lambda(last_epoch)`. A closure is code: JSON cannot carry it
+//!   ([`Schedule::to_json`] writes the kind alone, [`Schedule::from_json`]
+//!   refuses it), and a checkpoint saves the scheduler's position and lr
+//!   without it and restores it only from a schedule rebuilt in code
+//!   ([`crate::checkpoint::SchedulerState`]). A closure whose factor makes
+//!   the lr negative or NaN is refused when the lr is applied to the
+//!   optimizer ([`Scheduler::apply`]).
+//! * **`ReduceLROnPlateau`** is driven by a metric, not by the step
+//!   ([`ReduceLrOnPlateau`], [`Scheduler::advance_with_metric`]); its state
+//!   (`best`, `num_bad_epochs`, `cooldown_counter`) is the [`Scheduler`]'s
+//!   and travels in checkpoints exactly.
 //! * **`CyclicLR` and `OneCycleLR`** are closed forms of the step. Both
 //!   *overwrite* the optimizer's lr at construction (the optimizer's own lr
 //!   is never used) and, with `cycle_momentum`, its momentum (SGD's and
@@ -78,20 +114,37 @@
 //!
 //! # Checks
 //!
-//! [`Schedule::validate`] refuses what PyTorch refuses (`LinearLR`'s
-//! factors, `OneCycleLR`'s `pct_start` outside `[0, 1]` and `total_steps`
-//! 0, `SequentialLR`'s number of milestones) and what would make torch
-//! divide by zero or is certainly a mistake: a zero `step_size`, `T_max`,
-//! `total_iters` (torch accepts `LinearLR(total_iters=0)` and then holds
-//! `start_factor` for ever) or cycle half, `pct_start · total_steps = 1`
-//! (an empty first phase), a `max_lr` below `base_lr`, a `max_momentum`
-//! below `base_momentum`, a negative `gamma`, lr or `eta_min`, a
-//! non-positive `div_factor` or `final_div_factor`, unsorted milestones, NaN or
-//! infinity anywhere. `SequentialLR` takes only the chainable kinds and
-//! [`Schedule::Constant`] as its sub-schedules (`CyclicLR` and `OneCycleLR`
-//! rewrite the optimizer's lr and momentum at construction, which makes
-//! torch's result depend on the order the schedulers were built in; a
-//! nested `SequentialLR` has no epoch-0 form and fails in torch).
+//! [`Schedule::validate`] refuses what PyTorch refuses (`LinearLR`'s and
+//! `ConstantLR`'s factors, `OneCycleLR`'s `pct_start` outside `[0, 1]` and
+//! `total_steps` 0, `SequentialLR`'s number of milestones,
+//! `CosineAnnealingWarmRestarts`' `T_0` and `T_mult` below 1,
+//! `ReduceLROnPlateau`'s `factor >= 1`, empty `SequentialLR` and
+//! `ChainedScheduler`) and what would make torch divide by zero or is
+//! certainly a mistake: a zero `step_size`, `T_max`, `total_iters` (torch
+//! accepts `LinearLR(total_iters=0)` and then holds `start_factor` for
+//! ever) or cycle half, a `ConstantLR` factor 0 (torch divides by it at
+//! `total_iters`), a negative `PolynomialLR` power (torch divides by zero at
+//! `total_iters`), `pct_start · total_steps = 1` (an empty first phase), a
+//! `max_lr` below `base_lr`, a `max_momentum` below `base_momentum`, a
+//! negative `gamma`, lr, `eta_min`, `min_lr`, `eps`, `threshold` or
+//! `ReduceLROnPlateau` `factor`, a `threshold >= 1` in `min` mode with
+//! `rel` (no loss could improve), a non-positive `div_factor` or
+//! `final_div_factor`, unsorted milestones, NaN or infinity anywhere.
+//!
+//! `SequentialLR` takes [`Schedule::Constant`] and the kinds whose value
+//! follows from the base lr, the step and the previous value as its
+//! sub-schedules: `StepLR`, `MultiStepLR`, `ExponentialLR`,
+//! `CosineAnnealingLR`, `LinearLR`, `ConstantLR`, `PolynomialLR`,
+//! `CosineAnnealingWarmRestarts`, `LambdaLR`, `MultiplicativeLR`.
+//! `ChainedScheduler` takes the same kinds and nested `ChainedScheduler`s,
+//! but not `Constant` (no scheduler, nothing to chain). Neither takes
+//! `CyclicLR` or `OneCycleLR` (they rewrite the optimizer's lr and momentum
+//! at construction, which makes torch's result depend on the order the
+//! schedulers were built in) or `ReduceLROnPlateau` (torch refuses it: it
+//! needs a metric); `SequentialLR` takes no nested `SequentialLR` or
+//! `ChainedScheduler` (torch fails at their milestone: no epoch-0 form),
+//! `ChainedScheduler` no `SequentialLR` (which puts the base lr back at
+//! construction, undoing the schedules built before it).
 
 use crate::error::{Error, Result};
 use crate::rules::Config;
@@ -101,9 +154,13 @@ use std::f64::consts::PI;
 mod cyclic;
 mod json;
 use json::{parse_json, parse_map};
+mod lambda;
+mod plateau;
 mod scheduler;
 
 pub use cyclic::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr};
+pub use lambda::LrLambda;
+pub use plateau::{PlateauMode, PlateauState, ReduceLrOnPlateau, ThresholdMode};
 pub use scheduler::Scheduler;
 
 /// A learning-rate schedule: which `torch.optim.lr_scheduler` and its
@@ -112,7 +169,8 @@ pub use scheduler::Scheduler;
 #[non_exhaustive]
 pub enum Schedule {
     /// No scheduler: the optimizer's base lr at every step (torch's
-    /// `LambdaLR(lambda _: 1.0)` inside a `SequentialLR`).
+    /// `LambdaLR(lambda _: 1.0)` inside a `SequentialLR`). Not torch's
+    /// `ConstantLR`, which is [`Schedule::ConstantFactor`]. JSON kind `none`.
     Constant,
     /// `StepLR`: the lr is multiplied by `gamma` every `step_size` steps.
     Step {
@@ -155,11 +213,53 @@ pub enum Schedule {
         /// Steps of the ramp (`>= 1`; torch's default 5).
         total_iters: u64,
     },
+    /// `ConstantLR`: the lr is multiplied by `factor` for the first
+    /// `total_iters` steps, then divided by it again (torch multiplies by
+    /// `1 / factor`, which can differ from the base lr in the last bit).
+    /// Unlike [`Schedule::Constant`] (no scheduler), it changes the lr.
+    /// JSON kind `constant`.
+    ConstantFactor {
+        /// The factor, in `(0, 1]` (torch's default 1/3; torch accepts 0
+        /// and then divides by zero at `total_iters`).
+        factor: f64,
+        /// Steps with the factor (`>= 1`; torch's default 5).
+        total_iters: u64,
+    },
+    /// `PolynomialLR`: the lr goes from the base lr to 0 as
+    /// `(1 − step/total_iters)^power`, reached at `total_iters` and kept
+    /// (computed as torch does, as a ratio of consecutive factors each step).
+    Polynomial {
+        /// Steps to 0 (`>= 1`; torch's default 5).
+        total_iters: u64,
+        /// The power (`>= 0`; torch's default 1: linear). A negative power
+        /// makes torch divide by zero at `total_iters`.
+        power: f64,
+    },
+    /// `CosineAnnealingWarmRestarts` (SGDR): a cosine from the base lr down
+    /// towards `eta_min` over `t_0` steps, then back at the base lr (a warm
+    /// restart) for a cosine `t_mult` times longer, and so on. A closed form
+    /// of the step, as torch's is.
+    CosineAnnealingWarmRestarts {
+        /// torch's `T_0`: steps to the first restart (`>= 1`).
+        t_0: u64,
+        /// torch's `T_mult`: each period's length over the previous one's
+        /// (`>= 1`; torch's default 1).
+        t_mult: u64,
+        /// The lowest lr (torch's default 0; `>= 0`).
+        eta_min: f64,
+    },
+    /// `LambdaLR`: the base lr times `lr_lambda(step)`. JSON and checkpoints
+    /// cannot carry the closure ([`LrLambda`]).
+    Lambda(LrLambda),
+    /// `MultiplicativeLR`: from step 1 on, the previous lr times
+    /// `lr_lambda(step)` (the base lr at step 0). JSON and checkpoints
+    /// cannot carry the closure ([`LrLambda`]).
+    Multiplicative(LrLambda),
     /// `SequentialLR`: `schedules[0]` until `milestones[0]`, then
     /// `schedules[1]` restarted at its epoch 0, and so on.
     Sequential {
-        /// The sub-schedules, in order (at least one; each one of the
-        /// chainable kinds or [`Schedule::Constant`]).
+        /// The sub-schedules, in order (at least one; see the [module
+        /// docs](self#checks) for the kinds allowed).
         schedules: Vec<Schedule>,
         /// The steps at which the next sub-schedule starts: one fewer than
         /// `schedules`, strictly increasing. A first milestone 0 skips
@@ -167,10 +267,24 @@ pub enum Schedule {
         /// step, as torch does.
         milestones: Vec<u64>,
     },
+    /// `ChainedScheduler`: every schedule steps, in the list's order, on
+    /// the lr the one before it left (torch's schedulers share the
+    /// optimizer's lr): `ConstantLR(0.5)` then `MultiStepLR` halves the
+    /// multi-step lr until `total_iters`. A schedule that sets the lr from
+    /// the base lr alone (`LambdaLR`, `CosineAnnealingWarmRestarts`)
+    /// overwrites what the ones before it did, as in torch.
+    Chained {
+        /// The schedules, in order (at least one; see the [module
+        /// docs](self#checks) for the kinds allowed).
+        schedules: Vec<Schedule>,
+    },
     /// `CyclicLR` (with `cycle_momentum`, also cycles the momentum).
     Cyclic(CyclicLr),
     /// `OneCycleLR` (with `cycle_momentum`, also cycles the momentum).
     OneCycle(OneCycleLr),
+    /// `ReduceLROnPlateau`: driven by a metric
+    /// ([`Scheduler::advance_with_metric`]), not by the step.
+    ReduceOnPlateau(ReduceLrOnPlateau),
 }
 
 impl Schedule {
@@ -195,6 +309,16 @@ impl Schedule {
         }
     }
 
+    /// `LambdaLR(lr_lambda = f)`.
+    pub fn lambda(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        Schedule::Lambda(LrLambda::new(f))
+    }
+
+    /// `MultiplicativeLR(lr_lambda = f)`.
+    pub fn multiplicative(f: impl Fn(u64) -> f64 + Send + Sync + 'static) -> Self {
+        Schedule::Multiplicative(LrLambda::new(f))
+    }
+
     /// torch's class name (`StepLR`, `CyclicLR`, ...; `Constant` for no scheduler).
     pub fn torch_name(&self) -> &'static str {
         match self {
@@ -204,16 +328,23 @@ impl Schedule {
             Schedule::Exponential { .. } => "ExponentialLR",
             Schedule::CosineAnnealing { .. } => "CosineAnnealingLR",
             Schedule::Linear { .. } => "LinearLR",
+            Schedule::ConstantFactor { .. } => "ConstantLR",
+            Schedule::Polynomial { .. } => "PolynomialLR",
+            Schedule::CosineAnnealingWarmRestarts { .. } => "CosineAnnealingWarmRestarts",
+            Schedule::Lambda(_) => "LambdaLR",
+            Schedule::Multiplicative(_) => "MultiplicativeLR",
             Schedule::Sequential { .. } => "SequentialLR",
+            Schedule::Chained { .. } => "ChainedScheduler",
             Schedule::Cyclic(_) => "CyclicLR",
             Schedule::OneCycle(_) => "OneCycleLR",
+            Schedule::ReduceOnPlateau(_) => "ReduceLROnPlateau",
         }
     }
 
     /// Checks every parameter (see the [module docs](self) for the rules).
     pub fn validate(&self) -> Result<()> {
         match self {
-            Schedule::Constant => Ok(()),
+            Schedule::Constant | Schedule::Lambda(_) | Schedule::Multiplicative(_) => Ok(()),
             Schedule::Step { step_size, gamma } => {
                 check_at_least_one("step_size", *step_size)?;
                 check_non_negative("gamma", *gamma)
@@ -256,6 +387,33 @@ impl Schedule {
                 }
                 check_at_least_one("total_iters", *total_iters)
             }
+            Schedule::ConstantFactor {
+                factor,
+                total_iters,
+            } => {
+                check_finite("factor", *factor)?;
+                if !(*factor > 0.0 && *factor <= 1.0) {
+                    return Err(Error::InvalidHyperparameter {
+                        name: "factor",
+                        value: *factor,
+                        reason: "must be in (0, 1]",
+                    });
+                }
+                check_at_least_one("total_iters", *total_iters)
+            }
+            Schedule::Polynomial { total_iters, power } => {
+                check_at_least_one("total_iters", *total_iters)?;
+                check_non_negative("power", *power)
+            }
+            Schedule::CosineAnnealingWarmRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => {
+                check_at_least_one("T_0", *t_0)?;
+                check_at_least_one("T_mult", *t_mult)?;
+                check_non_negative("eta_min", *eta_min)
+            }
             Schedule::Sequential {
                 schedules,
                 milestones,
@@ -280,14 +438,36 @@ impl Schedule {
                     )));
                 }
                 for (i, s) in schedules.iter().enumerate() {
-                    if matches!(
-                        s,
-                        Schedule::Sequential { .. } | Schedule::Cyclic(_) | Schedule::OneCycle(_)
-                    ) {
+                    if !s.fits_in_sequential() {
                         return Err(Error::InvalidOptions(format!(
                             "SequentialLR: scheduler {i} is a {}, which cannot be chained \
-                             (only Constant, StepLR, MultiStepLR, ExponentialLR, \
-                             CosineAnnealingLR and LinearLR can)",
+                             (only Constant and the kinds with a chainable form can: StepLR, \
+                             MultiStepLR, ExponentialLR, CosineAnnealingLR, LinearLR, ConstantLR, \
+                             PolynomialLR, CosineAnnealingWarmRestarts, LambdaLR, MultiplicativeLR)",
+                            s.torch_name()
+                        )));
+                    }
+                    s.validate()?;
+                }
+                Ok(())
+            }
+            Schedule::Chained { schedules } => {
+                if schedules.is_empty() {
+                    return Err(Error::InvalidOptions(
+                        "ChainedScheduler expects at least one scheduler to be chained, but got none"
+                            .into(),
+                    ));
+                }
+                for (i, s) in schedules.iter().enumerate() {
+                    if !(s.fits_in_sequential() || matches!(s, Schedule::Chained { .. }))
+                        || matches!(s, Schedule::Constant)
+                    {
+                        return Err(Error::InvalidOptions(format!(
+                            "ChainedScheduler: scheduler {i} is a {}, which cannot be chained \
+                             (only StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, LinearLR, \
+                             ConstantLR, PolynomialLR, CosineAnnealingWarmRestarts, LambdaLR, \
+                             MultiplicativeLR and ChainedScheduler can; Constant, no scheduler, \
+                             has nothing to add to a chain)",
                             s.torch_name()
                         )));
                     }
@@ -297,7 +477,25 @@ impl Schedule {
             }
             Schedule::Cyclic(c) => c.validate(),
             Schedule::OneCycle(c) => c.validate(),
+            Schedule::ReduceOnPlateau(p) => p.validate(),
         }
+    }
+
+    /// Whether `self` may be a sub-schedule of `SequentialLR`: a kind whose
+    /// value follows from the base lr, the local epoch and the previous
+    /// value alone (`CyclicLR` and `OneCycleLR` rewrite the optimizer's lr
+    /// and momentum at construction, `ReduceLROnPlateau` needs a metric,
+    /// torch fails on a nested `SequentialLR` or `ChainedScheduler` at a
+    /// milestone).
+    fn fits_in_sequential(&self) -> bool {
+        !matches!(
+            self,
+            Schedule::Sequential { .. }
+                | Schedule::Chained { .. }
+                | Schedule::Cyclic(_)
+                | Schedule::OneCycle(_)
+                | Schedule::ReduceOnPlateau(_)
+        )
     }
 
     /// Whether the schedule drives the momentum (`CyclicLR` and `OneCycleLR`
@@ -316,16 +514,50 @@ impl Schedule {
         matches!(self, Schedule::Cyclic(_) | Schedule::OneCycle(_))
     }
 
+    /// Whether the values depend on metrics rather than on the step
+    /// (`ReduceLROnPlateau`: [`Scheduler::advance_with_metric`]).
+    pub fn needs_metric(&self) -> bool {
+        matches!(self, Schedule::ReduceOnPlateau(_))
+    }
+
+    /// Whether the schedule holds a closure (`LambdaLR`,
+    /// `MultiplicativeLR`), which JSON and checkpoints cannot carry.
+    pub fn has_closure(&self) -> bool {
+        match self {
+            Schedule::Lambda(_) | Schedule::Multiplicative(_) => true,
+            Schedule::Sequential { schedules, .. } | Schedule::Chained { schedules } => {
+                schedules.iter().any(Schedule::has_closure)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a closure is a checkpoint's stand-in (see [`LrLambda`]).
+    pub(crate) fn has_placeholder(&self) -> bool {
+        match self {
+            Schedule::Lambda(f) | Schedule::Multiplicative(f) => f.is_placeholder(),
+            Schedule::Sequential { schedules, .. } | Schedule::Chained { schedules } => {
+                schedules.iter().any(Schedule::has_placeholder)
+            }
+            _ => false,
+        }
+    }
+
     /// The learning rate in force for optimizer step `step` (0 for the first
     /// step), for an optimizer whose own lr is `base_lr`. Replays the
-    /// chainable kinds from step 0: `O(step)` for `CosineAnnealingLR` (a few
-    /// nanoseconds a step), `O(step)` until the value stops changing for
-    /// `ExponentialLR` and `StepLR`, at most `total_iters` steps for
-    /// `LinearLR`, one per milestone for `MultiStepLR`; `CyclicLR`,
-    /// `OneCycleLR` and `Constant` are `O(1)`. The schedule is assumed valid
-    /// ([`Schedule::validate`]).
+    /// chainable kinds from step 0: `O(step)` for `CosineAnnealingLR`,
+    /// `MultiplicativeLR` and `ChainedScheduler` (a few nanoseconds a step,
+    /// and a call of the closure), `O(step)` until the value stops changing
+    /// for `ExponentialLR` and `StepLR`, at most `total_iters` steps for
+    /// `LinearLR` and `PolynomialLR`, one per milestone for `MultiStepLR`;
+    /// `ConstantLR`, `LambdaLR`, `CyclicLR`, `OneCycleLR` and `Constant`
+    /// are `O(1)`, `CosineAnnealingWarmRestarts` `O(1)` with `T_mult = 1`
+    /// and `O(log step)` otherwise. `ReduceLROnPlateau` depends on metrics,
+    /// not on the step: this is `base_lr`, its lr before any metric
+    /// ([`Scheduler::lr`] is the one in force). The schedule is assumed
+    /// valid ([`Schedule::validate`]).
     pub fn lr_at(&self, base_lr: f64, step: u64) -> f64 {
-        self.local_lr(base_lr, true, step)
+        self.local_lr(base_lr, self.initial_lr(base_lr, base_lr), step)
     }
 
     /// The momentum in force for optimizer step `step`: the cycled value for
@@ -339,39 +571,78 @@ impl Schedule {
         }
     }
 
-    /// The value at local epoch 0. `initial` is true for a scheduler's own
-    /// initial step (`_initial_step`), false when `SequentialLR` starts a
-    /// later sub-schedule at its milestone (`_update_lr(0)`, the closed form).
-    fn first_lr(&self, base: f64, initial: bool) -> f64 {
+    /// The value of the scheduler's own initial step (`_initial_step`,
+    /// local epoch 0) when the optimizer's lr is `cur` (the base lr, or in
+    /// a `ChainedScheduler` what the schedules before it left).
+    fn initial_lr(&self, base: f64, cur: f64) -> f64 {
         match self {
             Schedule::Constant => base,
-            Schedule::Step { .. } | Schedule::Exponential { .. } => base,
+            Schedule::Step { .. }
+            | Schedule::Exponential { .. }
+            | Schedule::CosineAnnealing { .. }
+            | Schedule::Polynomial { .. }
+            | Schedule::Multiplicative(_)
+            | Schedule::ReduceOnPlateau(_) => cur,
             Schedule::MultiStep { milestones, gamma } => {
                 let count = milestones.iter().take_while(|&&m| m == 0).count();
                 if count == 0 {
-                    base
+                    cur
                 } else {
-                    base * gamma.powf(count as f64)
+                    cur * gamma.powf(count as f64)
                 }
             }
-            Schedule::CosineAnnealing { t_max, eta_min } => {
-                if initial {
-                    base
-                } else {
-                    eta_min + (base - eta_min) * (1.0 + (PI * 0.0 / *t_max as f64).cos()) / 2.0
-                }
-            }
-            Schedule::Linear { start_factor, .. } => base * start_factor,
+            Schedule::Linear { start_factor, .. } => cur * start_factor,
+            Schedule::ConstantFactor { factor, .. } => cur * factor,
+            Schedule::Lambda(f) => base * f.call(0),
+            Schedule::CosineAnnealingWarmRestarts { .. } => self.warm_restarts_lr(base, 0),
+            // SequentialLR puts the base lr back before its first initial step.
             Schedule::Sequential {
                 schedules,
                 milestones,
             } => {
                 let i = milestones.partition_point(|&m| m == 0);
-                schedules[i].first_lr(base, initial)
+                schedules[i].initial_lr(base, base)
+            }
+            Schedule::Chained { schedules } => {
+                schedules.iter().fold(cur, |lr, s| s.initial_lr(base, lr))
             }
             Schedule::Cyclic(c) => c.lr_at(0),
             Schedule::OneCycle(c) => c.values_at(0).0,
         }
+    }
+
+    /// The value at which `SequentialLR` starts a later sub-schedule at its
+    /// milestone (`_update_lr(0)`): the closed form at epoch 0 from the base
+    /// lr where torch's class has one, else its `get_lr` at epoch 0 on the
+    /// lr in force before the milestone, `prev`.
+    fn milestone_lr(&self, base: f64, prev: f64) -> f64 {
+        match self {
+            Schedule::Constant
+            | Schedule::Step { .. }
+            | Schedule::Exponential { .. }
+            | Schedule::Polynomial { .. } => base,
+            // base · gamma^(number of milestones <= 0)
+            Schedule::MultiStep { .. } => self.initial_lr(base, base),
+            Schedule::CosineAnnealing { t_max, eta_min } => {
+                eta_min + (base - eta_min) * (1.0 + (PI * 0.0 / *t_max as f64).cos()) / 2.0
+            }
+            Schedule::Linear { start_factor, .. } => base * start_factor,
+            Schedule::ConstantFactor { factor, .. } => base * factor,
+            Schedule::Lambda(f) => base * f.call(0),
+            Schedule::Multiplicative(f) => prev * f.call(0),
+            Schedule::CosineAnnealingWarmRestarts { .. } => self.warm_restarts_lr(base, 0),
+            // Not sub-schedules of SequentialLR (validate).
+            Schedule::Sequential { .. }
+            | Schedule::Chained { .. }
+            | Schedule::Cyclic(_)
+            | Schedule::OneCycle(_)
+            | Schedule::ReduceOnPlateau(_) => self.initial_lr(base, prev),
+        }
+    }
+
+    /// Whether [`Schedule::milestone_lr`] reads the lr before the milestone.
+    fn milestone_reads_prev(&self) -> bool {
+        matches!(self, Schedule::Multiplicative(_))
     }
 
     /// The value at local epoch `e >= 1` from the value at `e − 1`
@@ -421,6 +692,28 @@ impl Schedule {
                     prev * (1.0 + d / (*total_iters as f64 * start_factor + (e - 1) as f64 * d))
                 }
             }
+            Schedule::ConstantFactor {
+                factor,
+                total_iters,
+            } => {
+                if e == *total_iters {
+                    prev * (1.0 / factor)
+                } else {
+                    prev
+                }
+            }
+            Schedule::Polynomial { total_iters, power } => {
+                if e > *total_iters {
+                    prev
+                } else {
+                    let t = *total_iters as f64;
+                    let decay = ((1.0 - e as f64 / t) / (1.0 - (e - 1) as f64 / t)).powf(*power);
+                    prev * decay
+                }
+            }
+            Schedule::CosineAnnealingWarmRestarts { .. } => self.warm_restarts_lr(base, e),
+            Schedule::Lambda(f) => base * f.call(e),
+            Schedule::Multiplicative(f) => prev * f.call(e),
             Schedule::Sequential {
                 schedules,
                 milestones,
@@ -429,26 +722,67 @@ impl Schedule {
                 if i == 0 {
                     schedules[0].next_lr(base, e, prev)
                 } else if milestones[i - 1] == e {
-                    schedules[i].first_lr(base, false)
+                    schedules[i].milestone_lr(base, prev)
                 } else {
                     schedules[i].next_lr(base, e - milestones[i - 1], prev)
                 }
             }
+            Schedule::Chained { schedules } => {
+                schedules.iter().fold(prev, |lr, s| s.next_lr(base, e, lr))
+            }
             Schedule::Cyclic(c) => c.lr_at(e),
             Schedule::OneCycle(c) => c.values_at(e).0,
+            Schedule::ReduceOnPlateau(_) => prev,
         }
     }
 
-    /// The value at local epoch `e`, replaying the chainable form from epoch 0.
-    fn local_lr(&self, base: f64, initial: bool, e: u64) -> f64 {
+    /// `CosineAnnealingWarmRestarts` at local epoch `e`: torch's `T_cur` and
+    /// `T_i` as its step-by-step `step()` leaves them (`T_cur + 1`, and at
+    /// `T_i` a restart with `T_i · T_mult`), then its closed form.
+    fn warm_restarts_lr(&self, base: f64, e: u64) -> f64 {
+        let Schedule::CosineAnnealingWarmRestarts {
+            t_0,
+            t_mult,
+            eta_min,
+        } = self
+        else {
+            return base;
+        };
+        // Each T_i multiplied is <= e < 2^64, so T_i · T_mult fits in u128.
+        let (t_cur, t_i) = if *t_mult == 1 {
+            (e % t_0, *t_0 as u128)
+        } else {
+            let (mut t_cur, mut t_i) = (e as u128, *t_0 as u128);
+            while t_cur >= t_i {
+                t_cur -= t_i;
+                t_i *= *t_mult as u128;
+            }
+            (t_cur as u64, t_i)
+        };
+        eta_min + (base - eta_min) * (1.0 + (PI * t_cur as f64 / t_i as f64).cos()) / 2.0
+    }
+
+    /// The value at local epoch `e`, from `first`, the value at local epoch
+    /// 0 ([`Schedule::initial_lr`] or [`Schedule::milestone_lr`]), replaying
+    /// the chainable form.
+    fn local_lr(&self, base: f64, first: f64, e: u64) -> f64 {
+        let replay = |from: u64, to: u64, mut lr: f64| {
+            for k in from..=to {
+                lr = self.next_lr(base, k, lr);
+            }
+            lr
+        };
         match self {
-            Schedule::Constant => base,
+            _ if e == 0 => first,
+            Schedule::Constant | Schedule::ReduceOnPlateau(_) => first,
             Schedule::Cyclic(c) => c.lr_at(e),
             Schedule::OneCycle(c) => c.values_at(e).0,
-            Schedule::Step { step_size, gamma } => repeat_multiply(base, *gamma, e / step_size),
-            Schedule::Exponential { gamma } => repeat_multiply(base, *gamma, e),
+            Schedule::Lambda(f) => base * f.call(e),
+            Schedule::CosineAnnealingWarmRestarts { .. } => self.warm_restarts_lr(base, e),
+            Schedule::Step { step_size, gamma } => repeat_multiply(first, *gamma, e / step_size),
+            Schedule::Exponential { gamma } => repeat_multiply(first, *gamma, e),
             Schedule::MultiStep { milestones, .. } => {
-                let mut lr = self.first_lr(base, initial);
+                let mut lr = first;
                 let mut last = 0;
                 for &m in milestones.iter().filter(|&&m| m >= 1 && m <= e) {
                     if m != last {
@@ -458,20 +792,19 @@ impl Schedule {
                 }
                 lr
             }
-            Schedule::Linear { total_iters, .. } => {
-                let mut lr = self.first_lr(base, initial);
-                for k in 1..=e.min(*total_iters) {
-                    lr = self.next_lr(base, k, lr);
+            Schedule::ConstantFactor { total_iters, .. } => {
+                if e >= *total_iters {
+                    self.next_lr(base, *total_iters, first)
+                } else {
+                    first
                 }
-                lr
             }
-            Schedule::CosineAnnealing { .. } => {
-                let mut lr = self.first_lr(base, initial);
-                for k in 1..=e {
-                    lr = self.next_lr(base, k, lr);
-                }
-                lr
+            Schedule::Linear { total_iters, .. } | Schedule::Polynomial { total_iters, .. } => {
+                replay(1, e.min(*total_iters), first)
             }
+            Schedule::CosineAnnealing { .. }
+            | Schedule::Multiplicative(_)
+            | Schedule::Chained { .. } => replay(1, e, first),
             Schedule::Sequential {
                 schedules,
                 milestones,
@@ -480,52 +813,82 @@ impl Schedule {
                 match i.checked_sub(1).map(|j| milestones[j]) {
                     // Before the first milestone, or after a milestone 0
                     // (that sub-schedule took the initial step).
-                    None | Some(0) => schedules[i].local_lr(base, initial, e),
-                    Some(m) => schedules[i].local_lr(base, false, e - m),
+                    None | Some(0) => schedules[i].local_lr(base, first, e),
+                    Some(m) => {
+                        let prev = if schedules[i].milestone_reads_prev() {
+                            self.local_lr(base, first, m - 1)
+                        } else {
+                            base
+                        };
+                        let start = schedules[i].milestone_lr(base, prev);
+                        schedules[i].local_lr(base, start, e - m)
+                    }
                 }
             }
         }
     }
 
-    /// Reads a schedule from JSON in the form of the conformance cases: an
-    /// object with `kind` and that scheduler's torch keyword arguments
-    /// (torch's defaults for those absent; unknown keys are refused).
+    /// Reads a schedule from JSON in the form of the conformance cases
+    /// (`tests/data/golden/FORMAT.md`): an object with `kind` and that
+    /// scheduler's torch keyword arguments (torch's defaults for those
+    /// absent; unknown keys are refused).
     ///
-    /// Kinds: `constant`; `step` (`step_size`, `gamma`); `multi_step`
-    /// (`milestones`, `gamma`); `exponential` (`gamma`); `cosine` (`T_max`,
-    /// `eta_min`); `linear` (`start_factor`, `end_factor`, `total_iters`);
+    /// Kinds: `none` ([`Schedule::Constant`], no scheduler); `step`
+    /// (`step_size`, `gamma`); `multistep` (or `multi_step`: `milestones`,
+    /// `gamma`); `exponential` (`gamma`); `cosine` (`T_max`, `eta_min`);
+    /// `linear` (`start_factor`, `end_factor`, `total_iters`); `constant`
+    /// (ConstantLR: `factor`, `total_iters`); `polynomial` (`total_iters`,
+    /// `power`); `cosine_warm_restarts` (`T_0`, `T_mult`, `eta_min`);
     /// `warmup_cosine` (`start_factor`, `warmup_steps`, `T_max`, `eta_min`:
-    /// [`Schedule::warmup_cosine`]); `sequential` (`schedules`: a list of
-    /// these objects, `milestones`); `cyclic` (`base_lr`, `max_lr`,
-    /// `step_size_up`, `step_size_down`, `mode`, `gamma`, `cycle_momentum`,
-    /// `base_momentum`, `max_momentum`); `one_cycle` (`max_lr`,
-    /// `total_steps`, `pct_start`, `anneal_strategy`, `cycle_momentum`,
-    /// `base_momentum`, `max_momentum`, `div_factor`, `final_div_factor`,
-    /// `three_phase`). The result is validated.
+    /// [`Schedule::warmup_cosine`]); `sequential` (`schedulers`, or
+    /// `schedules`: a list of these objects, and `milestones`); `chained`
+    /// (`schedulers`: a list of these objects); `cyclic` (`base_lr`,
+    /// `max_lr`, `step_size_up`, `step_size_down`, `mode`, `gamma`,
+    /// `cycle_momentum`, `base_momentum`, `max_momentum`); `one_cycle`
+    /// (`max_lr`, `total_steps`, `pct_start`, `anneal_strategy`,
+    /// `cycle_momentum`, `base_momentum`, `max_momentum`, `div_factor`,
+    /// `final_div_factor`, `three_phase`); `plateau` (`mode`, `factor`,
+    /// `patience`, `threshold`, `threshold_mode`, `cooldown`, `min_lr`,
+    /// `eps`; a `metrics` list, which a conformance case records, must hold
+    /// numbers and is not part of the schedule: feed metrics to
+    /// [`Scheduler::advance_with_metric`]). `lambda` and `multiplicative`,
+    /// which [`Schedule::to_json`] writes for `LambdaLR` and
+    /// `MultiplicativeLR`, are refused: JSON cannot carry their closure. The
+    /// result is validated.
     pub fn from_json(value: &Value) -> Result<Schedule> {
-        let s = parse_json(value)?;
+        let s = parse_json(value, false)?;
         s.validate()?;
         Ok(s)
     }
 
     /// [`Schedule::from_json`] for an object already taken apart.
     pub fn from_json_map(map: &Map<String, Value>) -> Result<Schedule> {
-        let s = parse_map(map)?;
+        let s = parse_map(map, false)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// [`Schedule::from_json`], with a stand-in for each closure (never
+    /// run): how a checkpoint's scheduler is checked without its closures.
+    pub(crate) fn from_json_with_placeholders(value: &Value) -> Result<Schedule> {
+        let s = parse_json(value, true)?;
         s.validate()?;
         Ok(s)
     }
 
     /// The schedule as JSON that [`Schedule::from_json`] reads back (every
-    /// argument written out; `warmup_cosine` comes back as `sequential`).
+    /// argument written out; `warmup_cosine` comes back as `sequential`;
+    /// `LambdaLR` and `MultiplicativeLR` as their kind alone, `lambda` and
+    /// `multiplicative`, which cannot be read back).
     pub fn to_json(&self) -> Value {
         use serde_json::json;
         match self {
-            Schedule::Constant => json!({"kind": "constant"}),
+            Schedule::Constant => json!({"kind": "none"}),
             Schedule::Step { step_size, gamma } => {
                 json!({"kind": "step", "step_size": step_size, "gamma": gamma})
             }
             Schedule::MultiStep { milestones, gamma } => {
-                json!({"kind": "multi_step", "milestones": milestones, "gamma": gamma})
+                json!({"kind": "multistep", "milestones": milestones, "gamma": gamma})
             }
             Schedule::Exponential { gamma } => json!({"kind": "exponential", "gamma": gamma}),
             Schedule::CosineAnnealing { t_max, eta_min } => {
@@ -537,12 +900,29 @@ impl Schedule {
                 total_iters,
             } => json!({"kind": "linear", "start_factor": start_factor,
                         "end_factor": end_factor, "total_iters": total_iters}),
+            Schedule::ConstantFactor {
+                factor,
+                total_iters,
+            } => json!({"kind": "constant", "factor": factor, "total_iters": total_iters}),
+            Schedule::Polynomial { total_iters, power } => {
+                json!({"kind": "polynomial", "total_iters": total_iters, "power": power})
+            }
+            Schedule::CosineAnnealingWarmRestarts {
+                t_0,
+                t_mult,
+                eta_min,
+            } => json!({"kind": "cosine_warm_restarts", "T_0": t_0, "T_mult": t_mult,
+                        "eta_min": eta_min}),
+            Schedule::Lambda(_) => json!({"kind": "lambda"}),
+            Schedule::Multiplicative(_) => json!({"kind": "multiplicative"}),
             Schedule::Sequential {
                 schedules,
                 milestones,
             } => json!({"kind": "sequential",
-                        "schedules": schedules.iter().map(Schedule::to_json).collect::<Vec<_>>(),
+                        "schedulers": schedules.iter().map(Schedule::to_json).collect::<Vec<_>>(),
                         "milestones": milestones}),
+            Schedule::Chained { schedules } => json!({"kind": "chained",
+                        "schedulers": schedules.iter().map(Schedule::to_json).collect::<Vec<_>>()}),
             Schedule::Cyclic(c) => json!({"kind": "cyclic", "base_lr": c.base_lr,
                 "max_lr": c.max_lr, "step_size_up": c.step_size_up,
                 "step_size_down": c.step_size_down, "mode": c.mode.name(), "gamma": c.gamma,
@@ -554,6 +934,10 @@ impl Schedule {
                 "base_momentum": c.base_momentum, "max_momentum": c.max_momentum,
                 "div_factor": c.div_factor, "final_div_factor": c.final_div_factor,
                 "three_phase": c.three_phase}),
+            Schedule::ReduceOnPlateau(p) => json!({"kind": "plateau", "mode": p.mode.name(),
+                "factor": p.factor, "patience": p.patience, "threshold": p.threshold,
+                "threshold_mode": p.threshold_mode.name(), "cooldown": p.cooldown,
+                "min_lr": p.min_lr, "eps": p.eps}),
         }
     }
 }
