@@ -42,7 +42,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use plotters::prelude::*;
-use wgpu_optim::{Adagrad, Adam, AdamW, Config, GpuContext, GpuOptimizer, Lamb, RmsProp, Sgd};
+use wgpu_optim::{
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, GpuContext, GpuOptimizer, Lamb,
+    Lion, NAdam, RAdam, RmsProp, Rprop, Sgd,
+};
 
 /// One of the surfaces.
 #[derive(Clone, Copy, Debug)]
@@ -221,6 +224,17 @@ impl Surface {
             Surface::Sparse => (0.1, 0.02, 1.5, 0.05, 0.2, (0.2, 0.05), 0.04),
             Surface::Rosenbrock => (1e-3, 5e-4, 0.5, 1e-2, 0.02, (0.02, 0.05), 0.005),
         };
+        // (RAdam, Adadelta, Rprop's initial step, Lion) learning rates;
+        // Adamax, NAdam and AdEMAMix take Adam's, ASGD SGD's. RAdam's first
+        // five steps are momentum SGD on the raw gradient (no
+        // rectification yet), so it takes less on Rosenbrock's steep walls;
+        // Lion moves every coordinate by its lr each step.
+        let (ra, ad, rp0, li) = match self {
+            Surface::Valley => (0.1, 10.0, 0.1, 0.12),
+            Surface::Saddle => (0.1, 5.0, 0.05, 0.02),
+            Surface::Sparse => (0.2, 5.0, 0.1, 0.03),
+            Surface::Rosenbrock => (0.005, 1.0, 0.01, 0.002),
+        };
         vec![
             (format!("SGD  lr {s}"), sgd(s).into()),
             (format!("momentum 0.9  lr {m}"), momentum(m, false).into()),
@@ -230,6 +244,70 @@ impl Surface {
             (format!("Adam  lr {a}"), adam(a).into()),
             (format!("AdamW  lr {aw}  wd {wd}"), adamw(aw, wd).into()),
             (format!("LAMB  lr {l}"), lamb(l).into()),
+            (
+                format!("RAdam  lr {ra}"),
+                RAdam {
+                    lr: ra,
+                    ..RAdam::default()
+                }
+                .into(),
+            ),
+            (
+                format!("Adamax  lr {a}"),
+                Adamax {
+                    lr: a,
+                    ..Adamax::default()
+                }
+                .into(),
+            ),
+            (
+                format!("NAdam  lr {a}"),
+                NAdam {
+                    lr: a,
+                    ..NAdam::default()
+                }
+                .into(),
+            ),
+            (
+                format!("ASGD  lr {s}"),
+                Asgd {
+                    lr: s,
+                    ..Asgd::default()
+                }
+                .into(),
+            ),
+            (
+                format!("Adadelta  lr {ad}"),
+                Adadelta {
+                    lr: ad,
+                    ..Adadelta::default()
+                }
+                .into(),
+            ),
+            (
+                format!("Rprop  initial step {rp0}"),
+                Rprop {
+                    lr: rp0,
+                    ..Rprop::default()
+                }
+                .into(),
+            ),
+            (
+                format!("Lion  lr {li}"),
+                Lion {
+                    lr: li,
+                    ..Lion::default()
+                }
+                .into(),
+            ),
+            (
+                format!("AdEMAMix  lr {a}"),
+                AdEMAMix {
+                    lr: a,
+                    ..AdEMAMix::default()
+                }
+                .into(),
+            ),
         ]
     }
 }
@@ -471,7 +549,14 @@ fn draw(
     let panels = body.split_evenly((rows, cols));
     let field = Field::new(surface);
     for (k, ((label, path), area)) in paths.iter().zip(&panels).enumerate() {
-        draw_panel(area, surface, &field, label, plot::PALETTE[k], path)?;
+        draw_panel(
+            area,
+            surface,
+            &field,
+            label,
+            plot::PALETTE[k % plot::PALETTE.len()],
+            path,
+        )?;
     }
     root.present()?;
     Ok(())

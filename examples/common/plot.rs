@@ -19,9 +19,10 @@ pub fn register_font() {
     }
 }
 
-/// Ten colours that stay apart from each other, on white and to the
-/// colour-blind (the Tableau 10 palette, also matplotlib's default cycle).
-pub const PALETTE: [RGBColor; 10] = [
+/// Sixteen colours: the ten of the Tableau 10 palette (matplotlib's default
+/// cycle), which stay apart on white and to the colour-blind, then black and
+/// five darker shades, for the pictures with more lines than ten.
+pub const PALETTE: [RGBColor; 16] = [
     RGBColor(31, 119, 180),  // blue
     RGBColor(255, 127, 14),  // orange
     RGBColor(44, 160, 44),   // green
@@ -32,6 +33,12 @@ pub const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127), // grey
     RGBColor(188, 189, 34),  // olive
     RGBColor(23, 190, 207),  // cyan
+    RGBColor(0, 0, 0),       // black
+    RGBColor(0, 70, 120),    // navy
+    RGBColor(150, 70, 0),    // rust
+    RGBColor(0, 100, 40),    // forest
+    RGBColor(120, 0, 60),    // wine
+    RGBColor(90, 90, 0),     // dark olive
 ];
 
 /// Contour lines of `values` (a `nx × ny` grid, `values[j * nx + i]` at

@@ -190,12 +190,13 @@ pub struct BenchArgs {
     /// ademamix, radam, adamax, nadam, nadamw, asgd, or all. Presets as
     /// PyTorch's bench script: lr 1e-3 (adagrad 1e-2), momentum 0.9,
     /// PyTorch's defaults otherwise (and the reference packages' for the
-    /// rules the script lacks).
+    /// rules the script lacks). The default runs every rule once (and Adam
+    /// clipped).
     #[arg(
         long,
         value_delimiter = ',',
         value_parser = parse_rules,
-        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb"
+        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix"
     )]
     rules: Vec<RuleSet>,
     /// Parameter counts, comma separated: K, M, G are 2^10, 2^20, 2^30
