@@ -22,8 +22,8 @@ mkdir -p "$OUT"
 SIZES=${SIZES:-16M,128M}
 BIG=${BIG-1G}
 STEPS=${STEPS:-20}
-RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb}
-TORCH_RULES=${TORCH_RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw}
+RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix}
+TORCH_RULES=${TORCH_RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix}
 REQUIRE_ADAPTER=${REQUIRE_ADAPTER-NVIDIA}
 status=0
 bin=$bundle/wgpu-optim
