@@ -725,7 +725,10 @@ mod tests {
             sf.advance_scalar_state(&mut state, t);
         }
         assert_eq!(state, vec![3.0, 1.0, 2.25]);
-        assert_eq!(ckp1, vec![1.0, (1.0f64 / 1.25) as f32, (1.0f64 / 2.25) as f32]);
+        assert_eq!(
+            ckp1,
+            vec![1.0, (1.0f64 / 1.25) as f32, (1.0f64 / 2.25) as f32]
+        );
         // A smaller lr later keeps lr_max: the weights stay lr_max².
         let later = SgdScheduleFree {
             lr: 0.1,
