@@ -299,8 +299,20 @@ pub fn hyperparameters(config: &Config) -> serde_json::Map<String, serde_json::V
     for k in TORCH_SWITCHES {
         group.remove(*k);
     }
+    // Scalar state torch keeps in the group (schedule-free's k, lr_max,
+    // weight_sum), schedule-free's mode and its logged lr: not options.
+    for k in config.scalar_state_names() {
+        group.remove(k);
+    }
+    for k in SCHEDULE_FREE_GROUP_KEYS {
+        group.remove(*k);
+    }
     group
 }
+
+/// The schedule-free package's group keys that are not options: its mode
+/// (always train mode in a checkpoint) and the lr it logs.
+pub const SCHEDULE_FREE_GROUP_KEYS: &[&str] = &["train_mode", "scheduled_lr"];
 
 // ------------------------------------------------------------------ rows
 
