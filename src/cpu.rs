@@ -178,7 +178,8 @@ impl CpuOptimizer {
     /// changes; so does a switch to the mode in force. A step in eval mode
     /// is [`Error::EvalMode`]; [`CpuOptimizer::checkpoint`] saves `y`
     /// whatever the mode, and restoring one returns to train mode. Other
-    /// rules have no eval mode ([`Error::Unsupported`]).
+    /// rules have no eval mode ([`Error::Unsupported`]); a `β1` of 0 has
+    /// no `x` ([`Error::InvalidHyperparameter`]).
     ///
     /// ```
     /// use wgpu_optim::{CpuOptimizer, SgdScheduleFree};
@@ -487,13 +488,17 @@ pub(crate) fn state_index(config: &Config, names: &[&'static str], name: &str) -
 
 /// The `β1` of a schedule-free rule, or [`Error::Unsupported`]: the other
 /// rules have no eval mode.
+/// A `β1` of 0 is refused ([`Error::InvalidHyperparameter`]): `x` divides
+/// by it.
 pub(crate) fn eval_beta1(config: &Config) -> Result<f64> {
-    config.eval_beta1().ok_or_else(|| {
+    let beta1 = config.eval_beta1().ok_or_else(|| {
         Error::Unsupported(format!(
             "{} has no eval mode (only the schedule-free rules do)",
             config.kind()
         ))
-    })
+    })?;
+    crate::rules::schedulefree::check_eval_beta1(beta1)?;
+    Ok(beta1)
 }
 
 /// Whether a schedule-free optimizer has its `z` (the package creates it at

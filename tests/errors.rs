@@ -221,13 +221,8 @@ fn bad_set_lr_and_set_momentum_leave_the_config_unchanged() {
             }
         }
         // A rule built with a momentum buffer keeps it: momentum 0 and
-        // back is allowed (a cyclic schedule with base_momentum 0 does it),
-        // unless the rule refuses 0 (schedule-free's β1, eval mode divides
-        // by it).
-        let refuses_zero = cases::info(config.kind())
-            .momentum
-            .is_some_and(|m| m.bad.contains(&0.0));
-        if let (true, false, Some(m)) = (has_momentum(&config), refuses_zero, config.momentum()) {
+        // back is allowed (a cyclic schedule with base_momentum 0 does it).
+        if let (true, Some(m)) = (has_momentum(&config), config.momentum()) {
             for (backend, opt) in &mut opts {
                 let (down, up) = (opt.set_momentum(0.0), opt.set_momentum(m));
                 assert_eq!(down, Ok(()), "{:?} {backend}: momentum -> 0", config.kind());

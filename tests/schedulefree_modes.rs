@@ -219,6 +219,21 @@ fn no_switch_before_the_first_step_and_none_for_other_rules() {
     assert_eq!(opt.params_flat(), &[1.0, -2.0]);
     opt.set_eval(false).unwrap();
     opt.step(&[&[1.0, 1.0]]).unwrap();
+    // β1 = 0 steps (y = z), but has no x.
+    let mut zero = CpuOptimizer::new(
+        SgdScheduleFree {
+            momentum: 0.0,
+            ..SgdScheduleFree::default()
+        },
+        p,
+    )
+    .unwrap();
+    zero.step(&[&[1.0, 1.0]]).unwrap();
+    assert!(matches!(
+        zero.set_eval(true),
+        Err(Error::InvalidHyperparameter { value, .. }) if value == 0.0
+    ));
+    assert!(!zero.eval_mode());
     let mut adam = CpuOptimizer::new(Adam::default(), p).unwrap();
     assert!(matches!(adam.set_eval(true), Err(Error::Unsupported(_))));
     assert!(!adam.eval_mode());

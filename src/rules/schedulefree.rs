@@ -126,18 +126,25 @@ fn train_mode_keys(args: &mut TorchArgs<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The first `β`: in (0, 1), as the package's SGD checks its momentum
-/// (eval mode divides by it).
+/// The first `β` (SGD's `momentum`, AdamW's `betas[0]`): in [0, 1). The
+/// package's SGD refuses 0 at construction only (and its AdamW never);
+/// here 0 is a valid step, plain SGD on `z` with `y = z`, and only eval
+/// mode, which divides by it, refuses it ([`crate::CpuOptimizer::set_eval`]).
 fn check_beta1(name: &'static str, v: f64) -> Result<()> {
-    check_finite(name, v)?;
-    if !(v > 0.0 && v < 1.0) {
-        return Err(Error::InvalidHyperparameter {
-            name,
-            value: v,
-            reason: "must be in (0, 1)",
-        });
+    super::check_unit_interval(name, v)
+}
+
+/// Eval mode's check of `β1`: `x = (y − (1 − β1)·z)/β1` needs `β1 > 0`.
+pub(crate) fn check_eval_beta1(beta1: f64) -> Result<()> {
+    if beta1 > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidHyperparameter {
+            name: "betas[0]",
+            value: beta1,
+            reason: "must be > 0 in eval mode (x = (y − (1 − β1)·z)/β1)",
+        })
     }
-    Ok(())
 }
 
 /// The interpolation weights of `z` that switch the parameters between
@@ -213,7 +220,8 @@ pub(crate) fn mode_switch_weight(beta1: f64, to_eval: bool) -> f32 {
 pub struct SgdScheduleFree {
     /// Learning rate, default 1.
     pub lr: f64,
-    /// `β`, the interpolation between `z` and `x` (in (0, 1)), default 0.9.
+    /// `β`, the interpolation between `z` and `x` (in [0, 1); eval mode
+    /// needs it > 0), default 0.9.
     pub momentum: f64,
     /// L2 penalty added to the gradient (taken at `y`), default 0.
     pub weight_decay: f64,
@@ -289,8 +297,8 @@ impl Rule for SgdScheduleFree {
     type Scalars = SgdScheduleFreeScalars;
     const SCALAR_STATE: &'static [ScalarState] = GROUP_STATE;
 
-    /// The package's checks (lr ≥ 0, weight_decay ≥ 0, momentum in (0, 1)),
-    /// and `r`, `weight_lr_power` finite.
+    /// The package's checks (lr ≥ 0, weight_decay ≥ 0), momentum in
+    /// [0, 1) (see [`check_beta1`]), and `r`, `weight_lr_power` finite.
     fn validate(&self, _momentum_buffer: bool) -> Result<()> {
         self.averaging().check()?;
         check_beta1("momentum", self.momentum)?;
@@ -405,7 +413,7 @@ impl Rule for SgdScheduleFree {
 /// 2024). The package's decay is added to the normalized step at `y`
 /// (decoupled from `v`), where the paper's algorithm decays at `y` too;
 /// the package does not check its hyperparameters, this crate checks them
-/// as the package's SGD does (`β1` in (0, 1): eval mode divides by it).
+/// as usual (`β1` in [0, 1); eval mode, which divides by it, needs it > 0).
 ///
 /// ```
 /// use wgpu_optim::{AdamWScheduleFree, CpuOptimizer, GpuContext, GpuOptimizer};

@@ -2466,9 +2466,9 @@ const SCHEDULE_FREE_CHANGES: &[(usize, Change)] = &[
     (20, Change::Momentum(0.95)),
 ];
 
-/// What `set_momentum` refuses in the schedule-free rules: `β1` in (0, 1),
-/// 0 too (eval mode divides by it).
-const SCHEDULE_FREE_BETA1: &[f64] = &[0.0, 1.0, -0.1, f64::NAN, 2.0];
+/// What `set_momentum` refuses in the schedule-free rules: `β1` in [0, 1)
+/// (0 only in eval mode, tests/schedulefree_modes.rs).
+const SCHEDULE_FREE_BETA1: &[f64] = &[1.0, -0.1, f64::NAN, 2.0];
 
 /// The error inputs of the options both schedule-free rules have.
 fn bad_schedule_free<C: Into<Config>>(
