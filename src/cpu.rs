@@ -39,6 +39,8 @@ pub struct CpuOptimizer {
     last_skipped: bool,
     grad_scale: f64,
     inv_scale: f32,
+    /// Schedule-free eval mode: the parameters hold `x`, not `y`.
+    eval: bool,
 }
 
 impl CpuOptimizer {
@@ -82,6 +84,7 @@ impl CpuOptimizer {
             last_skipped: false,
             grad_scale: 1.0,
             inv_scale: 1.0,
+            eval: false,
         })
     }
 
@@ -106,6 +109,11 @@ impl CpuOptimizer {
     /// otherwise a non-finite norm with `error_if_nonfinite` is refused.
     pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
         self.layout.check_flat(grads)?;
+        if self.eval {
+            return Err(Error::EvalMode {
+                rule: self.config.kind().name(),
+            });
+        }
         use rayon::prelude::*;
         // The loss scale and the clip coefficient are applied chunk by
         // chunk inside the step (GradScales), never to a copy of all the
@@ -157,6 +165,55 @@ impl CpuOptimizer {
             .advance_scalar_state(&mut self.scalar_state, step);
         self.counters.advance(&self.config);
         Ok(())
+    }
+
+    /// Switches a schedule-free optimizer ([`crate::SgdScheduleFree`],
+    /// [`crate::AdamWScheduleFree`]) between train mode (`false`, the
+    /// default: the parameters are `y`, where gradients are taken) and eval
+    /// mode (`true`: the parameters are the average
+    /// `x = (y − (1 − β1)·z)/β1`, to evaluate and save the model with), in
+    /// place, as the package's `eval()` and `train()` do:
+    /// `θ ← lerp(θ, z, 1 − 1/β1)` to eval, `θ ← lerp(θ, z, 1 − β1)` back, with
+    /// the `β1` in force. Before the first step (no `z` yet) only the mode
+    /// changes; so does a switch to the mode in force. A step in eval mode
+    /// is [`Error::EvalMode`]; [`CpuOptimizer::checkpoint`] saves `y`
+    /// whatever the mode, and restoring one returns to train mode. Other
+    /// rules have no eval mode ([`Error::Unsupported`]); a `β1` of 0 has
+    /// no `x` ([`Error::InvalidHyperparameter`]).
+    ///
+    /// ```
+    /// use wgpu_optim::{CpuOptimizer, SgdScheduleFree};
+    /// let sf = SgdScheduleFree { lr: 0.1, ..SgdScheduleFree::default() };
+    /// let mut opt = CpuOptimizer::new(sf, &[&[1.0f32]])?;
+    /// opt.step(&[&[1.0]])?;
+    /// opt.step(&[&[1.0]])?;
+    /// let y = opt.param(0)[0];
+    /// let z = opt.state("z")?[0][0];
+    /// opt.set_eval(true)?;
+    /// assert!((opt.param(0)[0] - (y - 0.1 * z) / 0.9).abs() < 1e-6);
+    /// assert!(opt.step(&[&[1.0]]).is_err());
+    /// opt.set_eval(false)?;
+    /// assert!((opt.param(0)[0] - y).abs() < 1e-6);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn set_eval(&mut self, eval: bool) -> Result<()> {
+        let beta1 = eval_beta1(&self.config)?;
+        if eval != self.eval && z_exists(&self.scalar_state) {
+            let z = state_index(&self.config, &self.state_names, "z")?;
+            crate::rules::schedulefree::switch_mode(
+                &mut self.params,
+                &self.state[z],
+                crate::rules::schedulefree::mode_switch_weight(beta1, eval),
+            );
+        }
+        self.eval = eval;
+        Ok(())
+    }
+
+    /// Whether a schedule-free optimizer is in eval mode
+    /// ([`CpuOptimizer::set_eval`]); `false` for every other rule.
+    pub fn eval_mode(&self) -> bool {
+        self.eval
     }
 
     /// Skip steps whose gradients hold a NaN or an infinity (PyTorch's
@@ -218,7 +275,7 @@ impl CpuOptimizer {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
-            params: Some(self.params.clone()),
+            params: Some(self.train_params()),
             clip: self.clip,
             skip_nonfinite: self.skip_nonfinite,
             skipped_steps: self.skipped,
@@ -278,6 +335,8 @@ impl CpuOptimizer {
         self.last_skipped = false;
         self.grad_scale = ckpt.grad_scale;
         self.inv_scale = inv_scale;
+        // A checkpoint holds train mode's parameters.
+        self.eval = false;
         Ok(())
     }
 
@@ -425,4 +484,46 @@ pub(crate) fn state_index(config: &Config, names: &[&'static str], name: &str) -
             name: name.to_string(),
             available: names.join(", "),
         })
+}
+
+/// The `β1` of a schedule-free rule, or [`Error::Unsupported`]: the other
+/// rules have no eval mode.
+/// A `β1` of 0 is refused ([`Error::InvalidHyperparameter`]): `x` divides
+/// by it.
+pub(crate) fn eval_beta1(config: &Config) -> Result<f64> {
+    let beta1 = config.eval_beta1().ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{} has no eval mode (only the schedule-free rules do)",
+            config.kind()
+        ))
+    })?;
+    crate::rules::schedulefree::check_eval_beta1(beta1)?;
+    Ok(beta1)
+}
+
+/// Whether a schedule-free optimizer has its `z` (the package creates it at
+/// the first step): `k`, its first number of scalar state, is not 0.
+pub(crate) fn z_exists(scalar_state: &[f64]) -> bool {
+    scalar_state.first().is_some_and(|&k| k != 0.0)
+}
+
+impl CpuOptimizer {
+    /// The parameters of train mode (`y`): a copy, switched back from `x`
+    /// in eval mode.
+    fn train_params(&self) -> Vec<f32> {
+        let mut p = self.params.clone();
+        if self.eval && z_exists(&self.scalar_state) {
+            if let (Ok(beta1), Ok(z)) = (
+                eval_beta1(&self.config),
+                state_index(&self.config, &self.state_names, "z"),
+            ) {
+                crate::rules::schedulefree::switch_mode(
+                    &mut p,
+                    &self.state[z],
+                    crate::rules::schedulefree::mode_switch_weight(beta1, false),
+                );
+            }
+        }
+        p
+    }
 }

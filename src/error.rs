@@ -22,6 +22,14 @@ pub enum Error {
     /// A combination of options that PyTorch refuses too.
     #[error("invalid option combination: {0}")]
     InvalidOptions(String),
+    /// A step of a schedule-free optimizer in eval mode: its parameters are
+    /// then the averaged `x`, not the `y` gradients are taken at
+    /// (`set_eval(false)` first; the `schedulefree` package raises too).
+    #[error("{rule} is in eval mode (its parameters are the averaged x): call set_eval(false) before stepping")]
+    EvalMode {
+        /// The rule's name.
+        rule: &'static str,
+    },
     /// An operation that needs a momentum buffer on an optimizer built without one.
     #[error("{rule} was built with momentum = 0, so it has no momentum buffer; build it with momentum > 0 to change the momentum between steps")]
     NoMomentum {

@@ -68,8 +68,8 @@ pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use layout::Layout;
 pub use optimizer::Optimizer;
 pub use rules::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, Lamb, Lion, NAdam, RAdam,
-    RmsProp, Rprop, RuleKind, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, Lamb, Lion,
+    NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
 };
 pub use schedule::{
     AnnealStrategy, CyclicLr, CyclicMode, LrLambda, OneCycleLr, PlateauMode, PlateauState,

@@ -5,6 +5,7 @@
 mod chunks;
 mod context;
 mod kernels;
+mod mode;
 mod optimizer;
 mod readback;
 mod resources;

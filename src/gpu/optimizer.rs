@@ -90,6 +90,9 @@ pub struct GpuOptimizer {
     pub(super) skip: Option<SkipTracker>,
     /// Steps skipped before the tracker in force was started.
     pub(super) skipped_before: u64,
+    /// Schedule-free eval mode: the parameters hold `x`, not `y`
+    /// (src/gpu/mode.rs).
+    pub(super) eval: bool,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -313,6 +316,7 @@ impl GpuOptimizer {
             grad_scale: 1.0,
             skip: None,
             skipped_before: 0,
+            eval: false,
         };
         if is_lamb {
             // LAMB's own kernels are tile kernels: their bind groups are
@@ -330,6 +334,7 @@ impl GpuOptimizer {
     /// length first: on error nothing changes.
     pub fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         self.layout.check(grads)?;
+        self.check_train_mode()?;
         self.check_host_writable(&self.grads, "gradient")?;
         let ctx = self.ctx.clone();
         ctx.scoped("uploading gradients", || {
@@ -348,6 +353,7 @@ impl GpuOptimizer {
     /// with a NaN or infinite gradient is skipped on the GPU and `Ok` is
     /// returned without waiting: ask [`GpuOptimizer::last_step_skipped`].
     pub fn step_device(&mut self) -> Result<()> {
+        self.check_train_mode()?;
         let ctx = self.ctx.clone();
         self.make_room()?;
         let before = (self.counters, self.scalar_state.clone());
@@ -441,6 +447,7 @@ impl GpuOptimizer {
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
+        self.check_train_mode()?;
         if self.clip.is_some_and(|c| c.error_if_nonfinite) {
             return Err(Error::InvalidOptions(
                 "record_step cannot report a refused step (error_if_nonfinite): use step_device"
@@ -641,7 +648,7 @@ impl GpuOptimizer {
             Storage::Owned(_) => true,
             Storage::Caller(b) => b.usage().contains(wgpu::BufferUsages::COPY_SRC),
         };
-        let params = if readable {
+        let mut params = if readable {
             Some(self.read_params_flat()?)
         } else {
             None
@@ -651,6 +658,19 @@ impl GpuOptimizer {
             state.push((name.to_string(), self.read_state_flat(name)?));
         }
         let exact = self.exact_counts()?;
+        // A checkpoint holds train mode's parameters (`y`).
+        if let (true, Some(p)) = (
+            self.eval && crate::cpu::z_exists(&exact.scalar_state),
+            params.as_mut(),
+        ) {
+            let beta1 = crate::cpu::eval_beta1(&self.config)?;
+            let z = state_index(&self.config, &self.state_names, "z")?;
+            crate::rules::schedulefree::switch_mode(
+                p,
+                &state[z].1,
+                crate::rules::schedulefree::mode_switch_weight(beta1, false),
+            );
+        }
         let scalar_state = scalar_state_of(&self.config, exact.step, &exact.scalar_state)
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
@@ -737,6 +757,7 @@ impl GpuOptimizer {
         self.grad_scale = ckpt.grad_scale;
         self.skip = None;
         self.skipped_before = ckpt.skipped_steps;
+        self.eval = false;
         if ckpt.skip_nonfinite {
             self.start_skipping()?;
         }

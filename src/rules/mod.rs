@@ -52,6 +52,7 @@ pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
 pub mod rprop;
+pub mod schedulefree;
 pub mod sgd;
 
 pub use adadelta::Adadelta;
@@ -66,6 +67,7 @@ pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
 pub use rprop::Rprop;
+pub use schedulefree::{AdamWScheduleFree, SgdScheduleFree};
 pub use sgd::Sgd;
 
 mod torch;
@@ -156,6 +158,12 @@ pub(crate) trait Rule: Clone + Default + PartialEq + Into<Config> {
     /// optimizer was built with a `momentum_buffer`.
     fn set_momentum(&mut self, _value: f64, _has_buffer: bool) -> Result<()> {
         Err(Error::NoMomentum { rule: Self::NAME })
+    }
+    /// The `β1` of a schedule-free rule, whose parameters switch between
+    /// train mode's `y` and eval mode's `x = (y − (1 − β1)·z)/β1`
+    /// (`set_eval` of the optimizers); `None` for every other rule.
+    fn eval_beta1(&self) -> Option<f64> {
+        None
     }
     /// Whether this step uses a momentum buffer that torch fills with the
     /// gradient on its first use ([`Rule::LAZY_MOMENTUM_BUFFER`], with a
@@ -256,13 +264,6 @@ pub(crate) enum ScalarDtype {
     /// ASGD's `eta` and `mu`). The rule rounds its values to `f32`.
     F32,
     /// A float64 value (a Python float).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "schedule-free's lr_max and weight_sum are the first"
-        )
-    )]
     F64,
 }
 
@@ -386,7 +387,7 @@ macro_rules! registry {
             /// `rmsprop`, `adam`, `adamw`, `radam`, `adamax`, `nadam`,
             /// `asgd`, `adadelta`, `rprop`), of Apex's and optax's for LAMB
             /// (`lamb`), of the reference package's for the rules torch
-            /// lacks (`lion`, `ademamix`).
+            /// lacks (`lion`, `ademamix`, `schedulefree_sgd`, `schedulefree_adamw`).
             pub fn name(self) -> &'static str {
                 match self {
                     $(RuleKind::$v => <$ty as Rule>::NAME,)*
@@ -537,6 +538,13 @@ macro_rules! registry {
             pub(crate) fn set_momentum(&mut self, value: f64, has_buffer: bool) -> Result<()> {
                 match self {
                     $(Config::$v(c) => c.set_momentum(value, has_buffer),)*
+                }
+            }
+
+            /// See [`Rule::eval_beta1`].
+            pub(crate) fn eval_beta1(&self) -> Option<f64> {
+                match self {
+                    $(Config::$v(c) => c.eval_beta1(),)*
                 }
             }
 
@@ -714,6 +722,10 @@ registry! {
     NAdam(NAdam),
     /// ASGD (averaged stochastic gradient descent).
     Asgd(Asgd),
+    /// Schedule-free SGD (schedulefree).
+    SgdScheduleFree(SgdScheduleFree),
+    /// Schedule-free AdamW (schedulefree).
+    AdamWScheduleFree(AdamWScheduleFree),
 }
 
 impl RuleKind {

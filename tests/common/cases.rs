@@ -33,6 +33,7 @@ use wgpu_optim::{
     AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, ClipGradNorm, Config, Lamb, Lion,
     NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd,
 };
+use wgpu_optim::{AdamWScheduleFree, SgdScheduleFree};
 
 /// A hyperparameter change applied before a step.
 #[derive(Clone, Copy, Debug)]
@@ -187,6 +188,8 @@ pub fn table() -> Vec<RuleInfo> {
         adamax(),
         nadam(),
         asgd(),
+        schedulefree_sgd(),
+        schedulefree_adamw(),
     ]
 }
 
@@ -296,8 +299,20 @@ pub fn hyperparameters(config: &Config) -> serde_json::Map<String, serde_json::V
     for k in TORCH_SWITCHES {
         group.remove(*k);
     }
+    // Scalar state torch keeps in the group (schedule-free's k, lr_max,
+    // weight_sum), schedule-free's mode and its logged lr: not options.
+    for k in config.scalar_state_names() {
+        group.remove(k);
+    }
+    for k in SCHEDULE_FREE_GROUP_KEYS {
+        group.remove(*k);
+    }
     group
 }
+
+/// The schedule-free package's group keys that are not options: its mode
+/// (always train mode in a checkpoint) and the lr it logs.
+pub const SCHEDULE_FREE_GROUP_KEYS: &[&str] = &["train_mode", "scheduled_lr"];
 
 // ------------------------------------------------------------------ rows
 
@@ -2439,5 +2454,283 @@ fn asgd() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+    }
+}
+
+/// set_lr and the schedule-free `β1` (set_momentum) between steps: a
+/// lower lr later stays out of `lr_max`, a higher one raises it for good.
+const SCHEDULE_FREE_CHANGES: &[(usize, Change)] = &[
+    (5, Change::Lr(0.002)),
+    (9, Change::Momentum(0.5)),
+    (14, Change::Lr(0.03)),
+    (20, Change::Momentum(0.95)),
+];
+
+/// What `set_momentum` refuses in the schedule-free rules: `β1` in [0, 1)
+/// (0 only in eval mode, tests/schedulefree_modes.rs).
+const SCHEDULE_FREE_BETA1: &[f64] = &[1.0, -0.1, f64::NAN, 2.0];
+
+/// The error inputs of the options both schedule-free rules have.
+fn bad_schedule_free<C: Into<Config>>(
+    make_wd: impl Fn(f64) -> C,
+    make_r: impl Fn(f64) -> C,
+    make_power: impl Fn(f64) -> C,
+) -> Vec<ErrorInput> {
+    let mut out = Vec::new();
+    for v in [-0.01, f64::INFINITY] {
+        let c: Config = make_wd(v).into();
+        out.push(hyper(
+            format!("{} weight_decay = {v}", c.kind()),
+            c,
+            "weight_decay",
+            v,
+        ));
+    }
+    for v in [f64::NAN, f64::INFINITY] {
+        let c: Config = make_r(v).into();
+        out.push(hyper(format!("{} r = {v}", c.kind()), c, "r", v));
+        let c: Config = make_power(v).into();
+        out.push(hyper(
+            format!("{} weight_lr_power = {v}", c.kind()),
+            c,
+            "weight_lr_power",
+            v,
+        ));
+    }
+    out
+}
+
+fn schedulefree_sgd() -> RuleInfo {
+    let base = SgdScheduleFree {
+        lr: 0.05,
+        ..SgdScheduleFree::default()
+    };
+    let inputs = vec![
+        input("schedulefree_sgd", base.clone()),
+        input(
+            "schedulefree_sgd momentum",
+            SgdScheduleFree {
+                momentum: 0.5,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_sgd weight_decay",
+            SgdScheduleFree {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_sgd warmup_steps",
+            SgdScheduleFree {
+                warmup_steps: 6,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_sgd r",
+            SgdScheduleFree {
+                r: 1.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_sgd weight_lr_power 0",
+            SgdScheduleFree {
+                weight_lr_power: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_sgd all options",
+            SgdScheduleFree {
+                momentum: 0.8,
+                weight_decay: 0.05,
+                warmup_steps: 4,
+                r: 0.5,
+                weight_lr_power: 1.0,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "schedulefree_sgd warmup, lr and momentum changed",
+            SgdScheduleFree {
+                warmup_steps: 3,
+                ..base.clone()
+            },
+            SCHEDULE_FREE_CHANGES,
+        ),
+        clipped("schedulefree_sgd, clipped", base, 1.0),
+    ];
+    let d = SgdScheduleFree::default;
+    let mut error_inputs = bad_lr(|lr| SgdScheduleFree { lr, ..d() });
+    for &v in SCHEDULE_FREE_BETA1 {
+        error_inputs.push(hyper(
+            format!("schedulefree_sgd momentum = {v}"),
+            SgdScheduleFree { momentum: v, ..d() },
+            "momentum",
+            v,
+        ));
+    }
+    error_inputs.extend(bad_schedule_free(
+        |weight_decay| SgdScheduleFree {
+            weight_decay,
+            ..d()
+        },
+        |r| SgdScheduleFree { r, ..d() },
+        |weight_lr_power| SgdScheduleFree {
+            weight_lr_power,
+            ..d()
+        },
+    ));
+    RuleInfo {
+        rule: RuleKind::SgdScheduleFree,
+        inputs,
+        error_inputs,
+        // A count: every u64 is a valid one.
+        unchecked: &["warmup_steps"],
+        momentum: Some(Momentum {
+            name: "momentum",
+            bad: SCHEDULE_FREE_BETA1,
+            needs_buffer: false,
+        }),
+        descent: vec![(
+            "schedulefree_sgd",
+            SgdScheduleFree { lr: 0.05, ..d() }.into(),
+            SgdScheduleFree { lr: 5e-4, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 5 },
+    }
+}
+
+fn schedulefree_adamw() -> RuleInfo {
+    let base = AdamWScheduleFree {
+        lr: 0.01,
+        ..AdamWScheduleFree::default()
+    };
+    let inputs = vec![
+        input("schedulefree_adamw", base.clone()),
+        input(
+            "schedulefree_adamw betas eps",
+            AdamWScheduleFree {
+                betas: (0.8, 0.99),
+                eps: 1e-6,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_adamw weight_decay",
+            AdamWScheduleFree {
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_adamw warmup_steps",
+            AdamWScheduleFree {
+                warmup_steps: 6,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_adamw r",
+            AdamWScheduleFree {
+                r: 1.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_adamw weight_lr_power 0",
+            AdamWScheduleFree {
+                weight_lr_power: 0.0,
+                ..base.clone()
+            },
+        ),
+        input(
+            "schedulefree_adamw all options",
+            AdamWScheduleFree {
+                betas: (0.85, 0.995),
+                eps: 1e-6,
+                weight_decay: 0.05,
+                warmup_steps: 4,
+                r: 0.5,
+                weight_lr_power: 1.0,
+                ..base.clone()
+            },
+        ),
+        scheduled(
+            "schedulefree_adamw warmup, lr and beta1 changed",
+            AdamWScheduleFree {
+                warmup_steps: 3,
+                weight_decay: 0.01,
+                ..base.clone()
+            },
+            SCHEDULE_FREE_CHANGES,
+        ),
+        clipped("schedulefree_adamw, clipped", base, 1.0),
+    ];
+    let d = AdamWScheduleFree::default;
+    let mut error_inputs = bad_lr(|lr| AdamWScheduleFree { lr, ..d() });
+    for v in [-1e-8, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("schedulefree_adamw eps = {v}"),
+            AdamWScheduleFree { eps: v, ..d() },
+            "eps",
+            v,
+        ));
+    }
+    for &v in SCHEDULE_FREE_BETA1 {
+        error_inputs.push(hyper(
+            format!("schedulefree_adamw betas[0] = {v}"),
+            AdamWScheduleFree {
+                betas: (v, 0.999),
+                ..d()
+            },
+            "betas[0]",
+            v,
+        ));
+    }
+    for v in [1.0, -0.1, f64::NAN] {
+        error_inputs.push(hyper(
+            format!("schedulefree_adamw betas[1] = {v}"),
+            AdamWScheduleFree {
+                betas: (0.9, v),
+                ..d()
+            },
+            "betas[1]",
+            v,
+        ));
+    }
+    error_inputs.extend(bad_schedule_free(
+        |weight_decay| AdamWScheduleFree {
+            weight_decay,
+            ..d()
+        },
+        |r| AdamWScheduleFree { r, ..d() },
+        |weight_lr_power| AdamWScheduleFree {
+            weight_lr_power,
+            ..d()
+        },
+    ));
+    RuleInfo {
+        rule: RuleKind::AdamWScheduleFree,
+        inputs,
+        error_inputs,
+        // A count: every u64 is a valid one.
+        unchecked: &["warmup_steps"],
+        momentum: Some(Momentum {
+            name: "betas[0]",
+            bad: SCHEDULE_FREE_BETA1,
+            needs_buffer: false,
+        }),
+        descent: vec![(
+            "schedulefree_adamw",
+            AdamWScheduleFree { lr: 0.05, ..d() }.into(),
+            AdamWScheduleFree { lr: 0.02, ..d() }.into(),
+        )],
+        gpu_k: (K, K),
+        kernel: Kernel::ElementWise { storage_buffers: 6 },
     }
 }

@@ -113,6 +113,16 @@ CASES = [
     ("asgd_decay_maximize", "asgd",
      {"lr": 0.01, "lambd": 0.1, "weight_decay": 0.1, "maximize": True, "t0": 0}),
     ("asgd_clip", "asgd", {"lr": 0.01, "t0": 0}, 1.0),
+    # Schedule-free: z starts as a copy of the parameters at the first step,
+    # so a NaN gradient there reaches z and y alike.
+    ("schedulefree_sgd", "schedulefree_sgd", {"lr": 0.1}),
+    ("schedulefree_sgd_options", "schedulefree_sgd",
+     {"lr": 0.1, "momentum": 0.8, "weight_decay": 0.1, "warmup_steps": 2, "r": 1.0}),
+    ("schedulefree_sgd_clip", "schedulefree_sgd", {"lr": 0.1}, 1.0),
+    ("schedulefree_adamw", "schedulefree_adamw", {"lr": 0.01}),
+    ("schedulefree_adamw_options", "schedulefree_adamw",
+     {"lr": 0.01, "weight_decay": 0.1, "warmup_steps": 2, "weight_lr_power": 1.0}),
+    ("schedulefree_adamw_clip", "schedulefree_adamw", {"lr": 0.01}, 1.0),
 ]
 
 TORCH_RULES = {
@@ -152,6 +162,27 @@ def nadam_and_asgd():
 
 
 nadam_and_asgd()
+
+
+def schedule_free():
+    """schedulefree.SGDScheduleFree and AdamWScheduleFree (1.4.1, the
+    PyTorch classes, `foreach` as asked), put in train mode as the package
+    requires before a step; their group-level k, lr_max and weight_sum are
+    not element-wise and not recorded."""
+    import schedulefree
+
+    def make(cls):
+        def build(params, foreach, **hyper):
+            opt = cls(params, foreach=foreach, **hyper)
+            opt.train()
+            return opt
+        return build
+
+    TORCH_RULES.update(schedulefree_sgd=make(schedulefree.SGDScheduleFree),
+                       schedulefree_adamw=make(schedulefree.AdamWScheduleFree))
+
+
+schedule_free()
 
 
 def lamb_step(params, grads, state, lr, betas, eps, wd, step, clamp):
