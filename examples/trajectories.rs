@@ -43,8 +43,8 @@ use std::time::Instant;
 
 use plotters::prelude::*;
 use wgpu_optim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, GpuContext, GpuOptimizer, Lamb,
-    Lion, NAdam, RAdam, RmsProp, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, GpuContext,
+    GpuOptimizer, Lamb, Lion, NAdam, RAdam, RmsProp, Rprop, Sgd, SgdScheduleFree,
 };
 
 /// One of the surfaces.
@@ -305,6 +305,24 @@ impl Surface {
                 AdEMAMix {
                     lr: a,
                     ..AdEMAMix::default()
+                }
+                .into(),
+            ),
+            // Schedule-free: the path of y, where the gradients are taken.
+            (
+                format!("SGD schedule-free  lr {s}"),
+                SgdScheduleFree {
+                    lr: s,
+                    ..SgdScheduleFree::default()
+                }
+                .into(),
+            ),
+            (
+                format!("AdamW schedule-free  lr {a}"),
+                AdamWScheduleFree {
+                    lr: a,
+                    weight_decay: 0.0,
+                    ..AdamWScheduleFree::default()
                 }
                 .into(),
             ),

@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 SIZES=${SIZES:-16M,128M}
 BIG=${BIG-1G}
 STEPS=${STEPS:-20}
-RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix}
+RULES=${RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix,schedulefree_sgd,schedulefree_adamw}
 # lion and ademamix are timed in PyTorch only where their reference packages
 # are installed (TORCH_RULES=...,lion,ademamix); the GPU machines have torch.
 TORCH_RULES=${TORCH_RULES:-sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,radam,adamax,nadam,asgd,adadelta,rprop}

@@ -19,10 +19,10 @@ pub fn register_font() {
     }
 }
 
-/// Sixteen colours: the ten of the Tableau 10 palette (matplotlib's default
-/// cycle), which stay apart on white and to the colour-blind, then black and
-/// five darker shades, for the pictures with more lines than ten.
-pub const PALETTE: [RGBColor; 16] = [
+/// Eighteen colours: the ten of the Tableau 10 palette (matplotlib's
+/// default cycle), which stay apart on white and to the colour-blind, then
+/// black and seven darker shades, for the pictures with more lines than ten.
+pub const PALETTE: [RGBColor; 18] = [
     RGBColor(31, 119, 180),  // blue
     RGBColor(255, 127, 14),  // orange
     RGBColor(44, 160, 44),   // green
@@ -39,6 +39,8 @@ pub const PALETTE: [RGBColor; 16] = [
     RGBColor(0, 100, 40),    // forest
     RGBColor(120, 0, 60),    // wine
     RGBColor(90, 90, 0),     // dark olive
+    RGBColor(80, 40, 150),   // indigo
+    RGBColor(0, 130, 130),   // teal
 ];
 
 /// Contour lines of `values` (a `nx × ny` grid, `values[j * nx + i]` at

@@ -28,8 +28,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use wgpu_optim::schedule::Schedule;
 use wgpu_optim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, Config, GpuContext, Lamb, Lion, NAdam,
-    RAdam, RmsProp, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, GpuContext,
+    Lamb, Lion, NAdam, RAdam, RmsProp, Rprop, Sgd, SgdScheduleFree,
 };
 
 use mlp::{Digits, Hyper, Mlp};
@@ -53,10 +53,12 @@ enum Rule {
     Rprop,
     Lion,
     Ademamix,
+    SgdScheduleFree,
+    AdamwScheduleFree,
 }
 
 impl Rule {
-    const ALL: [Rule; 16] = [
+    const ALL: [Rule; 18] = [
         Rule::Sgd,
         Rule::Momentum,
         Rule::Nesterov,
@@ -73,14 +75,23 @@ impl Rule {
         Rule::Rprop,
         Rule::Lion,
         Rule::Ademamix,
+        Rule::SgdScheduleFree,
+        Rule::AdamwScheduleFree,
     ];
+
+    /// Whether the rule is schedule-free: it trains at a constant lr (its
+    /// averaging replaces the schedule) and is evaluated at its average `x`.
+    fn schedule_free(self) -> bool {
+        matches!(self, Rule::SgdScheduleFree | Rule::AdamwScheduleFree)
+    }
 
     /// The default learning rate here, for the default 20 epochs with the
     /// cosine schedule: of 1e-3, 3e-3, 0.01, ..., 0.3, 1, the one with the
     /// lowest mean training loss over the last epoch (seed 1), the smaller
     /// of two within 30 % of each other (the same sweep for every rule).
-    /// Plain SGD, ASGD and Adadelta take the largest: this problem is small
-    /// and well conditioned.
+    /// Plain SGD, ASGD, Adadelta and schedule-free SGD take the largest:
+    /// this problem is small and well conditioned. The schedule-free rules
+    /// train at a constant lr and are evaluated at their average.
     fn default_lr(self) -> f64 {
         match self {
             Rule::Sgd => 1.0,
@@ -97,6 +108,8 @@ impl Rule {
             Rule::Rprop => 0.01,
             Rule::Lion => 0.01,
             Rule::Ademamix => 0.03,
+            Rule::SgdScheduleFree => 1.0,
+            Rule::AdamwScheduleFree => 0.1,
         }
     }
 
@@ -179,6 +192,16 @@ impl Rule {
                 ..AdEMAMix::default()
             }
             .into(),
+            Rule::SgdScheduleFree => SgdScheduleFree {
+                lr,
+                ..SgdScheduleFree::default()
+            }
+            .into(),
+            Rule::AdamwScheduleFree => AdamWScheduleFree {
+                lr,
+                ..AdamWScheduleFree::default()
+            }
+            .into(),
         }
     }
 
@@ -200,6 +223,8 @@ impl Rule {
             Rule::Rprop => "Rprop",
             Rule::Lion => "Lion",
             Rule::Ademamix => "AdEMAMix",
+            Rule::SgdScheduleFree => "SGD schedule-free",
+            Rule::AdamwScheduleFree => "AdamW schedule-free",
         };
         format!("{name}  lr {lr}")
     }
@@ -264,7 +289,7 @@ fn train(
 ) -> Result<Run, mlp::Error> {
     let started = Instant::now();
     let mut model = Mlp::new(ctx, data, hyper, rule.config(lr))?;
-    if cosine {
+    if cosine && !rule.schedule_free() {
         model.set_schedule(Schedule::CosineAnnealing {
             t_max: (epochs * model.steps_per_epoch()) as u64,
             eta_min: 0.0,
@@ -322,7 +347,7 @@ fn draw(
     title: &str,
     file: &std::path::Path,
 ) -> Result<(), mlp::Error> {
-    let (width, height) = (1500u32, 620u32);
+    let (width, height) = (1580u32, 620u32);
     let root = BitMapBackend::new(file, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let (header, body) = root.split_vertically(60);
@@ -501,7 +526,7 @@ fn main() -> Result<(), mlp::Error> {
             if args.constant_lr {
                 "constant learning rate"
             } else {
-                "cosine learning-rate schedule"
+                "cosine learning-rate schedule (schedule-free rules: constant)"
             }
         );
         draw(

@@ -480,6 +480,15 @@ impl Mlp {
 
     /// The test set's mean loss and accuracy (forward pass only).
     pub fn evaluate(&mut self) -> Result<(f32, f32), Error> {
+        // A schedule-free rule is evaluated at its average x, as the
+        // package's `eval()` switches to, and back to y for training.
+        let schedule_free = matches!(
+            self.opt.config(),
+            Config::SgdScheduleFree(_) | Config::AdamWScheduleFree(_)
+        );
+        if schedule_free {
+            self.opt.set_eval(true)?;
+        }
         let slot = self.steps_per_epoch();
         let mut encoder = self
             .ctx
@@ -488,6 +497,9 @@ impl Mlp {
         self.record_model(&mut encoder, slot, self.n_test, false);
         self.ctx.queue().submit(Some(encoder.finish()));
         let r = self.read_results(slot, 1)?;
+        if schedule_free {
+            self.opt.set_eval(false)?;
+        }
         Ok((r[0][0], r[0][1]))
     }
 

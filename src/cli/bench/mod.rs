@@ -187,7 +187,8 @@ pub enum Backend {
 pub struct BenchArgs {
     /// Rules, comma separated: sgd, sgd_momentum, nesterov, adagrad, rmsprop,
     /// adam, adam_amsgrad, adamw, adam_clip, lamb, adadelta, rprop, lion,
-    /// ademamix, radam, adamax, nadam, nadamw, asgd, or all. Presets as
+    /// ademamix, radam, adamax, nadam, nadamw, asgd, schedulefree_sgd,
+    /// schedulefree_adamw, or all. Presets as
     /// PyTorch's bench script: lr 1e-3 (adagrad 1e-2), momentum 0.9,
     /// PyTorch's defaults otherwise (and the reference packages' for the
     /// rules the script lacks). The default runs every rule once (and Adam
@@ -196,7 +197,7 @@ pub struct BenchArgs {
         long,
         value_delimiter = ',',
         value_parser = parse_rules,
-        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix"
+        default_value = "sgd,sgd_momentum,adagrad,rmsprop,adam,adamw,adam_clip,lamb,radam,adamax,nadam,asgd,adadelta,rprop,lion,ademamix,schedulefree_sgd,schedulefree_adamw"
     )]
     rules: Vec<RuleSet>,
     /// Parameter counts, comma separated: K, M, G are 2^10, 2^20, 2^30
