@@ -151,6 +151,11 @@ use crate::rules::Config;
 use serde_json::{Map, Value};
 use std::f64::consts::PI;
 
+mod checks;
+use checks::{
+    check_at_least_one, check_finite, check_momenta, check_non_negative, check_positive,
+    repeat_multiply,
+};
 mod cyclic;
 mod json;
 use json::{parse_json, parse_map};
@@ -940,78 +945,4 @@ impl Schedule {
                 "min_lr": p.min_lr, "eps": p.eps}),
         }
     }
-}
-
-/// `lr` multiplied by `gamma` `n` times, one rounding each time as torch's
-/// recursion does; stops early at a fixed point (`gamma = 1`, 0, infinity),
-/// so that even a position near `u64::MAX` is quick.
-fn repeat_multiply(mut lr: f64, gamma: f64, n: u64) -> f64 {
-    for _ in 0..n {
-        let next = lr * gamma;
-        if next == lr {
-            break;
-        }
-        lr = next;
-    }
-    lr
-}
-
-fn check_finite(name: &'static str, v: f64) -> Result<()> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(Error::InvalidHyperparameter {
-            name,
-            value: v,
-            reason: "must be finite",
-        })
-    }
-}
-
-fn check_non_negative(name: &'static str, v: f64) -> Result<()> {
-    check_finite(name, v)?;
-    if v < 0.0 {
-        return Err(Error::InvalidHyperparameter {
-            name,
-            value: v,
-            reason: "must be >= 0",
-        });
-    }
-    Ok(())
-}
-
-fn check_positive(name: &'static str, v: f64) -> Result<()> {
-    check_finite(name, v)?;
-    if v <= 0.0 {
-        return Err(Error::InvalidHyperparameter {
-            name,
-            value: v,
-            reason: "must be > 0",
-        });
-    }
-    Ok(())
-}
-
-fn check_at_least_one(name: &'static str, v: u64) -> Result<()> {
-    if v == 0 {
-        return Err(Error::InvalidHyperparameter {
-            name,
-            value: 0.0,
-            reason: "must be >= 1",
-        });
-    }
-    Ok(())
-}
-
-fn check_momenta(base: f64, max: f64) -> Result<()> {
-    check_non_negative("base_momentum", base)?;
-    check_non_negative("max_momentum", max)?;
-    if max < base {
-        return Err(Error::InvalidHyperparameter {
-            name: "max_momentum",
-            value: max,
-            reason: "must be >= base_momentum",
-        });
-    }
-    Ok(())
 }
