@@ -364,11 +364,7 @@ pub(crate) fn cpu_step(
     let parallel = layout.total() >= 4 * CPU_CHUNK;
     let moments = |(_, p, g, m, v): &mut Chunk<'_>| {
         with_chunk_buffer(p.len(), |u| {
-            if scales.is_identity() {
-                moments_slice(s, bc, c, scales, false, p, g, m, v, u);
-            } else {
-                moments_slice(s, bc, c, scales, true, p, g, m, v, u);
-            }
+            moments_slice(s, bc, c, scales, !scales.is_identity(), p, g, m, v, u);
             [sum_squares(p, 1.0), sum_squares(u, 1.0)]
         })
     };
