@@ -224,17 +224,13 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [square_avg, acc_delta] = states else {
-        unreachable!("adadelta has two state tensors")
-    };
-    for (((p, &g), v), u) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(square_avg.iter_mut())
-        .zip(acc_delta.iter_mut())
-    {
-        step_element(s, c, p, g, v, u);
-    }
+    super::for_each_element!(
+        "adadelta",
+        params,
+        grads,
+        states,
+        |p, g, square_avg, acc_delta| step_element(s, c, p, g, square_avg, acc_delta)
+    );
 }
 
 super::multiversion! {

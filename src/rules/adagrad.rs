@@ -239,12 +239,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [sum] = states else {
-        unreachable!("adagrad has one state tensor")
-    };
-    for ((p, &g), acc) in params.iter_mut().zip(grads).zip(sum.iter_mut()) {
-        step_element(s, clr, c, p, g, acc);
-    }
+    super::for_each_element!("adagrad", params, grads, states, |p, g, sum| {
+        step_element(s, clr, c, p, g, sum)
+    });
 }
 
 super::multiversion! {

@@ -546,30 +546,14 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
-    match states {
-        [m, v] => {
-            for (((p, &g), m), v) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-            {
-                step_element(s, entry, c, p, g, m, v, None);
-            }
-        }
-        [m, v, vmax] => {
-            for ((((p, &g), m), v), vmax) in params
-                .iter_mut()
-                .zip(grads)
-                .zip(m.iter_mut())
-                .zip(v.iter_mut())
-                .zip(vmax.iter_mut())
-            {
-                step_element(s, entry, c, p, g, m, v, Some(vmax));
-            }
-        }
-        _ => unreachable!("adam has two or three state tensors"),
+    if states.len() == 2 {
+        super::for_each_element!("adam", params, grads, states, |p, g, m, v| {
+            step_element(s, entry, c, p, g, m, v, None)
+        });
+    } else {
+        super::for_each_element!("adam", params, grads, states, |p, g, m, v, vmax| {
+            step_element(s, entry, c, p, g, m, v, Some(vmax))
+        });
     }
 }
 

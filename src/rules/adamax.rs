@@ -232,18 +232,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [m, u] = states else {
-        unreachable!("adamax has two state tensors")
-    };
-    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
-    for (((p, &g), m), u) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(m.iter_mut())
-        .zip(u.iter_mut())
-    {
-        step_element(s, clr, c, p, g, m, u);
-    }
+    super::for_each_element!("adamax", params, grads, states, |p, g, m, u| {
+        step_element(s, clr, c, p, g, m, u)
+    });
 }
 
 super::multiversion! {

@@ -350,19 +350,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [m, slow, v] = states else {
-        unreachable!("ademamix has three state tensors")
-    };
-    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
-    for ((((p, &g), m), slow), v) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(m.iter_mut())
-        .zip(slow.iter_mut())
-        .zip(v.iter_mut())
-    {
-        step_element(s, entry, c, p, g, [m, slow, v]);
-    }
+    super::for_each_element!("ademamix", params, grads, states, |p, g, m, slow, v| {
+        step_element(s, entry, c, p, g, [m, slow, v])
+    });
 }
 
 super::multiversion! {

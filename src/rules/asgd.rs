@@ -260,12 +260,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [ax] = states else {
-        unreachable!("asgd has one state tensor")
-    };
-    for ((p, &g), ax) in params.iter_mut().zip(grads).zip(ax.iter_mut()) {
-        step_element(s, entry, maximize, p, g, ax);
-    }
+    super::for_each_element!("asgd", params, grads, states, |p, g, ax| {
+        step_element(s, entry, maximize, p, g, ax)
+    });
 }
 
 super::multiversion! {

@@ -200,3 +200,29 @@ pub(crate) fn clamp(x: f32, min: f32, max: f32) -> f32 {
         x
     }
 }
+
+/// The loop of an element-wise rule: `$body` once per element, with `$p`
+/// the parameter (`&mut f32`), `$g` the gradient (`f32`) and each state
+/// tensor of `$states` (a `&mut [&mut [f32]]` in the rule's state order)
+/// named as its element (`&mut f32`), all in lockstep. Iterators, not
+/// indices: no bounds checks in the loop, so it vectorizes. `$rule` names
+/// the rule in the message of a state count the optimizer cannot have.
+macro_rules! for_each_element {
+    ($rule:literal, $params:expr, $grads:expr, $states:expr,
+     |$p:ident, $g:ident $(, $s:ident)*| $body:expr) => {{
+        let [$($s),*] = $states else {
+            unreachable!(concat!($rule, ": not the state tensors it was built with"))
+        };
+        let elements = $params.iter_mut().zip($grads.iter()) $(.zip($s.iter_mut()))*;
+        $crate::rules::for_each_element!(@for elements, ($p, &$g), [$($s)*], $body)
+    }};
+    (@for $iter:ident, ($($pat:tt)*), [$first:ident $($rest:ident)*], $body:expr) => {
+        $crate::rules::for_each_element!(@for $iter, (($($pat)*), $first), [$($rest)*], $body)
+    };
+    (@for $iter:ident, ($($pat:tt)*), [], $body:expr) => {
+        for ($($pat)*) in $iter {
+            $body;
+        }
+    };
+}
+pub(crate) use for_each_element;

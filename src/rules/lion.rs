@@ -244,12 +244,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [exp_avg] = states else {
-        unreachable!("lion has one state tensor")
-    };
-    for ((p, &g), m) in params.iter_mut().zip(grads).zip(exp_avg.iter_mut()) {
-        step_element(s, maximize, p, g, m);
-    }
+    super::for_each_element!("lion", params, grads, states, |p, g, exp_avg| {
+        step_element(s, maximize, p, g, exp_avg)
+    });
 }
 
 super::multiversion! {

@@ -312,17 +312,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [m, v] = states else {
-        unreachable!("nadam has two state tensors")
-    };
-    for (((p, &g), m), v) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(m.iter_mut())
-        .zip(v.iter_mut())
-    {
-        step_element(s, entry, c, p, g, m, v);
-    }
+    super::for_each_element!("nadam", params, grads, states, |p, g, m, v| {
+        step_element(s, entry, c, p, g, m, v)
+    });
 }
 
 super::multiversion! {

@@ -298,18 +298,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [m, v] = states else {
-        unreachable!("radam has two state tensors")
-    };
-    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
-    for (((p, &g), m), v) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(m.iter_mut())
-        .zip(v.iter_mut())
-    {
-        step_element(s, entry, c, p, g, m, v);
-    }
+    super::for_each_element!("radam", params, grads, states, |p, g, m, v| {
+        step_element(s, entry, c, p, g, m, v)
+    });
 }
 
 super::multiversion! {

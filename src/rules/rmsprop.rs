@@ -288,38 +288,23 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    // Iterators, not indices: no bounds checks in the loop, so it vectorizes.
-    let it = params.iter_mut().zip(grads);
-    match states {
-        [sq] => {
-            for ((p, &g), sq) in it.zip(sq.iter_mut()) {
-                step_element(s, c, p, g, sq, None, None);
-            }
+    match states.len() {
+        1 => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq| {
+            step_element(s, c, p, g, sq, None, None)
+        }),
+        // momentum_buffer or grad_avg: only `centered` adds grad_avg (the
+        // momentum in force may be 0 while the buffer is kept).
+        2 if c.centered => {
+            super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, ga| {
+                step_element(s, c, p, g, sq, None, Some(ga))
+            })
         }
-        [sq, other] => {
-            // momentum_buffer or grad_avg: the names say which.
-            // Fix: not `c.momentum > 0.0`. The tensors were fixed when the
-            // optimizer was built, and `set_momentum(0.0)` can make the
-            // momentum in force 0 while the buffer is still there, which
-            // was then taken for `grad_avg` (the CPU ran a centered RMSprop
-            // on the momentum buffer). Only `centered` adds `grad_avg`.
-            let momentum = !c.centered;
-            for (((p, &g), sq), o) in it.zip(sq.iter_mut()).zip(other.iter_mut()) {
-                if momentum {
-                    step_element(s, c, p, g, sq, Some(o), None);
-                } else {
-                    step_element(s, c, p, g, sq, None, Some(o));
-                }
-            }
-        }
-        [sq, buf, ga] => {
-            for ((((p, &g), sq), b), a) in
-                it.zip(sq.iter_mut()).zip(buf.iter_mut()).zip(ga.iter_mut())
-            {
-                step_element(s, c, p, g, sq, Some(b), Some(a));
-            }
-        }
-        _ => unreachable!("rmsprop has one to three state tensors"),
+        2 => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, buf| {
+            step_element(s, c, p, g, sq, Some(buf), None)
+        }),
+        _ => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, buf, ga| {
+            step_element(s, c, p, g, sq, Some(buf), Some(ga))
+        }),
     }
 }
 

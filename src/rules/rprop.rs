@@ -294,17 +294,9 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [prev, step_size] = states else {
-        unreachable!("rprop has two state tensors")
-    };
-    for (((p, &g), pr), eta) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(prev.iter_mut())
-        .zip(step_size.iter_mut())
-    {
-        step_element(s, initial, c, p, g, pr, eta);
-    }
+    super::for_each_element!("rprop", params, grads, states, |p, g, prev, step_size| {
+        step_element(s, initial, c, p, g, prev, step_size)
+    });
 }
 
 super::multiversion! {

@@ -653,12 +653,9 @@ fn sgd_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [z] = states else {
-        unreachable!("schedulefree_sgd has one state tensor")
-    };
-    for ((p, &g), z) in params.iter_mut().zip(grads).zip(z.iter_mut()) {
-        sgd_element(s, entry, p, g, z);
-    }
+    super::for_each_element!("schedulefree_sgd", params, grads, states, |p, g, z| {
+        sgd_element(s, entry, p, g, z)
+    });
 }
 
 #[inline(always)]
@@ -669,17 +666,9 @@ fn adamw_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    let [z, v] = states else {
-        unreachable!("schedulefree_adamw has two state tensors")
-    };
-    for (((p, &g), z), v) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(z.iter_mut())
-        .zip(v.iter_mut())
-    {
-        adamw_element(s, entry, p, g, z, v);
-    }
+    super::for_each_element!("schedulefree_adamw", params, grads, states, |p, g, z, v| {
+        adamw_element(s, entry, p, g, z, v)
+    });
 }
 
 super::multiversion! {

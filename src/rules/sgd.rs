@@ -297,17 +297,14 @@ fn step_slice_impl(
     grads: &[f32],
     states: &mut [&mut [f32]],
 ) {
-    match states {
-        [buf] => {
-            for ((p, &g), b) in params.iter_mut().zip(grads).zip(buf.iter_mut()) {
-                step_element(s, c, p, g, Some(b));
-            }
-        }
-        _ => {
-            for (p, &g) in params.iter_mut().zip(grads) {
-                step_element(s, c, p, g, None);
-            }
-        }
+    if states.is_empty() {
+        super::for_each_element!("sgd", params, grads, states, |p, g| step_element(
+            s, c, p, g, None
+        ));
+    } else {
+        super::for_each_element!("sgd", params, grads, states, |p, g, buf| {
+            step_element(s, c, p, g, Some(buf))
+        });
     }
 }
 
