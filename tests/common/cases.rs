@@ -146,6 +146,11 @@ pub struct RuleInfo {
     pub gpu_k: (f64, f64),
     /// The kernel's shape and its storage bindings (tests/webgpu_limits.rs).
     pub kernel: Kernel,
+    /// Whether a run of steps can bring an element back exactly to where it
+    /// started: the sign-based rules, whose steps do not depend on the
+    /// gradient's size (Lion's `±lr`, Rprop's `±lr·1.2ᵃ·0.5ᵇ`). Tests that
+    /// expect every element to have moved allow it only for these.
+    pub exact_returns: bool,
 }
 
 /// How a rule's kernel is bound, as src/gpu lays it out.
@@ -543,6 +548,7 @@ fn sgd() -> RuleInfo {
         ],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+        exact_returns: false,
     }
 }
 
@@ -725,6 +731,7 @@ fn adagrad() -> RuleInfo {
         descent: vec![("adagrad", on_both.clone(), on_both)],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+        exact_returns: false,
     }
 }
 
@@ -894,6 +901,7 @@ fn rmsprop() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 7 },
+        exact_returns: false,
     }
 }
 
@@ -1039,6 +1047,7 @@ fn adam() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 7 },
+        exact_returns: false,
     }
 }
 
@@ -1183,6 +1192,7 @@ fn adamw() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 7 },
+        exact_returns: false,
     }
 }
 
@@ -1304,6 +1314,7 @@ fn lamb() -> RuleInfo {
         )],
         gpu_k: K_LAMB,
         kernel: Kernel::Tiled,
+        exact_returns: false,
     }
 }
 
@@ -1480,6 +1491,7 @@ fn adadelta() -> RuleInfo {
         descent: vec![("adadelta", Adadelta { lr: 5.0, ..d() }.into(), d().into())],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: false,
     }
 }
 
@@ -1614,6 +1626,7 @@ fn rprop() -> RuleInfo {
         // CPU's bits, well inside the element-wise bound.
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: true,
     }
 }
 
@@ -1751,6 +1764,7 @@ fn lion() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+        exact_returns: true,
     }
 }
 
@@ -1974,6 +1988,7 @@ fn ademamix() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 7 },
+        exact_returns: false,
     }
 }
 
@@ -2112,6 +2127,7 @@ fn radam() -> RuleInfo {
         // (2.5 ULP each on the GPU), the moments a possible FMA each.
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: false,
     }
 }
 
@@ -2200,6 +2216,7 @@ fn adamax() -> RuleInfo {
         // the lerp of `exp_avg`; the maximum is exact.
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: false,
     }
 }
 
@@ -2330,6 +2347,7 @@ fn nadam() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: false,
     }
 }
 
@@ -2454,6 +2472,7 @@ fn asgd() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+        exact_returns: false,
     }
 }
 
@@ -2602,6 +2621,7 @@ fn schedulefree_sgd() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 5 },
+        exact_returns: false,
     }
 }
 
@@ -2732,5 +2752,6 @@ fn schedulefree_adamw() -> RuleInfo {
         )],
         gpu_k: (K, K),
         kernel: Kernel::ElementWise { storage_buffers: 6 },
+        exact_returns: false,
     }
 }
