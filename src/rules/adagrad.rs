@@ -125,13 +125,7 @@ impl Rule for Adagrad {
         self.initial_accumulator_value as f32
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
 
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         vec![

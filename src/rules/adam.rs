@@ -360,12 +360,7 @@ impl Rule for Adam {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         self.to_family(false).state_names()
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn momentum(&self) -> Option<f64> {
         Some(self.betas.0)
     }
@@ -439,12 +434,7 @@ impl Rule for AdamW {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         self.to_adam_family().state_names()
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn momentum(&self) -> Option<f64> {
         Some(self.betas.0)
     }

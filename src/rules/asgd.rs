@@ -145,12 +145,7 @@ impl Rule for Asgd {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         vec!["ax"]
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn overrides(&self, _momentum_buffer: bool) -> Vec<(&'static str, f64)> {
         vec![("MAXIMIZE", bool_override(self.maximize))]
     }

@@ -242,6 +242,20 @@ pub(crate) trait Rule: Clone + Default + PartialEq + Into<Config> {
     fn presets() -> Vec<Preset>;
 }
 
+/// [`Rule::lr`] and [`Rule::set_lr`] of a configuration whose learning rate
+/// is its field `lr` (every rule's), inside its `impl Rule`.
+macro_rules! lr_is_the_field {
+    () => {
+        fn lr(&self) -> f64 {
+            self.lr
+        }
+        fn set_lr(&mut self, lr: f64) {
+            self.lr = lr;
+        }
+    };
+}
+pub(crate) use lr_is_the_field;
+
 /// One entry of the step table (`table` of the uniforms' tail): a rule's
 /// step-dependent scalars, at most four.
 pub(crate) type StepEntry = [f32; 4];

@@ -165,12 +165,7 @@ impl Rule for NAdam {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         vec!["exp_avg", "exp_avg_sq"]
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn momentum(&self) -> Option<f64> {
         Some(self.betas.0)
     }

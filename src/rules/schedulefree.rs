@@ -308,12 +308,7 @@ impl Rule for SgdScheduleFree {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         vec!["z"]
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn momentum(&self) -> Option<f64> {
         Some(self.momentum)
     }
@@ -512,12 +507,7 @@ impl Rule for AdamWScheduleFree {
     fn state_names(&self, _momentum_buffer: bool) -> Vec<&'static str> {
         vec!["z", "exp_avg_sq"]
     }
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
     fn momentum(&self) -> Option<f64> {
         Some(self.betas.0)
     }

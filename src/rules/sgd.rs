@@ -155,13 +155,7 @@ impl Rule for Sgd {
         }
     }
 
-    fn lr(&self) -> f64 {
-        self.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.lr = lr;
-    }
+    super::lr_is_the_field!();
 
     fn momentum(&self) -> Option<f64> {
         Some(self.momentum)
