@@ -19,8 +19,9 @@
 //! 2. `src/rules/<rule>.rs`: the configuration struct (torch's names and
 //!    defaults, documented: the equations, the reference, an example), its
 //!    `#[repr(C)]` scalars, the `#[inline(always)]` element function and
-//!    its `multiversion!` slice loop, and `impl Rule` (name, kernel,
-//!    validation, state, the scalars that stay the same from step to step
+//!    its `multiversion!` slice loop (one `for_each_element!`), and
+//!    `impl Rule` (name, kernel, validation, state, `lr_is_the_field!()`,
+//!    the scalars that stay the same from step to step
 //!    and the step-table entry of those that change, CPU step, torch's
 //!    keyword arguments both ways, bench presets).
 //! 3. Here: `pub mod <rule>;`, `pub use <rule>::<Type>;` and one row of
