@@ -78,9 +78,9 @@ pub(crate) fn total_norm(grads: &[f32], inv_scale: f32) -> f32 {
 
 /// Lanes of [`sum_squares`]: element `j·LANES + k` of a block goes to lane
 /// `k`.
-const LANES: usize = 32;
+pub(crate) const LANES: usize = 32;
 /// Elements of a block: each lane sums `BLOCK / LANES` = 8 squares in f32.
-const BLOCK: usize = 256;
+pub(crate) const BLOCK: usize = 256;
 
 /// `Σ (x·scale)²`: each product rounded to f32 (as torch scales f32
 /// gradients). Per block of [`BLOCK`] elements, each of [`LANES`] lanes sums
@@ -145,7 +145,7 @@ unsafe fn sum_squares_avx2(x: &[f32], scale: f32) -> f64 {
 }
 
 /// The lanes added pairwise, then the tail's squares in f64, in order.
-fn finish_lanes(mut lanes: [f64; LANES], tail: &[f32], scale: f32) -> f64 {
+pub(crate) fn finish_lanes(mut lanes: [f64; LANES], tail: &[f32], scale: f32) -> f64 {
     let mut width = LANES;
     while width > 1 {
         width /= 2;

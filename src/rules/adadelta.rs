@@ -156,8 +156,8 @@ impl Rule for Adadelta {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, self, p, g, scales, st)
         });
     }
 
@@ -216,12 +216,14 @@ fn step_slice_impl(
     c: &Adadelta,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
     super::for_each_element!(
         "adadelta",
         params,
         grads,
+        scales,
         states,
         |p, g, square_avg, acc_delta| step_element(s, c, p, g, square_avg, acc_delta)
     );
@@ -234,6 +236,7 @@ super::multiversion! {
         c: &Adadelta,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

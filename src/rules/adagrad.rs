@@ -158,8 +158,8 @@ impl Rule for Adagrad {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry[0], self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry[0], self, p, g, scales, st)
         });
     }
 
@@ -231,9 +231,10 @@ fn step_slice_impl(
     c: &Adagrad,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("adagrad", params, grads, states, |p, g, sum| {
+    super::for_each_element!("adagrad", params, grads, scales, states, |p, g, sum| {
         step_element(s, clr, c, p, g, sum)
     });
 }
@@ -246,6 +247,7 @@ super::multiversion! {
         c: &Adagrad,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

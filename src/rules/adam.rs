@@ -296,8 +296,8 @@ impl AdamFamily {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry, self, p, g, scales, st)
         });
     }
 
@@ -534,14 +534,15 @@ fn step_slice_impl(
     c: &AdamFamily,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
     if states.len() == 2 {
-        super::for_each_element!("adam", params, grads, states, |p, g, m, v| {
+        super::for_each_element!("adam", params, grads, scales, states, |p, g, m, v| {
             step_element(s, entry, c, p, g, m, v, None)
         });
     } else {
-        super::for_each_element!("adam", params, grads, states, |p, g, m, v, vmax| {
+        super::for_each_element!("adam", params, grads, scales, states, |p, g, m, v, vmax| {
             step_element(s, entry, c, p, g, m, v, Some(vmax))
         });
     }
@@ -555,6 +556,7 @@ super::multiversion! {
         c: &AdamFamily,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
@@ -596,9 +598,25 @@ mod tests {
             let mut st = init.clone();
             let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
             if dispatched {
-                step_slice(&s, entry, &c, &mut p, &grads, &mut views);
+                step_slice(
+                    &s,
+                    entry,
+                    &c,
+                    &mut p,
+                    &grads,
+                    GradScales::default(),
+                    &mut views,
+                );
             } else {
-                step_slice_impl(&s, entry, &c, &mut p, &grads, &mut views);
+                step_slice_impl(
+                    &s,
+                    entry,
+                    &c,
+                    &mut p,
+                    &grads,
+                    GradScales::default(),
+                    &mut views,
+                );
             }
             let mut bits: Vec<u32> = p.iter().map(|x| x.to_bits()).collect();
             for v in &st {

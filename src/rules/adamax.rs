@@ -163,8 +163,8 @@ impl Rule for Adamax {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry[0], self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry[0], self, p, g, scales, st)
         });
     }
 
@@ -224,9 +224,10 @@ fn step_slice_impl(
     c: &Adamax,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("adamax", params, grads, states, |p, g, m, u| {
+    super::for_each_element!("adamax", params, grads, scales, states, |p, g, m, u| {
         step_element(s, clr, c, p, g, m, u)
     });
 }
@@ -239,6 +240,7 @@ super::multiversion! {
         c: &Adamax,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
@@ -279,9 +281,25 @@ mod tests {
             let mut st = init.clone();
             let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
             if dispatched {
-                step_slice(&s, entry[0], &adamax, &mut p, &grads, &mut views);
+                step_slice(
+                    &s,
+                    entry[0],
+                    &adamax,
+                    &mut p,
+                    &grads,
+                    GradScales::default(),
+                    &mut views,
+                );
             } else {
-                step_slice_impl(&s, entry[0], &adamax, &mut p, &grads, &mut views);
+                step_slice_impl(
+                    &s,
+                    entry[0],
+                    &adamax,
+                    &mut p,
+                    &grads,
+                    GradScales::default(),
+                    &mut views,
+                );
             }
             let mut bits: Vec<u32> = p.iter().map(|x| x.to_bits()).collect();
             for v in &st {

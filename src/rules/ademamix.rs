@@ -263,8 +263,8 @@ impl Rule for AdEMAMix {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry, self, p, g, scales, st)
         });
     }
 
@@ -342,11 +342,17 @@ fn step_slice_impl(
     c: &AdEMAMix,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("ademamix", params, grads, states, |p, g, m, slow, v| {
-        step_element(s, entry, c, p, g, [m, slow, v])
-    });
+    super::for_each_element!(
+        "ademamix",
+        params,
+        grads,
+        scales,
+        states,
+        |p, g, m, slow, v| { step_element(s, entry, c, p, g, [m, slow, v]) }
+    );
 }
 
 super::multiversion! {
@@ -357,6 +363,7 @@ super::multiversion! {
         c: &AdEMAMix,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
@@ -483,9 +490,25 @@ mod tests {
                 ];
                 let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
                 if dispatched {
-                    step_slice(&s, entry, &c, &mut p, &grads, &mut views);
+                    step_slice(
+                        &s,
+                        entry,
+                        &c,
+                        &mut p,
+                        &grads,
+                        GradScales::default(),
+                        &mut views,
+                    );
                 } else {
-                    step_slice_impl(&s, entry, &c, &mut p, &grads, &mut views);
+                    step_slice_impl(
+                        &s,
+                        entry,
+                        &c,
+                        &mut p,
+                        &grads,
+                        GradScales::default(),
+                        &mut views,
+                    );
                 }
                 let mut bits: Vec<u32> = p.iter().map(|x| canonical_bits(*x)).collect();
                 for v in &st {

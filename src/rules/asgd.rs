@@ -194,8 +194,8 @@ impl Rule for Asgd {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry, self.maximize, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry, self.maximize, p, g, scales, st)
         });
     }
     fn to_torch(&self) -> Map<String, Value> {
@@ -253,9 +253,10 @@ fn step_slice_impl(
     maximize: bool,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("asgd", params, grads, states, |p, g, ax| {
+    super::for_each_element!("asgd", params, grads, scales, states, |p, g, ax| {
         step_element(s, entry, maximize, p, g, ax)
     });
 }
@@ -268,6 +269,7 @@ super::multiversion! {
         maximize: bool,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

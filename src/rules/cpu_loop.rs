@@ -27,52 +27,21 @@ impl GradScales {
     pub(crate) fn apply(self, g: f32) -> f32 {
         g * self.inv_scale * self.clip
     }
-
-    /// Whether both factors are 1.
-    pub(crate) fn is_identity(self) -> bool {
-        self.inv_scale == 1.0 && self.clip == 1.0
-    }
-
-    /// `out` ← the scaled `grads` (`out` the same length).
-    fn scale_into(self, grads: &[f32], out: &mut [f32]) {
-        // Separate loops, so each is a plain vectorized multiply.
-        match (self.inv_scale != 1.0, self.clip != 1.0) {
-            (true, true) => {
-                for (o, &g) in out.iter_mut().zip(grads) {
-                    *o = g * self.inv_scale * self.clip;
-                }
-            }
-            (true, false) => {
-                for (o, &g) in out.iter_mut().zip(grads) {
-                    *o = g * self.inv_scale;
-                }
-            }
-            _ => {
-                for (o, &g) in out.iter_mut().zip(grads) {
-                    *o = g * self.clip;
-                }
-            }
-        }
-    }
 }
 
-/// Elements a CPU step works on at a time: parameters, gradients and
-/// state of one chunk stay in a core's cache between the scaling and the
-/// update.
+/// Elements a CPU step works on at a time (rayon's unit of work).
 pub(crate) const CPU_CHUNK: usize = 1 << 15;
 
 /// One step of an element-wise rule on all cores (rayon), over independent
-/// chunks: `step_slice` gets the same chunk of the parameters, the
-/// gradients (multiplied by `scales` first, see [`GradScales`]) and each
-/// state tensor. The scaled gradients of a chunk are written to a buffer
-/// of the thread's, not to a copy of all of them: they are still in cache
-/// when the update reads them. The arithmetic of each element does not
-/// depend on the chunking.
+/// chunks: `step_slice` gets the same chunk of the parameters, the raw
+/// gradients and each state tensor, and multiplies each gradient by the
+/// step's [`GradScales`] inside its element loop ([`for_each_element!`]),
+/// so the gradients are read once and never copied. The arithmetic of each
+/// element does not depend on the chunking.
 pub(crate) fn elementwise_step(
     params: &mut [f32],
     grads: &[f32],
     states: &mut [Vec<f32>],
-    scales: GradScales,
     step_slice: impl Fn(&mut [f32], &[f32], &mut [&mut [f32]]) + Sync,
 ) {
     use rayon::prelude::*;
@@ -91,37 +60,12 @@ pub(crate) fn elementwise_step(
             .collect();
         work.push((p, g, st));
     }
-    let run = |(p, g, mut st): Work<'_>| {
-        if scales.is_identity() {
-            step_slice(p, g, &mut st);
-        } else {
-            with_chunk_buffer(g.len(), |buf| {
-                scales.scale_into(g, buf);
-                step_slice(p, buf, &mut st);
-            });
-        }
-    };
+    let run = |(p, g, mut st): Work<'_>| step_slice(p, g, &mut st);
     if n >= 4 * CPU_CHUNK {
         work.into_par_iter().for_each(run);
     } else {
         work.into_iter().for_each(run);
     }
-}
-
-/// Runs `f` on a buffer of `len` elements (at most [`CPU_CHUNK`]) of this
-/// thread's, allocated once per thread: a chunk's scaled gradients.
-pub(crate) fn with_chunk_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    use std::cell::RefCell;
-    thread_local! {
-        static BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    }
-    BUFFER.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < len {
-            b.resize(len, 0.0);
-        }
-        f(&mut b[..len])
-    })
 }
 
 /// Defines `$name` as `$imp` compiled three times: for AVX-512, for AVX2
@@ -208,13 +152,16 @@ pub(crate) fn clamp(x: f32, min: f32, max: f32) -> f32 {
 /// indices: no bounds checks in the loop, so it vectorizes. `$rule` names
 /// the rule in the message of a state count the optimizer cannot have.
 macro_rules! for_each_element {
-    ($rule:literal, $params:expr, $grads:expr, $states:expr,
+    ($rule:literal, $params:expr, $grads:expr, $scales:expr, $states:expr,
      |$p:ident, $g:ident $(, $s:ident)*| $body:expr) => {{
         let [$($s),*] = $states else {
             unreachable!(concat!($rule, ": not the state tensors it was built with"))
         };
-        let elements = $params.iter_mut().zip($grads.iter()) $(.zip($s.iter_mut()))*;
-        $crate::rules::for_each_element!(@for elements, ($p, &$g), [$($s)*], $body)
+        let scales: $crate::rules::GradScales = $scales;
+        let elements = $params
+            .iter_mut()
+            .zip($grads.iter().map(|&g| scales.apply(g))) $(.zip($s.iter_mut()))*;
+        $crate::rules::for_each_element!(@for elements, ($p, $g), [$($s)*], $body)
     }};
     (@for $iter:ident, ($($pat:tt)*), [$first:ident $($rest:ident)*], $body:expr) => {
         $crate::rules::for_each_element!(@for $iter, (($($pat)*), $first), [$($rest)*], $body)

@@ -3,12 +3,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::with_chunk_buffer;
 use super::{
     bias_correction, bool_override, check_non_negative, check_unit_interval, object, Config,
     GradScales, KernelShape, KernelSpec, Preset, Rule, StepEntry, TorchArgs, CPU_CHUNK,
 };
-use crate::clip::sum_squares;
+use crate::clip::{finish_lanes, BLOCK, LANES};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 
@@ -311,7 +310,7 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
 ///
 /// On all cores, in two passes over chunks of [`CPU_CHUNK`] elements, each
 /// chunk within one tensor: the first updates the moments and sums `θ²`
-/// and `u²` of its chunk in f64 ([`sum_squares`], a fixed order); the
+/// and `u²` of its chunk in f64 (the order of [`crate::clip::sum_squares`]); the
 /// chunks' sums of each tensor are then added in order, so the trust ratio
 /// does not depend on the number of threads; the second applies
 /// `θ ← θ − lr·ratio·u`.
@@ -357,10 +356,9 @@ pub(crate) fn cpu_step(
     }
     let parallel = layout.total() >= 4 * CPU_CHUNK;
     let moments = |(_, p, g, m, v): &mut Chunk<'_>| {
-        with_chunk_buffer(p.len(), |u| {
-            moments_slice(s, bc, c, scales, !scales.is_identity(), p, g, m, v, u);
-            [sum_squares(p, 1.0), sum_squares(u, 1.0)]
-        })
+        let mut sums = [0.0; 2];
+        moments_slice(s, bc, c, scales, p, g, m, v, &mut sums);
+        sums
     };
     let sums: Vec<[f64; 2]> = if parallel {
         chunks.par_iter_mut().map(moments).collect()
@@ -384,10 +382,13 @@ pub(crate) fn cpu_step(
     }
 }
 
-/// The moments of one chunk, and its update directions `u` (before the
-/// update of θ) into `u`; the gradients multiplied by `scales` first when
-/// `scaled`. f32 only, so the loop vectorizes as Adam's does; the norms'
-/// f64 sums are taken after, from the chunk still in cache.
+/// The moments of one chunk, and the sums of `θ²` and `u²` over it (`u`
+/// the update direction before θ moves) into `sums`, the gradients
+/// multiplied by `scales` first. The squares are summed as
+/// [`crate::clip::sum_squares`] sums them (per block of [`BLOCK`]
+/// elements, [`LANES`] lanes of f32, added in f64), inside the same loop:
+/// the chunk is read once and `u` is never stored. f32 only inside a
+/// block, so the loop vectorizes as Adam's does.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn moments_slice_impl(
@@ -395,23 +396,59 @@ fn moments_slice_impl(
     bc: (f32, f32),
     c: &Lamb,
     scales: GradScales,
-    scaled: bool,
     p: &[f32],
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    u: &mut [f32],
+    sums: &mut [f64; 2],
 ) {
-    let iter = p.iter().zip(g).zip(m.iter_mut().zip(v.iter_mut())).zip(u);
-    for (((&p, &g), (m, v)), u) in iter {
-        let g = if scaled { scales.apply(g) } else { g };
+    let element = |p: f32, g: f32, m: &mut f32, v: &mut f32| {
+        let g = scales.apply(g);
         let g = if c.maximize { -g } else { g };
         let mi = s.beta1 * *m + s.one_minus_beta1 * g;
         let vi = s.beta2 * *v + s.one_minus_beta2 * (g * g);
         *m = mi;
         *v = vi;
-        *u = update_direction(s, bc, c, p, mi, vi);
+        update_direction(s, bc, c, p, mi, vi)
+    };
+    let (mut wide_p, mut wide_u) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let blocks = p
+        .chunks_exact(BLOCK)
+        .zip(g.chunks_exact(BLOCK))
+        .zip(m.chunks_exact_mut(BLOCK).zip(v.chunks_exact_mut(BLOCK)));
+    for ((pb, gb), (mb, vb)) in blocks {
+        let (mut narrow_p, mut narrow_u) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let rows = pb
+            .chunks_exact(LANES)
+            .zip(gb.chunks_exact(LANES))
+            .zip(mb.chunks_exact_mut(LANES).zip(vb.chunks_exact_mut(LANES)));
+        for ((pr, gr), (mr, vr)) in rows {
+            let lanes = narrow_p.iter_mut().zip(narrow_u.iter_mut());
+            let elements = pr.iter().zip(gr).zip(mr.iter_mut().zip(vr.iter_mut()));
+            for ((np, nu), ((&p, &g), (m, v))) in lanes.zip(elements) {
+                let u = element(p, g, m, v);
+                *np += p * p;
+                *nu += u * u;
+            }
+        }
+        for k in 0..LANES {
+            wide_p[k] += narrow_p[k] as f64;
+            wide_u[k] += narrow_u[k] as f64;
+        }
     }
+    let full = p.len() / BLOCK * BLOCK;
+    let mut tail_u = [0.0f32; BLOCK];
+    let tail = p[full..].iter().zip(&g[full..]);
+    for ((u, (&p, &g)), (m, v)) in tail_u
+        .iter_mut()
+        .zip(tail)
+        .zip(m[full..].iter_mut().zip(v[full..].iter_mut()))
+    {
+        *u = element(p, g, m, v);
+    }
+    let tail_len = p.len() - full;
+    sums[0] = finish_lanes(wide_p, &p[full..], 1.0);
+    sums[1] = finish_lanes(wide_u, &tail_u[..tail_len], 1.0);
 }
 
 super::multiversion! {
@@ -421,12 +458,11 @@ super::multiversion! {
         bc: (f32, f32),
         c: &Lamb,
         scales: GradScales,
-        scaled: bool,
         p: &[f32],
         g: &[f32],
         m: &mut [f32],
         v: &mut [f32],
-        u: &mut [f32],
+        sums: &mut [f64; 2],
     )
 }
 

@@ -177,8 +177,8 @@ impl Rule for Lion {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, self.maximize, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, self.maximize, p, g, scales, st)
         });
     }
 
@@ -236,9 +236,10 @@ fn step_slice_impl(
     maximize: bool,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("lion", params, grads, states, |p, g, exp_avg| {
+    super::for_each_element!("lion", params, grads, scales, states, |p, g, exp_avg| {
         step_element(s, maximize, p, g, exp_avg)
     });
 }
@@ -250,6 +251,7 @@ super::multiversion! {
         maximize: bool,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
@@ -330,9 +332,9 @@ mod tests {
             let mut m: Vec<f32> = (0..n).map(|i| pick(i, 5)).collect();
             let mut views: Vec<&mut [f32]> = vec![m.as_mut_slice()];
             if dispatched {
-                step_slice(&s, true, &mut p, &grads, &mut views);
+                step_slice(&s, true, &mut p, &grads, GradScales::default(), &mut views);
             } else {
-                step_slice_impl(&s, true, &mut p, &grads, &mut views);
+                step_slice_impl(&s, true, &mut p, &grads, GradScales::default(), &mut views);
             }
             let mut bits: Vec<u32> = p.iter().map(|x| canonical_bits(*x)).collect();
             bits.extend(m.iter().map(|x| canonical_bits(*x)));

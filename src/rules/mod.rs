@@ -777,6 +777,5 @@ pub(crate) use checks::{
     check_unit_interval, inverse_grad_scale, object, set_beta1, set_buffered_momentum,
 };
 pub(crate) use cpu_loop::{
-    clamp, elementwise_step, for_each_element, lerp, maximum, multiversion, with_chunk_buffer,
-    GradScales, CPU_CHUNK,
+    clamp, elementwise_step, for_each_element, lerp, maximum, multiversion, GradScales, CPU_CHUNK,
 };

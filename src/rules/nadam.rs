@@ -224,8 +224,8 @@ impl Rule for NAdam {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry, self, p, g, scales, st)
         });
     }
     fn to_torch(&self) -> Map<String, Value> {
@@ -305,9 +305,10 @@ fn step_slice_impl(
     c: &NAdam,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("nadam", params, grads, states, |p, g, m, v| {
+    super::for_each_element!("nadam", params, grads, scales, states, |p, g, m, v| {
         step_element(s, entry, c, p, g, m, v)
     });
 }
@@ -320,6 +321,7 @@ super::multiversion! {
         c: &NAdam,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

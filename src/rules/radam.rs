@@ -214,8 +214,8 @@ impl Rule for RAdam {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, entry, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, entry, self, p, g, scales, st)
         });
     }
 
@@ -290,9 +290,10 @@ fn step_slice_impl(
     c: &RAdam,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("radam", params, grads, states, |p, g, m, v| {
+    super::for_each_element!("radam", params, grads, scales, states, |p, g, m, v| {
         step_element(s, entry, c, p, g, m, v)
     });
 }
@@ -305,6 +306,7 @@ super::multiversion! {
         c: &RAdam,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

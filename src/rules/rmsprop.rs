@@ -193,8 +193,8 @@ impl Rule for RmsProp {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, self, p, g, scales, st)
         });
     }
 
@@ -280,25 +280,31 @@ fn step_slice_impl(
     c: &RmsProp,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
     match states.len() {
-        1 => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq| {
+        1 => super::for_each_element!("rmsprop", params, grads, scales, states, |p, g, sq| {
             step_element(s, c, p, g, sq, None, None)
         }),
         // momentum_buffer or grad_avg: only `centered` adds grad_avg (the
         // momentum in force may be 0 while the buffer is kept).
         2 if c.centered => {
-            super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, ga| {
+            super::for_each_element!("rmsprop", params, grads, scales, states, |p, g, sq, ga| {
                 step_element(s, c, p, g, sq, None, Some(ga))
             })
         }
-        2 => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, buf| {
+        2 => super::for_each_element!("rmsprop", params, grads, scales, states, |p, g, sq, buf| {
             step_element(s, c, p, g, sq, Some(buf), None)
         }),
-        _ => super::for_each_element!("rmsprop", params, grads, states, |p, g, sq, buf, ga| {
-            step_element(s, c, p, g, sq, Some(buf), Some(ga))
-        }),
+        _ => super::for_each_element!(
+            "rmsprop",
+            params,
+            grads,
+            scales,
+            states,
+            |p, g, sq, buf, ga| { step_element(s, c, p, g, sq, Some(buf), Some(ga)) }
+        ),
     }
 }
 
@@ -309,6 +315,7 @@ super::multiversion! {
         c: &RmsProp,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

@@ -208,8 +208,8 @@ impl Rule for Rprop {
         scales: GradScales,
     ) {
         let initial = (entry[0] != 0.0).then_some(entry[1]);
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, initial, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, initial, self, p, g, scales, st)
         });
     }
 
@@ -286,11 +286,17 @@ fn step_slice_impl(
     c: &Rprop,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("rprop", params, grads, states, |p, g, prev, step_size| {
-        step_element(s, initial, c, p, g, prev, step_size)
-    });
+    super::for_each_element!(
+        "rprop",
+        params,
+        grads,
+        scales,
+        states,
+        |p, g, prev, step_size| { step_element(s, initial, c, p, g, prev, step_size) }
+    );
 }
 
 super::multiversion! {
@@ -301,6 +307,7 @@ super::multiversion! {
         c: &Rprop,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

@@ -352,8 +352,8 @@ impl Rule for SgdScheduleFree {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            sgd_slice(s, entry, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            sgd_slice(s, entry, p, g, scales, st)
         });
     }
     fn to_torch(&self) -> Map<String, Value> {
@@ -554,8 +554,8 @@ impl Rule for AdamWScheduleFree {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            adamw_slice(s, entry, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            adamw_slice(s, entry, p, g, scales, st)
         });
     }
     fn to_torch(&self) -> Map<String, Value> {
@@ -641,11 +641,17 @@ fn sgd_slice_impl(
     entry: StepEntry,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("schedulefree_sgd", params, grads, states, |p, g, z| {
-        sgd_element(s, entry, p, g, z)
-    });
+    super::for_each_element!(
+        "schedulefree_sgd",
+        params,
+        grads,
+        scales,
+        states,
+        |p, g, z| { sgd_element(s, entry, p, g, z) }
+    );
 }
 
 #[inline(always)]
@@ -654,11 +660,17 @@ fn adamw_slice_impl(
     entry: StepEntry,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
-    super::for_each_element!("schedulefree_adamw", params, grads, states, |p, g, z, v| {
-        adamw_element(s, entry, p, g, z, v)
-    });
+    super::for_each_element!(
+        "schedulefree_adamw",
+        params,
+        grads,
+        scales,
+        states,
+        |p, g, z, v| { adamw_element(s, entry, p, g, z, v) }
+    );
 }
 
 super::multiversion! {
@@ -668,6 +680,7 @@ super::multiversion! {
         entry: StepEntry,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
@@ -679,6 +692,7 @@ super::multiversion! {
         entry: StepEntry,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }

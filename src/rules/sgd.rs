@@ -199,8 +199,8 @@ impl Rule for Sgd {
         states: &mut [Vec<f32>],
         scales: GradScales,
     ) {
-        elementwise_step(params, grads, states, scales, |p, g, st| {
-            step_slice(s, self, p, g, st)
+        elementwise_step(params, grads, states, |p, g, st| {
+            step_slice(s, self, p, g, scales, st)
         });
     }
 
@@ -289,14 +289,15 @@ fn step_slice_impl(
     c: &Sgd,
     params: &mut [f32],
     grads: &[f32],
+    scales: GradScales,
     states: &mut [&mut [f32]],
 ) {
     if states.is_empty() {
-        super::for_each_element!("sgd", params, grads, states, |p, g| step_element(
+        super::for_each_element!("sgd", params, grads, scales, states, |p, g| step_element(
             s, c, p, g, None
         ));
     } else {
-        super::for_each_element!("sgd", params, grads, states, |p, g, buf| {
+        super::for_each_element!("sgd", params, grads, scales, states, |p, g, buf| {
             step_element(s, c, p, g, Some(buf))
         });
     }
@@ -309,6 +310,7 @@ super::multiversion! {
         c: &Sgd,
         params: &mut [f32],
         grads: &[f32],
+        scales: GradScales,
         states: &mut [&mut [f32]],
     )
 }
