@@ -231,6 +231,8 @@ fn checks(world: &SimpleCommunicator) {
         o.set_skip_nonfinite(true);
     });
     assert_eq!(opt.last_grad_norm(), want.last_grad_norm());
+    // The clip acted: the norm was above max_norm.
+    assert!(want.last_grad_norm().unwrap() > 0.5);
     assert_same(
         &opt.checkpoint().unwrap(),
         &want.checkpoint(),

@@ -38,7 +38,7 @@
 //! the failing rank its own error, the others [`Error::RankMismatch`].
 //! Tensor lengths or rules that differ between ranks are found when the
 //! optimizer is built ([`Error::RankMismatch`] on every rank). A rank that
-//! dies is the transport's to handle: with MPI ([`MpiCollective`], feature
+//! dies is the transport's to handle: with MPI (`MpiCollective`, feature
 //! `mpi`) the default error handler aborts the whole job, so the other
 //! ranks end rather than hang. Without the feature there is no
 //! `MpiCollective` at all (a compile error, never a run-time surprise);

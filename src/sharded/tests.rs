@@ -368,3 +368,35 @@ fn a_refused_load_on_one_rank_leaves_every_rank_as_it_was() {
         assert_same(&c, &fresh, &format!("rank {r} after a refused load"));
     }
 }
+
+#[test]
+fn ranks_with_empty_shards_still_step_together() {
+    // Two elements over four ranks: ranks 2 and 3 own nothing.
+    let p = [vec![1.0f32, 2.0]];
+    let ends = on_ranks(4, |comm| {
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(
+                Sgd {
+                    lr: 0.5,
+                    ..Sgd::default()
+                },
+                s,
+            )
+        })
+        .unwrap();
+        opt.set_clip_grad_norm(Some(ClipGradNorm::new(100.0)))
+            .unwrap();
+        opt.step(&[&[1.0, -1.0]]).unwrap();
+        (
+            opt.shard().len(),
+            opt.last_grad_norm(),
+            opt.params_flat().to_vec(),
+        )
+    });
+    for (r, (len, norm, params)) in ends.into_iter().enumerate() {
+        assert_eq!(len, usize::from(r < 2));
+        // The four ranks' gradients sum to (4, −4): norm √32, below 100.
+        assert_eq!(norm, Some(32f32.sqrt()));
+        assert_eq!(params, vec![1.0 - 0.5 * 4.0, 2.0 + 0.5 * 4.0]);
+    }
+}
