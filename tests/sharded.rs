@@ -2,7 +2,8 @@
 //! `mpirun -np 2` and `-np 3` on this test binary, each rank running
 //! `mpi_worker`, which checks every rule against a single-process run over
 //! the same summed gradients, bit for bit; clipping, the loss scale and the
-//! skip; checkpoints moved from N ranks to N−1 and to 1; one GPU case on
+//! skip; shard checkpoint files merged into the single file, which moves
+//! from N ranks to N−1 and to 1; one GPU case on
 //! the software adapter; and that ranks disagreeing on shapes all fail.
 //! A further launch checks that a rank that dies ends the job, not hangs it.
 //!
@@ -15,10 +16,11 @@ use mpi::traits::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use wgpu_optim::rules::RuleKind;
-use wgpu_optim::sharded::{GradReduce, MpiCollective, ShardedOptimizer};
+use wgpu_optim::sharded::{merge, GradReduce, MpiCollective, ShardedOptimizer};
 use wgpu_optim::{Checkpoint, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer};
 
 const WORKER: &str = "WGPU_OPTIM_MPI_WORKER";
+const DIR: &str = "WGPU_OPTIM_MPI_DIR";
 /// Far above a run's time here (seconds), far below a CI job's limit: a
 /// hang fails the test instead of stalling CI.
 const DEADLINE: Duration = Duration::from_secs(300);
@@ -27,11 +29,18 @@ const DEADLINE: Duration = Duration::from_secs(300);
 /// status, or a failure if the deadline passes (the job is killed).
 fn launch(n: usize, mode: &str) -> std::process::ExitStatus {
     let exe = std::env::current_exe().unwrap();
+    // Where the ranks write their shard checkpoints: one folder a launch.
+    let dir = std::env::temp_dir().join(format!(
+        "wgpu-optim-sharded-{}-{n}-{mode}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
     let mut child = Command::new("mpirun")
         .args(["--allow-run-as-root", "--oversubscribe", "-np", &n.to_string()])
         .arg(exe)
         .args(["--exact", "mpi_worker", "--test-threads=1", "--nocapture"])
         .env(WORKER, mode)
+        .env(DIR, &dir)
         // Containers often forbid the cross-memory attach of shared-memory
         // transfers; plain copies instead.
         .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
@@ -40,6 +49,7 @@ fn launch(n: usize, mode: &str) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
+            let _ = std::fs::remove_dir_all(&dir);
             return status;
         }
         if start.elapsed() > DEADLINE {
@@ -253,7 +263,21 @@ fn checks(world: &SimpleCommunicator) {
     for s in 0..3 {
         opt.step(&refs(&rank_grads(rank, s))).unwrap();
     }
-    let file = Checkpoint::from_bytes(&opt.checkpoint().unwrap().to_bytes().unwrap()).unwrap();
+    // Each rank saves its own shard; every rank merges the n files into
+    // the single file, which must be the one `checkpoint` gathers.
+    let dir = std::path::PathBuf::from(std::env::var(DIR).unwrap());
+    let shard_file = |r: usize| dir.join(format!("shard-{r}-of-{n}.safetensors"));
+    opt.shard_checkpoint()
+        .unwrap()
+        .save(shard_file(rank))
+        .unwrap();
+    world.barrier();
+    let shards: Vec<Checkpoint> = (0..n)
+        .map(|r| Checkpoint::load(shard_file(r)).unwrap())
+        .collect();
+    let file = merge(&shards, &LENGTHS).unwrap();
+    assert_eq!(file, opt.checkpoint().unwrap());
+    world.barrier();
     let layout = wgpu_optim::Layout::new(&LENGTHS).unwrap();
     let want = single(&config, n, 5, GradReduce::Sum, |_| {}).checkpoint();
     let color = if rank + 1 < n {
