@@ -33,9 +33,14 @@
 //! # Errors
 //!
 //! Every call that can fail on one rank alone (bad gradient lengths, a
-//! failed build or load, an inner step that fails) first exchanges a flag
-//! with the others, so all ranks return an error together and none waits:
-//! the failing rank its own error, the others [`Error::RankMismatch`].
+//! failed build or load, an inner step that fails) exchanges a flag with
+//! the others, so all ranks return an error together and none waits: the
+//! failing rank its own error, the others [`Error::RankMismatch`]. Bad
+//! lengths and a refused load change nothing on any rank. An inner step
+//! refused by its rule fails alike on every rank (they hold the same
+//! hyperparameters) and changes nothing; one that fails on one rank only
+//! (a lost GPU device) leaves the other ranks stepped: restore every rank
+//! from the last checkpoint.
 //! Tensor lengths or rules that differ between ranks are found when the
 //! optimizer is built ([`Error::RankMismatch`] on every rank). A rank that
 //! dies is the transport's to handle: with MPI (`MpiCollective`, feature
@@ -364,6 +369,12 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// Sets the learning rate (every rank must set the same).
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
         self.inner.set_lr(lr)
+    }
+
+    /// Sets the momentum (or `betas[0]`) as
+    /// [`crate::CpuOptimizer::set_momentum`] (every rank the same).
+    pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
+        self.inner.set_momentum(momentum)
     }
 
     /// Global-norm clipping over all ranks' shards, as
