@@ -227,6 +227,14 @@ pub enum Error {
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),
+    /// The ranks of a [`crate::sharded::ShardedOptimizer`] disagree (tensor
+    /// lengths, rule, rank count) or one of them failed a call the others
+    /// made: every rank returns this, none waits, nothing changed.
+    #[error("the ranks disagree: {0}")]
+    RankMismatch(String),
+    /// A transport of [`crate::sharded::Collective`] failed.
+    #[error("collective failed: {0}")]
+    Collective(String),
 }
 
 /// `Result` with the crate's [`enum@Error`].

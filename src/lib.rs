@@ -59,6 +59,7 @@ mod layout;
 mod optimizer;
 pub mod rules;
 pub mod schedule;
+pub mod sharded;
 
 pub use checkpoint::Checkpoint;
 pub use clip::ClipGradNorm;

@@ -1,0 +1,402 @@
+//! The sharded optimizer over threads against one CpuOptimizer given the
+//! same reduced gradients: bit for bit (see the module docs for why that
+//! can hold), for every element-wise rule and rank counts 1..4.
+
+use super::*;
+use crate::rules::Sgd;
+use crate::CpuOptimizer;
+
+/// Lengths that put shard boundaries inside tensors for every N here, with
+/// an empty tensor and a one-element one.
+const LENGTHS: [usize; 5] = [7, 1, 0, 17, 38];
+
+/// A deterministic gradient for rank `rank`, step `step`, element `i`.
+fn grad(rank: usize, step: usize, i: usize) -> f32 {
+    let x = ((i * 7919 + rank * 104_729 + step * 1_299_709) % 2003) as f32;
+    (x - 1001.0) / 400.0
+}
+
+fn params() -> Vec<Vec<f32>> {
+    let mut at = 0;
+    LENGTHS
+        .iter()
+        .map(|&n| {
+            let t = (at..at + n).map(|i| (i as f32 * 0.37).sin()).collect();
+            at += n;
+            t
+        })
+        .collect()
+}
+
+/// Rank `rank`'s gradients of step `step`, per tensor.
+fn rank_grads(rank: usize, step: usize) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    LENGTHS
+        .iter()
+        .map(|&n| {
+            let t = (at..at + n).map(|i| grad(rank, step, i)).collect();
+            at += n;
+            t
+        })
+        .collect()
+}
+
+/// The reduced gradient as the module docs define it: summed in rank
+/// order in f32, then divided by N for the mean.
+fn reduced(ranks: usize, step: usize, reduce: GradReduce) -> Vec<f32> {
+    let mut g: Vec<f32> = rank_grads(0, step).concat();
+    for r in 1..ranks {
+        for (a, b) in g.iter_mut().zip(rank_grads(r, step).concat()) {
+            *a += b;
+        }
+    }
+    if reduce == GradReduce::Mean {
+        g.iter_mut().for_each(|a| *a /= ranks as f32);
+    }
+    g
+}
+
+/// Runs `f` on `n` ranks as threads, returning each rank's result in order.
+fn on_ranks<T: Send>(n: usize, f: impl Fn(ThreadCollective) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = ThreadCollective::group(n)
+            .into_iter()
+            .map(|c| s.spawn(move || f(c)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
+    v.iter().map(|t| &t[..]).collect()
+}
+
+type Setup = fn(&mut ShardedOptimizer<ThreadCollective, CpuOptimizer>);
+
+/// Sharded over `n` ranks and one CpuOptimizer, `steps` steps: returns the
+/// sharded one's single-file checkpoint (from every rank) and the single
+/// process's.
+fn run(
+    config: &Config,
+    n: usize,
+    steps: usize,
+    reduce: GradReduce,
+    setup: Setup,
+    setup_cpu: fn(&mut CpuOptimizer),
+) -> (Vec<Checkpoint>, Checkpoint) {
+    let p = params();
+    let sharded = on_ranks(n, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), reduce, |shard| {
+            CpuOptimizer::new(config.clone(), shard)
+        })
+        .unwrap();
+        setup(&mut opt);
+        for s in 0..steps {
+            let g = rank_grads(rank, s);
+            // A refused step (error_if_nonfinite) is part of the run.
+            let _ = opt.step(&refs(&g));
+        }
+        opt.checkpoint().unwrap()
+    });
+    let mut single = CpuOptimizer::new(config.clone(), &refs(&p)).unwrap();
+    setup_cpu(&mut single);
+    for s in 0..steps {
+        let _ = single.step_flat(&reduced(n, s, reduce));
+    }
+    (sharded, single.checkpoint())
+}
+
+fn assert_same(got: &Checkpoint, want: &Checkpoint, what: &str) {
+    assert_eq!(got.step, want.step, "{what}: step");
+    assert_eq!(got.skipped_steps, want.skipped_steps, "{what}: skipped");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(got.params.as_ref().unwrap()),
+        bits(want.params.as_ref().unwrap()),
+        "{what}: params"
+    );
+    assert_eq!(got.state.len(), want.state.len(), "{what}: state names");
+    for ((n, a), (m, b)) in got.state.iter().zip(&want.state) {
+        assert_eq!(n, m);
+        assert_eq!(bits(a), bits(b), "{what}: state {n}");
+    }
+    assert_eq!(got.scalar_state, want.scalar_state, "{what}: scalar state");
+}
+
+#[test]
+fn shard_ranges_cover_the_elements_in_order() {
+    for total in [0, 1, 2, 5, 63, 100] {
+        for n in 1..6 {
+            let mut at = 0;
+            for r in 0..n {
+                let s = shard_range(total, n, r);
+                assert_eq!(s.start, at);
+                assert!(s.len() == total / n || s.len() == total / n + 1);
+                at = s.end;
+            }
+            assert_eq!(at, total);
+        }
+    }
+    assert_eq!(shard_lengths(&LENGTHS, 5..30), vec![2, 1, 17, 5]);
+    assert_eq!(shard_lengths(&LENGTHS, 3..3), vec![0]);
+}
+
+#[test]
+fn every_elementwise_rule_matches_one_process_bit_for_bit() {
+    for kind in RuleKind::ALL {
+        if kind == RuleKind::Lamb {
+            continue;
+        }
+        let config = kind.default_config();
+        for n in 1..=4 {
+            for reduce in [GradReduce::Sum, GradReduce::Mean] {
+                let (sharded, single) = run(&config, n, 4, reduce, |_| {}, |_| {});
+                for (r, c) in sharded.iter().enumerate() {
+                    assert_same(
+                        c,
+                        &single,
+                        &format!("{} n={n} {reduce:?} rank {r}", kind.name()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn clipping_loss_scale_and_skip_match_one_process() {
+    // max_norm below every step's norm, so each step is clipped.
+    fn setup(o: &mut ShardedOptimizer<ThreadCollective, CpuOptimizer>) {
+        o.set_clip_grad_norm(Some(ClipGradNorm::new(0.5))).unwrap();
+        o.set_grad_scale(4.0).unwrap();
+        o.set_skip_nonfinite(true);
+    }
+    fn setup_cpu(o: &mut CpuOptimizer) {
+        o.set_clip_grad_norm(Some(ClipGradNorm::new(0.5))).unwrap();
+        o.set_grad_scale(4.0).unwrap();
+        o.set_skip_nonfinite(true);
+    }
+    let adam = RuleKind::Adam.default_config();
+    for n in 1..=4 {
+        let (sharded, single) = run(&adam, n, 5, GradReduce::Mean, setup, setup_cpu);
+        for c in &sharded {
+            assert_same(c, &single, &format!("adam clipped n={n}"));
+            assert!(c.clip.is_some() && c.grad_scale == 4.0);
+        }
+    }
+}
+
+#[test]
+fn a_nonfinite_gradient_on_one_rank_skips_the_step_on_all() {
+    let p = params();
+    let ends = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(
+                Sgd {
+                    lr: 0.1,
+                    ..Sgd::default()
+                },
+                s,
+            )
+        })
+        .unwrap();
+        opt.set_skip_nonfinite(true);
+        let mut g = rank_grads(rank, 0);
+        if rank == 2 {
+            // In rank 0's shard: the decision must still reach rank 2.
+            g[0][0] = f32::NAN;
+        }
+        opt.step(&refs(&g)).unwrap();
+        (
+            opt.skipped_steps(),
+            opt.step_count(),
+            opt.params_flat().to_vec(),
+        )
+    });
+    for (skipped, steps, params) in ends {
+        assert_eq!((skipped, steps), (1, 0));
+        assert_eq!(params, p.concat());
+    }
+}
+
+#[test]
+fn mismatched_lengths_between_ranks_fail_on_every_rank() {
+    let results = on_ranks(2, |comm| {
+        let lengths: &[usize] = if comm.rank() == 0 { &[3, 4] } else { &[4, 3] };
+        let p: Vec<Vec<f32>> = lengths.iter().map(|&n| vec![1.0; n]).collect();
+        ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(Sgd::default(), s)
+        })
+        .err()
+    });
+    for e in results {
+        assert!(matches!(e, Some(Error::RankMismatch(_))), "{e:?}");
+    }
+}
+
+#[test]
+fn a_bad_gradient_on_one_rank_is_refused_everywhere_and_changes_nothing() {
+    let p = params();
+    let results = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(
+                Sgd {
+                    lr: 0.1,
+                    ..Sgd::default()
+                },
+                s,
+            )
+        })
+        .unwrap();
+        let mut g = rank_grads(rank, 0);
+        if rank == 1 {
+            g[3].pop();
+        }
+        let e = opt.step(&refs(&g)).unwrap_err();
+        (rank, e, opt.step_count(), opt.params_flat().to_vec())
+    });
+    for (rank, e, steps, params) in results {
+        if rank == 1 {
+            assert!(
+                matches!(e, Error::LengthMismatch { tensor: 3, .. }),
+                "{e:?}"
+            );
+        } else {
+            assert!(matches!(e, Error::RankMismatch(_)), "{e:?}");
+        }
+        assert_eq!(steps, 0);
+        assert_eq!(params, p.concat());
+    }
+}
+
+#[test]
+fn lamb_is_refused_on_every_rank() {
+    let p = params();
+    for e in on_ranks(2, |comm| {
+        ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(RuleKind::Lamb.default_config(), s)
+        })
+        .err()
+    }) {
+        assert!(matches!(e, Some(Error::Unsupported(_))), "{e:?}");
+    }
+}
+
+#[test]
+fn checkpoints_move_from_four_ranks_to_two_to_one() {
+    let config = RuleKind::AdamW.default_config();
+    let p = params();
+    let steps =
+        |opt: &mut ShardedOptimizer<ThreadCollective, CpuOptimizer>, from: usize, to: usize| {
+            for s in from..to {
+                // Two logical ranks' worth of gradient each step, whatever N:
+                // every rank gives its share so the reduced sum is the same.
+                let g = rank_grads(0, s);
+                let share: Vec<Vec<f32>> = if opt.collective().rank() == 0 {
+                    g
+                } else {
+                    g.iter().map(|t| vec![0.0; t.len()]).collect()
+                };
+                opt.step(&refs(&share)).unwrap();
+            }
+        };
+    // 4 ranks, 3 steps; the shard checkpoints merged into one file.
+    let shards = on_ranks(4, |comm| {
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(config.clone(), s)
+        })
+        .unwrap();
+        steps(&mut opt, 0, 3);
+        opt.shard_checkpoint().unwrap()
+    });
+    let merged = merge(&shards, &LENGTHS).unwrap();
+    let merged = Checkpoint::from_bytes(&merged.to_bytes().unwrap()).unwrap();
+    // The split of the merged file gives back the shards.
+    assert_eq!(split(&merged, 4).unwrap(), shards);
+    // 2 ranks from it, 2 more steps; then 1 rank (plain CPU) for 1 more.
+    let two = on_ranks(2, |comm| {
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(config.clone(), s)
+        })
+        .unwrap();
+        opt.load_checkpoint(&merged).unwrap();
+        steps(&mut opt, 3, 5);
+        opt.checkpoint().unwrap()
+    });
+    assert_eq!(two[0], two[1]);
+    let mut one = CpuOptimizer::from_checkpoint(&two[0]).unwrap();
+    one.step(&refs(&rank_grads(0, 5))).unwrap();
+    let mut single = CpuOptimizer::new(config.clone(), &refs(&p)).unwrap();
+    for s in 0..6 {
+        // x + 0.0 + 0.0 == x for every finite x: the sums above are exact.
+        single.step(&refs(&rank_grads(0, s))).unwrap();
+    }
+    assert_same(&one.checkpoint(), &single.checkpoint(), "4 -> 2 -> 1");
+}
+
+#[test]
+fn a_refused_load_on_one_rank_leaves_every_rank_as_it_was() {
+    let p = params();
+    let config = RuleKind::Adam.default_config();
+    let good = {
+        let mut o = CpuOptimizer::new(config.clone(), &refs(&p)).unwrap();
+        o.step(&refs(&rank_grads(0, 0))).unwrap();
+        o.checkpoint()
+    };
+    let mut bad = good.clone();
+    bad.config = RuleKind::Sgd.default_config();
+    let results = on_ranks(2, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(config.clone(), s)
+        })
+        .unwrap();
+        let e = opt
+            .load_checkpoint(if rank == 0 { &good } else { &bad })
+            .err();
+        (e, opt.checkpoint().unwrap())
+    });
+    let fresh = CpuOptimizer::new(config.clone(), &refs(&p))
+        .unwrap()
+        .checkpoint();
+    for (r, (e, c)) in results.into_iter().enumerate() {
+        assert!(e.is_some(), "rank {r} must refuse");
+        assert_same(&c, &fresh, &format!("rank {r} after a refused load"));
+    }
+}
+
+#[test]
+fn ranks_with_empty_shards_still_step_together() {
+    // Two elements over four ranks: ranks 2 and 3 own nothing.
+    let p = [vec![1.0f32, 2.0]];
+    let ends = on_ranks(4, |comm| {
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(
+                Sgd {
+                    lr: 0.5,
+                    ..Sgd::default()
+                },
+                s,
+            )
+        })
+        .unwrap();
+        opt.set_clip_grad_norm(Some(ClipGradNorm::new(100.0)))
+            .unwrap();
+        opt.step(&[&[1.0, -1.0]]).unwrap();
+        (
+            opt.shard().len(),
+            opt.last_grad_norm(),
+            opt.params_flat().to_vec(),
+        )
+    });
+    for (r, (len, norm, params)) in ends.into_iter().enumerate() {
+        assert_eq!(len, usize::from(r < 2));
+        // The four ranks' gradients sum to (4, −4): norm √32, below 100.
+        assert_eq!(norm, Some(32f32.sqrt()));
+        assert_eq!(params, vec![1.0 - 0.5 * 4.0, 2.0 + 0.5 * 4.0]);
+    }
+}
