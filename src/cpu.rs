@@ -480,7 +480,7 @@ impl CpuOptimizer {
     /// let no_decay = Sgd { weight_decay: 0.0, ..base };
     /// let (w, b) = (vec![1.0f32; 4], vec![1.0f32]);
     /// let mut opt = CpuOptimizer::with_groups(&[
-    ///     (Config::from(base), &[&w[..]][..]),
+    ///     (Config::from(base.clone()), &[&w[..]][..]),
     ///     (Config::from(no_decay), &[&b[..]][..]),
     /// ])?;
     /// opt.step(&[&[0.0; 4], &[0.0]])?;

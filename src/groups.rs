@@ -15,7 +15,7 @@ use crate::rules::Config;
 /// let (w, b) = (vec![1.0f32; 3], vec![0.5f32]);
 /// let base = Adam { weight_decay: 0.1, ..Adam::default() };
 /// let groups = [
-///     ParamGroup::new(base, vec![0]),
+///     ParamGroup::new(base.clone(), vec![0]),
 ///     // No weight decay on the bias.
 ///     ParamGroup::new(Adam { weight_decay: 0.0, ..base }, vec![1]),
 /// ];
