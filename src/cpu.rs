@@ -68,8 +68,14 @@ impl CpuOptimizer {
             .iter()
             .map(|name| vec![config.state_initial_value(name); layout.total()])
             .collect();
+        let state_len = state_names.len();
         Ok(CpuOptimizer {
-            groups: vec![Group::new(config, (0..params.len()).collect())],
+            groups: vec![Group::new(
+                config,
+                (0..params.len()).collect(),
+                momentum_buffer,
+                (0..state_len).collect(),
+            )],
             layout,
             params: flat,
             state_names,
@@ -448,10 +454,9 @@ impl CpuOptimizer {
     /// `set` on a copy of every group's configuration, then all committed
     /// at once: a value one group refuses changes no group.
     fn set_all(&mut self, set: impl Fn(&mut Config, bool) -> Result<()>) -> Result<()> {
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
         let mut configs: Vec<Config> = self.groups.iter().map(|g| g.config.clone()).collect();
-        for c in &mut configs {
-            set(c, has_buffer)?;
+        for (c, g) in configs.iter_mut().zip(&self.groups) {
+            set(c, g.momentum_buffer)?;
         }
         for (g, c) in self.groups.iter_mut().zip(configs) {
             g.config = c;
@@ -465,22 +470,22 @@ impl CpuOptimizer {
     /// ..base }`). Tensors are numbered in group order (group 0's first),
     /// the order `step` takes the gradients in.
     ///
-    /// Refused, nothing built: no tensor at all
-    /// ([`Error::EmptyParameterList`]), a group of another rule than the
-    /// first ([`Error::GroupRuleMismatch`]), a configuration torch refuses,
-    /// or groups whose options decide different state tensors (Adam's
-    /// `amsgrad` in one group only, [`Error::InvalidOptions`]). SGD and
-    /// RMSprop keep a `momentum_buffer` for every tensor when any group has
-    /// a momentum (unused where a group's momentum is 0, as torch never
-    /// makes one there).
+    /// Groups may differ in any hyperparameter, those that decide the
+    /// state tensors included (Adam's `amsgrad`, RMSprop's `centered` or a
+    /// momentum in one group only): each group has the state torch gives
+    /// it, and reading a state tensor a group lacks gives the values it
+    /// was made with (0) for that group's tensors. Refused, nothing built:
+    /// no tensor at all ([`Error::EmptyParameterList`]), a group of another
+    /// rule than the first ([`Error::GroupRuleMismatch`]), a configuration
+    /// torch refuses.
     ///
     /// ```
     /// use wgpu_optim::{Config, CpuOptimizer, Sgd};
     /// let base = Sgd { lr: 0.1, weight_decay: 0.01, ..Sgd::default() };
-    /// let no_decay = Sgd { weight_decay: 0.0, ..base };
+    /// let no_decay = Sgd { weight_decay: 0.0, ..base.clone() };
     /// let (w, b) = (vec![1.0f32; 4], vec![1.0f32]);
     /// let mut opt = CpuOptimizer::with_groups(&[
-    ///     (Config::from(base.clone()), &[&w[..]][..]),
+    ///     (Config::from(base), &[&w[..]][..]),
     ///     (Config::from(no_decay), &[&b[..]][..]),
     /// ])?;
     /// opt.step(&[&[0.0; 4], &[0.0]])?;
@@ -500,27 +505,64 @@ impl CpuOptimizer {
     /// [`Error::NoSuchTensor`] otherwise), and the checks of
     /// [`CpuOptimizer::with_groups`].
     pub fn with_param_groups(params: &[&[f32]], groups: &[ParamGroup]) -> Result<Self> {
-        let (momentum_buffer, _) = crate::groups::check_groups(groups, params.len())?;
-        let mut opt = Self::with_state(groups[0].config.clone(), momentum_buffer, params)?;
-        opt.groups = groups
-            .iter()
-            .map(|g| Group::new(g.config.clone(), g.params.clone()))
-            .collect();
-        // Each group's state starts from its own configuration (Adagrad's
-        // `initial_accumulator_value`).
-        for g in 1..opt.groups.len() {
-            opt.fill_initial_state(g);
+        crate::groups::check_groups(groups, params.len())?;
+        let first = &groups[0].config;
+        let mut opt = Self::with_state(first.clone(), first.builds_momentum_buffer(), params)?;
+        opt.groups.clear();
+        for g in groups {
+            opt.push_group(g.config.clone(), g.params.clone());
         }
         Ok(opt)
+    }
+
+    /// Adds a group of tensors already in the layout, checked: its state
+    /// tensors (torch's for its configuration) join the optimizer's where
+    /// they are new, and start from its configuration's initial values
+    /// (Adagrad's `initial_accumulator_value`).
+    fn push_group(&mut self, config: Config, params: Vec<usize>) {
+        let momentum_buffer = config.builds_momentum_buffer();
+        let names = config.state_names_with(momentum_buffer);
+        let mut state_idx = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            let i = match self.state_names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    // After the group's previous name, so that the order
+                    // stays the rule's.
+                    let at = match k {
+                        0 => 0,
+                        _ => state_idx[k - 1] + 1,
+                    };
+                    self.state_names.insert(at, name);
+                    self.state.insert(at, vec![0.0; self.layout.total()]);
+                    for g in &mut self.groups {
+                        for i in &mut g.state_idx {
+                            if *i >= at {
+                                *i += 1;
+                            }
+                        }
+                    }
+                    for i in &mut state_idx {
+                        if *i >= at {
+                            *i += 1;
+                        }
+                    }
+                    at
+                }
+            };
+            state_idx.push(i);
+        }
+        self.groups
+            .push(Group::new(config, params, momentum_buffer, state_idx));
+        self.fill_initial_state(self.groups.len() - 1);
     }
 
     /// Appends a group of new tensors with its configuration, as torch's
     /// `add_param_group`; they take the next tensor indices (after every
     /// tensor already held) and start with fresh state and a step count of
     /// 0. Returns the group's index. Refused, nothing changed: a
-    /// configuration of another rule ([`Error::GroupRuleMismatch`]), one
-    /// torch refuses, or one that needs other state tensors than the
-    /// optimizer has ([`Error::InvalidOptions`]).
+    /// configuration of another rule ([`Error::GroupRuleMismatch`]) or one
+    /// torch refuses.
     pub fn add_param_group(
         &mut self,
         config: impl Into<Config>,
@@ -531,14 +573,6 @@ impl CpuOptimizer {
         let g = self.groups.len();
         crate::groups::check_kind(&first, g, &config)?;
         config.validate()?;
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
-        if config.builds_momentum_buffer() && !has_buffer {
-            return Err(Error::InvalidOptions(format!(
-                "group {g} has a momentum, but the optimizer was built without a momentum_buffer \
-                 (every group had momentum 0)"
-            )));
-        }
-        crate::groups::check_fits(g, &config, has_buffer, &self.state_names)?;
         let mut lengths = self.layout.lengths().to_vec();
         let start = lengths.len();
         lengths.extend(params.iter().map(|t| t.len()));
@@ -550,16 +584,15 @@ impl CpuOptimizer {
         for s in &mut self.state {
             s.resize(self.layout.total(), 0.0);
         }
-        self.groups
-            .push(Group::new(config, (start..lengths.len()).collect()));
-        self.fill_initial_state(g);
+        self.push_group(config, (start..lengths.len()).collect());
         Ok(g)
     }
 
     /// Sets group `g`'s state tensors to its configuration's initial values.
     fn fill_initial_state(&mut self, g: usize) {
         let group = &self.groups[g];
-        for (name, s) in self.state_names.iter().zip(&mut self.state) {
+        for &i in &group.state_idx {
+            let (name, s) = (self.state_names[i], &mut self.state[i]);
             let v = group.config.state_initial_value(name);
             for &t in &group.params {
                 s[self.layout.range(t)].fill(v);
@@ -597,21 +630,27 @@ impl CpuOptimizer {
     /// Sets group `g`'s momentum (or `beta1`) from the next step on.
     pub fn set_group_momentum(&mut self, g: usize, momentum: f64) -> Result<()> {
         crate::groups::check_group_index(g, self.groups.len())?;
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
-        self.groups[g].config.set_momentum(momentum, has_buffer)
+        let group = &mut self.groups[g];
+        group.config.set_momentum(momentum, group.momentum_buffer)
     }
 
     /// Replaces group `g`'s hyperparameters (any of them: weight decay,
     /// betas, ...) from the next step on. The configuration must be of the
-    /// optimizer's rule, valid, and need the state tensors the optimizer
-    /// has; otherwise nothing changes.
+    /// optimizer's rule, valid, and keep the group's state tensors (no
+    /// `amsgrad` switched on later, [`Error::InvalidOptions`]); otherwise
+    /// nothing changes.
     pub fn set_group_config(&mut self, g: usize, config: impl Into<Config>) -> Result<()> {
         let config = config.into();
         crate::groups::check_group_index(g, self.groups.len())?;
         let first = ParamGroup::new(self.groups[0].config.clone(), Vec::new());
         crate::groups::check_kind(&first, g, &config)?;
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
-        crate::groups::check_fits(g, &config, has_buffer, &self.state_names)?;
+        let group = &self.groups[g];
+        let names: Vec<&'static str> = group
+            .state_idx
+            .iter()
+            .map(|&i| self.state_names[i])
+            .collect();
+        crate::groups::check_fits(g, &config, group.momentum_buffer, &names)?;
         self.groups[g].config = config;
         Ok(())
     }
@@ -754,15 +793,28 @@ struct Group {
     /// The rule's scalar state after `counters.step` steps.
     scalar_state: Vec<f64>,
     counters: Counters,
+    /// Whether the group has a `momentum_buffer` (fixed when it was made).
+    momentum_buffer: bool,
+    /// Its state tensors (torch's for its configuration, in their order)
+    /// among the optimizer's: groups may have different ones (Adam's
+    /// `amsgrad`, RMSprop's `centered` in one group only).
+    state_idx: Vec<usize>,
 }
 
 impl Group {
-    fn new(config: Config, params: Vec<usize>) -> Self {
+    fn new(
+        config: Config,
+        params: Vec<usize>,
+        momentum_buffer: bool,
+        state_idx: Vec<usize>,
+    ) -> Self {
         Group {
             scalar_state: config.scalar_state_initial(),
             config,
             params,
             counters: Counters::default(),
+            momentum_buffer,
+            state_idx,
         }
     }
 
@@ -820,7 +872,7 @@ impl Group {
         };
         let mut p = gather(params);
         let g = gather(grads);
-        let mut st: Vec<Vec<f32>> = state.iter().map(|s| gather(s)).collect();
+        let mut st: Vec<Vec<f32>> = self.state_idx.iter().map(|&i| gather(&state[i])).collect();
         self.step(&sub, &mut p, &g, &mut st, scales);
         let scatter = |flat: &mut [f32], packed: &[f32]| {
             for (i, &t) in self.params.iter().enumerate() {
@@ -828,8 +880,8 @@ impl Group {
             }
         };
         scatter(params, &p);
-        for (dst, src) in state.iter_mut().zip(&st) {
-            scatter(dst, src);
+        for (&i, src) in self.state_idx.iter().zip(&st) {
+            scatter(&mut state[i], src);
         }
     }
 

@@ -44,14 +44,8 @@ impl ParamGroup {
 
 /// Checks groups over `tensors` tensors: at least one group, every group of
 /// the first group's rule and valid as torch checks at construction, every
-/// index in range, every tensor in exactly one group. Returns whether the
-/// optimizer needs a `momentum_buffer` (some group builds one) and its state
-/// names, which every group must share (they are fixed for the optimizer's
-/// life).
-pub(crate) fn check_groups(
-    groups: &[ParamGroup],
-    tensors: usize,
-) -> Result<(bool, Vec<&'static str>)> {
+/// index in range, every tensor in exactly one group.
+pub(crate) fn check_groups(groups: &[ParamGroup], tensors: usize) -> Result<()> {
     let Some(first) = groups.first() else {
         return Err(Error::EmptyParameterList);
     };
@@ -80,12 +74,7 @@ pub(crate) fn check_groups(
     if let Some(t) = owner.iter().position(Option::is_none) {
         return Err(Error::TensorInNoGroup { tensor: t });
     }
-    let momentum_buffer = groups.iter().any(|g| g.config.builds_momentum_buffer());
-    let names = first.config.state_names_with(momentum_buffer);
-    for (g, group) in groups.iter().enumerate() {
-        check_fits(g, &group.config, momentum_buffer, &names)?;
-    }
-    Ok((momentum_buffer, names))
+    Ok(())
 }
 
 /// [`Error::GroupRuleMismatch`] unless `config` is of `first`'s rule.
@@ -100,9 +89,9 @@ pub(crate) fn check_kind(first: &ParamGroup, group: usize, config: &Config) -> R
     Ok(())
 }
 
-/// Checks that group `group`'s `config` is valid on an optimizer with these
-/// state tensors (with or without a `momentum_buffer`): the state a group
-/// would build must be the optimizer's.
+/// Checks that `config` is valid for group `group`, whose state tensors are
+/// `names` (with or without a `momentum_buffer`): a new configuration of a
+/// group must keep the state the group was built with.
 pub(crate) fn check_fits(
     group: usize,
     config: &Config,
@@ -113,8 +102,8 @@ pub(crate) fn check_fits(
     let own = config.state_names_with(momentum_buffer);
     if own != names {
         return Err(Error::InvalidOptions(format!(
-            "group {group} needs the state tensors [{}], the optimizer's are [{}]: \
-             the options that decide the state (amsgrad, ...) must be the same in every group",
+            "group {group} would need the state tensors [{}], it has [{}]: \
+             the options that decide the state (amsgrad, ...) are fixed when a group is made",
             own.join(", "),
             names.join(", ")
         )));
