@@ -141,9 +141,10 @@ impl Scheduler {
     /// optimizer is unchanged.
     ///
     /// An optimizer of several parameter groups is
-    /// [`Error::Unsupported`] so far: each group must follow the schedule
-    /// from its own initial values (torch's `initial_lr` per group), not be
-    /// set to one lr for all.
+    /// [`Error::Unsupported`]: each group must follow the schedule from its
+    /// own initial values (torch's `initial_lr` per group), not be set to
+    /// one lr for all; use one scheduler per group and
+    /// [`Scheduler::apply_to_group`].
     pub fn apply(&self, opt: &mut (impl Optimizer + ?Sized)) -> Result<()> {
         if opt.group_count() > 1 {
             return Err(Error::Unsupported(format!(
@@ -157,6 +158,25 @@ impl Scheduler {
         if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {
             if let Err(e) = opt.set_momentum(m) {
                 opt.set_lr(old)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Scheduler::apply`] to parameter group `g` alone: its lr (and
+    /// momentum, when the schedule cycles it) from this scheduler, the
+    /// other groups untouched. Build one scheduler per group, each from
+    /// that group's initial values (torch's `initial_lr` per group, and a
+    /// list-valued `max_lr` or momentum's element `g`), as torch drives
+    /// each group. On error the group is unchanged.
+    pub fn apply_to_group(&self, opt: &mut (impl Optimizer + ?Sized), g: usize) -> Result<()> {
+        self.check_metric_fed()?;
+        let old = opt.group_config(g)?.lr();
+        opt.set_group_lr(g, self.lr())?;
+        if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {
+            if let Err(e) = opt.set_group_momentum(g, m) {
+                opt.set_group_lr(g, old)?;
                 return Err(e);
             }
         }
