@@ -401,3 +401,50 @@ fn not_yet_supported_is_refused() {
     ));
     assert_eq!(gpu.layout().len(), 2);
 }
+
+/// The README's "Parameter groups" block, line for line (its check below;
+/// rustfmt would rewrap the README's lines).
+#[test]
+#[rustfmt::skip]
+fn readme_parameter_groups() -> Result<(), Error> {
+    use wgpu_optim::{AdamW, Config, CpuOptimizer, Error, ParamGroup};
+    let (w, b) = (vec![0.5f32; 6], vec![0.1f32; 2]);
+    let base = AdamW { lr: 1e-3, weight_decay: 0.01, ..AdamW::default() };
+    let no_decay = AdamW { weight_decay: 0.0, ..base.clone() };
+    let mut opt = CpuOptimizer::with_groups(&[
+        (Config::from(base.clone()), &[&w[..]][..]),
+        (Config::from(no_decay), &[&b[..]][..]),
+    ])?;
+    opt.step(&[&[0.1; 6], &[0.2; 2]])?;
+    opt.set_group_lr(1, 5e-4)?; // one group
+    opt.set_lr(2e-3)?; // every group
+    let emb = vec![0.0f32; 4];
+    let g = opt.add_param_group(AdamW { betas: (0.5, 0.9), ..base.clone() }, &[&emb])?;
+    assert_eq!((g, opt.group_count(), opt.groups()[2].params.clone()), (2, 3, vec![2]));
+    // A tensor in two groups (or in none) is refused, nothing built.
+    let two = [ParamGroup::new(base.clone(), vec![0, 1]), ParamGroup::new(base, vec![1])];
+    assert!(matches!(
+        CpuOptimizer::with_param_groups(&[&w, &b], &two),
+        Err(Error::TensorInTwoGroups { tensor: 1, first: 0, second: 1 })
+    ));
+    Ok(())
+}
+
+/// The README's "Parameter groups" block is, line for line (indentation
+/// aside), in [`readme_parameter_groups`].
+#[test]
+fn readme_block_is_the_test() {
+    let readme = include_str!("../README.md");
+    let at = readme
+        .find("\n## Parameter groups")
+        .expect("README section");
+    let start = readme[at..].find("```rust\n").expect("a rust block") + at + 8;
+    let end = readme[start..].find("```").expect("closed") + start;
+    let lines: Vec<&str> = readme[start..end].lines().map(str::trim).collect();
+    let this: Vec<&str> = include_str!("groups.rs").lines().map(str::trim).collect();
+    assert!(lines.len() > 10);
+    assert!(
+        this.windows(lines.len()).any(|w| w == lines.as_slice()),
+        "the README block is not in tests/groups.rs"
+    );
+}
