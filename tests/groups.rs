@@ -448,3 +448,45 @@ fn readme_block_is_the_test() {
         "the README block is not in tests/groups.rs"
     );
 }
+
+/// The golden cases of several groups: one scheduler per group, each from
+/// the group's own initial lr (and its element of a list-valued `max_lr`),
+/// gives the lr torch had in force in that group at every step
+/// (`lr_per_step_by_group`). Bound: torch computes these in f64 with the
+/// same formulas; 1e-12 relative leaves room only for a different order of
+/// the same operations.
+#[test]
+fn golden_group_schedules_give_torchs_lr_per_group() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/golden/cases");
+    let mut checked = 0;
+    for path in wgpu_optim::conformance::expand_paths(&[dir]).unwrap() {
+        let case = wgpu_optim::conformance::Case::load(&path).unwrap();
+        if case.groups.is_empty() || case.schedule.is_none() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["case"]).unwrap();
+        let by_group = meta["lr_per_step_by_group"].as_array().expect("by group");
+        let schedules = case.group_schedules().unwrap();
+        assert_eq!(schedules.len(), case.groups.len());
+        for (g, schedule) in schedules.into_iter().enumerate() {
+            let mut s = Scheduler::for_config(schedule, &case.groups[g].config).unwrap();
+            let want = by_group[g].as_array().unwrap();
+            assert_eq!(want.len(), case.steps);
+            for (step, w) in want.iter().enumerate() {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (s.lr() - w).abs() <= 1e-12 * w.abs(),
+                    "{}: group {g} step {step}: ours {}, torch {w}",
+                    case.name,
+                    s.lr()
+                );
+                s.advance();
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} scheduled groups");
+}

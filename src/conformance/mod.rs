@@ -176,16 +176,28 @@ impl Case {
         if let Some(schedule) = &self.schedule {
             // With groups, each group's schedule (its element of a
             // list-valued argument).
-            let maps = match self.groups.len() {
-                0 => vec![schedule.clone()],
-                n => (0..n).map(|g| group_schedule(schedule, g)).collect(),
-            };
-            if let Some(e) = maps.iter().find_map(|m| Schedule::from_json_map(m).err()) {
+            if let Err(e) = self.group_schedules() {
                 let kind = schedule.get("kind").and_then(Value::as_str).unwrap_or("?");
                 out.push(format!("schedule `{kind}` ({e})"));
             }
         }
         out
+    }
+
+    /// The schedule of each parameter group (one, the case's, without
+    /// groups): each list-valued argument (CyclicLR's and OneCycleLR's
+    /// `base_lr`, `max_lr`, momenta) replaced by its element for the
+    /// group, as torch gives one value per group. Empty without a schedule.
+    pub fn group_schedules(&self) -> Result<Vec<Schedule>> {
+        let Some(map) = &self.schedule else {
+            return Ok(Vec::new());
+        };
+        match self.groups.len() {
+            0 => Ok(vec![Schedule::from_json_map(map)?]),
+            n => (0..n)
+                .map(|g| Schedule::from_json_map(&group_schedule(map, g)))
+                .collect(),
+        }
     }
 
     /// The state names the reference has (PyTorch's names), sorted.
@@ -560,21 +572,9 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
     // groups, one scheduler per group, from the group's own initial values
     // (torch's `initial_lr`) and its element of a list-valued argument.
     let mut schedulers = Vec::new();
-    if let Some(map) = &case.schedule {
-        if case.groups.is_empty() {
-            schedulers.push(Scheduler::for_config(
-                Schedule::from_json_map(map)?,
-                config,
-            )?);
-        } else {
-            for (g, group) in case.groups.iter().enumerate() {
-                let map = group_schedule(map, g);
-                schedulers.push(Scheduler::for_config(
-                    Schedule::from_json_map(&map)?,
-                    &group.config,
-                )?);
-            }
-        }
+    for (g, schedule) in case.group_schedules()?.into_iter().enumerate() {
+        let config = case.groups.get(g).map_or(config, |group| &group.config);
+        schedulers.push(Scheduler::for_config(schedule, config)?);
     }
     opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for (step, step_grads) in case.grads.iter().enumerate() {
