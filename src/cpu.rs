@@ -3,6 +3,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
+use crate::groups::ParamGroup;
 use crate::layout::{Counters, Layout};
 use crate::rules::{inverse_grad_scale, Config, GradScales};
 
@@ -24,14 +25,13 @@ use crate::rules::{inverse_grad_scale, Config, GradScales};
 /// ```
 #[derive(Clone, Debug)]
 pub struct CpuOptimizer {
-    config: Config,
+    /// The parameter groups, never empty; the first one's step count is
+    /// the optimizer's (a group added later starts from 0, as in torch).
+    groups: Vec<Group>,
     layout: Layout,
     params: Vec<f32>,
     state_names: Vec<&'static str>,
     state: Vec<Vec<f32>>,
-    /// The rule's scalar state after `counters.step` steps.
-    scalar_state: Vec<f64>,
-    counters: Counters,
     clip: Option<ClipGradNorm>,
     last_grad_norm: Option<f32>,
     skip_nonfinite: bool,
@@ -68,15 +68,18 @@ impl CpuOptimizer {
             .iter()
             .map(|name| vec![config.state_initial_value(name); layout.total()])
             .collect();
-        let scalar_state = config.scalar_state_initial();
+        let state_len = state_names.len();
         Ok(CpuOptimizer {
-            config,
+            groups: vec![Group::new(
+                config,
+                (0..params.len()).collect(),
+                momentum_buffer,
+                (0..state_len).collect(),
+            )],
             layout,
             params: flat,
             state_names,
             state,
-            scalar_state,
-            counters: Counters::default(),
             clip: None,
             last_grad_norm: None,
             skip_nonfinite: false,
@@ -111,7 +114,7 @@ impl CpuOptimizer {
         self.layout.check_flat(grads)?;
         if self.eval {
             return Err(Error::EvalMode {
-                rule: self.config.kind().name(),
+                rule: self.groups[0].config.kind().name(),
             });
         }
         use rayon::prelude::*;
@@ -150,20 +153,26 @@ impl CpuOptimizer {
         self.last_skipped = false;
         // PyTorch multiplies the gradients by the clip coefficient (f32)
         // before the step; the GPU does the same inside its kernel.
-        let step = self.counters.step + 1;
-        self.config.cpu_step(
-            step,
-            self.counters.buffer_filled,
-            &self.scalar_state,
-            &self.layout,
-            &mut self.params,
-            grads,
-            &mut self.state,
-            scales,
-        );
-        self.config
-            .advance_scalar_state(&mut self.scalar_state, step);
-        self.counters.advance(&self.config);
+        if let [group] = self.groups.as_mut_slice() {
+            // One group holds every tensor, packed: no copies.
+            group.step(
+                &self.layout,
+                &mut self.params,
+                grads,
+                &mut self.state,
+                scales,
+            );
+            return Ok(());
+        }
+        for group in &mut self.groups {
+            group.step_gathered(
+                &self.layout,
+                &mut self.params,
+                grads,
+                &mut self.state,
+                scales,
+            );
+        }
         Ok(())
     }
 
@@ -197,14 +206,24 @@ impl CpuOptimizer {
     /// # Ok::<(), wgpu_optim::Error>(())
     /// ```
     pub fn set_eval(&mut self, eval: bool) -> Result<()> {
-        let beta1 = eval_beta1(&self.config)?;
-        if eval != self.eval && z_exists(&self.scalar_state) {
-            let z = state_index(&self.config, &self.state_names, "z")?;
-            crate::rules::schedulefree::switch_mode(
-                &mut self.params,
-                &self.state[z],
-                crate::rules::schedulefree::mode_switch_weight(beta1, eval),
-            );
+        // Every group's β1 is checked before any tensor moves.
+        let betas = self
+            .groups
+            .iter()
+            .map(|g| eval_beta1(&g.config))
+            .collect::<Result<Vec<_>>>()?;
+        if eval != self.eval {
+            let z = state_index(&self.groups[0].config, &self.state_names, "z")?;
+            for (group, beta1) in self.groups.iter().zip(betas) {
+                if z_exists(&group.scalar_state) {
+                    group.switch_mode(
+                        &self.layout,
+                        &mut self.params,
+                        &self.state[z],
+                        crate::rules::schedulefree::mode_switch_weight(beta1, eval),
+                    );
+                }
+            }
         }
         self.eval = eval;
         Ok(())
@@ -257,13 +276,15 @@ impl CpuOptimizer {
     }
 
     /// The whole state, parameters included, as a [`Checkpoint`] to
-    /// [`Checkpoint::save`].
+    /// [`Checkpoint::save`]. With several parameter groups it lists them
+    /// in [`Checkpoint::groups`], and such a checkpoint cannot be saved or
+    /// restored yet ([`Error::Unsupported`]).
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
-            config: self.config.clone(),
+            config: self.groups[0].config.clone(),
             lengths: self.layout.lengths().to_vec(),
-            step: self.counters.step,
-            buffer_filled: self.counters.buffer_filled,
+            step: self.groups[0].counters.step,
+            buffer_filled: self.groups[0].counters.buffer_filled,
             state: self
                 .state_names
                 .iter()
@@ -281,6 +302,11 @@ impl CpuOptimizer {
             skipped_steps: self.skipped,
             grad_scale: self.grad_scale,
             scheduler: None,
+            groups: if self.groups.len() > 1 {
+                self.groups()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -314,7 +340,17 @@ impl CpuOptimizer {
     /// anything changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        ckpt.check_fits(&self.config, &self.state_names, self.layout.lengths())?;
+        if self.groups.len() > 1 {
+            return Err(Error::Unsupported(format!(
+                "restoring a checkpoint into an optimizer of {} parameter groups (only of one, so far)",
+                self.groups.len()
+            )));
+        }
+        ckpt.check_fits(
+            &self.groups[0].config,
+            &self.state_names,
+            self.layout.lengths(),
+        )?;
         let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
         for (dst, (_, src)) in self.state.iter_mut().zip(&ckpt.state) {
             dst.copy_from_slice(src);
@@ -322,9 +358,9 @@ impl CpuOptimizer {
         if let Some(p) = &ckpt.params {
             self.params.copy_from_slice(p);
         }
-        self.config = ckpt.config.clone();
-        self.scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
-        self.counters = Counters {
+        self.groups[0].config = ckpt.config.clone();
+        self.groups[0].scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
+        self.groups[0].counters = Counters {
             step: ckpt.step,
             buffer_filled: ckpt.buffer_filled,
         };
@@ -343,7 +379,7 @@ impl CpuOptimizer {
     /// Replaces the state tensor `name` (one slice per parameter tensor).
     /// Checks the name and every length first: on error nothing changes.
     pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
-        let i = state_index(&self.config, &self.state_names, name)?;
+        let i = state_index(&self.groups[0].config, &self.state_names, name)?;
         self.layout.check(tensors)?;
         for (t, src) in tensors.iter().enumerate() {
             self.state[i][self.layout.range(t)].copy_from_slice(src);
@@ -385,9 +421,10 @@ impl CpuOptimizer {
         self.clip.and(self.last_grad_norm)
     }
 
-    /// The rule and hyperparameters in force.
+    /// The rule and hyperparameters in force (the first group's, with
+    /// several: [`CpuOptimizer::group_config`]).
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.groups[0].config
     }
 
     /// How the tensors are packed.
@@ -395,21 +432,227 @@ impl CpuOptimizer {
         &self.layout
     }
 
-    /// Steps taken so far.
+    /// Steps taken so far (by the first group; a group added later has
+    /// taken fewer).
     pub fn step_count(&self) -> u64 {
-        self.counters.step
+        self.groups[0].counters.step
     }
 
-    /// Sets the learning rate used from the next step on.
+    /// Sets the learning rate of every group from the next step on; on
+    /// error no group changes.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        self.config.set_lr(lr)
+        self.set_all(|c, _| c.set_lr(lr))
     }
 
     /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
-    /// LAMB) used from the next step on.
+    /// LAMB) of every group from the next step on; on error no group
+    /// changes.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
-        self.config.set_momentum(momentum, has_buffer)
+        self.set_all(|c, has_buffer| c.set_momentum(momentum, has_buffer))
+    }
+
+    /// `set` on a copy of every group's configuration, then all committed
+    /// at once: a value one group refuses changes no group.
+    fn set_all(&mut self, set: impl Fn(&mut Config, bool) -> Result<()>) -> Result<()> {
+        let mut configs: Vec<Config> = self.groups.iter().map(|g| g.config.clone()).collect();
+        for (c, g) in configs.iter_mut().zip(&self.groups) {
+            set(c, g.momentum_buffer)?;
+        }
+        for (g, c) in self.groups.iter_mut().zip(configs) {
+            g.config = c;
+        }
+        Ok(())
+    }
+
+    /// An optimizer over several parameter groups, torch's
+    /// `Optimizer([{"params": ..., **hyper}, ...])`: each group its tensors
+    /// and a full configuration of one rule (`Adam { weight_decay: 0.0,
+    /// ..base }`). Tensors are numbered in group order (group 0's first),
+    /// the order `step` takes the gradients in.
+    ///
+    /// Groups may differ in any hyperparameter, those that decide the
+    /// state tensors included (Adam's `amsgrad`, RMSprop's `centered` or a
+    /// momentum in one group only): each group has the state torch gives
+    /// it, and reading a state tensor a group lacks gives the values it
+    /// was made with (0) for that group's tensors. Refused, nothing built:
+    /// no tensor at all ([`Error::EmptyParameterList`]), a group of another
+    /// rule than the first ([`Error::GroupRuleMismatch`]), a configuration
+    /// torch refuses.
+    ///
+    /// ```
+    /// use wgpu_optim::{Config, CpuOptimizer, Sgd};
+    /// let base = Sgd { lr: 0.1, weight_decay: 0.01, ..Sgd::default() };
+    /// let no_decay = Sgd { weight_decay: 0.0, ..base.clone() };
+    /// let (w, b) = (vec![1.0f32; 4], vec![1.0f32]);
+    /// let mut opt = CpuOptimizer::with_groups(&[
+    ///     (Config::from(base), &[&w[..]][..]),
+    ///     (Config::from(no_decay), &[&b[..]][..]),
+    /// ])?;
+    /// opt.step(&[&[0.0; 4], &[0.0]])?;
+    /// // The weights decay, the bias does not.
+    /// assert!(opt.param(0)[0] < 1.0);
+    /// assert_eq!(opt.param(1)[0], 1.0);
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn with_groups(groups: &[(Config, &[&[f32]])]) -> Result<Self> {
+        let (tensors, groups) = crate::groups::number_in_order(groups);
+        Self::with_param_groups(&tensors, &groups)
+    }
+
+    /// An optimizer over `params` in the groups given by index
+    /// ([`ParamGroup`]): every tensor in exactly one group
+    /// ([`Error::TensorInTwoGroups`], [`Error::TensorInNoGroup`],
+    /// [`Error::NoSuchTensor`] otherwise), and the checks of
+    /// [`CpuOptimizer::with_groups`].
+    pub fn with_param_groups(params: &[&[f32]], groups: &[ParamGroup]) -> Result<Self> {
+        crate::groups::check_groups(groups, params.len())?;
+        let first = &groups[0].config;
+        let mut opt = Self::with_state(first.clone(), first.builds_momentum_buffer(), params)?;
+        opt.groups.clear();
+        for g in groups {
+            opt.push_group(g.config.clone(), g.params.clone());
+        }
+        Ok(opt)
+    }
+
+    /// Adds a group of tensors already in the layout, checked: its state
+    /// tensors (torch's for its configuration) join the optimizer's where
+    /// they are new, and start from its configuration's initial values
+    /// (Adagrad's `initial_accumulator_value`).
+    fn push_group(&mut self, config: Config, params: Vec<usize>) {
+        let momentum_buffer = config.builds_momentum_buffer();
+        let names = config.state_names_with(momentum_buffer);
+        let mut state_idx = Vec::with_capacity(names.len());
+        for (k, name) in names.iter().enumerate() {
+            let i = match self.state_names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    // After the group's previous name, so that the order
+                    // stays the rule's.
+                    let at = match k {
+                        0 => 0,
+                        _ => state_idx[k - 1] + 1,
+                    };
+                    self.state_names.insert(at, name);
+                    self.state.insert(at, vec![0.0; self.layout.total()]);
+                    for g in &mut self.groups {
+                        for i in &mut g.state_idx {
+                            if *i >= at {
+                                *i += 1;
+                            }
+                        }
+                    }
+                    for i in &mut state_idx {
+                        if *i >= at {
+                            *i += 1;
+                        }
+                    }
+                    at
+                }
+            };
+            state_idx.push(i);
+        }
+        self.groups
+            .push(Group::new(config, params, momentum_buffer, state_idx));
+        self.fill_initial_state(self.groups.len() - 1);
+    }
+
+    /// Appends a group of new tensors with its configuration, as torch's
+    /// `add_param_group`; they take the next tensor indices (after every
+    /// tensor already held) and start with fresh state and a step count of
+    /// 0. Returns the group's index. Refused, nothing changed: a
+    /// configuration of another rule ([`Error::GroupRuleMismatch`]) or one
+    /// torch refuses.
+    pub fn add_param_group(
+        &mut self,
+        config: impl Into<Config>,
+        params: &[&[f32]],
+    ) -> Result<usize> {
+        let config = config.into();
+        let first = ParamGroup::new(self.groups[0].config.clone(), Vec::new());
+        let g = self.groups.len();
+        crate::groups::check_kind(&first, g, &config)?;
+        config.validate()?;
+        let mut lengths = self.layout.lengths().to_vec();
+        let start = lengths.len();
+        lengths.extend(params.iter().map(|t| t.len()));
+        let layout = Layout::new(&lengths)?;
+        self.layout = layout;
+        for t in params {
+            self.params.extend_from_slice(t);
+        }
+        for s in &mut self.state {
+            s.resize(self.layout.total(), 0.0);
+        }
+        self.push_group(config, (start..lengths.len()).collect());
+        Ok(g)
+    }
+
+    /// Sets group `g`'s state tensors to its configuration's initial values.
+    fn fill_initial_state(&mut self, g: usize) {
+        let group = &self.groups[g];
+        for &i in &group.state_idx {
+            let (name, s) = (self.state_names[i], &mut self.state[i]);
+            let v = group.config.state_initial_value(name);
+            for &t in &group.params {
+                s[self.layout.range(t)].fill(v);
+            }
+        }
+    }
+
+    /// Number of parameter groups (1 for an optimizer built with
+    /// [`CpuOptimizer::new`]).
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The parameter groups: each one's tensor indices and configuration in
+    /// force.
+    pub fn groups(&self) -> Vec<ParamGroup> {
+        self.groups
+            .iter()
+            .map(|g| ParamGroup::new(g.config.clone(), g.params.clone()))
+            .collect()
+    }
+
+    /// Group `g`'s configuration in force ([`Error::NoSuchGroup`] past the last).
+    pub fn group_config(&self, g: usize) -> Result<&Config> {
+        crate::groups::check_group_index(g, self.groups.len())?;
+        Ok(&self.groups[g].config)
+    }
+
+    /// Sets group `g`'s learning rate from the next step on.
+    pub fn set_group_lr(&mut self, g: usize, lr: f64) -> Result<()> {
+        crate::groups::check_group_index(g, self.groups.len())?;
+        self.groups[g].config.set_lr(lr)
+    }
+
+    /// Sets group `g`'s momentum (or `beta1`) from the next step on.
+    pub fn set_group_momentum(&mut self, g: usize, momentum: f64) -> Result<()> {
+        crate::groups::check_group_index(g, self.groups.len())?;
+        let group = &mut self.groups[g];
+        group.config.set_momentum(momentum, group.momentum_buffer)
+    }
+
+    /// Replaces group `g`'s hyperparameters (any of them: weight decay,
+    /// betas, ...) from the next step on. The configuration must be of the
+    /// optimizer's rule, valid, and keep the group's state tensors (no
+    /// `amsgrad` switched on later, [`Error::InvalidOptions`]); otherwise
+    /// nothing changes.
+    pub fn set_group_config(&mut self, g: usize, config: impl Into<Config>) -> Result<()> {
+        let config = config.into();
+        crate::groups::check_group_index(g, self.groups.len())?;
+        let first = ParamGroup::new(self.groups[0].config.clone(), Vec::new());
+        crate::groups::check_kind(&first, g, &config)?;
+        let group = &self.groups[g];
+        let names: Vec<&'static str> = group
+            .state_idx
+            .iter()
+            .map(|&i| self.state_names[i])
+            .collect();
+        crate::groups::check_fits(g, &config, group.momentum_buffer, &names)?;
+        self.groups[g].config = config;
+        Ok(())
     }
 
     /// Parameter tensor `i`.
@@ -436,15 +679,20 @@ impl CpuOptimizer {
     /// `mu_product`, ASGD's `eta` and `mu`), each value as torch keeps it
     /// in every tensor's state after the steps taken (before the first
     /// step, the values it would start from now); empty for the other
-    /// rules.
+    /// rules. With several groups, the first group's (each group has its
+    /// own, as each of torch's tensors does).
     pub fn scalar_state(&self) -> Vec<(&'static str, f64)> {
-        scalar_state_of(&self.config, self.counters.step, &self.scalar_state)
+        scalar_state_of(
+            &self.groups[0].config,
+            self.groups[0].counters.step,
+            &self.groups[0].scalar_state,
+        )
     }
 
     /// The state tensor `name` (`exp_avg`, `momentum_buffer`, ...), packed as
     /// the parameters are.
     pub fn state_flat(&self, name: &str) -> Result<&[f32]> {
-        let i = state_index(&self.config, &self.state_names, name)?;
+        let i = state_index(&self.groups[0].config, &self.state_names, name)?;
         Ok(&self.state[i])
     }
 
@@ -512,12 +760,19 @@ impl CpuOptimizer {
     /// in eval mode.
     fn train_params(&self) -> Vec<f32> {
         let mut p = self.params.clone();
-        if self.eval && z_exists(&self.scalar_state) {
+        if !self.eval {
+            return p;
+        }
+        for group in &self.groups {
+            if !z_exists(&group.scalar_state) {
+                continue;
+            }
             if let (Ok(beta1), Ok(z)) = (
-                eval_beta1(&self.config),
-                state_index(&self.config, &self.state_names, "z"),
+                eval_beta1(&group.config),
+                state_index(&group.config, &self.state_names, "z"),
             ) {
-                crate::rules::schedulefree::switch_mode(
+                group.switch_mode(
+                    &self.layout,
                     &mut p,
                     &self.state[z],
                     crate::rules::schedulefree::mode_switch_weight(beta1, false),
@@ -525,5 +780,116 @@ impl CpuOptimizer {
             }
         }
         p
+    }
+}
+
+/// One parameter group of a [`CpuOptimizer`]: its tensors, configuration and
+/// the counters that depend on its history.
+#[derive(Clone, Debug)]
+struct Group {
+    config: Config,
+    /// Indices of its tensors in the optimizer's layout.
+    params: Vec<usize>,
+    /// The rule's scalar state after `counters.step` steps.
+    scalar_state: Vec<f64>,
+    counters: Counters,
+    /// Whether the group has a `momentum_buffer` (fixed when it was made).
+    momentum_buffer: bool,
+    /// Its state tensors (torch's for its configuration, in their order)
+    /// among the optimizer's: groups may have different ones (Adam's
+    /// `amsgrad`, RMSprop's `centered` in one group only).
+    state_idx: Vec<usize>,
+}
+
+impl Group {
+    fn new(
+        config: Config,
+        params: Vec<usize>,
+        momentum_buffer: bool,
+        state_idx: Vec<usize>,
+    ) -> Self {
+        Group {
+            scalar_state: config.scalar_state_initial(),
+            config,
+            params,
+            counters: Counters::default(),
+            momentum_buffer,
+            state_idx,
+        }
+    }
+
+    /// One step over packed tensors that are exactly this group's.
+    fn step(
+        &mut self,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        state: &mut [Vec<f32>],
+        scales: GradScales,
+    ) {
+        // PyTorch multiplies the gradients by the clip coefficient (f32)
+        // before the step; the GPU does the same inside its kernel.
+        let step = self.counters.step + 1;
+        self.config.cpu_step(
+            step,
+            self.counters.buffer_filled,
+            &self.scalar_state,
+            layout,
+            params,
+            grads,
+            state,
+            scales,
+        );
+        self.config
+            .advance_scalar_state(&mut self.scalar_state, step);
+        self.counters.advance(&self.config);
+    }
+
+    /// One step over this group's tensors of the optimizer's `layout`:
+    /// they are copied out to packed buffers, stepped, and copied back
+    /// (a group's tensors need not be adjacent). The copies cost a pass
+    /// over the group's parameters and state; the CPU backend is the
+    /// reference, and one group (the usual case) takes no copies.
+    fn step_gathered(
+        &mut self,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        state: &mut [Vec<f32>],
+        scales: GradScales,
+    ) {
+        let lengths: Vec<usize> = self.params.iter().map(|&t| layout.lengths()[t]).collect();
+        // The lengths are those of tensors already packed in `layout`.
+        let Ok(sub) = Layout::new(&lengths) else {
+            return;
+        };
+        let gather = |flat: &[f32]| -> Vec<f32> {
+            let mut v = Vec::with_capacity(sub.total());
+            for &t in &self.params {
+                v.extend_from_slice(&flat[layout.range(t)]);
+            }
+            v
+        };
+        let mut p = gather(params);
+        let g = gather(grads);
+        let mut st: Vec<Vec<f32>> = self.state_idx.iter().map(|&i| gather(&state[i])).collect();
+        self.step(&sub, &mut p, &g, &mut st, scales);
+        let scatter = |flat: &mut [f32], packed: &[f32]| {
+            for (i, &t) in self.params.iter().enumerate() {
+                flat[layout.range(t)].copy_from_slice(&packed[sub.range(i)]);
+            }
+        };
+        scatter(params, &p);
+        for (&i, src) in self.state_idx.iter().zip(&st) {
+            scatter(&mut state[i], src);
+        }
+    }
+
+    /// Schedule-free's switch between `x` and `y` over this group's tensors.
+    fn switch_mode(&self, layout: &Layout, params: &mut [f32], z: &[f32], weight: f32) {
+        for &t in &self.params {
+            let r = layout.range(t);
+            crate::rules::schedulefree::switch_mode(&mut params[r.clone()], &z[r], weight);
+        }
     }
 }

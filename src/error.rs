@@ -224,6 +224,53 @@ pub enum Error {
         /// Why the call needs them run.
         needs: &'static str,
     },
+    /// A tensor listed in two parameter groups (or twice in one), as
+    /// torch refuses it. Nothing was changed.
+    #[error("tensor {tensor} is in parameter group {first} and again in group {second}: a tensor must be in exactly one group")]
+    TensorInTwoGroups {
+        /// Index of the tensor.
+        tensor: usize,
+        /// The group it is first listed in.
+        first: usize,
+        /// The group it is listed in again.
+        second: usize,
+    },
+    /// A tensor of the optimizer's list in no parameter group. Nothing was
+    /// changed.
+    #[error("tensor {tensor} is in no parameter group: a tensor must be in exactly one group")]
+    TensorInNoGroup {
+        /// Index of the tensor.
+        tensor: usize,
+    },
+    /// A parameter group lists a tensor index beyond the tensors given.
+    #[error("parameter group {group} lists tensor {tensor}, but there are {tensors} tensors")]
+    NoSuchTensor {
+        /// The group.
+        group: usize,
+        /// The index it lists.
+        tensor: usize,
+        /// Tensors given.
+        tensors: usize,
+    },
+    /// A parameter group whose configuration is of another rule than the
+    /// optimizer's (every group is a configuration of one rule).
+    #[error("parameter group {group} is {got}, the optimizer is {expected}: every group must be of the same rule")]
+    GroupRuleMismatch {
+        /// The group.
+        group: usize,
+        /// The optimizer's rule (its first group's).
+        expected: &'static str,
+        /// The group's rule.
+        got: &'static str,
+    },
+    /// A parameter group index beyond the optimizer's groups.
+    #[error("no parameter group {group}: the optimizer has {groups}")]
+    NoSuchGroup {
+        /// The index asked for.
+        group: usize,
+        /// Groups the optimizer has.
+        groups: usize,
+    },
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

@@ -55,6 +55,7 @@ pub mod conformance;
 mod cpu;
 mod error;
 pub mod gpu;
+mod groups;
 mod layout;
 mod optimizer;
 pub mod rules;
@@ -66,6 +67,7 @@ pub use clip::ClipGradNorm;
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
+pub use groups::ParamGroup;
 pub use layout::Layout;
 pub use optimizer::Optimizer;
 pub use rules::{

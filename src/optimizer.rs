@@ -4,7 +4,8 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::clip::ClipGradNorm;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::groups::ParamGroup;
 use crate::layout::Layout;
 use crate::rules::Config;
 use crate::schedule::Scheduler;
@@ -50,12 +51,34 @@ pub trait Optimizer {
     /// bound until the outcome of the queued steps is read back).
     fn step_count(&self) -> u64;
 
-    /// Sets the learning rate from the next step on.
+    /// Sets the learning rate of every parameter group from the next step
+    /// on; on error no group changes.
     fn set_lr(&mut self, lr: f64) -> Result<()>;
 
     /// Sets the momentum (SGD, RMSprop) or `beta1` (the Adam family, LAMB)
-    /// from the next step on.
+    /// of every group from the next step on; on error no group changes.
     fn set_momentum(&mut self, momentum: f64) -> Result<()>;
+
+    /// Number of parameter groups.
+    fn group_count(&self) -> usize;
+
+    /// The parameter groups ([`ParamGroup`]: tensor indices and the
+    /// configuration in force), as torch's `param_groups`.
+    fn groups(&self) -> Vec<ParamGroup>;
+
+    /// Group `g`'s configuration in force ([`crate::Error::NoSuchGroup`]
+    /// past the last).
+    fn group_config(&self, g: usize) -> Result<&Config>;
+
+    /// Sets group `g`'s learning rate from the next step on.
+    fn set_group_lr(&mut self, g: usize, lr: f64) -> Result<()>;
+
+    /// Sets group `g`'s momentum (or `beta1`) from the next step on.
+    fn set_group_momentum(&mut self, g: usize, momentum: f64) -> Result<()>;
+
+    /// Appends a group of new tensors with its configuration (torch's
+    /// `add_param_group`); returns its index.
+    fn add_param_group(&mut self, config: Config, params: &[&[f32]]) -> Result<usize>;
 
     /// Turns global-norm gradient clipping on (`Some`) or off (`None`).
     fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()>;
@@ -116,13 +139,44 @@ impl Scheduler {
     /// negative or NaN one from a `LambdaLR` closure; a `ReduceLROnPlateau`
     /// advanced without a metric, [`Scheduler::metric_missing`]) the
     /// optimizer is unchanged.
+    ///
+    /// An optimizer of several parameter groups is
+    /// [`Error::Unsupported`]: each group must follow the schedule from its
+    /// own initial values (torch's `initial_lr` per group), not be set to
+    /// one lr for all; use one scheduler per group and
+    /// [`Scheduler::apply_to_group`].
     pub fn apply(&self, opt: &mut (impl Optimizer + ?Sized)) -> Result<()> {
+        if opt.group_count() > 1 {
+            return Err(Error::Unsupported(format!(
+                "a scheduler over {} parameter groups (one only, so far)",
+                opt.group_count()
+            )));
+        }
         self.check_metric_fed()?;
         let old = opt.config().lr();
         opt.set_lr(self.lr())?;
         if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {
             if let Err(e) = opt.set_momentum(m) {
                 opt.set_lr(old)?;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Scheduler::apply`] to parameter group `g` alone: its lr (and
+    /// momentum, when the schedule cycles it) from this scheduler, the
+    /// other groups untouched. Build one scheduler per group, each from
+    /// that group's initial values (torch's `initial_lr` per group, and a
+    /// list-valued `max_lr` or momentum's element `g`), as torch drives
+    /// each group. On error the group is unchanged.
+    pub fn apply_to_group(&self, opt: &mut (impl Optimizer + ?Sized), g: usize) -> Result<()> {
+        self.check_metric_fed()?;
+        let old = opt.group_config(g)?.lr();
+        opt.set_group_lr(g, self.lr())?;
+        if let (true, Some(m)) = (self.schedule().cycles_momentum(), self.momentum()) {
+            if let Err(e) = opt.set_group_momentum(g, m) {
+                opt.set_group_lr(g, old)?;
                 return Err(e);
             }
         }
@@ -167,6 +221,24 @@ mod backends {
         }
         fn set_momentum(&mut self, momentum: f64) -> Result<()> {
             CpuOptimizer::set_momentum(self, momentum)
+        }
+        fn group_count(&self) -> usize {
+            CpuOptimizer::group_count(self)
+        }
+        fn groups(&self) -> Vec<ParamGroup> {
+            CpuOptimizer::groups(self)
+        }
+        fn group_config(&self, g: usize) -> Result<&Config> {
+            CpuOptimizer::group_config(self, g)
+        }
+        fn set_group_lr(&mut self, g: usize, lr: f64) -> Result<()> {
+            CpuOptimizer::set_group_lr(self, g, lr)
+        }
+        fn set_group_momentum(&mut self, g: usize, momentum: f64) -> Result<()> {
+            CpuOptimizer::set_group_momentum(self, g, momentum)
+        }
+        fn add_param_group(&mut self, config: Config, params: &[&[f32]]) -> Result<usize> {
+            CpuOptimizer::add_param_group(self, config, params)
         }
         fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
             CpuOptimizer::set_clip_grad_norm(self, clip)
@@ -240,6 +312,24 @@ mod backends {
         }
         fn set_momentum(&mut self, momentum: f64) -> Result<()> {
             GpuOptimizer::set_momentum(self, momentum)
+        }
+        fn group_count(&self) -> usize {
+            GpuOptimizer::group_count(self)
+        }
+        fn groups(&self) -> Vec<ParamGroup> {
+            GpuOptimizer::groups(self)
+        }
+        fn group_config(&self, g: usize) -> Result<&Config> {
+            GpuOptimizer::group_config(self, g)
+        }
+        fn set_group_lr(&mut self, g: usize, lr: f64) -> Result<()> {
+            GpuOptimizer::set_group_lr(self, g, lr)
+        }
+        fn set_group_momentum(&mut self, g: usize, momentum: f64) -> Result<()> {
+            GpuOptimizer::set_group_momentum(self, g, momentum)
+        }
+        fn add_param_group(&mut self, config: Config, params: &[&[f32]]) -> Result<usize> {
+            GpuOptimizer::add_param_group(self, config, params)
         }
         fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
             GpuOptimizer::set_clip_grad_norm(self, clip)

@@ -47,8 +47,24 @@ fn check_all(backend: Backend<'_>) {
     let mut problems = Vec::new();
     let (mut passed, mut scheduled, mut clipped, mut lamb) = (0, 0, 0, 0);
     let (mut worst_param, mut worst_state) = (0.0f64, 0.0f64);
+    let mut grouped = 0;
     for case in &cases {
         let r = run_case(case, backend);
+        grouped += !case.groups.is_empty() as usize;
+        if !case.groups.is_empty() && matches!(backend, Backend::Gpu(_)) {
+            // The GPU takes one parameter group so far: a case of several
+            // must be refused as not supported, never run with one group's
+            // hyperparameters (the CPU runs them, below).
+            let refused = r
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("not supported yet"));
+            if r.pass || !refused {
+                problems.push(format!("{}: not refused on the GPU: {r:?}", case.name));
+            }
+            passed += 1;
+            continue;
+        }
         println!(
             "{:<48} {} param {:>8} state {:>8} {}{}",
             r.case,
@@ -96,6 +112,7 @@ fn check_all(backend: Backend<'_>) {
     );
     assert_eq!(passed, cases.len());
     assert!(passed >= 31 && scheduled >= 11 && clipped >= 2 && lamb >= 2);
+    assert!(grouped >= 4, "{grouped} cases with parameter groups");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -118,6 +118,14 @@ pub struct Checkpoint {
     pub grad_scale: f64,
     /// A learning-rate schedule's position, when one was saved.
     pub scheduler: Option<SchedulerState>,
+    /// Every parameter group (tensor indices and hyperparameters) of an
+    /// optimizer with more than one; empty for one group, whose
+    /// hyperparameters are `config`. `config`, `step`, `buffer_filled`
+    /// and `scalar_state` are then the first group's. Saving, loading and
+    /// restoring a checkpoint of several groups is not supported yet
+    /// ([`Checkpoint::validate`] answers [`Error::Unsupported`]), so that
+    /// none is restored with one group's hyperparameters for all.
+    pub groups: Vec<crate::ParamGroup>,
 }
 
 /// A [`Scheduler`] as a checkpoint keeps it: the schedule, the position,
@@ -272,6 +280,7 @@ impl Checkpoint {
             skipped_steps: 0,
             grad_scale: 1.0,
             scheduler: None,
+            groups: Vec::new(),
         })
     }
 
@@ -322,6 +331,12 @@ impl Checkpoint {
     /// be 0 with one, and must be 0 without), each as long as the
     /// parameters; parameters (if any) as long too.
     pub fn validate(&self) -> Result<()> {
+        if !self.groups.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "checkpoints of {} parameter groups (only of one, so far)",
+                self.groups.len()
+            )));
+        }
         let momentum_buffer = self.momentum_buffer();
         self.config
             .validate_with(momentum_buffer)
@@ -819,6 +834,7 @@ impl Checkpoint {
             skipped_steps: get_u64("skipped_steps")?.unwrap_or(0),
             grad_scale,
             scheduler,
+            groups: Vec::new(),
         };
         ckpt.validate()?;
         Ok(ckpt)

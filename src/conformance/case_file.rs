@@ -172,8 +172,10 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
     };
 
     // The case description.
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 13] = [
         "name",
+        "groups",
+        "lr_per_step_by_group",
         "rule",
         "hyper",
         "sizes",
@@ -212,6 +214,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
     };
     // The reference ran with every float hyperparameter rounded to f32.
     let config = hyper_to_config(&rule, &hyper, true)?;
+    let groups = parse_groups(&rule, &hyper, meta.get("groups"))?;
     let sizes: Vec<usize> = match meta.get("sizes") {
         Some(Value::Array(a)) => a
             .iter()
@@ -369,10 +372,19 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
         .map(|(s, step)| complete(step, &format!("grad.{s}")))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let expected_params = complete(expected_params, "expected.param")?;
+    // With groups, a state only some groups have (Adam's amsgrad in one)
+    // is absent for the other groups' tensors: empty there.
+    let complete_state = |v: Vec<Option<Vec<_>>>, what: &str| {
+        if groups.is_empty() {
+            complete(v, what)
+        } else {
+            Ok(v.into_iter().map(Option::unwrap_or_default).collect())
+        }
+    };
     let expected_state = expected_state
         .into_iter()
         .map(|(k, v)| {
-            let v = complete(v, &format!("expected.state.{k}"))?;
+            let v = complete_state(v, &format!("expected.state.{k}"))?;
             if atol_state.get(&k).is_none() {
                 return Err(format!("`atol_state` has no tolerance for state `{k}`"));
             }
@@ -386,7 +398,14 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
     };
     let torch_f32_state = torch_state
         .into_iter()
-        .map(|(k, v)| Ok((k.clone(), complete(v, &format!("torch_f32.state.{k}"))?)))
+        .map(|(k, v)| {
+            let v = if groups.is_empty() {
+                complete(v, &format!("torch_f32.state.{k}"))?
+            } else {
+                v.into_iter().map(Option::unwrap_or_default).collect()
+            };
+            Ok((k.clone(), v))
+        })
         .collect::<std::result::Result<BTreeMap<_, _>, String>>()?;
 
     Ok(Case {
@@ -411,5 +430,52 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
         expected_state,
         torch_f32_params,
         torch_f32_state,
+        groups,
     })
+}
+
+/// The `groups` key: each group's `tensors` and the hyperparameters that
+/// override `hyper` for them, as configurations (rounded to f32 as `hyper`
+/// is). Absent: no groups. Whether every tensor is in exactly one group is
+/// the optimizers' check.
+fn parse_groups(
+    rule: &str,
+    hyper: &Map<String, Value>,
+    groups: Option<&Value>,
+) -> std::result::Result<Vec<ParamGroup>, String> {
+    let groups = match groups {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(v) => return Err(format!("case key `groups` must be a list, got {v}")),
+    };
+    groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let Value::Object(group) = group else {
+                return Err(format!(
+                    "case key `groups[{g}]` must be an object, got {group}"
+                ));
+            };
+            let tensors = match group.get("tensors") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_u64()
+                            .and_then(|x| usize::try_from(x).ok())
+                            .ok_or_else(|| format!("`groups[{g}].tensors` holds {v}"))
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+                _ => return Err(format!("`groups[{g}]` has no `tensors` list")),
+            };
+            let mut merged = hyper.clone();
+            for (k, v) in group.iter().filter(|(k, _)| *k != "tensors") {
+                merged.insert(k.clone(), v.clone());
+            }
+            let config = hyper_to_config(rule, &merged, true)
+                .map_err(|e| format!("`groups[{g}]`: {e}"))?
+                .ok_or_else(|| format!("rule `{rule}`"))?;
+            Ok(ParamGroup::new(config, tensors))
+        })
+        .collect()
 }

@@ -46,6 +46,7 @@ use crate::schedule::{Schedule, Scheduler};
 use crate::ClipGradNorm;
 use crate::CpuOptimizer;
 use crate::Optimizer;
+use crate::ParamGroup;
 
 /// The rules a case file may name: [`crate::RuleKind::ALL`]'s names.
 pub const CASE_RULES: [&str; crate::rules::NAMES.len()] = crate::rules::NAMES;
@@ -130,6 +131,11 @@ pub struct Case {
     pub torch_f32_params: Option<Vec<Vec<f32>>>,
     /// PyTorch's own float32 final state by name, `[t]`.
     pub torch_f32_state: BTreeMap<String, Vec<Vec<f32>>>,
+    /// torch's parameter groups (`groups`), each its tensors and its
+    /// configuration (`hyper` with the group's overrides); empty when the
+    /// case has none. A state some groups lack (Adam's `amsgrad` in one
+    /// group) is empty in `expected_state` for the others' tensors.
+    pub groups: Vec<crate::ParamGroup>,
 }
 
 /// Keys of the `case` metadata object that only describe the case
@@ -168,12 +174,30 @@ impl Case {
             out.push(format!("rule `{}`", self.rule));
         }
         if let Some(schedule) = &self.schedule {
-            if let Err(e) = Schedule::from_json_map(schedule) {
+            // With groups, each group's schedule (its element of a
+            // list-valued argument).
+            if let Err(e) = self.group_schedules() {
                 let kind = schedule.get("kind").and_then(Value::as_str).unwrap_or("?");
                 out.push(format!("schedule `{kind}` ({e})"));
             }
         }
         out
+    }
+
+    /// The schedule of each parameter group (one, the case's, without
+    /// groups): each list-valued argument (CyclicLR's and OneCycleLR's
+    /// `base_lr`, `max_lr`, momenta) replaced by its element for the
+    /// group, as torch gives one value per group. Empty without a schedule.
+    pub fn group_schedules(&self) -> Result<Vec<Schedule>> {
+        let Some(map) = &self.schedule else {
+            return Ok(Vec::new());
+        };
+        match self.groups.len() {
+            0 => Ok(vec![Schedule::from_json_map(map)?]),
+            n => (0..n)
+                .map(|g| Schedule::from_json_map(&group_schedule(map, g)))
+                .collect(),
+        }
     }
 
     /// The state names the reference has (PyTorch's names), sorted.
@@ -544,22 +568,29 @@ type FinalTensors = (Vec<Vec<f32>>, BTreeMap<String, Vec<Vec<f32>>>);
 fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<FinalTensors> {
     // The case's schedule drives the lr (and momentum) through the
     // library's own `Scheduler`: the values torch recorded
-    // (`lr_per_step`) are what it must reproduce, not an input.
-    let mut scheduler = match &case.schedule {
-        Some(map) => Some(Scheduler::for_config(
-            Schedule::from_json_map(map)?,
-            config,
-        )?),
-        None => None,
-    };
+    // (`lr_per_step`) are what it must reproduce, not an input. With
+    // groups, one scheduler per group, from the group's own initial values
+    // (torch's `initial_lr`) and its element of a list-valued argument.
+    let mut schedulers = Vec::new();
+    for (g, schedule) in case.group_schedules()?.into_iter().enumerate() {
+        let config = case.groups.get(g).map_or(config, |group| &group.config);
+        schedulers.push(Scheduler::for_config(schedule, config)?);
+    }
     opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for (step, step_grads) in case.grads.iter().enumerate() {
-        if let Some(s) = &scheduler {
-            s.apply(opt)?;
+        if let [s] = schedulers.as_slice() {
+            if case.groups.is_empty() {
+                s.apply(opt)?;
+            }
+        }
+        if !case.groups.is_empty() {
+            for (g, s) in schedulers.iter().enumerate() {
+                s.apply_to_group(opt, g)?;
+            }
         }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
-        if let Some(s) = &mut scheduler {
+        for s in &mut schedulers {
             match case.metrics.get(step) {
                 Some(&metric) => s.advance_with_metric(metric)?,
                 None => s.advance(),
@@ -568,14 +599,47 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
     }
     let params = opt.read_params()?;
     let mut state = BTreeMap::new();
+    // The state of each tensor's own group: empty where the group has no
+    // such state, as the case's reference then has none.
+    let groups = opt.groups();
     for name in opt.state_names().to_vec() {
-        state.insert(name.to_string(), opt.read_state(name)?);
+        let mut tensors = opt.read_state(name)?;
+        for g in groups
+            .iter()
+            .filter(|g| !g.config.state_names().contains(&name))
+        {
+            for &t in &g.params {
+                tensors[t].clear();
+            }
+        }
+        state.insert(name.to_string(), tensors);
     }
     // One number for all tensors, compared in each as torch has it there.
     for (name, value) in opt.scalar_state()? {
         state.insert(name.to_string(), vec![vec![value as f32]; params.len()]);
     }
     Ok((params, state))
+}
+
+/// Group `g`'s schedule: each list-valued argument (CyclicLR's and
+/// OneCycleLR's `base_lr`, `max_lr`, momenta) replaced by its element `g`,
+/// as torch gives one value per group.
+fn group_schedule(map: &Map<String, Value>, g: usize) -> Map<String, Value> {
+    const PER_GROUP: [&str; 5] = [
+        "base_lr",
+        "max_lr",
+        "base_momentum",
+        "max_momentum",
+        "min_lr",
+    ];
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::Array(a) if PER_GROUP.contains(&k.as_str()) => {
+                (k.clone(), a.get(g).cloned().unwrap_or(Value::Null))
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
 }
 
 /// Runs `case` on `backend` through the public API ([`CpuOptimizer`] or
@@ -604,11 +668,17 @@ pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
         return result;
     };
     let init: Vec<&[f32]> = case.init.iter().map(Vec::as_slice).collect();
-    let outcome = match backend {
-        Backend::Cpu => CpuOptimizer::new(config.clone(), &init)
+    let outcome = match (backend, case.groups.is_empty()) {
+        (Backend::Cpu, true) => CpuOptimizer::new(config.clone(), &init)
             .and_then(|mut opt| run_steps(case, &config, &mut opt)),
-        Backend::Gpu(ctx) => GpuOptimizer::new(ctx, config.clone(), &init)
+        (Backend::Cpu, false) => CpuOptimizer::with_param_groups(&init, &case.groups)
             .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+        (Backend::Gpu(ctx), true) => GpuOptimizer::new(ctx, config.clone(), &init)
+            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+        (Backend::Gpu(ctx), false) => {
+            GpuOptimizer::with_param_groups(ctx, &init, &case.groups, crate::GpuOptions::default())
+                .and_then(|mut opt| run_steps(case, &config, &mut opt))
+        }
     };
     match outcome {
         Err(e) => result.error = Some(e.to_string()),

@@ -4,6 +4,7 @@
 
 mod chunks;
 mod context;
+mod groups;
 mod kernels;
 mod mode;
 mod optimizer;

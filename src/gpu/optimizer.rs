@@ -688,6 +688,7 @@ impl GpuOptimizer {
             skipped_steps: exact.skipped,
             grad_scale: self.grad_scale,
             scheduler: None,
+            groups: Vec::new(),
         })
     }
 

@@ -1,0 +1,492 @@
+//! Parameter groups: each group steps as an optimizer of its own tensors
+//! and hyperparameters would (bit for bit: the CPU applies the same
+//! element functions to the same values, only gathered from other places);
+//! clipping and skipping are global; every misuse is a typed error that
+//! changes nothing; the GPU takes one group and refuses more.
+
+mod common;
+
+use common::{cases, ctx, Rng};
+use wgpu_optim::{
+    Adam, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, ParamGroup, Schedule, Scheduler,
+    Sgd,
+};
+
+const LENGTHS: [usize; 4] = [5, 3, 7, 1];
+
+/// Four tensors of [`LENGTHS`].
+fn tensors(rng: &mut Rng) -> Vec<Vec<f32>> {
+    LENGTHS.iter().map(|&n| rng.vec(n)).collect()
+}
+
+fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
+    v.iter().map(Vec::as_slice).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Every rule and state variant: tensors 0 and 2 in group 0, 1 and 3 in
+/// group 1 (of another state variant where there is one) at half the lr,
+/// interleaved; after 6 steps every parameter and
+/// state element equals, to the bit, that of two optimizers over each
+/// group's tensors alone.
+#[test]
+fn each_group_steps_as_its_own_optimizer() {
+    let mut checked = 0;
+    for row in cases::table() {
+        for input in cases::variants(row.rule) {
+            let mut rng = Rng(17);
+            let p = tensors(&mut rng);
+            // Group 1 is of another state variant where the rule has one
+            // (amsgrad, centered, a momentum): each group keeps torch's
+            // state of its own.
+            let variants = cases::variants(row.rule);
+            let other = variants
+                .iter()
+                .find(|v| v.config.state_names() != input.config.state_names())
+                .map_or(input.config.clone(), |v| v.config.clone());
+            let groups = [
+                ParamGroup::new(input.config.clone(), vec![0, 2]),
+                ParamGroup::new(other.clone(), vec![1, 3]),
+            ];
+            let mut opt = CpuOptimizer::with_param_groups(&refs(&p), &groups)
+                .unwrap_or_else(|e| panic!("{}: {e}", input.desc));
+            let lr1 = other.lr() * 0.5;
+            opt.set_group_lr(1, lr1).unwrap();
+            let mut a = CpuOptimizer::new(input.config.clone(), &[&p[0], &p[2]]).unwrap();
+            let mut b = CpuOptimizer::new(other.clone(), &[&p[1], &p[3]]).unwrap();
+            b.set_lr(lr1).unwrap();
+            for _ in 0..6 {
+                let g = tensors(&mut rng);
+                opt.step(&refs(&g)).unwrap();
+                a.step(&[&g[0], &g[2]]).unwrap();
+                b.step(&[&g[1], &g[3]]).unwrap();
+            }
+            let d = &input.desc;
+            for (t, (o, i)) in [(0, (&a, 0)), (2, (&a, 1)), (1, (&b, 0)), (3, (&b, 1))] {
+                assert_eq!(bits(opt.param(t)), bits(o.param(i)), "{d}: param {t}");
+                for name in o.state_names() {
+                    assert_eq!(
+                        bits(opt.state(name).unwrap()[t]),
+                        bits(o.state(name).unwrap()[i]),
+                        "{d}: {name} of tensor {t}"
+                    );
+                }
+            }
+            assert_eq!(opt.group_config(1).unwrap().lr(), lr1, "{d}");
+            assert_eq!(opt.group_config(0).unwrap().lr(), input.config.lr(), "{d}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16, "only {checked} configurations ran");
+}
+
+/// Clipping and skipping cover every group: two groups of equal
+/// hyperparameters step exactly as one group does, the total norm (and so
+/// the clip coefficient) taken over all tensors, and a NaN in group 1's
+/// gradients skips group 0's step too.
+#[test]
+fn clipping_and_skipping_are_global() {
+    for input in cases::clipping() {
+        let mut rng = Rng(5);
+        let p = tensors(&mut rng);
+        let groups = [
+            ParamGroup::new(input.config.clone(), vec![3, 0]),
+            ParamGroup::new(input.config.clone(), vec![1, 2]),
+        ];
+        let mut two = CpuOptimizer::with_param_groups(&refs(&p), &groups).unwrap();
+        let mut one = CpuOptimizer::new(input.config.clone(), &refs(&p)).unwrap();
+        for opt in [&mut two, &mut one] {
+            opt.set_clip_grad_norm(input.clip).unwrap();
+            opt.set_skip_nonfinite(true);
+        }
+        for step in 0..5 {
+            let mut g: Vec<Vec<f32>> = LENGTHS.iter().map(|&n| rng.vec_scaled(n, 4.0)).collect();
+            if step == 2 {
+                g[1][0] = f32::NAN;
+            }
+            two.step(&refs(&g)).unwrap();
+            one.step(&refs(&g)).unwrap();
+            assert_eq!(
+                two.last_grad_norm().map(f32::to_bits),
+                one.last_grad_norm().map(f32::to_bits),
+                "{}",
+                input.desc
+            );
+        }
+        assert_eq!(two.skipped_steps(), 1, "{}", input.desc);
+        assert_eq!(two.step_count(), 4, "{}", input.desc);
+        assert_eq!(
+            bits(two.params_flat()),
+            bits(one.params_flat()),
+            "{}",
+            input.desc
+        );
+    }
+}
+
+/// torch's form (one tensor list per group) numbers the tensors in group
+/// order, and `add_param_group` appends a group that starts from step 0
+/// with fresh state while the others go on.
+#[test]
+fn torch_form_and_add_param_group() {
+    let base = Adam {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Adam::default()
+    };
+    let no_decay = Adam {
+        weight_decay: 0.0,
+        ..base
+    };
+    let (w, b, e) = (vec![1.0f32, -2.0], vec![0.5f32], vec![3.0f32; 3]);
+    let mut opt = CpuOptimizer::with_groups(&[
+        (Config::from(base.clone()), &[&w[..]][..]),
+        (Config::from(no_decay.clone()), &[&b[..]][..]),
+    ])
+    .unwrap();
+    assert_eq!(
+        opt.groups(),
+        vec![
+            ParamGroup::new(base.clone(), vec![0]),
+            ParamGroup::new(no_decay.clone(), vec![1])
+        ]
+    );
+    let mut ref_w = CpuOptimizer::new(base.clone(), &[&w]).unwrap();
+    let mut ref_b = CpuOptimizer::new(no_decay.clone(), &[&b]).unwrap();
+    let emb = Adam {
+        betas: (0.5, 0.9),
+        ..no_decay
+    };
+    let mut ref_e = CpuOptimizer::new(emb.clone(), &[&e]).unwrap();
+    let mut rng = Rng(3);
+    for step in 0..6 {
+        if step == 3 {
+            assert_eq!(opt.add_param_group(emb.clone(), &[&e]).unwrap(), 2);
+            assert_eq!(opt.groups()[2].params, vec![2]);
+        }
+        let g = [rng.vec(2), rng.vec(1), rng.vec(3)];
+        let n = opt.layout().len();
+        opt.step(&refs(&g[..n])).unwrap();
+        ref_w.step(&[&g[0]]).unwrap();
+        ref_b.step(&[&g[1]]).unwrap();
+        if step >= 3 {
+            ref_e.step(&[&g[2]]).unwrap();
+        }
+    }
+    assert_eq!(bits(opt.param(0)), bits(ref_w.param(0)));
+    assert_eq!(bits(opt.param(1)), bits(ref_b.param(0)));
+    assert_eq!(bits(opt.param(2)), bits(ref_e.param(0)));
+    assert_eq!(
+        bits(opt.state("exp_avg_sq").unwrap()[2]),
+        bits(ref_e.state("exp_avg_sq").unwrap()[0])
+    );
+    assert_eq!(opt.step_count(), 6);
+}
+
+/// Each group's state starts from its own configuration (Adagrad's
+/// `initial_accumulator_value`), in the constructor and in `add_param_group`.
+#[test]
+fn state_starts_from_each_groups_configuration() {
+    let a = wgpu_optim::Adagrad {
+        initial_accumulator_value: 0.5,
+        ..Default::default()
+    };
+    let b = wgpu_optim::Adagrad {
+        initial_accumulator_value: 2.0,
+        ..a
+    };
+    let mut opt = CpuOptimizer::with_param_groups(
+        &[&[1.0], &[1.0]],
+        &[
+            ParamGroup::new(a.clone(), vec![1]),
+            ParamGroup::new(b, vec![0]),
+        ],
+    )
+    .unwrap();
+    opt.add_param_group(a, &[&[1.0, 1.0]]).unwrap();
+    let sum = opt.state("sum").unwrap();
+    assert_eq!(sum, vec![&[2.0f32][..], &[0.5], &[0.5, 0.5]]);
+}
+
+/// A snapshot of everything a failed call must leave as it was.
+fn snapshot(opt: &CpuOptimizer) -> (Vec<ParamGroup>, Vec<f32>, Vec<Vec<f32>>, Vec<usize>) {
+    let state = opt
+        .state_names()
+        .iter()
+        .map(|n| opt.state_flat(n).unwrap().to_vec())
+        .collect();
+    (
+        opt.groups(),
+        opt.params_flat().to_vec(),
+        state,
+        opt.layout().lengths().to_vec(),
+    )
+}
+
+#[test]
+fn misuse_is_a_typed_error_and_changes_nothing() {
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        ..Sgd::default()
+    };
+    let p: [&[f32]; 3] = [&[1.0], &[2.0, 3.0], &[4.0]];
+    let build = |groups: &[ParamGroup]| CpuOptimizer::with_param_groups(&p, groups).map(|_| ());
+    let g = |c: Config, t: &[usize]| ParamGroup::new(c, t.to_vec());
+    let c = Config::from(sgd.clone());
+    assert_eq!(
+        build(&[g(c.clone(), &[0, 1]), g(c.clone(), &[1, 2])]),
+        Err(Error::TensorInTwoGroups {
+            tensor: 1,
+            first: 0,
+            second: 1
+        })
+    );
+    assert_eq!(
+        build(&[g(c.clone(), &[0, 0, 1, 2])]),
+        Err(Error::TensorInTwoGroups {
+            tensor: 0,
+            first: 0,
+            second: 0
+        })
+    );
+    assert_eq!(
+        build(&[g(c.clone(), &[0]), g(c.clone(), &[2])]),
+        Err(Error::TensorInNoGroup { tensor: 1 })
+    );
+    assert_eq!(
+        build(&[g(c.clone(), &[0, 1, 2, 3])]),
+        Err(Error::NoSuchTensor {
+            group: 0,
+            tensor: 3,
+            tensors: 3
+        })
+    );
+    assert_eq!(
+        build(&[g(c.clone(), &[0, 1]), g(Adam::default().into(), &[2])]),
+        Err(Error::GroupRuleMismatch {
+            group: 1,
+            expected: "sgd",
+            got: "adam"
+        })
+    );
+    assert_eq!(build(&[]), Err(Error::EmptyParameterList));
+    assert!(matches!(
+        build(&[
+            g(c.clone(), &[0, 1]),
+            g(Sgd { lr: -1.0, ..sgd }.into(), &[2])
+        ]),
+        Err(Error::InvalidHyperparameter { name: "lr", .. })
+    ));
+
+    // On a built optimizer: nothing changes on any refusal.
+    let mut opt = CpuOptimizer::with_param_groups(
+        &p,
+        &[
+            g(c.clone(), &[0, 2]),
+            g(Sgd { lr: 0.2, ..sgd }.into(), &[1]),
+        ],
+    )
+    .unwrap();
+    opt.step(&[&[1.0], &[1.0, 1.0], &[1.0]]).unwrap();
+    let before = snapshot(&opt);
+    assert_eq!(
+        opt.set_group_lr(2, 0.1),
+        Err(Error::NoSuchGroup {
+            group: 2,
+            groups: 2
+        })
+    );
+    assert!(opt.group_config(2).is_err());
+    assert!(opt.set_group_lr(1, f64::NAN).is_err());
+    assert!(opt.set_group_momentum(0, -1.0).is_err());
+    assert!(opt.set_lr(-0.5).is_err());
+    assert!(opt.add_param_group(Adam::default(), &[&[1.0]]).is_err());
+    assert!(opt
+        .add_param_group(Sgd { lr: -1.0, ..sgd }, &[&[1.0]])
+        .is_err());
+    assert!(opt.set_group_config(0, Adam::default()).is_err());
+    assert_eq!(snapshot(&opt), before);
+
+    // set_lr and set_momentum reach every group.
+    opt.set_lr(0.05).unwrap();
+    opt.set_momentum(0.5).unwrap();
+    for c in opt.groups() {
+        assert_eq!(c.config.lr(), 0.05);
+        assert_eq!(c.config.momentum(), Some(0.5));
+    }
+    // A group keeps the state it was made with.
+    let amsgrad = Adam {
+        amsgrad: true,
+        ..Adam::default()
+    };
+    let mut adam = CpuOptimizer::new(Adam::default(), &[&[1.0]]).unwrap();
+    assert!(matches!(
+        adam.set_group_config(0, amsgrad),
+        Err(Error::InvalidOptions(_))
+    ));
+    assert!(!adam
+        .group_config(0)
+        .unwrap()
+        .state_names()
+        .contains(&"max_exp_avg_sq"));
+}
+
+/// What does not take several groups yet says so: checkpoints (saved or
+/// restored) and schedulers; the GPU builds one group and refuses two.
+#[test]
+fn not_yet_supported_is_refused() {
+    let sgd = Sgd {
+        lr: 0.1,
+        ..Sgd::default()
+    };
+    let p: [&[f32]; 2] = [&[1.0], &[2.0]];
+    let groups = [
+        ParamGroup::new(sgd.clone(), vec![0]),
+        ParamGroup::new(sgd.clone(), vec![1]),
+    ];
+    let mut opt = CpuOptimizer::with_param_groups(&p, &groups).unwrap();
+    let ckpt = opt.checkpoint();
+    assert_eq!(ckpt.groups, groups.to_vec());
+    assert!(matches!(ckpt.to_bytes(), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        CpuOptimizer::from_checkpoint(&ckpt),
+        Err(Error::Unsupported(_))
+    ));
+    let single = CpuOptimizer::new(sgd.clone(), &p).unwrap().checkpoint();
+    assert!(single.groups.is_empty());
+    assert!(matches!(
+        opt.load_checkpoint(&single),
+        Err(Error::Unsupported(_))
+    ));
+    let sched = Scheduler::new(Schedule::Constant, 0.1, None).unwrap();
+    assert!(matches!(sched.apply(&mut opt), Err(Error::Unsupported(_))));
+
+    let ctx = ctx();
+    let gpu = GpuOptimizer::with_param_groups(ctx, &p, &groups, GpuOptions::default());
+    assert!(matches!(gpu, Err(Error::Unsupported(_))));
+    // The groups are checked first: the same errors as the CPU's.
+    let bad = [
+        ParamGroup::new(sgd.clone(), vec![0, 1]),
+        ParamGroup::new(sgd.clone(), vec![1]),
+    ];
+    assert!(matches!(
+        GpuOptimizer::with_param_groups(ctx, &p, &bad, GpuOptions::default()),
+        Err(Error::TensorInTwoGroups { .. })
+    ));
+    let mut gpu = GpuOptimizer::with_groups(
+        ctx,
+        &[(Config::from(sgd.clone()), &p[..])],
+        GpuOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(gpu.group_count(), 1);
+    assert_eq!(gpu.groups(), vec![ParamGroup::new(sgd.clone(), vec![0, 1])]);
+    gpu.set_group_lr(0, 0.5).unwrap();
+    assert_eq!(gpu.group_config(0).unwrap().lr(), 0.5);
+    assert!(matches!(
+        gpu.set_group_lr(1, 0.5),
+        Err(Error::NoSuchGroup { .. })
+    ));
+    assert!(matches!(
+        gpu.add_param_group(sgd.clone(), &[&[1.0]]),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        gpu.add_param_group(Adam::default(), &[&[1.0]]),
+        Err(Error::GroupRuleMismatch { .. })
+    ));
+    assert_eq!(gpu.layout().len(), 2);
+}
+
+/// The README's "Parameter groups" block, line for line (its check below;
+/// rustfmt would rewrap the README's lines).
+#[test]
+#[rustfmt::skip]
+fn readme_parameter_groups() -> Result<(), Error> {
+    use wgpu_optim::{AdamW, Config, CpuOptimizer, Error, ParamGroup};
+    let (w, b) = (vec![0.5f32; 6], vec![0.1f32; 2]);
+    let base = AdamW { lr: 1e-3, weight_decay: 0.01, ..AdamW::default() };
+    let no_decay = AdamW { weight_decay: 0.0, ..base.clone() };
+    let mut opt = CpuOptimizer::with_groups(&[
+        (Config::from(base.clone()), &[&w[..]][..]),
+        (Config::from(no_decay), &[&b[..]][..]),
+    ])?;
+    opt.step(&[&[0.1; 6], &[0.2; 2]])?;
+    opt.set_group_lr(1, 5e-4)?; // one group
+    opt.set_lr(2e-3)?; // every group
+    let emb = vec![0.0f32; 4];
+    let g = opt.add_param_group(AdamW { betas: (0.5, 0.9), ..base.clone() }, &[&emb])?;
+    assert_eq!((g, opt.group_count(), opt.groups()[2].params.clone()), (2, 3, vec![2]));
+    // A tensor in two groups (or in none) is refused, nothing built.
+    let two = [ParamGroup::new(base.clone(), vec![0, 1]), ParamGroup::new(base, vec![1])];
+    assert!(matches!(
+        CpuOptimizer::with_param_groups(&[&w, &b], &two),
+        Err(Error::TensorInTwoGroups { tensor: 1, first: 0, second: 1 })
+    ));
+    Ok(())
+}
+
+/// The README's "Parameter groups" block is, line for line (indentation
+/// aside), in [`readme_parameter_groups`].
+#[test]
+fn readme_block_is_the_test() {
+    let readme = include_str!("../README.md");
+    let at = readme
+        .find("\n## Parameter groups")
+        .expect("README section");
+    let start = readme[at..].find("```rust\n").expect("a rust block") + at + 8;
+    let end = readme[start..].find("```").expect("closed") + start;
+    let lines: Vec<&str> = readme[start..end].lines().map(str::trim).collect();
+    let this: Vec<&str> = include_str!("groups.rs").lines().map(str::trim).collect();
+    assert!(lines.len() > 10);
+    assert!(
+        this.windows(lines.len()).any(|w| w == lines.as_slice()),
+        "the README block is not in tests/groups.rs"
+    );
+}
+
+/// The golden cases of several groups: one scheduler per group, each from
+/// the group's own initial lr (and its element of a list-valued `max_lr`),
+/// gives the lr torch had in force in that group at every step
+/// (`lr_per_step_by_group`). Bound: torch computes these in f64 with the
+/// same formulas; 1e-12 relative leaves room only for a different order of
+/// the same operations.
+#[test]
+fn golden_group_schedules_give_torchs_lr_per_group() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/golden/cases");
+    let mut checked = 0;
+    for path in wgpu_optim::conformance::expand_paths(&[dir]).unwrap() {
+        let case = wgpu_optim::conformance::Case::load(&path).unwrap();
+        if case.groups.is_empty() || case.schedule.is_none() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&meta.metadata().as_ref().unwrap()["case"]).unwrap();
+        let by_group = meta["lr_per_step_by_group"].as_array().expect("by group");
+        let schedules = case.group_schedules().unwrap();
+        assert_eq!(schedules.len(), case.groups.len());
+        for (g, schedule) in schedules.into_iter().enumerate() {
+            let mut s = Scheduler::for_config(schedule, &case.groups[g].config).unwrap();
+            let want = by_group[g].as_array().unwrap();
+            assert_eq!(want.len(), case.steps);
+            for (step, w) in want.iter().enumerate() {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (s.lr() - w).abs() <= 1e-12 * w.abs(),
+                    "{}: group {g} step {step}: ours {}, torch {w}",
+                    case.name,
+                    s.lr()
+                );
+                s.advance();
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} scheduled groups");
+}
