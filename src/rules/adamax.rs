@@ -280,27 +280,20 @@ mod tests {
             let mut p: Vec<f32> = (0..n).map(|i| pick(i, 13)).collect();
             let mut st = init.clone();
             let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
-            if dispatched {
-                step_slice(
-                    &s,
-                    entry[0],
-                    &adamax,
-                    &mut p,
-                    &grads,
-                    GradScales::default(),
-                    &mut views,
-                );
+            let step = if dispatched {
+                step_slice
             } else {
-                step_slice_impl(
-                    &s,
-                    entry[0],
-                    &adamax,
-                    &mut p,
-                    &grads,
-                    GradScales::default(),
-                    &mut views,
-                );
-            }
+                step_slice_impl
+            };
+            step(
+                &s,
+                entry[0],
+                &adamax,
+                &mut p,
+                &grads,
+                GradScales::default(),
+                &mut views,
+            );
             let mut bits: Vec<u32> = p.iter().map(|x| x.to_bits()).collect();
             for v in &st {
                 bits.extend(v.iter().map(|x| x.to_bits()));

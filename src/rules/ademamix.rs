@@ -489,27 +489,20 @@ mod tests {
                     (0..n).map(|i| pick(i, 2).abs()).collect(),
                 ];
                 let mut views: Vec<&mut [f32]> = st.iter_mut().map(|v| v.as_mut_slice()).collect();
-                if dispatched {
-                    step_slice(
-                        &s,
-                        entry,
-                        &c,
-                        &mut p,
-                        &grads,
-                        GradScales::default(),
-                        &mut views,
-                    );
+                let step = if dispatched {
+                    step_slice
                 } else {
-                    step_slice_impl(
-                        &s,
-                        entry,
-                        &c,
-                        &mut p,
-                        &grads,
-                        GradScales::default(),
-                        &mut views,
-                    );
-                }
+                    step_slice_impl
+                };
+                step(
+                    &s,
+                    entry,
+                    &c,
+                    &mut p,
+                    &grads,
+                    GradScales::default(),
+                    &mut views,
+                );
                 let mut bits: Vec<u32> = p.iter().map(|x| canonical_bits(*x)).collect();
                 for v in &st {
                     bits.extend(v.iter().map(|x| canonical_bits(*x)));

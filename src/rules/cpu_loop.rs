@@ -146,7 +146,8 @@ pub(crate) fn clamp(x: f32, min: f32, max: f32) -> f32 {
 }
 
 /// The loop of an element-wise rule: `$body` once per element, with `$p`
-/// the parameter (`&mut f32`), `$g` the gradient (`f32`) and each state
+/// the parameter (`&mut f32`), `$g` the gradient multiplied by `$scales`
+/// (an `f32`, [`GradScales::apply`]) and each state
 /// tensor of `$states` (a `&mut [&mut [f32]]` in the rule's state order)
 /// named as its element (`&mut f32`), all in lockstep. Iterators, not
 /// indices: no bounds checks in the loop, so it vectorizes. `$rule` names

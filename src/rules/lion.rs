@@ -331,11 +331,12 @@ mod tests {
             let mut p: Vec<f32> = (0..n).map(|i| pick(i, 13)).collect();
             let mut m: Vec<f32> = (0..n).map(|i| pick(i, 5)).collect();
             let mut views: Vec<&mut [f32]> = vec![m.as_mut_slice()];
-            if dispatched {
-                step_slice(&s, true, &mut p, &grads, GradScales::default(), &mut views);
+            let step = if dispatched {
+                step_slice
             } else {
-                step_slice_impl(&s, true, &mut p, &grads, GradScales::default(), &mut views);
-            }
+                step_slice_impl
+            };
+            step(&s, true, &mut p, &grads, GradScales::default(), &mut views);
             let mut bits: Vec<u32> = p.iter().map(|x| canonical_bits(*x)).collect();
             bits.extend(m.iter().map(|x| canonical_bits(*x)));
             bits
