@@ -5,6 +5,7 @@ use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
 use crate::layout::{Counters, Layout};
+use crate::optimizer::CombineTensorSums;
 use crate::rules::{inverse_grad_scale, Config, GradScales};
 
 /// An optimizer whose parameters and state live in host memory.
@@ -111,6 +112,48 @@ impl CpuOptimizer {
     /// or an infinity is skipped (`Ok`, nothing changes, the skip counted);
     /// otherwise a non-finite norm with `error_if_nonfinite` is refused.
     pub fn step_flat(&mut self, grads: &[f32]) -> Result<()> {
+        self.step_flat_combining(grads, None)
+    }
+
+    /// A LAMB step whose trust ratios come from per-tensor sums that
+    /// `combine` may change: between the pass that moves the moments and
+    /// the one that moves the parameters, `combine` gets each tensor's
+    /// `[Σθ², Σu²]` (f64; `u` the update direction) and may replace them
+    /// (the sharded optimizer adds the parts of a tensor that other ranks
+    /// hold). Otherwise as [`CpuOptimizer::step`]. Rules other than LAMB,
+    /// several parameter groups, and an optimizer with its own clipping or
+    /// non-finite skip (either could end the step before `combine`, which
+    /// other ranks wait on; the sharded optimizer does both itself) are
+    /// [`Error::Unsupported`] (nothing changes); when `combine` fails, its
+    /// error is returned with the moments stepped and the parameters and
+    /// step count not: restore a checkpoint.
+    pub fn step_combining_tensor_sums(
+        &mut self,
+        grads: &[&[f32]],
+        combine: &mut CombineTensorSums<'_>,
+    ) -> Result<()> {
+        if self.clip.is_some() || self.skip_nonfinite {
+            return Err(Error::Unsupported(
+                "per-tensor sums combined in a step with the optimizer's own clipping or non-finite skip".into(),
+            ));
+        }
+        if !matches!(self.groups[0].config, Config::Lamb(_)) || self.groups.len() != 1 {
+            return Err(Error::Unsupported(format!(
+                "per-tensor sums combined in a step of {} over {} parameter group(s) (LAMB over one group only)",
+                self.groups[0].config.kind().name(),
+                self.groups.len()
+            )));
+        }
+        self.layout.check(grads)?;
+        let flat: Vec<f32> = grads.iter().flat_map(|t| t.iter().copied()).collect();
+        self.step_flat_combining(&flat, Some(combine))
+    }
+
+    fn step_flat_combining(
+        &mut self,
+        grads: &[f32],
+        combine: Option<&mut CombineTensorSums<'_>>,
+    ) -> Result<()> {
         self.layout.check_flat(grads)?;
         if self.eval {
             return Err(Error::EvalMode {
@@ -153,6 +196,16 @@ impl CpuOptimizer {
         self.last_skipped = false;
         // PyTorch multiplies the gradients by the clip coefficient (f32)
         // before the step; the GPU does the same inside its kernel.
+        if let (Some(combine), [group]) = (combine, self.groups.as_mut_slice()) {
+            return group.step_lamb_combining(
+                &self.layout,
+                &mut self.params,
+                grads,
+                &mut self.state,
+                scales,
+                combine,
+            );
+        }
         if let [group] = self.groups.as_mut_slice() {
             // One group holds every tensor, packed: no copies.
             group.step(
@@ -843,6 +896,42 @@ impl Group {
         self.config
             .advance_scalar_state(&mut self.scalar_state, step);
         self.counters.advance(&self.config);
+    }
+
+    /// [`Group::step`] for a LAMB group whose per-tensor sums pass
+    /// through `combine` ([`CpuOptimizer::step_combining_tensor_sums`]).
+    fn step_lamb_combining(
+        &mut self,
+        layout: &Layout,
+        params: &mut [f32],
+        grads: &[f32],
+        state: &mut [Vec<f32>],
+        scales: GradScales,
+        combine: &mut CombineTensorSums<'_>,
+    ) -> Result<()> {
+        let Config::Lamb(c) = &self.config else {
+            return Err(Error::Unsupported(
+                "per-tensor sums combined in a step of a rule other than LAMB".into(),
+            ));
+        };
+        let step = self.counters.step + 1;
+        let entry = self.config.step_entry(step, &self.scalar_state);
+        let s = crate::rules::Rule::scalars(c, self.counters.buffer_filled);
+        crate::rules::lamb::cpu_step(
+            &s,
+            (entry[0], entry[1]),
+            c,
+            layout,
+            params,
+            grads,
+            state,
+            scales,
+            combine,
+        )?;
+        self.config
+            .advance_scalar_state(&mut self.scalar_state, step);
+        self.counters.advance(&self.config);
+        Ok(())
     }
 
     /// One step over this group's tensors of the optimizer's `layout`:

@@ -69,7 +69,7 @@ pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use groups::ParamGroup;
 pub use layout::Layout;
-pub use optimizer::Optimizer;
+pub use optimizer::{CombineTensorSums, Optimizer};
 pub use rules::{
     AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, Lamb, Lion,
     NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,

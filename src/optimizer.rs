@@ -10,6 +10,10 @@ use crate::layout::Layout;
 use crate::rules::Config;
 use crate::schedule::Scheduler;
 
+/// What [`Optimizer::step_combining_tensor_sums`] calls between LAMB's
+/// passes with each tensor's `[Σθ², Σu²]`, to replace them.
+pub type CombineTensorSums<'a> = dyn FnMut(&mut [[f64; 2]]) -> Result<()> + 'a;
+
 /// An optimizer over packed tensors, on any backend ([`crate::CpuOptimizer`],
 /// [`crate::GpuOptimizer`]).
 ///
@@ -36,6 +40,29 @@ pub trait Optimizer {
     /// One step with one gradient per parameter tensor; lengths are checked
     /// first and on error nothing changes.
     fn step(&mut self, grads: &[&[f32]]) -> Result<()>;
+
+    /// A LAMB step whose per-tensor `[Σθ², Σu²]` pass through `combine`
+    /// before the trust ratios are taken, as
+    /// [`crate::CpuOptimizer::step_combining_tensor_sums`]; what the sharded
+    /// optimizer steps LAMB with. Backends without it (the GPU, so far)
+    /// return [`crate::Error::Unsupported`] and change nothing.
+    fn step_combining_tensor_sums(
+        &mut self,
+        grads: &[&[f32]],
+        combine: &mut CombineTensorSums<'_>,
+    ) -> Result<()> {
+        let _ = (grads, combine);
+        Err(crate::Error::Unsupported(format!(
+            "per-tensor sums combined in a {} step on this backend (the CPU optimizer has it)",
+            self.config().kind().name()
+        )))
+    }
+
+    /// Whether [`Optimizer::step_combining_tensor_sums`] can step this
+    /// optimizer.
+    fn combines_tensor_sums(&self) -> bool {
+        false
+    }
 
     /// The rule and hyperparameters in force.
     fn config(&self) -> &Config;
@@ -203,6 +230,19 @@ mod backends {
     impl Optimizer for CpuOptimizer {
         fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
             CpuOptimizer::step(self, grads)
+        }
+        fn step_combining_tensor_sums(
+            &mut self,
+            grads: &[&[f32]],
+            combine: &mut CombineTensorSums<'_>,
+        ) -> Result<()> {
+            CpuOptimizer::step_combining_tensor_sums(self, grads, combine)
+        }
+        fn combines_tensor_sums(&self) -> bool {
+            self.group_count() == 1
+                && matches!(self.config(), Config::Lamb(_))
+                && self.clip_grad_norm().is_none()
+                && !self.skip_nonfinite()
         }
         fn config(&self) -> &Config {
             CpuOptimizer::config(self)

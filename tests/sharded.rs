@@ -220,6 +220,41 @@ fn checks(world: &SimpleCommunicator) {
         }
     }
 
+    // LAMB: the per-tensor norms all-reduced over MPI. The moments match
+    // bit for bit (they do not depend on the norms); the parameters within
+    // the bound the module docs give for tensors cut by a shard boundary
+    // (1e-6 relative on each step's update; here the tensors are under one
+    // block of 256, so the sums are f64 throughout and only their order
+    // differs).
+    let lamb = rule(RuleKind::Lamb);
+    let mut opt = cpu_sharded(
+        MpiCollective::new(world.duplicate()),
+        &lamb,
+        GradReduce::Sum,
+    );
+    for s in 0..4 {
+        opt.step(&refs(&rank_grads(rank, s))).unwrap();
+    }
+    let want = single(&lamb, n, 4, GradReduce::Sum, |_| {}).checkpoint();
+    let got = opt.checkpoint().unwrap();
+    for ((name, a), (_, b)) in got.state.iter().zip(&want.state) {
+        assert_eq!(bits(a), bits(b), "lamb np {n}: state {name}");
+    }
+    let (p0, a, b) = (
+        params().concat(),
+        got.params.as_ref().unwrap(),
+        want.params.as_ref().unwrap(),
+    );
+    for i in 0..a.len() {
+        let bound = 2e-6 * (b[i] - p0[i]).abs() + 4.0 * f32::EPSILON * b[i].abs();
+        assert!(
+            (a[i] - b[i]).abs() <= bound,
+            "lamb np {n}: element {i}: {} vs {}",
+            a[i],
+            b[i]
+        );
+    }
+
     // Global clipping (every step clipped: norms are far above 0.5), the
     // loss scale and the skip.
     let adam = rule(RuleKind::Adam);

@@ -231,7 +231,7 @@ impl Rule for Lamb {
         scales: GradScales,
     ) {
         let bias_corrections = (entry[0], entry[1]);
-        cpu_step(
+        let Ok(()) = cpu_step::<std::convert::Infallible>(
             s,
             bias_corrections,
             self,
@@ -240,7 +240,8 @@ impl Rule for Lamb {
             grads,
             states,
             scales,
-        )
+            &mut |_| Ok(()),
+        );
     }
 
     fn to_torch(&self) -> Map<String, Value> {
@@ -304,6 +305,9 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
     r
 }
 
+/// Replaces each tensor's `[Σθ², Σu²]` between LAMB's passes.
+pub(crate) type SumsHook<'a, E> = dyn FnMut(&mut [[f64; 2]]) -> std::result::Result<(), E> + 'a;
+
 /// One LAMB step on the CPU over the packed tensors of `layout`, with the
 /// bias corrections `bc` (`1 − β1ᵗ`, `1 − β2ᵗ`); `scales` multiply every
 /// gradient first (loss scale, global-norm clipping).
@@ -314,8 +318,12 @@ pub(crate) fn trust_ratio(s: &LambScalars, param_sq: f32, update_sq: f32) -> f32
 /// chunks' sums of each tensor are then added in order, so the trust ratio
 /// does not depend on the number of threads; the second applies
 /// `θ ← θ − lr·ratio·u`.
+///
+/// Between the passes, `combine` may replace each tensor's `[Σθ², Σu²]`
+/// (the sharded optimizer adds the other ranks' parts of a tensor there);
+/// when it fails, the moments have moved and the parameters have not.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn cpu_step(
+pub(crate) fn cpu_step<E>(
     s: &LambScalars,
     bc: (f32, f32),
     c: &Lamb,
@@ -324,7 +332,8 @@ pub(crate) fn cpu_step(
     grads: &[f32],
     states: &mut [Vec<f32>],
     scales: GradScales,
-) {
+    combine: &mut SumsHook<'_, E>,
+) -> std::result::Result<(), E> {
     use rayon::prelude::*;
     let [exp_avg, exp_avg_sq] = states else {
         unreachable!("lamb has two state tensors")
@@ -370,6 +379,7 @@ pub(crate) fn cpu_step(
         norms[*t][0] += ps;
         norms[*t][1] += us;
     }
+    combine(&mut norms)?;
     let steps: Vec<f32> = norms
         .iter()
         .map(|[ps, us]| s.lr * trust_ratio(s, *ps as f32, *us as f32))
@@ -380,6 +390,7 @@ pub(crate) fn cpu_step(
     } else {
         chunks.iter_mut().for_each(apply);
     }
+    Ok(())
 }
 
 /// The moments of one chunk, and the sums of `θ²` and `u²` over it (`u`
@@ -557,7 +568,7 @@ mod tests {
             let (mut p, mut st) = (init.clone(), vec![vec![0.01f32; n], vec![0.02f32; n]]);
             pool.install(|| {
                 for _ in 0..2 {
-                    cpu_step(
+                    let Ok(()) = cpu_step::<std::convert::Infallible>(
                         &s,
                         bc,
                         &lamb,
@@ -566,6 +577,7 @@ mod tests {
                         &grads,
                         &mut st,
                         GradScales::default(),
+                        &mut |_| Ok(()),
                     );
                 }
             });

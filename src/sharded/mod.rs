@@ -27,8 +27,20 @@
 //! their shards' pieces of those chunks, so the f64 sums associate
 //! differently (a relative difference of order 1e-16), which after rounding
 //! to the f32 norm can move it by one ulp (a relative 6e-8) in rare cases,
-//! and the clip coefficient with it. LAMB, whose trust ratio needs the norm
-//! of each whole tensor, is refused ([`Error::Unsupported`]) for now.
+//! and the clip coefficient with it.
+//!
+//! LAMB's trust ratio needs the norms of each whole tensor: between its
+//! two passes each rank's per-tensor sums of `θ²` and `u²` (f64, two a
+//! tensor) are all-gathered and added in rank order
+//! ([`Optimizer::step_combining_tensor_sums`]; the CPU backend has it, the
+//! GPU's is refused with [`Error::Unsupported`] when the optimizer is
+//! built). A tensor that lies in one shard ends bit for bit as in one
+//! process. For one cut by a shard boundary the sums are formed in other
+//! pieces: inside a block of 256 elements the squares are added in f32
+//! lanes of 8 (a relative error below `8·2⁻²⁴` each way), so its norms,
+//! and the trust ratio with them, can differ from one process's by about
+//! 1e-6 relative, and the update `lr·ratio·u` by as much; the moments
+//! never differ (they do not depend on the norms).
 //!
 //! # Errors
 //!
@@ -100,6 +112,46 @@ pub fn shard_lengths(lengths: &[usize], range: Range<usize>) -> Vec<usize> {
         out.push(0);
     }
     out
+}
+
+/// The tensor of each piece [`shard_lengths`] gives for `range` (none for
+/// the one empty piece of an empty shard).
+fn shard_tensors(lengths: &[usize], range: Range<usize>) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for (t, &n) in lengths.iter().enumerate() {
+        if at.max(range.start) < (at + n).min(range.end) {
+            out.push(t);
+        }
+        at += n;
+    }
+    out
+}
+
+/// LAMB's per-tensor `[Σθ², Σu²]` of this rank's pieces (`sums`, the
+/// pieces' tensors `tensors`) replaced by the whole tensors' sums: every
+/// rank's sums all-gathered (two numbers a tensor, zero where a rank holds
+/// none of it) and added in rank order.
+fn combine_tensor_sums(
+    comm: &impl Collective,
+    tensors: &[usize],
+    n_tensors: usize,
+    sums: &mut [[f64; 2]],
+) -> Result<()> {
+    let mut mine = vec![0.0f64; 2 * n_tensors];
+    for (&t, s) in tensors.iter().zip(sums.iter()) {
+        mine[2 * t..2 * t + 2].copy_from_slice(s);
+    }
+    let all = comm.all_gather_f64(&mine)?;
+    for (&t, s) in tensors.iter().zip(sums.iter_mut()) {
+        let mut total = [0.0f64; 2];
+        for rank in all.chunks(2 * n_tensors) {
+            total[0] += rank[2 * t];
+            total[1] += rank[2 * t + 1];
+        }
+        *s = total;
+    }
+    Ok(())
 }
 
 /// An optimizer whose state is sharded over the ranks of a [`Collective`]
@@ -185,7 +237,8 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// over its shard's pieces of the tensors ([`shard_lengths`]). Refused
     /// on every rank when any rank's `build` fails, the ranks' tensor
     /// lengths or rules differ ([`Error::RankMismatch`]), or the rule is
-    /// LAMB ([`Error::Unsupported`]).
+    /// LAMB on a backend without [`Optimizer::step_combining_tensor_sums`]
+    /// (the GPU, [`Error::Unsupported`]).
     pub fn new(
         comm: C,
         params: &[&[f32]],
@@ -203,9 +256,9 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             let mine = &flat[ranges[rank].clone()];
             let pieces = Layout::new(&shard_lengths(layout.lengths(), ranges[rank].clone()))?;
             let inner = build(&pieces.split(mine)?)?;
-            if inner.config().kind() == RuleKind::Lamb {
+            if inner.config().kind() == RuleKind::Lamb && !inner.combines_tensor_sums() {
                 return Err(Error::Unsupported(
-                    "LAMB in a ShardedOptimizer (its trust ratio needs whole-tensor norms)".into(),
+                    "LAMB in a ShardedOptimizer over a backend that cannot combine its per-tensor norms across ranks (the CPU optimizer can)".into(),
                 ));
             }
             if inner.layout().lengths() != pieces.lengths() {
@@ -313,11 +366,22 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             let inv = self.inv_scale;
             g.iter_mut().for_each(|a| *a = *a * inv * coef);
         }
-        let stepped = self
-            .inner
-            .layout()
-            .split(&g)
-            .and_then(|pieces| self.inner.step(&pieces));
+        let stepped = if self.inner.config().kind() == RuleKind::Lamb {
+            let (comm, inner) = (&self.comm, &mut self.inner);
+            let tensors = shard_tensors(self.layout.lengths(), self.ranges[me].clone());
+            let n_tensors = self.layout.len();
+            let pieces = inner.layout().split(&g);
+            pieces.and_then(|pieces| {
+                inner.step_combining_tensor_sums(&pieces, &mut |sums| {
+                    combine_tensor_sums(comm, &tensors, n_tensors, sums)
+                })
+            })
+        } else {
+            self.inner
+                .layout()
+                .split(&g)
+                .and_then(|pieces| self.inner.step(&pieces))
+        };
         agree(&self.comm, stepped)?;
         self.last_grad_norm = norm;
         self.last_skipped = false;
