@@ -75,6 +75,6 @@ pub use rules::{
     NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
 };
 pub use schedule::{
-    AnnealStrategy, CyclicLr, CyclicMode, LrLambda, OneCycleLr, PlateauMode, PlateauState,
-    ReduceLrOnPlateau, Schedule, Scheduler, ThresholdMode,
+    AnnealStrategy, CyclicLr, CyclicMode, GroupScheduler, LrLambda, OneCycleLr, PlateauMode,
+    PlateauState, ReduceLrOnPlateau, Schedule, Scheduler, ThresholdMode,
 };

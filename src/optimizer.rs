@@ -170,8 +170,8 @@ impl Scheduler {
     /// An optimizer of several parameter groups is
     /// [`Error::Unsupported`]: each group must follow the schedule from its
     /// own initial values (torch's `initial_lr` per group), not be set to
-    /// one lr for all; use one scheduler per group and
-    /// [`Scheduler::apply_to_group`].
+    /// one lr for all; use a [`crate::GroupScheduler`] (or one scheduler
+    /// per group and [`Scheduler::apply_to_group`]).
     pub fn apply(&self, opt: &mut (impl Optimizer + ?Sized)) -> Result<()> {
         if opt.group_count() > 1 {
             return Err(Error::Unsupported(format!(

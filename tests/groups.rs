@@ -430,23 +430,50 @@ fn readme_parameter_groups() -> Result<(), Error> {
     Ok(())
 }
 
-/// The README's "Parameter groups" block is, line for line (indentation
-/// aside), in [`readme_parameter_groups`].
+/// The README's "Parameter groups" section: one schedule over every
+/// group (its check below).
 #[test]
-fn readme_block_is_the_test() {
+#[rustfmt::skip]
+fn readme_group_scheduler() -> Result<(), Error> {
+    use wgpu_optim::{Config, CpuOptimizer, GroupScheduler, Sgd};
+    let sgd = |lr| Config::from(Sgd { lr, momentum: 0.9, ..Sgd::default() });
+    let (w, b) = (vec![1.0f32; 4], vec![0.0f32; 2]);
+    let mut opt = CpuOptimizer::with_groups(&[(sgd(0.1), &[&w[..]][..]), (sgd(0.01), &[&b[..]][..])])?;
+    let json = serde_json::json!({"kind": "one_cycle", "max_lr": [0.1, 0.02], "total_steps": 100});
+    let mut sched = GroupScheduler::from_json(&json, &opt)?;
+    for _ in 0..3 {
+        sched.apply(&mut opt)?; // every group's lr (and momentum) for this step
+        opt.step(&[&[0.1; 4], &[0.1; 2]])?;
+        sched.advance();
+    }
+    assert!(opt.group_config(0)?.lr() > opt.group_config(1)?.lr());
+    Ok(())
+}
+
+/// Each Rust block of the README's "Parameter groups" section is, line for
+/// line (indentation aside), in this file ([`readme_parameter_groups`],
+/// [`readme_group_scheduler`]).
+#[test]
+fn readme_blocks_are_the_tests() {
     let readme = include_str!("../README.md");
     let at = readme
         .find("\n## Parameter groups")
         .expect("README section");
-    let start = readme[at..].find("```rust\n").expect("a rust block") + at + 8;
-    let end = readme[start..].find("```").expect("closed") + start;
-    let lines: Vec<&str> = readme[start..end].lines().map(str::trim).collect();
+    let end_of_section = readme[at + 1..].find("\n## ").expect("next section") + at + 1;
+    let section = &readme[at..end_of_section];
     let this: Vec<&str> = include_str!("groups.rs").lines().map(str::trim).collect();
-    assert!(lines.len() > 10);
-    assert!(
-        this.windows(lines.len()).any(|w| w == lines.as_slice()),
-        "the README block is not in tests/groups.rs"
-    );
+    let mut blocks = 0;
+    for (i, part) in section.split("```rust\n").enumerate().skip(1) {
+        let block = &part[..part.find("```").expect("closed")];
+        let lines: Vec<&str> = block.lines().map(str::trim).collect();
+        assert!(lines.len() > 5, "block {i}");
+        assert!(
+            this.windows(lines.len()).any(|w| w == lines.as_slice()),
+            "README block {i} is not in tests/groups.rs"
+        );
+        blocks += 1;
+    }
+    assert_eq!(blocks, 2);
 }
 
 /// The golden cases of several groups: one scheduler per group, each from

@@ -42,7 +42,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptimizer};
 use crate::rules::{Config, TorchArgs};
-use crate::schedule::{Schedule, Scheduler};
+use crate::schedule::{GroupScheduler, Schedule, Scheduler};
 use crate::ClipGradNorm;
 use crate::CpuOptimizer;
 use crate::Optimizer;
@@ -195,7 +195,7 @@ impl Case {
         match self.groups.len() {
             0 => Ok(vec![Schedule::from_json_map(map)?]),
             n => (0..n)
-                .map(|g| Schedule::from_json_map(&group_schedule(map, g)))
+                .map(|g| Schedule::from_json_map(&crate::schedule::group_element(map, g)))
                 .collect(),
         }
     }
@@ -571,28 +571,41 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
     // (`lr_per_step`) are what it must reproduce, not an input. With
     // groups, one scheduler per group, from the group's own initial values
     // (torch's `initial_lr`) and its element of a list-valued argument.
-    let mut schedulers = Vec::new();
-    for (g, schedule) in case.group_schedules()?.into_iter().enumerate() {
-        let config = case.groups.get(g).map_or(config, |group| &group.config);
-        schedulers.push(Scheduler::for_config(schedule, config)?);
+    // With groups, a GroupScheduler: one scheduler a group, from the
+    // group's own initial values (torch's `initial_lr`) and its element of
+    // a list-valued argument.
+    let schedules = case.group_schedules()?;
+    let mut single = None;
+    let mut grouped = None;
+    if case.groups.is_empty() {
+        single = schedules
+            .into_iter()
+            .next()
+            .map(|s| Scheduler::for_config(s, config))
+            .transpose()?;
+    } else if !schedules.is_empty() {
+        grouped = Some(GroupScheduler::per_group(schedules, &*opt)?);
     }
     opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for (step, step_grads) in case.grads.iter().enumerate() {
-        if let [s] = schedulers.as_slice() {
-            if case.groups.is_empty() {
-                s.apply(opt)?;
-            }
+        if let Some(s) = &single {
+            s.apply(opt)?;
         }
-        if !case.groups.is_empty() {
-            for (g, s) in schedulers.iter().enumerate() {
-                s.apply_to_group(opt, g)?;
-            }
+        if let Some(s) = &grouped {
+            s.apply(opt)?;
         }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
-        for s in &mut schedulers {
-            match case.metrics.get(step) {
-                Some(&metric) => s.advance_with_metric(metric)?,
+        let metric = case.metrics.get(step).copied();
+        if let Some(s) = &mut single {
+            match metric {
+                Some(m) => s.advance_with_metric(m)?,
+                None => s.advance(),
+            }
+        }
+        if let Some(s) = &mut grouped {
+            match metric {
+                Some(m) => s.advance_with_metric(m)?,
                 None => s.advance(),
             }
         }
@@ -619,27 +632,6 @@ fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<Fi
         state.insert(name.to_string(), vec![vec![value as f32]; params.len()]);
     }
     Ok((params, state))
-}
-
-/// Group `g`'s schedule: each list-valued argument (CyclicLR's and
-/// OneCycleLR's `base_lr`, `max_lr`, momenta) replaced by its element `g`,
-/// as torch gives one value per group.
-fn group_schedule(map: &Map<String, Value>, g: usize) -> Map<String, Value> {
-    const PER_GROUP: [&str; 5] = [
-        "base_lr",
-        "max_lr",
-        "base_momentum",
-        "max_momentum",
-        "min_lr",
-    ];
-    map.iter()
-        .map(|(k, v)| match v {
-            Value::Array(a) if PER_GROUP.contains(&k.as_str()) => {
-                (k.clone(), a.get(g).cloned().unwrap_or(Value::Null))
-            }
-            _ => (k.clone(), v.clone()),
-        })
-        .collect()
 }
 
 /// Runs `case` on `backend` through the public API ([`CpuOptimizer`] or

@@ -157,6 +157,7 @@ use checks::{
     repeat_multiply,
 };
 mod cyclic;
+mod groups;
 mod json;
 use json::{parse_json, parse_map};
 mod lambda;
@@ -164,6 +165,8 @@ mod plateau;
 mod scheduler;
 
 pub use cyclic::{AnnealStrategy, CyclicLr, CyclicMode, OneCycleLr};
+pub(crate) use groups::group_element;
+pub use groups::GroupScheduler;
 pub use lambda::LrLambda;
 pub use plateau::{PlateauMode, PlateauState, ReduceLrOnPlateau, ThresholdMode};
 pub use scheduler::Scheduler;
