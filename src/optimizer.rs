@@ -278,13 +278,19 @@ mod backends {
             Ok(self.params().into_iter().map(<[f32]>::to_vec).collect())
         }
         fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-            Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
+            let flat = self.state_values(name)?;
+            Ok(self
+                .layout()
+                .split_unchecked(&flat)
+                .into_iter()
+                .map(<[f32]>::to_vec)
+                .collect())
         }
         fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>> {
             Ok(CpuOptimizer::scalar_state(self))
         }
         fn checkpoint(&self) -> Result<Checkpoint> {
-            Ok(CpuOptimizer::checkpoint(self))
+            CpuOptimizer::try_checkpoint(self)
         }
         fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
             CpuOptimizer::load_checkpoint(self, ckpt)
