@@ -22,23 +22,6 @@ pub struct DynamicMap {
     values: [f32; 256],
 }
 
-/// `torch.linspace(start, end, steps)` in f32 as PyTorch's CPU kernel
-/// computes it: from the start for the first half, from the end for the
-/// rest.
-fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (steps - i - 1) as f32
-            }
-        })
-        .collect()
-}
-
 impl DynamicMap {
     /// The map of a signed state (bitsandbytes' first moment): 127 values
     /// each side of 0 (the negative side's largest magnitude 0.993, not 1),
@@ -67,37 +50,16 @@ impl DynamicMap {
     /// bitsandbytes' construction: for each decade `10^(i−6)`, `i` in 0..7,
     /// the midpoints of `linspace(0.1, 1, n + 1)` (f32) scaled by it, with
     /// `n = 2^i` (signed, both signs) or `2^(i+1)` (unsigned); then 0 and 1,
-    /// sorted.
+    /// sorted. The values are bitsandbytes' own ([`super::maps`]).
     fn build(signed: bool) -> DynamicMap {
-        let mut data: Vec<f32> = Vec::with_capacity(256);
-        for i in 0..7i32 {
-            let items = if signed {
-                1usize << i
-            } else {
-                1usize << (i + 1)
-            };
-            let b = linspace_f32(0.1, 1.0, items + 1);
-            // 10^(i−6), correctly rounded as Python's `10 ** (i − 6)`, then
-            // to f32 as torch takes a Python scalar into an f32 product.
-            let scale = if i >= 6 {
-                10f64.powi(i - 6)
-            } else {
-                1.0 / 10f64.powi(6 - i)
-            } as f32;
-            for w in b.windows(2) {
-                let mean = (w[0] + w[1]) / 2.0;
-                data.push(scale * mean);
-                if signed {
-                    data.push(-scale * mean);
-                }
-            }
+        let bits = if signed {
+            &super::maps::SIGNED
+        } else {
+            &super::maps::UNSIGNED
+        };
+        DynamicMap {
+            values: bits.map(f32::from_bits),
         }
-        data.push(0.0);
-        data.push(1.0);
-        data.sort_by(f32::total_cmp);
-        let mut values = [0f32; 256];
-        values.copy_from_slice(&data);
-        DynamicMap { values }
     }
 
     /// The 256 values, ascending.
@@ -229,10 +191,10 @@ mod tests {
             .fold(0f32, f32::max);
         for (i, (a, b)) in x.iter().zip(&back).enumerate() {
             let am = absmax[i / BLOCK];
-            assert!(
-                (a - b).abs() <= 0.5 * widest * am * (1.0 + 1e-6),
-                "{i}: {a} {b}"
-            );
+            // Half a gap, except below the signed map's least value
+            // (−0.993), where −1 is 0.007 away.
+            let bound = (0.5 * widest).max(1.0 + map.values()[0]);
+            assert!((a - b).abs() <= bound * am * (1.0 + 1e-6), "{i}: {a} {b}");
         }
         // Zeros and NaN.
         let z = [0f32; 3];

@@ -20,6 +20,7 @@
 
 pub mod bf16;
 pub mod blockwise;
+mod maps;
 mod rng;
 pub(crate) mod store;
 

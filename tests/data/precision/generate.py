@@ -69,11 +69,36 @@ SIGNED = bnbf.create_dynamic_map(signed=True)
 UNSIGNED = bnbf.create_dynamic_map(signed=False)
 
 
+def quantize_nearest(x, code):
+    """bitsandbytes' blockwise quantization as its pure-torch backend
+    (backends/default/ops.py) computes it: per block absmax, x * (1/absmax)
+    clamped to [-1, 1], the nearest code by argmin (the lower at a tie).
+    Its compiled CPU kernel (quantize_blockwise on a CPU tensor) searches
+    the map approximately and picks a farther code for some values small
+    beside the block's absmax (about 1 in 10 here, all under 1e-2 of it);
+    the tests check ours against both."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    n = t.numel()
+    blocks = -(n // -BLOCK)
+    pad = torch.zeros(blocks * BLOCK - n)
+    tb = torch.cat([t, pad]).reshape(blocks, BLOCK)
+    absmax = tb.abs().max(dim=1).values
+    inv = torch.where(absmax == 0, torch.zeros_like(absmax), 1 / absmax)
+    scaled = torch.clamp(tb * inv[:, None], -1, 1).reshape(-1)[:n]
+    codes = torch.argmin((scaled[:, None] - code[None, :]).abs(), dim=1).to(torch.uint8)
+    return codes, absmax
+
+
+def dequantize(codes, absmax, code):
+    return (code[codes.long()] * absmax.repeat_interleave(BLOCK)[: codes.numel()]).numpy()
+
+
 def store_8bit(x, signed):
     if x.size < MIN_8BIT:
         return x.copy()
-    q, qs = bnbf.quantize_blockwise(torch.from_numpy(x.copy()), code=SIGNED if signed else UNSIGNED, blocksize=BLOCK)
-    return bnbf.dequantize_blockwise(q, qs).numpy()
+    code = SIGNED if signed else UNSIGNED
+    q, absmax = quantize_nearest(x, code)
+    return dequantize(q, absmax, code)
 
 
 def store_state(x, dtype, signed):
@@ -149,6 +174,8 @@ for name, code in (("signed", SIGNED), ("unsigned", UNSIGNED)):
     tensors[f"quant_{name}/codes"] = q.numpy()
     tensors[f"quant_{name}/absmax"] = qs.absmax.numpy().view(np.uint32)
     tensors[f"quant_{name}/dequantized"] = bnbf.dequantize_blockwise(q, qs).numpy().view(np.uint32)
+    qn, _ = quantize_nearest(x, code)
+    tensors[f"quant_{name}/nearest_codes"] = qn.numpy()
 # Stochastic rounding of fixed values at step 3 from index 0.
 srx = (rng.standard_normal(64) * 3).astype(f32)
 tensors["stochastic/input"] = srx.view(np.uint32)
@@ -169,3 +196,7 @@ meta = {
 }
 save_file(tensors, "reference.safetensors", metadata=meta)
 print("wrote reference.safetensors:", len(tensors), "tensors")
+
+if __name__ == "__main__" and "--print-maps" in __import__("sys").argv:
+    for m in (SIGNED, UNSIGNED):
+        print([hex(b) for b in m.numpy().view(np.uint32)])
