@@ -349,3 +349,44 @@ fn resident_bytes_count_the_stored_formats() {
     // Two 8-bit states: a byte each and 4 bytes a block of 256.
     assert_eq!(bytes(int8), 4 * n + 2 * (n + 4 * n / 256));
 }
+
+/// The README's "Low-precision parameters and state" example, run; the
+/// next test checks the README holds this text.
+#[rustfmt::skip]
+#[test]
+fn readme_example() -> Result<(), Error> {
+    use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
+    use wgpu_optim::{AdamW, CpuOptimizer};
+    let w = vec![0.5f32; 8192];
+    let precision = Precision {
+        param_dtype: ParamDtype::Bf16,
+        master_weights: true,
+        state_dtype: StateDtype::Int8Blockwise,
+        ..Precision::default()
+    };
+    let mut opt = CpuOptimizer::with_precision(AdamW::default(), &[&w], precision)?;
+    opt.step(&[&vec![0.1f32; 8192]])?;
+    let exp_avg = opt.state_values("exp_avg")?; // dequantized to f32
+    assert!(exp_avg.iter().all(|&m| (m - 0.01).abs() < 1e-4));
+    // bf16 parameters (2 B), f32 master (4 B), two 8-bit moments (1 B and 4/256 B each).
+    assert_eq!(opt.resident_bytes(), 8192 * 8 + 2 * 4 * 8192 / 256);
+    Ok(())
+}
+
+#[test]
+fn readme_example_is_the_one_above() {
+    let readme = include_str!("../README.md");
+    let this = include_str!("precision.rs");
+    let start = readme
+        .find("## Low-precision parameters and state (CPU)")
+        .unwrap();
+    let block = &readme[start..];
+    let block = &block[block.find("```rust\n").unwrap() + 8..];
+    let block = &block[..block.find("```\n").unwrap()];
+    for line in block.lines() {
+        assert!(
+            this.contains(&format!("    {line}\n")),
+            "README line not in the test: {line}"
+        );
+    }
+}
