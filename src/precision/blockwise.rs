@@ -194,7 +194,8 @@ mod tests {
             // Half a gap, except below the signed map's least value
             // (−0.993), where −1 is 0.007 away.
             let bound = (0.5 * widest).max(1.0 + map.values()[0]);
-            assert!((a - b).abs() <= bound * am * (1.0 + 1e-6), "{i}: {a} {b}");
+            // The 1e-4 covers the f32 rounding of the bound and the product.
+            assert!((a - b).abs() <= bound * am * (1.0 + 1e-4), "{i}: {a} {b}");
         }
         // Zeros and NaN.
         let z = [0f32; 3];
