@@ -260,8 +260,7 @@ impl LowPrecision {
         }
     }
 
-    /// Bytes the optimizer holds a parameter beside the model's own
-    /// parameters (master and state), over `total` elements.
+    /// Bytes of the master weights and the state tensors, in their formats.
     pub(crate) fn optimizer_bytes(&self) -> usize {
         self.master.as_ref().map_or(0, |m| 4 * m.len())
             + self
