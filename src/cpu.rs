@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
 use crate::layout::{Counters, Layout};
 use crate::optimizer::CombineTensorSums;
+use crate::precision::store::LowPrecision;
+use crate::precision::Precision;
 use crate::rules::{inverse_grad_scale, Config, GradScales};
 
 /// An optimizer whose parameters and state live in host memory.
@@ -42,6 +44,9 @@ pub struct CpuOptimizer {
     inv_scale: f32,
     /// Schedule-free eval mode: the parameters hold `x`, not `y`.
     eval: bool,
+    /// Low-precision parameters or state ([`CpuOptimizer::with_precision`]):
+    /// `params` then hold the model's (rounded) values and `state` is empty.
+    low: Option<Box<LowPrecision>>,
 }
 
 impl CpuOptimizer {
@@ -89,7 +94,104 @@ impl CpuOptimizer {
             grad_scale: 1.0,
             inv_scale: 1.0,
             eval: false,
+            low: None,
         })
+    }
+
+    /// As [`CpuOptimizer::new`], with the parameters and state kept in the
+    /// formats of `precision` ([`Precision`], the [`crate::precision`]
+    /// module): the arithmetic stays the rule's f32, each parameter and
+    /// state rounded (or quantized) when stored. The parameters given are
+    /// rounded to `param_dtype` (nearest even); with `master_weights` they
+    /// are also kept as given, in f32, and stepped there
+    /// ([`CpuOptimizer::master_params`]). [`CpuOptimizer::param`] reads the
+    /// model's parameters, 16-bit values widened to f32. The gradients are
+    /// used as given.
+    ///
+    /// Refused ([`Error::Unsupported`], [`Error::InvalidOptions`]): the
+    /// combinations [`Precision::validate`] refuses, and with any non-f32
+    /// format LAMB, the schedule-free rules, and 8-bit state other than
+    /// `exp_avg`/`exp_avg_sq` (as [`crate::precision::blockwise`] says).
+    /// Such an optimizer has one parameter group
+    /// ([`CpuOptimizer::add_param_group`] is refused), its state is read
+    /// with [`crate::Optimizer::read_state`] (widened to f32), and
+    /// checkpoints are not supported yet ([`CpuOptimizer::try_checkpoint`]).
+    pub fn with_precision(
+        config: impl Into<Config>,
+        params: &[&[f32]],
+        precision: Precision,
+    ) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        let names = config.state_names_with(momentum_buffer);
+        crate::precision::store::check_rule(&precision, &config, &names)?;
+        let mut opt = Self::with_state(config, momentum_buffer, params)?;
+        if precision.is_f32() {
+            return Ok(opt);
+        }
+        let initial: Vec<f32> = names
+            .iter()
+            .map(|n| opt.groups[0].config.state_initial_value(n))
+            .collect();
+        opt.low = Some(Box::new(LowPrecision::new(
+            precision,
+            &opt.layout,
+            &mut opt.params,
+            &names,
+            &initial,
+        )));
+        for s in &mut opt.state {
+            *s = Vec::new();
+        }
+        Ok(opt)
+    }
+
+    /// The formats of the parameters and state ([`CpuOptimizer::with_precision`]).
+    pub fn precision(&self) -> Precision {
+        self.low
+            .as_ref()
+            .map_or_else(Precision::default, |l| l.precision)
+    }
+
+    /// The f32 master weights, packed, of an optimizer with
+    /// `master_weights`; `None` otherwise.
+    pub fn master_params(&self) -> Option<&[f32]> {
+        self.low.as_ref().and_then(|l| l.master.as_deref())
+    }
+
+    /// Bytes the optimizer holds for its parameters, master weights and
+    /// state tensors, counting each in its stored format (16-bit parameters
+    /// at 2 bytes, though this backend hands them out widened to f32; an
+    /// 8-bit state at one byte an element and 4 a block of 256).
+    pub fn resident_bytes(&self) -> usize {
+        let n = self.layout.total();
+        match &self.low {
+            None => 4 * n * (1 + self.state.len()),
+            Some(l) => l.precision.param_dtype.bytes() * n + l.optimizer_bytes(),
+        }
+    }
+
+    /// The state tensor `name`, packed, widened to f32 from its stored
+    /// format (a copy).
+    pub fn state_values(&self, name: &str) -> Result<Vec<f32>> {
+        let i = state_index(&self.groups[0].config, &self.state_names, name)?;
+        Ok(match &self.low {
+            Some(l) => l.read_state(i),
+            None => self.state[i].clone(),
+        })
+    }
+
+    /// [`CpuOptimizer::checkpoint`], or [`Error::Unsupported`] for an
+    /// optimizer with low-precision parameters or state, whose checkpoint
+    /// would have to carry each state in its own format.
+    pub fn try_checkpoint(&self) -> Result<Checkpoint> {
+        if self.low.is_some() {
+            return Err(Error::Unsupported(
+                "a checkpoint of an optimizer with low-precision parameters or state".into(),
+            ));
+        }
+        Ok(self.checkpoint())
     }
 
     /// One step with one gradient per parameter tensor. Checks every length
@@ -132,9 +234,10 @@ impl CpuOptimizer {
         grads: &[&[f32]],
         combine: &mut CombineTensorSums<'_>,
     ) -> Result<()> {
-        if self.clip.is_some() || self.skip_nonfinite {
+        if self.clip.is_some() || self.skip_nonfinite || self.low.is_some() {
             return Err(Error::Unsupported(
-                "per-tensor sums combined in a step with the optimizer's own clipping or non-finite skip".into(),
+                "per-tensor sums combined in a step with the optimizer's own clipping, non-finite skip or low-precision storage"
+                    .into(),
             ));
         }
         if !matches!(self.groups[0].config, Config::Lamb(_)) || self.groups.len() != 1 {
@@ -147,6 +250,15 @@ impl CpuOptimizer {
         self.layout.check(grads)?;
         let flat: Vec<f32> = grads.iter().flat_map(|t| t.iter().copied()).collect();
         self.step_flat_combining(&flat, Some(combine))
+    }
+
+    /// Whether [`CpuOptimizer::step_combining_tensor_sums`] can step it.
+    pub(crate) fn combines_tensor_sums(&self) -> bool {
+        self.groups.len() == 1
+            && matches!(self.groups[0].config, Config::Lamb(_))
+            && self.clip.is_none()
+            && !self.skip_nonfinite
+            && self.low.is_none()
     }
 
     fn step_flat_combining(
@@ -194,6 +306,25 @@ impl CpuOptimizer {
         }
         self.last_grad_norm = norm;
         self.last_skipped = false;
+        if let Some(low) = &mut self.low {
+            let group = &mut self.groups[0];
+            let step = group.counters.step + 1;
+            low.step(
+                &group.config,
+                step,
+                group.counters.buffer_filled,
+                &group.scalar_state,
+                &self.layout,
+                &mut self.params,
+                grads,
+                scales,
+            );
+            group
+                .config
+                .advance_scalar_state(&mut group.scalar_state, step);
+            group.counters.advance(&group.config);
+            return Ok(());
+        }
         // PyTorch multiplies the gradients by the clip coefficient (f32)
         // before the step; the GPU does the same inside its kernel.
         if let (Some(combine), [group]) = (combine, self.groups.as_mut_slice()) {
@@ -329,7 +460,11 @@ impl CpuOptimizer {
     }
 
     /// The whole state, parameters included, as a [`Checkpoint`] to
-    /// [`Checkpoint::save`]. With several parameter groups it lists them
+    /// [`Checkpoint::save`]. With low-precision parameters or state
+    /// ([`CpuOptimizer::with_precision`]) it holds the state widened to f32
+    /// and the master weights (or the parameters) as parameters: restoring
+    /// it gives an f32 optimizer ([`CpuOptimizer::try_checkpoint`] refuses
+    /// instead). With several parameter groups it lists them
     /// in [`Checkpoint::groups`], and such a checkpoint cannot be saved or
     /// restored yet ([`Error::Unsupported`]).
     pub fn checkpoint(&self) -> Checkpoint {
@@ -341,15 +476,24 @@ impl CpuOptimizer {
             state: self
                 .state_names
                 .iter()
-                .zip(&self.state)
-                .map(|(n, v)| (n.to_string(), v.clone()))
+                .enumerate()
+                .map(|(i, n)| {
+                    let v = match &self.low {
+                        Some(l) => l.read_state(i),
+                        None => self.state[i].clone(),
+                    };
+                    (n.to_string(), v)
+                })
                 .collect(),
             scalar_state: self
                 .scalar_state()
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
-            params: Some(self.train_params()),
+            params: Some(match self.master_params() {
+                Some(m) => m.to_vec(),
+                None => self.train_params(),
+            }),
             clip: self.clip,
             skip_nonfinite: self.skip_nonfinite,
             skipped_steps: self.skipped,
@@ -393,6 +537,12 @@ impl CpuOptimizer {
     /// anything changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
+        if self.low.is_some() {
+            return Err(Error::Unsupported(
+                "restoring a checkpoint into an optimizer with low-precision parameters or state"
+                    .into(),
+            ));
+        }
         if self.groups.len() > 1 {
             return Err(Error::Unsupported(format!(
                 "restoring a checkpoint into an optimizer of {} parameter groups (only of one, so far)",
@@ -434,6 +584,11 @@ impl CpuOptimizer {
     pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
         let i = state_index(&self.groups[0].config, &self.state_names, name)?;
         self.layout.check(tensors)?;
+        if let Some(low) = &mut self.low {
+            let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
+            low.write_state(i, &self.state_names, &self.layout, &flat);
+            return Ok(());
+        }
         for (t, src) in tensors.iter().enumerate() {
             self.state[i][self.layout.range(t)].copy_from_slice(src);
         }
@@ -441,8 +596,15 @@ impl CpuOptimizer {
     }
 
     /// Replaces the parameters with these values (same layout).
+    /// With low-precision parameters ([`CpuOptimizer::with_precision`]) the
+    /// master weights take them as given, the parameters rounded.
     pub fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
         self.layout.check(params)?;
+        if let Some(low) = &mut self.low {
+            let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
+            low.write_params(&mut self.params, &flat);
+            return Ok(());
+        }
         for (t, src) in params.iter().enumerate() {
             let r = self.layout.range(t);
             self.params[r].copy_from_slice(src);
@@ -622,6 +784,12 @@ impl CpuOptimizer {
         params: &[&[f32]],
     ) -> Result<usize> {
         let config = config.into();
+        if self.low.is_some() {
+            return Err(Error::Unsupported(
+                "a parameter group added to an optimizer with low-precision parameters or state"
+                    .into(),
+            ));
+        }
         let first = ParamGroup::new(self.groups[0].config.clone(), Vec::new());
         let g = self.groups.len();
         crate::groups::check_kind(&first, g, &config)?;
@@ -744,8 +912,15 @@ impl CpuOptimizer {
 
     /// The state tensor `name` (`exp_avg`, `momentum_buffer`, ...), packed as
     /// the parameters are.
+    /// With low-precision state it is not held as f32
+    /// ([`Error::Unsupported`]; [`CpuOptimizer::state_values`] widens a copy).
     pub fn state_flat(&self, name: &str) -> Result<&[f32]> {
         let i = state_index(&self.groups[0].config, &self.state_names, name)?;
+        if self.low.is_some() {
+            return Err(Error::Unsupported(format!(
+                "borrowing state `{name}` as f32: it is stored in low precision (state_values widens a copy)"
+            )));
+        }
         Ok(&self.state[i])
     }
 

@@ -58,6 +58,7 @@ pub mod gpu;
 mod groups;
 mod layout;
 mod optimizer;
+pub mod precision;
 pub mod rules;
 pub mod schedule;
 pub mod sharded;

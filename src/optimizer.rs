@@ -239,10 +239,7 @@ mod backends {
             CpuOptimizer::step_combining_tensor_sums(self, grads, combine)
         }
         fn combines_tensor_sums(&self) -> bool {
-            self.group_count() == 1
-                && matches!(self.config(), Config::Lamb(_))
-                && self.clip_grad_norm().is_none()
-                && !self.skip_nonfinite()
+            CpuOptimizer::combines_tensor_sums(self)
         }
         fn config(&self) -> &Config {
             CpuOptimizer::config(self)
@@ -318,13 +315,19 @@ mod backends {
             Ok(self.params().into_iter().map(<[f32]>::to_vec).collect())
         }
         fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
-            Ok(self.state(name)?.into_iter().map(<[f32]>::to_vec).collect())
+            let flat = self.state_values(name)?;
+            Ok(self
+                .layout()
+                .split_unchecked(&flat)
+                .into_iter()
+                .map(<[f32]>::to_vec)
+                .collect())
         }
         fn scalar_state(&self) -> Result<Vec<(&'static str, f64)>> {
             Ok(CpuOptimizer::scalar_state(self))
         }
         fn checkpoint(&self) -> Result<Checkpoint> {
-            Ok(CpuOptimizer::checkpoint(self))
+            CpuOptimizer::try_checkpoint(self)
         }
         fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
             CpuOptimizer::load_checkpoint(self, ckpt)

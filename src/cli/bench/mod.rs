@@ -78,6 +78,7 @@ mod plot;
 
 use gpu::*;
 
+use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
 use wgpu_optim::{
     ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RuleKind,
 };
@@ -246,9 +247,37 @@ pub struct BenchArgs {
     /// this PNG file.
     #[arg(long, value_name = "FILE.png")]
     plot: Option<std::path::PathBuf>,
+    /// CPU only: the parameters' format, f32, bf16 or f16
+    /// (`CpuOptimizer::with_precision`); bf16 without --master-weights is
+    /// stochastic rounding. A GPU row with a non-f32 format is refused.
+    #[arg(long, default_value = "f32", value_parser = parse_param_dtype)]
+    param_dtype: ParamDtype,
+    /// CPU only: the state's format, f32, bf16 or 8bit.
+    #[arg(long, default_value = "f32", value_parser = parse_state_dtype)]
+    state_dtype: StateDtype,
+    /// CPU only: keep f32 master weights behind 16-bit parameters.
+    #[arg(long)]
+    master_weights: bool,
+}
+
+fn parse_param_dtype(s: &str) -> Result<ParamDtype, String> {
+    s.parse().map_err(|e: wgpu_optim::Error| e.to_string())
+}
+
+fn parse_state_dtype(s: &str) -> Result<StateDtype, String> {
+    s.parse().map_err(|e: wgpu_optim::Error| e.to_string())
 }
 
 impl BenchArgs {
+    fn precision(&self) -> Precision {
+        Precision {
+            param_dtype: self.param_dtype,
+            state_dtype: self.state_dtype,
+            master_weights: self.master_weights,
+            seed: 0,
+        }
+    }
+
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
             vector_width: self.vector_width,
@@ -289,6 +318,9 @@ struct Row {
     variant: Option<String>,
     /// GPU wall-clock samples, ms per step, in the order taken.
     samples_ms: Vec<f64>,
+    /// CPU: bytes the optimizer holds a parameter
+    /// (`CpuOptimizer::resident_bytes`).
+    resident_bytes_per_param: Option<f64>,
 }
 
 impl Row {
@@ -425,13 +457,14 @@ fn cpu_roofline_gbps(y: &[f32], samples: u32) -> f64 {
     12.0 * y.len() as f64 / (median_min(times).0 * 1e-3) / 1e9
 }
 
+/// Median and least ms a step, and the optimizer's resident bytes.
 fn bench_cpu(
     plan: &Plan<'_>,
     preset: Preset,
     params: &[&[f32]],
     grads: &[f32],
-) -> wgpu_optim::Result<(f64, f64)> {
-    let mut opt = CpuOptimizer::new(preset.config(), params)?;
+) -> wgpu_optim::Result<(f64, f64, usize)> {
+    let mut opt = CpuOptimizer::with_precision(preset.config(), params, plan.args.precision())?;
     opt.set_clip_grad_norm(preset.clip())?;
     for _ in 0..plan.args.warmup {
         opt.step_flat(grads)?;
@@ -443,7 +476,26 @@ fn bench_cpu(
         times.push(t.elapsed().as_secs_f64() * 1e3);
         plan.pb.inc(1);
     }
-    Ok(median_min(times))
+    let (median, min) = median_min(times);
+    Ok((median, min, opt.resident_bytes()))
+}
+
+/// Bytes a step moves a parameter in a low-precision mode: the gradient
+/// read, the parameter (and master) and each state read and written in
+/// its format (8-bit: a byte, absmax not counted); `None` in f32, where
+/// the rule's own count holds.
+fn low_precision_traffic(preset: Preset, p: Precision) -> Option<usize> {
+    if p.is_f32() {
+        return None;
+    }
+    let states = preset.config().state_names().len();
+    let state_bytes = match p.state_dtype {
+        StateDtype::F32 => 4,
+        StateDtype::Bf16 => 2,
+        StateDtype::Int8Blockwise => 1,
+    };
+    let master = if p.master_weights { 8 } else { 0 };
+    Some(4 + 2 * p.param_dtype.bytes() + master + 2 * state_bytes * states)
 }
 
 /// The table's columns: header and width.
@@ -535,6 +587,10 @@ fn row_json(r: &Row, args: &BenchArgs) -> Value {
         // Kernel time against kernel time where there are timestamps.
         "roofline": r.copy_gbps.map(|c| r.kernel_ms.map_or(gbps, |k| r.gbps_at(k)) / c),
         "kernel": r.variant,
+        "param_dtype": args.param_dtype.name(),
+        "state_dtype": args.state_dtype.name(),
+        "master_weights": args.master_weights,
+        "resident_bytes_per_param": r.resident_bytes_per_param,
     });
     if !r.samples_ms.is_empty() {
         v["samples_ms"] = json!(r.samples_ms);
@@ -734,7 +790,9 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     tensors,
                     backend,
                     adapter: String::new(),
-                    bytes_per_param: preset.bytes_per_param(),
+                    bytes_per_param: low_precision_traffic(preset, args.precision())
+                        .unwrap_or_else(|| preset.bytes_per_param()),
+                    resident_bytes_per_param: None,
                     variant: None,
                     samples_ms: Vec::new(),
                     median_ms: f64::NAN,
@@ -748,12 +806,18 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                 let outcome = match (backend, &ctx) {
                     (Backend::Cpu, _) => {
                         row.adapter = cpu_adapter.clone();
-                        bench_cpu(&plan, preset, &params, &flat_grads).map(|(med, min)| {
+                        bench_cpu(&plan, preset, &params, &flat_grads).map(|(med, min, bytes)| {
                             row.median_ms = med;
                             row.min_ms = min;
+                            row.resident_bytes_per_param = Some(bytes as f64 / n as f64);
                             row.copy_gbps =
                                 Some(cpu_roofline_gbps(&flat_grads, args.steps.min(10)));
                         })
+                    }
+                    (Backend::Gpu, Some(_)) if !args.precision().is_f32() => {
+                        Err(wgpu_optim::Error::Unsupported(
+                            "--param-dtype, --state-dtype and --master-weights on the GPU (CPU only, so far)".into(),
+                        ))
                     }
                     (Backend::Gpu, Some(ctx)) => {
                         row.adapter = ctx.adapter_label();
