@@ -319,14 +319,9 @@ impl CpuOptimizer {
                 grads,
                 scales,
             );
-            group
-                .config
-                .advance_scalar_state(&mut group.scalar_state, step);
-            group.counters.advance(&group.config);
+            group.finish_step(step);
             return Ok(());
         }
-        // PyTorch multiplies the gradients by the clip coefficient (f32)
-        // before the step; the GPU does the same inside its kernel.
         if let (Some(combine), [group]) = (combine, self.groups.as_mut_slice()) {
             return group.step_lamb_combining(
                 &self.layout,
@@ -337,6 +332,8 @@ impl CpuOptimizer {
                 combine,
             );
         }
+        // PyTorch multiplies the gradients by the clip coefficient (f32)
+        // before the step; the GPU does the same inside its kernel.
         if let [group] = self.groups.as_mut_slice() {
             // One group holds every tensor, packed: no copies.
             group.step(
@@ -1068,6 +1065,12 @@ impl Group {
             state,
             scales,
         );
+        self.finish_step(step);
+    }
+
+    /// Records applied step `step`: the scalar state and the counters move
+    /// on with the configuration in force.
+    fn finish_step(&mut self, step: u64) {
         self.config
             .advance_scalar_state(&mut self.scalar_state, step);
         self.counters.advance(&self.config);
@@ -1103,9 +1106,7 @@ impl Group {
             scales,
             combine,
         )?;
-        self.config
-            .advance_scalar_state(&mut self.scalar_state, step);
-        self.counters.advance(&self.config);
+        self.finish_step(step);
         Ok(())
     }
 
