@@ -26,8 +26,9 @@
 //! ```
 //!
 //! The case's schedule drives the lr through the library's own
-//! [`Scheduler`] (a `plateau` one, `ReduceLROnPlateau`, fed the case's
-//! `metrics` after each step); gradient clipping is the optimizer's.
+//! [`crate::Scheduler`]s (one a group, in a [`GroupScheduler`]; a `plateau`
+//! one, `ReduceLROnPlateau`, fed the case's `metrics` after each step);
+//! gradient clipping is the optimizer's.
 //! Not supported (such a case gives a result with `pass: false` and an
 //! `error` naming what): a rule this crate lacks, a schedule
 //! [`Schedule::from_json_map`] does not read. See [`Case::unsupported`].
@@ -42,7 +43,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, GpuOptimizer};
 use crate::rules::{Config, TorchArgs};
-use crate::schedule::{GroupScheduler, Schedule, Scheduler};
+use crate::schedule::{GroupScheduler, Schedule};
 use crate::ClipGradNorm;
 use crate::CpuOptimizer;
 use crate::Optimizer;
@@ -565,47 +566,31 @@ impl CaseResult {
 type FinalTensors = (Vec<Vec<f32>>, BTreeMap<String, Vec<Vec<f32>>>);
 
 /// Runs every step of `case` and reads back the final parameters and state.
-fn run_steps(case: &Case, config: &Config, opt: &mut dyn Optimizer) -> Result<FinalTensors> {
+fn run_steps(case: &Case, opt: &mut dyn Optimizer) -> Result<FinalTensors> {
     // The case's schedule drives the lr (and momentum) through the
     // library's own `Scheduler`: the values torch recorded
     // (`lr_per_step`) are what it must reproduce, not an input. With
     // groups, one scheduler per group, from the group's own initial values
     // (torch's `initial_lr`) and its element of a list-valued argument.
-    // With groups, a GroupScheduler: one scheduler a group, from the
-    // group's own initial values (torch's `initial_lr`) and its element of
-    // a list-valued argument.
+    // One scheduler a group (a GroupScheduler, of one group without
+    // groups), each from its group's own initial values (torch's
+    // `initial_lr`) and its element of a list-valued argument.
     let schedules = case.group_schedules()?;
-    let mut single = None;
-    let mut grouped = None;
-    if case.groups.is_empty() {
-        single = schedules
-            .into_iter()
-            .next()
-            .map(|s| Scheduler::for_config(s, config))
-            .transpose()?;
-    } else if !schedules.is_empty() {
-        grouped = Some(GroupScheduler::per_group(schedules, &*opt)?);
-    }
+    let mut scheduler = if schedules.is_empty() {
+        None
+    } else {
+        Some(GroupScheduler::per_group(schedules, &*opt)?)
+    };
     opt.set_clip_grad_norm(case.clip_grad_norm.map(ClipGradNorm::new))?;
     for (step, step_grads) in case.grads.iter().enumerate() {
-        if let Some(s) = &single {
-            s.apply(opt)?;
-        }
-        if let Some(s) = &grouped {
+        if let Some(s) = &scheduler {
             s.apply(opt)?;
         }
         let grads: Vec<&[f32]> = step_grads.iter().map(Vec::as_slice).collect();
         opt.step(&grads)?;
-        let metric = case.metrics.get(step).copied();
-        if let Some(s) = &mut single {
-            match metric {
-                Some(m) => s.advance_with_metric(m)?,
-                None => s.advance(),
-            }
-        }
-        if let Some(s) = &mut grouped {
-            match metric {
-                Some(m) => s.advance_with_metric(m)?,
+        if let Some(s) = &mut scheduler {
+            match case.metrics.get(step) {
+                Some(&metric) => s.advance_with_metric(metric)?,
                 None => s.advance(),
             }
         }
@@ -661,15 +646,16 @@ pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
     };
     let init: Vec<&[f32]> = case.init.iter().map(Vec::as_slice).collect();
     let outcome = match (backend, case.groups.is_empty()) {
-        (Backend::Cpu, true) => CpuOptimizer::new(config.clone(), &init)
-            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+        (Backend::Cpu, true) => {
+            CpuOptimizer::new(config.clone(), &init).and_then(|mut opt| run_steps(case, &mut opt))
+        }
         (Backend::Cpu, false) => CpuOptimizer::with_param_groups(&init, &case.groups)
-            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+            .and_then(|mut opt| run_steps(case, &mut opt)),
         (Backend::Gpu(ctx), true) => GpuOptimizer::new(ctx, config.clone(), &init)
-            .and_then(|mut opt| run_steps(case, &config, &mut opt)),
+            .and_then(|mut opt| run_steps(case, &mut opt)),
         (Backend::Gpu(ctx), false) => {
             GpuOptimizer::with_param_groups(ctx, &init, &case.groups, crate::GpuOptions::default())
-                .and_then(|mut opt| run_steps(case, &config, &mut opt))
+                .and_then(|mut opt| run_steps(case, &mut opt))
         }
     };
     match outcome {
