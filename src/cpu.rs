@@ -1,6 +1,6 @@
 //! The CPU optimizer: every rule over host slices.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, QuantizedState};
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
@@ -113,9 +113,10 @@ impl CpuOptimizer {
     /// format LAMB, the schedule-free rules, and 8-bit state other than
     /// `exp_avg`/`exp_avg_sq` (as [`crate::precision::blockwise`] says).
     /// Such an optimizer has one parameter group
-    /// ([`CpuOptimizer::add_param_group`] is refused), its state is read
-    /// with [`crate::Optimizer::read_state`] (widened to f32), and
-    /// checkpoints are not supported yet ([`CpuOptimizer::try_checkpoint`]).
+    /// ([`CpuOptimizer::add_param_group`] is refused) and its state is read
+    /// with [`crate::Optimizer::read_state`] (widened to f32). Its
+    /// checkpoints keep every tensor in its stored format and restore
+    /// exactly ([`Checkpoint::precision`]).
     pub fn with_precision(
         config: impl Into<Config>,
         params: &[&[f32]],
@@ -124,6 +125,17 @@ impl CpuOptimizer {
         let config = config.into();
         config.validate()?;
         let momentum_buffer = config.builds_momentum_buffer();
+        Self::with_precision_state(config, momentum_buffer, params, precision)
+    }
+
+    /// [`CpuOptimizer::with_precision`] with the momentum buffer's presence
+    /// given (a checkpoint's).
+    fn with_precision_state(
+        config: Config,
+        momentum_buffer: bool,
+        params: &[&[f32]],
+        precision: Precision,
+    ) -> Result<Self> {
         let names = config.state_names_with(momentum_buffer);
         crate::precision::store::check_rule(&precision, &config, &names)?;
         let mut opt = Self::with_state(config, momentum_buffer, params)?;
@@ -180,18 +192,6 @@ impl CpuOptimizer {
             Some(l) => l.read_state(i),
             None => self.state[i].clone(),
         })
-    }
-
-    /// [`CpuOptimizer::checkpoint`], or [`Error::Unsupported`] for an
-    /// optimizer with low-precision parameters or state, whose checkpoint
-    /// would have to carry each state in its own format.
-    pub fn try_checkpoint(&self) -> Result<Checkpoint> {
-        if self.low.is_some() {
-            return Err(Error::Unsupported(
-                "a checkpoint of an optimizer with low-precision parameters or state".into(),
-            ));
-        }
-        Ok(self.checkpoint())
     }
 
     /// One step with one gradient per parameter tensor. Checks every length
@@ -458,10 +458,11 @@ impl CpuOptimizer {
 
     /// The whole state, parameters included, as a [`Checkpoint`] to
     /// [`Checkpoint::save`]. With low-precision parameters or state
-    /// ([`CpuOptimizer::with_precision`]) it holds the state widened to f32
-    /// and the master weights (or the parameters) as parameters: restoring
-    /// it gives an f32 optimizer ([`CpuOptimizer::try_checkpoint`] refuses
-    /// instead). With several parameter groups it lists them
+    /// ([`CpuOptimizer::with_precision`]) it holds the precision, the
+    /// model's parameters and state widened to f32 (exactly), the master
+    /// weights, and each 8-bit state's codes and scales
+    /// ([`Checkpoint::quantized`]): restored into an optimizer of the same
+    /// precision it goes on bit for bit. With several parameter groups it lists them
     /// in [`Checkpoint::groups`], and such a checkpoint cannot be saved or
     /// restored yet ([`Error::Unsupported`]).
     pub fn checkpoint(&self) -> Checkpoint {
@@ -487,10 +488,7 @@ impl CpuOptimizer {
                 .into_iter()
                 .map(|(n, v)| (n.to_string(), v))
                 .collect(),
-            params: Some(match self.master_params() {
-                Some(m) => m.to_vec(),
-                None => self.train_params(),
-            }),
+            params: Some(self.train_params()),
             clip: self.clip,
             skip_nonfinite: self.skip_nonfinite,
             skipped_steps: self.skipped,
@@ -501,6 +499,19 @@ impl CpuOptimizer {
             } else {
                 Vec::new()
             },
+            precision: self.precision(),
+            master_params: self.master_params().map(<[f32]>::to_vec),
+            quantized: self.low.as_ref().map_or_else(Vec::new, |l| {
+                l.quantized()
+                    .into_iter()
+                    .map(|(s, t, codes, absmax)| QuantizedState {
+                        state: self.state_names[s].to_string(),
+                        tensor: t,
+                        codes: codes.to_vec(),
+                        absmax: absmax.to_vec(),
+                    })
+                    .collect()
+            }),
         }
     }
 
@@ -516,10 +527,11 @@ impl CpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths)?;
-        let mut opt = CpuOptimizer::with_state(
+        let mut opt = CpuOptimizer::with_precision_state(
             ckpt.config.clone(),
             ckpt.momentum_buffer(),
-            &layout.split(flat)?,
+            &layout.split(ckpt.master_params.as_ref().unwrap_or(flat))?,
+            ckpt.precision,
         )?;
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
@@ -534,12 +546,6 @@ impl CpuOptimizer {
     /// anything changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        if self.low.is_some() {
-            return Err(Error::Unsupported(
-                "restoring a checkpoint into an optimizer with low-precision parameters or state"
-                    .into(),
-            ));
-        }
         if self.groups.len() > 1 {
             return Err(Error::Unsupported(format!(
                 "restoring a checkpoint into an optimizer of {} parameter groups (only of one, so far)",
@@ -550,10 +556,30 @@ impl CpuOptimizer {
             &self.groups[0].config,
             &self.state_names,
             self.layout.lengths(),
+            &self.precision(),
         )?;
         let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
-        for (dst, (_, src)) in self.state.iter_mut().zip(&ckpt.state) {
-            dst.copy_from_slice(src);
+        match &mut self.low {
+            Some(low) => {
+                let state: Vec<Vec<f32>> = ckpt.state.iter().map(|(_, v)| v.clone()).collect();
+                low.restore(
+                    &self.state_names,
+                    &self.layout,
+                    &state,
+                    |s, t| {
+                        ckpt.quantized
+                            .iter()
+                            .find(|q| q.tensor == t && q.state == self.state_names[s])
+                            .map(|q| (q.codes.as_slice(), q.absmax.as_slice()))
+                    },
+                    ckpt.master_params.as_deref(),
+                );
+            }
+            None => {
+                for (dst, (_, src)) in self.state.iter_mut().zip(&ckpt.state) {
+                    dst.copy_from_slice(src);
+                }
+            }
         }
         if let Some(p) = &ckpt.params {
             self.params.copy_from_slice(p);

@@ -750,3 +750,34 @@ fn readme_blocks_are_these() {
         assert_eq!(block, code, "README block of {section}");
     }
 }
+
+/// The GPU keeps everything in f32: a checkpoint of bf16 parameters or
+/// 8-bit state would be widened there, so it is refused, and the GPU
+/// optimizer is as it was.
+#[test]
+fn a_low_precision_checkpoint_does_not_load_on_the_gpu() {
+    use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
+    let p = vec![0.25f32; 4096];
+    let g = vec![0.5f32; 4096];
+    let precision = Precision {
+        param_dtype: ParamDtype::Bf16,
+        master_weights: true,
+        state_dtype: StateDtype::Int8Blockwise,
+        ..Precision::default()
+    };
+    let mut low = CpuOptimizer::with_precision(AdamW::default(), &[&p], precision).unwrap();
+    low.step(&[&g]).unwrap();
+    let ckpt = low.checkpoint();
+    let mut gpu = GpuOptimizer::new(ctx(), AdamW::default(), &[&p]).unwrap();
+    gpu.step(&[&g]).unwrap();
+    let before = snap_ckpt(&gpu.checkpoint().unwrap());
+    assert!(matches!(
+        gpu.load_checkpoint(&ckpt),
+        Err(Error::CheckpointMismatch { ref what, .. }) if what == "precision"
+    ));
+    assert!(matches!(
+        GpuOptimizer::from_checkpoint(ctx(), &ckpt, GpuOptions::default()),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+    assert_eq!(snap_ckpt(&gpu.checkpoint().unwrap()), before);
+}

@@ -15,7 +15,7 @@
 use safetensors::SafeTensors;
 use wgpu_optim::precision::blockwise::{dequantize_blockwise, quantize_blockwise, DynamicMap};
 use wgpu_optim::precision::{bf16, CounterRng, ParamDtype, Precision, StateDtype};
-use wgpu_optim::{AdamW, CpuOptimizer, Error, Lamb, Optimizer, Sgd, SgdScheduleFree};
+use wgpu_optim::{AdamW, Checkpoint, CpuOptimizer, Error, Lamb, RmsProp, Sgd, SgdScheduleFree};
 
 const DATA: &[u8] = include_bytes!("data/precision/reference.safetensors");
 
@@ -315,10 +315,6 @@ fn unsupported_combinations_are_refused() {
         Err(Error::Unsupported(_))
     ));
     assert!(matches!(
-        Optimizer::checkpoint(&opt),
-        Err(Error::Unsupported(_))
-    ));
-    assert!(matches!(
         opt.state_flat("momentum_buffer"),
         Err(Error::Unsupported(_))
     ));
@@ -389,4 +385,245 @@ fn readme_example_is_the_one_above() {
             "README line not in the test: {line}"
         );
     }
+}
+
+/// Every mode the reference covers, by its name there.
+const MODES: [&str; 8] = [
+    "f32",
+    "bf16_master",
+    "f16_master",
+    "bf16_moments",
+    "bf16_stochastic",
+    "bf16_stochastic_bf16_moments",
+    "int8",
+    "bf16_master_int8",
+];
+
+/// Everything an optimizer keeps, in its stored formats' values: the
+/// parameters, the master weights and each state as bits (8-bit states
+/// through their codes and scales, which the checkpoint carries).
+#[derive(Debug, PartialEq)]
+struct Kept {
+    params: Vec<u32>,
+    master: Option<Vec<u32>>,
+    state: Vec<Vec<u32>>,
+    resident_bytes: usize,
+    checkpoint: Checkpoint,
+}
+
+fn kept(opt: &CpuOptimizer) -> Kept {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    Kept {
+        params: bits(opt.params_flat()),
+        master: opt.master_params().map(bits),
+        state: ["exp_avg", "exp_avg_sq"]
+            .iter()
+            .map(|s| bits(&opt.state_values(s).unwrap()))
+            .collect(),
+        resident_bytes: opt.resident_bytes(),
+        checkpoint: opt.checkpoint(),
+    }
+}
+
+#[test]
+fn every_mode_saves_and_restores_exactly_and_goes_on_bit_for_bit() {
+    // 5000 elements: past the 4096 under which 8-bit state stays f32, and
+    // not a whole number of 256-blocks; 300: under it.
+    let lengths = [5000usize, 300];
+    let init: Vec<Vec<f32>> = lengths
+        .iter()
+        .map(|&n| (0..n).map(|i| ((i * 7 + n) as f32 * 0.013).sin()).collect())
+        .collect();
+    let grad = |step: usize| -> Vec<Vec<f32>> {
+        lengths
+            .iter()
+            .map(|&n| {
+                (0..n)
+                    .map(|i| ((i * 3 + step * 11) as f32 * 0.021).cos() * 0.1)
+                    .collect()
+            })
+            .collect()
+    };
+    let refs = |v: &[Vec<f32>]| -> Vec<Vec<f32>> { v.to_vec() };
+    let dir =
+        std::env::temp_dir().join(format!("wgpu-optim-precision-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for mode in MODES {
+        let precision = precision_of(mode);
+        let views: Vec<&[f32]> = init.iter().map(Vec::as_slice).collect();
+        let mut opt = CpuOptimizer::with_precision(adamw(), &views, precision).unwrap();
+        for t in 0..3 {
+            let g = refs(&grad(t));
+            let g: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+            opt.step(&g).unwrap();
+        }
+        let path = dir.join(format!("{mode}.safetensors"));
+        opt.checkpoint().save(&path).unwrap();
+        let loaded = Checkpoint::load(&path).unwrap();
+        assert_eq!(
+            loaded,
+            opt.checkpoint(),
+            "{mode}: the file holds the checkpoint"
+        );
+        assert_eq!(loaded.precision, opt.precision(), "{mode}");
+        // Restored both ways: a new optimizer, and into one built fresh.
+        let mut restored = CpuOptimizer::from_checkpoint(&loaded).unwrap();
+        let mut into = CpuOptimizer::with_precision(adamw(), &views, precision).unwrap();
+        into.load_checkpoint(&loaded).unwrap();
+        // Parameters, master and state compare as bits; the rest of the
+        // checkpoint (NaN-free here) by value.
+        assert_eq!(kept(&restored), kept(&opt), "{mode}: from_checkpoint");
+        assert_eq!(kept(&into), kept(&opt), "{mode}: load_checkpoint");
+        // The same steps on from here give the same bits (stochastic
+        // rounding included: its bits are a function of seed and step).
+        for t in 3..6 {
+            let g = refs(&grad(t));
+            let g: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+            opt.step(&g).unwrap();
+            restored.step(&g).unwrap();
+            into.step(&g).unwrap();
+        }
+        for (who, o) in [("from_checkpoint", &restored), ("load_checkpoint", &into)] {
+            assert_eq!(kept(o), kept(&opt), "{mode} {who}: after 3 more steps");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_file_keeps_each_tensor_in_its_format() {
+    let p = vec![0.25f32; 5000];
+    let g = vec![0.5f32; 5000];
+    let read = |mode: &str| {
+        let mut opt = CpuOptimizer::with_precision(adamw(), &[&p], precision_of(mode)).unwrap();
+        opt.step(&[&g]).unwrap();
+        opt.checkpoint().to_bytes().unwrap()
+    };
+    let dtypes = |bytes: &[u8]| -> Vec<(String, String)> {
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        let mut v: Vec<(String, String)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, format!("{:?}", t.dtype())))
+            .collect();
+        v.sort();
+        v
+    };
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    // torch's names: a bf16 moment is a BF16 tensor, a bf16 parameter
+    // BF16, the master F32; bitsandbytes' 8-bit state U8 with F32 scales.
+    assert_eq!(
+        dtypes(&read("bf16_master")),
+        pairs(&[
+            ("master_params.0", "F32"),
+            ("params.0", "BF16"),
+            ("state.0.exp_avg", "F32"),
+            ("state.0.exp_avg_sq", "F32"),
+            ("state.0.step", "F32"),
+        ])
+    );
+    assert_eq!(
+        dtypes(&read("bf16_stochastic_bf16_moments")),
+        pairs(&[
+            ("params.0", "BF16"),
+            ("state.0.exp_avg", "BF16"),
+            ("state.0.exp_avg_sq", "BF16"),
+            ("state.0.step", "F32"),
+        ])
+    );
+    assert_eq!(
+        dtypes(&read("f16_master")),
+        pairs(&[
+            ("master_params.0", "F32"),
+            ("params.0", "F16"),
+            ("state.0.exp_avg", "F32"),
+            ("state.0.exp_avg_sq", "F32"),
+            ("state.0.step", "F32"),
+        ])
+    );
+    assert_eq!(
+        dtypes(&read("int8")),
+        pairs(&[
+            ("params.0", "F32"),
+            ("state.0.exp_avg", "U8"),
+            ("state.0.exp_avg.absmax", "F32"),
+            ("state.0.exp_avg_sq", "U8"),
+            ("state.0.exp_avg_sq.absmax", "F32"),
+            ("state.0.step", "F32"),
+        ])
+    );
+}
+
+#[test]
+fn a_checkpoint_of_another_precision_is_refused_and_changes_nothing() {
+    let p = vec![0.25f32; 5000];
+    let g = vec![0.5f32; 5000];
+    let mut bf16 =
+        CpuOptimizer::with_precision(adamw(), &[&p], precision_of("bf16_master")).unwrap();
+    bf16.step(&[&g]).unwrap();
+    let ckpt = bf16.checkpoint();
+    let mut f32_opt = CpuOptimizer::new(adamw(), &[&p]).unwrap();
+    f32_opt.step(&[&g]).unwrap();
+    let before = f32_opt.checkpoint();
+    assert!(matches!(
+        f32_opt.load_checkpoint(&ckpt),
+        Err(Error::CheckpointMismatch { ref what, .. }) if what == "precision"
+    ));
+    assert_eq!(f32_opt.checkpoint(), before);
+    // And the other way round.
+    let before = bf16.checkpoint();
+    assert!(matches!(
+        bf16.load_checkpoint(&f32_opt.checkpoint()),
+        Err(Error::CheckpointMismatch { ref what, .. }) if what == "precision"
+    ));
+    assert_eq!(bf16.checkpoint(), before);
+}
+
+#[test]
+fn an_inconsistent_low_precision_checkpoint_is_refused() {
+    let p = vec![0.25f32; 5000];
+    let g: Vec<f32> = (0..5000).map(|i| (i as f32).sin()).collect();
+    let mut opt =
+        CpuOptimizer::with_precision(adamw(), &[&p], precision_of("bf16_master_int8")).unwrap();
+    opt.step(&[&g]).unwrap();
+    let good = opt.checkpoint();
+    good.validate().unwrap();
+    let refused = |what: &str, edit: &dyn Fn(&mut Checkpoint)| {
+        let mut c = good.clone();
+        edit(&mut c);
+        assert!(
+            matches!(c.validate(), Err(Error::Checkpoint(_))),
+            "{what}: {:?}",
+            c.validate()
+        );
+        assert!(c.to_bytes().is_err(), "{what}: saved");
+    };
+    refused("codes that are not the values", &|c| {
+        c.quantized[0].codes[0] ^= 1
+    });
+    refused("a block scale missing", &|c| {
+        c.quantized[1].absmax.pop();
+    });
+    refused("an 8-bit tensor missing", &|c| {
+        c.quantized.pop();
+    });
+    refused("no master weights", &|c| c.master_params = None);
+    refused("a parameter that is not bf16", &|c| {
+        c.params.as_mut().unwrap()[3] = 1.0 + f32::EPSILON;
+    });
+    refused("LAMB in low precision", &|c| {
+        c.config = Lamb::default().into();
+    });
+    // bf16 state must hold bf16 values.
+    let mut bf =
+        CpuOptimizer::with_precision(RmsProp::default(), &[&p], precision_of("bf16_moments"))
+            .unwrap();
+    bf.step(&[&g]).unwrap();
+    let mut c = bf.checkpoint();
+    c.state[0].1[0] = 1.0 + f32::EPSILON;
+    assert!(matches!(c.validate(), Err(Error::Checkpoint(_))));
 }

@@ -16,6 +16,12 @@
 //! | `state.{i}.{name}` | F32, `[]` | the rule's scalar state `name` (NAdam's `mu_product`, ASGD's `eta` and `mu`), the same in every tensor, as torch keeps it |
 //! | `params.{i}` | F32, `[len_i]` | parameter tensor `i`, when the checkpoint carries the parameters |
 //!
+//! With low-precision parameters or state ([`Checkpoint::precision`]) each
+//! tensor is in its stored format instead: `params.{i}` BF16 or F16,
+//! `master_params.{i}` F32 (the master weights), a bf16 state BF16, an
+//! 8-bit state U8 (its codes) with `state.{i}.{name}.absmax` F32 (one
+//! scale a block of 256; [`QuantizedState`]).
+//!
 //! and string metadata:
 //!
 //! | key | value |
@@ -23,7 +29,7 @@
 //! | `format` | `wgpu-optim/checkpoint/1` |
 //! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
-//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
+//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `precision` (`param_dtype`, `state_dtype`, `master_weights`, `seed`; absent for f32), `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
 //!
 //! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
 //! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
@@ -67,6 +73,8 @@ use serde_json::{json, Map, Value};
 
 use crate::clip::ClipGradNorm;
 use crate::error::{Error, Result};
+use crate::precision::store::LowPrecision;
+use crate::precision::{ParamDtype, Precision, StateDtype};
 use crate::rules::{Config, RuleKind, ScalarDtype, ScalarHome, ScalarState, TorchArgs};
 use crate::schedule::{PlateauState, Schedule, Scheduler};
 
@@ -126,6 +134,18 @@ pub struct Checkpoint {
     /// ([`Checkpoint::validate`] answers [`Error::Unsupported`]), so that
     /// none is restored with one group's hyperparameters for all.
     pub groups: Vec<crate::ParamGroup>,
+    /// The formats the parameters and state are kept in
+    /// ([`crate::CpuOptimizer::with_precision`]); all f32 (the default)
+    /// for every other optimizer. With 16-bit parameters `params` holds the
+    /// model's values (widened to f32, exactly), with bf16 state `state`
+    /// holds the bf16 values widened (exactly).
+    pub precision: Precision,
+    /// The f32 master weights, packed, with [`Precision::master_weights`].
+    pub master_params: Option<Vec<f32>>,
+    /// Each state tensor kept in 8 bits, as stored: its codes and block
+    /// scales, in state then tensor order. `state` holds their dequantized
+    /// values, which could not be quantized back to the same codes.
+    pub quantized: Vec<QuantizedState>,
 }
 
 /// A [`Scheduler`] as a checkpoint keeps it: the schedule, the position,
@@ -281,6 +301,9 @@ impl Checkpoint {
             grad_scale: 1.0,
             scheduler: None,
             groups: Vec::new(),
+            precision: Precision::default(),
+            master_params: None,
+            quantized: Vec::new(),
         })
     }
 
@@ -395,6 +418,7 @@ impl Checkpoint {
                 )));
             }
         }
+        low_precision::validate(self, total, &names)?;
         if let Some(c) = self.clip {
             c.validate()
                 .map_err(|e| Error::Checkpoint(format!("clip: {e}")))?;
@@ -536,6 +560,7 @@ impl Checkpoint {
         // has a momentum buffer was fixed when the optimizer was built: the
         // file says it, by having the tensors or not (torch's too, which
         // keeps the buffer when the momentum is set to 0 later).
+        let precision = low_precision::from_json(extra.as_ref().and_then(|m| m.get("precision")))?;
         let mut possible = config.state_names_with(true);
         let tensor_scalars: Vec<&str> = scalar_spec
             .iter()
@@ -544,10 +569,16 @@ impl Checkpoint {
             .collect();
         for name in st.names() {
             let ok = parse_tensor_name(name).is_some_and(|(i, what)| {
+                let absmax = what.strip_suffix(low_precision::ABSMAX);
                 i < n_tensors
                     && (what == "step"
                         || what == "params"
+                        || (what == "master_params" && precision.master_weights)
                         || possible.contains(&what)
+                        || absmax.is_some_and(|s| {
+                            precision.state_dtype == StateDtype::Int8Blockwise
+                                && possible.contains(&s)
+                        })
                         || tensor_scalars.contains(&what))
             });
             if !ok {
@@ -617,21 +648,20 @@ impl Checkpoint {
         // Everything below is read from tensors, which safetensors has
         // checked lie inside the file: a state of `total` elements needs
         // 4·total bytes of it.
+        // (a byte each where the state is kept in 8 bits).
+        let element_bytes = if precision.is_f32() { 4 } else { 1 };
         let has_tensors = !names.is_empty() || st.names().iter().any(|n| n.starts_with("params."));
-        if has_tensors && total.saturating_mul(4) > bytes.len() {
+        if has_tensors && total.saturating_mul(element_bytes) > bytes.len() {
             return Err(bad(format!(
                 "the lengths add up to {total} elements, more than the file's {} bytes hold",
                 bytes.len()
             )));
         }
 
-        let read_f32 = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let tensor = |name: &str, len: usize| {
             let t = st
                 .tensor(name)
                 .map_err(|_| bad(format!("missing tensor `{name}`")))?;
-            if t.dtype() != Dtype::F32 {
-                return Err(bad(format!("`{name}` is {:?}, expected F32", t.dtype())));
-            }
             let n = numel(name).expect("the tensor exists")?;
             if n != len {
                 return Err(bad(format!(
@@ -639,30 +669,78 @@ impl Checkpoint {
                     t.shape()
                 )));
             }
-            let data = t.data();
-            Ok(data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect())
+            Ok(t)
+        };
+        // Each tensor in the format its precision keeps it in.
+        let read = |name: &str, len: usize, dtype: ParamDtype| -> Result<Vec<f32>> {
+            low_precision::widen(name, &tensor(name, len)?, dtype)
+        };
+        let state_dtype = match precision.state_dtype {
+            StateDtype::Bf16 => ParamDtype::Bf16,
+            _ => ParamDtype::F32,
         };
         let mut state = Vec::with_capacity(names.len());
+        let mut quantized = Vec::new();
         for name in &names {
             let mut flat = Vec::with_capacity(total);
             for (i, &len) in lengths.iter().enumerate() {
-                flat.extend(read_f32(&format!("state.{i}.{name}"), len)?);
+                let key = format!("state.{i}.{name}");
+                if !LowPrecision::is_quantized(precision.state_dtype, len) {
+                    flat.extend(read(&key, len, state_dtype)?);
+                    continue;
+                }
+                let codes = tensor(&key, len)?;
+                if codes.dtype() != Dtype::U8 {
+                    return Err(bad(format!("`{key}` is {:?}, expected U8", codes.dtype())));
+                }
+                let absmax = read(
+                    &format!("{key}{}", low_precision::ABSMAX),
+                    len.div_ceil(crate::precision::blockwise::BLOCK),
+                    ParamDtype::F32,
+                )?;
+                let q = QuantizedState {
+                    state: name.to_string(),
+                    tensor: i,
+                    codes: codes.data().to_vec(),
+                    absmax,
+                };
+                let at = flat.len();
+                flat.resize(at + len, 0.0);
+                crate::precision::blockwise::dequantize_blockwise(
+                    &q.codes,
+                    &q.absmax,
+                    crate::precision::blockwise::DynamicMap::for_sign(
+                        crate::precision::store::state_sign(name).unwrap_or(true),
+                    ),
+                    &mut flat[at..],
+                );
+                quantized.push(q);
             }
             state.push((name.to_string(), flat));
         }
-        let any_params = (0..n_tensors).any(|i| st.tensor(&format!("params.{i}")).is_ok());
-        let params = if any_params {
+        // An 8-bit state's scales where the format keeps it in f32.
+        if let Some(name) = st.names().into_iter().find(|n| {
+            n.ends_with(low_precision::ABSMAX)
+                && !quantized.iter().any(|q| {
+                    *n == format!("state.{}.{}{}", q.tensor, q.state, low_precision::ABSMAX)
+                })
+        }) {
+            return Err(bad(format!(
+                "unexpected tensor `{name}`: that state is not kept in 8 bits"
+            )));
+        }
+        let read_all = |prefix: &str, dtype: ParamDtype| -> Result<Option<Vec<f32>>> {
+            if !(0..n_tensors).any(|i| st.tensor(&format!("{prefix}.{i}")).is_ok()) {
+                return Ok(None);
+            }
             let mut flat = Vec::with_capacity(total);
             for (i, &len) in lengths.iter().enumerate() {
-                flat.extend(read_f32(&format!("params.{i}"), len)?);
+                flat.extend(read(&format!("{prefix}.{i}"), len, dtype)?);
             }
-            Some(flat)
-        } else {
-            None
+            Ok(Some(flat))
         };
+        let params = read_all("params", precision.param_dtype)?;
+        let master_params = read_all("master_params", ParamDtype::F32)?;
 
         // The step tensors (torch's): scalars, all equal.
         let mut step_tensor: Option<f64> = None;
@@ -835,6 +913,9 @@ impl Checkpoint {
             grad_scale,
             scheduler,
             groups: Vec::new(),
+            precision,
+            master_params,
+            quantized,
         };
         ckpt.validate()?;
         Ok(ckpt)
@@ -855,11 +936,7 @@ impl Checkpoint {
         let step = [self.step as f32];
         for (i, (&len, &off)) in self.lengths.iter().zip(&offsets).enumerate() {
             for (name, values) in &self.state {
-                tensors.push(Tensor {
-                    name: format!("state.{i}.{name}"),
-                    shape: vec![len],
-                    data: Data::Borrowed(&values[off..off + len]),
-                });
+                low_precision::push_state(self, i, name, &values[off..off + len], &mut tensors);
             }
             if self.config.torch_step() {
                 tensors.push(Tensor {
@@ -874,13 +951,7 @@ impl Checkpoint {
                 i,
                 &mut tensors,
             );
-            if let Some(p) = &self.params {
-                tensors.push(Tensor {
-                    name: format!("params.{i}"),
-                    shape: vec![len],
-                    data: Data::Borrowed(&p[off..off + len]),
-                });
-            }
+            low_precision::push_params(self, i, off..off + len, &mut tensors);
         }
         let mut group = self.config.to_torch();
         group.insert(
@@ -892,7 +963,7 @@ impl Checkpoint {
             &self.scalar_state,
             &mut group,
         );
-        let extra = json!({
+        let mut extra = json!({
             "step": self.step,
             "lengths": self.lengths,
             "buffer_filled": self.buffer_filled,
@@ -924,6 +995,9 @@ impl Checkpoint {
                 v
             }),
         });
+        if let Some(p) = low_precision::to_json(&self.precision) {
+            extra["precision"] = p;
+        }
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("rule".to_string(), self.config.kind().name().to_string()),
@@ -945,12 +1019,20 @@ impl Checkpoint {
         config: &Config,
         state_names: &[&str],
         lengths: &[usize],
+        precision: &Precision,
     ) -> Result<()> {
         let mismatch = |what: &str, expected: String, got: String| Error::CheckpointMismatch {
             what: what.to_string(),
             expected,
             got,
         };
+        if *precision != self.precision {
+            return Err(mismatch(
+                "precision",
+                format!("{precision:?}"),
+                format!("{:?}", self.precision),
+            ));
+        }
         if config.kind() != self.config.kind() {
             return Err(mismatch(
                 "rule",
@@ -1000,7 +1082,9 @@ impl Checkpoint {
     }
 }
 
+mod low_precision;
 mod tensors;
+pub use low_precision::QuantizedState;
 use tensors::*;
 
 #[cfg(test)]

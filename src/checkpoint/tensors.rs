@@ -147,6 +147,9 @@ pub(super) fn parse_tensor_name(name: &str) -> Option<(usize, &str)> {
     if let Some(rest) = name.strip_prefix("params.") {
         return parse_index(rest).map(|i| (i, "params"));
     }
+    if let Some(rest) = name.strip_prefix("master_params.") {
+        return parse_index(rest).map(|i| (i, "master_params"));
+    }
     let rest = name.strip_prefix("state.")?;
     let (i, what) = rest.split_once('.')?;
     Some((parse_index(i)?, what))
@@ -200,6 +203,10 @@ pub(super) enum Data<'a> {
     Owned(Vec<f32>),
     /// Scalar state torch keeps in float64.
     F64(Vec<f64>),
+    /// 16-bit values: BF16 or F16 bit patterns.
+    U16(&'static str, Vec<u16>),
+    /// 8-bit state codes.
+    U8(Vec<u8>),
 }
 
 pub(super) struct Tensor<'a> {
@@ -213,6 +220,8 @@ impl Tensor<'_> {
         match &self.data {
             Data::Borrowed(_) | Data::Owned(_) => "F32",
             Data::F64(_) => "F64",
+            Data::U16(dtype, _) => dtype,
+            Data::U8(_) => "U8",
         }
     }
 
@@ -221,6 +230,8 @@ impl Tensor<'_> {
             Data::Borrowed(v) => v.len() * 4,
             Data::Owned(v) => v.len() * 4,
             Data::F64(v) => v.len() * 8,
+            Data::U16(_, v) => v.len() * 2,
+            Data::U8(v) => v.len(),
         }
     }
 
@@ -240,6 +251,8 @@ impl Tensor<'_> {
             Data::Borrowed(v) => all(w, v, |x| x.to_le_bytes()),
             Data::Owned(v) => all(w, v, |x| x.to_le_bytes()),
             Data::F64(v) => all(w, v, |x| x.to_le_bytes()),
+            Data::U16(_, v) => all(w, v, |x| x.to_le_bytes()),
+            Data::U8(v) => w.write_all(v),
         }
     }
 }

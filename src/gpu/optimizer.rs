@@ -689,6 +689,9 @@ impl GpuOptimizer {
             grad_scale: self.grad_scale,
             scheduler: None,
             groups: Vec::new(),
+            precision: Default::default(),
+            master_params: None,
+            quantized: Vec::new(),
         })
     }
 
@@ -727,7 +730,14 @@ impl GpuOptimizer {
     /// changes. The writes reach the GPU before the next submitted step.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        ckpt.check_fits(&self.config, &self.state_names, self.layout.lengths())?;
+        // The GPU keeps everything in f32: a low-precision checkpoint is a
+        // mismatch (its 8-bit codes or 16-bit values would be widened).
+        ckpt.check_fits(
+            &self.config,
+            &self.state_names,
+            self.layout.lengths(),
+            &Default::default(),
+        )?;
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }

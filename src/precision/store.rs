@@ -17,7 +17,7 @@ const SEGMENT: usize = 128 * BLOCK;
 
 /// Whether an 8-bit state takes the signed map, by its name: bitsandbytes'
 /// first moment is signed, its second unsigned.
-fn state_sign(name: &str) -> Option<bool> {
+pub(crate) fn state_sign(name: &str) -> Option<bool> {
     match name {
         "exp_avg" => Some(true),
         "exp_avg_sq" => Some(false),
@@ -247,6 +247,56 @@ impl LowPrecision {
             t.decode_into(&mut out);
         }
         out
+    }
+
+    /// Every 8-bit state tensor as stored, in state then tensor order:
+    /// `(state, tensor, codes, absmax)`.
+    pub(crate) fn quantized(&self) -> Vec<(usize, usize, &[u8], &[f32])> {
+        let mut out = Vec::new();
+        for (s, tensors) in self.states.iter().enumerate() {
+            for (t, state) in tensors.iter().enumerate() {
+                if let TensorState::Int8 { codes, absmax, .. } = state {
+                    out.push((s, t, codes.as_slice(), absmax.as_slice()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether tensor `len` long is stored in 8 bits under `dtype`.
+    pub(crate) fn is_quantized(dtype: StateDtype, len: usize) -> bool {
+        dtype == StateDtype::Int8Blockwise && len >= MIN_8BIT_SIZE
+    }
+
+    /// Restores the state exactly as a checkpoint keeps it: `state[s]`
+    /// packed and widened to f32 (exact for f32 and bf16), the 8-bit
+    /// tensors from their own codes and absmax (`quantized(s, t)`), and
+    /// the master weights. The caller has checked every length.
+    pub(crate) fn restore<'a>(
+        &mut self,
+        names: &[&'static str],
+        layout: &Layout,
+        state: &[Vec<f32>],
+        quantized: impl Fn(usize, usize) -> Option<(&'a [u8], &'a [f32])>,
+        master: Option<&[f32]>,
+    ) {
+        let dtype = self.precision.state_dtype;
+        for (s, values) in state.iter().enumerate() {
+            let signed = state_sign(names[s]).unwrap_or(true);
+            self.states[s] = (0..layout.len())
+                .map(|t| match quantized(s, t) {
+                    Some((codes, absmax)) => TensorState::Int8 {
+                        codes: codes.to_vec(),
+                        absmax: absmax.to_vec(),
+                        signed,
+                    },
+                    None => TensorState::new(dtype, signed, &values[layout.range(t)]),
+                })
+                .collect();
+        }
+        if let (Some(m), Some(src)) = (&mut self.master, master) {
+            m.copy_from_slice(src);
+        }
     }
 
     /// Replaces the parameters: the master takes them as given, the
