@@ -40,7 +40,8 @@ struct Run {
 }
 
 struct Data {
-    bytes: Vec<u8>,
+    /// Every tensor of the file, read once (the header holds thousands).
+    tensors: std::collections::HashMap<String, Vec<f32>>,
     sizes: Vec<usize>,
     cases: Vec<Case>,
     runs: Vec<Run>,
@@ -91,8 +92,22 @@ fn load() -> Data {
             bad_step: r["bad_step"].as_u64().unwrap() as usize,
         })
         .collect();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+            let values = t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect();
     Data {
-        bytes,
+        tensors,
         sizes,
         cases,
         runs,
@@ -101,13 +116,10 @@ fn load() -> Data {
 
 impl Data {
     fn tensor(&self, name: &str) -> Vec<f32> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        t.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("no tensor {name}"))
+            .clone()
     }
 
     fn split<'a>(&self, flat: &'a [f32]) -> Vec<&'a [f32]> {
