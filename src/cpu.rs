@@ -1,6 +1,6 @@
 //! The CPU optimizer: every rule over host slices.
 
-use crate::checkpoint::{Checkpoint, QuantizedState};
+use crate::checkpoint::{Checkpoint, GroupState, QuantizedState};
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
@@ -462,9 +462,11 @@ impl CpuOptimizer {
     /// model's parameters and state widened to f32 (exactly), the master
     /// weights, and each 8-bit state's codes and scales
     /// ([`Checkpoint::quantized`]): restored into an optimizer of the same
-    /// precision it goes on bit for bit. With several parameter groups it lists them
-    /// in [`Checkpoint::groups`], and such a checkpoint cannot be saved or
-    /// restored yet ([`Error::Unsupported`]).
+    /// precision it goes on bit for bit. With several parameter groups it
+    /// lists them in [`Checkpoint::groups`], each group's counters and
+    /// scalar state in [`Checkpoint::group_state`]; the file has them in
+    /// torch's `param_groups` form, and restores into an optimizer of the
+    /// same groups.
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             config: self.groups[0].config.clone(),
@@ -476,10 +478,16 @@ impl CpuOptimizer {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let v = match &self.low {
+                    let mut v = match &self.low {
                         Some(l) => l.read_state(i),
                         None => self.state[i].clone(),
                     };
+                    // A group without this state keeps nothing there.
+                    for g in self.groups.iter().filter(|g| !g.state_idx.contains(&i)) {
+                        for &t in &g.params {
+                            v[self.layout.range(t)].fill(0.0);
+                        }
+                    }
                     (n.to_string(), v)
                 })
                 .collect(),
@@ -496,6 +504,26 @@ impl CpuOptimizer {
             scheduler: None,
             groups: if self.groups.len() > 1 {
                 self.groups()
+            } else {
+                Vec::new()
+            },
+            group_state: if self.groups.len() > 1 {
+                self.groups
+                    .iter()
+                    .map(|g| GroupState {
+                        step: g.counters.step,
+                        buffer_filled: g.counters.buffer_filled,
+                        scalar_state: scalar_state_of(&g.config, g.counters.step, &g.scalar_state)
+                            .into_iter()
+                            .map(|(n, v)| (n.to_string(), v))
+                            .collect(),
+                        state_names: g
+                            .state_idx
+                            .iter()
+                            .map(|&i| self.state_names[i].to_string())
+                            .collect(),
+                    })
+                    .collect()
             } else {
                 Vec::new()
             },
@@ -527,6 +555,11 @@ impl CpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths)?;
+        if !ckpt.groups.is_empty() {
+            let mut opt = CpuOptimizer::with_param_groups(&layout.split(flat)?, &ckpt.groups)?;
+            opt.load_checkpoint(ckpt)?;
+            return Ok(opt);
+        }
         let mut opt = CpuOptimizer::with_precision_state(
             ckpt.config.clone(),
             ckpt.momentum_buffer(),
@@ -546,18 +579,16 @@ impl CpuOptimizer {
     /// anything changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        if self.groups.len() > 1 {
-            return Err(Error::Unsupported(format!(
-                "restoring a checkpoint into an optimizer of {} parameter groups (only of one, so far)",
-                self.groups.len()
-            )));
+        if self.groups.len() > 1 || !ckpt.groups.is_empty() {
+            self.check_fits_groups(ckpt)?;
+        } else {
+            ckpt.check_fits(
+                &self.groups[0].config,
+                &self.state_names,
+                self.layout.lengths(),
+                &self.precision(),
+            )?;
         }
-        ckpt.check_fits(
-            &self.groups[0].config,
-            &self.state_names,
-            self.layout.lengths(),
-            &self.precision(),
-        )?;
         let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
         match &mut self.low {
             Some(low) => {
@@ -584,12 +615,28 @@ impl CpuOptimizer {
         if let Some(p) = &ckpt.params {
             self.params.copy_from_slice(p);
         }
-        self.groups[0].config = ckpt.config.clone();
-        self.groups[0].scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
-        self.groups[0].counters = Counters {
-            step: ckpt.step,
-            buffer_filled: ckpt.buffer_filled,
-        };
+        let values = |s: &[(String, f64)]| s.iter().map(|(_, v)| *v).collect();
+        if ckpt.groups.is_empty() {
+            self.groups[0].config = ckpt.config.clone();
+            self.groups[0].scalar_state = values(&ckpt.scalar_state);
+            self.groups[0].counters = Counters {
+                step: ckpt.step,
+                buffer_filled: ckpt.buffer_filled,
+            };
+        }
+        for ((group, saved), counters) in self
+            .groups
+            .iter_mut()
+            .zip(&ckpt.groups)
+            .zip(&ckpt.group_state)
+        {
+            group.config = saved.config.clone();
+            group.scalar_state = values(&counters.scalar_state);
+            group.counters = Counters {
+                step: counters.step,
+                buffer_filled: counters.buffer_filled,
+            };
+        }
         self.clip = ckpt.clip;
         self.last_grad_norm = None;
         self.skip_nonfinite = ckpt.skip_nonfinite;
@@ -599,6 +646,69 @@ impl CpuOptimizer {
         self.inv_scale = inv_scale;
         // A checkpoint holds train mode's parameters.
         self.eval = false;
+        Ok(())
+    }
+
+    /// Checks that a checkpoint of several groups (or one into an
+    /// optimizer of several) fits: as many groups, each of the same tensors
+    /// and fitting as one group's checkpoint does.
+    fn check_fits_groups(&self, ckpt: &Checkpoint) -> Result<()> {
+        let mismatch = |what: String, expected: String, got: String| Error::CheckpointMismatch {
+            what,
+            expected,
+            got,
+        };
+        if self.groups.len() != ckpt.groups.len() {
+            return Err(mismatch(
+                "parameter groups".into(),
+                self.groups.len().to_string(),
+                ckpt.groups.len().max(1).to_string(),
+            ));
+        }
+        if self.layout.lengths() != ckpt.lengths.as_slice() {
+            return Err(mismatch(
+                "tensor lengths".into(),
+                format!("{:?}", self.layout.lengths()),
+                format!("{:?}", ckpt.lengths),
+            ));
+        }
+        for (g, (group, saved)) in self.groups.iter().zip(&ckpt.groups).enumerate() {
+            if group.params != saved.params {
+                return Err(mismatch(
+                    format!("group {g}'s tensors"),
+                    format!("{:?}", group.params),
+                    format!("{:?}", saved.params),
+                ));
+            }
+            let names: Vec<&str> = group
+                .state_idx
+                .iter()
+                .map(|&i| self.state_names[i])
+                .collect();
+            let lengths: Vec<usize> = group
+                .params
+                .iter()
+                .map(|&t| self.layout.lengths()[t])
+                .collect();
+            ckpt.part(g)?
+                .check_fits(&group.config, &names, &lengths, &self.precision())
+                .map_err(|e| match e {
+                    Error::CheckpointMismatch {
+                        what,
+                        expected,
+                        got,
+                    } => mismatch(format!("group {g}'s {what}"), expected, got),
+                    e => e,
+                })?;
+        }
+        let names: Vec<&str> = ckpt.state.iter().map(|(n, _)| n.as_str()).collect();
+        if names != self.state_names {
+            return Err(mismatch(
+                "state tensors".into(),
+                self.state_names.join(", "),
+                names.join(", "),
+            ));
+        }
         Ok(())
     }
 

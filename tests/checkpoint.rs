@@ -781,3 +781,179 @@ fn a_low_precision_checkpoint_does_not_load_on_the_gpu() {
     ));
     assert_eq!(snap_ckpt(&gpu.checkpoint().unwrap()), before);
 }
+
+/// `torch_groups.safetensors` (`gen_torch_checkpoint.py write_groups`):
+/// torch.optim.Adam over three groups of different lr, betas and weight
+/// decay, AMSGrad in the last, after 5 steps. It loads with its groups, and
+/// the next step on the CPU matches torch's to a few float32 roundings of
+/// the magnitudes combined: torch updates `exp_avg` by `lerp` (m + (1−β₁)(g
+/// − m)), we by β₁m + (1−β₁)g, and where m and g nearly cancel the two
+/// differ by hundreds of ulps of the small result while both are within a
+/// few roundings (8·2⁻²⁴ here) of the tensor's and the gradient's largest
+/// magnitude. A wrong β or lr in one group is off by 1e-3 of it and
+/// more. Our checkpoint of it is
+/// `ours_groups.safetensors` byte for byte, which `verify_groups` loaded
+/// into torch.optim.Adam and stepped to torch's own next step, bit for bit
+/// (run by hand: the test does not need Python;
+/// `WGPU_OPTIM_REGENERATE=1` rewrites it). The GPU optimizer has one
+/// group: the file is a mismatch there.
+#[test]
+fn three_groups_move_between_pytorch_and_this_library() {
+    let ckpt = Checkpoint::load(Path::new(DATA).join("torch_groups.safetensors")).unwrap();
+    let params: Vec<Vec<usize>> = ckpt.groups.iter().map(|g| g.params.clone()).collect();
+    assert_eq!(params, vec![vec![0, 1], vec![2], vec![3]]);
+    assert_eq!(ckpt.lengths, vec![12, 5, 6, 6]);
+    let base = Adam {
+        betas: (0.9, 0.99),
+        ..Adam::default()
+    };
+    let want: Vec<Config> = vec![
+        Adam {
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..base.clone()
+        }
+        .into(),
+        Adam {
+            lr: 0.003,
+            betas: (0.8, 0.95),
+            ..base.clone()
+        }
+        .into(),
+        Adam {
+            lr: 0.02,
+            eps: 1e-6,
+            amsgrad: true,
+            ..base
+        }
+        .into(),
+    ];
+    let got: Vec<Config> = ckpt.groups.iter().map(|g| g.config.clone()).collect();
+    assert_eq!(got, want);
+    assert!(ckpt.group_state.iter().all(|s| s.step == 5));
+    assert_eq!(
+        ckpt.group_state[2].state_names,
+        ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+    );
+    assert!(matches!(
+        GpuOptimizer::from_checkpoint(ctx(), &ckpt, GpuOptions::default()),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+
+    let mut cpu = CpuOptimizer::from_checkpoint(&ckpt).unwrap();
+    assert_eq!(cpu.group_count(), 3);
+    let ours = cpu.checkpoint().to_bytes().unwrap();
+    let path = Path::new(DATA).join("ours_groups.safetensors");
+    if std::env::var_os("WGPU_OPTIM_REGENERATE").is_some() {
+        std::fs::write(&path, &ours).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        ours,
+        "the library's file changed: regenerate and rerun verify_groups"
+    );
+    assert_eq!(Checkpoint::from_bytes(&ours).unwrap(), cpu.checkpoint());
+
+    let bytes = std::fs::read(Path::new(DATA).join("torch_groups_next.safetensors")).unwrap();
+    let next = SafeTensors::deserialize(&bytes).unwrap();
+    let g: Vec<Vec<f32>> = (0..4)
+        .map(|i| read_tensor(&next, &format!("grads.{i}")))
+        .collect();
+    cpu.step(&refs(&g)).unwrap();
+    let after = cpu.checkpoint();
+    assert!(after.group_state.iter().all(|s| s.step == 6));
+    let layout = wgpu_optim::Layout::new(&after.lengths).unwrap();
+    let mut worst = 0f32;
+    for (i, grad) in g.iter().enumerate() {
+        let mut names = vec!["exp_avg", "exp_avg_sq"];
+        if i == 3 {
+            names.push("max_exp_avg_sq");
+        }
+        let mut pairs = vec![(
+            "params",
+            layout.split(after.params.as_ref().unwrap()).unwrap()[i].to_vec(),
+            read_tensor(&next, &format!("params.{i}")),
+        )];
+        for n in names {
+            pairs.push((
+                n,
+                layout.split(after.state_flat(n).unwrap()).unwrap()[i].to_vec(),
+                read_tensor(&next, &format!("state.{i}.{n}")),
+            ));
+        }
+        let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (what, a, b) in pairs {
+            assert_eq!(a.len(), b.len());
+            let scale = max(&b).max(max(grad));
+            for (x, y) in a.iter().zip(&b) {
+                let err = (x - y).abs() / scale;
+                worst = worst.max(err);
+                assert!(
+                    err <= 8.0 * f32::EPSILON / 2.0,
+                    "tensor {i} {what}: {x} vs torch {y} ({err:e} of the scale {scale})"
+                );
+            }
+        }
+    }
+    println!("three groups: the next step matches torch's to {worst:e} of the magnitudes");
+}
+
+/// Groups with their own step counts and scalar state (NAdam's
+/// `mu_product`, after a group added later) save, load and go on bit for
+/// bit; a checkpoint of other groups is refused and changes nothing.
+#[test]
+fn groups_save_restore_continue_bit_for_bit() {
+    use wgpu_optim::NAdam;
+    let mut r = Rng(7);
+    let (a, b, c) = (r.vec(10), r.vec(3), r.vec(5));
+    let mut opt = CpuOptimizer::with_groups(&[
+        (NAdam::default().into(), &[&a[..], &b[..]][..]),
+        (
+            NAdam {
+                lr: 0.01,
+                weight_decay: 0.1,
+                ..NAdam::default()
+            }
+            .into(),
+            &[&c[..]][..],
+        ),
+    ])
+    .unwrap();
+    let grads = |r: &mut Rng, n: usize| -> Vec<Vec<f32>> {
+        [10, 3, 5, 4][..n].iter().map(|&k| r.vec(k)).collect()
+    };
+    for _ in 0..3 {
+        opt.step(&refs(&grads(&mut r, 3))).unwrap();
+    }
+    let d = r.vec(4);
+    opt.add_param_group(NAdam::default(), &[&d]).unwrap();
+    opt.step(&refs(&grads(&mut r, 4))).unwrap();
+    let saved = opt.checkpoint();
+    assert_eq!(
+        saved.group_state.iter().map(|s| s.step).collect::<Vec<_>>(),
+        [4, 4, 1]
+    );
+    let file = Checkpoint::from_bytes(&saved.to_bytes().unwrap()).unwrap();
+    assert_eq!(file, saved);
+    let mut back = CpuOptimizer::from_checkpoint(&file).unwrap();
+    for _ in 0..3 {
+        let g = grads(&mut r, 4);
+        opt.step(&refs(&g)).unwrap();
+        back.step(&refs(&g)).unwrap();
+    }
+    assert_eq!(snap_ckpt(&back.checkpoint()), snap_ckpt(&opt.checkpoint()));
+    assert_eq!(back.checkpoint(), opt.checkpoint());
+
+    // Into an optimizer of one group, or of other groups: refused.
+    let mut one = CpuOptimizer::new(NAdam::default(), &[&a, &b, &c, &d]).unwrap();
+    let before = one.checkpoint();
+    assert!(matches!(
+        one.load_checkpoint(&saved),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+    assert_eq!(one.checkpoint(), before);
+    assert!(matches!(
+        back.load_checkpoint(&before),
+        Err(Error::CheckpointMismatch { .. })
+    ));
+}

@@ -28,8 +28,8 @@
 //! | --- | --- |
 //! | `format` | `wgpu-optim/checkpoint/1` |
 //! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
-//! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
-//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `precision` (`param_dtype`, `state_dtype`, `master_weights`, `seed`; absent for f32), `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
+//! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: each group's torch hyperparameter names (`lr`, `betas`, ...) and `params` (its tensors' indices); this crate's own options (`eps_inside_sqrt`, LAMB's) beside them. With several groups each tensor's `state.{i}.*` has its own group's state names and step ([`GroupState`]) |
+//! | `wgpu_optim` | JSON: `step` (exact; the first group's), `groups` (each group's `step` and `buffer_filled`, with several), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `precision` (`param_dtype`, `state_dtype`, `master_weights`, `seed`; absent for f32), `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
 //!
 //! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
 //! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
@@ -127,13 +127,14 @@ pub struct Checkpoint {
     /// A learning-rate schedule's position, when one was saved.
     pub scheduler: Option<SchedulerState>,
     /// Every parameter group (tensor indices and hyperparameters) of an
-    /// optimizer with more than one; empty for one group, whose
-    /// hyperparameters are `config`. `config`, `step`, `buffer_filled`
-    /// and `scalar_state` are then the first group's. Saving, loading and
-    /// restoring a checkpoint of several groups is not supported yet
-    /// ([`Checkpoint::validate`] answers [`Error::Unsupported`]), so that
-    /// none is restored with one group's hyperparameters for all.
+    /// optimizer with more than one, in torch's `param_groups` order; empty
+    /// for one group, whose hyperparameters are `config`. `config`, `step`,
+    /// `buffer_filled` and `scalar_state` are then the first group's, and
+    /// `state` holds every group's state tensors (0 where a tensor's group
+    /// has no such state).
     pub groups: Vec<crate::ParamGroup>,
+    /// Each group's counters and scalar state, beside `groups`.
+    pub group_state: Vec<GroupState>,
     /// The formats the parameters and state are kept in
     /// ([`crate::CpuOptimizer::with_precision`]); all f32 (the default)
     /// for every other optimizer. With 16-bit parameters `params` holds the
@@ -301,6 +302,7 @@ impl Checkpoint {
             grad_scale: 1.0,
             scheduler: None,
             groups: Vec::new(),
+            group_state: Vec::new(),
             precision: Precision::default(),
             master_params: None,
             quantized: Vec::new(),
@@ -355,10 +357,7 @@ impl Checkpoint {
     /// parameters; parameters (if any) as long too.
     pub fn validate(&self) -> Result<()> {
         if !self.groups.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "checkpoints of {} parameter groups (only of one, so far)",
-                self.groups.len()
-            )));
+            return param_groups::validate(self);
         }
         let momentum_buffer = self.momentum_buffer();
         self.config
@@ -457,7 +456,7 @@ impl Checkpoint {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = dir.join(format!(".{file_name}.tmp.{}.{n}", std::process::id()));
         let result = (|| {
-            let (tensors, metadata) = self.to_tensors();
+            let (tensors, metadata) = self.file_tensors()?;
             {
                 let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -477,7 +476,7 @@ impl Checkpoint {
     /// The file's bytes, as [`Checkpoint::save`] writes them.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         self.validate()?;
-        let (tensors, metadata) = self.to_tensors();
+        let (tensors, metadata) = self.file_tensors()?;
         let mut out = Vec::new();
         write_safetensors(&mut out, &tensors, metadata).map_err(|e| Error::Io {
             path: "<memory>".into(),
@@ -531,12 +530,7 @@ impl Checkpoint {
                 .as_object()
                 .ok_or_else(|| bad("param_groups[0] is not an object".into()))?,
             [] => return Err(bad("param_groups is empty".into())),
-            _ => {
-                return Err(bad(format!(
-                    "{} parameter groups: this library keeps one group per optimizer",
-                    groups.len()
-                )))
-            }
+            _ => return param_groups::from_bytes(&st, meta, groups),
         };
         let n_tensors = group_params(group)?;
         // The scalar state torch keeps in the group is not a keyword
@@ -913,6 +907,7 @@ impl Checkpoint {
             grad_scale,
             scheduler,
             groups: Vec::new(),
+            group_state: Vec::new(),
             precision,
             master_params,
             quantized,
@@ -922,6 +917,15 @@ impl Checkpoint {
     }
 
     /// The tensors (name, shape, data) and metadata of the file.
+    fn file_tensors(&self) -> Result<(Vec<Tensor<'_>>, HashMap<String, String>)> {
+        if self.groups.is_empty() {
+            Ok(self.to_tensors())
+        } else {
+            param_groups::to_tensors(self)
+        }
+    }
+
+    /// [`Checkpoint::file_tensors`] of one group.
     fn to_tensors(&self) -> (Vec<Tensor<'_>>, HashMap<String, String>) {
         let offsets: Vec<usize> = self
             .lengths
@@ -1026,6 +1030,13 @@ impl Checkpoint {
             expected,
             got,
         };
+        if !self.groups.is_empty() {
+            return Err(mismatch(
+                "parameter groups",
+                "1".into(),
+                self.groups.len().to_string(),
+            ));
+        }
         if *precision != self.precision {
             return Err(mismatch(
                 "precision",
@@ -1083,8 +1094,10 @@ impl Checkpoint {
 }
 
 mod low_precision;
+mod param_groups;
 mod tensors;
 pub use low_precision::QuantizedState;
+pub use param_groups::GroupState;
 use tensors::*;
 
 #[cfg(test)]

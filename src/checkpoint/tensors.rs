@@ -207,6 +207,8 @@ pub(super) enum Data<'a> {
     U16(&'static str, Vec<u16>),
     /// 8-bit state codes.
     U8(Vec<u8>),
+    /// Bytes copied from a file, with their dtype's name.
+    Raw(String, Vec<u8>),
 }
 
 pub(super) struct Tensor<'a> {
@@ -216,12 +218,29 @@ pub(super) struct Tensor<'a> {
 }
 
 impl Tensor<'_> {
-    fn dtype(&self) -> &'static str {
+    /// The tensor, renamed, owning its data.
+    pub(super) fn into_owned(self, name: String) -> Tensor<'static> {
+        Tensor {
+            name,
+            shape: self.shape,
+            data: match self.data {
+                Data::Borrowed(v) => Data::Owned(v.to_vec()),
+                Data::Owned(v) => Data::Owned(v),
+                Data::F64(v) => Data::F64(v),
+                Data::U16(d, v) => Data::U16(d, v),
+                Data::U8(v) => Data::U8(v),
+                Data::Raw(d, v) => Data::Raw(d, v),
+            },
+        }
+    }
+
+    fn dtype(&self) -> &str {
         match &self.data {
             Data::Borrowed(_) | Data::Owned(_) => "F32",
             Data::F64(_) => "F64",
             Data::U16(dtype, _) => dtype,
             Data::U8(_) => "U8",
+            Data::Raw(dtype, _) => dtype,
         }
     }
 
@@ -231,7 +250,7 @@ impl Tensor<'_> {
             Data::Owned(v) => v.len() * 4,
             Data::F64(v) => v.len() * 8,
             Data::U16(_, v) => v.len() * 2,
-            Data::U8(v) => v.len(),
+            Data::U8(v) | Data::Raw(_, v) => v.len(),
         }
     }
 
@@ -252,7 +271,7 @@ impl Tensor<'_> {
             Data::Owned(v) => all(w, v, |x| x.to_le_bytes()),
             Data::F64(v) => all(w, v, |x| x.to_le_bytes()),
             Data::U16(_, v) => all(w, v, |x| x.to_le_bytes()),
-            Data::U8(v) => w.write_all(v),
+            Data::U8(v) | Data::Raw(_, v) => w.write_all(v),
         }
     }
 }

@@ -689,6 +689,7 @@ impl GpuOptimizer {
             grad_scale: self.grad_scale,
             scheduler: None,
             groups: Vec::new(),
+            group_state: Vec::new(),
             precision: Default::default(),
             master_params: None,
             quantized: Vec::new(),

@@ -5,6 +5,16 @@ usage:
   gen_torch_checkpoint.py write   # torch writes torch_adam.safetensors and torch_adam_next.safetensors
   gen_torch_checkpoint.py verify  # torch reads ours_adamw.safetensors (written by wgpu-optim),
                                   # continues one step and compares with ours_adamw_next.safetensors
+  gen_torch_checkpoint.py write_groups   # torch writes torch_groups.safetensors, torch_groups_next.safetensors
+  gen_torch_checkpoint.py verify_groups  # torch reads ours_groups.safetensors (wgpu-optim's), continues
+                                         # one step and compares with torch_groups_next.safetensors
+
+write_groups / verify_groups: the same with three parameter groups of
+different hyperparameters (lr, betas, weight_decay; AMSGrad in the last, so
+its tensors have one more state) over four tensors. ours_groups.safetensors
+is wgpu-optim's checkpoint of torch_groups.safetensors loaded into its CPU
+optimizer: verify_groups rebuilds torch.optim.Adam with its param_groups,
+load_state_dict()s it and checks that torch's next step is torch's own.
 
 write: a torch.optim.Adam over two parameters (shapes [3, 4] and [5]) takes 5
 steps with fixed gradients; its state_dict() is saved with
@@ -110,5 +120,82 @@ def verify():
           f"torch's next step matches wgpu-optim's to {worst} ulp(s) (torch {torch.__version__})")
 
 
+GROUP_SHAPES = [[(3, 4), (5,)], [(6,)], [(2, 3)]]
+
+
+def groups_run():
+    torch.manual_seed(1)
+    groups = [[torch.nn.Parameter(torch.randn(s, dtype=torch.float32)) for s in g] for g in GROUP_SHAPES]
+    opt = torch.optim.Adam([
+        {"params": groups[0], "lr": 0.01, "weight_decay": 0.1},
+        {"params": groups[1], "lr": 0.003, "betas": (0.8, 0.95), "weight_decay": 0.0},
+        {"params": groups[2], "lr": 0.02, "eps": 1e-6, "amsgrad": True},
+    ], lr=0.001, betas=(0.9, 0.99))
+    params = [p for g in groups for p in g]
+    shapes = [s for g in GROUP_SHAPES for s in g]
+    for step in range(1, 6):
+        for p, g in zip(params, grads_at(step, shapes)):
+            p.grad = g
+        opt.step()
+    return opt, params, shapes
+
+
+def write_groups():
+    opt, params, shapes = groups_run()
+    tensors, groups = flat_state(opt, params)
+    for i, p in enumerate(params):
+        tensors[f"params.{i}"] = p.detach().clone().contiguous()
+    save_file(tensors, os.path.join(HERE, "torch_groups.safetensors"),
+              metadata={"rule": "adam", "param_groups": json.dumps(groups)})
+    grads = grads_at(6, shapes)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
+    after, _ = flat_state(opt, params)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        after[f"params.{i}"] = p.detach().clone().contiguous()
+        after[f"grads.{i}"] = g.contiguous()
+    save_file(after, os.path.join(HERE, "torch_groups_next.safetensors"),
+              metadata={"torch": torch.__version__})
+    print("wrote torch_groups.safetensors and torch_groups_next.safetensors with torch", torch.__version__)
+
+
+def verify_groups():
+    path = os.path.join(HERE, "ours_groups.safetensors")
+    tensors = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["rule"] == "adam", meta["rule"]
+    groups = json.loads(meta["param_groups"])
+    assert len(groups) == 3, len(groups)
+    n = sum(len(g["params"]) for g in groups)
+    nxt = load_file(os.path.join(HERE, "torch_groups_next.safetensors"))
+    # Our file keeps each tensor flat (its length); torch's shapes are the run's.
+    shape = [nxt[f"grads.{i}"].shape for i in range(n)]
+    params = [torch.nn.Parameter(tensors[f"params.{i}"].clone().reshape(shape[i])) for i in range(n)]
+    torch_groups = []
+    for g in groups:
+        hyper = {k: v for k, v in g.items() if k not in ("params", "eps_inside_sqrt")}
+        hyper["betas"] = tuple(hyper["betas"])
+        torch_groups.append({"params": [params[i] for i in g["params"]], **hyper})
+    opt = torch.optim.Adam(torch_groups)
+    state = {}
+    for i in range(n):
+        state[i] = {k[len(f"state.{i}."):]: (v.clone() if v.dim() == 0 else v.clone().reshape(shape[i]))
+                    for k, v in tensors.items() if k.startswith(f"state.{i}.")}
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    for i, p in enumerate(params):
+        p.grad = nxt[f"grads.{i}"].clone()
+    opt.step()
+    for i, p in enumerate(params):
+        got = {"params": p.detach(), **{k: v for k, v in opt.state[p].items() if k != "step"}}
+        for what, v in got.items():
+            want = nxt[f"params.{i}" if what == "params" else f"state.{i}.{what}"]
+            if not torch.equal(v, want):
+                sys.exit(f"tensor {i} {what}: torch's step from ours differs from torch's own")
+    print(f"ours_groups.safetensors: loaded into torch.optim.Adam (3 groups) by load_state_dict; "
+          f"its next step is torch's own, bit for bit (torch {torch.__version__})")
+
+
 if __name__ == "__main__":
-    {"write": write, "verify": verify}[sys.argv[1] if len(sys.argv) > 1 else "write"]()
+    {"write": write, "verify": verify, "write_groups": write_groups, "verify_groups": verify_groups}[sys.argv[1] if len(sys.argv) > 1 else "write"]()
