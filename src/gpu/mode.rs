@@ -31,6 +31,11 @@ impl GpuOptimizer {
         if eval == self.eval {
             return Ok(());
         }
+        if self.views.is_some() {
+            return Err(Error::Unsupported(
+                "the schedule-free eval mode on tensor views (from_views)".into(),
+            ));
+        }
         if z_exists(&self.exact_counts()?.scalar_state) {
             let z = state_index(&self.config, &self.state_names, "z")?;
             self.switch_mode(z, mode_switch_weight(beta1, eval))?;
@@ -89,7 +94,10 @@ impl GpuOptimizer {
                     let Some(size) = NonZeroU64::new(range.len * 4) else {
                         continue;
                     };
-                    let (param, offset) = self.params.locate(c, range);
+                    // Views are refused above (set_eval).
+                    let Some((param, offset)) = self.params.locate(c, range) else {
+                        continue;
+                    };
                     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("schedulefree_mode"),
                         layout: &layout,
