@@ -524,3 +524,64 @@ fn usages_of_host_transfers() {
     ));
     assert_eq!(opt.step_count(), 1);
 }
+
+// ------------------------------------------------------ README example
+
+/// The code block of the README's "Tensors in your own buffers", compiled
+/// and run; [`readme_block_is_this`] checks that the README holds the same
+/// text.
+#[rustfmt::skip]
+mod readme {
+    use wgpu_optim::Error;
+
+    #[test]
+    fn readme_views() -> Result<(), Error> {
+        // README: views
+        use wgpu_optim::{Adam, GpuContext, GpuOptimizer, TensorView};
+
+        let ctx = GpuContext::new()?;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let pool = |size| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor { label: None, size, usage, mapped_at_creation: false })
+        };
+        let (weights, grads) = (pool(1 << 16), pool(1 << 16));
+        // Where your framework's pool put each tensor: (buffer, byte offset, length).
+        let params = vec![TensorView::new(weights.clone(), 0, 4096), TensorView::new(weights.clone(), 16640, 64)];
+        let grad_views = vec![TensorView::new(grads.clone(), 256, 4096), TensorView::new(grads.clone(), 20480, 64)];
+        let mut opt = GpuOptimizer::from_views(&ctx, Adam::default(), params, grad_views)?;
+        assert_eq!(opt.dispatches_per_step(), 1); // one (weights, grads) pair, whatever the tensors
+        // ... your backward pass writes the gradients into `grads` ...
+        opt.step_device()?; // steps the tensors in `weights` in place
+        let w = opt.read_params()?; // read through the views (COPY_SRC)
+        assert_eq!(w[1].len(), 64);
+        // END README
+        Ok(())
+    }
+}
+
+/// The README's block is the one [`readme::readme_views`] runs.
+#[test]
+fn readme_block_is_this() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let source =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/views.rs")).unwrap();
+    let marker = "// README: views";
+    let at = readme
+        .find("## Tensors in your own buffers")
+        .expect("README lacks its views section");
+    let start = readme[at..].find("```rust\n").unwrap() + at + 8;
+    let end = readme[start..].find("```").unwrap() + start;
+    let from = source.find(marker).unwrap() + marker.len() + 1;
+    let to = source[from..].find("        // END README").unwrap() + from;
+    let code: String = source[from..to]
+        .lines()
+        .map(|l| l.strip_prefix("        ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        &readme[start..end],
+        code,
+        "README block of the views section"
+    );
+}
