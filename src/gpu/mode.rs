@@ -24,8 +24,8 @@ impl GpuOptimizer {
     /// [`Error::EvalMode`]; [`GpuOptimizer::checkpoint`] saves `y` whatever
     /// the mode, and restoring one returns to train mode. With
     /// `skip_nonfinite` it first learns whether any step was applied (the
-    /// package creates `z` at the first). Other rules:
-    /// [`Error::Unsupported`].
+    /// package creates `z` at the first). Other rules, and optimizers over
+    /// views ([`GpuOptimizer::from_views`]): [`Error::Unsupported`].
     pub fn set_eval(&mut self, eval: bool) -> Result<()> {
         let beta1 = eval_beta1(&self.config)?;
         if eval == self.eval {
