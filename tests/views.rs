@@ -445,6 +445,27 @@ fn bad_views_are_typed_errors() {
     ));
 }
 
+/// Views of zero elements only: a model with nothing to step builds,
+/// steps (no dispatch) and reads back empty, as the packed path does.
+#[test]
+fn empty_views_step() {
+    let a = buffer("a", 256, USAGE);
+    let b = buffer("b", 256, USAGE);
+    let mut opt = GpuOptimizer::from_views(
+        ctx(),
+        Adam::default(),
+        vec![TensorView::new(a.clone(), 0, 0), TensorView::new(a, 256, 0)],
+        vec![TensorView::new(b.clone(), 4, 0), TensorView::new(b, 8, 0)],
+    )
+    .unwrap();
+    assert_eq!(opt.dispatches_per_step(), 0);
+    opt.set_clip_grad_norm(Some(ClipGradNorm::new(1.0)))
+        .unwrap();
+    opt.step(&[&[], &[]]).unwrap();
+    assert_eq!(opt.step_count(), 1);
+    assert_eq!(opt.read_params().unwrap(), vec![Vec::<f32>::new(); 2]);
+}
+
 /// What views do not support is refused, never stepped wrong: LAMB,
 /// vector_width 4, the schedule-free eval mode. `skip_bounds_checks` is
 /// taken and ignored.

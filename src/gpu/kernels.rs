@@ -8,9 +8,10 @@
 //! A kernel's source is, in order: the prelude [`compose`] writes (`V` and
 //! its u32 and bool types, the constants, `struct StepTail`, `struct
 //! TileHeader`, `struct Uniforms`, the bindings), `shaders/common.wgsl`,
-//! the prologue of its kind (`shaders/elementwise.wgsl`, or
-//! `shaders/tiles.wgsl`), then the rule's own file (its `struct Scalars`,
-//! its overrides, its update) or the reduction's.
+//! the prologue of its kind (`shaders/elementwise.wgsl`,
+//! `shaders/tiles.wgsl`, or `shaders/views.wgsl` for tensors given as
+//! views), then the rule's own file (its `struct Scalars`, its overrides,
+//! its update; for views rewritten by `view_body`) or the reduction's.
 
 use std::fmt::Write as _;
 

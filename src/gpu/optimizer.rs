@@ -32,6 +32,7 @@ pub struct GpuOptions {
     /// 16-byte loads) or 1. `None` takes 4 wherever the chunks allow it:
     /// always for the optimizer's own buffers (padded to a multiple of 4),
     /// and for the caller's buffers when the total length is a multiple of 4.
+    /// On views ([`GpuOptimizer::from_views`]) 1 only.
     pub vector_width: Option<u32>,
     /// Compile the kernels without wgpu's shader bounds checks. Safe by
     /// construction: each invocation touches only index `i < arrayLength(&param)`,
@@ -39,7 +40,9 @@ pub struct GpuOptions {
     /// tensor) is bound with the same length, so `i` is in bounds for all of
     /// them; the state slots a configuration does not use are behind
     /// `override` constants and never touched. The loop ends because the
-    /// stride is at least one workgroup.
+    /// stride is at least one workgroup. Ignored on views
+    /// ([`GpuOptimizer::from_views`]), whose kernels index with offsets from
+    /// a table.
     pub skip_bounds_checks: bool,
 }
 
@@ -49,7 +52,9 @@ pub struct GpuOptions {
 /// step writes this step's scalars to a uniform buffer and records one
 /// compute pass with one dispatch per chunk (one chunk unless the model is
 /// larger than one storage binding), whatever the number of tensors. Nothing
-/// is read back and nothing is recompiled during a step.
+/// is read back and nothing is recompiled during a step. Tensors that live
+/// at offsets in the caller's own buffers (a framework's pool) are taken as
+/// views: [`GpuOptimizer::from_views`].
 ///
 /// ```no_run
 /// use wgpu_optim::{AdamW, GpuContext, GpuOptimizer};
