@@ -7,8 +7,9 @@
 // offset in the parameter window, in the gradient window, in the state
 // chunk, length). A workgroup takes one tile at a time; the rule's
 // `update(i, pi, gi)` (its file, rewritten by src/gpu/kernels.rs) steps
-// state element i with param[pi] and grad[gi]. Scalar loads: a view's
-// offset is a multiple of 4 bytes, not of 16.
+// state element i with param[pi] and grad[gi]. `V` is vec4<f32> when
+// every view starts at a multiple of 16 bytes and holds a multiple of 4
+// elements (the table then counts vec4s), f32 otherwise.
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(

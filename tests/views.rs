@@ -27,6 +27,10 @@ const SENTINEL: u32 = 0x7fc0_dead;
 /// past a tile (4096).
 const LENGTHS: &[usize] = &[300, 0, 5, 63, 4500, 17];
 
+/// Lengths in fours: at offsets that are multiples of 16 bytes the view
+/// kernel loads vec4s.
+const LENGTHS_IN_FOURS: &[usize] = &[300, 0, 8, 64, 4500, 20];
+
 fn buffer(label: &str, bytes: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     ctx().device().create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -130,13 +134,23 @@ fn refs(t: &[Vec<f32>]) -> Vec<&[f32]> {
 /// their own, stepped alike; every step's parameters and state compared
 /// bit for bit. Steps go every way a caller can: `step` (host gradients),
 /// `write_grads` + `step_device`, `record_step` into the caller's encoder.
-fn compare_with_packed(config: Config, options: GpuOptions, clip: bool, pools: usize, align: u64) {
+/// `width`: the vector width the view kernel must have picked.
+#[allow(clippy::too_many_arguments)]
+fn compare_with_packed(
+    config: Config,
+    options: GpuOptions,
+    clip: bool,
+    lengths: &[usize],
+    pools: usize,
+    align: u64,
+    width: u32,
+) {
     let mut rng = Rng(7);
-    let init = tensors(&mut rng, LENGTHS);
-    let (p_buffers, p_views) = pooled("params", LENGTHS, pools, align);
+    let init = tensors(&mut rng, lengths);
+    let (p_buffers, p_views) = pooled("params", lengths, pools, align);
     // Another arrangement for the gradients: each gradient at another
     // offset than its parameter.
-    let (g_buffers, g_views) = pooled("grads", LENGTHS, pools + 1, align);
+    let (g_buffers, g_views) = pooled("grads", lengths, pools + 1, align);
     let mut views = GpuOptimizer::from_views_with_options(
         ctx(),
         config.clone(),
@@ -145,6 +159,7 @@ fn compare_with_packed(config: Config, options: GpuOptions, clip: bool, pools: u
         options.clone(),
     )
     .unwrap();
+    assert_eq!(views.vector_width(), width, "{config:?}");
     views.write_params(&refs(&init)).unwrap();
     let mut packed =
         GpuOptimizer::with_options(ctx(), config.clone(), &refs(&init), options).unwrap();
@@ -156,7 +171,7 @@ fn compare_with_packed(config: Config, options: GpuOptions, clip: bool, pools: u
         }
     }
     for step in 0..3 {
-        let grads = tensors(&mut rng, LENGTHS);
+        let grads = tensors(&mut rng, lengths);
         for opt in [&mut views, &mut packed] {
             match step {
                 0 => opt.step(&refs(&grads)).unwrap(),
@@ -210,7 +225,9 @@ fn sgd_momentum() -> Config {
 
 /// Adam, AdamW, SGD with momentum and RMSprop (three state slots: the most
 /// bindings a view kernel has) equal the packed path, at 256-byte offsets
-/// (burn's pool) in three buffers and at 4-byte offsets in two.
+/// (burn's pool) in three buffers and at 4-byte offsets in two (scalar
+/// loads), and with lengths in fours at 256- and 16-byte offsets (vec4
+/// loads).
 #[test]
 fn views_equal_the_packed_path() {
     let rmsprop: Config = RmsProp {
@@ -226,8 +243,11 @@ fn views_equal_the_packed_path() {
         rmsprop,
     ];
     for config in configs {
-        compare_with_packed(config.clone(), GpuOptions::default(), false, 3, 256);
-        compare_with_packed(config, GpuOptions::default(), false, 2, 4);
+        let o = GpuOptions::default;
+        compare_with_packed(config.clone(), o(), false, LENGTHS, 3, 256, 1);
+        compare_with_packed(config.clone(), o(), false, LENGTHS, 2, 4, 1);
+        compare_with_packed(config.clone(), o(), false, LENGTHS_IN_FOURS, 3, 256, 4);
+        compare_with_packed(config, o(), false, LENGTHS_IN_FOURS, 2, 16, 4);
     }
 }
 
@@ -235,7 +255,25 @@ fn views_equal_the_packed_path() {
 /// the norm and the steps are the packed path's, bit for bit.
 #[test]
 fn views_clip_as_the_packed_path() {
-    compare_with_packed(Adam::default().into(), GpuOptions::default(), true, 2, 256);
+    let adam: Config = Adam::default().into();
+    compare_with_packed(
+        adam.clone(),
+        GpuOptions::default(),
+        true,
+        LENGTHS,
+        2,
+        256,
+        1,
+    );
+    compare_with_packed(
+        adam,
+        GpuOptions::default(),
+        true,
+        LENGTHS_IN_FOURS,
+        2,
+        256,
+        4,
+    );
 }
 
 /// Buffers larger than a (small) chunk are bound in windows: tensors
@@ -247,8 +285,17 @@ fn windows_of_large_buffers() {
         max_chunk_elements: Some(64),
         ..GpuOptions::default()
     };
-    compare_with_packed(AdamW::default().into(), options.clone(), false, 2, 4);
-    compare_with_packed(sgd_momentum(), options, false, 1, 256);
+    compare_with_packed(
+        AdamW::default().into(),
+        options.clone(),
+        false,
+        LENGTHS,
+        2,
+        4,
+        1,
+    );
+    compare_with_packed(sgd_momentum(), options.clone(), false, LENGTHS, 1, 256, 1);
+    compare_with_packed(sgd_momentum(), options, false, LENGTHS_IN_FOURS, 2, 16, 4);
 }
 
 /// One dispatch per distinct (parameter buffer, gradient buffer) pair,
@@ -466,9 +513,10 @@ fn empty_views_step() {
     assert_eq!(opt.read_params().unwrap(), vec![Vec::<f32>::new(); 2]);
 }
 
-/// What views do not support is refused, never stepped wrong: LAMB,
-/// vector_width 4, the schedule-free eval mode. `skip_bounds_checks` is
-/// taken and ignored.
+/// What views do not support is refused, never stepped wrong: LAMB, the
+/// schedule-free eval mode; vector_width 4 on views that do not allow it
+/// is an invalid option, 1 is taken where 4 would be. `skip_bounds_checks`
+/// is taken and ignored.
 #[test]
 fn unsupported_on_views() {
     let a = buffer("a", 4096, USAGE);
@@ -488,7 +536,23 @@ fn unsupported_on_views() {
         grads.clone(),
         wide,
     );
-    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    assert!(matches!(e, Err(Error::InvalidOptions(_))), "{e:?}");
+    let aligned = |buf: &wgpu::Buffer, at| vec![TensorView::new(buf.clone(), at, 8)];
+    let scalar = GpuOptions {
+        vector_width: Some(1),
+        ..GpuOptions::default()
+    };
+    for (options, width) in [(GpuOptions::default(), 4), (scalar, 1)] {
+        let opt = GpuOptimizer::from_views_with_options(
+            ctx(),
+            Adam::default(),
+            aligned(&a, 256),
+            aligned(&b, 16),
+            options,
+        )
+        .unwrap();
+        assert_eq!(opt.vector_width(), width);
+    }
     let mut sf = GpuOptimizer::from_views(
         ctx(),
         AdamWScheduleFree::default(),

@@ -135,9 +135,10 @@ enum Kind {
     /// Tile kernels; `rule`: with the rule's `struct Scalars` (LAMB) or
     /// without (the reduction).
     Tiles { rule: bool },
-    /// A rule's element-wise kernel over views: scalar `V`, the prologue
-    /// `shaders/views.wgsl`, the rule's file rewritten by [`view_body`].
-    Views,
+    /// A rule's element-wise kernel over views, `V` this wide: the
+    /// prologue `shaders/views.wgsl`, the rule's file rewritten by
+    /// [`view_body`].
+    Views { width: u32 },
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -146,7 +147,7 @@ enum Kind {
 fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &str) -> String {
     let mut s = String::with_capacity(8192 + body.len());
     let vector = match kind {
-        Kind::Elementwise { width: 4 } => "vec4<f32>",
+        Kind::Elementwise { width: 4 } | Kind::Views { width: 4 } => "vec4<f32>",
         _ => "f32",
     };
     let (vu, vb) = if vector == "f32" {
@@ -164,7 +165,9 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(StepTail::WGSL);
     s.push_str(TileHeader::WGSL);
     let members = match kind {
-        Kind::Elementwise { .. } | Kind::Views => "    tail: StepTail,\n    rule: Scalars,\n",
+        Kind::Elementwise { .. } | Kind::Views { .. } => {
+            "    tail: StepTail,\n    rule: Scalars,\n"
+        }
         Kind::Tiles { rule: true } => {
             "    tail: StepTail,\n    tiles: TileHeader,\n    rule: Scalars,\n"
         }
@@ -187,7 +190,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(match kind {
         Kind::Elementwise { .. } => include_str!("../../shaders/elementwise.wgsl"),
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
-        Kind::Views => VIEWS_WGSL,
+        Kind::Views { .. } => VIEWS_WGSL,
     });
     s.push_str(body);
     s
@@ -411,7 +414,14 @@ pub(super) fn kernel_for(
         return compile(
             ctx,
             name,
-            &compose(Kind::Views, &bindings, &[], &body),
+            &compose(
+                Kind::Views {
+                    width: variant.width,
+                },
+                &bindings,
+                &[],
+                &body,
+            ),
             &["main"],
             overrides,
             bindings,
@@ -677,7 +687,9 @@ mod tests {
             assert!(body.contains("param[pi]") && body.contains("grad[gi]"));
             let mut bindings = elementwise_bindings(slots);
             bindings.insert(bindings.len() - 1, VIEW_TILES);
-            module(&compose(Kind::Views, &bindings, &[], &body));
+            for width in [1, 4] {
+                module(&compose(Kind::Views { width }, &bindings, &[], &body));
+            }
         }
         assert_eq!(
             replace_access("prev_grad[i] + grad[i]", "grad[i]", "grad[gi]"),

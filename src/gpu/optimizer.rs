@@ -32,7 +32,9 @@ pub struct GpuOptions {
     /// 16-byte loads) or 1. `None` takes 4 wherever the chunks allow it:
     /// always for the optimizer's own buffers (padded to a multiple of 4),
     /// and for the caller's buffers when the total length is a multiple of 4.
-    /// On views ([`GpuOptimizer::from_views`]) 1 only.
+    /// On views ([`GpuOptimizer::from_views`]) 4 needs every view to start
+    /// at a multiple of 16 bytes and hold a multiple of 4 elements; `None`
+    /// takes 4 where they do.
     pub vector_width: Option<u32>,
     /// Compile the kernels without wgpu's shader bounds checks. Safe by
     /// construction: each invocation touches only index `i < arrayLength(&param)`,

@@ -19,7 +19,7 @@ use crate::layout::Layout;
 use crate::rules::Config;
 
 use super::chunks::{check_size, chunk_elements, split_chunks, ChunkRange, Tiling};
-use super::kernels::{Kernel, Variant};
+use super::kernels::{variant, Kernel, Variant};
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::resources::Storage;
 use super::uniforms::UNIFORM_STRIDE;
@@ -62,6 +62,17 @@ impl TensorView {
 /// same tiles in the same order as on the packed path.
 const TILE: u64 = 4096;
 
+/// Whether every view starts at a multiple of 16 bytes and holds a
+/// multiple of 4 elements: then every tile's offsets and length are
+/// multiples of 4 too (windows, chunks and [`TILE`] are), and the view
+/// kernel may load `vec4<f32>`s.
+fn vec4_aligned(params: &[TensorView], grads: &[TensorView]) -> bool {
+    params
+        .iter()
+        .chain(grads)
+        .all(|v| v.offset.is_multiple_of(16) && v.len.is_multiple_of(4))
+}
+
 /// One dispatch of a view kernel: the windows it binds and its tiles.
 pub(super) struct ViewGroup {
     /// (index into `ViewPlan::param_buffers`, window).
@@ -84,6 +95,9 @@ pub(super) struct ViewPlan {
     grad_buffers: Vec<wgpu::Buffer>,
     /// Elements of a window (one chunk's size).
     window: u64,
+    /// Elements a kernel invocation loads at once (1 or 4): the rule
+    /// table counts in these units.
+    width: u32,
     pub(super) groups: Vec<ViewGroup>,
     /// Tiles over all groups.
     pub(super) tiles: usize,
@@ -205,7 +219,8 @@ impl ViewPlan {
     /// Cuts every tensor into tiles that stay within one parameter window,
     /// one gradient window, one state chunk and [`TILE`] elements, numbered
     /// in tensor order, and groups them by the windows and chunk they bind;
-    /// then makes each group's tables. The views are checked.
+    /// then makes each group's tables. The views are checked; with `width`
+    /// 4 they are [`vec4_aligned`].
     fn new(
         ctx: &GpuContext,
         layout: &Layout,
@@ -213,6 +228,7 @@ impl ViewPlan {
         grads: &[TensorView],
         chunks: &[ChunkRange],
         window: u64,
+        width: u32,
     ) -> Result<Self> {
         let mut param_buffers = Vec::new();
         let mut grad_buffers = Vec::new();
@@ -256,7 +272,11 @@ impl ViewPlan {
                     (ge - gw * window) as u32,
                     (at - c.start) as u32,
                 );
-                groups[gi].rule.push([po, go, so, take as u32]);
+                // With width 4 all four are multiples of 4 (vec4_aligned).
+                let w = width;
+                groups[gi]
+                    .rule
+                    .push([po / w, go / w, so / w, take as u32 / w]);
                 groups[gi].reduce.push([go, take as u32, tensor, number]);
                 total += 1;
                 k += take;
@@ -306,18 +326,20 @@ impl ViewPlan {
             param_buffers,
             grad_buffers,
             window,
+            width,
             groups,
             tiles: total as usize,
         })
     }
 
     /// The binding of window `w` of `buffer`: one chunk's bytes, or what is
-    /// left of the buffer (rounded down to a multiple of 4: every view ends
-    /// at one).
+    /// left of the buffer, rounded down to whole `V`s (every view ends at
+    /// one: at a multiple of 4 bytes, of 16 with width 4).
     fn window_binding<'a>(&self, buffer: &'a wgpu::Buffer, w: u64) -> wgpu::BufferBinding<'a> {
         let bytes = self.window * 4;
         let offset = w * bytes;
-        let size = (buffer.size() / 4 * 4 - offset).min(bytes);
+        let unit = 4 * self.width as u64;
+        let size = (buffer.size() / unit * unit - offset).min(bytes);
         wgpu::BufferBinding {
             buffer,
             offset,
@@ -360,8 +382,12 @@ impl GpuOptimizer {
     /// larger buffer) and reads each tensor's offsets from a table: its
     /// dispatches grow with the number of distinct (parameter buffer,
     /// gradient buffer) pairs, not with the number of tensors
-    /// ([`GpuOptimizer::dispatches_per_step`]). The kernels load scalars
-    /// (`vector_width` 1).
+    /// ([`GpuOptimizer::dispatches_per_step`]). The kernels load
+    /// `vec4<f32>`s when every view starts at a multiple of 16 bytes and
+    /// holds a multiple of 4 elements (burn's 256-byte alignment, lengths
+    /// in fours), scalars otherwise; [`GpuOptions::vector_width`] 4 asks
+    /// for the former, [`Error::InvalidOptions`] when the views do not
+    /// allow it.
     ///
     /// Checked in this order, before anything is made:
     /// [`Error::EmptyParameterList`], [`Error::TensorCountMismatch`] and
@@ -374,8 +400,8 @@ impl GpuOptimizer {
     /// Not supported, [`Error::Unsupported`]: a gradient in a buffer that
     /// also holds parameters (wgpu refuses a buffer bound read-write and
     /// read-only in one dispatch: keep them in separate buffers), LAMB
-    /// (its tile kernels index parameters and state alike), `vector_width`
-    /// 4, and the schedule-free eval mode ([`GpuOptimizer::set_eval`]).
+    /// (its tile kernels index parameters and state alike), and the
+    /// schedule-free eval mode ([`GpuOptimizer::set_eval`]).
     /// [`GpuOptions::skip_bounds_checks`] is ignored: the view kernels
     /// index with offsets from a table, so their bounds checks stay on.
     ///
@@ -434,18 +460,32 @@ impl GpuOptimizer {
                 config.kind().name()
             )));
         }
-        if options.vector_width.is_some_and(|w| w != 1) {
-            return Err(Error::Unsupported(format!(
-                "vector_width {} on tensor views (their offsets are multiples of 4 bytes: \
-                 the view kernels load scalars)",
-                options.vector_width.unwrap_or(1)
-            )));
-        }
+        let aligned = vec4_aligned(&params, &grads);
+        let width = match options.vector_width {
+            None if aligned => 4,
+            None => 1,
+            Some(4) if !aligned => {
+                return Err(Error::InvalidOptions(
+                    "vector_width 4 on views needs every view to start at a multiple of 16 \
+                     bytes and hold a multiple of 4 elements"
+                        .into(),
+                ))
+            }
+            Some(w) => w,
+        };
         let lengths: Vec<usize> = params.iter().map(|v| v.len).collect();
         let layout = Layout::new(&lengths)?;
         let window = chunk_elements(ctx, &options)?;
         let chunks = split_chunks(layout.total() as u64, window);
-        let plan = ViewPlan::new(ctx, &layout, &params, &grads, &chunks, window)?;
+        // Checks the width (1 or 4) before anything is made.
+        let variant = Variant {
+            views: true,
+            // The view kernels index with offsets from a table: their
+            // bounds checks stay on.
+            bounds_checked: true,
+            ..variant(width, &options)?
+        };
+        let plan = ViewPlan::new(ctx, &layout, &params, &grads, &chunks, window, width)?;
         // The packed tiles are not used on views: only the partials'
         // count (one per view tile) matters to the resources.
         let tiling = Tiling {
@@ -454,11 +494,6 @@ impl GpuOptimizer {
             total: plan.tiles,
         };
         let momentum_buffer = config.builds_momentum_buffer();
-        let variant = Variant {
-            width: 1,
-            bounds_checked: true,
-            views: true,
-        };
         Self::build(
             ctx,
             config,

@@ -19,8 +19,9 @@ pub(super) struct GpuTimes {
 /// packed in its own buffers, or scattered over [`POOLS`] pooled parameter
 /// and gradient buffers (tensor `i` in pool `i % POOLS`, each at the next
 /// multiple of 256 bytes) and stepped through views. The views' kernels
-/// load scalars and keep their bounds checks: `--vector-width` and
-/// `--unchecked` are left out there.
+/// pick their own width (vec4 where every length is a multiple of 4) and
+/// keep their bounds checks: `--vector-width` and `--unchecked` are left
+/// out there.
 pub(super) fn gpu_optimizer(
     ctx: &GpuContext,
     preset: Preset,

@@ -258,7 +258,7 @@ pub struct BenchArgs {
     /// GPU only: where the tensors live, comma separated: packed (the
     /// optimizer's own buffers) or scattered (1000 tensors, by default,
     /// over 8 pooled buffers at 256-byte-aligned offsets, through
-    /// `from_views`: scalar kernels, LAMB unsupported). A GPU row per
+    /// `from_views`; LAMB unsupported). A GPU row per
     /// layout; the CPU rows are packed.
     #[arg(long, value_delimiter = ',', default_value = "packed")]
     layout: Vec<BenchLayout>,
