@@ -271,6 +271,44 @@ pub enum Error {
         /// Groups the optimizer has.
         groups: usize,
     },
+    /// Two tensor views (`crate::TensorView`) share bytes of one buffer:
+    /// two parameters, two gradients, or a parameter and a gradient.
+    /// Nothing was changed.
+    #[error("{first} view {first_tensor} and {second} view {second_tensor} overlap in one buffer")]
+    ViewOverlap {
+        /// `parameter` or `gradient`.
+        first: &'static str,
+        /// Index of the first view's tensor.
+        first_tensor: usize,
+        /// `parameter` or `gradient`.
+        second: &'static str,
+        /// Index of the second view's tensor.
+        second_tensor: usize,
+    },
+    /// A tensor view reaching past its buffer's end (`offset + 4 × len`
+    /// bytes beyond the buffer's size). Nothing was changed.
+    #[error("{what} view {tensor} ends at byte {end}, past its buffer's {size} bytes")]
+    ViewOutOfBounds {
+        /// `parameter` or `gradient`.
+        what: &'static str,
+        /// Index of the tensor.
+        tensor: usize,
+        /// Where the view ends, in bytes (saturated at `u64::MAX`).
+        end: u64,
+        /// The buffer's size in bytes.
+        size: u64,
+    },
+    /// A tensor view whose byte offset is not a multiple of 4 (one `f32`).
+    /// Nothing was changed.
+    #[error("{what} view {tensor} starts at byte {offset}, not a multiple of 4")]
+    Misaligned {
+        /// `parameter` or `gradient`.
+        what: &'static str,
+        /// Index of the tensor.
+        tensor: usize,
+        /// The offset given, in bytes.
+        offset: u64,
+    },
     /// Something the library does not support yet.
     #[error("not supported yet: {0}")]
     Unsupported(String),

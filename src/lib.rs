@@ -67,7 +67,7 @@ pub use checkpoint::Checkpoint;
 pub use clip::ClipGradNorm;
 pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
-pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
+pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions, TensorView};
 pub use groups::ParamGroup;
 pub use layout::Layout;
 pub use optimizer::{CombineTensorSums, Optimizer};

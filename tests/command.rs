@@ -152,4 +152,54 @@ mod binary {
             "{stderr}"
         );
     }
+
+    /// `--layout packed,scattered`: one GPU row per layout, the same model
+    /// (1000 tensors unless `--tensors` says otherwise), the scattered one
+    /// over 8 pooled buffers in one dispatch per (parameter pool, gradient
+    /// pool) pair, both verified against the CPU (`run` checks the exit
+    /// status: every row ran).
+    #[test]
+    fn bench_layouts_packed_and_scattered() {
+        let out = run(&[
+            "bench",
+            "--json",
+            "--backends",
+            "gpu",
+            "--rules",
+            "adam,sgd_momentum",
+            "--sizes",
+            "16K",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--warmup-ms",
+            "0",
+            "--batch",
+            "1",
+            "--layout",
+            "packed,scattered",
+            "--verify",
+            "--verify-steps",
+            "2",
+        ]);
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+            .collect();
+        let row = |rule: &str, layout: &str| {
+            rows.iter()
+                .find(|r| r["rule"] == rule && r["layout"] == layout)
+                .unwrap_or_else(|| panic!("no {rule} {layout} row in {rows:?}"))
+        };
+        for layout in ["packed", "scattered"] {
+            let r = row("adam", layout);
+            assert_eq!(r["tensors"], 1000, "{r}");
+            assert_eq!(r["verify_ok"], true, "{r}");
+        }
+        assert_eq!(row("adam", "packed")["dispatches_per_step"], 1);
+        assert_eq!(row("adam", "scattered")["dispatches_per_step"], 8);
+        assert_eq!(row("adam", "scattered")["kernel"], "scalar");
+        assert_eq!(row("sgd_momentum", "scattered")["verify_ok"], true);
+    }
 }

@@ -48,13 +48,15 @@ mod recorded_steps;
 mod scalar_state;
 #[path = "setter_sequences.rs"]
 mod setter_sequences;
+#[path = "views.rs"]
+mod views;
 
 use common::cases::{self, Kernel};
 use common::{device_with_limits, Envelope, Rng};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
     Adam, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, GpuOptions,
-    RuleKind, Sgd,
+    RuleKind, Sgd, TensorView,
 };
 
 /// Tensors of mixed lengths (an empty one, one shorter than a vec4, ones
@@ -253,6 +255,73 @@ fn every_rule_and_option_steps_on_webgpu_default_limits() {
         }
     }
     assert_eq!(runs, configs().len() * 3 * 2 * 2 * 2);
+}
+
+/// Views (`from_views`) on `Limits::default()`: every element-wise rule
+/// with each of its state sets (the view kernel binds one storage buffer
+/// more than the packed one, its tile table: 8 with three state slots),
+/// with clipping and `skip_nonfinite` off and on, over tensors at
+/// 256-byte offsets in two parameter and two gradient buffers, steps as
+/// the CPU does; LAMB is refused as unsupported.
+#[test]
+fn every_rule_steps_on_views_on_webgpu_default_limits() {
+    let ctx = webgpu();
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let pool = |label: &str| {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: 16 << 10,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let (p, g) = ([pool("p0"), pool("p1")], [pool("g0"), pool("g1")]);
+    // Tensor i in pool i % 2, 256-byte aligned after the one before.
+    let place = |pools: &[wgpu::Buffer; 2], shift: u64| -> Vec<TensorView> {
+        let mut ends = [shift; 2];
+        LENGTHS
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let at = ends[i % 2].div_ceil(256) * 256;
+                ends[i % 2] = at + n as u64 * 4;
+                TensorView::new(pools[i % 2].clone(), at, n)
+            })
+            .collect()
+    };
+    let mut seed = 500;
+    let mut runs = 0;
+    for (name, config) in configs() {
+        let built = GpuOptimizer::from_views(ctx, config.clone(), place(&p, 0), place(&g, 256));
+        if tiled(config.kind()) {
+            assert!(matches!(built, Err(Error::Unsupported(_))), "{name}");
+            continue;
+        }
+        drop(built);
+        for clip in [None, Some(ClipGradNorm::new(0.5))] {
+            for skip in [false, true] {
+                seed += 1;
+                let what = format!("{name} on views, clip {clip:?}, skip {skip}");
+                let params = tensors(&mut Rng(seed), LENGTHS);
+                let refs: Vec<&[f32]> = params.iter().map(|p| p.as_slice()).collect();
+                let mut gpu =
+                    GpuOptimizer::from_views(ctx, config.clone(), place(&p, 0), place(&g, 256))
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                gpu.write_params(&refs).unwrap();
+                let mut cpu = CpuOptimizer::new(config.clone(), &refs).unwrap();
+                gpu.set_clip_grad_norm(clip)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                cpu.set_clip_grad_norm(clip).unwrap();
+                gpu.set_skip_nonfinite(skip)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                cpu.set_skip_nonfinite(skip);
+                steps_like_the_cpu(&what, &mut gpu, &mut cpu, LENGTHS, seed * 7);
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 0);
 }
 
 /// A device with `max_storage_buffers_per_shader_stage` from 4 to 8: a rule

@@ -8,9 +8,10 @@
 //! A kernel's source is, in order: the prelude [`compose`] writes (`V` and
 //! its u32 and bool types, the constants, `struct StepTail`, `struct
 //! TileHeader`, `struct Uniforms`, the bindings), `shaders/common.wgsl`,
-//! the prologue of its kind (`shaders/elementwise.wgsl`, or
-//! `shaders/tiles.wgsl`), then the rule's own file (its `struct Scalars`,
-//! its overrides, its update) or the reduction's.
+//! the prologue of its kind (`shaders/elementwise.wgsl`,
+//! `shaders/tiles.wgsl`, or `shaders/views.wgsl` for tensors given as
+//! views), then the rule's own file (its `struct Scalars`, its overrides,
+//! its update; for views rewritten by `view_body`) or the reduction's.
 
 use std::fmt::Write as _;
 
@@ -29,6 +30,9 @@ pub(super) const WORKGROUP_SIZE: u64 = 256;
 pub(crate) struct Variant {
     pub(super) width: u32,
     pub(super) bounds_checked: bool,
+    /// The kernel of an optimizer over views (`shaders/views.wgsl`): it
+    /// reads each element's offsets from a tile table.
+    pub(super) views: bool,
 }
 
 /// How a kernel reads a binding.
@@ -131,6 +135,10 @@ enum Kind {
     /// Tile kernels; `rule`: with the rule's `struct Scalars` (LAMB) or
     /// without (the reduction).
     Tiles { rule: bool },
+    /// A rule's element-wise kernel over views, `V` this wide: the
+    /// prologue `shaders/views.wgsl`, the rule's file rewritten by
+    /// [`view_body`].
+    Views { width: u32 },
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -139,7 +147,7 @@ enum Kind {
 fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &str) -> String {
     let mut s = String::with_capacity(8192 + body.len());
     let vector = match kind {
-        Kind::Elementwise { width: 4 } => "vec4<f32>",
+        Kind::Elementwise { width: 4 } | Kind::Views { width: 4 } => "vec4<f32>",
         _ => "f32",
     };
     let (vu, vb) = if vector == "f32" {
@@ -157,7 +165,9 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(StepTail::WGSL);
     s.push_str(TileHeader::WGSL);
     let members = match kind {
-        Kind::Elementwise { .. } => "    tail: StepTail,\n    rule: Scalars,\n",
+        Kind::Elementwise { .. } | Kind::Views { .. } => {
+            "    tail: StepTail,\n    rule: Scalars,\n"
+        }
         Kind::Tiles { rule: true } => {
             "    tail: StepTail,\n    tiles: TileHeader,\n    rule: Scalars,\n"
         }
@@ -180,9 +190,73 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(match kind {
         Kind::Elementwise { .. } => include_str!("../../shaders/elementwise.wgsl"),
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
+        Kind::Views { .. } => VIEWS_WGSL,
     });
     s.push_str(body);
     s
+}
+
+/// The prologue of the kernels over views.
+const VIEWS_WGSL: &str = include_str!("../../shaders/views.wgsl");
+
+/// The table of a view kernel's tiles (`view_tiles` in views.wgsl).
+const VIEW_TILES: Binding = Binding::new("view_tiles", Access::Read, "array<vec4<u32>>");
+
+/// A rule's file as the view kernel needs it: `update(i)` becomes
+/// `update(i, pi, gi)`, and each `param[i]` / `grad[i]` reads `param[pi]` /
+/// `grad[gi]` (the element's offsets in the bound windows of the caller's
+/// buffers; `i` stays the state's index). One rule text serves both paths.
+/// `None` when the file does not have the one `update(i: u32)` and the
+/// accesses this rewriting knows.
+fn view_body(source: &str) -> Option<String> {
+    const SIGNATURE: &str = "fn update(i: u32)";
+    if source.matches(SIGNATURE).count() != 1 {
+        return None;
+    }
+    let s = source.replace(SIGNATURE, "fn update(i: u32, pi: u32, gi: u32)");
+    let s = replace_access(&s, "param[i]", "param[pi]");
+    let s = replace_access(&s, "grad[i]", "grad[gi]");
+    // Any other access to the two bindings would index them with the
+    // state's `i`.
+    let left = |name: &str, kept: &str| {
+        let mut at = 0;
+        while let Some(k) = s[at..].find(name) {
+            let start = at + k;
+            let whole = start == 0 || !is_ident(s.as_bytes()[start - 1]);
+            if whole && !s[start..].starts_with(kept) {
+                return true;
+            }
+            at = start + name.len();
+        }
+        false
+    };
+    if left("param[", "param[pi]") || left("grad[", "grad[gi]") {
+        return None;
+    }
+    Some(s)
+}
+
+fn is_ident(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// `from` replaced by `to` where `from` is not the tail of a longer name
+/// (`prev_grad[i]` stays).
+fn replace_access(s: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 64);
+    let mut at = 0;
+    while let Some(k) = s[at..].find(from) {
+        let start = at + k;
+        out.push_str(&s[at..start]);
+        if start == 0 || !is_ident(s.as_bytes()[start - 1]) {
+            out.push_str(to);
+        } else {
+            out.push_str(from);
+        }
+        at = start + from.len();
+    }
+    out.push_str(&s[at..]);
+    out
 }
 
 /// The reduction's source (`shaders/reduce.wgsl`).
@@ -281,6 +355,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     Ok(Variant {
         width,
         bounds_checked: !options.skip_bounds_checks,
+        views: false,
     })
 }
 
@@ -321,7 +396,38 @@ pub(super) fn kernel_for(
         }
         KernelShape::ElementWise { slots } => slots,
     };
-    let bindings = elementwise_bindings(slots);
+    let mut bindings = elementwise_bindings(slots);
+    if variant.views {
+        let Some(body) = view_body(source) else {
+            return Err(Error::Unsupported(format!(
+                "the {name} kernel on tensor views"
+            )));
+        };
+        // Before `u`, the last binding.
+        bindings.insert(bindings.len() - 1, VIEW_TILES);
+        check_kernel_limits(
+            &limits,
+            &format!("the {name} kernel on views"),
+            &bindings,
+            0,
+        )?;
+        return compile(
+            ctx,
+            name,
+            &compose(
+                Kind::Views {
+                    width: variant.width,
+                },
+                &bindings,
+                &[],
+                &body,
+            ),
+            &["main"],
+            overrides,
+            bindings,
+            variant,
+        );
+    }
     check_kernel_limits(&limits, &format!("the {name} kernel"), &bindings, 0)?;
     let kind = Kind::Elementwise {
         width: variant.width,
@@ -354,8 +460,10 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
         &REDUCE_ENTRY_POINTS,
         vec![],
         bindings,
+        // The same kernel serves views: their tile tables have its format.
         Variant {
             width: 1,
+            views: false,
             ..variant
         },
     )
@@ -563,6 +671,34 @@ mod tests {
         );
     }
 
+    /// Every element-wise rule's file rewrites into a valid view kernel
+    /// whose `param` and `grad` are indexed only by the window offsets, and
+    /// the rewriting leaves a longer name that ends in `grad` alone.
+    #[test]
+    fn view_kernels_compose() {
+        for kind in RuleKind::ALL {
+            let config = kind.default_config();
+            let spec = config.kernel();
+            let KernelShape::ElementWise { slots } = spec.shape else {
+                continue;
+            };
+            let body = view_body(spec.source).unwrap_or_else(|| panic!("{}", spec.name));
+            assert!(!body.contains("param[i]") && !body.contains("grad[i]"));
+            assert!(body.contains("param[pi]") && body.contains("grad[gi]"));
+            let mut bindings = elementwise_bindings(slots);
+            bindings.insert(bindings.len() - 1, VIEW_TILES);
+            for width in [1, 4] {
+                module(&compose(Kind::Views { width }, &bindings, &[], &body));
+            }
+        }
+        assert_eq!(
+            replace_access("prev_grad[i] + grad[i]", "grad[i]", "grad[gi]"),
+            "prev_grad[i] + grad[gi]"
+        );
+        assert!(view_body("fn update(i: u32) { let a = grad[i + 1u]; }").is_none());
+        assert!(view_body("fn other() {}").is_none());
+    }
+
     /// The numbers shared with Rust come from Rust: the rule files and the
     /// shared parts hold no binding numbers, workgroup sizes or flag values
     /// of their own.
@@ -572,6 +708,7 @@ mod tests {
             include_str!("../../shaders/common.wgsl"),
             include_str!("../../shaders/elementwise.wgsl"),
             include_str!("../../shaders/tiles.wgsl"),
+            VIEWS_WGSL,
             REDUCE_WGSL,
         ];
         let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);

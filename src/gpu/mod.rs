@@ -12,6 +12,8 @@ mod readback;
 mod resources;
 mod skip;
 mod uniforms;
+mod views;
 
 pub use context::{AdapterCandidate, AdapterSelection, GpuContext};
 pub use optimizer::{GpuOptimizer, GpuOptions};
+pub use views::TensorView;

@@ -24,12 +24,17 @@ impl GpuOptimizer {
     /// [`Error::EvalMode`]; [`GpuOptimizer::checkpoint`] saves `y` whatever
     /// the mode, and restoring one returns to train mode. With
     /// `skip_nonfinite` it first learns whether any step was applied (the
-    /// package creates `z` at the first). Other rules:
-    /// [`Error::Unsupported`].
+    /// package creates `z` at the first). Other rules, and optimizers over
+    /// views ([`GpuOptimizer::from_views`]): [`Error::Unsupported`].
     pub fn set_eval(&mut self, eval: bool) -> Result<()> {
         let beta1 = eval_beta1(&self.config)?;
         if eval == self.eval {
             return Ok(());
+        }
+        if self.views.is_some() {
+            return Err(Error::Unsupported(
+                "the schedule-free eval mode on tensor views (from_views)".into(),
+            ));
         }
         if z_exists(&self.exact_counts()?.scalar_state) {
             let z = state_index(&self.config, &self.state_names, "z")?;
@@ -89,7 +94,10 @@ impl GpuOptimizer {
                     let Some(size) = NonZeroU64::new(range.len * 4) else {
                         continue;
                     };
-                    let (param, offset) = self.params.locate(c, range);
+                    // Views are refused above (set_eval).
+                    let Some((param, offset)) = self.params.locate(c, range) else {
+                        continue;
+                    };
                     let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("schedulefree_mode"),
                         layout: &layout,

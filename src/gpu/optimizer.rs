@@ -18,6 +18,7 @@ use super::readback::{map_counters, read_buffer};
 use super::resources::{OwnedResources, Storage};
 use super::skip::{SkipTracker, COUNTER_WORDS};
 use super::uniforms::{ScalarsVia, UNIFORM_RING, UNIFORM_STRIDE};
+use super::views::ViewPlan;
 
 /// Options of a [`GpuOptimizer`] that are not hyperparameters.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +32,9 @@ pub struct GpuOptions {
     /// 16-byte loads) or 1. `None` takes 4 wherever the chunks allow it:
     /// always for the optimizer's own buffers (padded to a multiple of 4),
     /// and for the caller's buffers when the total length is a multiple of 4.
+    /// On views ([`GpuOptimizer::from_views`]) 4 needs every view to start
+    /// at a multiple of 16 bytes and hold a multiple of 4 elements; `None`
+    /// takes 4 where they do.
     pub vector_width: Option<u32>,
     /// Compile the kernels without wgpu's shader bounds checks. Safe by
     /// construction: each invocation touches only index `i < arrayLength(&param)`,
@@ -38,7 +42,9 @@ pub struct GpuOptions {
     /// tensor) is bound with the same length, so `i` is in bounds for all of
     /// them; the state slots a configuration does not use are behind
     /// `override` constants and never touched. The loop ends because the
-    /// stride is at least one workgroup.
+    /// stride is at least one workgroup. Ignored on views
+    /// ([`GpuOptimizer::from_views`]), whose kernels index with offsets from
+    /// a table.
     pub skip_bounds_checks: bool,
 }
 
@@ -48,7 +54,9 @@ pub struct GpuOptions {
 /// step writes this step's scalars to a uniform buffer and records one
 /// compute pass with one dispatch per chunk (one chunk unless the model is
 /// larger than one storage binding), whatever the number of tensors. Nothing
-/// is read back and nothing is recompiled during a step.
+/// is read back and nothing is recompiled during a step. Tensors that live
+/// at offsets in the caller's own buffers (a framework's pool) are taken as
+/// views: [`GpuOptimizer::from_views`].
 ///
 /// ```no_run
 /// use wgpu_optim::{AdamW, GpuContext, GpuOptimizer};
@@ -93,6 +101,9 @@ pub struct GpuOptimizer {
     /// Schedule-free eval mode: the parameters hold `x`, not `y`
     /// (src/gpu/mode.rs).
     pub(super) eval: bool,
+    /// How the views are bound ([`GpuOptimizer::from_views`]); `None` on
+    /// the packed paths.
+    pub(super) views: Option<ViewPlan>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -175,6 +186,7 @@ impl GpuOptimizer {
             params_storage,
             Storage::Owned(grad_buffers),
             variant(width, &options)?,
+            None,
         )?;
         ctx.scoped("uploading parameters", || {
             opt.write_storage_tensors(&opt.params, params)
@@ -262,14 +274,16 @@ impl GpuOptimizer {
             Storage::Caller(params),
             Storage::Caller(grads),
             variant(width, &options)?,
+            None,
         )
     }
 
     // Each argument is a separate part of the optimizer, made by its
     // constructor (the state set included: `momentum_buffer`; the tiling,
-    // its counts checked before any buffer is allocated).
+    // its counts checked before any buffer is allocated; the plan of the
+    // views, with the views).
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub(super) fn build(
         ctx: &GpuContext,
         config: Config,
         momentum_buffer: bool,
@@ -279,6 +293,7 @@ impl GpuOptimizer {
         params: Storage,
         grads: Storage,
         variant: Variant,
+        views: Option<ViewPlan>,
     ) -> Result<Self> {
         let is_lamb = config.kernel().is_tiled();
         // LAMB runs on tiles only; its kernels read scalars, never vec4s.
@@ -317,6 +332,7 @@ impl GpuOptimizer {
             skip: None,
             skipped_before: 0,
             eval: false,
+            views,
         };
         if is_lamb {
             // LAMB's own kernels are tile kernels: their bind groups are
@@ -543,8 +559,15 @@ impl GpuOptimizer {
     /// larger than one storage binding), whatever the number of tensors;
     /// with clipping one more per chunk and one to finish the norm; LAMB
     /// two per chunk and one for the trust ratios.
+    /// On views ([`GpuOptimizer::from_views`]) read "group" for "chunk": a
+    /// group is one (parameter window, gradient window, state chunk) that
+    /// tensors share, so one per distinct (parameter buffer, gradient
+    /// buffer) pair unless a buffer or the state is larger than a binding.
     pub fn dispatches_per_step(&self) -> usize {
-        let chunks = self.chunks.len();
+        let chunks = match &self.views {
+            Some(plan) => plan.groups.len(),
+            None => self.chunks.len(),
+        };
         if chunks == 0 {
             return 0;
         }
@@ -644,10 +667,11 @@ impl GpuOptimizer {
     /// `None` and the parameters are the caller's to save). Waits for the
     /// GPU.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let readable = match &self.params {
-            Storage::Owned(_) => true,
-            Storage::Caller(b) => b.usage().contains(wgpu::BufferUsages::COPY_SRC),
-        };
+        let readable = self
+            .params
+            .buffers()
+            .iter()
+            .all(|b| b.usage().contains(wgpu::BufferUsages::COPY_SRC));
         let mut params = if readable {
             Some(self.read_params_flat()?)
         } else {
@@ -883,19 +907,24 @@ impl GpuOptimizer {
     }
 
     /// The parameter buffers: one per chunk for buffers the optimizer
-    /// made, or the caller's own.
+    /// made, or the caller's own (on views, each distinct buffer once, in
+    /// the order of the views that first name them).
     pub fn param_buffers(&self) -> Vec<&wgpu::Buffer> {
-        match &self.params {
-            Storage::Owned(b) => b.iter().collect(),
-            Storage::Caller(b) => vec![b],
+        match (&self.views, &self.params) {
+            (Some(plan), _) => plan.param_buffers().iter().collect(),
+            (None, Storage::Owned(b)) => b.iter().collect(),
+            (None, Storage::Caller(b)) => vec![b],
+            (None, Storage::Views(v)) => v.iter().map(|v| &v.buffer).collect(),
         }
     }
 
     /// The gradient buffers, as [`GpuOptimizer::param_buffers`].
     pub fn grad_buffers(&self) -> Vec<&wgpu::Buffer> {
-        match &self.grads {
-            Storage::Owned(b) => b.iter().collect(),
-            Storage::Caller(b) => vec![b],
+        match (&self.views, &self.grads) {
+            (Some(plan), _) => plan.grad_buffers().iter().collect(),
+            (None, Storage::Owned(b)) => b.iter().collect(),
+            (None, Storage::Caller(b)) => vec![b],
+            (None, Storage::Views(v)) => v.iter().map(|v| &v.buffer).collect(),
         }
     }
 }

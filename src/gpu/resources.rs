@@ -14,15 +14,30 @@ use super::optimizer::GpuOptimizer;
 use super::readback::read_buffer;
 use super::skip::COUNTER_WORDS;
 use super::uniforms::{UNIFORM_RING, UNIFORM_STRIDE};
+use super::views::TensorView;
 
-/// Where a packed tensor set lives: our own buffers (one per chunk), or one
-/// buffer the caller handed over (chunks are ranges of it).
+/// Where a tensor set lives: our own buffers (one per chunk), one buffer
+/// the caller handed over (chunks are ranges of it), or the caller's views
+/// (one per tensor; bound by `GpuOptimizer::view_groups`, never by chunk).
 pub(super) enum Storage {
     Owned(Vec<wgpu::Buffer>),
     Caller(wgpu::Buffer),
+    Views(Vec<TensorView>),
 }
 
 impl Storage {
+    /// Every buffer it holds (a caller's buffer once per view naming it).
+    pub(super) fn buffers(&self) -> Vec<&wgpu::Buffer> {
+        match self {
+            Storage::Owned(b) => b.iter().collect(),
+            Storage::Caller(b) => vec![b],
+            Storage::Views(v) => v.iter().map(|v| &v.buffer).collect(),
+        }
+    }
+
+    /// Chunk `chunk` bound whole. Packed storage only: views are bound by
+    /// `view_groups`, which the callers (`chunk_groups`, the mode switch)
+    /// leave to views, so the arm below is never taken.
     fn binding(&self, chunk: usize, range: &ChunkRange, width: u32) -> wgpu::BufferBinding<'_> {
         match self {
             Storage::Owned(buffers) => wgpu::BufferBinding {
@@ -35,14 +50,17 @@ impl Storage {
                 offset: range.start * 4,
                 size: NonZeroU64::new(range.len * 4),
             },
+            Storage::Views(_) => unreachable!("views are bound by view_groups"),
         }
     }
 
-    /// The buffer and byte offset of flat element `chunk_start`.
-    pub(super) fn locate(&self, chunk: usize, range: &ChunkRange) -> (&wgpu::Buffer, u64) {
+    /// The buffer and byte offset of flat element `chunk_start`, on packed
+    /// storage (`None` on views: each tensor has its own place).
+    pub(super) fn locate(&self, chunk: usize, range: &ChunkRange) -> Option<(&wgpu::Buffer, u64)> {
         match self {
-            Storage::Owned(buffers) => (&buffers[chunk], 0),
-            Storage::Caller(buffer) => (buffer, range.start * 4),
+            Storage::Owned(buffers) => Some((&buffers[chunk], 0)),
+            Storage::Caller(buffer) => Some((buffer, range.start * 4)),
+            Storage::Views(_) => None,
         }
     }
 }
@@ -56,10 +74,10 @@ pub(super) struct OwnedResources {
     /// its own, so that no two writable bindings alias), kept with the
     /// bind groups that use them.
     #[allow(dead_code)]
-    unused_slots: Vec<wgpu::Buffer>,
+    pub(super) unused_slots: Vec<wgpu::Buffer>,
     /// Each chunk's tile table (`tables` in tiles.wgsl).
     tile_tables: Vec<wgpu::Buffer>,
-    partials: wgpu::Buffer,
+    pub(super) partials: wgpu::Buffer,
     /// Workgroups of each chunk's tile dispatch.
     tile_workgroups: Vec<u32>,
     /// Gradient norm, clip scale, refusals, trust ratios (`info` in the
@@ -261,6 +279,14 @@ impl GpuOptimizer {
     /// Makes the bind groups of the element-wise rule kernel.
     pub(super) fn attach_rule_groups(&mut self) -> Result<()> {
         let ctx = self.ctx.clone();
+        if let Some(plan) = &self.views {
+            let (groups, unused) = ctx.scoped("creating the view kernel's bind groups", || {
+                self.view_groups(plan, &self.kernel, &self.buffers.rule_uniforms)
+            })?;
+            self.buffers.rule_groups = groups;
+            self.buffers.unused_slots.extend(unused);
+            return Ok(());
+        }
         let width = self.variant.width;
         let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
         let (groups, unused) = ctx.scoped("creating the rule kernel's bind groups", || {
@@ -286,6 +312,14 @@ impl GpuOptimizer {
             return Ok(());
         }
         let ctx = self.ctx.clone();
+        if let Some(plan) = &self.views {
+            let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
+                self.view_groups(plan, kernel, &self.buffers.tile_uniforms)
+            })?;
+            self.buffers.tile_groups = groups;
+            self.buffers.unused_slots.extend(unused);
+            return Ok(());
+        }
         let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
             self.chunk_groups(kernel, 1, &self.buffers.tile_uniforms)
         })?;
@@ -299,7 +333,10 @@ impl GpuOptimizer {
     }
 
     pub(super) fn check_host_writable(&self, storage: &Storage, what: &'static str) -> Result<()> {
-        if let Storage::Caller(b) = storage {
+        if matches!(storage, Storage::Owned(_)) {
+            return Ok(());
+        }
+        for b in storage.buffers() {
             if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
                 return Err(Error::BufferUsage {
                     what,
@@ -314,6 +351,16 @@ impl GpuOptimizer {
     /// Writes tensors (already checked against the layout) into a storage,
     /// splitting each at chunk boundaries.
     pub(super) fn write_storage_tensors(&self, storage: &Storage, tensors: &[&[f32]]) {
+        if let Storage::Views(views) = storage {
+            for (v, t) in views.iter().zip(tensors) {
+                if !t.is_empty() {
+                    self.ctx
+                        .queue
+                        .write_buffer(&v.buffer, v.offset, bytemuck::cast_slice(t));
+                }
+            }
+            return;
+        }
         for (i, t) in tensors.iter().enumerate() {
             let mut flat = self.layout.offsets()[i] as u64;
             let mut rest: &[f32] = t;
@@ -321,7 +368,9 @@ impl GpuOptimizer {
                 let ci = self.chunks.partition_point(|c| c.start + c.len <= flat);
                 let range = &self.chunks[ci];
                 let take = ((range.start + range.len - flat) as usize).min(rest.len());
-                let (buffer, base) = storage.locate(ci, range);
+                let Some((buffer, base)) = storage.locate(ci, range) else {
+                    return;
+                };
                 self.ctx.queue.write_buffer(
                     buffer,
                     base + (flat - range.start) * 4,
@@ -334,7 +383,8 @@ impl GpuOptimizer {
     }
 
     pub(super) fn read_storage(&self, storage: &Storage) -> Result<Vec<f32>> {
-        if let Storage::Caller(b) = storage {
+        let caller = !matches!(storage, Storage::Owned(_));
+        for b in storage.buffers().into_iter().filter(|_| caller) {
             if !b.usage().contains(wgpu::BufferUsages::COPY_SRC) {
                 return Err(Error::BufferUsage {
                     what: "parameter",
@@ -343,10 +393,65 @@ impl GpuOptimizer {
                 });
             }
         }
+        if let Storage::Views(views) = storage {
+            return self.read_views(views);
+        }
         let mut out = Vec::with_capacity(self.layout.total());
         for (ci, range) in self.chunks.iter().enumerate() {
-            let (buffer, base) = storage.locate(ci, range);
-            out.extend(read_buffer(&self.ctx, buffer, base, range.len * 4)?);
+            if let Some((buffer, base)) = storage.locate(ci, range) {
+                out.extend(read_buffer(&self.ctx, buffer, base, range.len * 4)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The views' tensors, packed: each chunk's pieces of them copied into
+    /// one buffer on the GPU (one submission), then read back, so a
+    /// thousand tensors are not a thousand read-backs.
+    fn read_views(&self, views: &[TensorView]) -> Result<Vec<f32>> {
+        let ctx = &self.ctx;
+        let packed = ctx.scoped("packing views for read-back", || {
+            let packed: Vec<wgpu::Buffer> = self
+                .chunks
+                .iter()
+                .map(|c| {
+                    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("packed views"),
+                        size: c.len * 4,
+                        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect();
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("packing views"),
+                });
+            for (i, v) in views.iter().enumerate() {
+                let mut flat = self.layout.offsets()[i] as u64;
+                let end = flat + v.len as u64;
+                while flat < end {
+                    let ci = self.chunks.partition_point(|c| c.start + c.len <= flat);
+                    let c = &self.chunks[ci];
+                    let take = (c.start + c.len).min(end) - flat;
+                    let from = v.offset + (flat - self.layout.offsets()[i] as u64) * 4;
+                    encoder.copy_buffer_to_buffer(
+                        &v.buffer,
+                        from,
+                        &packed[ci],
+                        (flat - c.start) * 4,
+                        take * 4,
+                    );
+                    flat += take;
+                }
+            }
+            ctx.queue.submit(Some(encoder.finish()));
+            packed
+        })?;
+        let mut out = Vec::with_capacity(self.layout.total());
+        for (buffer, c) in packed.iter().zip(&self.chunks) {
+            out.extend(read_buffer(ctx, buffer, 0, c.len * 4)?);
         }
         Ok(out)
     }

@@ -15,17 +15,92 @@ pub(super) struct GpuTimes {
     pub(super) variant: String,
 }
 
+/// The GPU optimizer of `preset` over `params` laid out as `layout` asks:
+/// packed in its own buffers, or scattered over [`POOLS`] pooled parameter
+/// and gradient buffers (tensor `i` in pool `i % POOLS`, each at the next
+/// multiple of 256 bytes) and stepped through views. The views' kernels
+/// pick their own width (vec4 where every length is a multiple of 4) and
+/// keep their bounds checks: `--vector-width` and `--unchecked` are left
+/// out there.
+pub(super) fn gpu_optimizer(
+    ctx: &GpuContext,
+    preset: Preset,
+    layout: BenchLayout,
+    params: &[&[f32]],
+    options: GpuOptions,
+) -> wgpu_optim::Result<GpuOptimizer> {
+    if layout == BenchLayout::Packed {
+        return GpuOptimizer::with_options(ctx, preset.config(), params, options);
+    }
+    const ALIGN: u64 = 256;
+    let mut ends = [0u64; POOLS];
+    let offsets: Vec<u64> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let end = &mut ends[i % POOLS];
+            let at = *end;
+            *end = (at + p.len() as u64 * 4).div_ceil(ALIGN) * ALIGN;
+            at
+        })
+        .collect();
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let pools = |label: &str| -> wgpu_optim::Result<Vec<wgpu::Buffer>> {
+        ends.iter()
+            .map(|&size| {
+                if size > ctx.limits().max_buffer_size {
+                    return Err(wgpu_optim::Error::TooLarge(format!(
+                        "a pool of {size} bytes is more than this device's max_buffer_size"
+                    )));
+                }
+                Ok(ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: size.max(ALIGN),
+                    usage,
+                    mapped_at_creation: false,
+                }))
+            })
+            .collect()
+    };
+    let (param_pools, grad_pools) = (pools("pooled params")?, pools("pooled grads")?);
+    let views = |pools: &[wgpu::Buffer]| -> Vec<TensorView> {
+        params
+            .iter()
+            .zip(&offsets)
+            .enumerate()
+            .map(|(i, (p, &at))| TensorView::new(pools[i % POOLS].clone(), at, p.len()))
+            .collect()
+    };
+    let options = GpuOptions {
+        vector_width: None,
+        skip_bounds_checks: false,
+        ..options
+    };
+    let mut opt = GpuOptimizer::from_views_with_options(
+        ctx,
+        preset.config(),
+        views(&param_pools),
+        views(&grad_pools),
+        options,
+    )?;
+    opt.write_params(params)?;
+    Ok(opt)
+}
+
 pub(super) fn bench_gpu(
     plan: &Plan<'_>,
     ctx: &GpuContext,
     preset: Preset,
+    layout: BenchLayout,
     params: &[&[f32]],
     grads: &[&[f32]],
 ) -> wgpu_optim::Result<GpuTimes> {
     let args = plan.args;
     let label = plan.pb.message();
     plan.pb.set_message(format!("{label} (warm-up)"));
-    let mut opt = GpuOptimizer::with_options(ctx, preset.config(), params, args.gpu_options())?;
+    let mut opt = gpu_optimizer(ctx, preset, layout, params, args.gpu_options())?;
+    let unchecked = args.unchecked && layout == BenchLayout::Packed;
     opt.set_clip_grad_norm(preset.clip())?;
     opt.write_grads(grads)?;
     for _ in 0..args.warmup {
@@ -112,7 +187,7 @@ pub(super) fn bench_gpu(
             } else {
                 "scalar"
             },
-            if args.unchecked { "+unchecked" } else { "" }
+            if unchecked { "+unchecked" } else { "" }
         ),
     })
 }
@@ -393,6 +468,7 @@ impl Verify {
 pub(super) fn verify(
     ctx: &GpuContext,
     preset: Preset,
+    layout: BenchLayout,
     options: GpuOptions,
     steps: u32,
     params: &[&[f32]],
@@ -401,7 +477,7 @@ pub(super) fn verify(
     flat_grads: &[f32],
 ) -> wgpu_optim::Result<Verify> {
     let gpu = {
-        let mut opt = GpuOptimizer::with_options(ctx, preset.config(), params, options)?;
+        let mut opt = gpu_optimizer(ctx, preset, layout, params, options)?;
         opt.set_clip_grad_norm(preset.clip())?;
         opt.write_grads(grads)?;
         for _ in 0..steps {

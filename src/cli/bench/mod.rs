@@ -80,7 +80,7 @@ use gpu::*;
 
 use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
 use wgpu_optim::{
-    ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RuleKind,
+    ClipGradNorm, Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, RuleKind, TensorView,
 };
 
 /// A rule with the hyperparameters PyTorch's bench script gives it: one of
@@ -182,6 +182,34 @@ pub enum Backend {
     Gpu,
 }
 
+/// Where the GPU optimizer's tensors live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchLayout {
+    /// Packed back to back in the optimizer's own buffers
+    /// (`GpuOptimizer::with_options`).
+    Packed,
+    /// Scattered as a framework's memory pool places them: the tensors
+    /// spread over [`POOLS`] parameter and [`POOLS`] gradient buffers, each
+    /// at the next 256-byte-aligned offset of its pool (burn's alignment),
+    /// stepped through views (`GpuOptimizer::from_views`).
+    Scattered,
+}
+
+/// Pooled buffers of `--layout scattered`, for the parameters and for the
+/// gradients each.
+pub(super) const POOLS: usize = 8;
+
+/// `--tensors` when it is not given: 1, or 1000 when a layout is
+/// scattered (the pool's case; the packed rows are then the same model).
+const SCATTERED_TENSORS: u64 = 1000;
+
+fn layout_name(l: BenchLayout) -> &'static str {
+    match l {
+        BenchLayout::Packed => "packed",
+        BenchLayout::Scattered => "scattered",
+    }
+}
+
 /// Arguments of `bench`.
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = AFTER_HELP)]
@@ -224,8 +252,16 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
     backends: Vec<Backend>,
     /// Split each size over this many tensors (as equal as can be).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
-    tensors: u64,
+    /// Default 1, or 1000 when `--layout` has `scattered`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    tensors: Option<u64>,
+    /// GPU only: where the tensors live, comma separated: packed (the
+    /// optimizer's own buffers) or scattered (1000 tensors, by default,
+    /// over 8 pooled buffers at 256-byte-aligned offsets, through
+    /// `from_views`; LAMB unsupported). A GPU row per
+    /// layout; the CPU rows are packed.
+    #[arg(long, value_delimiter = ',', default_value = "packed")]
+    layout: Vec<BenchLayout>,
     /// After timing, check the GPU against the CPU from the same start.
     #[arg(long)]
     verify: bool,
@@ -278,6 +314,16 @@ impl BenchArgs {
         }
     }
 
+    /// The number of tensors each size is split into.
+    fn tensors(&self) -> usize {
+        let default = if self.layout.contains(&BenchLayout::Scattered) {
+            SCATTERED_TENSORS
+        } else {
+            1
+        };
+        self.tensors.unwrap_or(default) as usize
+    }
+
     fn gpu_options(&self) -> GpuOptions {
         GpuOptions {
             vector_width: self.vector_width,
@@ -305,6 +351,8 @@ struct Row {
     n: usize,
     tensors: usize,
     backend: Backend,
+    /// Where the tensors live (the CPU's are packed).
+    layout: BenchLayout,
     adapter: String,
     bytes_per_param: usize,
     median_ms: f64,
@@ -507,10 +555,11 @@ struct Table {
 impl Table {
     fn header(&self) -> String {
         let mut s = format!(
-            "{:<13} {:>6} {:>7} {:<7} {:<aw$} {:>10} {:>10} {:>8} {:>10} {:>5}",
+            "{:<13} {:>6} {:>7} {:<9} {:<7} {:<aw$} {:>10} {:>10} {:>8} {:>10} {:>5}",
             "rule",
             "n",
             "tensors",
+            "layout",
             "backend",
             "adapter",
             "median ms",
@@ -535,10 +584,11 @@ impl Table {
             Backend::Gpu => r.dispatches_per_step.to_string(),
         };
         let mut s = format!(
-            "{:<13} {:>6} {:>7} {:<7} {:<aw$} {:>10.4} {:>10.4} {:>8.1} {:>10} {:>5}",
+            "{:<13} {:>6} {:>7} {:<9} {:<7} {:<aw$} {:>10.4} {:>10.4} {:>8.1} {:>10} {:>5}",
             r.rule,
             size_label(r.n),
             r.tensors,
+            layout_name(r.layout),
             backend_name(r.backend),
             r.adapter,
             r.median_ms,
@@ -569,6 +619,7 @@ fn row_json(r: &Row, args: &BenchArgs) -> Value {
         "rule": r.rule,
         "n": r.n,
         "tensors": r.tensors,
+        "layout": layout_name(r.layout),
         "backend": backend_name(r.backend),
         "adapter": r.adapter,
         "steps": args.steps,
@@ -628,7 +679,9 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
     }
     let mut sizes = args.sizes.clone().unwrap_or(DEFAULT_SIZES.to_vec());
     sizes.dedup();
-    let tensors = args.tensors as usize;
+    let tensors = args.tensors();
+    let mut layouts = args.layout.clone();
+    layouts.dedup();
     if let Some(&n) = sizes.iter().find(|&&n| n < tensors) {
         return Err(wgpu_optim::Error::InvalidOptions(format!(
             "--tensors {tensors} is more than the {n} parameters of size {}: every tensor needs at least one",
@@ -734,7 +787,13 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
     };
     let jobs: u64 = sizes
         .iter()
-        .map(|&n| (presets.len() * backends_at(n).len()) as u64)
+        .map(|&n| {
+            let runs: usize = backends_at(n)
+                .iter()
+                .map(|&b| if b == Backend::Gpu { layouts.len() } else { 1 })
+                .sum();
+            (presets.len() * runs) as u64
+        })
         .sum();
     // Progress on stderr only where someone watches it: nothing in a log
     // or a pipe, so that --json and redirected output stay clean.
@@ -774,13 +833,26 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
         let lengths = split_lengths(n, tensors);
         let params = split(&flat_params, &lengths);
         let grads = split(&flat_grads, &lengths);
+        // Each backend with each layout it runs: the CPU's tensors are
+        // packed, the GPU runs every layout asked for.
+        let runs: Vec<(Backend, BenchLayout)> = backends
+            .iter()
+            .flat_map(|&b| match b {
+                Backend::Cpu => vec![(b, BenchLayout::Packed)],
+                Backend::Gpu => layouts.iter().map(|&l| (b, l)).collect(),
+            })
+            .collect();
         for &preset in &presets {
-            for &backend in &backends {
+            for &(backend, layout) in &runs {
                 let label = format!(
-                    "{} {} {}",
+                    "{} {} {}{}",
                     preset.name(),
                     size_label(n),
-                    backend_name(backend)
+                    backend_name(backend),
+                    match layout {
+                        BenchLayout::Packed => "",
+                        BenchLayout::Scattered => " scattered",
+                    }
                 );
                 pb.set_message(label.clone());
                 let job_start = pb.position();
@@ -789,6 +861,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     n,
                     tensors,
                     backend,
+                    layout,
                     adapter: String::new(),
                     bytes_per_param: low_precision_traffic(preset, args.precision())
                         .unwrap_or_else(|| preset.bytes_per_param()),
@@ -821,7 +894,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     }
                     (Backend::Gpu, Some(ctx)) => {
                         row.adapter = ctx.adapter_label();
-                        bench_gpu(&plan, ctx, preset, &params, &grads).and_then(|t| {
+                        bench_gpu(&plan, ctx, preset, layout, &params, &grads).and_then(|t| {
                             row.variant = Some(t.variant.clone());
                             row.samples_ms = t.samples_ms.clone();
                             row.median_ms = t.median_ms;
@@ -835,6 +908,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                                 let v = verify(
                                     ctx,
                                     preset,
+                                    layout,
                                     args.gpu_options(),
                                     args.verify_steps,
                                     &params,
@@ -880,6 +954,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                                     "rule": row.rule,
                                     "n": n,
                                     "tensors": tensors,
+                                    "layout": layout_name(layout),
                                     "backend": backend_name(backend),
                                     "adapter": row.adapter,
                                     "error": e.to_string(),
