@@ -69,11 +69,11 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions};
 pub use groups::ParamGroup;
-pub use layout::Layout;
+pub use layout::{Layout, Shape};
 pub use optimizer::{CombineTensorSums, Optimizer};
 pub use rules::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, Lamb, Lion,
-    NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
+    AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config,
+    Lamb, Lion, Muon, MuonAdjustLr, NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
 };
 pub use schedule::{
     AnnealStrategy, CyclicLr, CyclicMode, GroupScheduler, LrLambda, OneCycleLr, PlateauMode,

@@ -91,6 +91,11 @@ pub struct Checkpoint {
     pub config: Config,
     /// Elements of each parameter tensor.
     pub lengths: Vec<usize>,
+    /// Each parameter tensor's [`crate::Shape`], when the optimizer was
+    /// given shapes (`CpuOptimizer::with_shapes`); empty otherwise. The
+    /// matrix rules' state depends on them (Adafactor's `row_var` and
+    /// `col_var` of a matrix, its `variance` of a vector).
+    pub shapes: Vec<crate::Shape>,
     /// Steps applied (torch's `state[p]["step"]`; skipped steps not counted).
     pub step: u64,
     /// SGD: the momentum buffer has been filled once.
@@ -241,12 +246,14 @@ impl Checkpoint {
     pub fn new(config: impl Into<Config>, lengths: &[usize]) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let total = crate::Layout::new(lengths)?.total();
+        let layout = crate::Layout::new(lengths)?;
+        config.check_shapes(&layout)?;
         checked_total(lengths)?;
         let state = config
             .state_names()
             .into_iter()
             .map(|n| {
+                let total = layout.state_layout(&config, n).total();
                 // The lengths are the caller's: a total the host cannot
                 // allocate is an error, not an abort.
                 let mut v = Vec::new();
@@ -270,6 +277,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             config,
             lengths: lengths.to_vec(),
+            shapes: Vec::new(),
             step: 0,
             buffer_filled: false,
             state,
@@ -314,6 +322,42 @@ impl Checkpoint {
     /// Whether the state has a `momentum_buffer` (SGD, RMSprop).
     pub(crate) fn momentum_buffer(&self) -> bool {
         self.state.iter().any(|(n, _)| n == "momentum_buffer")
+    }
+
+    /// The layout of the parameter tensors, with their shapes if the
+    /// checkpoint has them.
+    fn layout(&self) -> Result<crate::Layout> {
+        let layout = crate::Layout::new(&self.lengths)?;
+        if self.shapes.is_empty() {
+            return Ok(layout);
+        }
+        layout
+            .with_shapes(&self.shapes)
+            .map_err(|e| Error::Checkpoint(format!("shapes: {e}")))
+    }
+
+    /// Checks that the checkpoint's shapes are those of an optimizer whose
+    /// layout is `layout` ([`Error::CheckpointMismatch`]).
+    pub(crate) fn check_shapes_fit(&self, layout: &crate::Layout) -> Result<()> {
+        let show = |s: &[crate::Shape]| {
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let ours = layout.shapes().unwrap_or_default();
+        if ours != self.shapes.as_slice() {
+            return Err(Error::CheckpointMismatch {
+                what: "shapes".into(),
+                expected: show(ours),
+                got: show(&self.shapes),
+            });
+        }
+        Ok(())
     }
 
     /// The state tensor `name`, packed.
@@ -364,10 +408,15 @@ impl Checkpoint {
                 have.join(", ")
             )));
         }
+        let layout = self.layout()?;
+        self.config
+            .check_shapes(&layout)
+            .map_err(|e| Error::Checkpoint(format!("shapes: {e}")))?;
         for (name, values) in &self.state {
-            if values.len() != total {
+            let expected = layout.state_layout(&self.config, name).total();
+            if values.len() != expected {
                 return Err(Error::Checkpoint(format!(
-                    "state `{name}` has {} elements, the tensors {total}",
+                    "state `{name}` has {} elements, the tensors {expected}",
                     values.len()
                 )));
             }
@@ -598,10 +647,11 @@ impl Checkpoint {
             }
             None => (0..n_tensors)
                 .map(|i| {
-                    let candidates = names
-                        .iter()
-                        .map(|n| format!("state.{i}.{n}"))
-                        .chain([format!("params.{i}")]);
+                    // The parameters first: a matrix rule's state need not
+                    // be as long as its tensor.
+                    let candidates = [format!("params.{i}")]
+                        .into_iter()
+                        .chain(names.iter().map(|n| format!("state.{i}.{n}")));
                     for c in candidates {
                         if let Some(n) = numel(&c) {
                             return n;
@@ -613,7 +663,33 @@ impl Checkpoint {
                 })
                 .collect::<Result<_>>()?,
         };
+        let shapes: Vec<crate::Shape> = match extra.as_ref().and_then(|m| m.get("shapes")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| bad("wgpu_optim.shapes is not a list".into()))?;
+                list.iter()
+                    .map(|dims| {
+                        dims.as_array()
+                            .and_then(|d| {
+                                d.iter()
+                                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                                    .collect::<Option<Vec<usize>>>()
+                            })
+                            .map(|d| crate::Shape::new(&d))
+                            .ok_or_else(|| bad(format!("wgpu_optim.shapes: {dims} is not a shape")))
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
         let total = checked_total(&lengths)?;
+        let mut layout = crate::Layout::new(&lengths)?;
+        if !shapes.is_empty() {
+            layout = layout
+                .with_shapes(&shapes)
+                .map_err(|e| bad(format!("shapes: {e}")))?;
+        }
         // Everything below is read from tensors, which safetensors has
         // checked lie inside the file: a state of `total` elements needs
         // 4·total bytes of it.
@@ -647,9 +723,14 @@ impl Checkpoint {
         };
         let mut state = Vec::with_capacity(names.len());
         for name in &names {
-            let mut flat = Vec::with_capacity(total);
-            for (i, &len) in lengths.iter().enumerate() {
-                flat.extend(read_f32(&format!("state.{i}.{name}"), len)?);
+            let state_layout = layout.state_layout(&config, name);
+            let mut flat = Vec::with_capacity(state_layout.total());
+            for (i, &len) in state_layout.lengths().iter().enumerate() {
+                // torch keeps Adafactor's factors of a matrix, its variance
+                // of a vector, not both.
+                if config.has_state(name, layout.shape(i)) {
+                    flat.extend(read_f32(&format!("state.{i}.{name}"), len)?);
+                }
             }
             state.push((name.to_string(), flat));
         }
@@ -824,6 +905,7 @@ impl Checkpoint {
         let ckpt = Checkpoint {
             config,
             lengths,
+            shapes,
             step,
             buffer_filled,
             state,
@@ -853,12 +935,25 @@ impl Checkpoint {
             .collect();
         let mut tensors = Vec::new();
         let step = [self.step as f32];
+        // A validated checkpoint's layout builds (see `save`).
+        let layout = self
+            .layout()
+            .unwrap_or_else(|_| crate::Layout::new(&[]).expect("an empty layout"));
+        let state_layouts: Vec<crate::Layout> = self
+            .state
+            .iter()
+            .map(|(name, _)| layout.state_layout(&self.config, name))
+            .collect();
         for (i, (&len, &off)) in self.lengths.iter().zip(&offsets).enumerate() {
-            for (name, values) in &self.state {
+            for ((name, values), state_layout) in self.state.iter().zip(&state_layouts) {
+                if !self.config.has_state(name, layout.shape(i)) {
+                    continue;
+                }
+                let r = state_layout.range(i);
                 tensors.push(Tensor {
                     name: format!("state.{i}.{name}"),
-                    shape: vec![len],
-                    data: Data::Borrowed(&values[off..off + len]),
+                    shape: vec![r.len()],
+                    data: Data::Borrowed(&values[r]),
                 });
             }
             if self.config.torch_step() {
@@ -892,7 +987,7 @@ impl Checkpoint {
             &self.scalar_state,
             &mut group,
         );
-        let extra = json!({
+        let mut extra = json!({
             "step": self.step,
             "lengths": self.lengths,
             "buffer_filled": self.buffer_filled,
@@ -924,6 +1019,10 @@ impl Checkpoint {
                 v
             }),
         });
+        if !self.shapes.is_empty() {
+            let shapes: Vec<&[usize]> = self.shapes.iter().map(crate::Shape::dims).collect();
+            extra["shapes"] = json!(shapes);
+        }
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("rule".to_string(), self.config.kind().name().to_string()),

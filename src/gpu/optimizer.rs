@@ -123,6 +123,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if config.is_matrix_rule() {
+            return Err(super::kernels::matrix_rule_unsupported(&config));
+        }
         let momentum_buffer = config.builds_momentum_buffer();
         Self::with_state(ctx, config, momentum_buffer, params, options)
     }
@@ -210,6 +213,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if config.is_matrix_rule() {
+            return Err(super::kernels::matrix_rule_unsupported(&config));
+        }
         if lengths.is_empty() {
             return Err(Error::EmptyParameterList);
         }
@@ -678,6 +684,7 @@ impl GpuOptimizer {
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
+            shapes: Vec::new(),
             step: exact.step,
             buffer_filled: exact.buffer_filled,
             state,
