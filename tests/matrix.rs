@@ -399,3 +399,49 @@ fn groups_low_precision_and_shards_refuse_the_matrix_rules() {
         Err(Error::Unsupported(_))
     ));
 }
+
+// ------------------------------------------------------ README example
+/// The code block of the README's "Matrix rules" section, compiled and
+/// run; [`readme_block_is_this`] checks that the README holds the same text.
+#[rustfmt::skip]
+mod readme {
+    use wgpu_optim::Error;
+
+    #[test]
+    fn readme_matrix_rules() -> Result<(), Error> {
+        // README: matrix
+        use wgpu_optim::{AdamW, CpuOptimizer, Muon, Shape};
+        let hidden = vec![0.02f32; 64 * 32];
+        let bias = vec![0.0f32; 64];
+        // Muon for the hidden matrix, AdamW for the rest (biases, norms,
+        // embeddings, the head), as torch's Muon documentation advises.
+        let mut muon = CpuOptimizer::with_shapes(Muon::default(), &[&hidden], &[Shape::matrix(64, 32)])?;
+        let mut adamw = CpuOptimizer::new(AdamW::default(), &[&bias])?;
+        muon.step(&[&vec![0.1f32; 64 * 32]])?;
+        adamw.step(&[&vec![0.1f32; 64]])?;
+        assert_eq!(muon.state("momentum_buffer")?[0].len(), 64 * 32);
+        // END README
+        Ok(())
+    }
+}
+
+#[test]
+fn readme_block_is_this() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let source = std::fs::read_to_string(file!()).unwrap();
+    let at = readme
+        .find("## Matrix rules")
+        .expect("README lacks its Matrix rules section");
+    let start = readme[at..].find("```rust\n").unwrap() + at + 8;
+    let end = readme[start..].find("```").unwrap() + start;
+    let marker = "// README: matrix";
+    let from = source.find(marker).unwrap() + marker.len() + 1;
+    let to = source[from..].find("        // END README").unwrap() + from;
+    let code: String = source[from..to]
+        .lines()
+        .map(|l| l.strip_prefix("        ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(&readme[start..end], code);
+}
