@@ -239,7 +239,8 @@ fn main() -> Result<(), wgpu_optim::Error> {
         "{STEPS} steps in {:.2?}: loss {first:.5} -> {last:.5} ({clipped_steps} steps clipped to norm {MAX_NORM})",
         start.elapsed()
     );
-    if !(last < first / 4.0) {
+    // A NaN loss fails too.
+    if last.is_nan() || last >= first / 4.0 {
         return Err(wgpu_optim::Error::InvalidOptions(format!(
             "the loss did not fall: {first} -> {last}"
         )));
