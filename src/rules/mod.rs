@@ -602,8 +602,11 @@ macro_rules! registry {
                 }
             }
 
-            /// Whether the rule treats tensors as matrices (see
-            /// [`Rule::MATRIX`]).
+            /// Whether the rule treats tensors as matrices (Adafactor,
+            /// Muon): it reads their shapes (`CpuOptimizer::with_shapes`),
+            /// and runs on the CPU over one parameter group in f32 only (the
+            /// GPU, the sharded optimizer, several groups and low-precision
+            /// storage refuse it).
             pub fn is_matrix_rule(&self) -> bool {
                 match self {
                     $(Config::$v(_) => <$ty as Rule>::MATRIX,)*
