@@ -11,7 +11,7 @@
 //!
 //! | tensor | dtype, shape | what |
 //! | --- | --- | --- |
-//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`, `acc_delta`, `prev`, `step_size`, `exp_avg_slow`, `ax`: the names [`Config::state_names`] gives) |
+//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`, `acc_delta`, `prev`, `step_size`, `exp_avg_slow`, `ax`, Adafactor's `row_var`, `col_var` (of a matrix: its rows', its columns' statistics) and `variance` (of a vector), Muon's `momentum_buffer`: the names [`Config::state_names`] gives, Adafactor's only where torch has them) |
 //! | `state.{i}.step` | F32, `[]` | the step count, as torch keeps it (exact below 2^24; the metadata has the exact `u64`) |
 //! | `state.{i}.{name}` | F32, `[]` | the rule's scalar state `name` (NAdam's `mu_product`, ASGD's `eta` and `mu`), the same in every tensor, as torch keeps it |
 //! | `params.{i}` | F32, `[len_i]` | parameter tensor `i`, when the checkpoint carries the parameters |
@@ -23,7 +23,7 @@
 //! | `format` | `wgpu-optim/checkpoint/1` |
 //! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: one group, torch's hyperparameter names (`lr`, `betas`, ...), `params: [0, 1, ...]`; this crate's own options (`eps_inside_sqrt`, LAMB's) beside them |
-//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
+//! | `wgpu_optim` | JSON: `step` (exact), `lengths`, `shapes` (when the tensors have them: a list of dimension lists), `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
 //!
 //! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
 //! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
@@ -337,8 +337,12 @@ impl Checkpoint {
     }
 
     /// Checks that the checkpoint's shapes are those of an optimizer whose
-    /// layout is `layout` ([`Error::CheckpointMismatch`]).
+    /// layout is `layout` ([`Error::CheckpointMismatch`]), for the rules
+    /// whose state depends on them (the element-wise rules ignore shapes).
     pub(crate) fn check_shapes_fit(&self, layout: &crate::Layout) -> Result<()> {
+        if !self.config.is_matrix_rule() {
+            return Ok(());
+        }
         let show = |s: &[crate::Shape]| {
             if s.is_empty() {
                 "none".to_string()
@@ -373,7 +377,9 @@ impl Checkpoint {
     /// the rule with its options has, in order (with or without a
     /// `momentum_buffer` for SGD and RMSprop, whose momentum in force may
     /// be 0 with one, and must be 0 without), each as long as the
-    /// parameters; parameters (if any) as long too.
+    /// parameters (Adafactor's factored state: as long as the shapes
+    /// say); shapes (if any) that hold their tensors and suit the rule
+    /// (Muon's 2-D); parameters (if any) as long as the tensors.
     pub fn validate(&self) -> Result<()> {
         if !self.groups.is_empty() {
             return Err(Error::Unsupported(format!(
