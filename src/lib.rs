@@ -11,7 +11,10 @@
 //! own. Each rule's page ([`Sgd`], [`Adagrad`], [`RmsProp`], [`Adam`],
 //! [`AdamW`], [`Lamb`], [`RAdam`], [`Adamax`], [`NAdam`], [`Asgd`],
 //! [`Adadelta`], [`Rprop`], [`Lion`], [`AdEMAMix`]) gives its equations,
-//! defaults and reference, with an example.
+//! defaults and reference, with an example. Two rules treat a weight
+//! matrix as a matrix, on the CPU backend so far: [`Adafactor`] and
+//! [`Muon`], over tensors given with their [`Shape`]
+//! ([`CpuOptimizer::with_shapes`]).
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};
