@@ -4,7 +4,7 @@ use crate::checkpoint::{Checkpoint, GroupState, QuantizedState};
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
-use crate::layout::{Counters, Layout};
+use crate::layout::{Counters, Layout, Shape};
 use crate::optimizer::CombineTensorSums;
 use crate::precision::store::LowPrecision;
 use crate::precision::Precision;
@@ -60,19 +60,65 @@ impl CpuOptimizer {
         Self::with_state(config, momentum_buffer, params)
     }
 
+    /// As [`CpuOptimizer::new`], with each tensor's [`Shape`] (torch's
+    /// `shape`; its element count the tensor's length,
+    /// [`Error::ShapeMismatch`]), for the rules that treat a tensor as a
+    /// matrix: [`crate::Adafactor`] factors every tensor of two or more
+    /// dimensions, [`crate::Muon`] needs every tensor 2-D
+    /// ([`Error::MatrixRequired`]). The element-wise rules ignore the shapes;
+    /// checkpoints record them ([`Checkpoint::shapes`]).
+    ///
+    /// ```
+    /// use wgpu_optim::{CpuOptimizer, Error, Muon, Shape};
+    /// let (w, b) = (vec![0.1f32; 6], vec![0.0f32; 3]);
+    /// let bad = CpuOptimizer::with_shapes(Muon::default(), &[&w, &b],
+    ///     &[Shape::matrix(2, 3), Shape::vector(3)]);
+    /// assert!(matches!(bad, Err(Error::MatrixRequired { tensor: 1, .. })));
+    /// let opt = CpuOptimizer::with_shapes(Muon::default(), &[&w], &[Shape::matrix(2, 3)])?;
+    /// assert_eq!(opt.layout().shape(0), Some(&Shape::matrix(2, 3)));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn with_shapes(
+        config: impl Into<Config>,
+        params: &[&[f32]],
+        shapes: &[Shape],
+    ) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        Self::with_state_shaped(config, momentum_buffer, params, Some(shapes))
+    }
+
     /// As [`CpuOptimizer::new`], with the state set given (with or without
     /// a `momentum_buffer`) and `config` already validated for it: how a
     /// checkpoint of an optimizer whose momentum was set to 0 is rebuilt.
     fn with_state(config: Config, momentum_buffer: bool, params: &[&[f32]]) -> Result<Self> {
+        Self::with_state_shaped(config, momentum_buffer, params, None)
+    }
+
+    /// [`CpuOptimizer::with_state`] with the tensors' shapes, if any.
+    fn with_state_shaped(
+        config: Config,
+        momentum_buffer: bool,
+        params: &[&[f32]],
+        shapes: Option<&[Shape]>,
+    ) -> Result<Self> {
         if params.is_empty() {
             return Err(Error::EmptyParameterList);
         }
-        let layout = Layout::of(params)?;
+        let mut layout = Layout::of(params)?;
+        if let Some(shapes) = shapes {
+            layout = layout.with_shapes(shapes)?;
+        }
+        config.check_shapes(&layout)?;
         let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
         let state_names = config.state_names_with(momentum_buffer);
         let state = state_names
             .iter()
-            .map(|name| vec![config.state_initial_value(name); layout.total()])
+            .map(|name| {
+                let n = layout.state_layout(&config, name).total();
+                vec![config.state_initial_value(name); n]
+            })
             .collect();
         let state_len = state_names.len();
         Ok(CpuOptimizer {
@@ -137,6 +183,12 @@ impl CpuOptimizer {
         precision: Precision,
     ) -> Result<Self> {
         let names = config.state_names_with(momentum_buffer);
+        if config.is_matrix_rule() && !precision.is_f32() {
+            return Err(Error::Unsupported(format!(
+                "{} with low-precision parameters or state",
+                config.kind()
+            )));
+        }
         crate::precision::store::check_rule(&precision, &config, &names)?;
         let mut opt = Self::with_state(config, momentum_buffer, params)?;
         if precision.is_f32() {
@@ -179,7 +231,7 @@ impl CpuOptimizer {
     pub fn resident_bytes(&self) -> usize {
         let n = self.layout.total();
         match &self.low {
-            None => 4 * n * (1 + self.state.len()),
+            None => 4 * (n + self.state.iter().map(Vec::len).sum::<usize>()),
             Some(l) => l.precision.param_dtype.bytes() * n + l.optimizer_bytes(),
         }
     }
@@ -471,6 +523,11 @@ impl CpuOptimizer {
         Checkpoint {
             config: self.groups[0].config.clone(),
             lengths: self.layout.lengths().to_vec(),
+            shapes: self
+                .layout
+                .shapes()
+                .map(<[Shape]>::to_vec)
+                .unwrap_or_default(),
             step: self.groups[0].counters.step,
             buffer_filled: self.groups[0].counters.buffer_filled,
             state: self
@@ -560,12 +617,22 @@ impl CpuOptimizer {
             opt.load_checkpoint(ckpt)?;
             return Ok(opt);
         }
-        let mut opt = CpuOptimizer::with_precision_state(
-            ckpt.config.clone(),
-            ckpt.momentum_buffer(),
-            &layout.split(ckpt.master_params.as_ref().unwrap_or(flat))?,
-            ckpt.precision,
-        )?;
+        let mut opt = if ckpt.shapes.is_empty() {
+            CpuOptimizer::with_precision_state(
+                ckpt.config.clone(),
+                ckpt.momentum_buffer(),
+                &layout.split(ckpt.master_params.as_ref().unwrap_or(flat))?,
+                ckpt.precision,
+            )?
+        } else {
+            // Shapes (the matrix rules) come in f32 only.
+            CpuOptimizer::with_state_shaped(
+                ckpt.config.clone(),
+                ckpt.momentum_buffer(),
+                &layout.split(flat)?,
+                Some(ckpt.shapes.as_slice()),
+            )?
+        };
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
     }
@@ -589,6 +656,7 @@ impl CpuOptimizer {
                 &self.precision(),
             )?;
         }
+        ckpt.check_shapes_fit(&self.layout)?;
         let inv_scale = inverse_grad_scale(ckpt.grad_scale)?;
         match &mut self.low {
             Some(low) => {
@@ -716,14 +784,15 @@ impl CpuOptimizer {
     /// Checks the name and every length first: on error nothing changes.
     pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
         let i = state_index(&self.groups[0].config, &self.state_names, name)?;
-        self.layout.check(tensors)?;
+        let state_layout = self.state_layout(name);
+        state_layout.check(tensors)?;
         if let Some(low) = &mut self.low {
             let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
             low.write_state(i, &self.state_names, &self.layout, &flat);
             return Ok(());
         }
         for (t, src) in tensors.iter().enumerate() {
-            self.state[i][self.layout.range(t)].copy_from_slice(src);
+            self.state[i][state_layout.range(t)].copy_from_slice(src);
         }
         Ok(())
     }
@@ -855,6 +924,9 @@ impl CpuOptimizer {
     pub fn with_param_groups(params: &[&[f32]], groups: &[ParamGroup]) -> Result<Self> {
         crate::groups::check_groups(groups, params.len())?;
         let first = &groups[0].config;
+        if groups.len() > 1 && first.is_matrix_rule() {
+            return Err(matrix_groups_unsupported(first));
+        }
         let mut opt = Self::with_state(first.clone(), first.builds_momentum_buffer(), params)?;
         opt.groups.clear();
         for g in groups {
@@ -926,6 +998,9 @@ impl CpuOptimizer {
         let first = ParamGroup::new(self.groups[0].config.clone(), Vec::new());
         let g = self.groups.len();
         crate::groups::check_kind(&first, g, &config)?;
+        if config.is_matrix_rule() {
+            return Err(matrix_groups_unsupported(&config));
+        }
         config.validate()?;
         let mut lengths = self.layout.lengths().to_vec();
         let start = lengths.len();
@@ -1057,10 +1132,27 @@ impl CpuOptimizer {
         Ok(&self.state[i])
     }
 
-    /// The state tensor `name`, one slice per parameter tensor.
+    /// The state tensor `name`, one slice per parameter tensor (as long
+    /// as its parameter tensor, but for Adafactor's factored statistics:
+    /// `row_var` and `col_var` of a matrix, `variance` of a vector, each
+    /// empty for the other kind of tensor).
     pub fn state(&self, name: &str) -> Result<Vec<&[f32]>> {
-        Ok(self.layout.split_unchecked(self.state_flat(name)?))
+        Ok(self
+            .state_layout(name)
+            .split_unchecked(self.state_flat(name)?))
     }
+
+    /// How state tensor `name` is packed: as the parameters are, but for
+    /// Adafactor's factored statistics.
+    pub(crate) fn state_layout(&self, name: &str) -> Layout {
+        self.layout.state_layout(&self.groups[0].config, name)
+    }
+}
+
+/// Parameter groups of a matrix rule: the groups' steps gather their
+/// tensors into packed buffers that know no shapes (nor factored state).
+fn matrix_groups_unsupported(config: &Config) -> Error {
+    Error::Unsupported(format!("{} over several parameter groups", config.kind()))
 }
 
 /// `values`, the scalar state after `step` steps, named; before the first

@@ -54,6 +54,28 @@ pub enum Error {
         /// Elements given.
         got: usize,
     },
+    /// A shape whose element count is not its tensor's.
+    #[error("tensor {tensor}: shape {shape} does not hold its {elements} elements")]
+    ShapeMismatch {
+        /// Index of the tensor.
+        tensor: usize,
+        /// The shape given.
+        shape: String,
+        /// Elements the tensor has.
+        elements: usize,
+    },
+    /// A rule that treats a tensor as a matrix ([`crate::Muon`]) over a
+    /// tensor given without a 2-D shape ([`crate::Shape`],
+    /// `CpuOptimizer::with_shapes`).
+    #[error("{rule} needs tensor {tensor} as a 2-D matrix, it has {shape}")]
+    MatrixRequired {
+        /// The rule.
+        rule: &'static str,
+        /// Index of the tensor.
+        tensor: usize,
+        /// Its shape (`no shape` when none was given).
+        shape: String,
+    },
     /// A state tensor name the rule does not have.
     #[error("rule {rule} has no state named `{name}` (it has: {available})")]
     UnknownState {

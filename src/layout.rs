@@ -11,6 +11,97 @@ pub struct Layout {
     lengths: Vec<usize>,
     offsets: Vec<usize>,
     total: usize,
+    /// Each tensor's shape ([`Layout::with_shapes`]); `None` when none was
+    /// given (every tensor a flat vector).
+    shapes: Option<Vec<Shape>>,
+}
+
+/// The shape of a parameter tensor, as torch's `Tensor.shape` gives it, for
+/// the rules that treat a weight matrix as a matrix ([`crate::Adafactor`],
+/// [`crate::Muon`]); the element-wise rules ignore it. A tensor's values are
+/// packed row-major (C order), as torch stores a contiguous tensor.
+///
+/// Adafactor factors the last two dimensions, as torch does: a tensor of
+/// shape `[d0, .., dk, rows, cols]` is `batch = d0·…·dk` matrices of
+/// `rows × cols`, each with its own row and column statistics; a tensor of
+/// fewer than two dimensions is a vector (a full `variance`). Muon needs
+/// exactly two dimensions, as torch 2.15's `Muon` refuses any other
+/// ([`crate::Error::MatrixRequired`]).
+///
+/// ```
+/// use wgpu_optim::Shape;
+/// let conv = Shape::new(&[8, 3, 5, 7]);
+/// assert_eq!((conv.batch(), conv.rows(), conv.cols()), (24, 5, 7));
+/// assert_eq!(Shape::matrix(4, 6).numel(), Some(24));
+/// assert!(!Shape::vector(10).is_matrix());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    dims: Vec<usize>,
+}
+
+impl Shape {
+    /// A shape of these dimensions (torch's `shape`, outermost first).
+    pub fn new(dims: &[usize]) -> Shape {
+        Shape {
+            dims: dims.to_vec(),
+        }
+    }
+
+    /// A `rows × cols` matrix.
+    pub fn matrix(rows: usize, cols: usize) -> Shape {
+        Shape::new(&[rows, cols])
+    }
+
+    /// A vector of `n` elements.
+    pub fn vector(n: usize) -> Shape {
+        Shape::new(&[n])
+    }
+
+    /// The dimensions, outermost first.
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    /// The element count (the product of the dimensions, 1 for no
+    /// dimensions), `None` when it overflows `usize`.
+    pub fn numel(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    }
+
+    /// Whether it has at least two dimensions: a matrix (or a batch of
+    /// them) to Adafactor.
+    pub fn is_matrix(&self) -> bool {
+        self.dims.len() >= 2
+    }
+
+    /// The second-to-last dimension (1 for a vector).
+    pub fn rows(&self) -> usize {
+        match self.dims.len() {
+            0 | 1 => 1,
+            n => self.dims[n - 2],
+        }
+    }
+
+    /// The last dimension (the element count of a vector, 1 for no
+    /// dimensions).
+    pub fn cols(&self) -> usize {
+        self.dims.last().copied().unwrap_or(1)
+    }
+
+    /// The product of the dimensions before the last two: how many
+    /// `rows × cols` matrices the tensor holds (1 for a matrix or a vector).
+    pub fn batch(&self) -> usize {
+        let n = self.dims.len().saturating_sub(2);
+        self.dims[..n].iter().product()
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dims: Vec<String> = self.dims.iter().map(usize::to_string).collect();
+        write!(f, "[{}]", dims.join(", "))
+    }
 }
 
 impl Layout {
@@ -49,7 +140,55 @@ impl Layout {
             lengths: lengths.to_vec(),
             offsets,
             total,
+            shapes: None,
         })
+    }
+
+    /// This layout with each tensor's [`Shape`], one per tensor, each of as
+    /// many elements as its tensor ([`Error::TensorCountMismatch`],
+    /// [`Error::ShapeMismatch`]).
+    pub fn with_shapes(mut self, shapes: &[Shape]) -> Result<Self> {
+        if shapes.len() != self.lengths.len() {
+            return Err(Error::TensorCountMismatch {
+                expected: self.lengths.len(),
+                got: shapes.len(),
+            });
+        }
+        for (i, (shape, &n)) in shapes.iter().zip(&self.lengths).enumerate() {
+            if shape.numel() != Some(n) {
+                return Err(Error::ShapeMismatch {
+                    tensor: i,
+                    shape: shape.to_string(),
+                    elements: n,
+                });
+            }
+        }
+        self.shapes = Some(shapes.to_vec());
+        Ok(self)
+    }
+
+    /// Each tensor's shape, when the layout has them ([`Layout::with_shapes`]).
+    pub fn shapes(&self) -> Option<&[Shape]> {
+        self.shapes.as_deref()
+    }
+
+    /// Tensor `i`'s shape, when the layout has shapes.
+    pub fn shape(&self, i: usize) -> Option<&Shape> {
+        self.shapes.as_ref().and_then(|s| s.get(i))
+    }
+
+    /// The layout of state tensor `name` of `config` over these tensors:
+    /// the parameters' own for the element-wise rules, Adafactor's row and
+    /// column statistics for its factored state (see [`Shape`]).
+    pub(crate) fn state_layout(&self, config: &crate::Config, name: &str) -> Layout {
+        let lengths: Vec<usize> = (0..self.len())
+            .map(|i| config.state_len(name, self.shape(i), self.lengths[i]))
+            .collect();
+        if lengths == self.lengths {
+            return self.clone();
+        }
+        // No longer than the parameters' (a factor of a matrix), so it fits.
+        Layout::new(&lengths).unwrap_or_else(|_| self.clone())
     }
 
     /// The layout of these slices (see [`Layout::new`]).

@@ -11,7 +11,10 @@
 //! own. Each rule's page ([`Sgd`], [`Adagrad`], [`RmsProp`], [`Adam`],
 //! [`AdamW`], [`Lamb`], [`RAdam`], [`Adamax`], [`NAdam`], [`Asgd`],
 //! [`Adadelta`], [`Rprop`], [`Lion`], [`AdEMAMix`]) gives its equations,
-//! defaults and reference, with an example.
+//! defaults and reference, with an example. Two rules treat a weight
+//! matrix as a matrix, on the CPU backend so far: [`Adafactor`] and
+//! [`Muon`], over tensors given with their [`Shape`]
+//! ([`CpuOptimizer::with_shapes`]).
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};
@@ -69,11 +72,11 @@ pub use cpu::CpuOptimizer;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSelection, GpuContext, GpuOptimizer, GpuOptions, TensorView};
 pub use groups::ParamGroup;
-pub use layout::Layout;
+pub use layout::{Layout, Shape};
 pub use optimizer::{CombineTensorSums, Optimizer};
 pub use rules::{
-    AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, Lamb, Lion,
-    NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
+    AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config,
+    Lamb, Lion, Muon, MuonAdjustLr, NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd, SgdScheduleFree,
 };
 pub use schedule::{
     AnnealStrategy, CyclicLr, CyclicMode, GroupScheduler, LrLambda, OneCycleLr, PlateauMode,

@@ -317,7 +317,7 @@ mod backends {
         fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
             let flat = self.state_values(name)?;
             Ok(self
-                .layout()
+                .state_layout(name)
                 .split_unchecked(&flat)
                 .into_iter()
                 .map(<[f32]>::to_vec)

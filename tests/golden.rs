@@ -47,14 +47,17 @@ fn check_all(backend: Backend<'_>) {
     let mut problems = Vec::new();
     let (mut passed, mut scheduled, mut clipped, mut lamb) = (0, 0, 0, 0);
     let (mut worst_param, mut worst_state) = (0.0f64, 0.0f64);
-    let mut grouped = 0;
+    let (mut grouped, mut matrix) = (0, 0);
     for case in &cases {
         let r = run_case(case, backend);
         grouped += !case.groups.is_empty() as usize;
-        if !case.groups.is_empty() && matches!(backend, Backend::Gpu(_)) {
-            // The GPU takes one parameter group so far: a case of several
-            // must be refused as not supported, never run with one group's
-            // hyperparameters (the CPU runs them, below).
+        let matrix_rule = case.config.as_ref().is_some_and(|c| c.is_matrix_rule());
+        matrix += matrix_rule as usize;
+        if (!case.groups.is_empty() || matrix_rule) && matches!(backend, Backend::Gpu(_)) {
+            // The GPU takes one parameter group so far, and has no kernels
+            // for the matrix rules (Adafactor, Muon): such a case must be
+            // refused as not supported, never run with one group's
+            // hyperparameters or as element-wise (the CPU runs them, below).
             let refused = r
                 .error
                 .as_deref()
@@ -113,6 +116,7 @@ fn check_all(backend: Backend<'_>) {
     assert_eq!(passed, cases.len());
     assert!(passed >= 31 && scheduled >= 11 && clipped >= 2 && lamb >= 2);
     assert!(grouped >= 4, "{grouped} cases with parameter groups");
+    assert!(matrix >= 4, "{matrix} cases of Adafactor or Muon");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -50,7 +50,7 @@
 mod common;
 use common::cases::{self, Change, Input};
 use common::{ctx, Envelope, Rng};
-use wgpu_optim::{Config, CpuOptimizer, GpuOptimizer, GpuOptions, Optimizer, RuleKind};
+use wgpu_optim::{Config, CpuOptimizer, GpuOptimizer, GpuOptions, Optimizer};
 
 const STEPS: usize = 25;
 /// Operations per stored value per step that may round differently (see
@@ -303,7 +303,7 @@ fn lr_and_momentum_changed_between_steps() {
 /// options; for SGD: Nesterov, weight decay and maximize, as dampening
 /// excludes Nesterov).
 fn one_per_rule() -> Vec<Input> {
-    RuleKind::ALL.into_iter().map(cases::richest).collect()
+    cases::table_rules().map(cases::richest).collect()
 }
 
 /// Each length as the only tensor (and no tensor at all), with the default

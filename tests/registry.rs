@@ -4,7 +4,7 @@
 
 use serde_json::Map;
 use wgpu_optim::conformance::{config_from_hyper, CASE_RULES};
-use wgpu_optim::{Checkpoint, RuleKind};
+use wgpu_optim::{Checkpoint, Config, CpuOptimizer, RuleKind, Shape};
 
 mod common;
 
@@ -22,7 +22,13 @@ fn every_rule_has_a_name_a_default_and_presets() {
         assert_eq!(config.kind(), kind);
         config.validate().unwrap();
         let presets = kind.presets();
-        assert!(!presets.is_empty(), "{name}: no bench preset");
+        // `bench` runs flat tensors, which the matrix rules would not
+        // treat as torch does: they have no preset.
+        assert_eq!(
+            presets.is_empty(),
+            config.is_matrix_rule(),
+            "{name}: bench presets"
+        );
         for p in presets {
             assert_eq!(p.config.kind(), kind, "preset {}", p.name);
             p.config.validate().unwrap();
@@ -61,11 +67,29 @@ fn empty_hyper_is_the_default_config() {
 #[test]
 fn torch_keyword_arguments_round_trip_through_a_checkpoint() {
     for kind in RuleKind::ALL {
+        let inputs: Vec<Config> = if kind.default_config().is_matrix_rule() {
+            cases::matrix_configs(kind)
+        } else {
+            cases::info(kind)
+                .inputs
+                .into_iter()
+                .map(|i| i.config)
+                .collect()
+        };
         let configs = std::iter::once(kind.default_config())
             .chain(kind.presets().into_iter().map(|p| p.config))
-            .chain(cases::info(kind).inputs.into_iter().map(|i| i.config));
+            .chain(inputs);
         for config in configs {
-            let ckpt = Checkpoint::new(config.clone(), &[3, 2]).unwrap();
+            let ckpt = if config.is_matrix_rule() {
+                // Muon needs 2-D shapes.
+                let (a, b) = (vec![0.5f32; 6], vec![0.25f32; 4]);
+                let shapes = [Shape::matrix(2, 3), Shape::matrix(2, 2)];
+                CpuOptimizer::with_shapes(config.clone(), &[&a, &b], &shapes)
+                    .unwrap()
+                    .checkpoint()
+            } else {
+                Checkpoint::new(config.clone(), &[3, 2]).unwrap()
+            };
             let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
             assert_eq!(back.config, config, "{kind}");
         }

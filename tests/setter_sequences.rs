@@ -262,7 +262,7 @@ struct Row {
 
 fn rows() -> Vec<Row> {
     let mut rows = Vec::new();
-    for kind in RuleKind::ALL {
+    for kind in cases::table_rules() {
         for (name, config) in configs_of(kind) {
             for s in sequences() {
                 if s.needs_momentum && !has_momentum(&config) {
@@ -539,7 +539,7 @@ fn bit_for_bit<O: Backend>(backend: &str) {
 fn every_rule_has_rows() {
     let rows = rows();
     let sequences = sequences();
-    for kind in RuleKind::ALL {
+    for kind in cases::table_rules() {
         let configs = configs_of(kind);
         assert!(
             !configs.is_empty(),

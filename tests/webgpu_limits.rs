@@ -68,8 +68,7 @@ const STEPS: usize = 3;
 /// Every rule, with each set of state tensors (and so of bindings) it can
 /// have: the table's [`cases::variants`].
 fn configs() -> Vec<(String, Config)> {
-    RuleKind::ALL
-        .into_iter()
+    cases::table_rules()
         .flat_map(cases::variants)
         .map(|i| (i.desc, i.config))
         .collect()

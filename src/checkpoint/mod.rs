@@ -11,7 +11,7 @@
 //!
 //! | tensor | dtype, shape | what |
 //! | --- | --- | --- |
-//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`, `acc_delta`, `prev`, `step_size`, `exp_avg_slow`, `ax`: the names [`Config::state_names`] gives) |
+//! | `state.{i}.{name}` | F32, `[len_i]` | state tensor `name` of parameter tensor `i` (`exp_avg`, `exp_avg_sq`, `max_exp_avg_sq`, `momentum_buffer`, `sum`, `square_avg`, `grad_avg`, `acc_delta`, `prev`, `step_size`, `exp_avg_slow`, `ax`, Adafactor's `row_var`, `col_var` (of a matrix: its rows', its columns' statistics) and `variance` (of a vector), Muon's `momentum_buffer`: the names [`Config::state_names`] gives, Adafactor's only where torch has them) |
 //! | `state.{i}.step` | F32, `[]` | the step count, as torch keeps it (exact below 2^24; the metadata has the exact `u64`) |
 //! | `state.{i}.{name}` | F32, `[]` | the rule's scalar state `name` (NAdam's `mu_product`, ASGD's `eta` and `mu`), the same in every tensor, as torch keeps it |
 //! | `params.{i}` | F32, `[len_i]` | parameter tensor `i`, when the checkpoint carries the parameters |
@@ -29,7 +29,7 @@
 //! | `format` | `wgpu-optim/checkpoint/1` |
 //! | `rule` | one of [`crate::RuleKind::ALL`]'s names (`sgd`, `adagrad`, `rmsprop`, `adam`, `adamw`, `lamb`, `adadelta`, `rprop`, `lion`, `ademamix`, `radam`, `adamax`, ...) |
 //! | `param_groups` | JSON, torch's `state_dict()["param_groups"]`: each group's torch hyperparameter names (`lr`, `betas`, ...) and `params` (its tensors' indices); this crate's own options (`eps_inside_sqrt`, LAMB's) beside them. With several groups each tensor's `state.{i}.*` has its own group's state names and step ([`GroupState`]) |
-//! | `wgpu_optim` | JSON: `step` (exact; the first group's), `groups` (each group's `step` and `buffer_filled`, with several), `lengths`, `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `precision` (`param_dtype`, `state_dtype`, `master_weights`, `seed`; absent for f32), `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
+//! | `wgpu_optim` | JSON: `step` (exact; the first group's), `groups` (each group's `step` and `buffer_filled`, with several), `lengths`, `shapes` (when the tensors have them: a list of dimension lists), `buffer_filled` (SGD), `clip`, `skip_nonfinite`, `skipped_steps`, `grad_scale`, `precision` (`param_dtype`, `state_dtype`, `master_weights`, `seed`; absent for f32), `scheduler` ([`SchedulerState`]: `schedule`, `base_lr`, `base_momentum`, `position`, `lr`, `plateau`, `metric_missing`) |
 //!
 //! A file PyTorch wrote needs only `rule`, `param_groups` and the tensors
 //! (`tests/data/checkpoint/gen_torch_checkpoint.py` writes one): without
@@ -99,6 +99,11 @@ pub struct Checkpoint {
     pub config: Config,
     /// Elements of each parameter tensor.
     pub lengths: Vec<usize>,
+    /// Each parameter tensor's [`crate::Shape`], when the optimizer was
+    /// given shapes (`CpuOptimizer::with_shapes`); empty otherwise. The
+    /// matrix rules' state depends on them (Adafactor's `row_var` and
+    /// `col_var` of a matrix, its `variance` of a vector).
+    pub shapes: Vec<crate::Shape>,
     /// Steps applied (torch's `state[p]["step"]`; skipped steps not counted).
     pub step: u64,
     /// SGD: the momentum buffer has been filled once.
@@ -262,12 +267,14 @@ impl Checkpoint {
     pub fn new(config: impl Into<Config>, lengths: &[usize]) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        let total = crate::Layout::new(lengths)?.total();
+        let layout = crate::Layout::new(lengths)?;
+        config.check_shapes(&layout)?;
         checked_total(lengths)?;
         let state = config
             .state_names()
             .into_iter()
             .map(|n| {
+                let total = layout.state_layout(&config, n).total();
                 // The lengths are the caller's: a total the host cannot
                 // allocate is an error, not an abort.
                 let mut v = Vec::new();
@@ -291,6 +298,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             config,
             lengths: lengths.to_vec(),
+            shapes: Vec::new(),
             step: 0,
             buffer_filled: false,
             state,
@@ -341,6 +349,46 @@ impl Checkpoint {
         self.state.iter().any(|(n, _)| n == "momentum_buffer")
     }
 
+    /// The layout of the parameter tensors, with their shapes if the
+    /// checkpoint has them.
+    fn layout(&self) -> Result<crate::Layout> {
+        let layout = crate::Layout::new(&self.lengths)?;
+        if self.shapes.is_empty() {
+            return Ok(layout);
+        }
+        layout
+            .with_shapes(&self.shapes)
+            .map_err(|e| Error::Checkpoint(format!("shapes: {e}")))
+    }
+
+    /// Checks that the checkpoint's shapes are those of an optimizer whose
+    /// layout is `layout` ([`Error::CheckpointMismatch`]), for the rules
+    /// whose state depends on them (the element-wise rules ignore shapes).
+    pub(crate) fn check_shapes_fit(&self, layout: &crate::Layout) -> Result<()> {
+        if !self.config.is_matrix_rule() {
+            return Ok(());
+        }
+        let show = |s: &[crate::Shape]| {
+            if s.is_empty() {
+                "none".to_string()
+            } else {
+                s.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+        };
+        let ours = layout.shapes().unwrap_or_default();
+        if ours != self.shapes.as_slice() {
+            return Err(Error::CheckpointMismatch {
+                what: "shapes".into(),
+                expected: show(ours),
+                got: show(&self.shapes),
+            });
+        }
+        Ok(())
+    }
+
     /// The state tensor `name`, packed.
     pub fn state_flat(&self, name: &str) -> Option<&[f32]> {
         self.state
@@ -354,7 +402,9 @@ impl Checkpoint {
     /// the rule with its options has, in order (with or without a
     /// `momentum_buffer` for SGD and RMSprop, whose momentum in force may
     /// be 0 with one, and must be 0 without), each as long as the
-    /// parameters; parameters (if any) as long too.
+    /// parameters (Adafactor's factored state: as long as the shapes
+    /// say); shapes (if any) that hold their tensors and suit the rule
+    /// (Muon's 2-D); parameters (if any) as long as the tensors.
     pub fn validate(&self) -> Result<()> {
         if !self.groups.is_empty() {
             return param_groups::validate(self);
@@ -386,10 +436,15 @@ impl Checkpoint {
                 have.join(", ")
             )));
         }
+        let layout = self.layout()?;
+        self.config
+            .check_shapes(&layout)
+            .map_err(|e| Error::Checkpoint(format!("shapes: {e}")))?;
         for (name, values) in &self.state {
-            if values.len() != total {
+            let expected = layout.state_layout(&self.config, name).total();
+            if values.len() != expected {
                 return Err(Error::Checkpoint(format!(
-                    "state `{name}` has {} elements, the tensors {total}",
+                    "state `{name}` has {} elements, the tensors {expected}",
                     values.len()
                 )));
             }
@@ -623,10 +678,11 @@ impl Checkpoint {
             }
             None => (0..n_tensors)
                 .map(|i| {
-                    let candidates = names
-                        .iter()
-                        .map(|n| format!("state.{i}.{n}"))
-                        .chain([format!("params.{i}")]);
+                    // The parameters first: a matrix rule's state need not
+                    // be as long as its tensor.
+                    let candidates = [format!("params.{i}")]
+                        .into_iter()
+                        .chain(names.iter().map(|n| format!("state.{i}.{n}")));
                     for c in candidates {
                         if let Some(n) = numel(&c) {
                             return n;
@@ -638,7 +694,33 @@ impl Checkpoint {
                 })
                 .collect::<Result<_>>()?,
         };
+        let shapes: Vec<crate::Shape> = match extra.as_ref().and_then(|m| m.get("shapes")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| bad("wgpu_optim.shapes is not a list".into()))?;
+                list.iter()
+                    .map(|dims| {
+                        dims.as_array()
+                            .and_then(|d| {
+                                d.iter()
+                                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                                    .collect::<Option<Vec<usize>>>()
+                            })
+                            .map(|d| crate::Shape::new(&d))
+                            .ok_or_else(|| bad(format!("wgpu_optim.shapes: {dims} is not a shape")))
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
         let total = checked_total(&lengths)?;
+        let mut layout = crate::Layout::new(&lengths)?;
+        if !shapes.is_empty() {
+            layout = layout
+                .with_shapes(&shapes)
+                .map_err(|e| bad(format!("shapes: {e}")))?;
+        }
         // Everything below is read from tensors, which safetensors has
         // checked lie inside the file: a state of `total` elements needs
         // 4·total bytes of it.
@@ -676,8 +758,14 @@ impl Checkpoint {
         let mut state = Vec::with_capacity(names.len());
         let mut quantized = Vec::new();
         for name in &names {
-            let mut flat = Vec::with_capacity(total);
-            for (i, &len) in lengths.iter().enumerate() {
+            let state_layout = layout.state_layout(&config, name);
+            let mut flat = Vec::with_capacity(state_layout.total());
+            for (i, &len) in state_layout.lengths().iter().enumerate() {
+                // torch keeps Adafactor's factors of a matrix, its variance
+                // of a vector, not both.
+                if !config.has_state(name, layout.shape(i)) {
+                    continue;
+                }
                 let key = format!("state.{i}.{name}");
                 if !LowPrecision::is_quantized(precision.state_dtype, len) {
                     flat.extend(read(&key, len, state_dtype)?);
@@ -896,6 +984,7 @@ impl Checkpoint {
         let ckpt = Checkpoint {
             config,
             lengths,
+            shapes,
             step,
             buffer_filled,
             state,
@@ -938,9 +1027,22 @@ impl Checkpoint {
             .collect();
         let mut tensors = Vec::new();
         let step = [self.step as f32];
+        // A validated checkpoint's layout builds (see `save`).
+        let layout = self
+            .layout()
+            .unwrap_or_else(|_| crate::Layout::new(&[]).expect("an empty layout"));
+        let state_layouts: Vec<crate::Layout> = self
+            .state
+            .iter()
+            .map(|(name, _)| layout.state_layout(&self.config, name))
+            .collect();
         for (i, (&len, &off)) in self.lengths.iter().zip(&offsets).enumerate() {
-            for (name, values) in &self.state {
-                low_precision::push_state(self, i, name, &values[off..off + len], &mut tensors);
+            for ((name, values), state_layout) in self.state.iter().zip(&state_layouts) {
+                if !self.config.has_state(name, layout.shape(i)) {
+                    continue;
+                }
+                let r = state_layout.range(i);
+                low_precision::push_state(self, i, name, &values[r], &mut tensors);
             }
             if self.config.torch_step() {
                 tensors.push(Tensor {
@@ -1001,6 +1103,10 @@ impl Checkpoint {
         });
         if let Some(p) = low_precision::to_json(&self.precision) {
             extra["precision"] = p;
+        }
+        if !self.shapes.is_empty() {
+            let shapes: Vec<&[usize]> = self.shapes.iter().map(crate::Shape::dims).collect();
+            extra["shapes"] = json!(shapes);
         }
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),

@@ -88,6 +88,7 @@ impl Checkpoint {
             scheduler: self.scheduler.clone(),
             groups: Vec::new(),
             group_state: Vec::new(),
+            shapes: Vec::new(),
             precision: self.precision,
             master_params: None,
             quantized: Vec::new(),
@@ -113,6 +114,9 @@ pub(super) fn validate(ckpt: &Checkpoint) -> Result<()> {
         return Err(bad(
             "several parameter groups with low-precision parameters or state".into(),
         ));
+    }
+    if !ckpt.shapes.is_empty() {
+        return Err(bad("several parameter groups with tensor shapes".into()));
     }
     let total = checked_total(&ckpt.lengths)?;
     check_groups(&ckpt.groups, ckpt.lengths.len()).map_err(|e| bad(format!("groups: {e}")))?;
@@ -467,6 +471,7 @@ pub(super) fn assemble(params: Vec<Vec<usize>>, parts: Vec<Checkpoint>) -> Resul
                 state_names: p.state.iter().map(|(n, _)| n.clone()).collect(),
             })
             .collect(),
+        shapes: Vec::new(),
         precision: first.precision,
         master_params: None,
         quantized: Vec::new(),

@@ -172,8 +172,9 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
     };
 
     // The case description.
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 14] = [
         "name",
+        "shapes",
         "groups",
         "lr_per_step_by_group",
         "rule",
@@ -228,6 +229,36 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
             .collect::<std::result::Result<_, _>>()?,
         Some(v) => return Err(format!("case key `sizes` must be a list, got {v}")),
         None => return Err("case key `sizes` is missing".into()),
+    };
+    let shapes: Vec<crate::Shape> = match meta.get("shapes") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => {
+            let shapes = a
+                .iter()
+                .map(|dims| {
+                    dims.as_array()
+                        .and_then(|d| {
+                            d.iter()
+                                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+                                .collect::<Option<Vec<usize>>>()
+                        })
+                        .map(|d| crate::Shape::new(&d))
+                        .ok_or_else(|| format!("case key `shapes`: {dims} is not a shape"))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if shapes.len() != sizes.len()
+                || shapes
+                    .iter()
+                    .zip(&sizes)
+                    .any(|(s, &n)| s.numel() != Some(n))
+            {
+                return Err(format!(
+                    "case key `shapes` does not match `sizes` {sizes:?} (element counts, one shape per tensor)"
+                ));
+            }
+            shapes
+        }
+        Some(v) => return Err(format!("case key `shapes` must be a list, got {v}")),
     };
     let steps = get_usize(&meta, "steps")?;
     let seed = meta.get("seed").and_then(Value::as_u64);
@@ -321,6 +352,19 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
         .as_ref()
         .map_or_else(Vec::new, Config::scalar_state_names);
     let scalar = |s: &str| scalar_names.contains(&s);
+    // Each state's element counts: the parameters', but for a matrix
+    // rule's factored state (Adafactor's `row_var` and `col_var`).
+    let state_sizes = |name: &str| -> Vec<usize> {
+        match &config {
+            Some(c) if c.is_matrix_rule() => sizes
+                .iter()
+                .enumerate()
+                .map(|(t, &n)| c.state_len(name, shapes.get(t), n))
+                .collect(),
+            _ => sizes.clone(),
+        }
+    };
+    let matrix_rule = config.as_ref().is_some_and(Config::is_matrix_rule);
     for (tname, view) in st.iter() {
         let kind =
             parse_tensor_name(tname).ok_or_else(|| format!("unexpected tensor `{tname}`"))?;
@@ -344,6 +388,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
             )?,
             TensorName::ExpectedState(s, t) => {
                 let one = scalar(&s);
+                let sizes = state_sizes(&s);
                 let slots = expected_state.entry(s).or_insert_with(|| vec![None; n]);
                 place(slots, &sizes, tname, t, read_f64(tname, &view)?, one)?
             }
@@ -360,6 +405,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
             }
             TensorName::TorchState(s, t) => {
                 let one = scalar(&s);
+                let sizes = state_sizes(&s);
                 let slots = torch_state.entry(s).or_insert_with(|| vec![None; n]);
                 place(slots, &sizes, tname, t, read_f32(tname, &view)?, one)?
             }
@@ -373,9 +419,11 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let expected_params = complete(expected_params, "expected.param")?;
     // With groups, a state only some groups have (Adam's amsgrad in one)
-    // is absent for the other groups' tensors: empty there.
+    // is absent for the other groups' tensors: empty there; so is a state
+    // of a matrix rule that torch keeps for only some tensors (Adafactor's
+    // factors of a matrix, its variance of a vector).
     let complete_state = |v: Vec<Option<Vec<_>>>, what: &str| {
-        if groups.is_empty() {
+        if groups.is_empty() && !matrix_rule {
             complete(v, what)
         } else {
             Ok(v.into_iter().map(Option::unwrap_or_default).collect())
@@ -399,7 +447,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
     let torch_f32_state = torch_state
         .into_iter()
         .map(|(k, v)| {
-            let v = if groups.is_empty() {
+            let v = if groups.is_empty() && !matrix_rule {
                 complete(v, &format!("torch_f32.state.{k}"))?
             } else {
                 v.into_iter().map(Option::unwrap_or_default).collect()
@@ -415,6 +463,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
         hyper,
         config,
         sizes,
+        shapes,
         steps,
         seed,
         schedule,

@@ -93,6 +93,10 @@ pub struct Case {
     pub config: Option<Config>,
     /// The length of each parameter tensor.
     pub sizes: Vec<usize>,
+    /// Each tensor's shape (`shapes`), for the rules that treat a matrix
+    /// as a matrix (Adafactor, Muon); empty when the case has none (every
+    /// tensor 1-D).
+    pub shapes: Vec<crate::Shape>,
     /// The number of optimizer steps.
     pub steps: usize,
     /// The seed the inputs were drawn with (informational).
@@ -646,6 +650,10 @@ pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
     };
     let init: Vec<&[f32]> = case.init.iter().map(Vec::as_slice).collect();
     let outcome = match (backend, case.groups.is_empty()) {
+        (Backend::Cpu, true) if !case.shapes.is_empty() => {
+            CpuOptimizer::with_shapes(config.clone(), &init, &case.shapes)
+                .and_then(|mut opt| run_steps(case, &mut opt))
+        }
         (Backend::Cpu, true) => {
             CpuOptimizer::new(config.clone(), &init).and_then(|mut opt| run_steps(case, &mut opt))
         }

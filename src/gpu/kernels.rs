@@ -359,6 +359,15 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     })
 }
 
+/// The GPU's answer to a rule without a kernel (the matrix rules,
+/// Adafactor and Muon, run on the CPU only so far).
+pub(crate) fn matrix_rule_unsupported(config: &Config) -> crate::Error {
+    crate::Error::Unsupported(format!(
+        "{} on the GPU (it runs on the CPU backend only so far)",
+        config.kind()
+    ))
+}
+
 /// The rule's kernel: the element-wise one (`main`), or LAMB's three tile
 /// kernels; `momentum_buffer`: whether the state has one.
 pub(super) fn kernel_for(
@@ -395,6 +404,7 @@ pub(super) fn kernel_for(
             );
         }
         KernelShape::ElementWise { slots } => slots,
+        KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
     let mut bindings = elementwise_bindings(slots);
     if variant.views {
@@ -631,6 +641,8 @@ mod tests {
                     ),
                     (TAIL_BYTES + TILE_HEADER_BYTES) as u32,
                 )],
+                // The matrix rules have no kernel yet.
+                KernelShape::None => continue,
                 KernelShape::ElementWise { slots } => {
                     let bindings = elementwise_bindings(slots);
                     [1, 4]

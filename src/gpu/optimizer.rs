@@ -134,6 +134,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if config.is_matrix_rule() {
+            return Err(super::kernels::matrix_rule_unsupported(&config));
+        }
         let momentum_buffer = config.builds_momentum_buffer();
         Self::with_state(ctx, config, momentum_buffer, params, options)
     }
@@ -222,6 +225,9 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
+        if config.is_matrix_rule() {
+            return Err(super::kernels::matrix_rule_unsupported(&config));
+        }
         if lengths.is_empty() {
             return Err(Error::EmptyParameterList);
         }
@@ -702,6 +708,7 @@ impl GpuOptimizer {
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
+            shapes: Vec::new(),
             step: exact.step,
             buffer_filled: exact.buffer_filled,
             state,

@@ -42,6 +42,7 @@
 //! kernel's bindings (`tests/webgpu_limits.rs`).
 
 pub mod adadelta;
+pub mod adafactor;
 pub mod adagrad;
 pub mod adam;
 pub mod adamax;
@@ -49,6 +50,7 @@ pub mod ademamix;
 pub mod asgd;
 pub mod lamb;
 pub mod lion;
+pub mod muon;
 pub mod nadam;
 pub mod radam;
 pub mod rmsprop;
@@ -57,6 +59,7 @@ pub mod schedulefree;
 pub mod sgd;
 
 pub use adadelta::Adadelta;
+pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
@@ -64,6 +67,7 @@ pub use ademamix::AdEMAMix;
 pub use asgd::Asgd;
 pub use lamb::Lamb;
 pub use lion::Lion;
+pub use muon::{Muon, MuonAdjustLr};
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RmsProp;
@@ -123,6 +127,31 @@ pub(crate) trait Rule: Clone + Default + PartialEq + Into<Config> {
     const LAZY_MOMENTUM_BUFFER: bool = false;
     /// The GPU kernel.
     const KERNEL: KernelSpec;
+    /// Whether the rule treats a tensor as a matrix (Adafactor, Muon): its
+    /// step reads each tensor's [`crate::Shape`] from the layout. Such a
+    /// rule runs on the CPU over one parameter group in f32; the GPU, the
+    /// sharded optimizer, parameter groups and low-precision storage refuse
+    /// it ([`Error::Unsupported`]).
+    const MATRIX: bool = false;
+    /// Checks the shapes of the tensors (`layout.shape(i)`, `None` when
+    /// none was given): [`Error::MatrixRequired`] where the rule needs a
+    /// matrix and the tensor is not one.
+    fn check_shapes(&self, _layout: &Layout) -> Result<()> {
+        Ok(())
+    }
+    /// Elements of state tensor `name` for a parameter tensor of `len`
+    /// elements and shape `shape`: `len` for the element-wise rules,
+    /// Adafactor's factored statistics for its own.
+    fn state_len(&self, _name: &str, _shape: Option<&crate::Shape>, len: usize) -> usize {
+        len
+    }
+    /// Whether torch keeps state tensor `name` for a parameter tensor of
+    /// shape `shape` (Adafactor keeps `row_var` and `col_var` for a matrix,
+    /// `variance` for a vector); every state of every tensor for the other
+    /// rules.
+    fn has_state(&self, _name: &str, _shape: Option<&crate::Shape>) -> bool {
+        true
+    }
     /// The per-step scalars, the header of the kernel's uniforms
     /// (`#[repr(C)]`, a multiple of 16 bytes, `struct Scalars` of the shader).
     type Scalars: bytemuck::Pod + std::fmt::Debug;
@@ -325,6 +354,9 @@ pub(crate) enum KernelShape {
         /// The rule's own WGSL constants, written by the composer.
         constants: &'static [(&'static str, u32)],
     },
+    /// No GPU kernel yet (the matrix rules, [`Rule::MATRIX`]): the GPU
+    /// optimizer refuses the rule with [`Error::Unsupported`].
+    None,
 }
 
 impl KernelSpec {
@@ -570,6 +602,38 @@ macro_rules! registry {
                 }
             }
 
+            /// Whether the rule treats tensors as matrices (Adafactor,
+            /// Muon): it reads their shapes (`CpuOptimizer::with_shapes`),
+            /// and runs on the CPU over one parameter group in f32 only (the
+            /// GPU, the sharded optimizer, several groups and low-precision
+            /// storage refuse it).
+            pub fn is_matrix_rule(&self) -> bool {
+                match self {
+                    $(Config::$v(_) => <$ty as Rule>::MATRIX,)*
+                }
+            }
+
+            /// See [`Rule::check_shapes`].
+            pub(crate) fn check_shapes(&self, layout: &Layout) -> Result<()> {
+                match self {
+                    $(Config::$v(c) => c.check_shapes(layout),)*
+                }
+            }
+
+            /// See [`Rule::has_state`].
+            pub(crate) fn has_state(&self, name: &str, shape: Option<&crate::Shape>) -> bool {
+                match self {
+                    $(Config::$v(c) => c.has_state(name, shape),)*
+                }
+            }
+
+            /// See [`Rule::state_len`].
+            pub(crate) fn state_len(&self, name: &str, shape: Option<&crate::Shape>, len: usize) -> usize {
+                match self {
+                    $(Config::$v(c) => c.state_len(name, shape, len),)*
+                }
+            }
+
             /// Whether torch keeps a `step` per tensor (all rules but SGD).
             pub(crate) fn torch_step(&self) -> bool {
                 match self {
@@ -741,6 +805,10 @@ registry! {
     SgdScheduleFree(SgdScheduleFree),
     /// Schedule-free AdamW (schedulefree).
     AdamWScheduleFree(AdamWScheduleFree),
+    /// Adafactor (factored second moments of matrices).
+    Adafactor(Adafactor),
+    /// Muon (momentum orthogonalised by a Newton–Schulz iteration).
+    Muon(Muon),
 }
 
 impl RuleKind {

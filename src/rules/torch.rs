@@ -277,6 +277,81 @@ impl<'a> TorchArgs<'a> {
         }
     }
 
+    /// A string of torch's that may be `null` (Muon's `adjust_lr_fn`): the
+    /// key required in a checkpoint, `default` when a case leaves it out.
+    pub(crate) fn nullable_str(
+        &mut self,
+        key: &'static str,
+        default: Option<&str>,
+    ) -> Result<Option<String>> {
+        self.used.push(key);
+        match (self.map.get(key), self.source) {
+            (None, Source::Checkpoint) => Err(self.missing(key)),
+            (None, Source::Case { .. }) => Ok(default.map(str::to_string)),
+            (Some(Value::Null), _) => Ok(None),
+            (Some(Value::String(s)), _) => Ok(Some(s.clone())),
+            (Some(v), _) => Err(self.ill_typed(
+                key,
+                v,
+                "is not a string or null",
+                "must be a string or null",
+            )),
+        }
+    }
+
+    /// A pair of numbers whose first may be `null` (Adafactor's `eps`):
+    /// required in a checkpoint, `default` when a case leaves it out.
+    pub(crate) fn nullable_first_pair(
+        &mut self,
+        key: &'static str,
+        default: (Option<f64>, f64),
+    ) -> Result<(Option<f64>, f64)> {
+        self.used.push(key);
+        let Some(v) = self.map.get(key) else {
+            return match self.source {
+                Source::Checkpoint => Err(self.missing(key)),
+                Source::Case { .. } => Ok(default),
+            };
+        };
+        let pair = match v.as_array().map(|a| a.as_slice()) {
+            Some([first, second]) => match (first, second.as_f64()) {
+                (Value::Null, Some(b)) => Some((None, self.round(b))),
+                (a, Some(b)) => a.as_f64().map(|a| (Some(self.round(a)), self.round(b))),
+                _ => None,
+            },
+            _ => None,
+        };
+        pair.ok_or_else(|| {
+            self.ill_typed(
+                key,
+                v,
+                "is not a pair of a number or null and a number",
+                "must be a list of a number or null and a number",
+            )
+        })
+    }
+
+    /// A non-negative integer of torch's (Muon's `ns_steps`): required in a
+    /// checkpoint, `default` when a case leaves it out.
+    pub(crate) fn count(&mut self, key: &'static str, default: u32) -> Result<u32> {
+        self.used.push(key);
+        match (self.map.get(key), self.source) {
+            (None, Source::Checkpoint) => Err(self.missing(key)),
+            (None, Source::Case { .. }) => Ok(default),
+            (Some(v), _) => v
+                .as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .ok_or_else(|| {
+                    self.ill_typed(
+                        key,
+                        v,
+                        "is not a non-negative integer",
+                        "must be a non-negative integer",
+                    )
+                }),
+        }
+    }
+
     /// One of this crate's own boolean options (not torch's): optional in
     /// a checkpoint, never in a case file (`default` there).
     pub(crate) fn own_flag(&mut self, key: &'static str, default: bool) -> Result<bool> {

@@ -256,6 +256,9 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             let mine = &flat[ranges[rank].clone()];
             let pieces = Layout::new(&shard_lengths(layout.lengths(), ranges[rank].clone()))?;
             let inner = build(&pieces.split(mine)?)?;
+            if inner.config().is_matrix_rule() {
+                return Err(matrix_rule_unsupported(inner.config()));
+            }
             if inner.config().kind() == RuleKind::Lamb && !inner.combines_tensor_sums() {
                 return Err(Error::Unsupported(
                     "LAMB in a ShardedOptimizer over a backend that cannot combine its per-tensor norms across ranks (the CPU optimizer can)".into(),
@@ -586,6 +589,15 @@ fn split_one(full: &Checkpoint, ranks: usize, rank: usize) -> Result<Checkpoint>
     Ok(c)
 }
 
+/// A shard cuts tensors at any element: a matrix rule (Adafactor, Muon)
+/// needs each matrix whole.
+fn matrix_rule_unsupported(config: &crate::Config) -> Error {
+    Error::Unsupported(format!(
+        "{} in a ShardedOptimizer (a shard cuts its matrices)",
+        config.kind()
+    ))
+}
+
 /// The single-file checkpoint over `lengths` of the ranks' shard
 /// checkpoints ([`ShardedOptimizer::shard_checkpoint`]), in rank order:
 /// their state and parameters concatenated. They must agree on everything
@@ -596,6 +608,9 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
         return Err(Error::Checkpoint("no shard checkpoints to merge".into()));
     };
     let total: usize = lengths.iter().sum();
+    if first.config.is_matrix_rule() {
+        return Err(matrix_rule_unsupported(&first.config));
+    }
     for (r, s) in shards.iter().enumerate() {
         s.validate()?;
         let range = shard_range(total, shards.len(), r);
@@ -647,6 +662,9 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
 /// save per rank.
 pub fn split(full: &Checkpoint, ranks: usize) -> Result<Vec<Checkpoint>> {
     full.validate()?;
+    if full.config.is_matrix_rule() {
+        return Err(matrix_rule_unsupported(&full.config));
+    }
     if ranks == 0 {
         return Err(Error::Checkpoint("split into 0 ranks".into()));
     }

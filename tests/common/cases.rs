@@ -33,7 +33,7 @@ use wgpu_optim::{
     AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, Asgd, ClipGradNorm, Config, Lamb, Lion,
     NAdam, RAdam, RmsProp, Rprop, RuleKind, Sgd,
 };
-use wgpu_optim::{AdamWScheduleFree, SgdScheduleFree};
+use wgpu_optim::{Adafactor, AdamWScheduleFree, Muon, MuonAdjustLr, SgdScheduleFree};
 
 /// A hyperparameter change applied before a step.
 #[derive(Clone, Copy, Debug)]
@@ -206,6 +206,59 @@ pub fn info(rule: RuleKind) -> RuleInfo {
         .unwrap_or_else(|| panic!("rule {rule} is not in tests/common/cases.rs"))
 }
 
+/// The rules of the table: every registered rule but the matrix rules
+/// (Adafactor, Muon), which need shapes (`CpuOptimizer::with_shapes`), run
+/// on the CPU only, over one parameter group, and are tested by
+/// tests/matrix.rs, the golden cases and [`matrix_configs`] instead.
+pub fn table_rules() -> impl Iterator<Item = RuleKind> {
+    RuleKind::ALL
+        .into_iter()
+        .filter(|k| !k.default_config().is_matrix_rule())
+}
+
+/// Configurations of a matrix rule that set each of its options.
+pub fn matrix_configs(rule: RuleKind) -> Vec<Config> {
+    match rule {
+        RuleKind::Adafactor => vec![
+            Adafactor::default().into(),
+            Adafactor {
+                lr: 0.02,
+                beta2_decay: -0.5,
+                eps: (Some(1e-20), 1e-4),
+                d: 2.0,
+                weight_decay: 0.01,
+                maximize: true,
+            }
+            .into(),
+        ],
+        RuleKind::Muon => vec![
+            Muon::default().into(),
+            Muon {
+                lr: 0.02,
+                weight_decay: 0.0,
+                momentum: 0.9,
+                nesterov: false,
+                ns_coefficients: (2.0, -1.5, 0.5),
+                eps: 1e-6,
+                ns_steps: 3,
+                adjust_lr_fn: Some(MuonAdjustLr::MatchRmsAdamW),
+            }
+            .into(),
+            Muon {
+                adjust_lr_fn: Some(MuonAdjustLr::SpectralUnclamped),
+                ..Muon::default()
+            }
+            .into(),
+            Muon {
+                adjust_lr_fn: Some(MuonAdjustLr::Original),
+                ..Muon::default()
+            }
+            .into(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// Every input of every rule, in table order.
 pub fn inputs() -> Vec<Input> {
     table().into_iter().flat_map(|r| r.inputs).collect()
@@ -293,7 +346,18 @@ pub const TORCH_SWITCHES: &[&str] = &[
 /// rule's options are found without a list here. torch's
 /// [`TORCH_SWITCHES`] are left out.
 pub fn hyperparameters(config: &Config) -> serde_json::Map<String, serde_json::Value> {
-    let bytes = Checkpoint::new(config.clone(), &[1])
+    // A matrix rule (Muon) needs a 2-D shape.
+    let ckpt = if config.is_matrix_rule() {
+        wgpu_optim::CpuOptimizer::with_shapes(
+            config.clone(),
+            &[&[0.0]],
+            &[wgpu_optim::Shape::matrix(1, 1)],
+        )
+        .map(|o| o.checkpoint())
+    } else {
+        Checkpoint::new(config.clone(), &[1])
+    };
+    let bytes = ckpt
         .and_then(|c| c.to_bytes())
         .unwrap_or_else(|e| panic!("{config:?}: {e}"));
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
