@@ -222,7 +222,17 @@ fn cases() -> Vec<Case> {
             second["params"] = json!([1]);
             g.as_array_mut().unwrap().push(second);
         }),
-        &["2 parameter groups"],
+        &["tensor 1", "param_groups[0]", "param_groups[1]"],
+    );
+    bad_file(
+        "a group's tensor index past the tensors of all groups",
+        torch_file(|_, g, _| {
+            let mut second = g[0].clone();
+            g[0]["params"] = json!([0]);
+            second["params"] = json!([2]);
+            g.as_array_mut().unwrap().push(second);
+        }),
+        &["index 2 out of range"],
     );
     bad_file(
         "a tensor listed twice in its group",

@@ -1550,7 +1550,8 @@ mod readme {
 
 /// Every ```` ```rust ```` block of README.md from "### LAMB" up to "## Proof
 /// against PyTorch" is, line for line (indentation aside), one of the
-/// functions of [`readme`].
+/// functions of [`readme`]; the "## Matrix rules" section in between is
+/// tests/matrix.rs's.
 #[test]
 fn readme_blocks_are_these() {
     let readme = include_str!("../README.md");
@@ -1562,7 +1563,15 @@ fn readme_blocks_are_these() {
         .lines()
         .map(str::trim)
         .collect();
-    let mut rest = &readme[start..end];
+    let range = &readme[start..end];
+    let matrix = range
+        .find("\n## Matrix rules")
+        .expect("README: no matrix rules section");
+    let after = range[matrix + 1..]
+        .find("\n## ")
+        .map_or(range.len(), |k| matrix + 1 + k);
+    let text = format!("{}{}", &range[..matrix], &range[after..]);
+    let mut rest = text.as_str();
     let mut blocks = 0;
     while let Some(i) = rest.find("```rust\n") {
         let body = &rest[i + "```rust\n".len()..];

@@ -594,16 +594,7 @@ impl Checkpoint {
         let mut args = group.clone();
         let group_scalars = take_group_scalars(scalar_spec, &mut args)?;
         let config = TorchArgs::checkpoint_config(rule, &args)?;
-        let extra: Option<Map<String, Value>> = match meta.get("wgpu_optim") {
-            Some(s) => Some(
-                serde_json::from_str::<Value>(s)
-                    .map_err(|e| bad(format!("wgpu_optim: {e}")))?
-                    .as_object()
-                    .cloned()
-                    .ok_or_else(|| bad("wgpu_optim is not an object".into()))?,
-            ),
-            None => None,
-        };
+        let extra = wgpu_optim_metadata(meta)?;
 
         // Every tensor name must be one we expect. Whether SGD or RMSprop
         // has a momentum buffer was fixed when the optimizer was built: the

@@ -284,16 +284,7 @@ pub(super) fn from_bytes(
             }
         }
     }
-    let extra: Option<Map<String, Value>> = match meta.get("wgpu_optim") {
-        Some(s) => Some(
-            serde_json::from_str::<Value>(s)
-                .map_err(|e| bad(format!("wgpu_optim: {e}")))?
-                .as_object()
-                .cloned()
-                .ok_or_else(|| bad("wgpu_optim is not an object".into()))?,
-        ),
-        None => None,
-    };
+    let extra = wgpu_optim_metadata(meta)?;
     let counters = match extra.as_ref().and_then(|m| m.get("groups")) {
         None => None,
         Some(Value::Array(a)) if a.len() == groups.len() => Some(a.clone()),

@@ -330,3 +330,19 @@ pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
         Ok(())
     }
 }
+
+/// The metadata's `wgpu_optim` object, if the file has one.
+pub(super) fn wgpu_optim_metadata(
+    meta: &HashMap<String, String>,
+) -> Result<Option<Map<String, Value>>> {
+    let bad = |m: String| Error::Checkpoint(m);
+    meta.get("wgpu_optim")
+        .map(|s| {
+            serde_json::from_str::<Value>(s)
+                .map_err(|e| bad(format!("wgpu_optim: {e}")))?
+                .as_object()
+                .cloned()
+                .ok_or_else(|| bad("wgpu_optim is not an object".into()))
+        })
+        .transpose()
+}

@@ -54,6 +54,27 @@ def flat_state(opt, params):
     return out, sd["param_groups"]
 
 
+def save_run(opt, params, shapes, name):
+    """{name}.safetensors: the state dict and parameters, with only torch's
+    metadata; {name}_next.safetensors: after one more step, with its grads."""
+    tensors, groups = flat_state(opt, params)
+    for i, p in enumerate(params):
+        tensors[f"params.{i}"] = p.detach().clone().contiguous()
+    save_file(tensors, os.path.join(HERE, f"{name}.safetensors"),
+              metadata={"rule": "adam", "param_groups": json.dumps(groups)})
+    grads = grads_at(6, shapes)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
+    after, _ = flat_state(opt, params)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        after[f"params.{i}"] = p.detach().clone().contiguous()
+        after[f"grads.{i}"] = g.contiguous()
+    save_file(after, os.path.join(HERE, f"{name}_next.safetensors"),
+              metadata={"torch": torch.__version__})
+    print(f"wrote {name}.safetensors and {name}_next.safetensors with torch", torch.__version__)
+
+
 def write():
     torch.manual_seed(0)
     shapes = [(3, 4), (5,)]
@@ -63,24 +84,7 @@ def write():
         for p, g in zip(params, grads_at(step, shapes)):
             p.grad = g
         opt.step()
-    tensors, groups = flat_state(opt, params)
-    for i, p in enumerate(params):
-        tensors[f"params.{i}"] = p.detach().clone().contiguous()
-    meta = {"rule": "adam", "param_groups": json.dumps(groups)}
-    save_file(tensors, os.path.join(HERE, "torch_adam.safetensors"), metadata=meta)
-
-    grads = grads_at(6, shapes)
-    for p, g in zip(params, grads):
-        p.grad = g
-    opt.step()
-    after, _ = flat_state(opt, params)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        after[f"params.{i}"] = p.detach().clone().contiguous()
-        after[f"grads.{i}"] = g.contiguous()
-    save_file(after, os.path.join(HERE, "torch_adam_next.safetensors"),
-              metadata={"torch": torch.__version__})
-    print("wrote torch_adam.safetensors and torch_adam_next.safetensors with torch", torch.__version__)
-
+    save_run(opt, params, shapes, "torch_adam")
 
 def verify():
     path = os.path.join(HERE, "ours_adamw.safetensors")
@@ -142,23 +146,7 @@ def groups_run():
 
 def write_groups():
     opt, params, shapes = groups_run()
-    tensors, groups = flat_state(opt, params)
-    for i, p in enumerate(params):
-        tensors[f"params.{i}"] = p.detach().clone().contiguous()
-    save_file(tensors, os.path.join(HERE, "torch_groups.safetensors"),
-              metadata={"rule": "adam", "param_groups": json.dumps(groups)})
-    grads = grads_at(6, shapes)
-    for p, g in zip(params, grads):
-        p.grad = g
-    opt.step()
-    after, _ = flat_state(opt, params)
-    for i, (p, g) in enumerate(zip(params, grads)):
-        after[f"params.{i}"] = p.detach().clone().contiguous()
-        after[f"grads.{i}"] = g.contiguous()
-    save_file(after, os.path.join(HERE, "torch_groups_next.safetensors"),
-              metadata={"torch": torch.__version__})
-    print("wrote torch_groups.safetensors and torch_groups_next.safetensors with torch", torch.__version__)
-
+    save_run(opt, params, shapes, "torch_groups")
 
 def verify_groups():
     path = os.path.join(HERE, "ours_groups.safetensors")
