@@ -41,6 +41,16 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// A shape from its JSON form, a list of dimensions (`[768, 3072]`), as
+    /// checkpoints and conformance cases write it; `None` for anything else.
+    pub(crate) fn from_json(dims: &serde_json::Value) -> Option<Shape> {
+        dims.as_array()?
+            .iter()
+            .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
+            .collect::<Option<Vec<usize>>>()
+            .map(|d| Shape::new(&d))
+    }
+
     /// A shape of these dimensions (torch's `shape`, outermost first).
     pub fn new(dims: &[usize]) -> Shape {
         Shape {

@@ -134,6 +134,15 @@ pub(super) fn validate(ckpt: &Checkpoint, total: usize, names: &[&'static str]) 
     Ok(())
 }
 
+/// The format a state tensor that is not quantized has in the file: bf16
+/// state as BF16, the rest (8-bit state's small tensors too) F32.
+pub(super) fn state_format(dtype: StateDtype) -> ParamDtype {
+    match dtype {
+        StateDtype::Bf16 => ParamDtype::Bf16,
+        StateDtype::F32 | StateDtype::Int8Blockwise => ParamDtype::F32,
+    }
+}
+
 /// The file's tensor of `values` in `dtype`.
 fn param_data(dtype: ParamDtype, values: &[f32]) -> Data<'_> {
     match dtype {
@@ -179,14 +188,10 @@ pub(super) fn push_state<'a>(
         });
         return;
     }
-    let dtype = match ckpt.precision.state_dtype {
-        StateDtype::Bf16 => ParamDtype::Bf16,
-        _ => ParamDtype::F32,
-    };
     tensors.push(Tensor {
         name: format!("state.{i}.{name}"),
         shape,
-        data: param_data(dtype, values),
+        data: param_data(state_format(ckpt.precision.state_dtype), values),
     });
 }
 

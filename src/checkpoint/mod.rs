@@ -693,13 +693,7 @@ impl Checkpoint {
                     .ok_or_else(|| bad("wgpu_optim.shapes is not a list".into()))?;
                 list.iter()
                     .map(|dims| {
-                        dims.as_array()
-                            .and_then(|d| {
-                                d.iter()
-                                    .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                                    .collect::<Option<Vec<usize>>>()
-                            })
-                            .map(|d| crate::Shape::new(&d))
+                        crate::Shape::from_json(dims)
                             .ok_or_else(|| bad(format!("wgpu_optim.shapes: {dims} is not a shape")))
                     })
                     .collect::<Result<_>>()?
@@ -742,10 +736,7 @@ impl Checkpoint {
         let read = |name: &str, len: usize, dtype: ParamDtype| -> Result<Vec<f32>> {
             low_precision::widen(name, &tensor(name, len)?, dtype)
         };
-        let state_dtype = match precision.state_dtype {
-            StateDtype::Bf16 => ParamDtype::Bf16,
-            _ => ParamDtype::F32,
-        };
+        let state_dtype = low_precision::state_format(precision.state_dtype);
         let mut state = Vec::with_capacity(names.len());
         let mut quantized = Vec::new();
         for name in &names {

@@ -185,15 +185,19 @@ pub(super) fn validate(ckpt: &Checkpoint) -> Result<()> {
     Ok(())
 }
 
+/// The file's name of tensor `i`'s `what` (as [`parse_tensor_name`]
+/// reads it back).
+fn tensor_name(i: usize, what: &str) -> String {
+    match what {
+        "params" | "master_params" => format!("{what}.{i}"),
+        _ => format!("state.{i}.{what}"),
+    }
+}
+
 /// Renames a one-group tensor name to the global index of its tensor.
 fn global_name(name: &str, params: &[usize]) -> Option<String> {
     let (j, what) = parse_tensor_name(name)?;
-    let i = *params.get(j)?;
-    Some(match what {
-        "params" => format!("params.{i}"),
-        "master_params" => format!("master_params.{i}"),
-        _ => format!("state.{i}.{what}"),
-    })
+    Some(tensor_name(*params.get(j)?, what))
 }
 
 /// The file of several groups: each group's tensors as its one-group file
@@ -319,12 +323,7 @@ pub(super) fn from_bytes(
                 "unexpected tensor `{name}` ({n_tensors} tensors in the groups)"
             )));
         };
-        let j = local[i];
-        let renamed = match what {
-            "params" => format!("params.{j}"),
-            "master_params" => format!("master_params.{j}"),
-            _ => format!("state.{j}.{what}"),
-        };
+        let renamed = tensor_name(local[i], what);
         by_group[owner[i].expect("every index is owned")].push((renamed, t));
     }
     let mut parts = Vec::with_capacity(groups.len());

@@ -236,13 +236,7 @@ pub(super) fn parse_case(bytes: &[u8], path: &Path) -> std::result::Result<Case,
             let shapes = a
                 .iter()
                 .map(|dims| {
-                    dims.as_array()
-                        .and_then(|d| {
-                            d.iter()
-                                .map(|x| x.as_u64().and_then(|x| usize::try_from(x).ok()))
-                                .collect::<Option<Vec<usize>>>()
-                        })
-                        .map(|d| crate::Shape::new(&d))
+                    crate::Shape::from_json(dims)
                         .ok_or_else(|| format!("case key `shapes`: {dims} is not a shape"))
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
