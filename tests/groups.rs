@@ -793,3 +793,73 @@ fn gpu_group_refusals() {
         })
     );
 }
+
+/// `from_buffers_with_groups` steps the caller's packed buffers as
+/// `with_param_groups` steps its own, bit for bit (the same kernel, the
+/// same values), and checks the buffers as `from_buffers` does.
+#[test]
+fn gpu_groups_on_the_callers_buffers() {
+    let ctx = ctx();
+    let mut rng = Rng(8);
+    let p: Vec<Vec<f32>> = GPU_VEC4.iter().map(|&n| rng.vec(n)).collect();
+    let base = Adam {
+        lr: 0.01,
+        ..Adam::default()
+    };
+    let groups = [
+        ParamGroup::new(base.clone(), vec![0, 2]),
+        ParamGroup::new(
+            Adam {
+                amsgrad: true,
+                weight_decay: 0.1,
+                ..base
+            },
+            vec![1, 3],
+        ),
+    ];
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |contents: &[f32], usage| {
+        use wgpu::util::DeviceExt;
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(contents),
+                usage,
+            })
+    };
+    let flat = p.concat();
+    let o = GpuOptions::default;
+    let mut own = GpuOptimizer::with_param_groups(ctx, &refs(&p), &groups, o()).unwrap();
+    let mut theirs = GpuOptimizer::from_buffers_with_groups(
+        ctx,
+        &GPU_VEC4,
+        buffer(&flat, usage),
+        buffer(&vec![0.0; flat.len()], usage),
+        &groups,
+        o(),
+    )
+    .unwrap();
+    assert_eq!(theirs.groups(), own.groups());
+    for _ in 0..3 {
+        let g: Vec<Vec<f32>> = GPU_VEC4.iter().map(|&n| rng.vec(n)).collect();
+        own.step(&refs(&g)).unwrap();
+        theirs.step(&refs(&g)).unwrap();
+    }
+    assert_eq!(
+        bits(&own.read_params_flat().unwrap()),
+        bits(&theirs.read_params_flat().unwrap())
+    );
+    let no_storage = buffer(&flat, wgpu::BufferUsages::COPY_DST);
+    assert!(matches!(
+        GpuOptimizer::from_buffers_with_groups(
+            ctx,
+            &GPU_VEC4,
+            no_storage,
+            buffer(&flat, usage),
+            &groups,
+            o()
+        ),
+        Err(Error::BufferUsage { .. })
+    ));
+}

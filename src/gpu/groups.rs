@@ -71,6 +71,69 @@ fn union_state_names(names: &[Vec<&'static str>]) -> Vec<&'static str> {
         .collect()
 }
 
+/// What an optimizer over several groups is built with, worked out from
+/// the groups before anything is made.
+struct GroupPlan {
+    momentum_buffer: Vec<bool>,
+    /// The union of the groups' state tensors.
+    state_names: Vec<&'static str>,
+    /// The grouped kernel's variant.
+    variant: Variant,
+}
+
+impl GroupPlan {
+    /// Refuses what several groups do not take on the GPU, and picks the
+    /// vector width: 4 when every tensor's length is a multiple of 4 (so
+    /// every tile starts and ends at a whole `vec4`).
+    fn new(groups: &[ParamGroup], layout: &Layout, options: &GpuOptions) -> Result<Self> {
+        let first = &groups[0].config;
+        if first.is_matrix_rule() {
+            return Err(super::kernels::matrix_rule_unsupported(first));
+        }
+        if first.kernel().is_tiled() {
+            return Err(Error::Unsupported(format!(
+                "{} over several parameter groups on the GPU (its tile kernels take one group)",
+                first.kind().name()
+            )));
+        }
+        let aligned = layout.lengths().iter().all(|n| n.is_multiple_of(4));
+        let width = match options.vector_width {
+            None if aligned => 4,
+            None => 1,
+            Some(4) if !aligned => {
+                return Err(Error::InvalidOptions(
+                    "vector_width 4 over parameter groups needs every tensor's length to be a \
+                     multiple of 4"
+                        .into(),
+                ))
+            }
+            Some(w) => w,
+        };
+        let momentum_buffer: Vec<bool> = groups
+            .iter()
+            .map(|g| g.config.builds_momentum_buffer())
+            .collect();
+        let names: Vec<Vec<&'static str>> = groups
+            .iter()
+            .zip(&momentum_buffer)
+            .map(|(g, &m)| g.config.state_names_with(m))
+            .collect();
+        let n_groups = u32::try_from(groups.len()).map_err(|_| Error::SizeOverflow {
+            what: "the number of parameter groups",
+            ty: "u32",
+            detail: format!("{} groups", groups.len()),
+        })?;
+        Ok(GroupPlan {
+            momentum_buffer,
+            state_names: union_state_names(&names),
+            variant: Variant {
+                groups: n_groups,
+                ..super::kernels::variant(width, options)?
+            },
+        })
+    }
+}
+
 impl GpuOptimizer {
     /// An optimizer over parameter groups, as
     /// [`crate::CpuOptimizer::with_groups`] (the same checks, the same
@@ -115,87 +178,86 @@ impl GpuOptimizer {
         if groups.len() == 1 {
             return Self::with_options(ctx, groups[0].config.clone(), params, options);
         }
-        let first = &groups[0].config;
-        if first.is_matrix_rule() {
-            return Err(super::kernels::matrix_rule_unsupported(first));
-        }
-        if first.kernel().is_tiled() {
-            return Err(Error::Unsupported(format!(
-                "{} over several parameter groups on the GPU (its tile kernels take one group)",
-                first.kind().name()
-            )));
-        }
         let layout = Layout::of(params)?;
-        let aligned = layout.lengths().iter().all(|n| n.is_multiple_of(4));
-        let width = match options.vector_width {
-            None if aligned => 4,
-            None => 1,
-            Some(4) if !aligned => {
-                return Err(Error::InvalidOptions(
-                    "vector_width 4 over parameter groups needs every tensor's length to be a \
-                     multiple of 4"
-                        .into(),
-                ))
-            }
-            Some(w) => w,
-        };
-        let momentum_buffer: Vec<bool> = groups
-            .iter()
-            .map(|g| g.config.builds_momentum_buffer())
-            .collect();
-        let names: Vec<Vec<&'static str>> = groups
-            .iter()
-            .zip(&momentum_buffer)
-            .map(|(g, &m)| g.config.state_names_with(m))
-            .collect();
-        let state_names = union_state_names(&names);
-        let n_groups = u32::try_from(groups.len()).map_err(|_| Error::SizeOverflow {
-            what: "the number of parameter groups",
-            ty: "u32",
-            detail: format!("{} groups", groups.len()),
-        })?;
-        let variant = Variant {
-            groups: n_groups,
-            ..super::kernels::variant(width, &options)?
-        };
+        let plan = GroupPlan::new(groups, &layout, &options)?;
         let mut opt = Self::with_layout(
             ctx,
-            first.clone(),
+            groups[0].config.clone(),
             false,
-            state_names,
+            plan.state_names.clone(),
             params,
             layout,
-            variant,
+            plan.variant,
             &options,
         )?;
-        let mut group_of = vec![0u32; params.len()];
+        opt.attach_groups(groups, plan)?;
+        Ok(opt)
+    }
+
+    /// As [`GpuOptimizer::from_buffers_with_options`] over parameter
+    /// groups, as [`GpuOptimizer::with_param_groups`] has them: the
+    /// caller's packed buffers stepped in place, each group with its own
+    /// hyperparameters, every group in the same dispatches.
+    pub fn from_buffers_with_groups(
+        ctx: &GpuContext,
+        lengths: &[usize],
+        params: wgpu::Buffer,
+        grads: wgpu::Buffer,
+        groups: &[ParamGroup],
+        options: GpuOptions,
+    ) -> Result<Self> {
+        check_groups(groups, lengths.len())?;
+        if groups.len() == 1 {
+            let config = groups[0].config.clone();
+            return Self::from_buffers_with_options(ctx, config, lengths, params, grads, options);
+        }
+        let layout = Layout::new(lengths)?;
+        let plan = GroupPlan::new(groups, &layout, &options)?;
+        let mut opt = Self::caller_buffers(
+            ctx,
+            groups[0].config.clone(),
+            false,
+            plan.state_names.clone(),
+            layout,
+            params,
+            grads,
+            Some(plan.variant),
+            &options,
+        )?;
+        opt.attach_groups(groups, plan)?;
+        Ok(opt)
+    }
+
+    /// Makes the group tables, keeps the groups, and binds the grouped
+    /// kernel; fills each group's initial state.
+    fn attach_groups(&mut self, groups: &[ParamGroup], plan: GroupPlan) -> Result<()> {
+        let mut group_of = vec![0u32; self.layout.len()];
         for (g, group) in groups.iter().enumerate() {
             for &t in &group.params {
                 group_of[t] = g as u32;
             }
         }
-        let tables = group_tables(&opt.layout, &opt.chunks, &group_of, width)?;
-        let ctx2 = opt.ctx.clone();
-        let (buffers, tiles) = ctx2.scoped("creating the group tile tables", || {
+        let tables = group_tables(&self.layout, &self.chunks, &group_of, plan.variant.width)?;
+        let ctx = self.ctx.clone();
+        let (buffers, tiles) = ctx.scoped("creating the group tile tables", || {
             let mut buffers = Vec::with_capacity(tables.len());
             let mut tiles = Vec::with_capacity(tables.len());
             for table in &tables {
-                // An empty chunk cannot be: every chunk holds elements.
-                let b = ctx2.device.create_buffer(&wgpu::BufferDescriptor {
+                let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("group tiles"),
                     size: (table.len().max(1) * 16) as u64,
                     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
-                ctx2.queue.write_buffer(&b, 0, bytemuck::cast_slice(table));
+                ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(table));
                 buffers.push(b);
                 tiles.push(table.len() as u32);
             }
             (buffers, tiles)
         })?;
-        opt.groups = Some(GpuGroups {
+        self.groups = Some(GpuGroups {
             groups: groups.to_vec(),
-            momentum_buffer,
+            momentum_buffer: plan.momentum_buffer,
             scalar_state: groups
                 .iter()
                 .map(|g| g.config.scalar_state_initial())
@@ -203,9 +265,8 @@ impl GpuOptimizer {
             tables: buffers,
             tiles,
         });
-        opt.attach_rule_groups()?;
-        opt.fill_group_initial_state()?;
-        Ok(opt)
+        self.attach_rule_groups()?;
+        self.fill_group_initial_state()
     }
 
     /// Writes each state tensor's initial values where a group's

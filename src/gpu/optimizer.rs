@@ -265,6 +265,37 @@ impl GpuOptimizer {
             return Err(Error::EmptyParameterList);
         }
         let layout = Layout::new(lengths)?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        let state_names = config.state_names_with(momentum_buffer);
+        Self::caller_buffers(
+            ctx,
+            config,
+            momentum_buffer,
+            state_names,
+            layout,
+            params,
+            grads,
+            None,
+            &options,
+        )
+    }
+
+    /// The optimizer over the caller's checked buffers of
+    /// [`GpuOptimizer::from_buffers_with_options`], with these state
+    /// tensors; `grouped`: the grouped kernel's variant (whose bind groups
+    /// the caller attaches), `None` for one group's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn caller_buffers(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        state_names: Vec<&'static str>,
+        layout: Layout,
+        params: wgpu::Buffer,
+        grads: wgpu::Buffer,
+        grouped: Option<Variant>,
+        options: &GpuOptions,
+    ) -> Result<Self> {
         let required = layout.bytes();
         for (what, b) in [("parameter", &params), ("gradient", &grads)] {
             if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
@@ -287,23 +318,27 @@ impl GpuOptimizer {
                 "the parameter and gradient buffers are the same buffer".into(),
             ));
         }
-        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
+        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, options)?);
         let tiling = Tiling::new(&layout, &chunks)?;
-        // Chunk starts are multiples of 64 elements; only the total decides
-        // whether every chunk is a whole number of vec4s.
-        let width = match options.vector_width {
-            Some(w) => w,
-            None if layout.total().is_multiple_of(4) => 4,
-            None => 1,
+        let variant = match grouped {
+            Some(v) => v,
+            None => {
+                // Chunk starts are multiples of 64 elements; only the total
+                // decides whether every chunk is a whole number of vec4s.
+                let width = match options.vector_width {
+                    Some(w) => w,
+                    None if layout.total().is_multiple_of(4) => 4,
+                    None => 1,
+                };
+                if width == 4 && !layout.total().is_multiple_of(4) {
+                    return Err(Error::InvalidOptions(format!(
+                        "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
+                        layout.total()
+                    )));
+                }
+                variant(width, options)?
+            }
         };
-        if width == 4 && !layout.total().is_multiple_of(4) {
-            return Err(Error::InvalidOptions(format!(
-                "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
-                layout.total()
-            )));
-        }
-        let momentum_buffer = config.builds_momentum_buffer();
-        let state_names = config.state_names_with(momentum_buffer);
         Self::build(
             ctx,
             config,
@@ -314,7 +349,7 @@ impl GpuOptimizer {
             tiling,
             Storage::Caller(params),
             Storage::Caller(grads),
-            variant(width, &options)?,
+            variant,
             None,
         )
     }
