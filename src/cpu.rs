@@ -1,6 +1,6 @@
 //! The CPU optimizer: every rule over host slices.
 
-use crate::checkpoint::{Checkpoint, GroupState, QuantizedState};
+use crate::checkpoint::{Checkpoint, GroupFit, GroupState, QuantizedState};
 use crate::clip::{total_norm, ClipGradNorm};
 use crate::error::{Error, Result};
 use crate::groups::ParamGroup;
@@ -721,63 +721,21 @@ impl CpuOptimizer {
     /// optimizer of several) fits: as many groups, each of the same tensors
     /// and fitting as one group's checkpoint does.
     fn check_fits_groups(&self, ckpt: &Checkpoint) -> Result<()> {
-        let mismatch = |what: String, expected: String, got: String| Error::CheckpointMismatch {
-            what,
-            expected,
-            got,
-        };
-        if self.groups.len() != ckpt.groups.len() {
-            return Err(mismatch(
-                "parameter groups".into(),
-                self.groups.len().to_string(),
-                ckpt.groups.len().max(1).to_string(),
-            ));
-        }
-        if self.layout.lengths() != ckpt.lengths.as_slice() {
-            return Err(mismatch(
-                "tensor lengths".into(),
-                format!("{:?}", self.layout.lengths()),
-                format!("{:?}", ckpt.lengths),
-            ));
-        }
-        for (g, (group, saved)) in self.groups.iter().zip(&ckpt.groups).enumerate() {
-            if group.params != saved.params {
-                return Err(mismatch(
-                    format!("group {g}'s tensors"),
-                    format!("{:?}", group.params),
-                    format!("{:?}", saved.params),
-                ));
-            }
-            let names: Vec<&str> = group
-                .state_idx
-                .iter()
-                .map(|&i| self.state_names[i])
-                .collect();
-            let lengths: Vec<usize> = group
-                .params
-                .iter()
-                .map(|&t| self.layout.lengths()[t])
-                .collect();
-            ckpt.part(g)?
-                .check_fits(&group.config, &names, &lengths, &self.precision())
-                .map_err(|e| match e {
-                    Error::CheckpointMismatch {
-                        what,
-                        expected,
-                        got,
-                    } => mismatch(format!("group {g}'s {what}"), expected, got),
-                    e => e,
-                })?;
-        }
-        let names: Vec<&str> = ckpt.state.iter().map(|(n, _)| n.as_str()).collect();
-        if names != self.state_names {
-            return Err(mismatch(
-                "state tensors".into(),
-                self.state_names.join(", "),
-                names.join(", "),
-            ));
-        }
-        Ok(())
+        let groups = self.groups();
+        let fits: Vec<GroupFit<'_>> = groups
+            .iter()
+            .zip(&self.groups)
+            .map(|(group, own)| GroupFit {
+                group,
+                state_names: own.state_idx.iter().map(|&i| self.state_names[i]).collect(),
+            })
+            .collect();
+        ckpt.check_fits_groups(
+            &fits,
+            &self.state_names,
+            self.layout.lengths(),
+            &self.precision(),
+        )
     }
 
     /// Replaces the state tensor `name` (one slice per parameter tensor).

@@ -2,15 +2,16 @@
 //! and hyperparameters would (bit for bit: the CPU applies the same
 //! element functions to the same values, only gathered from other places);
 //! clipping and skipping are global; every misuse is a typed error that
-//! changes nothing; the GPU takes one group and refuses more.
+//! changes nothing; the GPU's groups step in one dispatch per chunk and
+//! match the CPU's, and their checkpoints restore exactly.
 
 mod common;
 
-use common::{cases, ctx, Rng};
+use common::{cases, ctx, Envelope, Rng};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    Adam, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, ParamGroup, Schedule, Scheduler,
-    Sgd,
+    Adam, ClipGradNorm, Config, CpuOptimizer, Error, GpuOptimizer, GpuOptions, Lamb, NAdam,
+    ParamGroup, Schedule, Scheduler, Sgd, SgdScheduleFree,
 };
 
 const LENGTHS: [usize; 4] = [5, 3, 7, 1];
@@ -337,8 +338,8 @@ fn misuse_is_a_typed_error_and_changes_nothing() {
 }
 
 /// A checkpoint of several groups restores only into the same groups;
-/// what does not take several groups yet says so: schedulers; the GPU
-/// builds one group and refuses two.
+/// what does not take several groups yet says so: schedulers; the GPU's
+/// one group answers as a group.
 #[test]
 fn not_yet_supported_is_refused() {
     let sgd = Sgd {
@@ -368,8 +369,8 @@ fn not_yet_supported_is_refused() {
     assert!(matches!(sched.apply(&mut opt), Err(Error::Unsupported(_))));
 
     let ctx = ctx();
-    let gpu = GpuOptimizer::with_param_groups(ctx, &p, &groups, GpuOptions::default());
-    assert!(matches!(gpu, Err(Error::Unsupported(_))));
+    let two = GpuOptimizer::with_param_groups(ctx, &p, &groups, GpuOptions::default()).unwrap();
+    assert_eq!(two.groups(), groups.to_vec());
     // The groups are checked first: the same errors as the CPU's.
     let bad = [
         ParamGroup::new(sgd.clone(), vec![0, 1]),
@@ -518,4 +519,347 @@ fn golden_group_schedules_give_torchs_lr_per_group() {
         }
     }
     assert!(checked >= 5, "{checked} scheduled groups");
+}
+
+/// Sizes of the GPU comparisons: one tensor longer than a chunk (128
+/// elements below), lengths that are not multiples of 4 (scalar loads),
+/// and all multiples of 4 (`vec4` loads).
+const GPU_SCALAR: [usize; 4] = [300, 5, 130, 63];
+const GPU_VEC4: [usize; 4] = [256, 8, 132, 64];
+const GPU_STEPS: usize = 6;
+
+/// One group-by-group GPU run beside the CPU's, compared as
+/// tests/gpu_vs_cpu.rs argues (`|gpu − cpu| ≤ steps·K·ε·scale` per
+/// element, the rule's `K` from tests/common/cases.rs): the grouped kernel
+/// applies each group's scalars with the same f32 operations as the
+/// one-group kernel, so the argument is unchanged. Returns the widths the
+/// GPU chose.
+fn compare_groups(desc: &str, groups: &[ParamGroup], lengths: &[usize], clip: bool) -> u32 {
+    let mut rng = Rng(29);
+    let p: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec_scaled(n, 2.0)).collect();
+    let options = GpuOptions {
+        max_chunk_elements: Some(128),
+        ..GpuOptions::default()
+    };
+    let mut cpu = CpuOptimizer::with_param_groups(&refs(&p), groups).unwrap();
+    let mut gpu = GpuOptimizer::with_param_groups(ctx(), &refs(&p), groups, options)
+        .unwrap_or_else(|e| panic!("{desc}: {e}"));
+    let total: usize = lengths.iter().sum();
+    assert_eq!(
+        gpu.dispatches_per_step(),
+        total.div_ceil(128),
+        "{desc}: one dispatch a chunk"
+    );
+    assert_eq!(gpu.state_names(), cpu.state_names(), "{desc}");
+    assert_eq!(gpu.groups(), cpu.groups(), "{desc}");
+    if clip {
+        let c = Some(ClipGradNorm::new(0.5));
+        cpu.set_clip_grad_norm(c).unwrap();
+        gpu.set_clip_grad_norm(c).unwrap();
+    }
+    let lr1 = groups[1].config.lr() * 0.5;
+    let names: Vec<&'static str> = cpu.state_names().to_vec();
+    let mut envelopes: Vec<Envelope> = std::iter::once(cpu.params_flat())
+        .chain(names.iter().map(|n| cpu.state_flat(n).unwrap()))
+        .map(Envelope::new)
+        .collect();
+    for step in 0..GPU_STEPS {
+        if step == 2 {
+            cpu.set_group_lr(1, lr1).unwrap();
+            gpu.set_group_lr(1, lr1).unwrap();
+        }
+        let g: Vec<Vec<f32>> = lengths.iter().map(|&n| rng.vec(n)).collect();
+        cpu.step(&refs(&g)).unwrap();
+        gpu.step(&refs(&g))
+            .unwrap_or_else(|e| panic!("{desc}: {e}"));
+        envelopes[0].update(cpu.params_flat());
+        for (k, n) in names.iter().enumerate() {
+            envelopes[k + 1].update(cpu.state_flat(n).unwrap());
+        }
+    }
+    assert_eq!(gpu.group_config(1).unwrap().lr(), lr1, "{desc}");
+    let (k_params, k_state) = cases::info(groups[0].config.kind()).gpu_k;
+    let eps = f32::EPSILON as f64;
+    let mut buffers = vec![(
+        "params",
+        cpu.params_flat().to_vec(),
+        gpu.read_params_flat().unwrap(),
+    )];
+    for n in &names {
+        buffers.push((
+            n,
+            cpu.state_flat(n).unwrap().to_vec(),
+            gpu.read_state_flat(n).unwrap(),
+        ));
+    }
+    for ((name, c, g), env) in buffers.iter().zip(&envelopes) {
+        let k = if *name == "params" { k_params } else { k_state };
+        assert_eq!(c.len(), g.len(), "{desc}: {name}");
+        for i in 0..c.len() {
+            let bound = GPU_STEPS as f64 * k * eps * env.scale(i);
+            let diff = (c[i] as f64 - g[i] as f64).abs();
+            assert!(
+                diff <= bound,
+                "{desc}: {name}[{i}]: cpu {} gpu {} (bound {bound:e})",
+                c[i],
+                g[i]
+            );
+        }
+    }
+    gpu.vector_width()
+}
+
+/// Every element-wise rule and state variant over two interleaved groups
+/// on the GPU (group 1 of another state variant where there is one, its lr
+/// halved after two steps), with tensors straddling chunks, in both
+/// kernel widths: as the CPU's groups, in one dispatch a chunk.
+#[test]
+fn gpu_groups_match_the_cpu() {
+    let mut checked = 0;
+    for row in cases::table() {
+        if matches!(row.kernel, cases::Kernel::Tiled) {
+            continue;
+        }
+        for input in cases::variants(row.rule) {
+            let variants = cases::variants(row.rule);
+            let other = variants
+                .iter()
+                .find(|v| v.config.state_names() != input.config.state_names())
+                .map_or(input.config.clone(), |v| v.config.clone());
+            let groups = [
+                ParamGroup::new(input.config.clone(), vec![0, 2]),
+                ParamGroup::new(other.clone(), vec![1, 3]),
+            ];
+            let d = &input.desc;
+            assert_eq!(compare_groups(d, &groups, &GPU_SCALAR, false), 1, "{d}");
+            assert_eq!(
+                compare_groups(d, &groups, &GPU_VEC4, checked % 2 == 0),
+                4,
+                "{d}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16, "only {checked} configurations ran");
+}
+
+/// A GPU checkpoint of several groups (NAdam: each group's `mu_product`
+/// from its own `momentum_decay`) saves in torch's form, restores into the
+/// CPU and the GPU and goes on bit for bit on the GPU; a CPU checkpoint of
+/// the same groups loads into the GPU; one whose groups are at different
+/// step counts is refused and changes nothing.
+#[test]
+fn gpu_group_checkpoints_restore_exactly() {
+    let mut rng = Rng(3);
+    let p: Vec<Vec<f32>> = GPU_SCALAR.iter().map(|&n| rng.vec(n)).collect();
+    let base = NAdam {
+        lr: 0.01,
+        ..NAdam::default()
+    };
+    let groups = [
+        ParamGroup::new(base.clone(), vec![0, 3]),
+        ParamGroup::new(
+            NAdam {
+                momentum_decay: 0.002,
+                weight_decay: 0.1,
+                ..base.clone()
+            },
+            vec![1, 2],
+        ),
+    ];
+    let grads: Vec<Vec<Vec<f32>>> = (0..5)
+        .map(|_| GPU_SCALAR.iter().map(|&n| rng.vec(n)).collect())
+        .collect();
+    let mut gpu =
+        GpuOptimizer::with_param_groups(ctx(), &refs(&p), &groups, GpuOptions::default()).unwrap();
+    for g in &grads[..3] {
+        gpu.step(&refs(g)).unwrap();
+    }
+    let ckpt = gpu.checkpoint().unwrap();
+    assert_eq!(ckpt.groups, gpu.groups());
+    assert_eq!(ckpt.group_state.len(), 2);
+    let mu = |g: usize| ckpt.group_state[g].scalar_state[0].1;
+    assert_ne!(mu(0), mu(1), "each group's mu_product is its own");
+    let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
+    let cpu = CpuOptimizer::from_checkpoint(&back).unwrap();
+    assert_eq!(cpu.groups(), gpu.groups());
+    let mut again = GpuOptimizer::from_checkpoint(ctx(), &back, GpuOptions::default()).unwrap();
+    for g in &grads[3..] {
+        gpu.step(&refs(g)).unwrap();
+        again.step(&refs(g)).unwrap();
+    }
+    assert_eq!(
+        bits(&gpu.read_params_flat().unwrap()),
+        bits(&again.read_params_flat().unwrap())
+    );
+    for n in gpu.state_names().to_vec() {
+        assert_eq!(
+            bits(&gpu.read_state_flat(n).unwrap()),
+            bits(&again.read_state_flat(n).unwrap()),
+            "{n}"
+        );
+    }
+    // The CPU's checkpoint of the same groups, into the GPU.
+    let cpu_ckpt = cpu.checkpoint();
+    again.load_checkpoint(&cpu_ckpt).unwrap();
+    assert_eq!(again.step_count(), 3);
+    assert_eq!(
+        bits(&again.read_params_flat().unwrap()),
+        bits(cpu.params_flat())
+    );
+    // Groups at different step counts (one added later) are refused.
+    let mut later = CpuOptimizer::with_param_groups(
+        &[&p[0], &p[3], &p[1]],
+        &[ParamGroup::new(base.clone(), vec![0, 1, 2])],
+    )
+    .unwrap();
+    later
+        .step(&[&grads[0][0], &grads[0][3], &grads[0][1]])
+        .unwrap();
+    later
+        .add_param_group(groups[1].config.clone(), &[&p[2]])
+        .unwrap();
+    let before = again.read_params_flat().unwrap();
+    assert!(again.load_checkpoint(&later.checkpoint()).is_err());
+    assert_eq!(bits(&again.read_params_flat().unwrap()), bits(&before));
+    assert_eq!(again.step_count(), 3);
+}
+
+/// What the GPU does not do over several groups is refused with a typed
+/// error and changes nothing: LAMB, `skip_nonfinite` for a rule with
+/// scalar state, the schedule-free eval mode, `add_param_group`; what it
+/// does (skipping for SGD, setters for one group and all) works.
+#[test]
+fn gpu_group_refusals() {
+    let ctx = ctx();
+    let p: [&[f32]; 2] = [&[1.0, 2.0], &[3.0]];
+    let two = |config: Config| {
+        [
+            ParamGroup::new(config.clone(), vec![0]),
+            ParamGroup::new(config, vec![1]),
+        ]
+    };
+    let o = GpuOptions::default;
+    assert!(matches!(
+        GpuOptimizer::with_param_groups(ctx, &p, &two(Lamb::default().into()), o()),
+        Err(Error::Unsupported(_))
+    ));
+    let mut nadam =
+        GpuOptimizer::with_param_groups(ctx, &p, &two(NAdam::default().into()), o()).unwrap();
+    assert!(matches!(
+        nadam.set_skip_nonfinite(true),
+        Err(Error::Unsupported(_))
+    ));
+    assert!(!nadam.skip_nonfinite());
+    let mut sf =
+        GpuOptimizer::with_param_groups(ctx, &p, &two(SgdScheduleFree::default().into()), o())
+            .unwrap();
+    assert!(matches!(sf.set_eval(true), Err(Error::Unsupported(_))));
+    let mut sgd = GpuOptimizer::with_param_groups(
+        ctx,
+        &p,
+        &two(Sgd {
+            momentum: 0.9,
+            ..Sgd::default()
+        }
+        .into()),
+        o(),
+    )
+    .unwrap();
+    assert!(matches!(
+        sgd.add_param_group(Sgd::default(), &[&[1.0]]),
+        Err(Error::Unsupported(_))
+    ));
+    sgd.set_skip_nonfinite(true).unwrap();
+    sgd.step(&[&[f32::NAN, 1.0], &[1.0]]).unwrap();
+    assert!(sgd.last_step_skipped().unwrap());
+    sgd.step(&[&[1.0, 1.0], &[1.0]]).unwrap();
+    assert_eq!(sgd.step_count(), 1);
+    sgd.set_lr(0.5).unwrap();
+    assert_eq!(sgd.group_config(1).unwrap().lr(), 0.5);
+    assert!(sgd.set_group_lr(1, -1.0).is_err());
+    assert_eq!(sgd.group_config(1).unwrap().lr(), 0.5);
+    assert!(matches!(
+        sgd.set_group_lr(2, 0.1),
+        Err(Error::NoSuchGroup { .. })
+    ));
+    sgd.set_group_momentum(1, 0.5).unwrap();
+    assert_eq!(
+        sgd.group_config(0).unwrap(),
+        &Config::from(Sgd {
+            momentum: 0.9,
+            lr: 0.5,
+            ..Sgd::default()
+        })
+    );
+}
+
+/// `from_buffers_with_groups` steps the caller's packed buffers as
+/// `with_param_groups` steps its own, bit for bit (the same kernel, the
+/// same values), and checks the buffers as `from_buffers` does.
+#[test]
+fn gpu_groups_on_the_callers_buffers() {
+    let ctx = ctx();
+    let mut rng = Rng(8);
+    let p: Vec<Vec<f32>> = GPU_VEC4.iter().map(|&n| rng.vec(n)).collect();
+    let base = Adam {
+        lr: 0.01,
+        ..Adam::default()
+    };
+    let groups = [
+        ParamGroup::new(base.clone(), vec![0, 2]),
+        ParamGroup::new(
+            Adam {
+                amsgrad: true,
+                weight_decay: 0.1,
+                ..base
+            },
+            vec![1, 3],
+        ),
+    ];
+    let usage =
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let buffer = |contents: &[f32], usage| {
+        use wgpu::util::DeviceExt;
+        ctx.device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(contents),
+                usage,
+            })
+    };
+    let flat = p.concat();
+    let o = GpuOptions::default;
+    let mut own = GpuOptimizer::with_param_groups(ctx, &refs(&p), &groups, o()).unwrap();
+    let mut theirs = GpuOptimizer::from_buffers_with_groups(
+        ctx,
+        &GPU_VEC4,
+        buffer(&flat, usage),
+        buffer(&vec![0.0; flat.len()], usage),
+        &groups,
+        o(),
+    )
+    .unwrap();
+    assert_eq!(theirs.groups(), own.groups());
+    for _ in 0..3 {
+        let g: Vec<Vec<f32>> = GPU_VEC4.iter().map(|&n| rng.vec(n)).collect();
+        own.step(&refs(&g)).unwrap();
+        theirs.step(&refs(&g)).unwrap();
+    }
+    assert_eq!(
+        bits(&own.read_params_flat().unwrap()),
+        bits(&theirs.read_params_flat().unwrap())
+    );
+    let no_storage = buffer(&flat, wgpu::BufferUsages::COPY_DST);
+    assert!(matches!(
+        GpuOptimizer::from_buffers_with_groups(
+            ctx,
+            &GPU_VEC4,
+            no_storage,
+            buffer(&flat, usage),
+            &groups,
+            o()
+        ),
+        Err(Error::BufferUsage { .. })
+    ));
 }

@@ -7,7 +7,7 @@
 mod mlp;
 
 use mlp::{Digits, Hyper, Mlp};
-use wgpu_optim::{AdamW, GpuContext, Sgd};
+use wgpu_optim::{AdamW, Config, GpuContext, Sgd};
 
 fn context() -> GpuContext {
     GpuContext::new().expect("a GPU adapter (on a machine without one: Mesa's lavapipe)")
@@ -89,6 +89,15 @@ fn training_brings_the_loss_down() {
         },
     )
     .unwrap();
+    // The biases [1, 3] in a group of their own, without weight decay.
+    let groups = model.opt.groups();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(
+        (groups[0].params.clone(), groups[1].params.clone()),
+        (vec![0, 2], vec![1, 3])
+    );
+    assert!(matches!(&groups[1].config, Config::AdamW(c) if c.weight_decay == 0.0));
+    assert!(matches!(&groups[0].config, Config::AdamW(c) if c.weight_decay == 0.01));
     let started = std::time::Instant::now();
     let first = model.train_epoch().unwrap();
     assert!(

@@ -1,8 +1,9 @@
 //! A small network trained on the GPU: the data, the model's buffers and
 //! kernels (`mlp.wgsl`, written here, not in the library), and the training
 //! loop that hands the parameter and gradient buffers to
-//! [`GpuOptimizer::from_buffers`] and records the library's step after the
-//! backward pass in the same command encoder.
+//! [`GpuOptimizer::from_buffers_with_groups`] (the biases in a group without
+//! weight decay) and records the library's step after the backward pass in
+//! the same command encoder.
 //!
 //! Shared by the `train` example and `tests/train.rs` (through `#[path]`),
 //! so the test runs exactly the code the example runs.
@@ -10,8 +11,8 @@
 #![allow(dead_code)] // the example and the test each use part of it
 
 use wgpu::util::DeviceExt;
-use wgpu_optim::schedule::{Schedule, Scheduler};
-use wgpu_optim::{Config, GpuContext, GpuOptimizer};
+use wgpu_optim::schedule::{GroupScheduler, Schedule};
+use wgpu_optim::{Config, GpuContext, GpuOptimizer, GpuOptions, ParamGroup};
 
 /// Errors of the example: the library's, wgpu's, the data file's.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -168,7 +169,9 @@ const STEPS_PER_SUBMIT: usize = 128;
 pub struct Mlp {
     ctx: GpuContext,
     /// The optimizer, built on this model's own parameter and gradient
-    /// buffers with [`GpuOptimizer::from_buffers`].
+    /// buffers with [`GpuOptimizer::from_buffers_with_groups`]: the weights
+    /// in group 0, the biases in group 1 without weight decay where the
+    /// rule has some ([`bias_config`]).
     pub opt: GpuOptimizer,
     hyper: Hyper,
     n_train: usize,
@@ -191,7 +194,37 @@ pub struct Mlp {
     steps: u64,
     /// The learning-rate schedule, if any: the lr of each step goes to the
     /// GPU with the step's other scalars (no recompilation).
-    scheduler: Option<Scheduler>,
+    scheduler: Option<GroupScheduler>,
+}
+
+/// `config` without weight decay, for the biases' group (as torch recipes
+/// leave biases and norms undecayed); `None` where there is no weight
+/// decay to take off, or where the GPU takes one group (LAMB's tile
+/// kernels): all tensors are then one group.
+pub fn bias_config(config: &Config) -> Option<Config> {
+    let mut c = config.clone();
+    let decay = match &mut c {
+        Config::Sgd(r) => &mut r.weight_decay,
+        Config::Adagrad(r) => &mut r.weight_decay,
+        Config::RmsProp(r) => &mut r.weight_decay,
+        Config::Adam(r) => &mut r.weight_decay,
+        Config::AdamW(r) => &mut r.weight_decay,
+        Config::Adadelta(r) => &mut r.weight_decay,
+        Config::Lion(r) => &mut r.weight_decay,
+        Config::AdEMAMix(r) => &mut r.weight_decay,
+        Config::RAdam(r) => &mut r.weight_decay,
+        Config::Adamax(r) => &mut r.weight_decay,
+        Config::NAdam(r) => &mut r.weight_decay,
+        Config::Asgd(r) => &mut r.weight_decay,
+        Config::SgdScheduleFree(r) => &mut r.weight_decay,
+        Config::AdamWScheduleFree(r) => &mut r.weight_decay,
+        _ => return None,
+    };
+    if *decay == 0.0 {
+        return None;
+    }
+    *decay = 0.0;
+    Some(c)
 }
 
 impl Mlp {
@@ -372,7 +405,25 @@ impl Mlp {
         }
 
         // The library steps the model's own buffers in place.
-        let opt = GpuOptimizer::from_buffers(ctx, config, &tensor_lengths(h), params, grads)?;
+        // Tensors [w1, b1, w2, b2]: the weights in group 0, the biases in
+        // group 1 without weight decay.
+        let config = config.into();
+        let groups = match bias_config(&config) {
+            Some(bias) => vec![
+                ParamGroup::new(config, vec![0, 2]),
+                ParamGroup::new(bias, vec![1, 3]),
+            ],
+            None => vec![ParamGroup::new(config, vec![0, 1, 2, 3])],
+        };
+        let lengths = tensor_lengths(h);
+        let opt = GpuOptimizer::from_buffers_with_groups(
+            ctx,
+            &lengths,
+            params,
+            grads,
+            &groups,
+            GpuOptions::default(),
+        )?;
         Ok(Mlp {
             ctx: ctx.clone(),
             opt,
@@ -398,7 +449,7 @@ impl Mlp {
     /// Follows `schedule` (positions count training steps, the first 0)
     /// from the next step on, from the optimizer's learning rate as base.
     pub fn set_schedule(&mut self, schedule: Schedule) -> Result<(), Error> {
-        let mut scheduler = Scheduler::for_config(schedule, self.opt.config())?;
+        let mut scheduler = GroupScheduler::new(schedule, &self.opt)?;
         scheduler.set_position(self.steps);
         self.scheduler = Some(scheduler);
         Ok(())
@@ -463,7 +514,7 @@ impl Mlp {
                 let rows = self.hyper.batch.min(self.n_train - s * self.hyper.batch);
                 self.record_model(&mut encoder, s, rows, true);
                 if let Some(scheduler) = &mut self.scheduler {
-                    scheduler.apply_to_gpu(&mut self.opt)?;
+                    scheduler.apply(&mut self.opt)?;
                     scheduler.advance();
                 }
                 // The library's fused update, on the buffers the kernels

@@ -1186,6 +1186,7 @@ mod param_groups;
 mod tensors;
 pub use low_precision::QuantizedState;
 pub use param_groups::GroupState;
+pub(crate) use param_groups::{union_names, GroupFit};
 use tensors::*;
 
 #[cfg(test)]

@@ -49,7 +49,81 @@ pub(crate) fn union_names<S: AsRef<str>>(per_group: &[Vec<S>]) -> Vec<String> {
     out
 }
 
+/// One parameter group of an optimizer, as a checkpoint must fit it.
+pub(crate) struct GroupFit<'a> {
+    pub(crate) group: &'a crate::ParamGroup,
+    /// The group's state tensors.
+    pub(crate) state_names: Vec<&'a str>,
+}
+
 impl Checkpoint {
+    /// Checks that this checkpoint fits an optimizer of these groups over
+    /// tensors of `lengths` with the state tensors `state_names` (their
+    /// union) in `precision`: as many groups, each of the same tensors and
+    /// fitting as one group's checkpoint does. A checkpoint of one group
+    /// counts as one group of every tensor.
+    pub(crate) fn check_fits_groups(
+        &self,
+        groups: &[GroupFit<'_>],
+        state_names: &[&str],
+        lengths: &[usize],
+        precision: &crate::precision::Precision,
+    ) -> Result<()> {
+        let mismatch = |what: String, expected: String, got: String| Error::CheckpointMismatch {
+            what,
+            expected,
+            got,
+        };
+        if groups.len() != self.groups.len() {
+            return Err(mismatch(
+                "parameter groups".into(),
+                groups.len().to_string(),
+                self.groups.len().max(1).to_string(),
+            ));
+        }
+        if lengths != self.lengths.as_slice() {
+            return Err(mismatch(
+                "tensor lengths".into(),
+                format!("{lengths:?}"),
+                format!("{:?}", self.lengths),
+            ));
+        }
+        for (g, (fit, saved)) in groups.iter().zip(&self.groups).enumerate() {
+            if fit.group.params != saved.params {
+                return Err(mismatch(
+                    format!("group {g}'s tensors"),
+                    format!("{:?}", fit.group.params),
+                    format!("{:?}", saved.params),
+                ));
+            }
+            let group_lengths: Vec<usize> = fit.group.params.iter().map(|&t| lengths[t]).collect();
+            self.part(g)?
+                .check_fits(
+                    &fit.group.config,
+                    &fit.state_names,
+                    &group_lengths,
+                    precision,
+                )
+                .map_err(|e| match e {
+                    Error::CheckpointMismatch {
+                        what,
+                        expected,
+                        got,
+                    } => mismatch(format!("group {g}'s {what}"), expected, got),
+                    e => e,
+                })?;
+        }
+        let names: Vec<&str> = self.state.iter().map(|(n, _)| n.as_str()).collect();
+        if names != state_names {
+            return Err(mismatch(
+                "state tensors".into(),
+                state_names.join(", "),
+                names.join(", "),
+            ));
+        }
+        Ok(())
+    }
+
     /// Group `g` as a one-group checkpoint of its own tensors (numbered in
     /// the group's order), with the checkpoint's global options.
     pub(crate) fn part(&self, g: usize) -> Result<Checkpoint> {

@@ -33,6 +33,10 @@ pub(crate) struct Variant {
     /// The kernel of an optimizer over views (`shaders/views.wgsl`): it
     /// reads each element's offsets from a tile table.
     pub(super) views: bool,
+    /// Parameter groups of the grouped kernel (`shaders/groups.wgsl`),
+    /// whose uniforms hold this many groups' scalars; 0 for the one-group
+    /// kernels.
+    pub(super) groups: u32,
 }
 
 /// How a kernel reads a binding.
@@ -139,6 +143,10 @@ enum Kind {
     /// prologue `shaders/views.wgsl`, the rule's file rewritten by
     /// [`view_body`].
     Views { width: u32 },
+    /// A rule's element-wise kernel over several parameter groups, `V`
+    /// this wide: the prologue `shaders/groups.wgsl`, the rule's file
+    /// rewritten by [`grouped_body`], uniforms of `groups` groups.
+    Grouped { width: u32, groups: u32 },
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -147,7 +155,9 @@ enum Kind {
 fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &str) -> String {
     let mut s = String::with_capacity(8192 + body.len());
     let vector = match kind {
-        Kind::Elementwise { width: 4 } | Kind::Views { width: 4 } => "vec4<f32>",
+        Kind::Elementwise { width: 4 }
+        | Kind::Views { width: 4 }
+        | Kind::Grouped { width: 4, .. } => "vec4<f32>",
         _ => "f32",
     };
     let (vu, vb) = if vector == "f32" {
@@ -172,7 +182,12 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
             "    tail: StepTail,\n    tiles: TileHeader,\n    rule: Scalars,\n"
         }
         Kind::Tiles { rule: false } => "    tail: StepTail,\n    tiles: TileHeader,\n",
+        Kind::Grouped { .. } => "    tail: StepTail,\n    groups: array<GroupEntry, GROUPS>,\n",
     };
+    if let Kind::Grouped { groups, .. } = kind {
+        let _ = writeln!(s, "const GROUPS: u32 = {groups}u;");
+        s.push_str(GROUP_ENTRY_WGSL);
+    }
     let _ = write!(s, "struct Uniforms {{\n{members}}}\n");
     for (i, b) in bindings.iter().enumerate() {
         let space = match b.access {
@@ -191,6 +206,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         Kind::Elementwise { .. } => include_str!("../../shaders/elementwise.wgsl"),
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
+        Kind::Grouped { .. } => GROUPS_WGSL,
     });
     s.push_str(body);
     s
@@ -201,6 +217,73 @@ const VIEWS_WGSL: &str = include_str!("../../shaders/views.wgsl");
 
 /// The table of a view kernel's tiles (`view_tiles` in views.wgsl).
 const VIEW_TILES: Binding = Binding::new("view_tiles", Access::Read, "array<vec4<u32>>");
+
+/// The prologue of the kernels over several parameter groups.
+const GROUPS_WGSL: &str = include_str!("../../shaders/groups.wgsl");
+
+/// The table of a grouped kernel's tiles (`group_tiles` in groups.wgsl).
+const GROUP_TILES: Binding = Binding::new("group_tiles", Access::Read, "array<vec4<u32>>");
+
+/// One group's part of a grouped kernel's uniforms: its step table, its
+/// rule scalars, its option bits (`GroupEntry` in [`grouped_uniforms`]'s
+/// bytes).
+const GROUP_ENTRY_WGSL: &str = "struct GroupEntry {
+    table: array<vec4<f32>, TABLE_LEN>,
+    rule: Scalars,
+    options: vec4<u32>,
+}
+";
+
+/// The options of a rule file, its `override NAME: bool = DEFAULT;`
+/// lines, in order: bit `k` of a group's option word is option `k`'s
+/// value in the grouped kernel. `None` for an override that is not a
+/// `bool` with a default (the grouped kernel could not set it).
+pub(super) fn rule_options(source: &'static str) -> Option<Vec<(&'static str, bool)>> {
+    let mut options = Vec::new();
+    for line in source.lines() {
+        let Some(rest) = line.trim().strip_prefix("override ") else {
+            continue;
+        };
+        let (name, rest) = rest.split_once(':')?;
+        let default = match rest.trim() {
+            "bool = false;" => false,
+            "bool = true;" => true,
+            _ => return None,
+        };
+        options.push((name.trim(), default));
+    }
+    Some(options)
+}
+
+/// A rule's file as the grouped kernel needs it: every option a private
+/// variable and `u.rule` the private `group_rule`, both set per tile from
+/// the tile's group by `select_group`, written here. One rule text serves
+/// every path.
+fn grouped_body(source: &'static str) -> Option<String> {
+    let options = rule_options(source)?;
+    let mut s = String::with_capacity(source.len() + 1024);
+    for line in source.lines() {
+        match line.trim().strip_prefix("override ") {
+            Some(rest) => {
+                let name = rest.split_once(':').map_or(rest, |(n, _)| n).trim();
+                let _ = writeln!(s, "var<private> {name}: bool;");
+            }
+            None => {
+                s.push_str(&line.replace("u.rule.", "group_rule."));
+                s.push('\n');
+            }
+        }
+    }
+    s.push_str("var<private> group_rule: Scalars;\n\n");
+    s.push_str("// Group g's scalars and options, then its entry of the step table.\n");
+    s.push_str("fn select_group(g: u32) {\n    group_rule = u.groups[g].rule;\n");
+    s.push_str("    let options = u.groups[g].options.x;\n");
+    for (k, (name, _)) in options.iter().enumerate() {
+        let _ = writeln!(s, "    {name} = (options & {}u) != 0u;", 1u32 << k);
+    }
+    s.push_str("    begin_step(u.groups[g].table[table_index()]);\n}\n");
+    Some(s)
+}
 
 /// A rule's file as the view kernel needs it: `update(i)` becomes
 /// `update(i, pi, gi)`, and each `param[i]` / `grad[i]` reads `param[pi]` /
@@ -356,6 +439,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
         width,
         bounds_checked: !options.skip_bounds_checks,
         views: false,
+        groups: 0,
     })
 }
 
@@ -407,6 +491,35 @@ pub(super) fn kernel_for(
         KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
     let mut bindings = elementwise_bindings(slots);
+    if variant.groups > 0 {
+        let body = grouped_body(source)
+            .filter(|_| !variant.views)
+            .ok_or_else(|| {
+                Error::Unsupported(format!("the {name} kernel over parameter groups"))
+            })?;
+        // Before `u`, the last binding.
+        bindings.insert(bindings.len() - 1, GROUP_TILES);
+        check_kernel_limits(
+            &limits,
+            &format!("the {name} kernel over parameter groups"),
+            &bindings,
+            0,
+        )?;
+        let kind = Kind::Grouped {
+            width: variant.width,
+            groups: variant.groups,
+        };
+        // The options are each group's, in the uniforms.
+        return compile(
+            ctx,
+            name,
+            &compose(kind, &bindings, &[], &body),
+            &["main"],
+            Vec::new(),
+            bindings,
+            variant,
+        );
+    }
     if variant.views {
         let Some(body) = view_body(source) else {
             return Err(Error::Unsupported(format!(
@@ -474,6 +587,7 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
         Variant {
             width: 1,
             views: false,
+            groups: 0,
             ..variant
         },
     )
@@ -711,6 +825,54 @@ mod tests {
         assert!(view_body("fn other() {}").is_none());
     }
 
+    /// Every element-wise rule's file rewrites into a valid grouped kernel
+    /// whose `GroupEntry` has the size the host writes
+    /// ([`group_entry_bytes`]), and every option a configuration sets is
+    /// one the rewriting turned into a per-group variable.
+    #[test]
+    fn grouped_kernels_compose() {
+        use crate::gpu::uniforms::group_entry_bytes;
+        for kind in RuleKind::ALL {
+            let config = kind.default_config();
+            let spec = config.kernel();
+            let KernelShape::ElementWise { slots } = spec.shape else {
+                continue;
+            };
+            let body = grouped_body(spec.source).unwrap_or_else(|| panic!("{}", spec.name));
+            assert!(!body.contains("u.rule.") && !body.contains("override "));
+            let options = rule_options(spec.source).unwrap();
+            for momentum_buffer in [false, true] {
+                for (name, _) in config.overrides(momentum_buffer) {
+                    assert!(
+                        options.iter().any(|(n, _)| *n == name),
+                        "{}: {name}",
+                        spec.name
+                    );
+                }
+            }
+            let mut bindings = elementwise_bindings(slots);
+            bindings.insert(bindings.len() - 1, GROUP_TILES);
+            let rule_bytes = config.step_scalars(false).bytes().len();
+            for width in [1, 4] {
+                let m = module(&compose(
+                    Kind::Grouped { width, groups: 3 },
+                    &bindings,
+                    &[],
+                    &body,
+                ));
+                let (size, _) = layout(&m, "GroupEntry");
+                assert_eq!(
+                    size as usize,
+                    group_entry_bytes(rule_bytes),
+                    "{}",
+                    spec.name
+                );
+                let (_, members) = layout(&m, "Uniforms");
+                assert_eq!(members[1], ("groups".to_string(), TAIL_BYTES as u32));
+            }
+        }
+    }
+
     /// The numbers shared with Rust come from Rust: the rule files and the
     /// shared parts hold no binding numbers, workgroup sizes or flag values
     /// of their own.
@@ -721,6 +883,7 @@ mod tests {
             include_str!("../../shaders/elementwise.wgsl"),
             include_str!("../../shaders/tiles.wgsl"),
             VIEWS_WGSL,
+            GROUPS_WGSL,
             REDUCE_WGSL,
         ];
         let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);

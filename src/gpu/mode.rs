@@ -28,6 +28,7 @@ impl GpuOptimizer {
     /// views ([`GpuOptimizer::from_views`]): [`Error::Unsupported`].
     pub fn set_eval(&mut self, eval: bool) -> Result<()> {
         let beta1 = eval_beta1(&self.config)?;
+        self.check_one_group("the schedule-free eval mode")?;
         if eval == self.eval {
             return Ok(());
         }

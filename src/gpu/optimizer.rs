@@ -4,7 +4,7 @@
 //! groups), uniforms.rs (the per-step scalars), skip.rs (the non-finite
 //! skip tracker), readback.rs.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, GroupFit, GroupState};
 use crate::clip::ClipGradNorm;
 use crate::cpu::{scalar_state_of, state_index};
 use crate::error::{Error, Result};
@@ -13,11 +13,12 @@ use crate::layout::{Counters, Layout};
 use crate::rules::Config;
 
 use super::chunks::{chunk_elements, padded, split_chunks, ChunkRange, Tiling};
+use super::groups::GpuGroups;
 use super::kernels::{kernel_for, variant, Kernel, Variant};
 use super::readback::{map_counters, read_buffer};
 use super::resources::{OwnedResources, Storage};
 use super::skip::{SkipTracker, COUNTER_WORDS};
-use super::uniforms::{ScalarsVia, UNIFORM_RING, UNIFORM_STRIDE};
+use super::uniforms::{grouped_stride, ScalarsVia, UNIFORM_RING, UNIFORM_STRIDE};
 use super::views::ViewPlan;
 
 /// Options of a [`GpuOptimizer`] that are not hyperparameters.
@@ -104,6 +105,9 @@ pub struct GpuOptimizer {
     /// How the views are bound ([`GpuOptimizer::from_views`]); `None` on
     /// the packed paths.
     pub(super) views: Option<ViewPlan>,
+    /// Several parameter groups ([`GpuOptimizer::with_param_groups`]);
+    /// `None` for one.
+    pub(super) groups: Option<GpuGroups>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -156,7 +160,36 @@ impl GpuOptimizer {
             return Err(Error::EmptyParameterList);
         }
         let layout = Layout::of(params)?;
-        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
+        let width = options.vector_width.unwrap_or(4);
+        let state_names = config.state_names_with(momentum_buffer);
+        Self::with_layout(
+            ctx,
+            config,
+            momentum_buffer,
+            state_names,
+            params,
+            layout,
+            variant(width, &options)?,
+            &options,
+        )
+    }
+
+    /// The optimizer of [`GpuOptimizer::with_state`] on its own packed
+    /// buffers, with these state tensors and this kernel variant (several
+    /// groups: the union of their state, the grouped kernel, whose bind
+    /// groups the caller attaches once the group tables exist).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn with_layout(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        state_names: Vec<&'static str>,
+        params: &[&[f32]],
+        layout: Layout,
+        variant: Variant,
+        options: &GpuOptions,
+    ) -> Result<Self> {
+        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, options)?);
         let tiling = Tiling::new(&layout, &chunks)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -178,17 +211,17 @@ impl GpuOptimizer {
             (make("params"), make("grads"))
         })?;
         let params_storage = Storage::Owned(param_buffers);
-        let width = options.vector_width.unwrap_or(4);
         let opt = Self::build(
             ctx,
             config,
             momentum_buffer,
+            state_names,
             layout,
             chunks,
             tiling,
             params_storage,
             Storage::Owned(grad_buffers),
-            variant(width, &options)?,
+            variant,
             None,
         )?;
         ctx.scoped("uploading parameters", || {
@@ -232,6 +265,37 @@ impl GpuOptimizer {
             return Err(Error::EmptyParameterList);
         }
         let layout = Layout::new(lengths)?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        let state_names = config.state_names_with(momentum_buffer);
+        Self::caller_buffers(
+            ctx,
+            config,
+            momentum_buffer,
+            state_names,
+            layout,
+            params,
+            grads,
+            None,
+            &options,
+        )
+    }
+
+    /// The optimizer over the caller's checked buffers of
+    /// [`GpuOptimizer::from_buffers_with_options`], with these state
+    /// tensors; `grouped`: the grouped kernel's variant (whose bind groups
+    /// the caller attaches), `None` for one group's.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn caller_buffers(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        state_names: Vec<&'static str>,
+        layout: Layout,
+        params: wgpu::Buffer,
+        grads: wgpu::Buffer,
+        grouped: Option<Variant>,
+        options: &GpuOptions,
+    ) -> Result<Self> {
         let required = layout.bytes();
         for (what, b) in [("parameter", &params), ("gradient", &grads)] {
             if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
@@ -254,32 +318,38 @@ impl GpuOptimizer {
                 "the parameter and gradient buffers are the same buffer".into(),
             ));
         }
-        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, &options)?);
+        let chunks = split_chunks(layout.total() as u64, chunk_elements(ctx, options)?);
         let tiling = Tiling::new(&layout, &chunks)?;
-        // Chunk starts are multiples of 64 elements; only the total decides
-        // whether every chunk is a whole number of vec4s.
-        let width = match options.vector_width {
-            Some(w) => w,
-            None if layout.total().is_multiple_of(4) => 4,
-            None => 1,
+        let variant = match grouped {
+            Some(v) => v,
+            None => {
+                // Chunk starts are multiples of 64 elements; only the total
+                // decides whether every chunk is a whole number of vec4s.
+                let width = match options.vector_width {
+                    Some(w) => w,
+                    None if layout.total().is_multiple_of(4) => 4,
+                    None => 1,
+                };
+                if width == 4 && !layout.total().is_multiple_of(4) {
+                    return Err(Error::InvalidOptions(format!(
+                        "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
+                        layout.total()
+                    )));
+                }
+                variant(width, options)?
+            }
         };
-        if width == 4 && !layout.total().is_multiple_of(4) {
-            return Err(Error::InvalidOptions(format!(
-                "vector_width 4 needs the caller's buffers to hold a multiple of 4 elements, got {}",
-                layout.total()
-            )));
-        }
-        let momentum_buffer = config.builds_momentum_buffer();
         Self::build(
             ctx,
             config,
             momentum_buffer,
+            state_names,
             layout,
             chunks,
             tiling,
             Storage::Caller(params),
             Storage::Caller(grads),
-            variant(width, &options)?,
+            variant,
             None,
         )
     }
@@ -293,6 +363,7 @@ impl GpuOptimizer {
         ctx: &GpuContext,
         config: Config,
         momentum_buffer: bool,
+        state_names: Vec<&'static str>,
         layout: Layout,
         chunks: Vec<ChunkRange>,
         tiling: Tiling,
@@ -312,10 +383,20 @@ impl GpuOptimizer {
             variant
         };
         let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
-        let state_names = config.state_names_with(momentum_buffer);
         let scalar_state = config.scalar_state_initial();
-        let buffers =
-            OwnedResources::create(ctx, &config, &state_names, &chunks, &tiling, layout.len())?;
+        let rule_stride = match variant.groups {
+            0 => UNIFORM_STRIDE,
+            n => grouped_stride(ctx, &config, n)?,
+        };
+        let buffers = OwnedResources::create(
+            ctx,
+            &config,
+            &state_names,
+            &chunks,
+            &tiling,
+            layout.len(),
+            rule_stride,
+        )?;
         let mut opt = GpuOptimizer {
             ctx: ctx.clone(),
             config,
@@ -339,13 +420,16 @@ impl GpuOptimizer {
             skipped_before: 0,
             eval: false,
             views,
+            groups: None,
         };
         if is_lamb {
             // LAMB's own kernels are tile kernels: their bind groups are
             // needed from the first step.
             let kernel = opt.kernel.clone();
             opt.attach_tile_groups(&kernel)?;
-        } else {
+        } else if variant.groups == 0 {
+            // A grouped kernel's bind groups need the group tables
+            // (GpuOptimizer::with_param_groups makes them).
             opt.attach_rule_groups()?;
         }
         Ok(opt)
@@ -496,7 +580,10 @@ impl GpuOptimizer {
         let skip = self.skip.as_ref();
         let host_step = skip.map_or(self.counters.step, |t| t.host_steps_queued);
         let slot = host_step % UNIFORM_RING;
+        // Below 2^32: 256 slots of at most a uniform binding (64 KiB by
+        // default; grouped_stride checked it).
         let offset = [(slot * UNIFORM_STRIDE) as u32];
+        let rule_offset = [(slot * self.buffers.rule_stride) as u32];
         self.write_step_scalars(encoder, slot, host_step, via)?;
         let is_lamb = self.config.kernel().is_tiled();
         {
@@ -539,7 +626,7 @@ impl GpuOptimizer {
             } else {
                 pass.set_pipeline(&self.kernel.pipelines[0]);
                 for (group, workgroups) in &self.buffers.rule_groups {
-                    pass.set_bind_group(0, group, &offset);
+                    pass.set_bind_group(0, group, &rule_offset);
                     pass.dispatch_workgroups(*workgroups, 1, 1);
                 }
             }
@@ -553,9 +640,23 @@ impl GpuOptimizer {
                 self.counters.step = t.applied_known + t.outcomes_unknown();
             }
             None => {
+                let step = self.counters.step + 1;
                 self.config
-                    .advance_scalar_state(&mut self.scalar_state, self.counters.step + 1);
-                self.counters.advance(&self.config);
+                    .advance_scalar_state(&mut self.scalar_state, step);
+                match &mut self.groups {
+                    Some(groups) => {
+                        for (group, state) in groups.groups.iter().zip(&mut groups.scalar_state) {
+                            group.config.advance_scalar_state(state, step);
+                        }
+                        let fills = groups
+                            .groups
+                            .iter()
+                            .find(|g| g.config.fills_buffer_on_first_use());
+                        self.counters
+                            .advance(fills.map_or(&self.config, |g| &g.config));
+                    }
+                    None => self.counters.advance(&self.config),
+                }
             }
         }
         Ok(())
@@ -705,6 +806,41 @@ impl GpuOptimizer {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
+        let (groups, group_state) = match &self.groups {
+            None => (Vec::new(), Vec::new()),
+            Some(groups) => {
+                // A group without a state keeps nothing there.
+                for (name, values) in &mut state {
+                    for (g, group) in groups.groups.iter().enumerate() {
+                        if !groups.state_names(g).contains(&name.as_str()) {
+                            for &t in &group.params {
+                                values[self.layout.range(t)].fill(0.0);
+                            }
+                        }
+                    }
+                }
+                let group_state = (0..groups.groups.len())
+                    .map(|g| GroupState {
+                        step: exact.step,
+                        buffer_filled: exact.buffer_filled,
+                        scalar_state: scalar_state_of(
+                            &groups.groups[g].config,
+                            exact.step,
+                            &groups.scalar_state[g],
+                        )
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect(),
+                        state_names: groups
+                            .state_names(g)
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect(),
+                    })
+                    .collect();
+                (groups.groups.clone(), group_state)
+            }
+        };
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
@@ -719,8 +855,8 @@ impl GpuOptimizer {
             skipped_steps: exact.skipped,
             grad_scale: self.grad_scale,
             scheduler: None,
-            groups: Vec::new(),
-            group_state: Vec::new(),
+            groups,
+            group_state,
             precision: Default::default(),
             master_params: None,
             quantized: Vec::new(),
@@ -743,6 +879,12 @@ impl GpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths)?;
+        if !ckpt.groups.is_empty() {
+            let mut opt =
+                Self::with_param_groups(ctx, &layout.split(flat)?, &ckpt.groups, options)?;
+            opt.load_checkpoint(ckpt)?;
+            return Ok(opt);
+        }
         let mut opt = Self::with_state(
             ctx,
             ckpt.config.clone(),
@@ -764,12 +906,16 @@ impl GpuOptimizer {
         ckpt.validate()?;
         // The GPU keeps everything in f32: a low-precision checkpoint is a
         // mismatch (its 8-bit codes or 16-bit values would be widened).
-        ckpt.check_fits(
-            &self.config,
-            &self.state_names,
-            self.layout.lengths(),
-            &Default::default(),
-        )?;
+        if self.groups.is_some() || !ckpt.groups.is_empty() {
+            self.check_fits_groups(ckpt)?;
+        } else {
+            ckpt.check_fits(
+                &self.config,
+                &self.state_names,
+                self.layout.lengths(),
+                &Default::default(),
+            )?;
+        }
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }
@@ -793,7 +939,14 @@ impl GpuOptimizer {
             step: ckpt.step,
             buffer_filled: ckpt.buffer_filled,
         };
-        self.scalar_state = ckpt.scalar_state.iter().map(|(_, v)| *v).collect();
+        let values = |s: &[(String, f64)]| s.iter().map(|(_, v)| *v).collect();
+        self.scalar_state = values(&ckpt.scalar_state);
+        if let Some(groups) = &mut self.groups {
+            for (g, (saved, counters)) in ckpt.groups.iter().zip(&ckpt.group_state).enumerate() {
+                groups.groups[g].config = saved.config.clone();
+                groups.scalar_state[g] = values(&counters.scalar_state);
+            }
+        }
         self.clip = ckpt.clip;
         self.norm_seen = false;
         self.inv_scale = inv_scale;
@@ -803,6 +956,50 @@ impl GpuOptimizer {
         self.eval = false;
         if ckpt.skip_nonfinite {
             self.start_skipping()?;
+        }
+        Ok(())
+    }
+
+    /// Checks a checkpoint of several groups, or one into an optimizer of
+    /// several, as the CPU optimizer does; the GPU's groups share one step
+    /// count, so a checkpoint whose groups are at different counts (a
+    /// group added later) is [`Error::Unsupported`].
+    fn check_fits_groups(&self, ckpt: &Checkpoint) -> Result<()> {
+        let groups = self.groups();
+        let names: Vec<Vec<&'static str>> = (0..groups.len())
+            .map(|g| match &self.groups {
+                Some(own) => own.state_names(g),
+                None => self.state_names.clone(),
+            })
+            .collect();
+        let fits: Vec<GroupFit<'_>> = groups
+            .iter()
+            .zip(&names)
+            .map(|(group, names)| GroupFit {
+                group,
+                state_names: names.clone(),
+            })
+            .collect();
+        ckpt.check_fits_groups(
+            &fits,
+            &self.state_names,
+            self.layout.lengths(),
+            &Default::default(),
+        )?;
+        let first = (ckpt.step, ckpt.buffer_filled);
+        if ckpt
+            .group_state
+            .iter()
+            .any(|s| (s.step, s.buffer_filled) != first)
+        {
+            return Err(Error::Unsupported(
+                "a checkpoint whose parameter groups are at different step counts on the GPU \
+                 (its groups step together from construction)"
+                    .into(),
+            ));
+        }
+        if ckpt.skip_nonfinite {
+            self.check_skip_groups()?;
         }
         Ok(())
     }
@@ -897,15 +1094,18 @@ impl GpuOptimizer {
 
     /// Sets the learning rate used from the next step on (no recompilation:
     /// it reaches the kernel through the uniform buffer).
+    /// With several groups it sets every group's; on error no group
+    /// changes.
     pub fn set_lr(&mut self, lr: f64) -> Result<()> {
-        self.config.set_lr(lr)
+        self.set_groups(None, |c, _| c.set_lr(lr))
     }
 
     /// Sets the momentum (SGD, RMSprop) or `beta1` (Adam, AdamW, NAdam,
     /// LAMB) used from the next step on.
+    /// With several groups it sets every group's; on error no group
+    /// changes.
     pub fn set_momentum(&mut self, momentum: f64) -> Result<()> {
-        let has_buffer = self.state_names.contains(&"momentum_buffer");
-        self.config.set_momentum(momentum, has_buffer)
+        self.set_groups(None, |c, has_buffer| c.set_momentum(momentum, has_buffer))
     }
 
     /// The context this optimizer runs on.

@@ -87,6 +87,9 @@ pub(super) struct OwnedResources {
     pub(super) counters: wgpu::Buffer,
     /// The ring of the element-wise kernels' uniforms.
     pub(super) rule_uniforms: wgpu::Buffer,
+    /// Bytes of a slot of the rule ring: [`UNIFORM_STRIDE`], or more for
+    /// a grouped kernel's per-group entries.
+    pub(super) rule_stride: u64,
     /// The ring of the tile kernels' uniforms.
     pub(super) tile_uniforms: wgpu::Buffer,
     /// The element-wise kernel's bind group of each chunk, with its
@@ -108,6 +111,7 @@ impl OwnedResources {
         chunks: &[ChunkRange],
         tiling: &Tiling,
         n_tensors: usize,
+        rule_stride: u64,
     ) -> Result<Self> {
         let tables = tiling.tables();
         let limits = ctx.limits();
@@ -123,7 +127,7 @@ impl OwnedResources {
         for table in &tables {
             check_size(&limits, "tile table", table.len() as u64 * 16, false)?;
         }
-        check_size(&limits, "step scalars", UNIFORM_RING * UNIFORM_STRIDE, true)?;
+        check_size(&limits, "step scalars", UNIFORM_RING * rule_stride, true)?;
         ctx.scoped("creating state buffers", || {
             let device = &ctx.device;
             let storage_buffer = |label: &str, size: u64| {
@@ -162,10 +166,10 @@ impl OwnedResources {
                     b
                 })
                 .collect();
-            let ring = |label: &str| {
+            let ring = |label: &str, stride: u64| {
                 device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(label),
-                    size: UNIFORM_RING * UNIFORM_STRIDE,
+                    size: UNIFORM_RING * stride,
                     usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
@@ -183,8 +187,9 @@ impl OwnedResources {
                     .collect(),
                 info: storage_buffer("step info", (4 + n_tensors as u64) * 4),
                 counters: storage_buffer("step counters", COUNTER_WORDS * 4),
-                rule_uniforms: ring("step scalars"),
-                tile_uniforms: ring("tile scalars"),
+                rule_uniforms: ring("step scalars", rule_stride),
+                rule_stride,
+                tile_uniforms: ring("tile scalars", UNIFORM_STRIDE),
                 rule_groups: Vec::new(),
                 tile_groups: Vec::new(),
             }
@@ -195,20 +200,28 @@ impl OwnedResources {
 impl GpuOptimizer {
     /// One bind group per chunk for `kernel`, each binding given by the
     /// name the kernel's WGSL gives it; vectors `width` wide; `uniforms`,
-    /// the ring bound as `u`. Returns the groups and the buffers made for
-    /// unused state slots.
+    /// the ring bound as `u`, slots `stride` bytes apart. Returns the
+    /// groups and the buffers made for unused state slots.
     fn chunk_groups(
         &self,
         kernel: &Kernel,
         width: u32,
         uniforms: &wgpu::Buffer,
+        stride: u64,
     ) -> (Vec<wgpu::BindGroup>, Vec<wgpu::Buffer>) {
         let b = &self.buffers;
         let device = &self.ctx.device;
         let mut groups = Vec::with_capacity(self.chunks.len());
         let mut unused = Vec::new();
         let fixed = [
-            "param", "grad", "info", "counters", "tables", "partials", "u",
+            "param",
+            "grad",
+            "info",
+            "counters",
+            "tables",
+            "partials",
+            "group_tiles",
+            "u",
         ];
         for (ci, range) in self.chunks.iter().enumerate() {
             // A buffer of its own for each state slot this configuration
@@ -243,10 +256,14 @@ impl GpuOptimizer {
                         "counters" => b.counters.as_entire_binding(),
                         "tables" => b.tile_tables[ci].as_entire_binding(),
                         "partials" => b.partials.as_entire_binding(),
+                        "group_tiles" => match &self.groups {
+                            Some(g) => g.tables[ci].as_entire_binding(),
+                            None => unreachable!("a grouped kernel's bind groups need its groups"),
+                        },
                         "u" => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: uniforms,
                             offset: 0,
-                            size: NonZeroU64::new(UNIFORM_STRIDE),
+                            size: NonZeroU64::new(stride),
                         }),
                         name => match self.state_names.iter().position(|n| *n == name) {
                             Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -290,14 +307,23 @@ impl GpuOptimizer {
         let width = self.variant.width;
         let max_groups = ctx.limits().max_compute_workgroups_per_dimension as u64;
         let (groups, unused) = ctx.scoped("creating the rule kernel's bind groups", || {
-            self.chunk_groups(&self.kernel, width, &self.buffers.rule_uniforms)
+            let b = &self.buffers;
+            self.chunk_groups(&self.kernel, width, &b.rule_uniforms, b.rule_stride)
         })?;
         self.buffers.rule_groups = groups
             .into_iter()
             .zip(&self.chunks)
-            .map(|(group, range)| {
-                let units = padded(range.len, width) / width as u64;
-                (group, units.div_ceil(WORKGROUP_SIZE).min(max_groups) as u32)
+            .enumerate()
+            .map(|(ci, (group, range))| {
+                let workgroups = match &self.groups {
+                    // One workgroup a tile (at most 4096 elements).
+                    Some(g) => (g.tiles[ci] as u64).clamp(1, max_groups),
+                    None => {
+                        let units = padded(range.len, width) / width as u64;
+                        units.div_ceil(WORKGROUP_SIZE).min(max_groups)
+                    }
+                };
+                (group, workgroups as u32)
             })
             .collect();
         self.buffers.unused_slots.extend(unused);
@@ -321,7 +347,7 @@ impl GpuOptimizer {
             return Ok(());
         }
         let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
-            self.chunk_groups(kernel, 1, &self.buffers.tile_uniforms)
+            self.chunk_groups(kernel, 1, &self.buffers.tile_uniforms, UNIFORM_STRIDE)
         })?;
         self.buffers.tile_groups = groups
             .into_iter()

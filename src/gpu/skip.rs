@@ -205,6 +205,7 @@ impl GpuOptimizer {
     pub fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
         match (skip, self.skip.is_some()) {
             (true, false) => {
+                self.check_skip_groups()?;
                 self.ensure_reduction()?;
                 self.start_skipping()
             }

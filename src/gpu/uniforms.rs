@@ -130,7 +130,68 @@ pub(super) enum ScalarsVia {
     Encoder,
 }
 
+/// Bytes of one group's `GroupEntry` in a grouped kernel's uniforms (see
+/// `GROUP_ENTRY_WGSL` in kernels.rs): its step table, its rule scalars
+/// (`rule_bytes`) rounded up to 16 bytes as WGSL places a struct member of
+/// struct type, and its option word in a `vec4<u32>`.
+pub(crate) fn group_entry_bytes(rule_bytes: usize) -> usize {
+    TABLE_LEN * 16 + rule_bytes.next_multiple_of(16) + 16
+}
+
+/// The stride of the rule ring of a grouped kernel of `groups` groups of
+/// `config`'s rule: the tail and every group's entry, rounded up to the
+/// largest uniform offset alignment (256); [`Error::DeviceLimit`] past the
+/// device's `max_uniform_buffer_binding_size`.
+pub(super) fn grouped_stride(
+    ctx: &super::GpuContext,
+    config: &crate::rules::Config,
+    groups: u32,
+) -> Result<u64> {
+    let rule_bytes = config.step_scalars(false).bytes().len();
+    let bytes = (TAIL_BYTES as u64 + groups as u64 * group_entry_bytes(rule_bytes) as u64)
+        .next_multiple_of(256);
+    let available = ctx.limits().max_uniform_buffer_binding_size;
+    if bytes > available {
+        return Err(Error::DeviceLimit {
+            what: format!("the step scalars of {groups} parameter groups"),
+            limit: "max_uniform_buffer_binding_size",
+            needed: bytes,
+            available,
+        });
+    }
+    Ok(bytes)
+}
+
 impl GpuOptimizer {
+    /// Appends group `g`'s `GroupEntry` to `out`: the step table of every
+    /// count the GPU may be at (from the applied-step count `base` the
+    /// host knows), its rule scalars, its option bits.
+    fn push_group_entry(
+        &self,
+        out: &mut Vec<u8>,
+        groups: &super::groups::GpuGroups,
+        g: usize,
+        base: u64,
+    ) {
+        let config = &groups.groups[g].config;
+        let state = &groups.scalar_state[g];
+        let mut table = [[0.0f32; 4]; TABLE_LEN];
+        match &self.skip {
+            // A rule without scalar state (check_skip_groups): each count's
+            // entry is the group's function of the count.
+            Some(t) => t.for_each_count(|j, _| {
+                table[j as usize] = config.step_entry(base + j + 1, state);
+            }),
+            None => table[0] = config.step_entry(base + 1, state),
+        }
+        out.extend_from_slice(bytemuck::cast_slice(&table));
+        let scalars = config.step_scalars(self.counters.buffer_filled);
+        let rule = scalars.bytes();
+        out.extend_from_slice(rule);
+        out.resize(out.len() + rule.len().next_multiple_of(16) - rule.len(), 0);
+        out.extend_from_slice(bytemuck::bytes_of(&[groups.option_bits(g), 0, 0, 0]));
+    }
+
     /// The flags of the next step.
     fn step_flags(&self) -> u32 {
         let mut flags = 0;
@@ -146,7 +207,14 @@ impl GpuOptimizer {
         if self.skip.is_some() {
             flags |= FLAG_SKIP_NONFINITE;
         }
-        if self.config.fills_buffer_on_first_use() {
+        let fills = match &self.groups {
+            Some(g) => g
+                .groups
+                .iter()
+                .any(|g| g.config.fills_buffer_on_first_use()),
+            None => self.config.fills_buffer_on_first_use(),
+        };
+        if fills {
             flags |= FLAG_SGD_MOMENTUM;
         }
         flags
@@ -200,54 +268,56 @@ impl GpuOptimizer {
         let rule = scalars.bytes();
         let is_lamb = self.config.kernel().is_tiled();
         // The tile ring's slot, then (element-wise rules) the rule ring's.
-        let tail = bytemuck::bytes_of(&tail);
-        let tile_slot: &[&[u8]] = if is_lamb {
-            &[tail, bytemuck::bytes_of(&header), rule]
+        let tail_bytes = bytemuck::bytes_of(&tail);
+        let mut tile_slot = [tail_bytes, bytemuck::bytes_of(&header)].concat();
+        let mut rule_slot = Vec::new();
+        if is_lamb {
+            tile_slot.extend_from_slice(rule);
         } else {
-            &[tail, bytemuck::bytes_of(&header)]
-        };
-        let rule_slot: &[&[u8]] = if is_lamb { &[] } else { &[tail, rule] };
-        let at = slot * UNIFORM_STRIDE;
+            rule_slot.extend_from_slice(tail_bytes);
+            match &self.groups {
+                None => rule_slot.extend_from_slice(rule),
+                Some(groups) => {
+                    for g in 0..groups.groups.len() {
+                        self.push_group_entry(&mut rule_slot, groups, g, base);
+                    }
+                }
+            }
+        }
         let b = &self.buffers;
+        let tile_at = slot * UNIFORM_STRIDE;
+        let rule_at = slot * b.rule_stride;
         match via {
             ScalarsVia::Queue => {
                 let queue = &self.ctx.queue;
-                for (ring, parts) in [(&b.tile_uniforms, tile_slot), (&b.rule_uniforms, rule_slot)]
-                {
-                    let mut offset = at;
-                    for part in parts {
-                        queue.write_buffer(ring, offset, part);
-                        offset += part.len() as u64;
-                    }
+                queue.write_buffer(&b.tile_uniforms, tile_at, &tile_slot);
+                if !rule_slot.is_empty() {
+                    queue.write_buffer(&b.rule_uniforms, rule_at, &rule_slot);
                 }
             }
             ScalarsVia::Encoder => {
                 // A buffer of this step's own, copied into the slots by the
                 // encoder: ordered with the dispatches, whatever else the
                 // encoder holds or the queue runs before it.
-                let tile_len: usize = tile_slot.iter().map(|p| p.len()).sum();
-                let rule_len: usize = rule_slot.iter().map(|p| p.len()).sum();
-                let mut bytes = Vec::with_capacity(tile_len + rule_len);
-                for part in tile_slot.iter().chain(rule_slot) {
-                    bytes.extend_from_slice(part);
-                }
+                let tile_len = tile_slot.len() as u64;
+                let rule_len = rule_slot.len() as u64;
+                tile_slot.extend_from_slice(&rule_slot);
                 let device = &self.ctx.device;
                 let source = self.ctx.scoped("recording a step's scalars", || {
                     device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some("one step's scalars"),
-                        contents: &bytes,
+                        contents: &tile_slot,
                         usage: wgpu::BufferUsages::COPY_SRC,
                     })
                 })?;
-                let tile_len = tile_len as u64;
-                encoder.copy_buffer_to_buffer(&source, 0, &b.tile_uniforms, at, tile_len);
+                encoder.copy_buffer_to_buffer(&source, 0, &b.tile_uniforms, tile_at, tile_len);
                 if rule_len > 0 {
                     encoder.copy_buffer_to_buffer(
                         &source,
                         tile_len,
                         &b.rule_uniforms,
-                        at,
-                        rule_len as u64,
+                        rule_at,
+                        rule_len,
                     );
                 }
             }

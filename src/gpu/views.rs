@@ -494,10 +494,12 @@ impl GpuOptimizer {
             total: plan.tiles,
         };
         let momentum_buffer = config.builds_momentum_buffer();
+        let state_names = config.state_names_with(momentum_buffer);
         Self::build(
             ctx,
             config,
             momentum_buffer,
+            state_names,
             layout,
             chunks,
             tiling,

@@ -123,6 +123,14 @@ impl GroupScheduler {
         Ok(())
     }
 
+    /// Moves every group's schedule to position `step`
+    /// ([`Scheduler::set_position`]).
+    pub fn set_position(&mut self, step: u64) {
+        for s in &mut self.schedulers {
+            s.set_position(step);
+        }
+    }
+
     /// Moves every group's schedule one step on (torch's `scheduler.step()`).
     pub fn advance(&mut self) {
         self.schedulers.iter_mut().for_each(Scheduler::advance);
