@@ -14,6 +14,8 @@
 //! cargo run --release --example train                         # AdamW, 20 epochs
 //! cargo run --release --example train -- --optimizer sgd --lr 0.3 --constant-lr
 //! cargo run --release --example train -- --compare            # every rule, docs/train-compare.png
+//! cargo run --release --example train -- --precision bf16-master
+//! cargo run --release --example train -- --compare-precision  # every precision mode, a table
 //! ```
 
 mod mlp;
@@ -26,6 +28,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
+use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
 use wgpu_optim::schedule::Schedule;
 use wgpu_optim::{
     AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Asgd, Config, GpuContext,
@@ -33,6 +36,59 @@ use wgpu_optim::{
 };
 
 use mlp::{Digits, Hyper, Mlp};
+
+/// How the optimizer keeps the parameters and its state (`--precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Everything in f32.
+    F32,
+    /// bf16 parameters, an f32 master copy stepped in f32.
+    Bf16Master,
+    /// f32 parameters, bf16 moments.
+    Bf16Moments,
+    /// bf16 parameters rounded stochastically, no master copy.
+    Bf16Sr,
+    /// f32 parameters, 8-bit blockwise moments (bitsandbytes' scheme;
+    /// tensors under 4096 elements keep f32).
+    #[value(name = "8bit")]
+    Int8,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [
+        Mode::F32,
+        Mode::Bf16Master,
+        Mode::Bf16Moments,
+        Mode::Bf16Sr,
+        Mode::Int8,
+    ];
+
+    fn precision(self, seed: u64) -> Precision {
+        let (param_dtype, state_dtype, master_weights) = match self {
+            Mode::F32 => (ParamDtype::F32, StateDtype::F32, false),
+            Mode::Bf16Master => (ParamDtype::Bf16, StateDtype::F32, true),
+            Mode::Bf16Moments => (ParamDtype::F32, StateDtype::Bf16, false),
+            Mode::Bf16Sr => (ParamDtype::Bf16, StateDtype::F32, false),
+            Mode::Int8 => (ParamDtype::F32, StateDtype::Int8Blockwise, false),
+        };
+        Precision {
+            param_dtype,
+            state_dtype,
+            master_weights,
+            seed,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::F32 => "f32",
+            Mode::Bf16Master => "bf16 + f32 master",
+            Mode::Bf16Moments => "bf16 moments",
+            Mode::Bf16Sr => "bf16, stochastic rounding",
+            Mode::Int8 => "8-bit moments",
+        }
+    }
+}
 
 /// The rules, each with a learning rate that suits this problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -259,6 +315,17 @@ struct Args {
     /// and test accuracies side by side.
     #[arg(long)]
     compare: bool,
+    /// How the optimizer keeps the parameters and its state. Other than
+    /// f32 the step runs on the CPU backend in that mode (the GPU kernels
+    /// keep f32 only), all tensors one group, the model's buffer getting
+    /// the stored parameters after each step.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Mode,
+    /// Train with `--optimizer` in every precision mode from the same start
+    /// (each on the CPU backend, f32 included, so the rows differ in the
+    /// storage only) and print the final losses and accuracies side by side.
+    #[arg(long)]
+    compare_precision: bool,
     /// Where `--compare` writes its picture.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/train-compare.png"))]
     out: PathBuf,
@@ -285,10 +352,14 @@ fn train(
     epochs: usize,
     cosine: bool,
     verbose: bool,
+    precision: Option<Precision>,
     pb: &ProgressBar,
 ) -> Result<Run, mlp::Error> {
     let started = Instant::now();
-    let mut model = Mlp::new(ctx, data, hyper, rule.config(lr))?;
+    let mut model = match precision {
+        Some(p) => Mlp::with_precision(ctx, data, hyper, rule.config(lr), p)?,
+        None => Mlp::new(ctx, data, hyper, rule.config(lr))?,
+    };
     if cosine && !rule.schedule_free() {
         model.set_schedule(Schedule::CosineAnnealing {
             t_max: (epochs * model.steps_per_epoch()) as u64,
@@ -481,8 +552,20 @@ fn main() -> Result<(), mlp::Error> {
     } else {
         vec![args.optimizer]
     };
+    // (rule, precision mode, on the CPU backend) of each run.
+    let plan: Vec<(Rule, Mode, bool)> = if args.compare_precision {
+        Mode::ALL
+            .iter()
+            .map(|&m| (args.optimizer, m, true))
+            .collect()
+    } else {
+        rules
+            .iter()
+            .map(|&r| (r, args.precision, args.precision != Mode::F32))
+            .collect()
+    };
     let mut runs = Vec::new();
-    for rule in rules {
+    for (rule, mode, on_cpu) in plan {
         let lr = match args.lr {
             Some(lr) if !args.compare => lr,
             _ => rule.default_lr(),
@@ -495,13 +578,18 @@ fn main() -> Result<(), mlp::Error> {
             lr,
             args.epochs,
             !args.constant_lr,
-            !args.compare,
+            !args.compare && !args.compare_precision,
+            on_cpu.then(|| mode.precision(args.seed)),
             &pb,
         )?;
         pb.suspend(|| {
+            let label = match on_cpu {
+                true => format!("{} [{}]", run.label, mode.label()),
+                false => run.label.clone(),
+            };
             println!(
                 "{:<22} final train loss {:.4} (last epoch's mean)  test loss {:.4}  test accuracy {:.1} %  ({:.1} s)",
-                run.label,
+                label,
                 run.losses[run.losses.len() - data.train.len().div_ceil(args.batch)..]
                     .iter()
                     .sum::<f32>()

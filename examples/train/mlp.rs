@@ -11,8 +11,9 @@
 #![allow(dead_code)] // the example and the test each use part of it
 
 use wgpu::util::DeviceExt;
+use wgpu_optim::precision::Precision;
 use wgpu_optim::schedule::{GroupScheduler, Schedule};
-use wgpu_optim::{Config, GpuContext, GpuOptimizer, GpuOptions, ParamGroup};
+use wgpu_optim::{Config, CpuOptimizer, GpuContext, GpuOptimizer, GpuOptions, ParamGroup};
 
 /// Errors of the example: the library's, wgpu's, the data file's.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -195,6 +196,10 @@ pub struct Mlp {
     /// The learning-rate schedule, if any: the lr of each step goes to the
     /// GPU with the step's other scalars (no recompilation).
     scheduler: Option<GroupScheduler>,
+    /// With a low-precision mode ([`Mlp::with_precision`]): the optimizer
+    /// on the CPU backend in that mode, which steps instead of `opt`; the
+    /// GPU's buffers then get its parameters after each step.
+    cpu: Option<CpuOptimizer>,
 }
 
 /// `config` without weight decay, for the biases' group (as torch recipes
@@ -443,13 +448,57 @@ impl Mlp {
             train: data.train.clone(),
             steps: 0,
             scheduler: None,
+            cpu: None,
         })
+    }
+
+    /// As [`Mlp::new`], with the optimizer's parameters and state kept as
+    /// `precision` says, all tensors one group: the step runs on the CPU
+    /// backend ([`CpuOptimizer::with_precision`]; the GPU kernels keep f32
+    /// only), its gradients read back and its parameters (16-bit values,
+    /// widened) written to the model's buffer each step, so the model
+    /// computes with exactly the weights that mode stores.
+    pub fn with_precision(
+        ctx: &GpuContext,
+        data: &Digits,
+        hyper: Hyper,
+        config: impl Into<Config>,
+        precision: Precision,
+    ) -> Result<Self, Error> {
+        let config = config.into();
+        let mut model = Mlp::new(ctx, data, hyper, config.clone())?;
+        let init = initial_params(hyper.hidden, hyper.seed);
+        let layout = model.opt.layout().clone();
+        let cpu = CpuOptimizer::with_precision(config, &layout.split(&init)?, precision)?;
+        model.opt.write_params(&cpu.params())?;
+        model.cpu = Some(cpu);
+        Ok(model)
+    }
+
+    /// One step on the CPU optimizer: the gradients the kernels wrote, read
+    /// back; the step; its parameters to the model's buffer.
+    fn step_on_cpu(&mut self) -> Result<(), Error> {
+        let Some(cpu) = &mut self.cpu else {
+            return Ok(());
+        };
+        let total = self.opt.layout().total();
+        let grads = read(&self.ctx, self.opt.grad_buffers()[0], 0, total)?;
+        if let Some(scheduler) = &mut self.scheduler {
+            scheduler.apply(cpu)?;
+            scheduler.advance();
+        }
+        cpu.step(&self.opt.layout().split(&grads)?)?;
+        self.opt.write_params(&cpu.params())?;
+        Ok(())
     }
 
     /// Follows `schedule` (positions count training steps, the first 0)
     /// from the next step on, from the optimizer's learning rate as base.
     pub fn set_schedule(&mut self, schedule: Schedule) -> Result<(), Error> {
-        let mut scheduler = GroupScheduler::new(schedule, &self.opt)?;
+        let mut scheduler = match &self.cpu {
+            Some(cpu) => GroupScheduler::new(schedule, cpu)?,
+            None => GroupScheduler::new(schedule, &self.opt)?,
+        };
         scheduler.set_position(self.steps);
         self.scheduler = Some(scheduler);
         Ok(())
@@ -506,6 +555,22 @@ impl Mlp {
         queue.write_buffer(&self.order, 0, bytemuck::cast_slice(&self.train));
         let steps = self.steps_per_epoch();
         let device = self.ctx.device();
+        if self.cpu.is_some() {
+            // One submission a step: the CPU steps between them.
+            for s in 0..steps {
+                let rows = self.hyper.batch.min(self.n_train - s * self.hyper.batch);
+                let mut encoder = self
+                    .ctx
+                    .device()
+                    .create_command_encoder(&Default::default());
+                self.record_model(&mut encoder, s, rows, true);
+                self.ctx.queue().submit(Some(encoder.finish()));
+                self.step_on_cpu()?;
+            }
+            self.steps += steps as u64;
+            let results = self.read_results(0, steps)?;
+            return Ok(results.iter().map(|r| r[0]).collect());
+        }
         let mut first = 0;
         while first < steps {
             let last = (first + STEPS_PER_SUBMIT).min(steps);

@@ -13,7 +13,7 @@ use super::GpuContext;
 use crate::checkpoint::union_names;
 use crate::error::{Error, Result};
 use crate::groups::{check_fits, check_group_index, check_groups, number_in_order, ParamGroup};
-use crate::layout::Layout;
+use crate::layout::{Counters, Layout};
 use crate::rules::Config;
 
 /// What an optimizer over several parameter groups keeps besides the
@@ -24,8 +24,14 @@ pub(super) struct GpuGroups {
     pub(super) groups: Vec<ParamGroup>,
     /// Whether each group's state has a momentum buffer.
     pub(super) momentum_buffer: Vec<bool>,
-    /// Each group's scalar state after `counters.step` steps.
+    /// Each group's scalar state after its own steps.
     pub(super) scalar_state: Vec<Vec<f64>>,
+    /// Steps each group has not taken of the optimizer's `counters.step`
+    /// (a group added by `add_param_group` starts at 0, as in torch).
+    pub(super) behind: Vec<u64>,
+    /// SGD: each group's momentum buffer has been filled (without
+    /// `skip_nonfinite`; with it the GPU's counters know).
+    pub(super) filled: Vec<bool>,
     /// Per chunk: the grouped kernel's tile table, (start in the chunk,
     /// length, group, 0) in units of the vector width.
     pub(super) tables: Vec<wgpu::Buffer>,
@@ -34,6 +40,21 @@ pub(super) struct GpuGroups {
 }
 
 impl GpuGroups {
+    /// Group `g`'s (steps, momentum buffer filled) when the optimizer's are
+    /// `counters`; `skipping`: the GPU's counters decide the buffer.
+    pub(super) fn counters(&self, g: usize, counters: Counters, skipping: bool) -> Counters {
+        let fills = self.groups[g].config.fills_buffer_on_first_use();
+        Counters {
+            step: counters.step - self.behind[g],
+            buffer_filled: self.filled[g] || (skipping && counters.buffer_filled && fills),
+        }
+    }
+
+    /// Whether some group has taken fewer steps than the optimizer.
+    pub(super) fn any_behind(&self) -> bool {
+        self.behind.iter().any(|&b| b > 0)
+    }
+
     /// Group `g`'s state tensors, as torch names them.
     pub(super) fn state_names(&self, g: usize) -> Vec<&'static str> {
         self.groups[g]
@@ -262,6 +283,8 @@ impl GpuOptimizer {
                 .iter()
                 .map(|g| g.config.scalar_state_initial())
                 .collect(),
+            behind: vec![0; groups.len()],
+            filled: vec![false; groups.len()],
             tables: buffers,
             tiles,
         });
@@ -306,24 +329,101 @@ impl GpuOptimizer {
         Ok(())
     }
 
-    /// torch's `add_param_group`: not supported on the GPU
-    /// ([`Error::Unsupported`] once the configuration is checked, nothing
-    /// changed): the groups are given at construction
-    /// ([`GpuOptimizer::with_param_groups`]).
+    /// torch's `add_param_group`: appends a group of new tensors with its
+    /// configuration, as [`crate::CpuOptimizer::add_param_group`] does;
+    /// they take the next tensor indices and start with fresh state and a
+    /// step count of 0 while the other groups go on. Returns the group's
+    /// index. The optimizer is rebuilt around the new tensors (its
+    /// parameters and state read back and written into new buffers: this
+    /// waits for the GPU), so keep the [`GpuOptimizer::param_buffers`]
+    /// of before no longer.
+    ///
+    /// Checked first, nothing changed on error: a configuration of another
+    /// rule ([`Error::GroupRuleMismatch`]) or an invalid one; no tensors
+    /// ([`Error::EmptyParameterList`]). Not supported
+    /// ([`Error::Unsupported`]): an optimizer over the caller's buffers or
+    /// views (they cannot grow), LAMB, the matrix rules, with
+    /// `skip_nonfinite` on (the GPU's counters are one for all groups) or
+    /// in the schedule-free eval mode.
     pub fn add_param_group(
         &mut self,
         config: impl Into<Config>,
-        _params: &[&[f32]],
+        params: &[&[f32]],
     ) -> Result<usize> {
         let config = config.into();
         let first = ParamGroup::new(self.config.clone(), Vec::new());
-        crate::groups::check_kind(&first, self.group_count(), &config)?;
+        let g = self.group_count();
+        crate::groups::check_kind(&first, g, &config)?;
         config.validate()?;
-        Err(Error::Unsupported(
-            "add_param_group on the GPU: give every group at construction \
-             (GpuOptimizer::with_param_groups)"
-                .into(),
-        ))
+        if params.is_empty() {
+            return Err(Error::EmptyParameterList);
+        }
+        let refuse = |why: &str| Err(Error::Unsupported(format!("add_param_group {why}")));
+        if !matches!(self.params, Storage::Owned(_)) || self.views.is_some() {
+            return refuse("on an optimizer over the caller's buffers (they cannot grow)");
+        }
+        if self.skip.is_some() {
+            return refuse("with skip_nonfinite on (the GPU counts one step for all groups)");
+        }
+        self.check_train_mode()?;
+        let n = self.layout.len();
+        let mut groups = self.groups();
+        groups.push(ParamGroup::new(config, (n..n + params.len()).collect()));
+        let flat = self.read_params_flat()?;
+        let mut all: Vec<&[f32]> = self.layout.split_unchecked(&flat);
+        all.extend_from_slice(params);
+        let options = GpuOptions {
+            // Equal chunks but the last: the first one's length is the
+            // chunk size this optimizer was built with.
+            max_chunk_elements: (self.chunks.len() > 1).then(|| self.chunks[0].len),
+            vector_width: None,
+            skip_bounds_checks: !self.variant.bounds_checked,
+        };
+        let mut grown = Self::with_param_groups(&self.ctx, &all, &groups, options)?;
+        // The state so far, into the old tensors' places; the new tensors
+        // keep their group's initial values.
+        let ctx = self.ctx.clone();
+        for name in self.state_names.clone() {
+            let old = self.read_state_flat(name)?;
+            let mut values = grown.read_state_flat(name)?;
+            values[..old.len()].copy_from_slice(&old);
+            let i = grown
+                .state_names
+                .iter()
+                .position(|n| *n == name)
+                .ok_or_else(|| Error::Unsupported(format!("state {name} lost")))?;
+            let storage = Storage::Owned(grown.buffers.state[i].clone());
+            ctx.scoped("moving the state to the grown optimizer", || {
+                grown.write_storage_tensors(&storage, &grown.layout.split_unchecked(&values))
+            })?;
+        }
+        let counters = self.counters;
+        let skipping = self.skip.is_some();
+        let grown_groups = grown.groups.as_mut().ok_or_else(|| {
+            Error::Unsupported("add_param_group: the grown optimizer has one group".into())
+        })?;
+        for k in 0..g {
+            let (behind, filled, state) = match &self.groups {
+                Some(old) => (
+                    old.behind[k],
+                    old.counters(k, counters, skipping).buffer_filled,
+                    old.scalar_state[k].clone(),
+                ),
+                None => (0, counters.buffer_filled, self.scalar_state.clone()),
+            };
+            grown_groups.behind[k] = behind;
+            grown_groups.filled[k] = filled;
+            grown_groups.scalar_state[k] = state;
+        }
+        grown_groups.behind[g] = counters.step;
+        grown.counters = counters;
+        grown.scalar_state = grown_groups.scalar_state[0].clone();
+        grown.grad_scale = self.grad_scale;
+        grown.inv_scale = self.inv_scale;
+        grown.skipped_before = self.skipped_before;
+        grown.set_clip_grad_norm(self.clip)?;
+        *self = grown;
+        Ok(g)
     }
 
     /// Number of parameter groups.
@@ -437,9 +537,15 @@ impl GpuOptimizer {
     }
 
     /// `skip_nonfinite` over several groups needs a rule without scalar
-    /// state: the step table of each count is then each group's own
-    /// function of the count.
+    /// state (the step table of each count is then each group's own
+    /// function of the count) and every group at the optimizer's step
+    /// count (the GPU's counters are one for all).
     pub(super) fn check_skip_groups(&self) -> Result<()> {
+        if self.groups.as_ref().is_some_and(GpuGroups::any_behind) {
+            return self.check_one_group(
+                "skip_nonfinite with a group added later (the GPU counts one step for all)",
+            );
+        }
         if self.group_count() > 1 && !self.config.scalar_state_names().is_empty() {
             return self.check_one_group(&format!(
                 "skip_nonfinite with {} (its scalar state)",

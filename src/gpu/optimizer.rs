@@ -645,8 +645,11 @@ impl GpuOptimizer {
                     .advance_scalar_state(&mut self.scalar_state, step);
                 match &mut self.groups {
                     Some(groups) => {
-                        for (group, state) in groups.groups.iter().zip(&mut groups.scalar_state) {
-                            group.config.advance_scalar_state(state, step);
+                        for g in 0..groups.groups.len() {
+                            let config = &groups.groups[g].config;
+                            let own = step - groups.behind[g];
+                            config.advance_scalar_state(&mut groups.scalar_state[g], own);
+                            groups.filled[g] |= config.fills_buffer_on_first_use();
                         }
                         let fills = groups
                             .groups
@@ -819,13 +822,18 @@ impl GpuOptimizer {
                         }
                     }
                 }
+                let counters = Counters {
+                    step: exact.step,
+                    buffer_filled: exact.buffer_filled,
+                };
                 let group_state = (0..groups.groups.len())
-                    .map(|g| GroupState {
-                        step: exact.step,
-                        buffer_filled: exact.buffer_filled,
+                    .map(|g| (g, groups.counters(g, counters, self.skip.is_some())))
+                    .map(|(g, own)| GroupState {
+                        step: own.step,
+                        buffer_filled: own.buffer_filled,
                         scalar_state: scalar_state_of(
                             &groups.groups[g].config,
-                            exact.step,
+                            own.step,
                             &groups.scalar_state[g],
                         )
                         .into_iter()
@@ -846,7 +854,9 @@ impl GpuOptimizer {
             lengths: self.layout.lengths().to_vec(),
             shapes: Vec::new(),
             step: exact.step,
-            buffer_filled: exact.buffer_filled,
+            buffer_filled: group_state
+                .first()
+                .map_or(exact.buffer_filled, |g: &GroupState| g.buffer_filled),
             state,
             scalar_state,
             params,
@@ -945,6 +955,9 @@ impl GpuOptimizer {
             for (g, (saved, counters)) in ckpt.groups.iter().zip(&ckpt.group_state).enumerate() {
                 groups.groups[g].config = saved.config.clone();
                 groups.scalar_state[g] = values(&counters.scalar_state);
+                // At most the optimizer's count (check_fits_groups).
+                groups.behind[g] = ckpt.step - counters.step;
+                groups.filled[g] = counters.buffer_filled;
             }
         }
         self.clip = ckpt.clip;
@@ -961,9 +974,9 @@ impl GpuOptimizer {
     }
 
     /// Checks a checkpoint of several groups, or one into an optimizer of
-    /// several, as the CPU optimizer does; the GPU's groups share one step
-    /// count, so a checkpoint whose groups are at different counts (a
-    /// group added later) is [`Error::Unsupported`].
+    /// several, as the CPU optimizer does. A group ahead of group 0 (whose
+    /// count is the optimizer's) is [`Error::Unsupported`], as is
+    /// `skip_nonfinite` with a group behind it.
     fn check_fits_groups(&self, ckpt: &Checkpoint) -> Result<()> {
         let groups = self.groups();
         let names: Vec<Vec<&'static str>> = (0..groups.len())
@@ -986,19 +999,21 @@ impl GpuOptimizer {
             self.layout.lengths(),
             &Default::default(),
         )?;
-        let first = (ckpt.step, ckpt.buffer_filled);
-        if ckpt
-            .group_state
-            .iter()
-            .any(|s| (s.step, s.buffer_filled) != first)
-        {
+        // Group 0's count is the optimizer's; a group added later is
+        // behind it, never ahead.
+        if ckpt.group_state.iter().any(|s| s.step > ckpt.step) {
             return Err(Error::Unsupported(
-                "a checkpoint whose parameter groups are at different step counts on the GPU \
-                 (its groups step together from construction)"
+                "a checkpoint of a parameter group ahead of group 0's step count on the GPU \
+                 (group 0's count is the optimizer's)"
                     .into(),
             ));
         }
         if ckpt.skip_nonfinite {
+            if ckpt.group_state.iter().any(|s| s.step != ckpt.step) {
+                return self.check_one_group(
+                    "skip_nonfinite with a group added later (the GPU counts one step for all)",
+                );
+            }
             self.check_skip_groups()?;
         }
         Ok(())

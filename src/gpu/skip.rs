@@ -214,6 +214,14 @@ impl GpuOptimizer {
                 if let Some(t) = self.skip.take() {
                     self.skipped_before += t.skipped_known;
                 }
+                // The GPU knew whether the momentum buffers were filled;
+                // each group's flag takes it over.
+                let counters = self.counters;
+                if let Some(groups) = &mut self.groups {
+                    for g in 0..groups.groups.len() {
+                        groups.filled[g] = groups.counters(g, counters, true).buffer_filled;
+                    }
+                }
                 Ok(())
             }
             _ => Ok(()),

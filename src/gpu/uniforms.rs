@@ -175,6 +175,10 @@ impl GpuOptimizer {
     ) {
         let config = &groups.groups[g].config;
         let state = &groups.scalar_state[g];
+        let own = groups.counters(g, self.counters, self.skip.is_some());
+        // The group's own count: `base` less the steps it has not taken
+        // (none while skipping: check_skip_groups).
+        let base = base - groups.behind[g];
         let mut table = [[0.0f32; 4]; TABLE_LEN];
         match &self.skip {
             // A rule without scalar state (check_skip_groups): each count's
@@ -185,7 +189,7 @@ impl GpuOptimizer {
             None => table[0] = config.step_entry(base + 1, state),
         }
         out.extend_from_slice(bytemuck::cast_slice(&table));
-        let scalars = config.step_scalars(self.counters.buffer_filled);
+        let scalars = config.step_scalars(own.buffer_filled);
         let rule = scalars.bytes();
         out.extend_from_slice(rule);
         out.resize(out.len() + rule.len().next_multiple_of(16) - rule.len(), 0);
