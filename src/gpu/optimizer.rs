@@ -962,6 +962,11 @@ impl GpuOptimizer {
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }
+        if ckpt.skip_nonfinite && self.precision().stochastic_rounding() {
+            return Err(Error::Unsupported(
+                "skip_nonfinite with stochastic rounding on the GPU".into(),
+            ));
+        }
         let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
         if ckpt.clip.is_some() || ckpt.skip_nonfinite {
             self.ensure_reduction()?;

@@ -201,6 +201,26 @@ impl GpuOptimizer {
         Ok(opt)
     }
 
+    /// Bytes the optimizer holds on the GPU for the model: its own
+    /// parameter buffers (the 16-bit parameters, the f32 master; none
+    /// when the parameters are the caller's) and state, each in its
+    /// format, chunks padded to 4 elements. The gradients are not counted,
+    /// as [`crate::CpuOptimizer::resident_bytes`] does not.
+    pub fn resident_bytes(&self) -> u64 {
+        let sum = |b: &[wgpu::Buffer]| b.iter().map(wgpu::Buffer::size).sum::<u64>();
+        let params = match &self.params {
+            Storage::Owned(b) => sum(b),
+            _ => 0,
+        };
+        let model = self
+            .precision
+            .as_ref()
+            .and_then(|p| p.model.as_deref())
+            .map_or(0, sum);
+        let state: u64 = self.buffers.state.iter().map(|s| sum(s)).sum();
+        params + model + state
+    }
+
     /// The precision the parameters and state are kept in.
     pub fn precision(&self) -> Precision {
         self.precision
