@@ -39,3 +39,35 @@ fn bf16_stochastic(x: f32, r: u32) -> u32 {
     if ((b & 0x7fffffffu) > 0x7f800000u) { return bf16_nearest(x); }
     return (b + (r & 0xffffu)) >> 16u;
 }
+
+// The f16 nearest to x (ties to even) in the low 16 bits, as the `half`
+// crate converts on the CPU: NaN quiet with the top of its payload and its
+// sign, overflow to ±inf, subnormals rounded at their own precision.
+fn f16_nearest(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    let sign = (b >> 16u) & 0x8000u;
+    let exp = (b >> 23u) & 0xffu;
+    let man = b & 0x7fffffu;
+    if (exp == 0xffu) {
+        if (man == 0u) { return sign | 0x7c00u; }
+        return sign | 0x7e00u | (man >> 13u);
+    }
+    let half_exp = i32(exp) - 112;
+    if (half_exp >= 31) { return sign | 0x7c00u; }
+    if (half_exp <= 0) {
+        if (half_exp < -10) { return sign; }
+        let m = man | 0x800000u;
+        let shift = u32(14 - half_exp);
+        let round_bit = 1u << (shift - 1u);
+        var h = m >> shift;
+        if ((m & round_bit) != 0u && (m & (3u * round_bit - 1u)) != 0u) { h = h + 1u; }
+        return sign | h;
+    }
+    let h = sign | (u32(half_exp) << 10u) | (man >> 13u);
+    if ((man & 0x1000u) != 0u && (man & 0x2fffu) != 0u) { return h + 1u; }
+    return h;
+}
+
+fn pack_f16(v: vec2<f32>) -> u32 {
+    return f16_nearest(v.x) | (f16_nearest(v.y) << 16u);
+}

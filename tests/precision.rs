@@ -628,7 +628,7 @@ fn an_inconsistent_low_precision_checkpoint_is_refused() {
     assert!(matches!(c.validate(), Err(Error::Checkpoint(_))));
 }
 
-/// The GPU in each 16-bit mode against the same reference: the rule's
+/// The GPU in each 16-bit mode (bf16 or f16) against the same reference: the rule's
 /// kernel rewritten for 16-bit storage, each value stored with the CPU's
 /// rounding operations. The GPU's f32 arithmetic may round differently
 /// from numpy's by a few ulps a step (tests/gpu_vs_cpu.rs: fused
@@ -665,6 +665,7 @@ fn gpu_bf16_modes_match_the_reference() {
     let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
     for mode in [
         "bf16_master",
+        "f16_master",
         "bf16_moments",
         "bf16_stochastic",
         "bf16_stochastic_bf16_moments",
@@ -866,7 +867,7 @@ fn lowbias(x: u32) -> u32 {
 }
 
 /// What the GPU does not keep in 16 bits yet is refused with a typed error
-/// before anything is made: f16 parameters, 8-bit state, LAMB and the
+/// before anything is made: f16 parameters without a master, 8-bit state, LAMB and the
 /// schedule-free rules (as on the CPU), a vector width other than the
 /// pairs, `skip_nonfinite` with stochastic rounding.
 #[test]
@@ -882,11 +883,12 @@ fn gpu_precision_refusals() {
     };
     let unsupported = |r: Result<GpuOptimizer, Error>| matches!(r, Err(Error::Unsupported(_)));
     let bf16 = mode(ParamDtype::Bf16, StateDtype::Bf16, true);
+    // f16 without a master (Precision::validate, as on the CPU).
     assert!(unsupported(GpuOptimizer::with_precision(
         &ctx,
         AdamW::default(),
         &p,
-        mode(ParamDtype::F16, StateDtype::F32, true)
+        mode(ParamDtype::F16, StateDtype::F32, false)
     )));
     assert!(unsupported(GpuOptimizer::with_precision(
         &ctx,

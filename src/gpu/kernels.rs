@@ -52,6 +52,9 @@ pub(crate) enum Param16 {
     MasterBf16,
     /// bf16 parameters (`param`, words) rounded stochastically, no master.
     StochasticBf16,
+    /// f16 parameters (`param16`) behind an f32 master (`param`), rounded
+    /// to nearest even on every store.
+    MasterF16,
 }
 
 /// The 16-bit storage of a kernel: the parameters' and whether every
@@ -289,10 +292,15 @@ fn packed16_body(source: &str, slots: &[&str], packed: Packed16) -> Option<Strin
                  \x20   return bf16_stochastic(v.x, r0) | (bf16_stochastic(v.y, r1) << 16u);\n}\n",
             );
         }
-        Param16::MasterBf16 => {
+        Param16::MasterBf16 | Param16::MasterF16 => {
             s = rewrite_stores(&s, "param")?;
-            helpers.push_str(
-                "fn store_param(i: u32, v: V) {\n    param[i] = v;\n    param16[i] = pack_bf16(v);\n}\n",
+            let pack = match packed.param {
+                Param16::MasterF16 => "pack_f16",
+                _ => "pack_bf16",
+            };
+            let _ = write!(
+                helpers,
+                "fn store_param(i: u32, v: V) {{\n    param[i] = v;\n    param16[i] = {pack}(v);\n}}\n"
             );
         }
     }
@@ -633,7 +641,7 @@ pub(super) fn kernel_for(
         // Before `info`.
         let at = bindings.len() - 3;
         match packed.param {
-            Param16::MasterBf16 => bindings.insert(at, PARAM16),
+            Param16::MasterBf16 | Param16::MasterF16 => bindings.insert(at, PARAM16),
             Param16::StochasticBf16 => bindings.insert(at, CHUNK_BASE),
             Param16::F32 => {}
         }
@@ -1047,7 +1055,12 @@ mod tests {
             let KernelShape::ElementWise { slots } = spec.shape else {
                 continue;
             };
-            for param in [Param16::F32, Param16::MasterBf16, Param16::StochasticBf16] {
+            for param in [
+                Param16::F32,
+                Param16::MasterBf16,
+                Param16::StochasticBf16,
+                Param16::MasterF16,
+            ] {
                 for state_bf16 in [false, true] {
                     let packed = Packed16 { param, state_bf16 };
                     let body = packed16_body(spec.source, slots, packed)
@@ -1065,7 +1078,7 @@ mod tests {
                     }
                     let at = bindings.len() - 3;
                     match param {
-                        Param16::MasterBf16 => bindings.insert(at, PARAM16),
+                        Param16::MasterBf16 | Param16::MasterF16 => bindings.insert(at, PARAM16),
                         Param16::StochasticBf16 => bindings.insert(at, CHUNK_BASE),
                         Param16::F32 => {}
                     }

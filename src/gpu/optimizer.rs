@@ -781,7 +781,7 @@ impl GpuOptimizer {
             let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
             let ctx = self.ctx.clone();
             return ctx.scoped("writing a state tensor", || {
-                self.write_words(&self.buffers.state[i], &flat)
+                self.write_words(&self.buffers.state[i], &flat, false)
             });
         }
         let storage = Storage::Owned(self.buffers.state[i].clone());
@@ -978,7 +978,7 @@ impl GpuOptimizer {
                 // Lengths validated above; bf16 values (validate) pack
                 // exactly.
                 if bf16_state {
-                    self.write_words(&self.buffers.state[i], values);
+                    self.write_words(&self.buffers.state[i], values, false);
                     continue;
                 }
                 let storage = Storage::Owned(self.buffers.state[i].clone());
@@ -986,7 +986,7 @@ impl GpuOptimizer {
             }
             match (&ckpt.params, self.model16()) {
                 (Some(p), Some(model)) => {
-                    self.write_words(model, p);
+                    self.write_words(model, p, self.params_f16());
                     if let Some(master) = &ckpt.master_params {
                         self.write_storage_tensors(
                             &self.params,
@@ -1096,7 +1096,7 @@ impl GpuOptimizer {
     /// With bf16 parameters: the model's, widened to f32.
     pub fn read_params_flat(&self) -> Result<Vec<f32>> {
         match self.model16() {
-            Some(model) => self.read_words(model),
+            Some(model) => self.read_words(model, self.params_f16()),
             None => self.read_storage(&self.params),
         }
     }
@@ -1117,7 +1117,7 @@ impl GpuOptimizer {
     pub fn read_state_flat(&self, name: &str) -> Result<Vec<f32>> {
         let i = state_index(&self.config, &self.state_names, name)?;
         if self.state_is_bf16() {
-            return self.read_words(&self.buffers.state[i]);
+            return self.read_words(&self.buffers.state[i], false);
         }
         self.read_storage(&Storage::Owned(self.buffers.state[i].clone()))
     }

@@ -35,11 +35,16 @@ pub(super) fn words(len: u64) -> u64 {
     padded(len, 4) / 2
 }
 
-/// `values` as bf16 words, rounded to nearest even, two to a word.
-fn to_words(values: &[f32]) -> Vec<u32> {
+/// `values` as bf16 (with `f16`, f16) words, rounded to nearest even,
+/// two to a word.
+fn to_words(values: &[f32], f16: bool) -> Vec<u32> {
+    let round = |x: f32| match f16 {
+        true => half::f16::from_f32(x).to_bits(),
+        false => f32_to_bf16(x),
+    };
     values
         .chunks(2)
-        .map(|p| pack2(f32_to_bf16(p[0]), p.get(1).map_or(0, |&x| f32_to_bf16(x))))
+        .map(|p| pack2(round(p[0]), p.get(1).map_or(0, |&x| round(x))))
         .collect()
 }
 
@@ -57,9 +62,10 @@ impl GpuOptimizer {
     /// values widened to f32; the gradients stay f32.
     ///
     /// On the GPU so far: bf16 parameters (with master weights, or rounded
-    /// stochastically) and bf16 state, for the element-wise rules; refused
+    /// stochastically), f16 parameters with master weights, and bf16
+    /// state, for the element-wise rules; refused
     /// ([`Error::Unsupported`]) as on the CPU for LAMB and the
-    /// schedule-free rules, and on the GPU for f16 parameters, 8-bit state,
+    /// schedule-free rules, and on the GPU for 8-bit state,
     /// `skip_nonfinite` with stochastic rounding, parameter groups and
     /// views.
     pub fn with_precision(
@@ -92,9 +98,6 @@ impl GpuOptimizer {
         let state_names = config.state_names_with(momentum_buffer);
         crate::precision::store::check_rule(&precision, &config, &state_names)?;
         let unsupported = |what: &str| Err(Error::Unsupported(format!("{what} on the GPU")));
-        if precision.param_dtype == ParamDtype::F16 {
-            return unsupported("f16 parameters");
-        }
         if precision.state_dtype == StateDtype::Int8Blockwise {
             return unsupported("8-bit state");
         }
@@ -110,6 +113,8 @@ impl GpuOptimizer {
         let param = match (precision.param_dtype, precision.master_weights) {
             (ParamDtype::Bf16, true) => Param16::MasterBf16,
             (ParamDtype::Bf16, false) => Param16::StochasticBf16,
+            // f16 without a master: Precision::validate refused it.
+            (ParamDtype::F16, _) => Param16::MasterF16,
             _ => Param16::F32,
         };
         if param == Param16::StochasticBf16 && layout.total() as u64 > u32::MAX as u64 {
@@ -157,7 +162,8 @@ impl GpuOptimizer {
                 Param16::StochasticBf16 => make("bf16 params", &word_bytes),
                 _ => make("params", &f32_bytes),
             };
-            let model = (param == Param16::MasterBf16).then(|| make("bf16 params", &word_bytes));
+            let model = matches!(param, Param16::MasterBf16 | Param16::MasterF16)
+                .then(|| make("16-bit params", &word_bytes));
             let bases: Vec<wgpu::Buffer> = chunks
                 .iter()
                 .filter(|_| param == Param16::StochasticBf16)
@@ -255,16 +261,21 @@ impl GpuOptimizer {
         }
     }
 
-    /// The values of 16-bit `buffers` (one a chunk), widened, packed.
-    pub(super) fn read_words(&self, buffers: &[wgpu::Buffer]) -> Result<Vec<f32>> {
+    /// The values of 16-bit `buffers` (one a chunk, bf16 or with `f16`
+    /// f16), widened, packed.
+    pub(super) fn read_words(&self, buffers: &[wgpu::Buffer], f16: bool) -> Result<Vec<f32>> {
+        let widen = |h: u16| match f16 {
+            true => half::f16::from_bits(h).to_f32(),
+            false => bf16_to_f32(h),
+        };
         let mut out = Vec::with_capacity(self.layout.total());
         for (range, b) in self.chunks.iter().zip(buffers) {
             let w = read_buffer(&self.ctx, b, 0, range.len.div_ceil(2) * 4)?;
             for (k, word) in w.iter().enumerate() {
                 let (lo, hi) = unpack2(word.to_bits());
-                out.push(bf16_to_f32(lo));
+                out.push(widen(lo));
                 if (2 * k + 1) < range.len as usize {
-                    out.push(bf16_to_f32(hi));
+                    out.push(widen(hi));
                 }
             }
         }
@@ -272,14 +283,20 @@ impl GpuOptimizer {
     }
 
     /// Writes `flat` (every element, packed) into 16-bit `buffers` rounded
-    /// to nearest even.
-    pub(super) fn write_words(&self, buffers: &[wgpu::Buffer], flat: &[f32]) {
+    /// to nearest even (bf16, or with `f16` f16).
+    pub(super) fn write_words(&self, buffers: &[wgpu::Buffer], flat: &[f32], f16: bool) {
         for (range, b) in self.chunks.iter().zip(buffers) {
             let values = &flat[range.start as usize..(range.start + range.len) as usize];
+            let words = to_words(values, f16);
             self.ctx
                 .queue
-                .write_buffer(b, 0, bytemuck::cast_slice(&to_words(values)));
+                .write_buffer(b, 0, bytemuck::cast_slice(&words));
         }
+    }
+
+    /// Whether the model's 16-bit parameters are f16.
+    pub(super) fn params_f16(&self) -> bool {
+        self.precision().param_dtype == ParamDtype::F16
     }
 
     /// Writes the parameters: with master weights the master takes them as
@@ -289,7 +306,7 @@ impl GpuOptimizer {
         if self.precision.as_ref()?.model.is_some() {
             self.write_storage_tensors(&self.params, &self.layout.split_unchecked(flat));
         }
-        self.write_words(model, flat);
+        self.write_words(model, flat, self.params_f16());
         Some(())
     }
 
@@ -303,7 +320,7 @@ impl GpuOptimizer {
             let init = self.config.state_initial_value(name);
             let flat = vec![init; self.layout.total()];
             ctx.scoped("filling the bf16 state", || {
-                self.write_words(&self.buffers.state[i], &flat)
+                self.write_words(&self.buffers.state[i], &flat, false)
             })?;
         }
         Ok(())
