@@ -751,9 +751,9 @@ fn readme_blocks_are_these() {
     }
 }
 
-/// The GPU keeps everything in f32: a checkpoint of bf16 parameters or
-/// 8-bit state would be widened there, so it is refused, and the GPU
-/// optimizer is as it was.
+/// A checkpoint of another precision would be widened or rounded: an f32
+/// GPU optimizer refuses a bf16/8-bit one and is as it was, and building a
+/// GPU optimizer from it is refused while the GPU has no 8-bit state.
 #[test]
 fn a_low_precision_checkpoint_does_not_load_on_the_gpu() {
     use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
@@ -777,9 +777,54 @@ fn a_low_precision_checkpoint_does_not_load_on_the_gpu() {
     ));
     assert!(matches!(
         GpuOptimizer::from_checkpoint(ctx(), &ckpt, GpuOptions::default()),
-        Err(Error::CheckpointMismatch { .. })
+        Err(Error::Unsupported(_))
     ));
     assert_eq!(snap_ckpt(&gpu.checkpoint().unwrap()), before);
+}
+
+/// A GPU optimizer in a 16-bit mode saves in its formats (bf16 parameters
+/// and state), restores into the GPU and goes on bit for bit (the same
+/// kernel from the same bits, stochastic rounding's counter included), and
+/// into the CPU exactly.
+#[test]
+fn a_bf16_gpu_checkpoint_restores_exactly() {
+    use wgpu_optim::precision::{ParamDtype, Precision, StateDtype};
+    let mut rng = Rng(4);
+    let p: Vec<Vec<f32>> = [301usize, 6].iter().map(|&n| rng.vec(n)).collect();
+    let grads: Vec<Vec<Vec<f32>>> = (0..5)
+        .map(|_| [301usize, 6].iter().map(|&n| rng.vec(n)).collect())
+        .collect();
+    for master_weights in [false, true] {
+        let precision = Precision {
+            param_dtype: ParamDtype::Bf16,
+            state_dtype: StateDtype::Bf16,
+            master_weights,
+            seed: 11,
+        };
+        let mut gpu =
+            GpuOptimizer::with_precision(ctx(), AdamW::default(), &refs(&p), precision).unwrap();
+        for g in &grads[..3] {
+            gpu.step(&refs(g)).unwrap();
+        }
+        let ckpt = gpu.checkpoint().unwrap();
+        assert_eq!(ckpt.precision, precision);
+        assert_eq!(ckpt.master_params.is_some(), master_weights);
+        let back = Checkpoint::from_bytes(&ckpt.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, ckpt);
+        assert_eq!(
+            CpuOptimizer::from_checkpoint(&back).unwrap().checkpoint(),
+            ckpt
+        );
+        let mut again = GpuOptimizer::from_checkpoint(ctx(), &back, GpuOptions::default()).unwrap();
+        for g in &grads[3..] {
+            gpu.step(&refs(g)).unwrap();
+            again.step(&refs(g)).unwrap();
+        }
+        assert_eq!(
+            snap_ckpt(&again.checkpoint().unwrap()),
+            snap_ckpt(&gpu.checkpoint().unwrap())
+        );
+    }
 }
 
 /// `torch_groups.safetensors` (`gen_torch_checkpoint.py write_groups`):

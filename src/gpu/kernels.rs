@@ -37,6 +37,32 @@ pub(crate) struct Variant {
     /// whose uniforms hold this many groups' scalars; 0 for the one-group
     /// kernels.
     pub(super) groups: u32,
+    /// 16-bit storage ([`Packed16`]); `None` for f32 everywhere.
+    pub(super) packed16: Option<Packed16>,
+}
+
+/// How a kernel with 16-bit storage keeps the parameters: it steps pairs
+/// of elements (`V` is `vec2<f32>`), each pair of 16-bit values one `u32`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Param16 {
+    /// f32 parameters.
+    F32,
+    /// bf16 parameters (`param16`, the model's) behind an f32 master
+    /// (`param`), rounded to nearest even on every store.
+    MasterBf16,
+    /// bf16 parameters (`param`, words) rounded stochastically, no master.
+    StochasticBf16,
+    /// f16 parameters (`param16`) behind an f32 master (`param`), rounded
+    /// to nearest even on every store.
+    MasterF16,
+}
+
+/// The 16-bit storage of a kernel: the parameters' and whether every
+/// state slot is bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Packed16 {
+    pub(crate) param: Param16,
+    pub(crate) state_bf16: bool,
 }
 
 /// How a kernel reads a binding.
@@ -147,6 +173,11 @@ enum Kind {
     /// this wide: the prologue `shaders/groups.wgsl`, the rule's file
     /// rewritten by [`grouped_body`], uniforms of `groups` groups.
     Grouped { width: u32, groups: u32 },
+    /// A rule's element-wise kernel with 16-bit storage: `V` is
+    /// `vec2<f32>`, the prologue `shaders/elementwise.wgsl` after
+    /// `shaders/packed16.wgsl`, the rule's file rewritten by
+    /// [`packed16_body`].
+    Packed16,
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -158,12 +189,13 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         Kind::Elementwise { width: 4 }
         | Kind::Views { width: 4 }
         | Kind::Grouped { width: 4, .. } => "vec4<f32>",
+        Kind::Packed16 => "vec2<f32>",
         _ => "f32",
     };
-    let (vu, vb) = if vector == "f32" {
-        ("u32", "bool")
-    } else {
-        ("vec4<u32>", "vec4<bool>")
+    let (vu, vb) = match vector {
+        "f32" => ("u32", "bool"),
+        "vec2<f32>" => ("vec2<u32>", "vec2<bool>"),
+        _ => ("vec4<u32>", "vec4<bool>"),
     };
     let _ = writeln!(s, "// Written by src/gpu/kernels.rs.");
     let _ = writeln!(s, "alias V = {vector};\nalias VU = {vu};\nalias VB = {vb};");
@@ -175,7 +207,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(StepTail::WGSL);
     s.push_str(TileHeader::WGSL);
     let members = match kind {
-        Kind::Elementwise { .. } | Kind::Views { .. } => {
+        Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 => {
             "    tail: StepTail,\n    rule: Scalars,\n"
         }
         Kind::Tiles { rule: true } => {
@@ -202,8 +234,11 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         );
     }
     s.push_str(include_str!("../../shaders/common.wgsl"));
+    if let Kind::Packed16 = kind {
+        s.push_str(PACKED16_WGSL);
+    }
     s.push_str(match kind {
-        Kind::Elementwise { .. } => include_str!("../../shaders/elementwise.wgsl"),
+        Kind::Elementwise { .. } | Kind::Packed16 => include_str!("../../shaders/elementwise.wgsl"),
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
         Kind::Grouped { .. } => GROUPS_WGSL,
@@ -217,6 +252,103 @@ const VIEWS_WGSL: &str = include_str!("../../shaders/views.wgsl");
 
 /// The table of a view kernel's tiles (`view_tiles` in views.wgsl).
 const VIEW_TILES: Binding = Binding::new("view_tiles", Access::Read, "array<vec4<u32>>");
+
+/// The 16-bit formats' WGSL (`shaders/packed16.wgsl`).
+const PACKED16_WGSL: &str = include_str!("../../shaders/packed16.wgsl");
+
+/// The extra bindings of 16-bit storage: the model's bf16 parameters
+/// behind a master, and the chunk's first element (stochastic rounding's
+/// counter).
+const PARAM16: Binding = Binding::new("param16", Access::ReadWrite, "array<u32>");
+const CHUNK_BASE: Binding = Binding::new("chunk_base", Access::Read, "array<u32>");
+
+/// A rule's file as a kernel with 16-bit storage needs it: every access
+/// `NAME[i]` to a 16-bit binding read through `load_NAME(i)` and every
+/// store `NAME[i] = e;` made `store_NAME(i, e);`, both written here (a
+/// pair of bf16 in one `u32`: unpacked exactly, packed rounded to nearest
+/// even, or stochastically for the parameters without a master). With a
+/// master the parameters' reads stay f32 and each store writes both.
+/// `None` when a store is not a whole `NAME[i] = e;` statement.
+fn packed16_body(source: &str, slots: &[&str], packed: Packed16) -> Option<String> {
+    let mut s = source.to_string();
+    let mut helpers = String::new();
+    let mut words: Vec<&str> = Vec::new();
+    if packed.state_bf16 {
+        words.extend(slots);
+    }
+    match packed.param {
+        Param16::F32 => {}
+        Param16::StochasticBf16 => {
+            words.push("param");
+            // Element k's bits are CounterRng's for this step at counter k
+            // (`u.tail.sr_key`, the step's part, from the host), k counted
+            // from the optimizer's first element (`chunk_base[0]`, the
+            // chunk's).
+            helpers.push_str(
+                "fn pack_bf16_stochastic(v: vec2<f32>, i: u32) -> u32 {\n\
+                 \x20   let k = chunk_base[0] + 2u * i;\n\
+                 \x20   let r0 = lowbias32(k ^ u.tail.sr_key);\n\
+                 \x20   let r1 = lowbias32((k + 1u) ^ u.tail.sr_key);\n\
+                 \x20   return bf16_stochastic(v.x, r0) | (bf16_stochastic(v.y, r1) << 16u);\n}\n",
+            );
+        }
+        Param16::MasterBf16 | Param16::MasterF16 => {
+            s = rewrite_stores(&s, "param")?;
+            let pack = match packed.param {
+                Param16::MasterF16 => "pack_f16",
+                _ => "pack_bf16",
+            };
+            let _ = write!(
+                helpers,
+                "fn store_param(i: u32, v: V) {{\n    param[i] = v;\n    param16[i] = {pack}(v);\n}}\n"
+            );
+        }
+    }
+    for name in words {
+        s = rewrite_stores(&s, name)?;
+        s = replace_access(&s, &format!("{name}[i]"), &format!("load_{name}(i)"));
+        let pack = if name == "param" {
+            "pack_bf16_stochastic(v, i)"
+        } else {
+            "pack_bf16(v)"
+        };
+        let _ = write!(
+            helpers,
+            "fn load_{name}(i: u32) -> V {{\n    return unpack_bf16({name}[i]);\n}}\n\
+             fn store_{name}(i: u32, v: V) {{\n    {name}[i] = {pack};\n}}\n"
+        );
+    }
+    Some(helpers + &s)
+}
+
+/// Each statement `name[i] = e;` of `source` as `store_name(i, e);`;
+/// `None` when `name[i]` is assigned any other way (`+=`, ...).
+fn rewrite_stores(source: &str, name: &str) -> Option<String> {
+    let target = format!("{name}[i] =");
+    let mut out = String::with_capacity(source.len() + 64);
+    let mut at = 0;
+    while let Some(k) = source[at..].find(&target) {
+        let start = at + k;
+        let whole = start == 0 || !is_ident(source.as_bytes()[start - 1]);
+        let after = start + target.len();
+        if !whole || source[after..].starts_with('=') {
+            out.push_str(&source[at..after]);
+            at = after;
+            continue;
+        }
+        let end = after + source[after..].find(';')?;
+        out.push_str(&source[at..start]);
+        let _ = write!(out, "store_{name}(i, {});", source[after..end].trim());
+        at = end + 1;
+    }
+    out.push_str(&source[at..]);
+    for op in ["+=", "-=", "*=", "/="] {
+        if out.contains(&format!("{name}[i] {op}")) {
+            return None;
+        }
+    }
+    Some(out)
+}
 
 /// The prologue of the kernels over several parameter groups.
 const GROUPS_WGSL: &str = include_str!("../../shaders/groups.wgsl");
@@ -440,6 +572,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
         bounds_checked: !options.skip_bounds_checks,
         views: false,
         groups: 0,
+        packed16: None,
     })
 }
 
@@ -491,6 +624,43 @@ pub(super) fn kernel_for(
         KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
     let mut bindings = elementwise_bindings(slots);
+    if let Some(packed) = variant.packed16 {
+        let body = packed16_body(source, slots, packed)
+            .filter(|_| !variant.views && variant.groups == 0)
+            .ok_or_else(|| Error::Unsupported(format!("the {name} kernel with 16-bit storage")))?;
+        for b in bindings.iter_mut() {
+            let word = match b.name {
+                "param" => packed.param == Param16::StochasticBf16,
+                "grad" | "info" | "counters" | "u" => false,
+                _ => packed.state_bf16,
+            };
+            if word {
+                b.wgsl_type = "array<u32>";
+            }
+        }
+        // Before `info`.
+        let at = bindings.len() - 3;
+        match packed.param {
+            Param16::MasterBf16 | Param16::MasterF16 => bindings.insert(at, PARAM16),
+            Param16::StochasticBf16 => bindings.insert(at, CHUNK_BASE),
+            Param16::F32 => {}
+        }
+        check_kernel_limits(
+            &limits,
+            &format!("the {name} kernel with 16-bit storage"),
+            &bindings,
+            0,
+        )?;
+        return compile(
+            ctx,
+            name,
+            &compose(Kind::Packed16, &bindings, &[], &body),
+            &["main"],
+            overrides,
+            bindings,
+            variant,
+        );
+    }
     if variant.groups > 0 {
         let body = grouped_body(source)
             .filter(|_| !variant.views)
@@ -588,6 +758,7 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
             width: 1,
             views: false,
             groups: 0,
+            packed16: None,
             ..variant
         },
     )
@@ -873,6 +1044,55 @@ mod tests {
         }
     }
 
+    /// Every element-wise rule's file rewrites into a valid kernel for
+    /// every 16-bit storage, with no direct access left to a 16-bit
+    /// binding but through its load and store.
+    #[test]
+    fn packed16_kernels_compose() {
+        for kind in RuleKind::ALL {
+            let config = kind.default_config();
+            let spec = config.kernel();
+            let KernelShape::ElementWise { slots } = spec.shape else {
+                continue;
+            };
+            for param in [
+                Param16::F32,
+                Param16::MasterBf16,
+                Param16::StochasticBf16,
+                Param16::MasterF16,
+            ] {
+                for state_bf16 in [false, true] {
+                    let packed = Packed16 { param, state_bf16 };
+                    let body = packed16_body(spec.source, slots, packed)
+                        .unwrap_or_else(|| panic!("{}: {packed:?}", spec.name));
+                    let mut bindings = elementwise_bindings(slots);
+                    for b in bindings.iter_mut() {
+                        let word = match b.name {
+                            "param" => param == Param16::StochasticBf16,
+                            "grad" | "info" | "counters" | "u" => false,
+                            _ => state_bf16,
+                        };
+                        if word {
+                            b.wgsl_type = "array<u32>";
+                        }
+                    }
+                    let at = bindings.len() - 3;
+                    match param {
+                        Param16::MasterBf16 | Param16::MasterF16 => bindings.insert(at, PARAM16),
+                        Param16::StochasticBf16 => bindings.insert(at, CHUNK_BASE),
+                        Param16::F32 => {}
+                    }
+                    module(&compose(Kind::Packed16, &bindings, &[], &body));
+                }
+            }
+        }
+        assert_eq!(
+            rewrite_stores("    exp_avg[i] = m * 2.0;\n    x = exp_avg[i];", "exp_avg").unwrap(),
+            "    store_exp_avg(i, m * 2.0);\n    x = exp_avg[i];"
+        );
+        assert!(rewrite_stores("exp_avg[i] += g;", "exp_avg").is_none());
+    }
+
     /// The numbers shared with Rust come from Rust: the rule files and the
     /// shared parts hold no binding numbers, workgroup sizes or flag values
     /// of their own.
@@ -884,6 +1104,7 @@ mod tests {
             include_str!("../../shaders/tiles.wgsl"),
             VIEWS_WGSL,
             GROUPS_WGSL,
+            PACKED16_WGSL,
             REDUCE_WGSL,
         ];
         let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);

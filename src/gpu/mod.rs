@@ -8,6 +8,7 @@ mod groups;
 mod kernels;
 mod mode;
 mod optimizer;
+mod precision;
 mod readback;
 mod resources;
 mod skip;

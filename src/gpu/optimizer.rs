@@ -15,6 +15,7 @@ use crate::rules::Config;
 use super::chunks::{chunk_elements, padded, split_chunks, ChunkRange, Tiling};
 use super::groups::GpuGroups;
 use super::kernels::{kernel_for, variant, Kernel, Variant};
+use super::precision::GpuPrecision;
 use super::readback::{map_counters, read_buffer};
 use super::resources::{OwnedResources, Storage};
 use super::skip::{SkipTracker, COUNTER_WORDS};
@@ -108,6 +109,9 @@ pub struct GpuOptimizer {
     /// Several parameter groups ([`GpuOptimizer::with_param_groups`]);
     /// `None` for one.
     pub(super) groups: Option<GpuGroups>,
+    /// 16-bit parameters or state ([`GpuOptimizer::with_precision`]);
+    /// `None` for f32.
+    pub(super) precision: Option<GpuPrecision>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -396,6 +400,7 @@ impl GpuOptimizer {
             &tiling,
             layout.len(),
             rule_stride,
+            variant.packed16.is_some_and(|p| p.state_bf16),
         )?;
         let mut opt = GpuOptimizer {
             ctx: ctx.clone(),
@@ -421,15 +426,17 @@ impl GpuOptimizer {
             eval: false,
             views,
             groups: None,
+            precision: None,
         };
         if is_lamb {
             // LAMB's own kernels are tile kernels: their bind groups are
             // needed from the first step.
             let kernel = opt.kernel.clone();
             opt.attach_tile_groups(&kernel)?;
-        } else if variant.groups == 0 {
+        } else if variant.groups == 0 && variant.packed16.is_none() {
             // A grouped kernel's bind groups need the group tables
-            // (GpuOptimizer::with_param_groups makes them).
+            // (GpuOptimizer::with_param_groups makes them), a 16-bit one its
+            // buffers (with_precision).
             opt.attach_rule_groups()?;
         }
         Ok(opt)
@@ -747,10 +754,17 @@ impl GpuOptimizer {
     }
 
     /// Replaces the parameters with these values (same layout).
+    /// With bf16 parameters ([`GpuOptimizer::with_precision`]) the master
+    /// weights take them as given, the parameters rounded.
     pub fn write_params(&mut self, params: &[&[f32]]) -> Result<()> {
         self.layout.check(params)?;
         self.check_host_writable(&self.params, "parameter")?;
         let ctx = self.ctx.clone();
+        if self.model16().is_some() {
+            let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
+            ctx.scoped("uploading parameters", || self.write_params16(&flat))?;
+            return Ok(());
+        }
         ctx.scoped("uploading parameters", || {
             self.write_storage_tensors(&self.params, params)
         })
@@ -763,6 +777,13 @@ impl GpuOptimizer {
     pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
         let i = state_index(&self.config, &self.state_names, name)?;
         self.layout.check(tensors)?;
+        if self.state_is_bf16() {
+            let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
+            let ctx = self.ctx.clone();
+            return ctx.scoped("writing a state tensor", || {
+                self.write_words(&self.buffers.state[i], &flat, false)
+            });
+        }
         let storage = Storage::Owned(self.buffers.state[i].clone());
         let ctx = self.ctx.clone();
         ctx.scoped("writing a state tensor", || {
@@ -867,8 +888,8 @@ impl GpuOptimizer {
             scheduler: None,
             groups,
             group_state,
-            precision: Default::default(),
-            master_params: None,
+            precision: self.precision(),
+            master_params: self.master_params()?,
             quantized: Vec::new(),
         })
     }
@@ -889,6 +910,18 @@ impl GpuOptimizer {
             ));
         };
         let layout = Layout::new(&ckpt.lengths)?;
+        if !ckpt.precision.is_f32() && ckpt.groups.is_empty() {
+            let start = ckpt.master_params.as_ref().unwrap_or(flat);
+            let mut opt = Self::with_precision_options(
+                ctx,
+                ckpt.config.clone(),
+                &layout.split(start)?,
+                ckpt.precision,
+                options,
+            )?;
+            opt.load_checkpoint(ckpt)?;
+            return Ok(opt);
+        }
         if !ckpt.groups.is_empty() {
             let mut opt =
                 Self::with_param_groups(ctx, &layout.split(flat)?, &ckpt.groups, options)?;
@@ -914,8 +947,8 @@ impl GpuOptimizer {
     /// changes. The writes reach the GPU before the next submitted step.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
         ckpt.validate()?;
-        // The GPU keeps everything in f32: a low-precision checkpoint is a
-        // mismatch (its 8-bit codes or 16-bit values would be widened).
+        // A checkpoint of another precision is a mismatch (its values would
+        // be widened or rounded).
         if self.groups.is_some() || !ckpt.groups.is_empty() {
             self.check_fits_groups(ckpt)?;
         } else {
@@ -923,25 +956,48 @@ impl GpuOptimizer {
                 &self.config,
                 &self.state_names,
                 self.layout.lengths(),
-                &Default::default(),
+                &self.precision(),
             )?;
         }
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
+        }
+        if ckpt.skip_nonfinite && self.precision().stochastic_rounding() {
+            return Err(Error::Unsupported(
+                "skip_nonfinite with stochastic rounding on the GPU".into(),
+            ));
         }
         let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
         if ckpt.clip.is_some() || ckpt.skip_nonfinite {
             self.ensure_reduction()?;
         }
         let ctx = self.ctx.clone();
+        let bf16_state = self.state_is_bf16();
         ctx.scoped("restoring a checkpoint", || {
             for (i, (_, values)) in ckpt.state.iter().enumerate() {
+                // Lengths validated above; bf16 values (validate) pack
+                // exactly.
+                if bf16_state {
+                    self.write_words(&self.buffers.state[i], values, false);
+                    continue;
+                }
                 let storage = Storage::Owned(self.buffers.state[i].clone());
-                // Lengths validated above.
                 self.write_storage_tensors(&storage, &self.layout.split_unchecked(values));
             }
-            if let Some(p) = &ckpt.params {
-                self.write_storage_tensors(&self.params, &self.layout.split_unchecked(p));
+            match (&ckpt.params, self.model16()) {
+                (Some(p), Some(model)) => {
+                    self.write_words(model, p, self.params_f16());
+                    if let Some(master) = &ckpt.master_params {
+                        self.write_storage_tensors(
+                            &self.params,
+                            &self.layout.split_unchecked(master),
+                        );
+                    }
+                }
+                (Some(p), None) => {
+                    self.write_storage_tensors(&self.params, &self.layout.split_unchecked(p))
+                }
+                (None, _) => {}
             }
         })?;
         self.config = ckpt.config.clone();
@@ -1037,8 +1093,12 @@ impl GpuOptimizer {
     }
 
     /// Reads the parameters back, packed.
+    /// With bf16 parameters: the model's, widened to f32.
     pub fn read_params_flat(&self) -> Result<Vec<f32>> {
-        self.read_storage(&self.params)
+        match self.model16() {
+            Some(model) => self.read_words(model, self.params_f16()),
+            None => self.read_storage(&self.params),
+        }
     }
 
     /// Reads the parameters back, one vector per tensor.
@@ -1053,8 +1113,12 @@ impl GpuOptimizer {
     }
 
     /// Reads the state tensor `name` back, packed.
+    /// bf16 state widened to f32.
     pub fn read_state_flat(&self, name: &str) -> Result<Vec<f32>> {
         let i = state_index(&self.config, &self.state_names, name)?;
+        if self.state_is_bf16() {
+            return self.read_words(&self.buffers.state[i], false);
+        }
         self.read_storage(&Storage::Owned(self.buffers.state[i].clone()))
     }
 

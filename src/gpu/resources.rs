@@ -9,6 +9,7 @@ use crate::gpu::GpuContext;
 use crate::rules::Config;
 
 use super::chunks::{check_size, padded, ChunkRange, Tiling};
+use super::kernels::Param16;
 use super::kernels::{Kernel, WORKGROUP_SIZE};
 use super::optimizer::GpuOptimizer;
 use super::readback::read_buffer;
@@ -104,6 +105,7 @@ impl OwnedResources {
     /// Checks every size against the device's limits, then makes the
     /// buffers (no bind groups yet: `attach_rule_groups`,
     /// `attach_tile_groups`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn create(
         ctx: &GpuContext,
         config: &Config,
@@ -112,6 +114,7 @@ impl OwnedResources {
         tiling: &Tiling,
         n_tensors: usize,
         rule_stride: u64,
+        state_bf16: bool,
     ) -> Result<Self> {
         let tables = tiling.tables();
         let limits = ctx.limits();
@@ -147,6 +150,11 @@ impl OwnedResources {
                     chunks
                         .iter()
                         .map(|c| {
+                            // bf16 state: half the bytes, filled by its
+                            // constructor.
+                            if state_bf16 {
+                                return storage_buffer(name, super::precision::words(c.len) * 4);
+                            }
                             let buffer = storage_buffer(name, padded(c.len, 4) * 4);
                             if init != 0.0 {
                                 let fill = vec![init; padded(c.len, 4) as usize];
@@ -221,6 +229,8 @@ impl GpuOptimizer {
             "tables",
             "partials",
             "group_tiles",
+            "param16",
+            "chunk_base",
             "u",
         ];
         for (ci, range) in self.chunks.iter().enumerate() {
@@ -245,7 +255,23 @@ impl GpuOptimizer {
                 .iter()
                 .enumerate()
                 .map(|(i, k)| {
+                    let packed = self.variant.packed16;
+                    let sr = packed.is_some_and(|p| p.param == Param16::StochasticBf16);
+                    let state_words = packed.is_some_and(|p| p.state_bf16);
+                    let precision = self.precision.as_ref();
                     let resource = match k.name {
+                        // 16-bit buffers bound whole: a pair a word.
+                        "param" if sr => self.params.buffers()[ci].as_entire_binding(),
+                        "param16" => match precision.and_then(|p| p.model.as_ref()) {
+                            Some(model) => model[ci].as_entire_binding(),
+                            None => unreachable!("a master kernel's bind groups need its model"),
+                        },
+                        "chunk_base" => match precision {
+                            Some(p) => p.chunk_bases[ci].as_entire_binding(),
+                            None => {
+                                unreachable!("a stochastic kernel's bind groups need its bases")
+                            }
+                        },
                         "param" => {
                             wgpu::BindingResource::Buffer(self.params.binding(ci, range, width))
                         }
@@ -266,6 +292,7 @@ impl GpuOptimizer {
                             size: NonZeroU64::new(stride),
                         }),
                         name => match self.state_names.iter().position(|n| *n == name) {
+                            Some(si) if state_words => b.state[si][ci].as_entire_binding(),
                             Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                                 buffer: &b.state[si][ci],
                                 offset: 0,

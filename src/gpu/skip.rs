@@ -206,6 +206,13 @@ impl GpuOptimizer {
         match (skip, self.skip.is_some()) {
             (true, false) => {
                 self.check_skip_groups()?;
+                if self.precision().stochastic_rounding() {
+                    // The random bits follow the applied step, which the
+                    // host no longer knows when queuing.
+                    return Err(Error::Unsupported(
+                        "skip_nonfinite with stochastic rounding on the GPU".into(),
+                    ));
+                }
                 self.ensure_reduction()?;
                 self.start_skipping()
             }

@@ -90,6 +90,12 @@ gpu_struct! {
         base: u32 => "u32",
         /// Low 32 bits of this step's number among the steps the host queued.
         host_step: u32 => "u32",
+        /// Stochastic rounding: this step's part of each element's random
+        /// bits (`shaders/packed16.wgsl`); 0 otherwise.
+        sr_key: u32 => "u32",
+        _pad0: u32 => "u32",
+        _pad1: u32 => "u32",
+        _pad2: u32 => "u32",
         /// Entry j: the step-dependent scalars of step `base + 1 + j`.
         table: [[f32; 4]; TABLE_LEN] => "array<vec4<f32>, TABLE_LEN>",
     }
@@ -247,6 +253,10 @@ impl GpuOptimizer {
             inv_scale: self.inv_scale,
             base: base as u32,
             host_step: (host_step + 1) as u32,
+            sr_key: self.stochastic_rounding_key(base + 1),
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
             table: [[0.0; 4]; TABLE_LEN],
         };
         match &self.skip {

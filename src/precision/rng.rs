@@ -55,6 +55,13 @@ impl CounterRng {
         fold(self.key, index)
     }
 
+    /// The step's part of [`CounterRng::bits32`] for counters below 2^32,
+    /// whose high half is 0: `bits32(i) = lowbias32(i ^ gpu_key())`, how a
+    /// kernel draws them from one number a step.
+    pub(crate) fn gpu_key(&self) -> u32 {
+        lowbias32(self.key)
+    }
+
     /// 16 random bits for counter `index` (the low half of
     /// [`CounterRng::bits32`]).
     #[inline(always)]

@@ -13,6 +13,8 @@ pub(super) struct GpuTimes {
     pub(super) dma_copy_gbps: Option<f64>,
     pub(super) dispatches: usize,
     pub(super) variant: String,
+    /// What the optimizer holds ([`GpuOptimizer::resident_bytes`]).
+    pub(super) resident_bytes: u64,
 }
 
 /// The GPU optimizer of `preset` over `params` laid out as `layout` asks:
@@ -28,7 +30,27 @@ pub(super) fn gpu_optimizer(
     layout: BenchLayout,
     params: &[&[f32]],
     options: GpuOptions,
+    precision: Precision,
 ) -> wgpu_optim::Result<GpuOptimizer> {
+    if !precision.is_f32() {
+        if layout != BenchLayout::Packed {
+            return Err(wgpu_optim::Error::Unsupported(
+                "--param-dtype, --state-dtype or --master-weights with --layout scattered".into(),
+            ));
+        }
+        // The 16-bit kernels step pairs: their own width.
+        let options = GpuOptions {
+            vector_width: None,
+            ..options
+        };
+        return GpuOptimizer::with_precision_options(
+            ctx,
+            preset.config(),
+            params,
+            precision,
+            options,
+        );
+    }
     if layout == BenchLayout::Packed {
         return GpuOptimizer::with_options(ctx, preset.config(), params, options);
     }
@@ -99,7 +121,14 @@ pub(super) fn bench_gpu(
     let args = plan.args;
     let label = plan.pb.message();
     plan.pb.set_message(format!("{label} (warm-up)"));
-    let mut opt = gpu_optimizer(ctx, preset, layout, params, args.gpu_options())?;
+    let mut opt = gpu_optimizer(
+        ctx,
+        preset,
+        layout,
+        params,
+        args.gpu_options(),
+        args.precision(),
+    )?;
     let unchecked = args.unchecked && layout == BenchLayout::Packed;
     opt.set_clip_grad_norm(preset.clip())?;
     opt.write_grads(grads)?;
@@ -180,12 +209,13 @@ pub(super) fn bench_gpu(
         copy_gbps,
         dma_copy_gbps,
         dispatches: opt.dispatches_per_step(),
+        resident_bytes: opt.resident_bytes(),
         variant: format!(
             "{}{}",
-            if opt.vector_width() == 4 {
-                "vec4"
-            } else {
-                "scalar"
+            match opt.vector_width() {
+                4 => "vec4",
+                2 => "pairs",
+                _ => "scalar",
             },
             if unchecked { "+unchecked" } else { "" }
         ),
@@ -475,9 +505,10 @@ pub(super) fn verify(
     grads: &[&[f32]],
     flat_params: &[f32],
     flat_grads: &[f32],
+    precision: Precision,
 ) -> wgpu_optim::Result<Verify> {
     let gpu = {
-        let mut opt = gpu_optimizer(ctx, preset, layout, params, options)?;
+        let mut opt = gpu_optimizer(ctx, preset, layout, params, options, precision)?;
         opt.set_clip_grad_norm(preset.clip())?;
         opt.write_grads(grads)?;
         for _ in 0..steps {
@@ -485,12 +516,19 @@ pub(super) fn verify(
         }
         opt.read_params_flat()?
     };
-    let mut cpu = CpuOptimizer::new(preset.config(), params)?;
+    let mut cpu = CpuOptimizer::with_precision(preset.config(), params, precision)?;
     cpu.set_clip_grad_norm(preset.clip())?;
     for _ in 0..steps {
         cpu.step_flat(flat_grads)?;
     }
-    Ok(compare(&gpu, cpu.params_flat(), flat_params, steps))
+    let mut v = compare(&gpu, cpu.params_flat(), flat_params, steps);
+    if precision.param_dtype != ParamDtype::F32 || precision.state_dtype != StateDtype::F32 {
+        // A stored 16-bit value may differ by one unit of its format (2⁻⁸
+        // of it, 2¹⁵ ε) where the two f32 results straddle a rounding
+        // boundary, once a step: the bound allows that much more.
+        v.limit += 32768.0 * steps as f64;
+    }
+    Ok(v)
 }
 
 /// The `--verify` verdict on parameters `gpu` and `cpu` reached from `start`

@@ -887,11 +887,6 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                                 Some(cpu_roofline_gbps(&flat_grads, args.steps.min(10)));
                         })
                     }
-                    (Backend::Gpu, Some(_)) if !args.precision().is_f32() => {
-                        Err(wgpu_optim::Error::Unsupported(
-                            "--param-dtype, --state-dtype and --master-weights on the GPU (CPU only, so far)".into(),
-                        ))
-                    }
                     (Backend::Gpu, Some(ctx)) => {
                         row.adapter = ctx.adapter_label();
                         bench_gpu(&plan, ctx, preset, layout, &params, &grads).and_then(|t| {
@@ -903,6 +898,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                             row.copy_gbps = t.copy_gbps;
                             row.dma_copy_gbps = t.dma_copy_gbps;
                             row.dispatches_per_step = t.dispatches;
+                            row.resident_bytes_per_param = Some(t.resident_bytes as f64 / n as f64);
                             if args.verify {
                                 pb.set_message(format!("{label} (verify)"));
                                 let v = verify(
@@ -915,6 +911,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                                     &grads,
                                     &flat_params,
                                     &flat_grads,
+                                    args.precision(),
                                 )?;
                                 row.verify = Some(v);
                             }
