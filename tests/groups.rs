@@ -526,6 +526,48 @@ const GPU_SCALAR: [usize; 4] = [300, 5, 130, 63];
 const GPU_VEC4: [usize; 4] = [256, 8, 132, 64];
 const GPU_STEPS: usize = 6;
 
+/// The GPU's parameters and every state tensor within
+/// `steps·K·ε·scale` of the CPU's, element by element, as
+/// tests/gpu_vs_cpu.rs argues (the rule's `K` from tests/common/cases.rs;
+/// the scale from the CPU's values over the run, `envelopes`: parameters,
+/// then each state in `cpu.state_names()` order).
+fn assert_within_gpu_bound(
+    desc: &str,
+    cpu: &CpuOptimizer,
+    gpu: &GpuOptimizer,
+    envelopes: &[Envelope],
+    steps: usize,
+) {
+    let (k_params, k_state) = cases::info(cpu.config().kind()).gpu_k;
+    let eps = f32::EPSILON as f64;
+    let mut buffers = vec![(
+        "params",
+        cpu.params_flat().to_vec(),
+        gpu.read_params_flat().unwrap(),
+    )];
+    for n in cpu.state_names() {
+        buffers.push((
+            n,
+            cpu.state_flat(n).unwrap().to_vec(),
+            gpu.read_state_flat(n).unwrap(),
+        ));
+    }
+    assert_eq!(buffers.len(), envelopes.len(), "{desc}");
+    for ((name, c, g), env) in buffers.iter().zip(envelopes) {
+        let k = if *name == "params" { k_params } else { k_state };
+        assert_eq!(c.len(), g.len(), "{desc}: {name}");
+        for i in 0..c.len() {
+            let bound = steps as f64 * k * eps * env.scale(i);
+            assert!(
+                (c[i] as f64 - g[i] as f64).abs() <= bound,
+                "{desc}: {name}[{i}]: cpu {} gpu {} (bound {bound:e})",
+                c[i],
+                g[i]
+            );
+        }
+    }
+}
+
 /// One group-by-group GPU run beside the CPU's, compared as
 /// tests/gpu_vs_cpu.rs argues (`|gpu − cpu| ≤ steps·K·ε·scale` per
 /// element, the rule's `K` from tests/common/cases.rs): the grouped kernel
@@ -576,34 +618,7 @@ fn compare_groups(desc: &str, groups: &[ParamGroup], lengths: &[usize], clip: bo
         }
     }
     assert_eq!(gpu.group_config(1).unwrap().lr(), lr1, "{desc}");
-    let (k_params, k_state) = cases::info(groups[0].config.kind()).gpu_k;
-    let eps = f32::EPSILON as f64;
-    let mut buffers = vec![(
-        "params",
-        cpu.params_flat().to_vec(),
-        gpu.read_params_flat().unwrap(),
-    )];
-    for n in &names {
-        buffers.push((
-            n,
-            cpu.state_flat(n).unwrap().to_vec(),
-            gpu.read_state_flat(n).unwrap(),
-        ));
-    }
-    for ((name, c, g), env) in buffers.iter().zip(&envelopes) {
-        let k = if *name == "params" { k_params } else { k_state };
-        assert_eq!(c.len(), g.len(), "{desc}: {name}");
-        for i in 0..c.len() {
-            let bound = GPU_STEPS as f64 * k * eps * env.scale(i);
-            let diff = (c[i] as f64 - g[i] as f64).abs();
-            assert!(
-                diff <= bound,
-                "{desc}: {name}[{i}]: cpu {} gpu {} (bound {bound:e})",
-                c[i],
-                g[i]
-            );
-        }
-    }
+    assert_within_gpu_bound(desc, &cpu, &gpu, &envelopes, GPU_STEPS);
     gpu.vector_width()
 }
 
@@ -969,34 +984,9 @@ fn gpu_add_param_group_matches_the_cpu() {
             ckpt.group_state[1].buffer_filled,
             cpu_ckpt.group_state[1].buffer_filled
         );
-        // Six steps with the first group, the argument's count.
-        let (k_params, k_state) = cases::info(first.kind()).gpu_k;
-        let eps = f32::EPSILON as f64;
         assert_eq!(cpu.state_names(), names.as_slice());
-        let mut buffers = vec![(
-            "params",
-            cpu.params_flat().to_vec(),
-            gpu.read_params_flat().unwrap(),
-        )];
-        for n in &names {
-            buffers.push((
-                n,
-                cpu.state_flat(n).unwrap().to_vec(),
-                gpu.read_state_flat(n).unwrap(),
-            ));
-        }
-        for ((name, c, g), env) in buffers.iter().zip(&envelopes) {
-            let k = if *name == "params" { k_params } else { k_state };
-            for i in 0..c.len() {
-                let bound = 6.0 * k * eps * env.scale(i);
-                assert!(
-                    (c[i] as f64 - g[i] as f64).abs() <= bound,
-                    "{desc}: {name}[{i}]: cpu {} gpu {}",
-                    c[i],
-                    g[i]
-                );
-            }
-        }
+        // Six steps with the first group, the argument's count.
+        assert_within_gpu_bound(&desc, &cpu, &gpu, &envelopes, 6);
         let back = CpuOptimizer::from_checkpoint(&ckpt).unwrap();
         assert_eq!(back.checkpoint(), ckpt, "{desc}");
     }

@@ -156,24 +156,45 @@ fn adamw() -> AdamW {
     }
 }
 
-fn check_mode(mode: &str) {
-    let st = SafeTensors::deserialize(DATA).unwrap();
-    let lengths: Vec<usize> = serde_json::from_str(&meta("lengths")).unwrap();
-    let steps: usize = meta("steps").parse().unwrap();
-    let init = f32s(&st, "init");
-    let grads = f32s(&st, "grads");
-    let total: usize = lengths.iter().sum();
-    let split = |flat: &[f32]| -> Vec<Vec<f32>> {
+/// The reference's run: its tensors' lengths, steps, initial parameters
+/// and gradients (flat), and the split of a flat vector into its tensors.
+struct Reference {
+    lengths: Vec<usize>,
+    steps: usize,
+    init: Vec<f32>,
+    grads: Vec<f32>,
+    total: usize,
+}
+
+impl Reference {
+    fn load(st: &SafeTensors<'_>) -> Self {
+        let lengths: Vec<usize> = serde_json::from_str(&meta("lengths")).unwrap();
+        Reference {
+            steps: meta("steps").parse().unwrap(),
+            init: f32s(st, "init"),
+            grads: f32s(st, "grads"),
+            total: lengths.iter().sum(),
+            lengths,
+        }
+    }
+
+    fn split(&self, flat: &[f32]) -> Vec<Vec<f32>> {
         let mut at = 0;
-        lengths
+        self.lengths
             .iter()
             .map(|&n| {
                 at += n;
                 flat[at - n..at].to_vec()
             })
             .collect()
-    };
-    let p = split(&init);
+    }
+}
+
+fn check_mode(mode: &str) {
+    let st = SafeTensors::deserialize(DATA).unwrap();
+    let r = Reference::load(&st);
+    let (steps, total, grads) = (r.steps, r.total, &r.grads);
+    let p = r.split(&r.init);
     let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
     let precision = precision_of(mode);
     let mut opt = CpuOptimizer::with_precision(adamw(), &views, precision).unwrap();
@@ -646,22 +667,10 @@ fn gpu_bf16_modes_match_the_reference() {
     use wgpu_optim::GpuOptimizer;
     let ctx = wgpu_optim::GpuContext::new().unwrap();
     let st = SafeTensors::deserialize(DATA).unwrap();
-    let lengths: Vec<usize> = serde_json::from_str(&meta("lengths")).unwrap();
-    let steps: usize = meta("steps").parse().unwrap();
-    let init = f32s(&st, "init");
-    let grads = f32s(&st, "grads");
-    let total: usize = lengths.iter().sum();
-    let split = |flat: &[f32]| -> Vec<Vec<f32>> {
-        let mut at = 0;
-        lengths
-            .iter()
-            .map(|&n| {
-                at += n;
-                flat[at - n..at].to_vec()
-            })
-            .collect()
-    };
-    let p = split(&init);
+    let r = Reference::load(&st);
+    let (steps, total, grads, init) = (r.steps, r.total, &r.grads, &r.init);
+    let split = |flat: &[f32]| r.split(flat);
+    let p = r.split(init);
     let views: Vec<&[f32]> = p.iter().map(Vec::as_slice).collect();
     for mode in [
         "bf16_master",
