@@ -6,7 +6,10 @@
 //!    clips), 20 steps of fresh random gradients over tensors of mixed
 //!    lengths (0, 1, 5, 4095, 4096, 4097 — tiles are 4096 elements — and
 //!    tensors straddling chunk boundaries), parameters and every state
-//!    tensor compared, and the total norm of every step;
+//!    tensor compared, and the total norm of every step; LAMB over 1000
+//!    tensors (lengths 1, odd, 2 mod 4, multiples of 4, longer than a
+//!    tile; zero parameter and zero update norms) with vec4 and scalar
+//!    bindings, which give the same bits;
 //! 2. determinism: two GPU runs of the same steps are bit-identical
 //!    (parameters, state, `last_grad_norm`);
 //! 3. clipping's semantics: the norm reported, a norm below `max_norm`
