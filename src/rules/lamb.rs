@@ -36,7 +36,10 @@ use crate::layout::Layout;
 ///
 /// On the GPU the per-tensor norms are computed in the same submission as
 /// the update, for all tensors together, by deterministic reductions (a
-/// fixed tiling and a fixed summation tree, no atomics).
+/// fixed tiling and a fixed summation tree, no atomics). On the CPU the
+/// step keeps the update direction `u` between its two passes in a buffer
+/// of 4 bytes a parameter, held by the process from the first step on (the
+/// largest LAMB model's size, shared by every LAMB optimizer).
 ///
 /// The trust ratio makes each tensor's step `lr·‖θ‖` long whatever the
 /// gradient's size: here `‖θ‖ = 5`, so the first step moves θ by 0.5,
