@@ -6,7 +6,10 @@
 //!    clips), 20 steps of fresh random gradients over tensors of mixed
 //!    lengths (0, 1, 5, 4095, 4096, 4097 — tiles are 4096 elements — and
 //!    tensors straddling chunk boundaries), parameters and every state
-//!    tensor compared, and the total norm of every step;
+//!    tensor compared, and the total norm of every step; LAMB over 1000
+//!    tensors (lengths 1, odd, 2 mod 4, multiples of 4, longer than a
+//!    tile; zero parameter and zero update norms) with vec4 and scalar
+//!    bindings, which give the same bits;
 //! 2. determinism: two GPU runs of the same steps are bit-identical
 //!    (parameters, state, `last_grad_norm`);
 //! 3. clipping's semantics: the norm reported, a norm below `max_norm`
@@ -42,7 +45,9 @@
 //! * **A GPU sum of squares** of `n` non-negative terms rounds at most
 //!   `SUM_ROUNDINGS = 34` times on any path from a term to the total: the
 //!   square (1), a thread's running sum over at most 16 elements of a
-//!   4096-element tile (15), the 256-thread tree of the tile (8), a
+//!   4096-element tile (15; LAMB's vec4 kernels take fewer: 3 in a lane
+//!   of 4 vec4s, 2 adding the lanes, 2 for a head and a tail element),
+//!   the 256-thread tree of the tile (8), a
 //!   thread's running sum over the tile partials in the finishing kernel
 //!   (1 while there are at most 512 tiles, as here), and that kernel's tree
 //!   (8). All terms are ≥ 0, so the relative error is at most
@@ -1648,4 +1653,119 @@ fn last_grad_norm_is_the_same_on_cpu_and_gpu() {
         (None, None),
         "no stale norm after turning it on again"
     );
+}
+
+/// 1000 tensors of mixed lengths: ones, odd and even lengths that are not
+/// multiples of 4 (so tensors start at every offset modulo 4, and the tile
+/// kernels' scalar heads and tails meet inside one vec4 of the
+/// neighbour's), multiples of 4, and a few longer than a tile. Every 7th
+/// tensor starts at zero (‖θ‖ = 0 on the first step: ratio 1), every 11th
+/// has zero gradients on every step (with no weight decay ‖u‖ = 0: ratio
+/// 1, and the tensor must not move), and every 77th has both.
+fn many_tensor_lengths() -> Vec<usize> {
+    let mut rng = Rng(77);
+    (0..1000)
+        .map(|t| match t % 10 {
+            0 => 1,
+            1 | 2 => 1 + 2 * (rng.next_u64() % 60) as usize, // odd
+            3 | 4 => 2 + 4 * (rng.next_u64() % 40) as usize, // even, not a multiple of 4
+            5 => 4 * (1 + (rng.next_u64() % 50) as usize),
+            6 if t % 100 == 6 => 4096 + 1 + (rng.next_u64() % 3000) as usize,
+            _ => 1 + (rng.next_u64() % 200) as usize,
+        })
+        .collect()
+}
+
+fn many_tensor_run(config: &Config, options: GpuOptions, steps: usize) -> Pair {
+    let lengths = many_tensor_lengths();
+    let mut rng = Rng(1234);
+    let init: Vec<Vec<f32>> = lengths
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| {
+            let v = rng.vec_scaled(n, INIT_SCALES[t % 3]);
+            if t % 7 == 0 {
+                vec![0.0; n]
+            } else {
+                v
+            }
+        })
+        .collect();
+    let what = format!("1000 tensors: {config:?}, {options:?}");
+    let mut pair = Pair::new(what, config.clone(), None, &init, options);
+    for _ in 0..steps {
+        let mut grads = step_grads(&mut rng, &lengths);
+        for (t, g) in grads.iter_mut().enumerate() {
+            if t % 11 == 0 {
+                g.iter_mut().for_each(|x| *x = 0.0);
+            }
+        }
+        pair.step(&grads);
+    }
+    pair
+}
+
+/// LAMB over 1000 tensors (`many_tensor_lengths`) against the CPU with the
+/// bounds derived at the top (`K_LAMB_ELEM`, `K_RATIO`; the per-tensor
+/// sums here add at most a few tile partials, well inside the 34 roundings
+/// counted), with vec4 and scalar bindings and with chunks that cut
+/// tensors; the two widths give the same bits (the kernels compute on
+/// vec4s either way, only the loads differ), and the tensors whose
+/// gradients and weight decay are zero do not move.
+#[test]
+fn lamb_over_1000_tensors_matches_cpu() {
+    const MANY_STEPS: usize = 6;
+    let configs: [Config; 2] = [
+        Lamb::default().into(),
+        Lamb {
+            weight_decay: 0.0,
+            ..Lamb::default()
+        }
+        .into(),
+    ];
+    let lengths = many_tensor_lengths();
+    let offsets: Vec<usize> = lengths
+        .iter()
+        .scan(0, |at, &n| {
+            let start = *at;
+            *at += n;
+            Some(start)
+        })
+        .collect();
+    assert!(lengths.contains(&1) && lengths.iter().any(|n| n % 4 == 2));
+    assert!(lengths.iter().any(|n| n % 2 == 1 && *n > 1));
+    let mut seen = Seen::default();
+    for config in &configs {
+        let (kp, ks) = k_bounds(config, false);
+        let mut params_by_width = Vec::new();
+        for width in [4, 1] {
+            for chunk in [None, Some(CHUNK)] {
+                let options = GpuOptions {
+                    vector_width: Some(width),
+                    max_chunk_elements: chunk,
+                    ..GpuOptions::default()
+                };
+                let mut pair = many_tensor_run(config, options, MANY_STEPS);
+                assert_eq!(pair.gpu.vector_width(), width);
+                seen.add(pair.check(kp, ks));
+                let gpu = pair.gpu.read_params_flat().unwrap();
+                if matches!(config, Config::Lamb(l) if l.weight_decay == 0.0) {
+                    for t in (0..lengths.len()).step_by(11) {
+                        let r = offsets[t]..offsets[t] + lengths[t];
+                        assert_eq!(gpu[r.clone()], pair.initial[r], "tensor {t} moved");
+                    }
+                }
+                params_by_width.push((chunk, gpu));
+            }
+        }
+        let (vec4, scalar) = params_by_width.split_at(2);
+        for ((chunk, a), (_, b)) in vec4.iter().zip(scalar) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(a) == bits(b),
+                "{config:?}, chunk {chunk:?}: widths 4 and 1 differ"
+            );
+        }
+    }
+    report("LAMB over 1000 tensors", 8, seen);
 }

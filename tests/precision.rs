@@ -699,7 +699,7 @@ fn gpu_bf16_modes_match_the_reference() {
             let want = f32s(&st, &format!("{mode}/{what}"));
             assert_eq!(values.len(), want.len(), "{mode} {what}");
             let start: &[f32] = if what == "param" || what == "master" {
-                &init
+                init
             } else {
                 &want
             };

@@ -32,7 +32,8 @@ pub(super) struct ChunkRange {
 const TILE: usize = 4096;
 
 /// The tiles of the reductions: each chunk's part of each tensor cut into
-/// pieces of at most [`TILE`] elements, numbered in flat order, so each
+/// pieces of at most [`TILE`] elements at the chunk's multiples of
+/// [`TILE`], numbered in flat order, so each
 /// tensor's tiles are consecutive. Entry = (start in the chunk, length,
 /// tensor, global number).
 pub(super) struct Tiling {
@@ -60,7 +61,14 @@ impl Tiling {
             while at < r.end as u64 {
                 let ci = chunks.partition_point(|c| c.start + c.len <= at);
                 let c = &chunks[ci];
-                let end = (r.end as u64).min(c.start + c.len).min(at + TILE as u64);
+                // Tiles end at multiples of TILE from the chunk's start
+                // (a multiple of 64 elements), not from the tensor's: inside
+                // a tensor every tile then starts on a whole vec4 (and a
+                // 16-byte boundary), whatever the tensor's offset, so the
+                // tile kernels' vector loads are aligned; only a tensor's
+                // first and last tile have a scalar head or tail.
+                let next_boundary = ((at - c.start) / TILE as u64 + 1) * TILE as u64 + c.start;
+                let end = (r.end as u64).min(c.start + c.len).min(next_boundary);
                 // Within a chunk (at most MAX_CHUNK_ELEMENTS = 2^30
                 // elements), and at most TILE long: both fit u32.
                 per_chunk[ci].push([(at - c.start) as u32, (end - at) as u32, t, total]);

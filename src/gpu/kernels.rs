@@ -163,8 +163,10 @@ enum Kind {
     /// A rule's element-wise kernel, `V` this wide.
     Elementwise { width: u32 },
     /// Tile kernels; `rule`: with the rule's `struct Scalars` (LAMB) or
-    /// without (the reduction).
-    Tiles { rule: bool },
+    /// without (the reduction). LAMB's kernels compute on `vec4`s (`V`) and
+    /// read their four arrays through the accessors [`tile_accessors`]
+    /// writes for bindings `width` (1 or 4) wide.
+    Tiles { rule: bool, width: u32 },
     /// A rule's element-wise kernel over views, `V` this wide: the
     /// prologue `shaders/views.wgsl`, the rule's file rewritten by
     /// [`view_body`].
@@ -188,7 +190,8 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     let vector = match kind {
         Kind::Elementwise { width: 4 }
         | Kind::Views { width: 4 }
-        | Kind::Grouped { width: 4, .. } => "vec4<f32>",
+        | Kind::Grouped { width: 4, .. }
+        | Kind::Tiles { rule: true, .. } => "vec4<f32>",
         Kind::Packed16 => "vec2<f32>",
         _ => "f32",
     };
@@ -210,10 +213,10 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 => {
             "    tail: StepTail,\n    rule: Scalars,\n"
         }
-        Kind::Tiles { rule: true } => {
+        Kind::Tiles { rule: true, .. } => {
             "    tail: StepTail,\n    tiles: TileHeader,\n    rule: Scalars,\n"
         }
-        Kind::Tiles { rule: false } => "    tail: StepTail,\n    tiles: TileHeader,\n",
+        Kind::Tiles { rule: false, .. } => "    tail: StepTail,\n    tiles: TileHeader,\n",
         Kind::Grouped { .. } => "    tail: StepTail,\n    groups: array<GroupEntry, GROUPS>,\n",
     };
     if let Kind::Grouped { groups, .. } = kind {
@@ -233,6 +236,9 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
             b.name, b.wgsl_type
         );
     }
+    if let Kind::Tiles { rule: true, width } = kind {
+        s.push_str(&tile_accessors(width));
+    }
     s.push_str(include_str!("../../shaders/common.wgsl"));
     if let Kind::Packed16 = kind {
         s.push_str(PACKED16_WGSL);
@@ -244,6 +250,71 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         Kind::Grouped { .. } => GROUPS_WGSL,
     });
     s.push_str(body);
+    s
+}
+
+/// The arrays LAMB's tile kernels read and write, with whether they are
+/// written.
+const TILE_ARRAYS: [(&str, bool); 4] = [
+    ("param", true),
+    ("grad", false),
+    ("exp_avg", true),
+    ("exp_avg_sq", true),
+];
+
+/// LAMB's tile bindings for arrays `width` wide: [`TILE_BINDINGS`] with
+/// the four arrays of [`TILE_ARRAYS`] as `array<vec4<f32>>` when `width`
+/// is 4 (the bind groups are the same: a layout does not type its arrays).
+fn lamb_tile_bindings(width: u32) -> Vec<Binding> {
+    let mut bindings = TILE_BINDINGS.to_vec();
+    if width == 4 {
+        for b in &mut bindings {
+            if TILE_ARRAYS.iter().any(|(name, _)| *name == b.name) {
+                b.wgsl_type = "array<vec4<f32>>";
+            }
+        }
+    }
+    bindings
+}
+
+/// For each array of [`TILE_ARRAYS`] bound `width` wide: `load4_NAME(q)`
+/// and `store4_NAME(q, x)`, the `vec4` of elements `4q .. 4q + 3`, and
+/// `load1_NAME(i)`, `store1_NAME(i, x)`, element `i`. With `width` 4 the
+/// vector ones are single vector accesses and the scalar ones address a
+/// component (a store writes that component only, so two workgroups may
+/// write the two ends of one `vec4`); with `width` 1 the vector ones are
+/// four scalar accesses. The kernels' arithmetic is the same for both.
+fn tile_accessors(width: u32) -> String {
+    let mut s = String::new();
+    for (name, written) in TILE_ARRAYS {
+        if width == 4 {
+            let _ = writeln!(
+                s,
+                "fn load4_{name}(q: u32) -> vec4<f32> {{ return {name}[q]; }}
+                 fn load1_{name}(i: u32) -> f32 {{ return {name}[i >> 2u][i & 3u]; }}"
+            );
+            if written {
+                let _ = writeln!(
+                    s,
+                    "fn store4_{name}(q: u32, x: vec4<f32>) {{ {name}[q] = x; }}
+                     fn store1_{name}(i: u32, x: f32) {{ {name}[i >> 2u][i & 3u] = x; }}"
+                );
+            }
+        } else {
+            let _ = writeln!(
+                s,
+                "fn load4_{name}(q: u32) -> vec4<f32> {{ let i = 4u * q;                  return vec4<f32>({name}[i], {name}[i + 1u], {name}[i + 2u], {name}[i + 3u]); }}
+                 fn load1_{name}(i: u32) -> f32 {{ return {name}[i]; }}"
+            );
+            if written {
+                let _ = writeln!(
+                    s,
+                    "fn store4_{name}(q: u32, x: vec4<f32>) {{ let i = 4u * q;                      {name}[i] = x.x; {name}[i + 1u] = x.y; {name}[i + 2u] = x.z;                      {name}[i + 3u] = x.w; }}
+                     fn store1_{name}(i: u32, x: f32) {{ {name}[i] = x; }}"
+                );
+            }
+        }
+    }
     s
 }
 
@@ -602,14 +673,17 @@ pub(super) fn kernel_for(
             entry_points,
             constants,
         } => {
-            let bindings = TILE_BINDINGS.to_vec();
+            let bindings = lamb_tile_bindings(variant.width);
             check_kernel_limits(
                 &limits,
                 &format!("the {name} kernels"),
                 &bindings,
                 TILE_WORKGROUP_BYTES,
             )?;
-            let kind = Kind::Tiles { rule: true };
+            let kind = Kind::Tiles {
+                rule: true,
+                width: variant.width,
+            };
             return compile(
                 ctx,
                 name,
@@ -745,7 +819,10 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
         &bindings,
         TILE_WORKGROUP_BYTES,
     )?;
-    let kind = Kind::Tiles { rule: false };
+    let kind = Kind::Tiles {
+        rule: false,
+        width: 1,
+    };
     compile(
         ctx,
         "reduce",
@@ -917,15 +994,15 @@ mod tests {
             let (name, source) = (spec.name, spec.source);
             let rule_bytes = config.step_scalars(false).bytes().len() as u32;
             let sources = match spec.shape {
-                KernelShape::Tiled { constants, .. } => vec![(
-                    compose(
-                        Kind::Tiles { rule: true },
-                        &TILE_BINDINGS,
-                        constants,
-                        source,
-                    ),
-                    (TAIL_BYTES + TILE_HEADER_BYTES) as u32,
-                )],
+                KernelShape::Tiled { constants, .. } => [1, 4]
+                    .map(|width| {
+                        let kind = Kind::Tiles { rule: true, width };
+                        (
+                            compose(kind, &lamb_tile_bindings(width), constants, source),
+                            (TAIL_BYTES + TILE_HEADER_BYTES) as u32,
+                        )
+                    })
+                    .to_vec(),
                 // The matrix rules have no kernel yet.
                 KernelShape::None => continue,
                 KernelShape::ElementWise { slots } => {
@@ -953,7 +1030,10 @@ mod tests {
             }
         }
         let reduce = module(&compose(
-            Kind::Tiles { rule: false },
+            Kind::Tiles {
+                rule: false,
+                width: 1,
+            },
             &TILE_BINDINGS,
             &[],
             REDUCE_WGSL,

@@ -376,16 +376,11 @@ impl GpuOptimizer {
         variant: Variant,
         views: Option<ViewPlan>,
     ) -> Result<Self> {
+        // LAMB's tile kernels take the same width as the element-wise
+        // ones: vec4 accesses wherever a tile covers whole vec4s (every
+        // chunk is then bound a whole number of them wide), scalar ones
+        // at a tensor's ends.
         let is_lamb = config.kernel().is_tiled();
-        // LAMB runs on tiles only; its kernels read scalars, never vec4s.
-        let variant = if is_lamb {
-            Variant {
-                width: 1,
-                ..variant
-            }
-        } else {
-            variant
-        };
         let kernel = kernel_for(ctx, &config, momentum_buffer, variant)?;
         let scalar_state = config.scalar_state_initial();
         let rule_stride = match variant.groups {

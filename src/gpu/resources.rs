@@ -373,8 +373,12 @@ impl GpuOptimizer {
             self.buffers.unused_slots.extend(unused);
             return Ok(());
         }
+        // Bound as wide as the rule kernel's bindings (padded to whole
+        // vec4s at width 4): LAMB's tile kernels read vec4s then, the
+        // reduction's scalars within the tiles only.
+        let width = self.variant.width;
         let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
-            self.chunk_groups(kernel, 1, &self.buffers.tile_uniforms, UNIFORM_STRIDE)
+            self.chunk_groups(kernel, width, &self.buffers.tile_uniforms, UNIFORM_STRIDE)
         })?;
         self.buffers.tile_groups = groups
             .into_iter()

@@ -217,7 +217,8 @@ fn check_views(params: &[TensorView], grads: &[TensorView]) -> Result<()> {
 
 impl ViewPlan {
     /// Cuts every tensor into tiles that stay within one parameter window,
-    /// one gradient window, one state chunk and [`TILE`] elements, numbered
+    /// one gradient window, one state chunk and one run of [`TILE`]
+    /// elements from a multiple of [`TILE`] in the chunk, numbered
     /// in tensor order, and groups them by the windows and chunk they bind;
     /// then makes each group's tables. The views are checked; with `width`
     /// 4 they are [`vec4_aligned`].
@@ -249,8 +250,12 @@ impl ViewPlan {
                 let c = &chunks[ci];
                 let (pe, ge) = (p0 + k, g0 + k);
                 let (pw, gw) = (pe / window, ge / window);
+                // Tiles end where the packed path's do (at the chunk's
+                // multiples of TILE, src/gpu/chunks.rs), so clipping sums
+                // the same partials in the same order.
+                let next_boundary = ((at - c.start) / TILE + 1) * TILE + c.start;
                 let take = (len - k)
-                    .min(TILE)
+                    .min(next_boundary - at)
                     .min(c.start + c.len - at)
                     .min((pw + 1) * window - pe)
                     .min((gw + 1) * window - ge);

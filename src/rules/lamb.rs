@@ -36,7 +36,10 @@ use crate::layout::Layout;
 ///
 /// On the GPU the per-tensor norms are computed in the same submission as
 /// the update, for all tensors together, by deterministic reductions (a
-/// fixed tiling and a fixed summation tree, no atomics).
+/// fixed tiling and a fixed summation tree, no atomics). On the CPU the
+/// step keeps the update direction `u` between its two passes in a buffer
+/// of 4 bytes a parameter, held by the process from the first step on (the
+/// largest LAMB model's size, shared by every LAMB optimizer).
 ///
 /// The trust ratio makes each tensor's step `lr·‖θ‖` long whatever the
 /// gradient's size: here `‖θ‖ = 5`, so the first step moves θ by 0.5,
@@ -313,11 +316,12 @@ pub(crate) type SumsHook<'a, E> = dyn FnMut(&mut [[f64; 2]]) -> std::result::Res
 /// gradient first (loss scale, global-norm clipping).
 ///
 /// On all cores, in two passes over chunks of [`CPU_CHUNK`] elements, each
-/// chunk within one tensor: the first updates the moments and sums `θ²`
-/// and `u²` of its chunk in f64 (the order of [`crate::clip::sum_squares`]); the
-/// chunks' sums of each tensor are then added in order, so the trust ratio
-/// does not depend on the number of threads; the second applies
-/// `θ ← θ − lr·ratio·u`.
+/// chunk within one tensor: the first updates the moments, stores `u` (in
+/// [`UpdateScratch`]) and sums `θ²` and `u²` of its chunk in f64 (the
+/// order of [`crate::clip::sum_squares`]); the chunks' sums of each tensor
+/// are then added in order, so the trust ratio does not depend on the
+/// number of threads; the second, over the chunks in reverse order,
+/// applies `θ ← θ − lr·ratio·u` from the stored `u`.
 ///
 /// Between the passes, `combine` may replace each tensor's `[Σθ², Σu²]`
 /// (the sharded optimizer adds the other ranks' parts of a tensor there);
@@ -338,35 +342,40 @@ pub(crate) fn cpu_step<E>(
     let [exp_avg, exp_avg_sq] = states else {
         unreachable!("lamb has two state tensors")
     };
-    // (tensor, parameters, gradients, exp_avg, exp_avg_sq) of each chunk.
+    let mut scratch = UpdateScratch::take(params.len());
+    // (tensor, parameters, gradients, exp_avg, exp_avg_sq, u) of each chunk.
     type Chunk<'a> = (
         usize,
         &'a mut [f32],
         &'a [f32],
         &'a mut [f32],
         &'a mut [f32],
+        &'a mut [f32],
     );
     let mut chunks: Vec<Chunk<'_>> = Vec::new();
     let (mut p_rest, mut g_rest) = (&mut params[..], grads);
     let (mut m_rest, mut v_rest) = (&mut exp_avg[..], &mut exp_avg_sq[..]);
+    let mut u_rest = &mut scratch.0[..];
     for (t, &len) in layout.lengths().iter().enumerate() {
         let (p, pr) = std::mem::take(&mut p_rest).split_at_mut(len);
         let (g, gr) = g_rest.split_at(len);
         let (m, mr) = std::mem::take(&mut m_rest).split_at_mut(len);
         let (v, vr) = std::mem::take(&mut v_rest).split_at_mut(len);
-        (p_rest, g_rest, m_rest, v_rest) = (pr, gr, mr, vr);
-        for ((p, g), (m, v)) in p
+        let (u, ur) = std::mem::take(&mut u_rest).split_at_mut(len);
+        (p_rest, g_rest, m_rest, v_rest, u_rest) = (pr, gr, mr, vr, ur);
+        for (((p, g), (m, v)), u) in p
             .chunks_mut(CPU_CHUNK)
             .zip(g.chunks(CPU_CHUNK))
             .zip(m.chunks_mut(CPU_CHUNK).zip(v.chunks_mut(CPU_CHUNK)))
+            .zip(u.chunks_mut(CPU_CHUNK))
         {
-            chunks.push((t, p, g, m, v));
+            chunks.push((t, p, g, m, v, u));
         }
     }
     let parallel = layout.total() >= 4 * CPU_CHUNK;
-    let moments = |(_, p, g, m, v): &mut Chunk<'_>| {
+    let moments = |(_, p, g, m, v, u): &mut Chunk<'_>| {
         let mut sums = [0.0; 2];
-        moments_slice(s, bc, c, scales, p, g, m, v, &mut sums);
+        moments_slice(s, bc, c, scales, p, g, m, v, u, &mut sums);
         sums
     };
     let sums: Vec<[f64; 2]> = if parallel {
@@ -379,17 +388,25 @@ pub(crate) fn cpu_step<E>(
         norms[*t][0] += ps;
         norms[*t][1] += us;
     }
-    combine(&mut norms)?;
+    if let Err(e) = combine(&mut norms) {
+        scratch.give_back();
+        return Err(e);
+    }
     let steps: Vec<f32> = norms
         .iter()
         .map(|[ps, us]| s.lr * trust_ratio(s, *ps as f32, *us as f32))
         .collect();
-    let apply = |(t, p, _, m, v): &mut Chunk<'_>| apply_slice(s, bc, c, steps[*t], p, m, v);
+    let apply = |(t, p, _, _, _, u): &mut Chunk<'_>| apply_slice(steps[*t], p, u);
+    // The second pass runs backwards: the chunks the first pass wrote last
+    // may still be in the cache. Each element's update is independent of
+    // the others', so the order changes no bit.
     if parallel {
-        chunks.par_iter_mut().for_each(apply);
+        chunks.par_iter_mut().rev().for_each(apply);
     } else {
-        chunks.iter_mut().for_each(apply);
+        chunks.iter_mut().rev().for_each(apply);
     }
+    drop(chunks);
+    scratch.give_back();
     Ok(())
 }
 
@@ -411,6 +428,7 @@ fn moments_slice_impl(
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
+    u: &mut [f32],
     sums: &mut [f64; 2],
 ) {
     let element = |p: f32, g: f32, m: &mut f32, v: &mut f32| {
@@ -426,20 +444,27 @@ fn moments_slice_impl(
     let blocks = p
         .chunks_exact(BLOCK)
         .zip(g.chunks_exact(BLOCK))
-        .zip(m.chunks_exact_mut(BLOCK).zip(v.chunks_exact_mut(BLOCK)));
-    for ((pb, gb), (mb, vb)) in blocks {
+        .zip(m.chunks_exact_mut(BLOCK).zip(v.chunks_exact_mut(BLOCK)))
+        .zip(u.chunks_exact_mut(BLOCK));
+    for (((pb, gb), (mb, vb)), ub) in blocks {
         let (mut narrow_p, mut narrow_u) = ([0.0f32; LANES], [0.0f32; LANES]);
         let rows = pb
             .chunks_exact(LANES)
             .zip(gb.chunks_exact(LANES))
-            .zip(mb.chunks_exact_mut(LANES).zip(vb.chunks_exact_mut(LANES)));
-        for ((pr, gr), (mr, vr)) in rows {
+            .zip(mb.chunks_exact_mut(LANES).zip(vb.chunks_exact_mut(LANES)))
+            .zip(ub.chunks_exact_mut(LANES));
+        for (((pr, gr), (mr, vr)), ur) in rows {
             let lanes = narrow_p.iter_mut().zip(narrow_u.iter_mut());
-            let elements = pr.iter().zip(gr).zip(mr.iter_mut().zip(vr.iter_mut()));
-            for ((np, nu), ((&p, &g), (m, v))) in lanes.zip(elements) {
-                let u = element(p, g, m, v);
+            let elements = pr
+                .iter()
+                .zip(gr)
+                .zip(mr.iter_mut().zip(vr.iter_mut()))
+                .zip(ur.iter_mut());
+            for ((np, nu), (((&p, &g), (m, v)), u)) in lanes.zip(elements) {
+                let d = element(p, g, m, v);
+                *u = d;
                 *np += p * p;
-                *nu += u * u;
+                *nu += d * d;
             }
         }
         for k in 0..LANES {
@@ -448,18 +473,16 @@ fn moments_slice_impl(
         }
     }
     let full = p.len() / BLOCK * BLOCK;
-    let mut tail_u = [0.0f32; BLOCK];
     let tail = p[full..].iter().zip(&g[full..]);
-    for ((u, (&p, &g)), (m, v)) in tail_u
+    for ((u, (&p, &g)), (m, v)) in u[full..]
         .iter_mut()
         .zip(tail)
         .zip(m[full..].iter_mut().zip(v[full..].iter_mut()))
     {
         *u = element(p, g, m, v);
     }
-    let tail_len = p.len() - full;
     sums[0] = finish_lanes(wide_p, &p[full..], 1.0);
-    sums[1] = finish_lanes(wide_u, &tail_u[..tail_len], 1.0);
+    sums[1] = finish_lanes(wide_u, &u[full..], 1.0);
 }
 
 super::multiversion! {
@@ -473,39 +496,59 @@ super::multiversion! {
         g: &[f32],
         m: &mut [f32],
         v: &mut [f32],
+        u: &mut [f32],
         sums: &mut [f64; 2],
     )
 }
 
-/// `θ ← θ − step·u` over one chunk, `u` recomputed from the new moments.
+/// `θ ← θ − step·u` over one chunk, `u` as the first pass stored it (the
+/// same bits as recomputing it from the new moments: θ has not moved).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn apply_slice_impl(
-    s: &LambScalars,
-    bc: (f32, f32),
-    c: &Lamb,
-    step: f32,
-    p: &mut [f32],
-    m: &mut [f32],
-    v: &mut [f32],
-) {
-    for ((p, &m), &v) in p.iter_mut().zip(m.iter()).zip(v.iter()) {
-        let u = update_direction(s, bc, c, *p, m, v);
+fn apply_slice_impl(step: f32, p: &mut [f32], u: &mut [f32]) {
+    for (p, &u) in p.iter_mut().zip(u.iter()) {
         *p -= step * u;
     }
 }
 
 super::multiversion! {
     /// [`apply_slice_impl`], vectorized for the processor at hand.
-    apply_slice = apply_slice_impl(
-        s: &LambScalars,
-        bc: (f32, f32),
-        c: &Lamb,
-        step: f32,
-        p: &mut [f32],
-        m: &mut [f32],
-        v: &mut [f32],
-    )
+    apply_slice = apply_slice_impl(step: f32, p: &mut [f32], u: &mut [f32])
+}
+
+/// The buffer LAMB's first pass stores each element's update direction
+/// `u` in, for the second: the divisions and square root of `u` cost
+/// more than reading it back (the step is compute-bound on a CPU without
+/// it). One buffer for the process, kept between steps (a fresh 4 bytes a
+/// parameter every step would cost its page faults); it grows to the
+/// largest LAMB model stepped and is shared by all LAMB optimizers, a
+/// step that finds it in use taking a buffer of its own.
+struct UpdateScratch(Vec<f32>);
+
+static UPDATE_SCRATCH: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+impl UpdateScratch {
+    /// The process's buffer (or a new one), `n` long.
+    fn take(n: usize) -> Self {
+        let mut buffer = UPDATE_SCRATCH
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        // Every element is written by the first pass before the second
+        // reads it; the zeros are only written when it grows.
+        if buffer.len() < n {
+            buffer.resize(n, 0.0);
+        }
+        UpdateScratch(buffer)
+    }
+
+    /// Keeps the larger of this buffer and the one kept.
+    fn give_back(self) {
+        if let Ok(mut kept) = UPDATE_SCRATCH.lock() {
+            if kept.len() < self.0.len() {
+                *kept = self.0;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
