@@ -53,11 +53,10 @@ fn check_all(backend: Backend<'_>) {
         grouped += !case.groups.is_empty() as usize;
         let matrix_rule = case.config.as_ref().is_some_and(|c| c.is_matrix_rule());
         matrix += matrix_rule as usize;
-        if (!case.groups.is_empty() || matrix_rule) && matches!(backend, Backend::Gpu(_)) {
-            // The GPU takes one parameter group so far, and has no kernels
-            // for the matrix rules (Adafactor, Muon): such a case must be
-            // refused as not supported, never run with one group's
-            // hyperparameters or as element-wise (the CPU runs them, below).
+        if !case.groups.is_empty() && matches!(backend, Backend::Gpu(_)) {
+            // The GPU takes one parameter group so far: such a case must
+            // be refused as not supported, never run with one group's
+            // hyperparameters (the CPU runs them, below).
             let refused = r
                 .error
                 .as_deref()

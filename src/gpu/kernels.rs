@@ -363,7 +363,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
 /// Adafactor and Muon, run on the CPU only so far).
 pub(crate) fn matrix_rule_unsupported(config: &Config) -> crate::Error {
     crate::Error::Unsupported(format!(
-        "{} on the GPU (it runs on the CPU backend only so far)",
+        "{} on the GPU through this constructor (the matrix rules take GpuOptimizer::new or with_shapes, with their own buffers)",
         config.kind()
     ))
 }
@@ -570,6 +570,15 @@ impl GpuOptimizer {
     /// what it needs; a device that cannot host it refuses here
     /// ([`Error::DeviceLimit`]) and nothing changes.
     pub(super) fn ensure_reduction(&mut self) -> Result<()> {
+        if self.matrix.is_some() {
+            // Their tensors live in buffers of their own, which the tile
+            // reduction (one binding per chunk of the packed tensors) does
+            // not cover.
+            return Err(Error::Unsupported(format!(
+                "gradient clipping and skip_nonfinite for {} on the GPU",
+                self.config.kind()
+            )));
+        }
         if self.reduction.is_some() {
             return Ok(());
         }
