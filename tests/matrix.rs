@@ -5,7 +5,6 @@
 //! cases (tests/golden.rs: adafactor_*, muon_*, on the CPU and the GPU);
 //! the GPU against the CPU is tests/matrix_gpu.rs.
 
-
 use wgpu_optim::sharded::{GradReduce, ShardedOptimizer, ThreadCollective};
 use wgpu_optim::{
     Adafactor, AdamW, Checkpoint, Config, CpuOptimizer, Error, Muon, MuonAdjustLr, Shape,
