@@ -10,7 +10,9 @@
 // back and forth between (shared by all tensors). `red` holds results
 // of this tensor's reductions: Muon [0] max(‖X‖_F, eps); Adafactor [0]
 // the step's factor −α/max(1, RMS(U)/d), [8 + b] max(mean(R_b), eps1) of
-// matrix b.
+// matrix b; from d.partials, the (x, y) sums of each tile of PARTIAL_TILE
+// elements (the first pass of the tensor-wide sums; a single workgroup
+// then adds them in order).
 
 @group(0) @binding(0) var<storage, read_write> param: array<f32>;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;
@@ -58,6 +60,30 @@ fn flat_workgroup(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+const PARTIAL_TILE: u32 = 4096u;
+
+// This workgroup's tile of the tensor-wide sums: [start, end), or none.
+fn partial_tile(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let start = flat_workgroup(wid, nwg) * PARTIAL_TILE;
+    return vec2<u32>(start, min(start + PARTIAL_TILE, d.len));
+}
+
+fn store_partial(wid: vec3<u32>, nwg: vec3<u32>, total: vec2<f32>) {
+    let at = d.partials + 2u * flat_workgroup(wid, nwg);
+    red[at] = total.x;
+    red[at + 1u] = total.y;
+}
+
+// The sum of every tile's partial sums, by one workgroup, in a fixed order.
+fn sum_partials(lid: u32) -> vec2<f32> {
+    let tiles = (d.len + PARTIAL_TILE - 1u) / PARTIAL_TILE;
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = lid; k < tiles; k = k + WG) {
+        acc = acc + vec2<f32>(red[d.partials + 2u * k], red[d.partials + 2u * k + 1u]);
+    }
+    return workgroup_sum(lid, acc);
+}
+
 // ---------------------------------------------------------------- Muon
 // s0: momentum, s1: X (first), s2: X (second); scalars s0 = 1 − μ,
 // s1 = μ, s2 = 1 − lr·weight_decay, s3 = −adjusted lr, s7 = eps.
@@ -85,15 +111,26 @@ fn muon_momentum(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
-// red[0] = max(‖X‖_F, eps), by one workgroup.
+// The squares of X, one tile per workgroup.
 @compute @workgroup_size(256)
-fn muon_norm(@builtin(local_invocation_index) lid: u32) {
+fn muon_norm_partial(@builtin(local_invocation_index) lid: u32,
+                     @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tile = partial_tile(wid, nwg);
+    if (tile.x >= d.len) { return; }
     var acc = vec2<f32>(0.0, 0.0);
-    for (var i = lid; i < d.len; i = i + WG) {
+    for (var i = tile.x + lid; i < tile.y; i = i + WG) {
         let x = s1[i];
         acc.x = acc.x + x * x;
     }
     let total = workgroup_sum(lid, acc);
+    if (lid == 0u) { store_partial(wid, nwg, total); }
+}
+
+// red[0] = max(‖X‖_F, eps), by one workgroup.
+@compute @workgroup_size(256)
+fn muon_norm(@builtin(local_invocation_index) lid: u32) {
+    let total = sum_partials(lid);
     if (lid == 0u) {
         red[0] = max(sqrt(total.x), d.s7);
     }
@@ -206,14 +243,17 @@ fn adafactor_update(i: u32, g: f32) -> f32 {
     return (1.0 / sqrt(max(v, d.s4))) * g;
 }
 
-// One workgroup: moves a vector's variance, sums θ² (before the decay) and
-// U², and writes the step's factor red[0] = −α/max(1, RMS(U)/d),
-// α = max(eps2, RMS(θ))·ρ.
+// One tile per workgroup: moves a vector's variance, sums θ² (before the
+// decay) and U².
 @compute @workgroup_size(256)
-fn adafactor_stats(@builtin(local_invocation_index) lid: u32) {
+fn adafactor_stats_partial(@builtin(local_invocation_index) lid: u32,
+                           @builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tile = partial_tile(wid, nwg);
+    if (tile.x >= d.len) { return; }
     var acc = vec2<f32>(0.0, 0.0);
     let factored = (d.flags & FLAG_FACTORED) != 0u;
-    for (var i = lid; i < d.len; i = i + WG) {
+    for (var i = tile.x + lid; i < tile.y; i = i + WG) {
         let p = param[i];
         let g = adafactor_grad(i);
         if (!factored) {
@@ -223,6 +263,14 @@ fn adafactor_stats(@builtin(local_invocation_index) lid: u32) {
         acc = acc + vec2<f32>(p * p, u * u);
     }
     let total = workgroup_sum(lid, acc);
+    if (lid == 0u) { store_partial(wid, nwg, total); }
+}
+
+// One workgroup: the step's factor red[0] = −α/max(1, RMS(U)/d),
+// α = max(eps2, RMS(θ))·ρ.
+@compute @workgroup_size(256)
+fn adafactor_stats(@builtin(local_invocation_index) lid: u32) {
+    let total = sum_partials(lid);
     if (lid == 0u) {
         let n = f32(d.len);
         let alpha = max(d.s5, sqrt(total.x / n)) * d.s1;

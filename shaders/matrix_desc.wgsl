@@ -8,11 +8,12 @@
 //   m, n        Muon: X is m × n with m <= n (the transpose of a tall
 //               tensor), so X·Xᵀ is the smaller Gram matrix;
 //   flags       the FLAG_* bits below;
+//   partials    where the per-tile partial sums start in `red`;
 //   inv_scale   1/grad_scale (with FLAG_GRAD_SCALE);
 //   s0 .. s7    the rule's scalars (see src/gpu/matrix.rs).
 struct Desc {
     len: u32, rows: u32, cols: u32, batch: u32,
-    m: u32, n: u32, flags: u32, pad0: u32,
+    m: u32, n: u32, flags: u32, partials: u32,
     inv_scale: f32, s0: f32, s1: f32, s2: f32,
     s3: f32, s4: f32, s5: f32, s6: f32,
     s7: f32, pad1: f32, pad2: f32, pad3: f32,

@@ -210,12 +210,10 @@ const ADAFACTOR_TOL: f64 = 1e-5;
 
 #[test]
 fn adafactor_on_the_gpu_matches_the_cpu_for_matrices_and_vectors() {
-    gpu_matches_cpu(
-        Adafactor::default().into(),
-        &adafactor_shapes(),
-        3,
-        ADAFACTOR_TOL,
-    );
+    // And tensors over several 4096-element tiles of the tensor-wide sums.
+    let mut shapes = adafactor_shapes();
+    shapes.extend([Shape::vector(9000), Shape::matrix(40, 230)]);
+    gpu_matches_cpu(Adafactor::default().into(), &shapes, 3, ADAFACTOR_TOL);
 }
 
 #[test]
@@ -280,6 +278,14 @@ fn matrix_rules_on_the_gpu_are_deterministic() {
             opt.read_params_flat().unwrap()
         };
         let (a, b) = (run(), run());
+        // Per matrix: Muon 5 + 3·ns_steps, Adafactor 6; per vector 3; none
+        // for an empty tensor: the count does not depend on the sizes.
+        let opt = GpuOptimizer::with_shapes(ctx, config.clone(), &refs(&init), &shapes).unwrap();
+        let expected = match config {
+            Config::Muon(_) => 3 * (5 + 3 * 5),
+            _ => 3 * 6 + 3,
+        };
+        assert_eq!(opt.dispatches_per_step(), expected);
         assert_eq!(
             a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
             b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()

@@ -12,7 +12,7 @@
 //!   assignment of elements to threads: no float atomics, the same bits
 //!   from run to run. The state held is the factored state's.
 //! * Muon: the momentum (writing `X`, transposed for a tall matrix), the
-//!   Frobenius norm (one workgroup, a fixed tree), the division by it,
+//!   Frobenius norm (per tile, then the tiles in order), the division by it,
 //!   then per Newton–Schulz step three tiled products (shaders/matmul.wgsl)
 //!   and the update. `X`, `X·Xᵀ` and `b·G + c·G·G` live in scratch
 //!   buffers shared by all tensors (the largest tensor's sizes).
@@ -45,6 +45,8 @@ const STORAGE_BINDINGS: u32 = 6;
 const DESC_STRIDE: u64 = 256;
 /// Floats of `red` before the row means (shaders/matrix.wgsl).
 const RED_HEAD: usize = 8;
+/// Elements of a tile of the tensor-wide sums (shaders/matrix.wgsl).
+const PARTIAL_TILE: usize = 4096;
 
 const FLAG_GRAD_SCALE: u32 = 1;
 const FLAG_MAXIMIZE: u32 = 2;
@@ -64,7 +66,7 @@ struct MatrixDesc {
     m: u32,
     n: u32,
     flags: u32,
-    pad0: u32,
+    partials: u32,
     inv_scale: f32,
     s: [f32; 8],
     pad1: [f32; 3],
@@ -104,6 +106,8 @@ enum Which {
 pub(super) struct MatrixPlan {
     which: Which,
     tensors: Vec<TensorPlan>,
+    /// Where the partial sums start in `red`.
+    partials_at: u32,
     /// `[state][tensor]`, each at least 16 bytes (bindings cannot be empty).
     state: Vec<Vec<wgpu::Buffer>>,
     /// How each state tensor is packed (the factored statistics are
@@ -123,7 +127,7 @@ pub(super) struct MatrixPlan {
 }
 
 /// The element-wise entry points, in `MatrixPlan::elementwise` order.
-const ELEMENTWISE_ENTRIES: [&str; 9] = [
+const ELEMENTWISE_ENTRIES: [&str; 11] = [
     "muon_momentum",
     "muon_norm",
     "muon_scale",
@@ -133,6 +137,8 @@ const ELEMENTWISE_ENTRIES: [&str; 9] = [
     "adafactor_row_mean",
     "adafactor_stats",
     "adafactor_apply",
+    "muon_norm_partial",
+    "adafactor_stats_partial",
 ];
 const MUON_MOMENTUM: usize = 0;
 const MUON_NORM: usize = 1;
@@ -143,6 +149,8 @@ const ADAFACTOR_COLS: usize = 5;
 const ADAFACTOR_ROW_MEAN: usize = 6;
 const ADAFACTOR_STATS: usize = 7;
 const ADAFACTOR_APPLY: usize = 8;
+const MUON_NORM_PARTIAL: usize = 9;
+const ADAFACTOR_STATS_PARTIAL: usize = 10;
 const PRODUCT_ENTRIES: [&str; 3] = ["muon_gram", "muon_poly", "muon_next"];
 
 fn device_limit(what: &str, limit: &'static str, needed: u64, available: u64) -> Error {
@@ -231,8 +239,10 @@ impl MatrixPlan {
         // Each tensor's plan; the sizes of the largest X and Gram matrix.
         let mut tensors = Vec::with_capacity(layout.len());
         let (mut max_x, mut max_gram, mut max_batch) = (1usize, 1usize, 1usize);
+        let mut max_len = 1usize;
         for i in 0..layout.len() {
             let len = layout.lengths()[i];
+            max_len = max_len.max(len);
             need(
                 "max_storage_buffer_binding_size",
                 len as u64 * 4,
@@ -300,7 +310,9 @@ impl MatrixPlan {
             };
             tensors.push(plan);
         }
-        let red_len = RED_HEAD + max_batch;
+        let partials_at = RED_HEAD + max_batch;
+        let red_len = partials_at + 2 * max_len.div_ceil(PARTIAL_TILE);
+        let partials_at = kernel_u32(partials_at, "a tensor's matrices")?;
         need(
             "max_storage_buffer_binding_size",
             red_len as u64 * 4,
@@ -523,6 +535,7 @@ impl MatrixPlan {
             MatrixPlan {
                 which,
                 tensors,
+                partials_at,
                 state,
                 state_layouts,
                 desc,
@@ -587,9 +600,9 @@ impl MatrixPlan {
             .iter()
             .filter(|t| t.len > 0)
             .map(|t| match self.which {
-                Which::Muon => 4 + 3 * ns_steps,
-                Which::Adafactor if t.factored() => 5,
-                Which::Adafactor => 2,
+                Which::Muon => 5 + 3 * ns_steps,
+                Which::Adafactor if t.factored() => 6,
+                Which::Adafactor => 3,
             })
             .sum()
     }
@@ -607,6 +620,7 @@ impl MatrixPlan {
                 m: t.m,
                 n: t.n,
                 flags: scale_flag,
+                partials: self.partials_at,
                 inv_scale,
                 ..Default::default()
             };
@@ -649,6 +663,7 @@ impl MatrixPlan {
             let x = n.clamp(1, max_groups);
             (x, n.div_ceil(x).max(1))
         };
+        let tiles = |n: u32| n.div_ceil(PARTIAL_TILE as u32);
         let ns_steps = match config {
             Config::Muon(m) => m.ns_steps,
             _ => 0,
@@ -668,6 +683,7 @@ impl MatrixPlan {
             match self.which {
                 Which::Muon => {
                     run(&mut pass, MUON_MOMENTUM, (linear(t.len), 1));
+                    run(&mut pass, MUON_NORM_PARTIAL, grid(tiles(t.len)));
                     run(&mut pass, MUON_NORM, (1, 1));
                     run(&mut pass, MUON_SCALE, (linear(t.len), 1));
                     let gram_tiles = t.m.div_ceil(MATMUL_TILE);
@@ -694,6 +710,7 @@ impl MatrixPlan {
                         run(&mut pass, ADAFACTOR_COLS, (linear(t.batch * t.cols), 1));
                         run(&mut pass, ADAFACTOR_ROW_MEAN, grid(t.batch));
                     }
+                    run(&mut pass, ADAFACTOR_STATS_PARTIAL, grid(tiles(t.len)));
                     run(&mut pass, ADAFACTOR_STATS, (1, 1));
                     run(&mut pass, ADAFACTOR_APPLY, (linear(t.len), 1));
                 }
