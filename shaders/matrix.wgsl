@@ -47,10 +47,13 @@ fn lerp_torch(start: f32, end: f32, weight: f32) -> f32 {
     return end - (end - start) * (1.0 - weight);
 }
 
-// The gradient divided by the loss scale, as GradScaler.unscale_ does.
+// The gradient divided by the loss scale, as GradScaler.unscale_ does,
+// then clipped (red[1], written by clip_finish earlier in the pass): two
+// f32 multiplications, in that order, as the element-wise kernels do.
 fn grad_at(i: u32) -> f32 {
     var g = grad[i];
     if ((d.flags & FLAG_GRAD_SCALE) != 0u) { g = g * d.inv_scale; }
+    if ((d.flags & FLAG_CLIP) != 0u) { g = g * red[1]; }
     return g;
 }
 
@@ -82,6 +85,58 @@ fn sum_partials(lid: u32) -> vec2<f32> {
         acc = acc + vec2<f32>(red[d.partials + 2u * k], red[d.partials + 2u * k + 1u]);
     }
     return workgroup_sum(lid, acc);
+}
+
+// -------------------------------------------------------------- clipping
+// The global gradient norm over every tensor, before any tensor's update:
+// clip_partial per tensor (a tile of PARTIAL_TILE elements per workgroup,
+// at its global tile number d.clip_base + w), then clip_finish, once,
+// adds every tile in order and writes red[1] = min(max_norm/(norm + 1e-6),
+// 1) (torch's non-finite cases as shaders/reduce.wgsl has them) and
+// red[2] = the norm. The tiles' sums are `clip` (one f32 each).
+
+@group(0) @binding(7) var<storage, read_write> clip: array<f32>;
+
+@compute @workgroup_size(256)
+fn clip_partial(@builtin(local_invocation_index) lid: u32,
+                @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let tile = partial_tile(wid, nwg);
+    if (tile.x >= d.len) { return; }
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = tile.x + lid; i < tile.y; i = i + WG) {
+        var g = grad[i];
+        if ((d.flags & FLAG_GRAD_SCALE) != 0u) { g = g * d.inv_scale; }
+        acc.x = acc.x + g * g;
+    }
+    let total = workgroup_sum(lid, acc);
+    if (lid == 0u) { clip[d.clip_base + flat_workgroup(wid, nwg)] = total.x; }
+}
+
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn is_finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+@compute @workgroup_size(256)
+fn clip_finish(@builtin(local_invocation_index) lid: u32) {
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = lid; k < d.clip_tiles; k = k + WG) {
+        acc.x = acc.x + clip[k];
+    }
+    let total = workgroup_sum(lid, acc);
+    if (lid == 0u) {
+        let norm = sqrt(total.x);
+        red[2] = norm;
+        if (is_finite(norm)) {
+            red[1] = min(d.max_norm / (norm + 1e-6), 1.0);
+        } else {
+            red[1] = select(0.0, norm, is_nan(norm));
+        }
+    }
 }
 
 // ---------------------------------------------------------------- Muon

@@ -451,8 +451,8 @@ fn matrix_setters_loss_scale_and_recorded_steps_match_the_cpu() {
 }
 
 /// What the GPU refuses of the matrix rules, each with a typed error that
-/// changes nothing: clipping and skip_nonfinite, GpuOptions, the caller's
-/// buffers; and the shapes' own errors, as the CPU gives them.
+/// changes nothing: skip_nonfinite and clipping's error_if_nonfinite (a
+/// step cannot be refused there), GpuOptions, the caller's buffers; and the shapes' own errors, as the CPU gives them.
 #[test]
 fn the_gpu_refuses_what_the_matrix_rules_cannot_do_there() {
     let ctx = common::ctx();
@@ -461,19 +461,23 @@ fn the_gpu_refuses_what_the_matrix_rules_cannot_do_there() {
     for config in [Config::from(Muon::default()), Adafactor::default().into()] {
         let mut opt =
             GpuOptimizer::with_shapes(ctx, config.clone(), &refs(&init), &shapes).unwrap();
-        let clip = wgpu_optim::ClipGradNorm::new(1.0);
+        let clip = wgpu_optim::ClipGradNorm {
+            max_norm: 1.0,
+            error_if_nonfinite: true,
+        };
         assert!(matches!(
             opt.set_clip_grad_norm(Some(clip)),
-            Err(Error::Unsupported(m)) if m.contains("clipping")
+            Err(Error::Unsupported(m)) if m.contains("error_if_nonfinite")
         ));
         assert_eq!(opt.clip_grad_norm(), None);
         assert!(matches!(
             opt.set_skip_nonfinite(true),
             Err(Error::Unsupported(_))
         ));
-        // A checkpoint asking for clipping is refused before anything changes.
+        // A checkpoint asking for skip_nonfinite is refused before anything
+        // changes.
         let mut cpu = CpuOptimizer::with_shapes(config.clone(), &refs(&init), &shapes).unwrap();
-        cpu.set_clip_grad_norm(Some(clip)).unwrap();
+        cpu.set_skip_nonfinite(true);
         cpu.step(&refs(&tensors(&shapes, 10))).unwrap();
         let before = opt.read_params_flat().unwrap();
         assert!(matches!(
@@ -546,4 +550,62 @@ fn adafactor_on_the_gpu_holds_the_factored_state() {
     assert_eq!(lens("row_var"), [6, 300, 0, 6, 0]);
     assert_eq!(lens("col_var"), [300, 5, 0, 10, 0]);
     assert_eq!(lens("variance"), [0, 0, 37, 0, 0]);
+}
+
+/// Global-norm clipping over all the tensors of a matrix rule, on the GPU
+/// as on the CPU: the same norm (f32 tiles in order against the CPU's f64
+/// chunks: about 1e-6 relative over a few thousand squares), the same
+/// scaled steps, loss scale included; a step below max_norm is not
+/// scaled; a checkpoint keeps the clipping.
+#[test]
+fn matrix_rules_clip_on_the_gpu_as_on_the_cpu() {
+    let ctx = common::ctx();
+    for (config, shapes, tol) in [
+        (
+            Config::from(Muon {
+                lr: 0.02,
+                ..Muon::default()
+            }),
+            muon_shapes(),
+            MUON_TOL,
+        ),
+        (
+            Adafactor::default().into(),
+            adafactor_shapes(),
+            ADAFACTOR_TOL,
+        ),
+    ] {
+        let init = tensors(&shapes, 21);
+        let mut cpu = CpuOptimizer::with_shapes(config.clone(), &refs(&init), &shapes).unwrap();
+        let mut gpu =
+            GpuOptimizer::with_shapes(ctx, config.clone(), &refs(&init), &shapes).unwrap();
+        // The gradients' norm is about 0.58·sqrt(n): tens; 2 clips them,
+        // 1e6 does not.
+        for (max_norm, grad_scale) in [(2.0, 1.0), (2.0, 8.0), (1e6, 1.0)] {
+            let clip = Some(wgpu_optim::ClipGradNorm::new(max_norm));
+            cpu.set_clip_grad_norm(clip).unwrap();
+            gpu.set_clip_grad_norm(clip).unwrap();
+            cpu.set_grad_scale(grad_scale).unwrap();
+            gpu.set_grad_scale(grad_scale).unwrap();
+            let g: Vec<Vec<f32>> = tensors(&shapes, 30 + grad_scale as u32 + max_norm as u32)
+                .into_iter()
+                .map(|t| t.into_iter().map(|x| x * grad_scale as f32).collect())
+                .collect();
+            assert_eq!(gpu.last_grad_norm().unwrap(), None);
+            cpu.step(&refs(&g)).unwrap();
+            gpu.step(&refs(&g)).unwrap();
+            let c = cpu.last_grad_norm().unwrap();
+            let n = gpu.last_grad_norm().unwrap().unwrap();
+            assert!(
+                ((c - n) / c).abs() < 1e-5,
+                "{config:?}: norm {n} against {c}"
+            );
+        }
+        assert_eq!(gpu.checkpoint().unwrap().clip, cpu.checkpoint().clip);
+        let got = gpu.read_params().unwrap();
+        for (t, g) in got.iter().enumerate() {
+            let (err, at) = worst_movement(g, cpu.param(t), &init[t], 3);
+            assert!(err <= tol, "{config:?} tensor {t}: {err:e} at {at}");
+        }
+    }
 }

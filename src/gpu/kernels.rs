@@ -573,9 +573,9 @@ impl GpuOptimizer {
         if self.matrix.is_some() {
             // Their tensors live in buffers of their own, which the tile
             // reduction (one binding per chunk of the packed tensors) does
-            // not cover.
+            // not cover; they clip with their own kernels, and cannot skip.
             return Err(Error::Unsupported(format!(
-                "gradient clipping and skip_nonfinite for {} on the GPU",
+                "skip_nonfinite for {} on the GPU",
                 self.config.kind()
             )));
         }

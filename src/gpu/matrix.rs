@@ -21,6 +21,7 @@ use std::num::NonZeroU64;
 
 use wgpu::util::DeviceExt;
 
+use crate::clip::ClipGradNorm;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::layout::Layout;
@@ -39,7 +40,7 @@ const MATMUL_TILE: u32 = 64;
 /// Workgroup memory of the products: two tiles of 1024 f32.
 const MATMUL_WORKGROUP_BYTES: u32 = 2 * 1024 * 4;
 /// Storage buffers of the element-wise kernels (the most of any).
-const STORAGE_BINDINGS: u32 = 6;
+const STORAGE_BINDINGS: u32 = 7;
 /// Bytes between two tensors' descriptors: a dynamic uniform offset must
 /// be a multiple of `min_uniform_buffer_offset_alignment` (at most 256).
 const DESC_STRIDE: u64 = 256;
@@ -54,6 +55,7 @@ const FLAG_FACTORED: u32 = 4;
 const FLAG_NESTEROV: u32 = 8;
 const FLAG_TALL: u32 = 16;
 const FLAG_OUT_IN_X1: u32 = 32;
+const FLAG_CLIP: u32 = 64;
 
 /// `struct Desc` of shaders/matrix_desc.wgsl.
 #[repr(C)]
@@ -69,7 +71,9 @@ struct MatrixDesc {
     partials: u32,
     inv_scale: f32,
     s: [f32; 8],
-    pad1: [f32; 3],
+    clip_base: u32,
+    clip_tiles: u32,
+    max_norm: f32,
 }
 
 /// What the kernels need of one tensor, fixed at construction.
@@ -108,6 +112,12 @@ pub(super) struct MatrixPlan {
     tensors: Vec<TensorPlan>,
     /// Where the partial sums start in `red`.
     partials_at: u32,
+    /// Each tensor's first tile of the clipping norm, and the tiles of all.
+    clip_bases: Vec<u32>,
+    clip_tiles: u32,
+    /// The reductions' results (shaders/matrix.wgsl): [2] is the last
+    /// clipping norm.
+    red: wgpu::Buffer,
     /// `[state][tensor]`, each at least 16 bytes (bindings cannot be empty).
     state: Vec<Vec<wgpu::Buffer>>,
     /// How each state tensor is packed (the factored statistics are
@@ -127,7 +137,7 @@ pub(super) struct MatrixPlan {
 }
 
 /// The element-wise entry points, in `MatrixPlan::elementwise` order.
-const ELEMENTWISE_ENTRIES: [&str; 11] = [
+const ELEMENTWISE_ENTRIES: [&str; 13] = [
     "muon_momentum",
     "muon_norm",
     "muon_scale",
@@ -139,6 +149,8 @@ const ELEMENTWISE_ENTRIES: [&str; 11] = [
     "adafactor_apply",
     "muon_norm_partial",
     "adafactor_stats_partial",
+    "clip_partial",
+    "clip_finish",
 ];
 const MUON_MOMENTUM: usize = 0;
 const MUON_NORM: usize = 1;
@@ -151,6 +163,8 @@ const ADAFACTOR_STATS: usize = 7;
 const ADAFACTOR_APPLY: usize = 8;
 const MUON_NORM_PARTIAL: usize = 9;
 const ADAFACTOR_STATS_PARTIAL: usize = 10;
+const CLIP_PARTIAL: usize = 11;
+const CLIP_FINISH: usize = 12;
 const PRODUCT_ENTRIES: [&str; 3] = ["muon_gram", "muon_poly", "muon_next"];
 
 fn device_limit(what: &str, limit: &'static str, needed: u64, available: u64) -> Error {
@@ -313,6 +327,18 @@ impl MatrixPlan {
         let partials_at = RED_HEAD + max_batch;
         let red_len = partials_at + 2 * max_len.div_ceil(PARTIAL_TILE);
         let partials_at = kernel_u32(partials_at, "a tensor's matrices")?;
+        let mut clip_bases = Vec::with_capacity(layout.len());
+        let mut clip_tiles = 0usize;
+        for &len in layout.lengths() {
+            clip_bases.push(kernel_u32(clip_tiles, "the tiles of the clipping norm")?);
+            clip_tiles += len.div_ceil(PARTIAL_TILE);
+        }
+        need(
+            "max_storage_buffer_binding_size",
+            clip_tiles as u64 * 4,
+            max_binding,
+        )?;
+        let clip_tiles_u32 = kernel_u32(clip_tiles, "the tiles of the clipping norm")?;
         need(
             "max_storage_buffer_binding_size",
             red_len as u64 * 4,
@@ -356,6 +382,7 @@ impl MatrixPlan {
                 })
                 .collect();
             let red = storage("matrix reductions", red_len);
+            let clip = storage("clipping norm tiles", clip_tiles);
             let scratch: Vec<wgpu::Buffer> = match which {
                 Which::Muon => vec![
                     storage("Newton–Schulz X0", max_x),
@@ -403,6 +430,7 @@ impl MatrixPlan {
                     storage_entry(4, false),
                     storage_entry(5, false),
                     desc_entry(6),
+                    storage_entry(7, false),
                 ],
             });
             let mm_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -479,6 +507,7 @@ impl MatrixPlan {
                         slots[2].as_entire_binding(),
                         red.as_entire_binding(),
                         desc_binding.clone(),
+                        clip.as_entire_binding(),
                     ];
                     let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
                         .into_iter()
@@ -531,11 +560,14 @@ impl MatrixPlan {
                 Which::Adafactor => Vec::new(),
             };
             let mut kept = scratch;
-            kept.push(red);
+            kept.push(clip);
             MatrixPlan {
                 which,
                 tensors,
                 partials_at,
+                clip_bases,
+                clip_tiles: clip_tiles_u32,
+                red,
                 state,
                 state_layouts,
                 desc,
@@ -590,8 +622,19 @@ impl MatrixPlan {
         }
     }
 
+    /// The clipping norm of the last step that clipped (waits for it).
+    pub(super) fn last_clip_norm(&self, ctx: &GpuContext) -> Result<f32> {
+        Ok(super::readback::read_buffer(ctx, &self.red, 8, 4)?[0])
+    }
+
     /// Dispatches of one step.
-    pub(super) fn dispatches(&self, config: &Config) -> usize {
+    pub(super) fn dispatches(&self, config: &Config, clip: bool) -> usize {
+        let non_empty = self.tensors.iter().filter(|t| t.len > 0).count();
+        let clipping = if clip && non_empty > 0 {
+            non_empty + 1
+        } else {
+            0
+        };
         let ns_steps = match config {
             Config::Muon(m) => m.ns_steps as usize,
             _ => 0,
@@ -604,11 +647,18 @@ impl MatrixPlan {
                 Which::Adafactor if t.factored() => 6,
                 Which::Adafactor => 3,
             })
-            .sum()
+            .sum::<usize>()
+            + clipping
     }
 
     /// Each tensor's descriptor for step `step` (1 for the first).
-    fn descriptors(&self, config: &Config, step: u64, inv_scale: f32) -> Vec<u8> {
+    fn descriptors(
+        &self,
+        config: &Config,
+        step: u64,
+        inv_scale: f32,
+        clip: Option<ClipGradNorm>,
+    ) -> Vec<u8> {
         let mut blob = vec![0u8; DESC_STRIDE as usize * self.tensors.len().max(1)];
         let scale_flag = if inv_scale != 1.0 { FLAG_GRAD_SCALE } else { 0 };
         for (i, t) in self.tensors.iter().enumerate() {
@@ -622,12 +672,18 @@ impl MatrixPlan {
                 flags: scale_flag,
                 partials: self.partials_at,
                 inv_scale,
+                clip_base: self.clip_bases[i],
+                clip_tiles: self.clip_tiles,
+                max_norm: clip.map_or(0.0, |c| c.max_norm as f32),
                 ..Default::default()
             };
             match config {
                 Config::Muon(muon) => fill_muon(&mut d, muon, t),
                 Config::Adafactor(af) => fill_adafactor(&mut d, af, t, step),
                 _ => {}
+            }
+            if clip.is_some() {
+                d.flags |= FLAG_CLIP;
             }
             let at = i * DESC_STRIDE as usize;
             blob[at..at + std::mem::size_of::<MatrixDesc>()]
@@ -646,8 +702,9 @@ impl MatrixPlan {
         config: &Config,
         step: u64,
         inv_scale: f32,
+        clip: Option<ClipGradNorm>,
     ) {
-        let blob = self.descriptors(config, step, inv_scale);
+        let blob = self.descriptors(config, step, inv_scale, clip);
         let staging = ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -672,6 +729,25 @@ impl MatrixPlan {
             label: Some("matrix rule step"),
             timestamp_writes,
         });
+        let offset_of = |i: usize| [(i as u64 * DESC_STRIDE) as u32];
+        if clip.is_some() {
+            // Every tensor's tiles of the norm, then the scale, before
+            // any update.
+            pass.set_pipeline(&self.elementwise[CLIP_PARTIAL]);
+            let mut last = None;
+            for (i, (t, group)) in self.tensors.iter().zip(&self.groups).enumerate() {
+                let Some(group) = group else { continue };
+                pass.set_bind_group(0, group, &offset_of(i));
+                let (x, y) = grid(tiles(t.len));
+                pass.dispatch_workgroups(x, y, 1);
+                last = Some((i, group));
+            }
+            if let Some((i, group)) = last {
+                pass.set_pipeline(&self.elementwise[CLIP_FINISH]);
+                pass.set_bind_group(0, group, &offset_of(i));
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
         for (i, (t, group)) in self.tensors.iter().zip(&self.groups).enumerate() {
             let Some(group) = group else { continue };
             let offset = [(i as u64 * DESC_STRIDE) as u32];

@@ -156,15 +156,16 @@ impl GpuOptimizer {
     /// the shapes; checkpoints record them ([`Checkpoint::shapes`]).
     ///
     /// The matrix rules keep each tensor in buffers of its own (parameters,
-    /// gradients, state), step in one submission like the others, and
-    /// refuse ([`Error::Unsupported`]) gradient clipping and
-    /// `skip_nonfinite` (they have no fused reduction over all tensors
-    /// yet), non-default [`GpuOptions`], views, the caller's buffers and
-    /// parameter groups; the loss scale ([`GpuOptimizer::set_grad_scale`]),
-    /// `set_lr`, `set_momentum` (Muon), checkpoints and
-    /// [`GpuOptimizer::record_step`] work as for the others. A tensor (and,
-    /// for Muon, its Gram matrix) must fit one storage binding
-    /// ([`Error::DeviceLimit`]).
+    /// gradients, state) and step in one submission like the others.
+    /// Global-norm clipping ([`GpuOptimizer::set_clip_grad_norm`]), the
+    /// loss scale ([`GpuOptimizer::set_grad_scale`]), `set_lr`,
+    /// `set_momentum` (Muon), checkpoints and
+    /// [`GpuOptimizer::record_step`] work as for the others; refused
+    /// ([`Error::Unsupported`]): `skip_nonfinite` and
+    /// [`ClipGradNorm::error_if_nonfinite`] (their kernels cannot refuse a
+    /// step), non-default [`GpuOptions`], views, the caller's buffers and
+    /// parameter groups. A tensor (and, for Muon, its Gram matrix) must
+    /// fit one storage binding ([`Error::DeviceLimit`]).
     ///
     /// ```no_run
     /// use wgpu_optim::{GpuContext, GpuOptimizer, Muon, Shape};
@@ -672,7 +673,9 @@ impl GpuOptimizer {
                 &self.config,
                 self.counters.step + 1,
                 self.inv_scale,
+                self.clip,
             );
+            self.norm_seen |= self.clip.is_some();
             self.config
                 .advance_scalar_state(&mut self.scalar_state, self.counters.step + 1);
             self.counters.advance(&self.config);
@@ -756,7 +759,7 @@ impl GpuOptimizer {
     /// buffer) pair unless a buffer or the state is larger than a binding.
     pub fn dispatches_per_step(&self) -> usize {
         if let Some(plan) = &self.matrix {
-            return plan.dispatches(&self.config);
+            return plan.dispatches(&self.config, self.clip.is_some());
         }
         let chunks = match &self.views {
             Some(plan) => plan.groups.len(),
@@ -787,7 +790,11 @@ impl GpuOptimizer {
     pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
         if let Some(c) = clip {
             c.validate()?;
-            self.ensure_reduction()?;
+            if self.matrix.is_some() {
+                matrix_clip_supported(&self.config, c)?;
+            } else {
+                self.ensure_reduction()?;
+            }
         }
         self.clip = clip;
         self.norm_seen = false;
@@ -807,6 +814,9 @@ impl GpuOptimizer {
     pub fn last_grad_norm(&self) -> Result<Option<f32>> {
         if self.clip.is_none() || !self.norm_seen {
             return Ok(None);
+        }
+        if let Some(plan) = &self.matrix {
+            return plan.last_clip_norm(&self.ctx).map(Some);
         }
         let info = read_buffer(&self.ctx, &self.buffers.info, 0, 4)?;
         Ok(Some(info[0]))
@@ -996,8 +1006,10 @@ impl GpuOptimizer {
             self.check_host_writable(&self.params, "parameter")?;
         }
         let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
-        if ckpt.clip.is_some() || ckpt.skip_nonfinite {
-            self.ensure_reduction()?;
+        match (&self.matrix, ckpt.clip) {
+            (Some(_), Some(c)) if !ckpt.skip_nonfinite => matrix_clip_supported(&self.config, c)?,
+            _ if ckpt.clip.is_some() || ckpt.skip_nonfinite => self.ensure_reduction()?,
+            _ => {}
         }
         let ctx = self.ctx.clone();
         ctx.scoped("restoring a checkpoint", || {
@@ -1182,6 +1194,19 @@ fn check_matrix_options(config: &Config, options: &GpuOptions) -> Result<()> {
     {
         return Err(Error::Unsupported(format!(
             "GpuOptions (max_chunk_elements, vector_width, skip_bounds_checks) for {}",
+            config.kind()
+        )));
+    }
+    Ok(())
+}
+
+/// The matrix rules clip on the GPU (their own tiles of the norm, in the
+/// step's pass) but cannot refuse a step there: `error_if_nonfinite` is
+/// [`Error::Unsupported`].
+fn matrix_clip_supported(config: &Config, clip: ClipGradNorm) -> Result<()> {
+    if clip.error_if_nonfinite {
+        return Err(Error::Unsupported(format!(
+            "ClipGradNorm::error_if_nonfinite for {} on the GPU",
             config.kind()
         )));
     }
