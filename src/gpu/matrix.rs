@@ -57,6 +57,17 @@ const FLAG_TALL: u32 = 16;
 const FLAG_OUT_IN_X1: u32 = 32;
 const FLAG_CLIP: u32 = 64;
 
+/// What one step of a matrix rule takes besides the rule.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MatrixStep {
+    /// The step's number (1 for the first).
+    pub(super) number: u64,
+    /// `1/grad_scale` (1: none).
+    pub(super) inv_scale: f32,
+    /// The clipping in force.
+    pub(super) clip: Option<ClipGradNorm>,
+}
+
 /// `struct Desc` of shaders/matrix_desc.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -692,19 +703,22 @@ impl MatrixPlan {
         blob
     }
 
-    /// Records step `step`: the descriptors copied into place by a command
-    /// in `encoder`, then one compute pass.
+    /// Records step `step.number`: the descriptors copied into place by a
+    /// command in `encoder`, then one compute pass.
     pub(super) fn record(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
         config: &Config,
-        step: u64,
-        inv_scale: f32,
-        clip: Option<ClipGradNorm>,
+        step: MatrixStep,
     ) {
-        let blob = self.descriptors(config, step, inv_scale, clip);
+        let MatrixStep {
+            number,
+            inv_scale,
+            clip,
+        } = step;
+        let blob = self.descriptors(config, number, inv_scale, clip);
         let staging = ctx
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {

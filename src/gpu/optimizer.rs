@@ -14,7 +14,7 @@ use crate::rules::Config;
 
 use super::chunks::{chunk_elements, padded, split_chunks, ChunkRange, Tiling};
 use super::kernels::{kernel_for, variant, Kernel, Variant};
-use super::matrix::MatrixPlan;
+use super::matrix::{MatrixPlan, MatrixStep};
 use super::readback::{map_counters, read_buffer};
 use super::resources::{OwnedResources, Storage};
 use super::skip::{SkipTracker, COUNTER_WORDS};
@@ -671,9 +671,11 @@ impl GpuOptimizer {
                 encoder,
                 timestamp_writes,
                 &self.config,
-                self.counters.step + 1,
-                self.inv_scale,
-                self.clip,
+                MatrixStep {
+                    number: self.counters.step + 1,
+                    inv_scale: self.inv_scale,
+                    clip: self.clip,
+                },
             );
             self.norm_seen |= self.clip.is_some();
             self.config
