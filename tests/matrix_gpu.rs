@@ -535,6 +535,14 @@ fn the_gpu_refuses_what_the_matrix_rules_cannot_do_there() {
     let (err, _) = worst(&gpu.read_params().unwrap()[0], cpu.param(0), cpu.param(0));
     assert!(err < ADAFACTOR_TOL);
     assert_eq!(gpu.read_state("variance").unwrap()[0].len(), 6);
+    // Its checkpoint (no shapes) restores on the GPU with the same state.
+    let restored =
+        GpuOptimizer::from_checkpoint(ctx, &cpu.checkpoint(), Default::default()).unwrap();
+    assert_eq!(
+        restored.read_state("variance").unwrap()[0],
+        cpu.state("variance").unwrap()[0]
+    );
+    assert_eq!(restored.read_params().unwrap()[0], cpu.param(0));
 }
 
 /// The GPU holds Adafactor's factored state, not a full second moment: a
