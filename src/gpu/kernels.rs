@@ -359,8 +359,9 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     })
 }
 
-/// The GPU's answer to a rule without a kernel (the matrix rules,
-/// Adafactor and Muon, run on the CPU only so far).
+/// The GPU's answer to a matrix rule (Adafactor, Muon) given to a
+/// constructor of the element-wise kernels (the caller's buffers, views,
+/// groups): they run through src/gpu/matrix.rs only.
 pub(crate) fn matrix_rule_unsupported(config: &Config) -> crate::Error {
     crate::Error::Unsupported(format!(
         "{} on the GPU through this constructor (the matrix rules take GpuOptimizer::new or with_shapes, with their own buffers)",
