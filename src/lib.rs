@@ -12,9 +12,9 @@
 //! [`AdamW`], [`Lamb`], [`RAdam`], [`Adamax`], [`NAdam`], [`Asgd`],
 //! [`Adadelta`], [`Rprop`], [`Lion`], [`AdEMAMix`]) gives its equations,
 //! defaults and reference, with an example. Two rules treat a weight
-//! matrix as a matrix, on the CPU backend so far: [`Adafactor`] and
-//! [`Muon`], over tensors given with their [`Shape`]
-//! ([`CpuOptimizer::with_shapes`]).
+//! matrix as a matrix, on both backends: [`Adafactor`] and [`Muon`], over
+//! tensors given with their [`Shape`] ([`CpuOptimizer::with_shapes`],
+//! [`GpuOptimizer::with_shapes`]).
 //!
 //! ```
 //! use wgpu_optim::{CpuOptimizer, Sgd};

@@ -54,6 +54,27 @@ mod binary {
         out
     }
 
+    /// `--layout gpt2-small` is a model of its own: combined with another
+    /// layout it is refused before anything runs (exit status 2, the
+    /// error named). Running it takes half an hour on lavapipe (Muon's
+    /// 1.5 TFLOP a step): BENCHMARKS.md has that run.
+    #[test]
+    fn bench_gpt2_small_is_not_combined_with_another_layout() {
+        let out = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+            .args([
+                "bench",
+                "--layout",
+                "gpt2-small,packed",
+                "--backends",
+                "cpu",
+            ])
+            .output()
+            .expect("the binary runs");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("gpt2-small"), "{stderr}");
+    }
+
     /// No line of stderr reads as a failure where nothing failed.
     fn assert_no_error_lines(what: &str, stderr: &str) {
         let bad: Vec<&str> = stderr

@@ -53,20 +53,6 @@ fn check_all(backend: Backend<'_>) {
         grouped += !case.groups.is_empty() as usize;
         let matrix_rule = case.config.as_ref().is_some_and(|c| c.is_matrix_rule());
         matrix += matrix_rule as usize;
-        if matrix_rule && matches!(backend, Backend::Gpu(_)) {
-            // The GPU has no kernels for the matrix rules (Adafactor,
-            // Muon): such a case must be refused as not supported, never
-            // run as element-wise (the CPU runs them, below).
-            let refused = r
-                .error
-                .as_deref()
-                .is_some_and(|e| e.starts_with("not supported yet"));
-            if r.pass || !refused {
-                problems.push(format!("{}: not refused on the GPU: {r:?}", case.name));
-            }
-            passed += 1;
-            continue;
-        }
         println!(
             "{:<48} {} param {:>8} state {:>8} {}{}",
             r.case,

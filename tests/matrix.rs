@@ -1,15 +1,13 @@
 //! The matrix rules (Adafactor, Muon): shapes and their typed errors, the
 //! factored state's sizes and memory, checkpoints of that state, and the
-//! places that refuse the rules (the GPU, the sharded optimizer, parameter
-//! groups, low-precision storage). Their numbers against torch are the
-//! golden cases (tests/golden.rs: adafactor_*, muon_*).
-
-mod common;
+//! places that refuse the rules (the sharded optimizer, parameter groups,
+//! low-precision storage). Their numbers against torch are the golden
+//! cases (tests/golden.rs: adafactor_*, muon_*, on the CPU and the GPU);
+//! the GPU against the CPU is tests/matrix_gpu.rs.
 
 use wgpu_optim::sharded::{GradReduce, ShardedOptimizer, ThreadCollective};
 use wgpu_optim::{
-    Adafactor, AdamW, Checkpoint, Config, CpuOptimizer, Error, GpuOptimizer, Muon, MuonAdjustLr,
-    Shape,
+    Adafactor, AdamW, Checkpoint, Config, CpuOptimizer, Error, Muon, MuonAdjustLr, Shape,
 };
 
 /// Deterministic values in about [-1, 1).
@@ -341,26 +339,6 @@ fn muon_hyperparameters_are_checked_as_torch_checks_them() {
             "{bad:?}"
         );
     }
-}
-
-#[test]
-fn the_gpu_refuses_the_matrix_rules() {
-    let ctx = common::ctx();
-    let w = values(12, 1);
-    for config in [Config::from(Muon::default()), Adafactor::default().into()] {
-        match GpuOptimizer::new(ctx, config.clone(), &[&w]) {
-            Err(Error::Unsupported(m)) => assert!(m.contains(config.kind().name()), "{m}"),
-            other => panic!("{config:?}: {other:?}"),
-        }
-    }
-    // Nor does a checkpoint of one restore there.
-    let ckpt = CpuOptimizer::new(Adafactor::default(), &[&w])
-        .unwrap()
-        .checkpoint();
-    assert!(matches!(
-        GpuOptimizer::from_checkpoint(ctx, &ckpt, Default::default()),
-        Err(Error::Unsupported(_))
-    ));
 }
 
 #[test]

@@ -24,7 +24,7 @@ mod common;
 // step every kernel (gpu_vs_cpu, lamb_clip: every rule and option against
 // the CPU; golden: against PyTorch), the ones that turn the reduction on
 // and off (nonfinite, checkpoint, setter_sequences, recorded_steps,
-// scalar_state) and
+// scalar_state), the matrix rules' products and reductions (matrix_gpu) and
 // the error paths (errors, bad_input). The rest (behaviour, schedule,
 // faults, train, large_model) drive the same kernels through the same
 // calls, and would add minutes on CI's 2 cores.
@@ -40,6 +40,8 @@ mod golden;
 mod gpu_vs_cpu;
 #[path = "lamb_clip.rs"]
 mod lamb_clip;
+#[path = "matrix_gpu.rs"]
+mod matrix_gpu;
 #[path = "nonfinite.rs"]
 mod nonfinite;
 #[path = "recorded_steps.rs"]

@@ -659,6 +659,10 @@ pub fn run_case(case: &Case, backend: Backend<'_>) -> CaseResult {
         }
         (Backend::Cpu, false) => CpuOptimizer::with_param_groups(&init, &case.groups)
             .and_then(|mut opt| run_steps(case, &mut opt)),
+        (Backend::Gpu(ctx), true) if !case.shapes.is_empty() => {
+            GpuOptimizer::with_shapes(ctx, config.clone(), &init, &case.shapes)
+                .and_then(|mut opt| run_steps(case, &mut opt))
+        }
         (Backend::Gpu(ctx), true) => GpuOptimizer::new(ctx, config.clone(), &init)
             .and_then(|mut opt| run_steps(case, &mut opt)),
         (Backend::Gpu(ctx), false) => {

@@ -109,7 +109,10 @@ impl GroupPlan {
     fn new(groups: &[ParamGroup], layout: &Layout, options: &GpuOptions) -> Result<Self> {
         let first = &groups[0].config;
         if first.is_matrix_rule() {
-            return Err(super::kernels::matrix_rule_unsupported(first));
+            return Err(Error::Unsupported(format!(
+                "{} over several parameter groups on the GPU (the matrix rules take one group)",
+                first.kind().name()
+            )));
         }
         if first.kernel().is_tiled() {
             return Err(Error::Unsupported(format!(

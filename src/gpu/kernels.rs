@@ -647,11 +647,12 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     })
 }
 
-/// The GPU's answer to a rule without a kernel (the matrix rules,
-/// Adafactor and Muon, run on the CPU only so far).
+/// The GPU's answer to a matrix rule (Adafactor, Muon) given to a
+/// constructor of the element-wise kernels (the caller's buffers, views,
+/// groups): they run through src/gpu/matrix.rs only.
 pub(crate) fn matrix_rule_unsupported(config: &Config) -> crate::Error {
     crate::Error::Unsupported(format!(
-        "{} on the GPU (it runs on the CPU backend only so far)",
+        "{} on the GPU through this constructor (the matrix rules take GpuOptimizer::new or with_shapes, with their own buffers)",
         config.kind()
     ))
 }
@@ -932,6 +933,15 @@ impl GpuOptimizer {
     /// what it needs; a device that cannot host it refuses here
     /// ([`Error::DeviceLimit`]) and nothing changes.
     pub(super) fn ensure_reduction(&mut self) -> Result<()> {
+        if self.matrix.is_some() {
+            // Their tensors live in buffers of their own, which the tile
+            // reduction (one binding per chunk of the packed tensors) does
+            // not cover; they clip with their own kernels, and cannot skip.
+            return Err(Error::Unsupported(format!(
+                "skip_nonfinite for {} on the GPU",
+                self.config.kind()
+            )));
+        }
         if self.reduction.is_some() {
             return Ok(());
         }

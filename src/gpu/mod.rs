@@ -6,6 +6,7 @@ mod chunks;
 mod context;
 mod groups;
 mod kernels;
+mod matrix;
 mod mode;
 mod optimizer;
 mod precision;

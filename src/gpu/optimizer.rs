@@ -9,12 +9,13 @@ use crate::clip::ClipGradNorm;
 use crate::cpu::{scalar_state_of, state_index};
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::layout::{Counters, Layout};
+use crate::layout::{Counters, Layout, Shape};
 use crate::rules::Config;
 
 use super::chunks::{chunk_elements, padded, split_chunks, ChunkRange, Tiling};
 use super::groups::GpuGroups;
 use super::kernels::{kernel_for, variant, Kernel, Variant};
+use super::matrix::{MatrixPlan, MatrixStep};
 use super::precision::GpuPrecision;
 use super::readback::{map_counters, read_buffer};
 use super::resources::{OwnedResources, Storage};
@@ -112,6 +113,9 @@ pub struct GpuOptimizer {
     /// 16-bit parameters or state ([`GpuOptimizer::with_precision`]);
     /// `None` for f32.
     pub(super) precision: Option<GpuPrecision>,
+    /// The matrix rules' (Adafactor, Muon) kernels and buffers
+    /// (src/gpu/matrix.rs); `None` for the element-wise rules.
+    pub(super) matrix: Option<MatrixPlan>,
 }
 
 impl std::fmt::Debug for GpuOptimizer {
@@ -142,11 +146,186 @@ impl GpuOptimizer {
     ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
-        if config.is_matrix_rule() {
-            return Err(super::kernels::matrix_rule_unsupported(&config));
-        }
         let momentum_buffer = config.builds_momentum_buffer();
+        if config.is_matrix_rule() {
+            check_matrix_options(&config, &options)?;
+            let layout = Layout::of(params)?;
+            config.check_shapes(&layout)?;
+            return Self::build_matrix(ctx, config, momentum_buffer, layout, params);
+        }
         Self::with_state(ctx, config, momentum_buffer, params, options)
+    }
+
+    /// As [`GpuOptimizer::new`], with each tensor's [`Shape`], as
+    /// [`crate::CpuOptimizer::with_shapes`] takes them (the same checks and
+    /// errors: [`Error::ShapeMismatch`], [`Error::MatrixRequired`]):
+    /// [`crate::Adafactor`] factors every tensor of two or more dimensions,
+    /// [`crate::Muon`] needs every tensor 2-D. The element-wise rules ignore
+    /// the shapes; checkpoints record them ([`Checkpoint::shapes`]).
+    ///
+    /// The matrix rules keep each tensor in buffers of its own (parameters,
+    /// gradients, state) and step in one submission like the others.
+    /// Global-norm clipping ([`GpuOptimizer::set_clip_grad_norm`]), the
+    /// loss scale ([`GpuOptimizer::set_grad_scale`]), `set_lr`,
+    /// `set_momentum` (Muon), checkpoints and
+    /// [`GpuOptimizer::record_step`] work as for the others; refused
+    /// ([`Error::Unsupported`]): `skip_nonfinite` and
+    /// [`ClipGradNorm::error_if_nonfinite`] (their kernels cannot refuse a
+    /// step), non-default [`GpuOptions`], views, the caller's buffers and
+    /// parameter groups. A tensor (and, for Muon, its Gram matrix) must
+    /// fit one storage binding ([`Error::DeviceLimit`]).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{GpuContext, GpuOptimizer, Muon, Shape};
+    /// let ctx = GpuContext::new()?;
+    /// let w = vec![0.01f32; 64 * 256];
+    /// let mut opt = GpuOptimizer::with_shapes(&ctx, Muon::default(), &[&w], &[Shape::matrix(64, 256)])?;
+    /// opt.step(&[&vec![0.1f32; 64 * 256]])?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn with_shapes(
+        ctx: &GpuContext,
+        config: impl Into<Config>,
+        params: &[&[f32]],
+        shapes: &[Shape],
+    ) -> Result<Self> {
+        let config = config.into();
+        config.validate()?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        Self::with_state_shaped(
+            ctx,
+            config,
+            momentum_buffer,
+            params,
+            shapes,
+            GpuOptions::default(),
+        )
+    }
+
+    /// [`GpuOptimizer::with_shapes`] with the state set given and options.
+    fn with_state_shaped(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        params: &[&[f32]],
+        shapes: &[Shape],
+        options: GpuOptions,
+    ) -> Result<Self> {
+        if params.is_empty() {
+            return Err(Error::EmptyParameterList);
+        }
+        let layout = Layout::of(params)?.with_shapes(shapes)?;
+        config.check_shapes(&layout)?;
+        if config.is_matrix_rule() {
+            check_matrix_options(&config, &options)?;
+            return Self::build_matrix(ctx, config, momentum_buffer, layout, params);
+        }
+        let mut opt = Self::with_state(ctx, config, momentum_buffer, params, options)?;
+        opt.layout = layout;
+        Ok(opt)
+    }
+
+    /// A matrix rule's optimizer: one parameter and one gradient buffer
+    /// per non-empty tensor (a "chunk" each, so the uploads and read-backs
+    /// of the packed paths serve it), and the [`MatrixPlan`].
+    fn build_matrix(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        layout: Layout,
+        params: &[&[f32]],
+    ) -> Result<Self> {
+        let chunks: Vec<ChunkRange> = (0..layout.len())
+            .filter(|&i| layout.lengths()[i] > 0)
+            .map(|i| ChunkRange {
+                start: layout.offsets()[i] as u64,
+                len: layout.lengths()[i] as u64,
+            })
+            .collect();
+        let tiling = Tiling::new(&layout, &chunks)?;
+        let state_names = config.state_names_with(momentum_buffer);
+        // Checks the limits before the parameter buffers are made.
+        let max_binding = {
+            let l = ctx.limits();
+            l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+        };
+        if let Some(c) = chunks.iter().find(|c| padded(c.len, 4) * 4 > max_binding) {
+            return Err(Error::DeviceLimit {
+                what: format!("a tensor of {} elements of {}", c.len, config.kind()),
+                limit: "max_storage_buffer_binding_size",
+                needed: padded(c.len, 4) * 4,
+                available: max_binding,
+            });
+        }
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let (param_buffers, grad_buffers) = ctx.scoped("allocating parameter buffers", || {
+            let make = |label: &str| -> Vec<wgpu::Buffer> {
+                chunks
+                    .iter()
+                    .map(|c| {
+                        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some(label),
+                            size: padded(c.len, 4) * 4,
+                            usage,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect()
+            };
+            (make("params"), make("grads"))
+        })?;
+        let plan = MatrixPlan::new(
+            ctx,
+            &config,
+            &state_names,
+            &layout,
+            &param_buffers,
+            &grad_buffers,
+        )?;
+        let buffers = OwnedResources::create(
+            ctx,
+            &config,
+            &[],
+            &chunks,
+            &tiling,
+            layout.len(),
+            UNIFORM_STRIDE,
+            false,
+        )?;
+        let scalar_state = config.scalar_state_initial();
+        let opt = GpuOptimizer {
+            ctx: ctx.clone(),
+            config,
+            layout,
+            chunks,
+            params: Storage::Owned(param_buffers),
+            grads: Storage::Owned(grad_buffers),
+            state_names,
+            kernel: MatrixPlan::placeholder_kernel(ctx),
+            reduction: None,
+            variant: variant(1, &GpuOptions::default())?,
+            tile_count: tiling.total,
+            buffers,
+            clip: None,
+            norm_seen: false,
+            counters: Counters::default(),
+            scalar_state,
+            inv_scale: 1.0,
+            grad_scale: 1.0,
+            skip: None,
+            skipped_before: 0,
+            eval: false,
+            views: None,
+            groups: None,
+            precision: None,
+            matrix: Some(plan),
+        };
+        ctx.scoped("uploading parameters", || {
+            opt.write_storage_tensors(&opt.params, params)
+        })?;
+        Ok(opt)
     }
 
     /// As [`GpuOptimizer::with_options`], with the state set given (with or
@@ -422,6 +601,7 @@ impl GpuOptimizer {
             views,
             groups: None,
             precision: None,
+            matrix: None,
         };
         if is_lamb {
             // LAMB's own kernels are tile kernels: their bind groups are
@@ -579,6 +759,27 @@ impl GpuOptimizer {
         timestamp_writes: Option<wgpu::ComputePassTimestampWrites<'_>>,
         via: ScalarsVia,
     ) -> Result<()> {
+        if let Some(plan) = &self.matrix {
+            // Clipping and skipping are refused for the matrix rules
+            // (`ensure_reduction`): the step always counts.
+            let _ = via;
+            plan.record(
+                &self.ctx,
+                encoder,
+                timestamp_writes,
+                &self.config,
+                MatrixStep {
+                    number: self.counters.step + 1,
+                    inv_scale: self.inv_scale,
+                    clip: self.clip,
+                },
+            );
+            self.norm_seen |= self.clip.is_some();
+            self.config
+                .advance_scalar_state(&mut self.scalar_state, self.counters.step + 1);
+            self.counters.advance(&self.config);
+            return Ok(());
+        }
         let skip = self.skip.as_ref();
         let host_step = skip.map_or(self.counters.step, |t| t.host_steps_queued);
         let slot = host_step % UNIFORM_RING;
@@ -676,6 +877,9 @@ impl GpuOptimizer {
     /// tensors share, so one per distinct (parameter buffer, gradient
     /// buffer) pair unless a buffer or the state is larger than a binding.
     pub fn dispatches_per_step(&self) -> usize {
+        if let Some(plan) = &self.matrix {
+            return plan.dispatches(&self.config, self.clip.is_some());
+        }
         let chunks = match &self.views {
             Some(plan) => plan.groups.len(),
             None => self.chunks.len(),
@@ -705,7 +909,11 @@ impl GpuOptimizer {
     pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
         if let Some(c) = clip {
             c.validate()?;
-            self.ensure_reduction()?;
+            if self.matrix.is_some() {
+                matrix_clip_supported(&self.config, c)?;
+            } else {
+                self.ensure_reduction()?;
+            }
         }
         self.clip = clip;
         self.norm_seen = false;
@@ -725,6 +933,9 @@ impl GpuOptimizer {
     pub fn last_grad_norm(&self) -> Result<Option<f32>> {
         if self.clip.is_none() || !self.norm_seen {
             return Ok(None);
+        }
+        if let Some(plan) = &self.matrix {
+            return plan.last_clip_norm(&self.ctx).map(Some);
         }
         let info = read_buffer(&self.ctx, &self.buffers.info, 0, 4)?;
         Ok(Some(info[0]))
@@ -771,6 +982,13 @@ impl GpuOptimizer {
     /// nothing changes.
     pub fn write_state(&mut self, name: &str, tensors: &[&[f32]]) -> Result<()> {
         let i = state_index(&self.config, &self.state_names, name)?;
+        if let Some(plan) = &self.matrix {
+            plan.state_layout(i).check(tensors)?;
+            let ctx = self.ctx.clone();
+            return ctx.scoped("writing a state tensor", || {
+                plan.write_state(&self.ctx, i, tensors)
+            });
+        }
         self.layout.check(tensors)?;
         if self.state_is_bf16() {
             let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
@@ -868,7 +1086,11 @@ impl GpuOptimizer {
         Ok(Checkpoint {
             config: self.config.clone(),
             lengths: self.layout.lengths().to_vec(),
-            shapes: Vec::new(),
+            shapes: self
+                .layout
+                .shapes()
+                .map(<[Shape]>::to_vec)
+                .unwrap_or_default(),
             step: exact.step,
             buffer_filled: group_state
                 .first()
@@ -923,13 +1145,35 @@ impl GpuOptimizer {
             opt.load_checkpoint(ckpt)?;
             return Ok(opt);
         }
-        let mut opt = Self::with_state(
-            ctx,
-            ckpt.config.clone(),
-            ckpt.momentum_buffer(),
-            &layout.split(flat)?,
-            options,
-        )?;
+        let mut opt = if ckpt.shapes.is_empty() && !ckpt.config.is_matrix_rule() {
+            Self::with_state(
+                ctx,
+                ckpt.config.clone(),
+                ckpt.momentum_buffer(),
+                &layout.split(flat)?,
+                options,
+            )?
+        } else if ckpt.shapes.is_empty() {
+            // A matrix rule's checkpoint without shapes: vectors only.
+            check_matrix_options(&ckpt.config, &options)?;
+            ckpt.config.check_shapes(&layout)?;
+            Self::build_matrix(
+                ctx,
+                ckpt.config.clone(),
+                ckpt.momentum_buffer(),
+                layout.clone(),
+                &layout.split(flat)?,
+            )?
+        } else {
+            Self::with_state_shaped(
+                ctx,
+                ckpt.config.clone(),
+                ckpt.momentum_buffer(),
+                &layout.split(flat)?,
+                &ckpt.shapes,
+                options,
+            )?
+        };
         opt.load_checkpoint(ckpt)?;
         Ok(opt)
     }
@@ -954,6 +1198,7 @@ impl GpuOptimizer {
                 &self.precision(),
             )?;
         }
+        ckpt.check_shapes_fit(&self.layout)?;
         if ckpt.params.is_some() {
             self.check_host_writable(&self.params, "parameter")?;
         }
@@ -963,13 +1208,21 @@ impl GpuOptimizer {
             ));
         }
         let inv_scale = crate::rules::inverse_grad_scale(ckpt.grad_scale)?;
-        if ckpt.clip.is_some() || ckpt.skip_nonfinite {
-            self.ensure_reduction()?;
+        match (&self.matrix, ckpt.clip) {
+            (Some(_), Some(c)) if !ckpt.skip_nonfinite => matrix_clip_supported(&self.config, c)?,
+            _ if ckpt.clip.is_some() || ckpt.skip_nonfinite => self.ensure_reduction()?,
+            _ => {}
         }
         let ctx = self.ctx.clone();
         let bf16_state = self.state_is_bf16();
         ctx.scoped("restoring a checkpoint", || {
             for (i, (_, values)) in ckpt.state.iter().enumerate() {
+                if let Some(plan) = &self.matrix {
+                    // Lengths validated above (check_fits, check_shapes_fit).
+                    let tensors = plan.state_layout(i).split_unchecked(values);
+                    plan.write_state(&self.ctx, i, &tensors);
+                    continue;
+                }
                 // Lengths validated above; bf16 values (validate) pack
                 // exactly.
                 if bf16_state {
@@ -1111,17 +1364,25 @@ impl GpuOptimizer {
     /// bf16 state widened to f32.
     pub fn read_state_flat(&self, name: &str) -> Result<Vec<f32>> {
         let i = state_index(&self.config, &self.state_names, name)?;
+        if let Some(plan) = &self.matrix {
+            return plan.read_state(&self.ctx, i);
+        }
         if self.state_is_bf16() {
             return self.read_words(&self.buffers.state[i], false);
         }
         self.read_storage(&Storage::Owned(self.buffers.state[i].clone()))
     }
 
-    /// Reads the state tensor `name` back, one vector per tensor.
+    /// Reads the state tensor `name` back, one vector per tensor (as long
+    /// as its parameter tensor, but for Adafactor's factored statistics, as
+    /// [`crate::CpuOptimizer::state`] has them).
     pub fn read_state(&self, name: &str) -> Result<Vec<Vec<f32>>> {
         let flat = self.read_state_flat(name)?;
-        Ok(self
-            .layout
+        let layout = match &self.matrix {
+            Some(plan) => plan.state_layout(state_index(&self.config, &self.state_names, name)?),
+            None => &self.layout,
+        };
+        Ok(layout
             .split_unchecked(&flat)
             .into_iter()
             .map(|s| s.to_vec())
@@ -1208,4 +1469,33 @@ impl GpuOptimizer {
             (None, Storage::Views(v)) => v.iter().map(|v| &v.buffer).collect(),
         }
     }
+}
+
+/// The matrix rules take no [`GpuOptions`] (each tensor is a buffer of its
+/// own, read in f32 scalars, with bounds checks): a non-default one is
+/// refused rather than ignored.
+fn check_matrix_options(config: &Config, options: &GpuOptions) -> Result<()> {
+    if options.max_chunk_elements.is_some()
+        || options.vector_width.is_some()
+        || options.skip_bounds_checks
+    {
+        return Err(Error::Unsupported(format!(
+            "GpuOptions (max_chunk_elements, vector_width, skip_bounds_checks) for {}",
+            config.kind()
+        )));
+    }
+    Ok(())
+}
+
+/// The matrix rules clip on the GPU (their own tiles of the norm, in the
+/// step's pass) but cannot refuse a step there: `error_if_nonfinite` is
+/// [`Error::Unsupported`].
+fn matrix_clip_supported(config: &Config, clip: ClipGradNorm) -> Result<()> {
+    if clip.error_if_nonfinite {
+        return Err(Error::Unsupported(format!(
+            "ClipGradNorm::error_if_nonfinite for {} on the GPU",
+            config.kind()
+        )));
+    }
+    Ok(())
 }

@@ -92,7 +92,10 @@ impl GpuOptimizer {
             return Self::with_options(ctx, config, params, options);
         }
         if config.is_matrix_rule() {
-            return Err(super::kernels::matrix_rule_unsupported(&config));
+            return Err(Error::Unsupported(format!(
+                "{} with low-precision storage on the GPU (the matrix rules keep f32)",
+                config.kind().name()
+            )));
         }
         let momentum_buffer = config.builds_momentum_buffer();
         let state_names = config.state_names_with(momentum_buffer);

@@ -38,8 +38,8 @@ use crate::layout::{Layout, Shape};
 ///
 /// Reference: `torch.optim.Adafactor` (2.15), which follows Shazeer and
 /// Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
-/// (ICML 2018). It runs on the CPU only so far ([`Error::Unsupported`] on
-/// the GPU).
+/// (ICML 2018). On the GPU (`GpuOptimizer::with_shapes`) the row and
+/// column sums run in the step's own submission, deterministically.
 ///
 /// ```
 /// use wgpu_optim::{Adafactor, CpuOptimizer, Shape};
@@ -91,13 +91,13 @@ impl Default for Adafactor {
 
 impl Adafactor {
     /// `eps1` as torch uses it for f32 parameters.
-    fn eps1(&self) -> f64 {
+    pub(crate) fn eps1(&self) -> f64 {
         self.eps.0.unwrap_or(f32::EPSILON as f64)
     }
 }
 
-/// Adafactor's per-step scalars that stay the same from step to step. It
-/// has no GPU kernel yet; the CPU step reads these.
+/// Adafactor's per-step scalars that stay the same from step to step (the
+/// CPU step and the GPU's descriptors, src/gpu/matrix.rs, read these).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct AdafactorScalars {

@@ -46,8 +46,8 @@ use crate::layout::Layout;
 /// (`CpuOptimizer::with_shapes`): torch 2.15 refuses any other, and so does
 /// this crate ([`Error::MatrixRequired`]). Biases, norms, embeddings and
 /// the head belong to another optimizer (AdamW): see
-/// `examples/muon_adamw.rs`. It runs on the CPU only so far
-/// ([`Error::Unsupported`] on the GPU).
+/// `examples/muon_adamw.rs`. On the GPU (`GpuOptimizer::with_shapes`) the
+/// iteration is tiled f32 matrix products in WGSL.
 ///
 /// ```
 /// use wgpu_optim::{CpuOptimizer, Muon, Shape};
@@ -139,7 +139,7 @@ impl Default for Muon {
 impl Muon {
     /// The lr of a matrix of `a × b` (torch's `_adjust_lr`), in f64 as
     /// torch computes it.
-    fn adjusted_lr(&self, a: usize, b: usize) -> f64 {
+    pub(crate) fn adjusted_lr(&self, a: usize, b: usize) -> f64 {
         let (a, b) = (a as f64, b as f64);
         let ratio = match self.adjust_lr_fn {
             None | Some(MuonAdjustLr::Original) => (a / b).max(1.0).sqrt(),
@@ -150,8 +150,8 @@ impl Muon {
     }
 }
 
-/// Muon's per-step scalars. It has no GPU kernel yet; the CPU step reads
-/// these.
+/// Muon's per-step scalars (the CPU step and the GPU's descriptors,
+/// src/gpu/matrix.rs, read these).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct MuonScalars {

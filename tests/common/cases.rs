@@ -207,9 +207,10 @@ pub fn info(rule: RuleKind) -> RuleInfo {
 }
 
 /// The rules of the table: every registered rule but the matrix rules
-/// (Adafactor, Muon), which need shapes (`CpuOptimizer::with_shapes`), run
-/// on the CPU only, over one parameter group, and are tested by
-/// tests/matrix.rs, the golden cases and [`matrix_configs`] instead.
+/// (Adafactor, Muon), which need shapes (`CpuOptimizer::with_shapes`,
+/// `GpuOptimizer::with_shapes`), run over one parameter group, and are
+/// tested by tests/matrix.rs, tests/matrix_gpu.rs, the golden cases and
+/// [`matrix_configs`] instead.
 pub fn table_rules() -> impl Iterator<Item = RuleKind> {
     RuleKind::ALL
         .into_iter()

@@ -73,6 +73,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::{json, Value};
+mod gpt2;
 mod gpu;
 mod plot;
 
@@ -193,6 +194,13 @@ pub enum BenchLayout {
     /// at the next 256-byte-aligned offset of its pool (burn's alignment),
     /// stepped through views (`GpuOptimizer::from_views`).
     Scattered,
+    /// GPT-2 small's 48 block matrices (`torch_optim_bench.py`'s
+    /// `GPT2_SMALL`) with their shapes, stepped by Adam, AdamW, Adafactor
+    /// and Muon on each backend (`--rules`, `--sizes` and `--tensors` are
+    /// not read): step times, and Muon's Newton–Schulz TFLOPS against the
+    /// GPU's f32 peak measured in the same run (src/cli/bench/gpt2.rs).
+    /// Not combined with another layout.
+    Gpt2Small,
 }
 
 /// Pooled buffers of `--layout scattered`, for the parameters and for the
@@ -207,6 +215,7 @@ fn layout_name(l: BenchLayout) -> &'static str {
     match l {
         BenchLayout::Packed => "packed",
         BenchLayout::Scattered => "scattered",
+        BenchLayout::Gpt2Small => "gpt2-small",
     }
 }
 
@@ -259,7 +268,10 @@ pub struct BenchArgs {
     /// optimizer's own buffers) or scattered (1000 tensors, by default,
     /// over 8 pooled buffers at 256-byte-aligned offsets, through
     /// `from_views`; LAMB unsupported). A GPU row per
-    /// layout; the CPU rows are packed.
+    /// layout; the CPU rows are packed. Or, alone, gpt2-small: GPT-2
+    /// small's 48 block matrices with Adam, AdamW, Adafactor and Muon on
+    /// each backend (--rules and --sizes not read), with Muon's
+    /// Newton–Schulz TFLOPS and its fraction of the GPU's measured f32 peak.
     #[arg(long, value_delimiter = ',', default_value = "packed")]
     layout: Vec<BenchLayout>,
     /// After timing, check the GPU against the CPU from the same start.
@@ -671,6 +683,15 @@ fn emit(pb: &ProgressBar, line: &str) {
 
 /// Runs `bench`.
 pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
+    if args.layout.contains(&BenchLayout::Gpt2Small) {
+        if args.layout.iter().any(|&l| l != BenchLayout::Gpt2Small) {
+            return Err(wgpu_optim::Error::InvalidOptions(
+                "--layout gpt2-small is a model of its own: not combined with packed or scattered"
+                    .into(),
+            ));
+        }
+        return gpt2::run(&args);
+    }
     let mut presets: Vec<Preset> = Vec::new();
     for p in args.rules.iter().flat_map(|r| r.0.iter().copied()) {
         if !presets.contains(&p) {
@@ -852,6 +873,7 @@ pub fn run(args: BenchArgs) -> wgpu_optim::Result<ExitCode> {
                     match layout {
                         BenchLayout::Packed => "",
                         BenchLayout::Scattered => " scattered",
+                        BenchLayout::Gpt2Small => " gpt2-small",
                     }
                 );
                 pb.set_message(label.clone());
