@@ -1,0 +1,757 @@
+//! Step [burn](https://burn.dev) 0.22 models with wgpu-optim's fused
+//! optimizer kernels, in place, on burn's own wgpu device.
+//!
+//! burn's optimizers are chains of tensor operations per parameter. Here a
+//! whole model steps in one fused dispatch per pooled buffer: the
+//! parameters are updated where burn's memory pool put them (as
+//! [`wgpu_optim::TensorView`]s), the optimizer's state lives on the same
+//! device, and every rule, global clipping, the non-finite skip and the
+//! schedules of wgpu-optim apply.
+//!
+//! # Two ways in
+//!
+//! - [`ModelOptimizer`]: a whole-model step for hand-written loops,
+//!   `model = opt.step(model, grads)?`, with every parameter of the module
+//!   in one optimizer (global clipping over all of them, as torch's
+//!   `clip_grad_norm_`).
+//! - [`FusedOptimizer`]: burn's own [`burn::optim::Optimizer`] trait, so a
+//!   `ModuleOptimizer` (and through it burn-train's `Learner`) can use it.
+//!   burn calls that trait one tensor at a time, so each tensor is its own
+//!   fused step, and its state is a burn record (burn's checkpoints keep
+//!   working).
+//!
+//! # The device
+//!
+//! [`BurnGpu::new`] brings up burn's wgpu runtime and shares its
+//! `wgpu::Device` and `wgpu::Queue` with wgpu-optim ([`BurnGpu::context`]);
+//! [`BurnGpu::from_setup`] takes a setup the caller already registered with
+//! burn. Both sides submit on the one queue: before a step reads the
+//! buffers, burn's queued work is flushed, so the step sees the gradients
+//! burn computed, and burn's later work sees the stepped parameters.
+//!
+//! # burn's features
+//!
+//! burn must be built without its `fusion` feature (burn's default
+//! features include it: depend on burn with `default-features = false`
+//! and the features you use, as this crate does). With fusion, a tensor is
+//! a handle of burn's fusion server rather than a buffer, and this crate
+//! does not compile against it. Only `f32` parameters and gradients are
+//! stepped; another dtype is [`Error::Unsupported`].
+//!
+//! # In place, and when not
+//!
+//! A parameter whose buffer burn shares with another tensor (a clone of the
+//! module kept elsewhere, a graph still holding it) is not written over:
+//! it is first copied into a buffer of its own (the step returns the module
+//! with the copy; the clone keeps the old values), as burn's own
+//! optimizers do when they cannot mutate. The optimizer then rebinds to the
+//! new buffers, keeping its state. [`ModelOptimizer::copies`] counts the
+//! parameters copied so far.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{DType, Device, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use cubecl_wgpu::{AutoCompiler, WgpuServer};
+use wgpu_optim::{
+    ClipGradNorm, Config, GpuContext, GpuOptimizer, GpuOptions, Scheduler, TensorView,
+};
+
+mod fused;
+pub use fused::{FusedOptimizer, FusedState};
+
+/// What can go wrong here: wgpu-optim's errors, and burn's side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// wgpu-optim refused or failed.
+    #[error(transparent)]
+    Optim(#[from] wgpu_optim::Error),
+    /// burn's wgpu runtime could not be brought up or shared.
+    #[error("burn's wgpu runtime: {0}")]
+    Init(String),
+    /// A tensor is not one this crate can step (its dtype, its backend).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// burn's compute server failed (flushing its work, or handing out a
+    /// tensor's buffer).
+    #[error("burn's compute server: {0}")]
+    Server(String),
+    /// The module's parameters are not the ones the optimizer was built
+    /// over (a parameter added, removed, or of another length).
+    #[error("the module's parameters changed: {0}")]
+    ParamsChanged(String),
+}
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// burn's wgpu device and the [`GpuContext`] on the same `wgpu::Device`
+/// and queue.
+#[derive(Clone)]
+pub struct BurnGpu {
+    device: Device,
+    ctx: GpuContext,
+}
+
+impl BurnGpu {
+    /// Initializes burn's wgpu runtime on its default adapter and shares
+    /// its device and queue. burn allows one initialization of a runtime:
+    /// if burn's default wgpu device was already used or initialized, this
+    /// is [`Error::Init`]; use [`BurnGpu::from_setup`] instead.
+    pub fn new() -> Result<Self> {
+        let (device, setup) = Device::wgpu_options()
+            .init_with_setup()
+            .map_err(|e| Error::Init(e.to_string()))?;
+        Ok(Self::from_setup(device, setup))
+    }
+
+    /// burn's `device` and the setup it runs on (as
+    /// `Device::wgpu_options().init_with_setup()` returns them, or the
+    /// setup the caller registered with `.setup(...)`).
+    pub fn from_setup(device: Device, setup: burn::tensor::wgpu::WgpuSetup) -> Self {
+        let info = setup.adapter.get_info();
+        let ctx = GpuContext::from_device(setup.device, setup.queue, Some(info));
+        BurnGpu { device, ctx }
+    }
+
+    /// burn's device: make the model and its tensors on it.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// wgpu-optim's context on burn's device and queue.
+    pub fn context(&self) -> &GpuContext {
+        &self.ctx
+    }
+}
+
+/// burn's cubecl tensor behind a float tensor of burn's wgpu backend
+/// (autodiff stripped: the caller keeps what it needs to put it back).
+fn cube_of<const D: usize>(tensor: Tensor<D>) -> Result<CubeTensor> {
+    tensor
+        .inner()
+        .try_into_primitive::<CubeBackend>()
+        .map_err(|e| Error::Unsupported(format!("a tensor not on burn's wgpu backend: {e:?}")))
+}
+
+/// The wgpu buffer and byte offset of a cubecl tensor, after burn's queued
+/// work on it was executed.
+fn resource_of(cube: &CubeTensor) -> Result<(wgpu::Buffer, u64)> {
+    let res = cube
+        .client
+        .get_resource::<WgpuServer<AutoCompiler>>(cube.handle.clone())
+        .map_err(|e| Error::Server(format!("{e:?}")))?;
+    let r = res.resource();
+    Ok((r.buffer.clone(), r.offset))
+}
+
+/// Checks what the fused kernels need of a tensor: f32, dense, row-major.
+fn check_dense(cube: &CubeTensor, what: &str) -> Result<()> {
+    if cube.dtype != DType::F32 {
+        return Err(Error::Unsupported(format!(
+            "a {what} of dtype {:?} (the fused step takes f32)",
+            cube.dtype
+        )));
+    }
+    Ok(())
+}
+
+/// The autodiff state of a parameter, taken before its tensor is unwrapped
+/// and put back after, as burn's own `ModuleOptimizer` does: `from_inner`
+/// alone would drop `require_grad` and the checkpointing strategy.
+struct AutodiffContext {
+    /// Whether the tensor was an autodiff one at all (burn's per-tensor
+    /// trait hands over the inner tensor).
+    autodiff: bool,
+    require_grad: bool,
+    distributed: bool,
+    checkpointing: Option<burn::tensor::GradientCheckpointingStrategy>,
+}
+
+impl AutodiffContext {
+    fn capture<const D: usize>(t: &Tensor<D>) -> Self {
+        if !t.is_autodiff() {
+            return AutodiffContext {
+                autodiff: false,
+                require_grad: false,
+                distributed: false,
+                checkpointing: None,
+            };
+        }
+        AutodiffContext {
+            autodiff: true,
+            require_grad: t.is_require_grad(),
+            distributed: t.is_distributed(),
+            checkpointing: t.gradient_checkpointing_strategy(),
+        }
+    }
+
+    fn restore<const D: usize>(&self, inner: Tensor<D>, id: ParamId) -> Tensor<D> {
+        if !self.autodiff {
+            return inner;
+        }
+        let mut t = Tensor::from_inner(inner);
+        if let Some(s) = self.checkpointing {
+            t = t.with_gradient_checkpointing_strategy(s);
+        }
+        if self.require_grad {
+            t = t.require_grad();
+        }
+        if self.distributed {
+            t = t.set_distributed(id);
+        }
+        t
+    }
+}
+
+/// A row-major f32 cubecl tensor of burn's (its handle may be longer than
+/// its elements: burn pads small allocations) that may be written in place:
+/// the tensor itself when burn holds no other reference to its buffer, a
+/// copy otherwise. Returns the tensor and whether it was copied.
+fn writable(cube: CubeTensor) -> (CubeTensor, bool) {
+    if cube.can_mut() && cube.is_contiguous() {
+        (cube, false)
+    } else {
+        (cube.copy(), true)
+    }
+}
+
+/// One parameter the optimizer steps.
+#[derive(Clone, Debug, PartialEq)]
+struct Bound {
+    id: ParamId,
+    len: usize,
+    buffer: wgpu::Buffer,
+    offset: u64,
+}
+
+/// A parameter made writable and its gradient, ready for the fused step.
+struct Taken<const D: usize> {
+    /// The parameter to put back in the module (the one stepped).
+    tensor: Tensor<D>,
+    bound: Bound,
+    grad: (wgpu::Buffer, u64, usize),
+    /// Keeps the gradient's buffer from burn's pool until the copy that
+    /// reads it is submitted.
+    keep: CubeTensor,
+    copied: bool,
+}
+
+/// Takes a parameter and its gradient apart: checks them, makes the
+/// parameter writable (a copy where burn shares its buffer) and finds both
+/// buffers. On an error the parameter comes back as it was.
+fn take_one<const D: usize>(
+    id: ParamId,
+    tensor: Tensor<D>,
+    grad: Tensor<D>,
+) -> std::result::Result<Taken<D>, Box<(Tensor<D>, Error)>> {
+    let context = AutodiffContext::capture(&tensor);
+    // A clone to give back if the conversion fails (it consumes the
+    // tensor); dropped before `can_mut`, which counts references.
+    let backup = tensor.clone();
+    let cube = match cube_of(tensor) {
+        Ok(c) => c,
+        Err(e) => return Err(Box::new((backup, e))),
+    };
+    drop(backup);
+    let put_back = |cube: CubeTensor, e: Error| {
+        let inner = Tensor::<D>::from_primitive::<CubeBackend>(cube);
+        Box::new((context.restore(inner, id), e))
+    };
+    let checked = check_dense(&cube, "parameter").and_then(|()| {
+        let grad = cube_of(grad)?;
+        check_dense(&grad, "gradient")?;
+        let len = cube.meta.shape().num_elements();
+        let glen = grad.meta.shape().num_elements();
+        if glen != len {
+            return Err(Error::ParamsChanged(format!(
+                "parameter {id} has {len} elements and its gradient {glen}"
+            )));
+        }
+        Ok((grad, len))
+    });
+    let (grad, len) = match checked {
+        Ok(v) => v,
+        Err(e) => return Err(put_back(cube, e)),
+    };
+    let (cube, copied) = writable(cube);
+    let grad = if grad.is_contiguous() {
+        grad
+    } else {
+        grad.copy()
+    };
+    let found = resource_of(&cube).and_then(|p| Ok((p, resource_of(&grad)?)));
+    let ((buffer, offset), (gbuf, goff)) = match found {
+        Ok(v) => v,
+        Err(e) => return Err(put_back(cube, e)),
+    };
+    let inner = Tensor::<D>::from_primitive::<CubeBackend>(cube);
+    Ok(Taken {
+        tensor: context.restore(inner, id),
+        bound: Bound {
+            id,
+            len,
+            buffer,
+            offset,
+        },
+        grad: (gbuf, goff, len),
+        keep: grad,
+        copied,
+    })
+}
+
+/// Collects each parameter that has a gradient (see [`take_one`]).
+struct Gather<'a> {
+    grads: &'a mut GradientsParams,
+    params: Vec<Bound>,
+    grad_views: Vec<(wgpu::Buffer, u64, usize)>,
+    keep: Vec<CubeTensor>,
+    copies: usize,
+    error: Option<Error>,
+}
+
+impl<'a> Gather<'a> {
+    fn new(grads: &'a mut GradientsParams) -> Self {
+        Gather {
+            grads,
+            params: Vec::new(),
+            grad_views: Vec::new(),
+            keep: Vec::new(),
+            copies: 0,
+            error: None,
+        }
+    }
+}
+
+impl ModuleMapper for Gather<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        if self.error.is_some() {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let tensor = match take_one(id, tensor, grad) {
+            Ok(t) => {
+                self.params.push(t.bound);
+                self.grad_views.push(t.grad);
+                self.keep.push(t.keep);
+                self.copies += t.copied as usize;
+                t.tensor
+            }
+            Err(failed) => {
+                let (tensor, e) = *failed;
+                self.error = Some(e);
+                tensor
+            }
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// A step that failed: the error, and the module as it was (its values
+/// unchanged; a parameter may now be a copy of its old tensor).
+pub struct StepError<M> {
+    /// The module, to keep training or to save.
+    pub module: M,
+    /// Why the step failed.
+    pub error: Error,
+}
+
+impl<M> std::fmt::Debug for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> std::fmt::Display for StepError<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<M> std::error::Error for StepError<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The optimizer over the parameters, and the gradients' staging buffer.
+struct Built {
+    opt: GpuOptimizer,
+    params: Vec<Bound>,
+    /// The gradients, packed as the parameters: each step copies burn's
+    /// gradients here (burn's pool may hold a gradient in the buffer of a
+    /// parameter, which one dispatch cannot bind both read-write and
+    /// read-only; and the gradients move every step).
+    staging: wgpu::Buffer,
+    /// Each tensor's byte offset in `staging`.
+    offsets: Vec<u64>,
+}
+
+/// Settings given before the first step, applied when the optimizer is
+/// built over the module's parameters.
+#[derive(Clone, Default)]
+struct Settings {
+    clip: Option<ClipGradNorm>,
+    skip_nonfinite: bool,
+    lr: Option<f64>,
+}
+
+/// Checks a learning rate as the rules do (finite, not negative).
+fn check_lr(lr: f64) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(wgpu_optim::Error::InvalidHyperparameter {
+            name: "lr",
+            value: lr,
+            reason: "must be finite and >= 0",
+        }
+        .into())
+    }
+}
+
+/// The fused step over gathered parameters: builds the optimizer over
+/// their buffers at the first step, rebinds it (keeping its state) when
+/// burn moved one, copies the gradients in and steps.
+struct Stepper {
+    ctx: GpuContext,
+    config: Config,
+    options: GpuOptions,
+    settings: Settings,
+    built: Option<Built>,
+}
+
+impl Stepper {
+    fn new(ctx: GpuContext, config: Config, options: GpuOptions) -> Self {
+        Stepper {
+            ctx,
+            config,
+            options,
+            settings: Settings::default(),
+            built: None,
+        }
+    }
+
+    fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        if let Some(c) = &clip {
+            c.validate()?;
+        }
+        if let Some(b) = &mut self.built {
+            b.opt.set_clip_grad_norm(clip)?;
+        }
+        self.settings.clip = clip;
+        Ok(())
+    }
+
+    fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+        if let Some(b) = &mut self.built {
+            b.opt.set_skip_nonfinite(skip)?;
+        }
+        self.settings.skip_nonfinite = skip;
+        Ok(())
+    }
+
+    fn set_lr(&mut self, lr: f64) -> Result<()> {
+        check_lr(lr)?;
+        if let Some(b) = &mut self.built {
+            b.opt.set_lr(lr)?;
+        }
+        self.settings.lr = Some(lr);
+        Ok(())
+    }
+
+    /// Steps the gathered tensors; `before` runs on the bound optimizer
+    /// first (the schedule's values).
+    fn step(
+        &mut self,
+        params: Vec<Bound>,
+        grad_views: Vec<(wgpu::Buffer, u64, usize)>,
+        keep: Vec<CubeTensor>,
+        before: impl FnOnce(&mut GpuOptimizer) -> Result<()>,
+    ) -> Result<()> {
+        if params.is_empty() {
+            return Err(Error::ParamsChanged(
+                "no parameter of the module has a gradient".into(),
+            ));
+        }
+        // burn's work (the backward pass, the copies made here) reaches
+        // the queue before the step's.
+        if let Some(g) = keep.first() {
+            g.client
+                .flush()
+                .map_err(|e| Error::Server(format!("{e:?}")))?;
+        }
+        self.bind(&params)?;
+        let b = self.built.as_mut().expect("bound above");
+        before(&mut b.opt)?;
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("wgpu-optim-burn: gradients to staging"),
+                });
+        for ((buf, off, len), dst) in grad_views.iter().zip(&b.offsets) {
+            encoder.copy_buffer_to_buffer(buf, *off, &b.staging, *dst, 4 * *len as u64);
+        }
+        self.ctx.queue().submit([encoder.finish()]);
+        drop(keep);
+        b.opt.step_device()?;
+        Ok(())
+    }
+
+    /// Builds the optimizer over `params` at the first step, and rebuilds
+    /// it, keeping its state, when burn moved a parameter (a copy).
+    fn bind(&mut self, params: &[Bound]) -> Result<()> {
+        if let Some(b) = &self.built {
+            if b.params.len() != params.len()
+                || b.params
+                    .iter()
+                    .zip(params)
+                    .any(|(a, p)| a.id != p.id || a.len != p.len)
+            {
+                return Err(Error::ParamsChanged(format!(
+                    "the optimizer steps {} parameters and the module has {} with gradients (or other ones)",
+                    b.params.len(),
+                    params.len()
+                )));
+            }
+            if b.params == params {
+                return Ok(());
+            }
+        }
+        let built = self.build(params)?;
+        self.built = Some(built);
+        Ok(())
+    }
+
+    fn build(&self, params: &[Bound]) -> Result<Built> {
+        let lengths: Vec<usize> = params.iter().map(|p| p.len).collect();
+        let mut offsets = Vec::with_capacity(lengths.len());
+        let mut total = 0u64;
+        for &len in &lengths {
+            offsets.push(total);
+            total += 4 * len as u64;
+        }
+        let staging = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim-burn: gradients"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let param_views: Vec<TensorView> = params
+            .iter()
+            .map(|p| TensorView::new(p.buffer.clone(), p.offset, p.len))
+            .collect();
+        let grad_views: Vec<TensorView> = offsets
+            .iter()
+            .zip(&lengths)
+            .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
+            .collect();
+        let mut opt = GpuOptimizer::from_views_with_options(
+            &self.ctx,
+            self.config.clone(),
+            param_views,
+            grad_views,
+            self.options.clone(),
+        )?;
+        match &self.built {
+            Some(old) => {
+                // The state, step count and settings move over; the
+                // parameters are the new buffers' (the same values).
+                let mut ckpt = old.opt.checkpoint()?;
+                ckpt.params = None;
+                opt.load_checkpoint(&ckpt)?;
+            }
+            None => {
+                opt.set_clip_grad_norm(self.settings.clip)?;
+                opt.set_skip_nonfinite(self.settings.skip_nonfinite)?;
+                if let Some(lr) = self.settings.lr {
+                    opt.set_lr(lr)?;
+                }
+            }
+        }
+        Ok(Built {
+            opt,
+            params: params.to_vec(),
+            staging,
+            offsets,
+        })
+    }
+}
+
+/// A whole-model optimizer for burn: one fused step over every parameter
+/// of a module that has a gradient, updated in place in burn's buffers.
+///
+/// The parameters are taken at the first [`step`](ModelOptimizer::step),
+/// in the module's visiting order (its fields' order); later steps expect
+/// the same parameters with gradients (a parameter that had a gradient and
+/// has none is [`Error::ParamsChanged`]: one fused step cannot leave one
+/// tensor's state untouched, where torch skips it).
+///
+/// ```no_run
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::GradientsParams;
+/// use burn::tensor::Tensor;
+/// use wgpu_optim::AdamW;
+/// use wgpu_optim_burn::{BurnGpu, ModelOptimizer};
+///
+/// let gpu = BurnGpu::new()?;
+/// let device = gpu.device().clone().autodiff();
+/// let mut model: Linear = LinearConfig::new(4, 2).init(&device);
+/// let mut opt = ModelOptimizer::new(&gpu, AdamW::default());
+/// for _ in 0..10 {
+///     let x = Tensor::<2>::ones([8, 4], &device);
+///     let loss = model.forward(x).powi_scalar(2).mean();
+///     let grads = GradientsParams::from_grads(loss.backward(), &model);
+///     model = opt.step(model, grads).map_err(|e| e.error)?;
+/// }
+/// # Ok::<(), wgpu_optim_burn::Error>(())
+/// ```
+pub struct ModelOptimizer {
+    stepper: Stepper,
+    scheduler: Option<Scheduler>,
+    copies: usize,
+}
+
+impl ModelOptimizer {
+    /// An optimizer of `config`'s rule on `gpu`'s device. Nothing is made
+    /// until the first step.
+    pub fn new(gpu: &BurnGpu, config: impl Into<Config>) -> Self {
+        Self::with_options(gpu, config, GpuOptions::default())
+    }
+
+    /// As [`ModelOptimizer::new`], with wgpu-optim's [`GpuOptions`].
+    pub fn with_options(gpu: &BurnGpu, config: impl Into<Config>, options: GpuOptions) -> Self {
+        ModelOptimizer {
+            stepper: Stepper::new(gpu.ctx.clone(), config.into(), options),
+            scheduler: None,
+            copies: 0,
+        }
+    }
+
+    /// Global-norm clipping over every parameter (torch's
+    /// `clip_grad_norm_`), or none.
+    pub fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
+        self.stepper.set_clip_grad_norm(clip)
+    }
+
+    /// Skip a step whose gradients hold a NaN or an infinity (nothing
+    /// changes; wgpu-optim's `set_skip_nonfinite`).
+    pub fn set_skip_nonfinite(&mut self, skip: bool) -> Result<()> {
+        self.stepper.set_skip_nonfinite(skip)
+    }
+
+    /// The learning rate from the next step on.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        self.stepper.set_lr(lr)
+    }
+
+    /// A learning-rate (and momentum) schedule, advanced once a step: the
+    /// step uses the schedule's current values, then moves it on.
+    pub fn set_scheduler(&mut self, scheduler: Option<Scheduler>) {
+        self.scheduler = scheduler;
+    }
+
+    /// The schedule in force.
+    pub fn scheduler(&self) -> Option<&Scheduler> {
+        self.scheduler.as_ref()
+    }
+
+    /// wgpu-optim's optimizer, once the first step built it: its state,
+    /// checkpoints, gradient norm and the rest of its API.
+    pub fn optimizer(&self) -> Option<&GpuOptimizer> {
+        self.stepper.built.as_ref().map(|b| &b.opt)
+    }
+
+    /// As [`ModelOptimizer::optimizer`], mutable.
+    pub fn optimizer_mut(&mut self) -> Option<&mut GpuOptimizer> {
+        self.stepper.built.as_mut().map(|b| &mut b.opt)
+    }
+
+    /// The parameters stepped, in order (the order of the optimizer's
+    /// tensors and of its checkpoints).
+    pub fn param_ids(&self) -> Vec<ParamId> {
+        self.stepper
+            .built
+            .as_ref()
+            .map(|b| b.params.iter().map(|p| p.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Parameters copied so far because burn shared their buffers (see
+    /// the crate's docs, "In place, and when not").
+    pub fn copies(&self) -> usize {
+        self.copies
+    }
+
+    /// One step over every parameter of `module` that has a gradient in
+    /// `grads`; returns the module with its parameters updated (in place
+    /// where burn let them be). On an error nothing changed: the error
+    /// carries the module back (boxed: a module is large).
+    pub fn step<M: Module>(
+        &mut self,
+        module: M,
+        mut grads: GradientsParams,
+    ) -> std::result::Result<M, Box<StepError<M>>> {
+        let mut gather = Gather::new(&mut grads);
+        let module = module.map(&mut gather);
+        let Gather {
+            params,
+            grad_views,
+            keep,
+            copies,
+            error,
+            ..
+        } = gather;
+        self.copies += copies;
+        if let Some(error) = error {
+            return Err(Box::new(StepError { module, error }));
+        }
+        let scheduler = &self.scheduler;
+        let result = self.stepper.step(params, grad_views, keep, |opt| {
+            if let Some(s) = scheduler {
+                opt.set_lr(s.lr())?;
+                if let Some(m) = s.momentum() {
+                    opt.set_momentum(m)?;
+                }
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                if let Some(s) = &mut self.scheduler {
+                    s.advance();
+                }
+                Ok(module)
+            }
+            Err(error) => Err(Box::new(StepError { module, error })),
+        }
+    }
+}
+
+/// Each parameter's values as burn holds them, by id (for tests and
+/// examples: a readback).
+pub fn param_values<M: Module>(module: &M) -> HashMap<ParamId, Vec<f32>> {
+    struct Read(HashMap<ParamId, Vec<f32>>);
+    impl burn::module::ModuleVisitor for Read {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let v = param.val().into_data().convert::<f32>().try_to_vec::<f32>();
+            if let Ok(v) = v {
+                self.0.insert(param.id, v);
+            }
+        }
+    }
+    let mut r = Read(HashMap::new());
+    module.visit(&mut r);
+    r.0
+}

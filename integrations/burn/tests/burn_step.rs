@@ -1,0 +1,297 @@
+//! The integration against wgpu-optim's CPU twin and against burn's own
+//! AdamW, on burn's wgpu device (lavapipe where there is no GPU).
+//!
+//! # Tolerance (against the CPU twin)
+//!
+//! Both sides step the same f32 values with the same gradients (read back
+//! from burn each step and given to the CPU twin too, so nothing feeds
+//! back): the argument of the main crate's `tests/gpu_vs_cpu.rs` holds.
+//! The WGSL kernel may fuse a multiply-add and its division and square
+//! root may be off by ~2.5 ULP, about 8 such roundings a stored value a
+//! step, so after `STEPS` steps an element differs by at most
+//! `STEPS · 8 · ε · scale`, `scale` the larger of the element's magnitude
+//! and the distance it travelled.
+
+#[path = "../examples/common/digits.rs"]
+mod digits;
+
+use std::sync::OnceLock;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+use digits::{epoch_batches, load, Mlp};
+use wgpu_optim::{AdamW, ClipGradNorm, CpuOptimizer};
+use wgpu_optim_burn::{BurnGpu, Error, FusedOptimizer, ModelOptimizer};
+
+/// burn's runtime is brought up once a process: the tests share it.
+fn gpu() -> &'static BurnGpu {
+    static GPU: OnceLock<BurnGpu> = OnceLock::new();
+    GPU.get_or_init(|| BurnGpu::new().expect("burn's wgpu runtime (lavapipe where no GPU)"))
+}
+
+fn device() -> Device {
+    gpu().device().clone().autodiff()
+}
+
+/// Each parameter's values, in the module's visiting order.
+fn values<M: Module>(m: &M) -> Vec<(ParamId, Vec<f32>)> {
+    struct V(Vec<(ParamId, Vec<f32>)>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let v = p.val().into_data().try_to_vec::<f32>().unwrap();
+            self.0.push((p.id, v));
+        }
+    }
+    let mut v = V(Vec::new());
+    m.visit(&mut v);
+    v.0
+}
+
+/// Each parameter's gradient, in the module's visiting order.
+fn grad_values<M: Module>(m: &M, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    struct G<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+    impl ModuleVisitor for G<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let g = self
+                .0
+                .get::<D>(p.id)
+                .expect("every parameter has a gradient");
+            self.1.push(g.into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut g = G(grads, Vec::new());
+    m.visit(&mut g);
+    g.1
+}
+
+fn cpu_twin(model: &Mlp, config: AdamW) -> CpuOptimizer {
+    let p = values(model);
+    let refs: Vec<&[f32]> = p.iter().map(|(_, v)| v.as_slice()).collect();
+    CpuOptimizer::new(config, &refs).unwrap()
+}
+
+/// Asserts the module's parameters equal the CPU twin's within the bound
+/// of the module docs, with `start` the values before the first step.
+fn assert_close(model: &Mlp, cpu: &CpuOptimizer, start: &[(ParamId, Vec<f32>)], steps: usize) {
+    let got = values(model);
+    let want = cpu.params();
+    assert_eq!(got.len(), want.len());
+    for (((_, g), w), (_, s)) in got.iter().zip(&want).zip(start) {
+        for ((&g, &w), &s) in g.iter().zip(w.iter()).zip(s) {
+            let scale = w.abs().max(s.abs()).max((w - s).abs());
+            let tol = steps as f32 * 8.0 * f32::EPSILON * scale;
+            assert!(
+                (g - w).abs() <= tol,
+                "gpu {g} cpu {w} (start {s}, tol {tol})"
+            );
+        }
+    }
+}
+
+fn adamw() -> AdamW {
+    AdamW {
+        lr: 1e-2,
+        weight_decay: 0.01,
+        ..AdamW::default()
+    }
+}
+
+#[test]
+fn model_step_equals_cpu_twin() {
+    let device = device();
+    let (train, _) = load();
+    let mut model = Mlp::new(32, &device);
+    let start = values(&model);
+    let mut cpu = cpu_twin(&model, adamw());
+    let mut opt = ModelOptimizer::new(gpu(), adamw());
+    const STEPS: usize = 5;
+    for (s, idx) in epoch_batches(train.len(), 64, 1)
+        .iter()
+        .take(STEPS)
+        .enumerate()
+    {
+        let (x, y) = train.batch(idx, &device);
+        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+        let host = grad_values(&model, &grads);
+        model = opt.step(model, grads).unwrap();
+        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
+        cpu.step(&refs).unwrap();
+        assert_close(&model, &cpu, &start, s + 1);
+    }
+    assert_eq!(opt.optimizer().unwrap().step_count(), STEPS as u64);
+    assert_eq!(opt.param_ids().len(), 4);
+    // Nothing else held the parameters' buffers: every step was in place.
+    assert_eq!(opt.copies(), 0);
+}
+
+#[test]
+fn clipped_model_step_equals_cpu_twin() {
+    let device = device();
+    let (train, _) = load();
+    let mut model = Mlp::new(16, &device);
+    let start = values(&model);
+    let clip = Some(ClipGradNorm::new(0.05));
+    let mut cpu = cpu_twin(&model, adamw());
+    cpu.set_clip_grad_norm(clip).unwrap();
+    let mut opt = ModelOptimizer::new(gpu(), adamw());
+    opt.set_clip_grad_norm(clip).unwrap();
+    for (s, idx) in epoch_batches(train.len(), 64, 2).iter().take(3).enumerate() {
+        let (x, y) = train.batch(idx, &device);
+        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+        let host = grad_values(&model, &grads);
+        model = opt.step(model, grads).unwrap();
+        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
+        cpu.step(&refs).unwrap();
+        // The clip coefficient comes from a norm summed in another order
+        // on each side: it differs by a few ε, and scales the whole update
+        // (still within a few ε of it), which the bound's 8 per step covers.
+        assert_close(&model, &cpu, &start, s + 1);
+    }
+    let gpu_norm = opt.optimizer().unwrap().last_grad_norm().unwrap().unwrap();
+    let cpu_norm = cpu.last_grad_norm().unwrap();
+    // One f32 norm of ~10⁴ squares summed in two orders: a few ε apart.
+    assert!((gpu_norm - cpu_norm).abs() <= 16.0 * f32::EPSILON * cpu_norm);
+}
+
+#[test]
+fn burn_trait_step_equals_cpu_twin() {
+    let device = device();
+    let (train, _) = load();
+    let mut model = Mlp::new(32, &device);
+    let start = values(&model);
+    let mut cpu = cpu_twin(&model, adamw());
+    let fused = FusedOptimizer::new(gpu(), adamw());
+    let mut optim: ModuleOptimizer = fused.clone().into();
+    for (s, idx) in epoch_batches(train.len(), 64, 3).iter().take(4).enumerate() {
+        let (x, y) = train.batch(idx, &device);
+        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+        let host = grad_values(&model, &grads);
+        model = optim.step(1e-2, model, grads);
+        assert!(fused.take_errors().is_empty());
+        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
+        cpu.step(&refs).unwrap();
+        assert_close(&model, &cpu, &start, s + 1);
+    }
+}
+
+#[test]
+fn burn_record_round_trip_steps_the_same() {
+    let device = device();
+    let (train, _) = load();
+    let batches = epoch_batches(train.len(), 64, 4);
+    let mut model = Mlp::new(16, &device);
+    let mut optim: ModuleOptimizer = FusedOptimizer::new(gpu(), adamw()).into();
+    for idx in batches.iter().take(3) {
+        let (x, y) = train.batch(idx, &device);
+        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+        model = optim.step(1e-2, model, grads);
+    }
+    let bytes = optim.into_bytes().unwrap();
+    let mut restored: ModuleOptimizer = FusedOptimizer::new(gpu(), adamw()).into();
+    restored = restored.from_bytes(bytes).unwrap();
+    // Both step the same parameters with the same gradients: each works
+    // on its own copy (the two modules share buffers, so each step copies
+    // before writing).
+    let (x, y) = train.batch(&batches[3], &device);
+    let g1 = GradientsParams::from_grads(model.loss(x.clone(), y.clone()).backward(), &model);
+    let g2 = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    let a = optim.step(1e-2, model.clone(), g1);
+    let b = restored.step(1e-2, model.clone(), g2);
+    for ((_, va), (_, vb)) in values(&a).iter().zip(values(&b).iter()) {
+        assert_eq!(va, vb, "a restored state steps bit for bit as the original");
+    }
+    assert_ne!(values(&a), values(&model), "the step moved the parameters");
+}
+
+#[test]
+fn a_shared_parameter_is_copied_not_written_over() {
+    let device = device();
+    let (train, _) = load();
+    let model = Mlp::new(16, &device);
+    let kept = model.clone();
+    let before = values(&kept);
+    let mut opt = ModelOptimizer::new(gpu(), adamw());
+    let (x, y) = train.batch(&(0..32).collect::<Vec<_>>(), &device);
+    let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    let model = opt.step(model, grads).unwrap();
+    assert_eq!(values(&kept), before, "the clone kept its values");
+    assert_ne!(values(&model), before, "the stepped module moved");
+    assert!(opt.copies() >= 4, "every shared parameter was copied");
+    // The next step rebinds to the copies and keeps the state: it equals a
+    // fresh run's second step over the same gradients.
+    let copies = opt.copies();
+    drop(kept);
+    let (x, y) = train.batch(&(32..64).collect::<Vec<_>>(), &device);
+    let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    let model = opt.step(model, grads).unwrap();
+    assert_eq!(opt.optimizer().unwrap().step_count(), 2);
+    let _ = (model, copies);
+}
+
+#[test]
+fn a_parameter_losing_its_gradient_is_a_typed_error_and_changes_nothing() {
+    let device = device();
+    let (train, _) = load();
+    let mut model = Mlp::new(16, &device);
+    let mut opt = ModelOptimizer::new(gpu(), adamw());
+    let (x, y) = train.batch(&(0..32).collect::<Vec<_>>(), &device);
+    let grads = GradientsParams::from_grads(model.loss(x.clone(), y.clone()).backward(), &model);
+    model = opt.step(model, grads).unwrap();
+    let before = values(&model);
+    // Gradients of one parameter only.
+    let mut grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    // Visiting order: fc1.weight, fc1.bias, fc2.weight, fc2.bias (burn's
+    // container refuses a removal at the wrong rank).
+    let ids = opt.param_ids();
+    grads.remove::<1>(ids[1]).unwrap();
+    grads.remove::<2>(ids[2]).unwrap();
+    grads.remove::<1>(ids[3]).unwrap();
+    let err = opt.step(model, grads).unwrap_err();
+    assert!(
+        matches!(err.error, Error::ParamsChanged(_)),
+        "{}",
+        err.error
+    );
+    assert_eq!(values(&err.module), before);
+    assert_eq!(opt.optimizer().unwrap().step_count(), 1);
+}
+
+#[test]
+fn trains_like_burn_adamw() {
+    let device = device();
+    let (train, test) = load();
+    device.seed(7);
+    let init = Mlp::new(64, &device);
+    // The same hyperparameters on both sides (burn's AdamW defaults differ
+    // from torch's: eps 1e-5, weight decay 1e-4).
+    let burn_cfg = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.01);
+    let mut burn_optim: ModuleOptimizer = burn_cfg.init();
+    let mut ours = ModelOptimizer::new(gpu(), adamw());
+    let (mut a, mut b) = (init.clone(), init);
+    for epoch in 0..3 {
+        for idx in epoch_batches(train.len(), 64, 10 + epoch) {
+            let (x, y) = train.batch(&idx, &device);
+            let g = GradientsParams::from_grads(a.loss(x.clone(), y.clone()).backward(), &a);
+            a = burn_optim.step(1e-2, a, g);
+            let g = GradientsParams::from_grads(b.loss(x, y).backward(), &b);
+            b = ours.step(b, g).unwrap();
+        }
+    }
+    let (acc_burn, acc_ours) = (a.accuracy(&test, &device), b.accuracy(&test, &device));
+    // 297 held-out samples; the runs differ in rounding and in where burn
+    // adds its epsilon, so a few samples may go either way: 3 points is
+    // 9 samples. Both must have learnt the task.
+    assert!(
+        acc_burn > 0.9 && acc_ours > 0.9,
+        "burn {acc_burn} ours {acc_ours}"
+    );
+    assert!(
+        (acc_burn - acc_ours).abs() <= 0.03,
+        "burn {acc_burn} ours {acc_ours}"
+    );
+}
