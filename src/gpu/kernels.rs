@@ -39,7 +39,29 @@ pub(crate) struct Variant {
     pub(super) groups: u32,
     /// 16-bit storage ([`Packed16`]); `None` for f32 everywhere.
     pub(super) packed16: Option<Packed16>,
+    /// 8-bit blockwise state ([`Blockwise`]); `None` otherwise.
+    pub(super) blockwise: Option<Blockwise>,
 }
+
+/// The 8-bit blockwise kernel of a rule (`shaders/blockwise.wgsl`): which
+/// of the rule's state slots it keeps (bit `k`: slot `k`), each in 8-bit
+/// codes with its absmax per block, the map picked by the slot's name
+/// (`precision::store::state_sign`). The other slots have no binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Blockwise {
+    pub(crate) in_use: u32,
+}
+
+/// Where the 8-bit kernel's `blocks` binding keeps what it holds (u32
+/// words): the signed map at 0, the unsigned at [`WORKGROUP_SIZE`] (one
+/// entry a thread), the header (blocks, a zero word), then 4 words a
+/// block; `BW_F32` marks a block of f32 state (a tensor under
+/// `MIN_8BIT_SIZE`).
+pub(super) const BW_MAPS: u32 = 2 * WORKGROUP_SIZE as u32;
+pub(super) const BW_HEADER: u32 = BW_MAPS;
+pub(super) const BW_ENTRIES: u32 = BW_HEADER + 4;
+pub(super) const BW_F32: u32 = u32::MAX;
+const _: () = assert!(WORKGROUP_SIZE as usize == crate::precision::blockwise::BLOCK);
 
 /// How a kernel with 16-bit storage keeps the parameters: it steps pairs
 /// of elements (`V` is `vec2<f32>`), each pair of 16-bit values one `u32`.
@@ -180,6 +202,10 @@ enum Kind {
     /// `shaders/packed16.wgsl`, the rule's file rewritten by
     /// [`packed16_body`].
     Packed16,
+    /// A rule's element-wise kernel with 8-bit blockwise state: `V` is
+    /// `f32`, the entry point `shaders/blockwise.wgsl`, the rule's file
+    /// rewritten by [`blockwise_body`].
+    Blockwise,
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -210,7 +236,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(StepTail::WGSL);
     s.push_str(TileHeader::WGSL);
     let members = match kind {
-        Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 => {
+        Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 | Kind::Blockwise => {
             "    tail: StepTail,\n    rule: Scalars,\n"
         }
         Kind::Tiles { rule: true, .. } => {
@@ -245,6 +271,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     }
     s.push_str(match kind {
         Kind::Elementwise { .. } | Kind::Packed16 => include_str!("../../shaders/elementwise.wgsl"),
+        Kind::Blockwise => BLOCKWISE_WGSL,
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
         Kind::Grouped { .. } => GROUPS_WGSL,
@@ -326,6 +353,114 @@ const VIEW_TILES: Binding = Binding::new("view_tiles", Access::Read, "array<vec4
 
 /// The 16-bit formats' WGSL (`shaders/packed16.wgsl`).
 const PACKED16_WGSL: &str = include_str!("../../shaders/packed16.wgsl");
+
+/// The 8-bit state's entry point (`shaders/blockwise.wgsl`).
+const BLOCKWISE_WGSL: &str = include_str!("../../shaders/blockwise.wgsl");
+
+/// The 8-bit kernel's table of blocks and maps.
+const BLOCKS: Binding = Binding::new("blocks", Access::Read, "array<u32>");
+
+/// The constants of the 8-bit kernel's `blocks` binding.
+const BLOCKWISE_CONSTANTS: [(&str, u32); 4] = [
+    ("BW_MAPS", BW_MAPS),
+    ("BW_HEADER", BW_HEADER),
+    ("BW_ENTRIES", BW_ENTRIES),
+    ("BW_F32", BW_F32),
+];
+
+/// The bindings of the 8-bit kernel: the element-wise ones with only the
+/// slots in use, as `u32` words, and `blocks` before `info`.
+fn blockwise_bindings(slots: &[&'static str], bw: Blockwise) -> Vec<Binding> {
+    let mut b = vec![
+        Binding::new("param", Access::ReadWrite, "array<f32>"),
+        Binding::new("grad", Access::Read, "array<f32>"),
+    ];
+    b.extend(
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| bw.in_use & (1 << k) != 0)
+            .map(|(_, s)| Binding::new(s, Access::ReadWrite, "array<u32>")),
+    );
+    b.extend([
+        BLOCKS,
+        Binding::new("info", Access::Read, "array<f32>"),
+        Binding::new("counters", Access::Read, "array<u32>"),
+        Binding::new("u", Access::Uniform, "Uniforms"),
+    ]);
+    b
+}
+
+/// A rule's file as the 8-bit kernel needs it: every access `NAME[i]` to
+/// a state slot read through `load_NAME(i)` (the value dequantized, or
+/// the f32 of a small tensor's block) and every store made
+/// `store_NAME(i, e);`, which keeps the new value for the block's
+/// quantization (`bw_store_block`, written here, after the block's
+/// update). A slot not in use reads 0 and stores nothing (it has no
+/// binding). `None` when a store is not a whole `NAME[i] = e;` statement.
+fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise) -> Option<String> {
+    let mut s = source.to_string();
+    let mut helpers = String::new();
+    let mut finish = String::new();
+    let mut f32_stores = String::new();
+    for (k, name) in slots.iter().enumerate() {
+        s = rewrite_stores(&s, name)?;
+        s = replace_access(&s, &format!("{name}[i]"), &format!("load_{name}(i)"));
+        if bw.in_use & (1 << k) == 0 {
+            let _ = write!(
+                helpers,
+                "fn load_{name}(i: u32) -> f32 {{ return 0.0; }}\n\
+                 fn store_{name}(i: u32, v: f32) {{}}\n"
+            );
+            continue;
+        }
+        let off = match crate::precision::store::state_sign(name) {
+            Some(false) => WORKGROUP_SIZE,
+            _ => 0,
+        };
+        let _ = write!(
+            helpers,
+            "var<private> new_{name}: f32;\n\
+             fn load_{name}(i: u32) -> f32 {{\n\
+             \x20   var v: f32;\n\
+             \x20   if (blk_absmax == BW_F32) {{\n\
+             \x20       v = bitcast<f32>({name}[blk_word + blk_lid]);\n\
+             \x20   }} else {{\n\
+             \x20       let w = {name}[blk_word + (blk_lid >> 2u)];\n\
+             \x20       v = bw_dequantize(bw_code(w, blk_lid), {off}u, bitcast<f32>({name}[blk_absmax]));\n\
+             \x20   }}\n\
+             \x20   new_{name} = v;\n\
+             \x20   return v;\n}}\n\
+             fn store_{name}(i: u32, v: f32) {{ new_{name} = v; }}\n"
+        );
+        let _ = write!(
+            f32_stores,
+            "        if (inside) {{ {name}[word + lid] = bitcast<u32>(new_{name}); }}\n"
+        );
+        let _ = write!(
+            finish,
+            "    {{\n\
+             \x20       let v = new_{name};\n\
+             \x20       let m = bw_absmax(lid, v, inside);\n\
+             \x20       let inv = bw_reciprocal(m);\n\
+             \x20       wg_codes[lid] = select(0u, bw_quantize(v, m, inv, {off}u), inside);\n\
+             \x20       workgroupBarrier();\n\
+             \x20       if (lid < words) {{ {name}[word + lid] = bw_pack(lid); }}\n\
+             \x20       if (lid == 0u) {{ {name}[absmax] = bitcast<u32>(m); }}\n\
+             \x20       workgroupBarrier();\n\
+             \x20   }}\n"
+        );
+    }
+    let _ = write!(
+        helpers,
+        "// Stores the block's new state: f32 words, or the codes and absmax.\n\
+         fn bw_store_block(lid: u32, len: u32, word: u32, absmax: u32) {{\n\
+         \x20   let inside = lid < len;\n\
+         \x20   if (absmax == BW_F32) {{\n{f32_stores}        return;\n    }}\n\
+         \x20   let words = (len + 3u) / 4u;\n{finish}}}\n"
+    );
+    Some(helpers + &s)
+}
 
 /// The extra bindings of 16-bit storage: the model's bf16 parameters
 /// behind a master, and the chunk's first element (stochastic rounding's
@@ -555,6 +690,10 @@ const REDUCE_ENTRY_POINTS: [&str; 2] = ["clip_partials", "clip_finish"];
 /// none.
 const TILE_WORKGROUP_BYTES: u64 = WORKGROUP_SIZE * 8 + 4;
 
+/// Workgroup memory of the 8-bit kernel (blockwise.wgsl): the two maps,
+/// the absmax reduction and the codes (256 words each), one flag.
+const BLOCKWISE_WORKGROUP_BYTES: u64 = BW_MAPS as u64 * 4 + WORKGROUP_SIZE * 8 + 4;
+
 /// Refuses, naming the limit, a device on which a kernel with these
 /// bindings and this much workgroup memory cannot be built, before wgpu is
 /// asked (wgpu would report a validation error without naming it).
@@ -644,6 +783,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
         views: false,
         groups: 0,
         packed16: None,
+        blockwise: None,
     })
 }
 
@@ -698,6 +838,27 @@ pub(super) fn kernel_for(
         KernelShape::ElementWise { slots } => slots,
         KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
+    if let Some(bw) = variant.blockwise {
+        let body = blockwise_body(source, slots, bw)
+            .filter(|_| !variant.views && variant.groups == 0 && variant.packed16.is_none())
+            .ok_or_else(|| Error::Unsupported(format!("the {name} kernel with 8-bit state")))?;
+        let bindings = blockwise_bindings(slots, bw);
+        check_kernel_limits(
+            &limits,
+            &format!("the {name} kernel with 8-bit state"),
+            &bindings,
+            BLOCKWISE_WORKGROUP_BYTES,
+        )?;
+        return compile(
+            ctx,
+            name,
+            &compose(Kind::Blockwise, &bindings, &BLOCKWISE_CONSTANTS, &body),
+            &["main"],
+            overrides,
+            bindings,
+            variant,
+        );
+    }
     let mut bindings = elementwise_bindings(slots);
     if let Some(packed) = variant.packed16 {
         let body = packed16_body(source, slots, packed)
@@ -837,6 +998,7 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
             views: false,
             groups: 0,
             packed16: None,
+            blockwise: None,
             ..variant
         },
     )
@@ -1183,6 +1345,41 @@ mod tests {
         assert!(rewrite_stores("exp_avg[i] += g;", "exp_avg").is_none());
     }
 
+    /// Every element-wise rule's file rewrites into a valid 8-bit kernel,
+    /// with every slot kept in 8 bits or with only the first, with no
+    /// direct access left to a state slot but through its load and store,
+    /// and within WebGPU's default limits.
+    #[test]
+    fn blockwise_kernels_compose() {
+        let defaults = wgpu::Limits::default();
+        for kind in RuleKind::ALL {
+            let config = kind.default_config();
+            let spec = config.kernel();
+            let KernelShape::ElementWise { slots } = spec.shape else {
+                continue;
+            };
+            for in_use in [(1u32 << slots.len()) - 1, 1] {
+                let bw = Blockwise { in_use };
+                let body = blockwise_body(spec.source, slots, bw)
+                    .unwrap_or_else(|| panic!("{}", spec.name));
+                for name in slots {
+                    assert!(!body.contains(&format!(" {name}[i]")), "{}", spec.name);
+                }
+                let bindings = blockwise_bindings(slots, bw);
+                if slots.len() <= 3 {
+                    check_kernel_limits(&defaults, "test", &bindings, BLOCKWISE_WORKGROUP_BYTES)
+                        .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+                }
+                module(&compose(
+                    Kind::Blockwise,
+                    &bindings,
+                    &BLOCKWISE_CONSTANTS,
+                    &body,
+                ));
+            }
+        }
+    }
+
     /// The numbers shared with Rust come from Rust: the rule files and the
     /// shared parts hold no binding numbers, workgroup sizes or flag values
     /// of their own.
@@ -1195,6 +1392,7 @@ mod tests {
             VIEWS_WGSL,
             GROUPS_WGSL,
             PACKED16_WGSL,
+            BLOCKWISE_WGSL,
             REDUCE_WGSL,
         ];
         let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);

@@ -27,6 +27,8 @@ pub(super) struct GpuPrecision {
     /// Stochastic rounding: each chunk's first element's index (the
     /// kernels' `chunk_base`).
     pub(super) chunk_bases: Vec<wgpu::Buffer>,
+    /// With 8-bit state: each chunk's blocks and their table.
+    pub(super) blocks: Option<super::blockwise::GpuBlocks>,
 }
 
 /// Words of a chunk of `len` elements in 16-bit storage (the chunk's
@@ -100,9 +102,8 @@ impl GpuOptimizer {
         let momentum_buffer = config.builds_momentum_buffer();
         let state_names = config.state_names_with(momentum_buffer);
         crate::precision::store::check_rule(&precision, &config, &state_names)?;
-        let unsupported = |what: &str| Err(Error::Unsupported(format!("{what} on the GPU")));
         if precision.state_dtype == StateDtype::Int8Blockwise {
-            return unsupported("8-bit state");
+            return Self::with_blockwise(ctx, config, params, precision, options);
         }
         if options.vector_width.is_some_and(|w| w != 2) {
             return Err(Error::InvalidOptions(
@@ -141,6 +142,7 @@ impl GpuOptimizer {
                 param,
                 state_bf16: precision.state_dtype == StateDtype::Bf16,
             }),
+            blockwise: None,
         };
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -198,11 +200,13 @@ impl GpuOptimizer {
             Storage::Owned(grad_buffers),
             variant,
             None,
+            None,
         )?;
         opt.precision = Some(GpuPrecision {
             precision,
             model,
             chunk_bases,
+            blocks: None,
         });
         opt.attach_rule_groups()?;
         opt.write_params(params)?;
