@@ -22,6 +22,26 @@ fn int8() -> Precision {
     }
 }
 
+/// 8-bit state behind 16-bit parameters with an f32 master.
+fn int8_master(param_dtype: ParamDtype) -> Precision {
+    Precision {
+        param_dtype,
+        master_weights: true,
+        ..int8()
+    }
+}
+
+/// One unit of a parameter format, relative (2⁻⁷ of a bf16 value at worst,
+/// 2⁻¹⁰ of an f16 one): what a stored parameter may differ by where the
+/// two backends' f32 masters straddle a rounding boundary.
+fn unit(dtype: ParamDtype) -> f64 {
+    match dtype {
+        ParamDtype::F32 => 0.0,
+        ParamDtype::Bf16 => 1.0 / 128.0,
+        ParamDtype::F16 => 1.0 / 1024.0,
+    }
+}
+
 /// Odd, under 4096 (f32 state), exactly 4096, and not a multiple of 256
 /// (a short last block), over 4096.
 const LENGTHS: [usize; 5] = [4097, 777, 4096, 5001, 3];
@@ -89,7 +109,9 @@ struct Gap {
 /// `steps · 2 · lr · max_ratio` of the CPU's, and the parameters of
 /// elements whose codes all agree within the f32 envelope
 /// `steps · 8 ε · scale`. The f32 state of small tensors is the f32 mode's:
-/// `steps · 8 ε · scale`.
+/// `steps · 8 ε · scale`. With 16-bit parameters the master weights take
+/// those bounds, the parameters one unit of their format more
+/// ([`unit`]).
 fn compare(what: &str, cpu: &Checkpoint, gpu: &Checkpoint, steps: usize, lr: f64) -> Gap {
     let eps = f32::EPSILON as f64;
     let mut gap = Gap::default();
@@ -127,24 +149,39 @@ fn compare(what: &str, cpu: &Checkpoint, gpu: &Checkpoint, steps: usize, lr: f64
         "{what}: {gap:?}"
     );
     // The state of the tensors kept in f32, and the parameters.
-    let cp = cpu.params.as_ref().unwrap();
-    let gp = gpu.params.as_ref().unwrap();
+    assert_eq!(cpu.precision, gpu.precision, "{what}");
+    assert_eq!(cpu.master_params.is_some(), gpu.master_params.is_some());
     let max_ratio = 4.0;
-    for (i, (&a, &b)) in cp.iter().zip(gp).enumerate() {
-        if a.to_bits() != b.to_bits() {
-            gap.params_differing += 1;
+    let u = unit(cpu.precision.param_dtype);
+    let sets = [
+        ("param", cpu.params.as_ref(), gpu.params.as_ref(), u),
+        (
+            "master",
+            cpu.master_params.as_ref(),
+            gpu.master_params.as_ref(),
+            0.0,
+        ),
+    ];
+    for (name, cp, gp, u) in sets {
+        let (Some(cp), Some(gp)) = (cp, gp) else {
+            continue;
+        };
+        for (i, (&a, &b)) in cp.iter().zip(gp).enumerate() {
+            if a.to_bits() != b.to_bits() && name == "param" {
+                gap.params_differing += 1;
+            }
+            let scale = a.abs().max(1.0) as f64;
+            let bound = steps as f64 * (8.0 * eps * scale + u * a.abs() as f64)
+                + if flipped[i] || gap.absmax_rel > 0.0 || gap.codes_differing > 0 {
+                    steps as f64 * 2.0 * lr * max_ratio
+                } else {
+                    0.0
+                };
+            assert!(
+                ((a - b) as f64).abs() <= bound,
+                "{what} {name}[{i}]: cpu {a} gpu {b}"
+            );
         }
-        let scale = a.abs().max(1.0) as f64;
-        let bound = steps as f64 * 8.0 * eps * scale
-            + if flipped[i] || gap.absmax_rel > 0.0 || gap.codes_differing > 0 {
-                steps as f64 * 2.0 * lr * max_ratio
-            } else {
-                0.0
-            };
-        assert!(
-            ((a - b) as f64).abs() <= bound,
-            "{what} param[{i}]: cpu {a} gpu {b}"
-        );
     }
     for ((name, c), (_, g)) in cpu.state.iter().zip(&gpu.state) {
         for (t, &n) in cpu.lengths.iter().enumerate() {
@@ -203,31 +240,44 @@ fn rules() -> Vec<(Config, f64)> {
 }
 
 /// Several steps of each rule the CPU keeps in 8 bits, on the GPU beside
-/// the CPU: one chunk, and chunks of at most 1024 elements (cut between
-/// blocks).
+/// the CPU, with f32 parameters and with bf16 and f16 ones behind a
+/// master: one chunk, and chunks of at most 1024 elements (cut between
+/// blocks; pairs of 16-bit parameters straddle blocks: odd lengths).
 #[test]
 fn gpu_8bit_state_matches_the_cpu() {
     let steps = 6;
     let mut rng = Rng(16);
     let (params, grads) = data(&mut rng, steps);
+    let modes = [
+        int8(),
+        int8_master(ParamDtype::Bf16),
+        int8_master(ParamDtype::F16),
+    ];
     for (config, lr) in rules() {
-        for chunk in [None, Some(1024)] {
-            let what = format!("{} chunks {chunk:?}", config.kind());
+        for (chunk, precision) in [None, Some(1024)]
+            .into_iter()
+            .flat_map(|c| modes.map(|m| (c, m)))
+        {
+            let what = format!(
+                "{} {} chunks {chunk:?}",
+                config.kind(),
+                precision.param_dtype.name()
+            );
             let options = GpuOptions {
                 max_chunk_elements: chunk,
                 ..GpuOptions::default()
             };
             let mut cpu =
-                CpuOptimizer::with_precision(config.clone(), &refs(&params), int8()).unwrap();
+                CpuOptimizer::with_precision(config.clone(), &refs(&params), precision).unwrap();
             let mut gpu = GpuOptimizer::with_precision_options(
                 ctx(),
                 config.clone(),
                 &refs(&params),
-                int8(),
+                precision,
                 options,
             )
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(gpu.precision(), int8());
+            assert_eq!(gpu.precision(), precision);
             for g in &grads {
                 cpu.step(&refs(g)).unwrap();
                 gpu.step(&refs(g)).unwrap();
@@ -283,8 +333,13 @@ fn gpu_8bit_checkpoints_round_trip_exactly() {
     let (params, grads) = data(&mut rng, 2 * steps);
     let dir = std::env::temp_dir().join(format!("wgpu-optim-8bit-gpu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (config, _) in [rules()[1].clone(), rules()[3].clone()] {
-        let what = config.kind().to_string();
+    let cases = [
+        (rules()[1].0.clone(), int8()),
+        (rules()[3].0.clone(), int8()),
+        (rules()[1].0.clone(), int8_master(ParamDtype::Bf16)),
+    ];
+    for (config, precision) in cases {
+        let what = format!("{} {}", config.kind(), precision.param_dtype.name());
         let options = || GpuOptions {
             max_chunk_elements: Some(2048),
             ..GpuOptions::default()
@@ -293,7 +348,7 @@ fn gpu_8bit_checkpoints_round_trip_exactly() {
             ctx(),
             config.clone(),
             &refs(&params),
-            int8(),
+            precision,
             options(),
         )
         .unwrap();
@@ -302,7 +357,7 @@ fn gpu_8bit_checkpoints_round_trip_exactly() {
         }
         let ckpt = gpu.checkpoint().unwrap();
         assert!(!ckpt.quantized.is_empty());
-        let path = dir.join(format!("{what}.safetensors"));
+        let path = dir.join(format!("{}.safetensors", what.replace(' ', "-")));
         ckpt.save(&path).unwrap();
         let loaded = Checkpoint::load(&path).unwrap();
         assert_eq!(loaded, ckpt, "{what}: the file holds the checkpoint");
@@ -313,7 +368,7 @@ fn gpu_8bit_checkpoints_round_trip_exactly() {
             ctx(),
             config.clone(),
             &refs(&params),
-            int8(),
+            precision,
             options(),
         )
         .unwrap();
@@ -373,10 +428,10 @@ fn gpu_8bit_refusals_and_bad_input() {
             int8()
         )));
     }
-    // 16-bit parameters with 8-bit state are CPU-only.
+    // Stochastically rounded parameters with 8-bit state are CPU-only.
     let bf16 = Precision {
         param_dtype: ParamDtype::Bf16,
-        master_weights: true,
+        master_weights: false,
         ..int8()
     };
     assert!(unsupported(GpuOptimizer::with_precision(
@@ -471,13 +526,15 @@ fn gpu_8bit_resident_bytes() {
 }
 
 /// The numpy reference of tests/data/precision (bitsandbytes' quantization,
-/// independent of this crate), mode `int8`: AdamW, 4 steps, a tensor of
-/// 4608 elements (18 blocks, 8-bit) and two small ones (f32 state). The
+/// independent of this crate), modes `int8` and `bf16_master_int8`: AdamW,
+/// 4 steps, a tensor of 4608 elements (18 blocks, 8-bit) and two small ones
+/// (f32 state). The
 /// bounds are `compare`'s: the f32 envelope, plus, where a code differs,
 /// one code step of the block (the map's widest gap times the block's
 /// absmax, which is at most the block's largest value over 0.993, the
 /// signed map's least entry) for the state and `steps · 2 · lr · 4` for
-/// the parameters; and at least 90 % of every tensor exactly the
+/// the parameters (and one bf16 unit, 2⁻⁷ relative, a step for the bf16
+/// parameters behind the master); and at least 90 % of every tensor exactly the
 /// reference's (a kernel quantizing another way would miss far more).
 #[test]
 fn gpu_8bit_state_matches_the_reference() {
@@ -509,6 +566,10 @@ fn gpu_8bit_state_matches_the_reference() {
     };
     let modes: serde_json::Value = serde_json::from_str(&meta("modes")).unwrap();
     assert_eq!(modes["int8"], serde_json::json!(["f32", "8bit", false]));
+    assert_eq!(
+        modes["bf16_master_int8"],
+        serde_json::json!(["bf16", "8bit", true])
+    );
     let total: usize = lengths.iter().sum();
     let split = |flat: &[f32]| -> Vec<Vec<f32>> {
         let mut at = 0;
@@ -521,12 +582,6 @@ fn gpu_8bit_state_matches_the_reference() {
             .collect()
     };
     let (init, grads) = (f32s("init"), f32s("grads"));
-    let mut gpu =
-        GpuOptimizer::with_precision(ctx(), config, &refs(&split(&init)), int8()).unwrap();
-    for t in 0..steps {
-        gpu.step(&refs(&split(&grads[t * total..(t + 1) * total])))
-            .unwrap();
-    }
     let eps = f32::EPSILON as f64;
     let widest = DynamicMap::signed()
         .values()
@@ -534,49 +589,71 @@ fn gpu_8bit_state_matches_the_reference() {
         .chain(DynamicMap::unsigned().values().windows(2))
         .map(|w| (w[1] - w[0]) as f64)
         .fold(0.0, f64::max);
-    for what in ["param", "exp_avg", "exp_avg_sq"] {
-        let got = match what {
-            "param" => gpu.read_params_flat().unwrap(),
-            s => gpu.read_state_flat(s).unwrap(),
-        };
-        let want = f32s(&format!("int8/{what}"));
-        assert_eq!(got.len(), want.len());
-        let mut same = 0;
-        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-            if a.to_bits() == b.to_bits() {
-                same += 1;
-                continue;
+    for (mode, precision) in [
+        ("int8", int8()),
+        ("bf16_master_int8", int8_master(ParamDtype::Bf16)),
+    ] {
+        let mut gpu =
+            GpuOptimizer::with_precision(ctx(), config.clone(), &refs(&split(&init)), precision)
+                .unwrap();
+        for t in 0..steps {
+            gpu.step(&refs(&split(&grads[t * total..(t + 1) * total])))
+                .unwrap();
+        }
+        let mut sets = vec!["param", "exp_avg", "exp_avg_sq"];
+        if precision.master_weights {
+            sets.push("master");
+        }
+        for what in sets {
+            let got = match what {
+                "param" => gpu.read_params_flat().unwrap(),
+                "master" => gpu.master_params().unwrap().unwrap(),
+                s => gpu.read_state_flat(s).unwrap(),
+            };
+            let want = f32s(&format!("{mode}/{what}"));
+            assert_eq!(got.len(), want.len());
+            let mut same = 0;
+            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                if a.to_bits() == b.to_bits() {
+                    same += 1;
+                    continue;
+                }
+                let scale = if what == "param" || what == "master" {
+                    init[i].abs().max(b.abs()) as f64
+                } else {
+                    b.abs() as f64
+                };
+                let rounding = if what == "param" {
+                    steps as f64 * unit(precision.param_dtype) * b.abs() as f64
+                } else {
+                    0.0
+                };
+                let code_step = if what == "param" || what == "master" {
+                    steps as f64 * 2.0 * lr * 4.0
+                } else if i < lengths[0] {
+                    let block = i / BLOCK * BLOCK;
+                    let top = want[block..(block + BLOCK).min(lengths[0])]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs()));
+                    widest * top as f64 / 0.993
+                } else {
+                    0.0
+                };
+                let bound = steps as f64 * 8.0 * eps * scale + rounding + code_step;
+                assert!(
+                    ((a - b) as f64).abs() <= bound,
+                    "{mode} {what}[{i}]: gpu {a} reference {b}"
+                );
             }
-            let scale = if what == "param" {
-                init[i].abs().max(b.abs()) as f64
-            } else {
-                b.abs() as f64
-            };
-            let code_step = if what == "param" {
-                steps as f64 * 2.0 * lr * 4.0
-            } else if i < lengths[0] {
-                let block = i / BLOCK * BLOCK;
-                let top = want[block..(block + BLOCK).min(lengths[0])]
-                    .iter()
-                    .fold(0f32, |m, v| m.max(v.abs()));
-                widest * top as f64 / 0.993
-            } else {
-                0.0
-            };
-            let bound = steps as f64 * 8.0 * eps * scale + code_step;
+            println!(
+                "{mode} {what}: {same} of {} exactly the reference's",
+                want.len()
+            );
             assert!(
-                ((a - b) as f64).abs() <= bound,
-                "{what}[{i}]: gpu {a} reference {b}"
+                same * 10 >= want.len() * 9,
+                "{mode} {what}: {same} of {}",
+                want.len()
             );
         }
-        println!(
-            "int8 {what}: {same} of {} exactly the reference's",
-            want.len()
-        );
-        assert!(
-            same * 10 >= want.len() * 9,
-            "{what}: {same} of {}",
-            want.len()
-        );
     }
 }

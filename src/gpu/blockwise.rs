@@ -15,7 +15,9 @@
 //! absmax word per 8-bit block.
 
 use super::chunks::{check_size, chunk_elements, ChunkRange, Tiling};
-use super::kernels::{Blockwise, Variant, BW_ENTRIES, BW_F32, BW_HEADER, BW_MAPS};
+use super::kernels::{
+    Blockwise, Packed16, Param16, Variant, BW_ENTRIES, BW_F32, BW_HEADER, BW_MAPS,
+};
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::precision::GpuPrecision;
 use super::readback::read_buffer;
@@ -246,8 +248,8 @@ impl BlockPlan {
 
 impl GpuOptimizer {
     /// [`GpuOptimizer::with_precision_options`] with 8-bit state: the
-    /// rule's checks done (`check_rule`), f32 parameters, the kernel of
-    /// blockwise.wgsl.
+    /// rule's checks done (`check_rule`), f32 parameters or 16-bit ones
+    /// behind an f32 master, the kernel of blockwise.wgsl.
     pub(super) fn with_blockwise(
         ctx: &GpuContext,
         config: Config,
@@ -255,12 +257,17 @@ impl GpuOptimizer {
         precision: Precision,
         options: GpuOptions,
     ) -> Result<Self> {
-        if precision.param_dtype != ParamDtype::F32 {
-            return Err(Error::Unsupported(format!(
-                "state_dtype 8bit with param_dtype {} on the GPU (8-bit state takes f32 parameters there)",
-                precision.param_dtype.name()
-            )));
-        }
+        let param = match (precision.param_dtype, precision.master_weights) {
+            (ParamDtype::F32, _) => Param16::F32,
+            (ParamDtype::Bf16, true) => Param16::MasterBf16,
+            (ParamDtype::F16, true) => Param16::MasterF16,
+            (dtype, false) => {
+                return Err(Error::Unsupported(format!(
+                    "state_dtype 8bit with param_dtype {} without master_weights on the GPU",
+                    dtype.name()
+                )))
+            }
+        };
         if options.vector_width.is_some_and(|w| w != 1) {
             return Err(Error::InvalidOptions(
                 "vector_width with 8-bit state: the kernel steps one element a thread (1)".into(),
@@ -298,7 +305,10 @@ impl GpuOptimizer {
             bounds_checked: true,
             views: false,
             groups: 0,
-            packed16: None,
+            packed16: (param != Param16::F32).then_some(Packed16 {
+                param,
+                state_bf16: false,
+            }),
             blockwise: Some(Blockwise { in_use }),
         };
         let usage = wgpu::BufferUsages::STORAGE
@@ -331,9 +341,24 @@ impl GpuOptimizer {
                     b
                 })
                 .collect();
-            (make("params"), make("grads"), tables)
+            // The model's 16-bit parameters, a pair a word, behind the
+            // f32 master (`params`).
+            let model = (param != Param16::F32).then(|| {
+                chunks
+                    .iter()
+                    .map(|c| {
+                        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                            label: Some("16-bit params"),
+                            size: super::precision::words(c.len) * 4,
+                            usage,
+                            mapped_at_creation: false,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            });
+            (make("params"), make("grads"), tables, model)
         })?;
-        let (param_buffers, grad_buffers, table_buffers) = made;
+        let (param_buffers, grad_buffers, table_buffers, model) = made;
         let words = plan.words.clone();
         let mut opt = Self::build(
             ctx,
@@ -351,7 +376,7 @@ impl GpuOptimizer {
         )?;
         opt.precision = Some(GpuPrecision {
             precision,
-            model: None,
+            model,
             chunk_bases: Vec::new(),
             blocks: Some(GpuBlocks {
                 plan,

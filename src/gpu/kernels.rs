@@ -266,7 +266,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         s.push_str(&tile_accessors(width));
     }
     s.push_str(include_str!("../../shaders/common.wgsl"));
-    if let Kind::Packed16 = kind {
+    if let Kind::Packed16 | Kind::Blockwise = kind {
         s.push_str(PACKED16_WGSL);
     }
     s.push_str(match kind {
@@ -357,6 +357,10 @@ const PACKED16_WGSL: &str = include_str!("../../shaders/packed16.wgsl");
 /// The 8-bit state's entry point (`shaders/blockwise.wgsl`).
 const BLOCKWISE_WGSL: &str = include_str!("../../shaders/blockwise.wgsl");
 
+/// The model's 16-bit parameters in the 8-bit kernel, written a half word
+/// at a time.
+const PARAM16_ATOMIC: Binding = Binding::new("param16", Access::ReadWrite, "array<atomic<u32>>");
+
 /// The 8-bit kernel's table of blocks and maps.
 const BLOCKS: Binding = Binding::new("blocks", Access::Read, "array<u32>");
 
@@ -370,7 +374,7 @@ const BLOCKWISE_CONSTANTS: [(&str, u32); 4] = [
 
 /// The bindings of the 8-bit kernel: the element-wise ones with only the
 /// slots in use, as `u32` words, and `blocks` before `info`.
-fn blockwise_bindings(slots: &[&'static str], bw: Blockwise) -> Vec<Binding> {
+fn blockwise_bindings(slots: &[&'static str], bw: Blockwise, param: Param16) -> Vec<Binding> {
     let mut b = vec![
         Binding::new("param", Access::ReadWrite, "array<f32>"),
         Binding::new("grad", Access::Read, "array<f32>"),
@@ -382,6 +386,9 @@ fn blockwise_bindings(slots: &[&'static str], bw: Blockwise) -> Vec<Binding> {
             .filter(|(k, _)| bw.in_use & (1 << k) != 0)
             .map(|(_, s)| Binding::new(s, Access::ReadWrite, "array<u32>")),
     );
+    if matches!(param, Param16::MasterBf16 | Param16::MasterF16) {
+        b.push(PARAM16_ATOMIC);
+    }
     b.extend([
         BLOCKS,
         Binding::new("info", Access::Read, "array<f32>"),
@@ -398,9 +405,32 @@ fn blockwise_bindings(slots: &[&'static str], bw: Blockwise) -> Vec<Binding> {
 /// quantization (`bw_store_block`, written here, after the block's
 /// update). A slot not in use reads 0 and stores nothing (it has no
 /// binding). `None` when a store is not a whole `NAME[i] = e;` statement.
-fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise) -> Option<String> {
+///
+/// With 16-bit parameters behind an f32 master (`param`), each store of
+/// the parameters also writes the rounded value into its half of the
+/// model's word (`param16`, a pair of elements a word) with two atomics
+/// on that half only (clear, then set): a pair may straddle two blocks,
+/// so two workgroups may write the two halves of one word.
+fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -> Option<String> {
     let mut s = source.to_string();
     let mut helpers = String::new();
+    let pack = match param {
+        Param16::MasterBf16 => Some("bf16_nearest"),
+        Param16::MasterF16 => Some("f16_nearest"),
+        Param16::F32 => None,
+        Param16::StochasticBf16 => return None,
+    };
+    if let Some(pack) = pack {
+        s = rewrite_stores(&s, "param")?;
+        let _ = write!(
+            helpers,
+            "fn store_param(i: u32, v: f32) {{\n\
+             \x20   param[i] = v;\n\
+             \x20   let shift = (i & 1u) * 16u;\n\
+             \x20   atomicAnd(&param16[i >> 1u], ~(0xffffu << shift));\n\
+             \x20   atomicOr(&param16[i >> 1u], {pack}(v) << shift);\n}}\n"
+        );
+    }
     let mut finish = String::new();
     let mut f32_stores = String::new();
     for (k, name) in slots.iter().enumerate() {
@@ -839,10 +869,12 @@ pub(super) fn kernel_for(
         KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
     if let Some(bw) = variant.blockwise {
-        let body = blockwise_body(source, slots, bw)
-            .filter(|_| !variant.views && variant.groups == 0 && variant.packed16.is_none())
+        let param = variant.packed16.map_or(Param16::F32, |p| p.param);
+        let body = blockwise_body(source, slots, bw, param)
+            .filter(|_| !variant.views && variant.groups == 0)
+            .filter(|_| !variant.packed16.is_some_and(|p| p.state_bf16))
             .ok_or_else(|| Error::Unsupported(format!("the {name} kernel with 8-bit state")))?;
-        let bindings = blockwise_bindings(slots, bw);
+        let bindings = blockwise_bindings(slots, bw, param);
         check_kernel_limits(
             &limits,
             &format!("the {name} kernel with 8-bit state"),
@@ -1358,15 +1390,19 @@ mod tests {
             let KernelShape::ElementWise { slots } = spec.shape else {
                 continue;
             };
-            for in_use in [(1u32 << slots.len()) - 1, 1] {
+            let params = [Param16::F32, Param16::MasterBf16, Param16::MasterF16];
+            for (in_use, param) in [(1u32 << slots.len()) - 1, 1]
+                .into_iter()
+                .flat_map(|u| params.map(|p| (u, p)))
+            {
                 let bw = Blockwise { in_use };
-                let body = blockwise_body(spec.source, slots, bw)
+                let body = blockwise_body(spec.source, slots, bw, param)
                     .unwrap_or_else(|| panic!("{}", spec.name));
                 for name in slots {
                     assert!(!body.contains(&format!(" {name}[i]")), "{}", spec.name);
                 }
-                let bindings = blockwise_bindings(slots, bw);
-                if slots.len() <= 3 {
+                let bindings = blockwise_bindings(slots, bw, param);
+                if in_use.count_ones() as usize + usize::from(param != Param16::F32) <= 3 {
                     check_kernel_limits(&defaults, "test", &bindings, BLOCKWISE_WORKGROUP_BYTES)
                         .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
                 }
