@@ -33,6 +33,9 @@ use crate::precision::store::state_sign;
 use crate::precision::{ParamDtype, Precision};
 use crate::rules::{Config, KernelShape};
 
+/// Each 8-bit tensor of a state as stored: (tensor, codes, absmax).
+pub(super) type Quantized = Vec<(usize, Vec<u8>, Vec<f32>)>;
+
 /// One block of a chunk: the entry of `blocks` the kernel reads, and
 /// where it is in its tensor.
 #[derive(Clone, Copy, Debug)]
@@ -208,7 +211,7 @@ impl BlockPlan {
         layout: &Layout,
         words: &[Vec<u32>],
         signed: bool,
-    ) -> (Vec<f32>, Vec<(usize, Vec<u8>, Vec<f32>)>) {
+    ) -> (Vec<f32>, Quantized) {
         let mut values = vec![0f32; layout.total()];
         let mut quantized: Vec<Option<(Vec<u8>, Vec<f32>)>> = layout
             .lengths()
@@ -421,10 +424,7 @@ impl GpuOptimizer {
 
     /// State `i` read back: its values, packed (the 8-bit tensors
     /// dequantized), and each 8-bit tensor's codes and absmax.
-    pub(super) fn read_blockwise_state(
-        &self,
-        i: usize,
-    ) -> Result<(Vec<f32>, Vec<(usize, Vec<u8>, Vec<f32>)>)> {
+    pub(super) fn read_blockwise_state(&self, i: usize) -> Result<(Vec<f32>, Quantized)> {
         let Some(blocks) = self.blocks() else {
             return Err(Error::Unsupported("no 8-bit state".into()));
         };

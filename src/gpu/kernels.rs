@@ -463,9 +463,9 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
              \x20   return v;\n}}\n\
              fn store_{name}(i: u32, v: f32) {{ new_{name} = v; }}\n"
         );
-        let _ = write!(
+        let _ = writeln!(
             f32_stores,
-            "        if (inside) {{ {name}[word + lid] = bitcast<u32>(new_{name}); }}\n"
+            "        if (inside) {{ {name}[word + lid] = bitcast<u32>(new_{name}); }}"
         );
         let _ = write!(
             finish,
