@@ -66,13 +66,14 @@ impl GpuOptimizer {
     /// On the GPU so far: bf16 parameters (with master weights, or rounded
     /// stochastically), f16 parameters with master weights, and bf16
     /// state, for the element-wise rules; 8-bit blockwise state with f32
-    /// parameters for the rules the CPU keeps in 8 bits (`exp_avg`,
+    /// parameters, or 16-bit ones behind a master, for the rules the CPU
+    /// keeps in 8 bits (`exp_avg`,
     /// `exp_avg_sq`: Adam, AdamW, RAdam, NAdam, Lion), one fused kernel
     /// a step (`shaders/blockwise.wgsl`: a workgroup a block of 256, the
     /// codes and absmax as the CPU stores them). Refused
     /// ([`Error::Unsupported`]) as on the CPU for LAMB and the
-    /// schedule-free rules, and on the GPU for 16-bit parameters with
-    /// 8-bit state, `skip_nonfinite` with stochastic rounding, parameter
+    /// schedule-free rules, and on the GPU for stochastically rounded
+    /// parameters with 8-bit state, `skip_nonfinite` with stochastic rounding, parameter
     /// groups and views; with 8-bit state `vector_width` must be 1 (or
     /// `None`) and `max_chunk_elements` at least 256
     /// ([`Error::InvalidOptions`]).
