@@ -657,3 +657,36 @@ fn gpu_8bit_state_matches_the_reference() {
         }
     }
 }
+
+/// A NaN gradient (no skipping) spoils its block as on the CPU: the
+/// block's absmax is NaN and all its state reads back NaN, its parameters
+/// NaN where the update used it; every other block is the CPU's.
+#[test]
+fn gpu_8bit_nan_spoils_its_block_as_on_the_cpu() {
+    let p: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.01).sin()).collect();
+    let mut g: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.03).cos() * 0.1).collect();
+    g[300] = f32::NAN;
+    let mut cpu = CpuOptimizer::with_precision(AdamW::default(), &[&p], int8()).unwrap();
+    let mut gpu = GpuOptimizer::with_precision(ctx(), AdamW::default(), &[&p], int8()).unwrap();
+    cpu.step(&[&g]).unwrap();
+    gpu.step(&[&g]).unwrap();
+    let (c, k) = (cpu.checkpoint(), gpu.checkpoint().unwrap());
+    for (a, b) in c.quantized.iter().zip(&k.quantized) {
+        assert!(a.absmax[1].is_nan() && b.absmax[1].is_nan());
+        assert_eq!(a.codes, b.codes);
+        for (j, (x, y)) in a.absmax.iter().zip(&b.absmax).enumerate() {
+            assert!(j == 1 || x.to_bits() == y.to_bits(), "block {j}: {x} {y}");
+        }
+    }
+    for name in ["exp_avg", "exp_avg_sq"] {
+        let v = gpu.read_state_flat(name).unwrap();
+        assert!(v[BLOCK..2 * BLOCK].iter().all(|x| x.is_nan()), "{name}");
+    }
+    let (cp, gp) = (c.params.unwrap(), k.params.unwrap());
+    for (i, (x, y)) in cp.iter().zip(&gp).enumerate() {
+        assert!(
+            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+            "param[{i}]: {x} {y}"
+        );
+    }
+}
