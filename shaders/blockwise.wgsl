@@ -5,7 +5,8 @@
 // tensor's last one may be short), so no two workgroups write one word.
 // For each block it dequantizes the state (`load_NAME`, written by
 // src/gpu/kernels.rs), steps each element with the rule's `update` in f32,
-// reduces the block's new absmax in workgroup memory, and quantizes to the
+// reduces the block's new absmax in workgroup memory (`bw_store_block`,
+// written there too, every slot in one tree), and quantizes to the
 // nearest map entry as `DynamicMap::nearest` does on the CPU: one pass over
 // memory. Tensors under 4096 elements keep f32 state (their blocks' words
 // are f32 bits).
@@ -18,8 +19,6 @@
 // state buffer of a chunk has this one layout.
 
 var<workgroup> wg_map: array<f32, BW_MAPS>;
-var<workgroup> wg_red: array<u32, WORKGROUP_SIZE>;
-var<workgroup> wg_codes: array<u32, WORKGROUP_SIZE>;
 var<workgroup> wg_flag: u32;
 
 // The block being stepped, as `load_NAME` reads it.
@@ -102,32 +101,6 @@ fn bw_quantize(v: f32, m: f32, inv: f32, off: u32) -> u32 {
     let below = s - wg_map[off + lo];
     let above = wg_map[off + hi] - s;
     return select(hi, lo, below <= above);
-}
-
-// The largest magnitude of the block's `v` (0 for the threads past its
-// end), NaN if any is NaN: the maximum of the magnitudes' bits, which
-// order as the values do (NaN above ∞), by a fixed tree; every thread
-// gets it.
-fn bw_absmax(lid: u32, v: f32, inside: bool) -> f32 {
-    wg_red[lid] = select(0u, bitcast<u32>(v) & 0x7fffffffu, inside);
-    workgroupBarrier();
-    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            wg_red[lid] = max(wg_red[lid], wg_red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let m = wg_red[0];
-    workgroupBarrier();
-    return bitcast<f32>(m);
-}
-
-// Packs the block's codes (`wg_codes`) four to a word: the words thread
-// `lid` writes, `len` codes in all; the caller stores them.
-fn bw_pack(lid: u32) -> u32 {
-    let k = 4u * lid;
-    return wg_codes[k] | (wg_codes[k + 1u] << 8u) | (wg_codes[k + 2u] << 16u)
-        | (wg_codes[k + 3u] << 24u);
 }
 
 fn bw_refused(lid: u32) -> bool {

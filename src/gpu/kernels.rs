@@ -431,8 +431,9 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
              \x20   atomicOr(&param16[i >> 1u], {pack}(v) << shift);\n}}\n"
         );
     }
-    let mut finish = String::new();
-    let mut f32_stores = String::new();
+    let (mut red_init, mut red_step, mut quantize) = (String::new(), String::new(), String::new());
+    let mut reciprocal = String::new();
+    let (mut pack, mut absmax, mut f32_stores) = (String::new(), String::new(), String::new());
     for (k, name) in slots.iter().enumerate() {
         s = rewrite_stores(&s, name)?;
         s = replace_access(&s, &format!("{name}[i]"), &format!("load_{name}(i)"));
@@ -451,6 +452,9 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
         let _ = write!(
             helpers,
             "var<private> new_{name}: f32;\n\
+             var<workgroup> wg_red_{name}: array<u32, WORKGROUP_SIZE>;\n\
+             var<workgroup> wg_codes_{name}: array<u32, WORKGROUP_SIZE>;\n\
+             var<workgroup> wg_inv_{name}: f32;\n\
              fn load_{name}(i: u32) -> f32 {{\n\
              \x20   var v: f32;\n\
              \x20   if (blk_absmax == BW_F32) {{\n\
@@ -467,27 +471,58 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
             f32_stores,
             "        if (inside) {{ {name}[word + lid] = bitcast<u32>(new_{name}); }}"
         );
-        let _ = write!(
-            finish,
-            "    {{\n\
-             \x20       let v = new_{name};\n\
-             \x20       let m = bw_absmax(lid, v, inside);\n\
-             \x20       let inv = bw_reciprocal(m);\n\
-             \x20       wg_codes[lid] = select(0u, bw_quantize(v, m, inv, {off}u), inside);\n\
-             \x20       workgroupBarrier();\n\
-             \x20       if (lid < words) {{ {name}[word + lid] = bw_pack(lid); }}\n\
-             \x20       if (lid == 0u) {{ {name}[absmax] = bitcast<u32>(m); }}\n\
-             \x20       workgroupBarrier();\n\
-             \x20   }}\n"
+        let _ = writeln!(
+            red_init,
+            "    wg_red_{name}[lid] = select(0u, bitcast<u32>(new_{name}) & 0x7fffffffu, inside);"
         );
+        let _ = writeln!(
+            red_step,
+            "            wg_red_{name}[lid] = max(wg_red_{name}[lid], wg_red_{name}[lid + s]);"
+        );
+        let _ = writeln!(
+            reciprocal,
+            "        wg_inv_{name} = bw_reciprocal(bitcast<f32>(wg_red_{name}[0]));"
+        );
+        let _ = write!(
+            quantize,
+            "    let m_{name} = bitcast<f32>(wg_red_{name}[0]);\n\
+             \x20   wg_codes_{name}[lid] = select(0u, bw_quantize(new_{name}, m_{name}, \
+             wg_inv_{name}, {off}u), inside);\n"
+        );
+        let _ = write!(
+            pack,
+            "        {name}[word + lid] = wg_codes_{name}[k] | (wg_codes_{name}[k + 1u] << 8u)\n\
+             \x20           | (wg_codes_{name}[k + 2u] << 16u) | (wg_codes_{name}[k + 3u] << 24u);\n"
+        );
+        let _ = writeln!(absmax, "        {name}[absmax] = bitcast<u32>(m_{name});");
     }
+    // Every slot at once: one reduction tree (the largest magnitude's bits,
+    // which order as the values do, NaN above ∞) and one round of codes,
+    // so a block costs the same barriers whatever the number of states.
     let _ = write!(
         helpers,
         "// Stores the block's new state: f32 words, or the codes and absmax.\n\
          fn bw_store_block(lid: u32, len: u32, word: u32, absmax: u32) {{\n\
          \x20   let inside = lid < len;\n\
+         \x20   // Every thread's reads of the block's words come before any\n\
+         \x20   // thread's writes to them.\n\
+         \x20   storageBarrier();\n\
          \x20   if (absmax == BW_F32) {{\n{f32_stores}        return;\n    }}\n\
-         \x20   let words = (len + 3u) / 4u;\n{finish}}}\n"
+         {red_init}\
+         \x20   workgroupBarrier();\n\
+         \x20   for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {{\n\
+         \x20       if (lid < s) {{\n{red_step}        }}\n\
+         \x20       workgroupBarrier();\n\
+         \x20   }}\n\
+         \x20   // 1/absmax once a block (an integer division: not every thread's).\n\
+         \x20   if (lid == 0u) {{\n{reciprocal}    }}\n\
+         \x20   workgroupBarrier();\n\
+         {quantize}\
+         \x20   workgroupBarrier();\n\
+         \x20   if (lid < (len + 3u) / 4u) {{\n\
+         \x20       let k = 4u * lid;\n{pack}    }}\n\
+         \x20   if (lid == 0u) {{\n{absmax}    }}\n\
+         \x20   workgroupBarrier();\n}}\n"
     );
     Some(helpers + &s)
 }
@@ -721,8 +756,11 @@ const REDUCE_ENTRY_POINTS: [&str; 2] = ["clip_partials", "clip_finish"];
 const TILE_WORKGROUP_BYTES: u64 = WORKGROUP_SIZE * 8 + 4;
 
 /// Workgroup memory of the 8-bit kernel (blockwise.wgsl): the two maps,
-/// the absmax reduction and the codes (256 words each), one flag.
-const BLOCKWISE_WORKGROUP_BYTES: u64 = BW_MAPS as u64 * 4 + WORKGROUP_SIZE * 8 + 4;
+/// one flag, and for each slot in 8 bits its absmax reduction and codes
+/// (256 words each): 6.0 KiB for Adam's two.
+fn blockwise_workgroup_bytes(bw: Blockwise) -> u64 {
+    BW_MAPS as u64 * 4 + 4 + u64::from(bw.in_use.count_ones()) * (WORKGROUP_SIZE * 8 + 4)
+}
 
 /// Refuses, naming the limit, a device on which a kernel with these
 /// bindings and this much workgroup memory cannot be built, before wgpu is
@@ -879,7 +917,7 @@ pub(super) fn kernel_for(
             &limits,
             &format!("the {name} kernel with 8-bit state"),
             &bindings,
-            BLOCKWISE_WORKGROUP_BYTES,
+            blockwise_workgroup_bytes(bw),
         )?;
         return compile(
             ctx,
@@ -1403,8 +1441,13 @@ mod tests {
                 }
                 let bindings = blockwise_bindings(slots, bw, param);
                 if in_use.count_ones() as usize + usize::from(param != Param16::F32) <= 3 {
-                    check_kernel_limits(&defaults, "test", &bindings, BLOCKWISE_WORKGROUP_BYTES)
-                        .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+                    check_kernel_limits(
+                        &defaults,
+                        "test",
+                        &bindings,
+                        blockwise_workgroup_bytes(bw),
+                    )
+                    .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
                 }
                 module(&compose(
                     Kind::Blockwise,

@@ -46,8 +46,9 @@ pub struct GpuOptions {
     /// them; the state slots a configuration does not use are behind
     /// `override` constants and never touched. The loop ends because the
     /// stride is at least one workgroup. Ignored on views
-    /// ([`GpuOptimizer::from_views`]), whose kernels index with offsets from
-    /// a table.
+    /// ([`GpuOptimizer::from_views`]) and with 8-bit state
+    /// ([`GpuOptimizer::with_precision`]), whose kernels index with offsets
+    /// from a table.
     pub skip_bounds_checks: bool,
 }
 

@@ -213,11 +213,18 @@ pub(super) fn bench_gpu(
         variant: format!(
             "{}{}",
             match opt.vector_width() {
+                // The 8-bit kernel: a workgroup a block of 256.
+                _ if opt.precision().state_dtype == StateDtype::Int8Blockwise => "blocks",
                 4 => "vec4",
                 2 => "pairs",
                 _ => "scalar",
             },
-            if unchecked { "+unchecked" } else { "" }
+            // The 8-bit kernel keeps its bounds checks.
+            if unchecked && opt.precision().state_dtype != StateDtype::Int8Blockwise {
+                "+unchecked"
+            } else {
+                ""
+            }
         ),
     })
 }
