@@ -360,9 +360,15 @@ impl GpuOptimizer {
                 let workgroups = match &self.groups {
                     // One workgroup a tile (at most 4096 elements).
                     Some(g) => (g.tiles[ci] as u64).clamp(1, max_groups),
-                    // One workgroup a block of 8-bit state.
+                    // 8-bit state: a workgroup steps blocks in turn, loading
+                    // the maps once; up to 8 blocks each on large chunks, one
+                    // each (up to 2048 workgroups) on small ones, which
+                    // then still fill a GPU.
                     None if self.variant.blockwise.is_some() => match self.blocks() {
-                        Some(b) => (b.plan.blocks_in(ci) as u64).clamp(1, max_groups),
+                        Some(b) => {
+                            let n = b.plan.blocks_in(ci) as u64;
+                            n.div_ceil(8).max(n.min(2048)).clamp(1, max_groups)
+                        }
                         None => 1,
                     },
                     None => {
