@@ -31,6 +31,15 @@ fn int8_master(param_dtype: ParamDtype) -> Precision {
     }
 }
 
+/// 8-bit state behind bf16 parameters rounded stochastically (no master).
+fn int8_stochastic() -> Precision {
+    Precision {
+        param_dtype: ParamDtype::Bf16,
+        seed: 7,
+        ..int8()
+    }
+}
+
 /// One unit of a parameter format, relative (2⁻⁷ of a bf16 value at worst,
 /// 2⁻¹⁰ of an f16 one): what a stored parameter may differ by where the
 /// two backends' f32 masters straddle a rounding boundary.
@@ -240,8 +249,8 @@ fn rules() -> Vec<(Config, f64)> {
 }
 
 /// Several steps of each rule the CPU keeps in 8 bits, on the GPU beside
-/// the CPU, with f32 parameters and with bf16 and f16 ones behind a
-/// master: one chunk, and chunks of at most 1024 elements (cut between
+/// the CPU, with f32 parameters, bf16 and f16 ones behind a master, and
+/// bf16 ones rounded stochastically (the same bits as the CPU's): one chunk, and chunks of at most 1024 elements (cut between
 /// blocks; pairs of 16-bit parameters straddle blocks: odd lengths).
 #[test]
 fn gpu_8bit_state_matches_the_cpu() {
@@ -252,6 +261,7 @@ fn gpu_8bit_state_matches_the_cpu() {
         int8(),
         int8_master(ParamDtype::Bf16),
         int8_master(ParamDtype::F16),
+        int8_stochastic(),
     ];
     for (config, lr) in rules() {
         for (chunk, precision) in [None, Some(1024)]
@@ -259,9 +269,10 @@ fn gpu_8bit_state_matches_the_cpu() {
             .flat_map(|c| modes.map(|m| (c, m)))
         {
             let what = format!(
-                "{} {} chunks {chunk:?}",
+                "{} {} master {} chunks {chunk:?}",
                 config.kind(),
-                precision.param_dtype.name()
+                precision.param_dtype.name(),
+                precision.master_weights
             );
             let options = GpuOptions {
                 max_chunk_elements: chunk,
@@ -337,9 +348,15 @@ fn gpu_8bit_checkpoints_round_trip_exactly() {
         (rules()[1].0.clone(), int8()),
         (rules()[3].0.clone(), int8()),
         (rules()[1].0.clone(), int8_master(ParamDtype::Bf16)),
+        (rules()[3].0.clone(), int8_stochastic()),
     ];
     for (config, precision) in cases {
-        let what = format!("{} {}", config.kind(), precision.param_dtype.name());
+        let what = format!(
+            "{} {} {}",
+            config.kind(),
+            precision.param_dtype.name(),
+            precision.master_weights
+        );
         let options = || GpuOptions {
             max_chunk_elements: Some(2048),
             ..GpuOptions::default()
@@ -428,9 +445,9 @@ fn gpu_8bit_refusals_and_bad_input() {
             int8()
         )));
     }
-    // Stochastically rounded parameters with 8-bit state are CPU-only.
+    // f16 parameters need a master (Precision::validate, as on the CPU).
     let bf16 = Precision {
-        param_dtype: ParamDtype::Bf16,
+        param_dtype: ParamDtype::F16,
         master_weights: false,
         ..int8()
     };

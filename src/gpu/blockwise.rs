@@ -251,8 +251,9 @@ impl BlockPlan {
 
 impl GpuOptimizer {
     /// [`GpuOptimizer::with_precision_options`] with 8-bit state: the
-    /// rule's checks done (`check_rule`), f32 parameters or 16-bit ones
-    /// behind an f32 master, the kernel of blockwise.wgsl.
+    /// rule's checks done (`check_rule`): f32 parameters, 16-bit ones
+    /// behind an f32 master, or bf16 ones rounded stochastically; the
+    /// kernel of blockwise.wgsl.
     pub(super) fn with_blockwise(
         ctx: &GpuContext,
         config: Config,
@@ -264,12 +265,8 @@ impl GpuOptimizer {
             (ParamDtype::F32, _) => Param16::F32,
             (ParamDtype::Bf16, true) => Param16::MasterBf16,
             (ParamDtype::F16, true) => Param16::MasterF16,
-            (dtype, false) => {
-                return Err(Error::Unsupported(format!(
-                    "state_dtype 8bit with param_dtype {} without master_weights on the GPU",
-                    dtype.name()
-                )))
-            }
+            // f16 without a master: Precision::validate refused it.
+            (_, false) => Param16::StochasticBf16,
         };
         if options.vector_width.is_some_and(|w| w != 1) {
             return Err(Error::InvalidOptions(
@@ -282,6 +279,16 @@ impl GpuOptimizer {
         let momentum_buffer = config.builds_momentum_buffer();
         let state_names = config.state_names_with(momentum_buffer);
         let layout = Layout::of(params)?;
+        if param == Param16::StochasticBf16 && layout.total() as u64 > u32::MAX as u64 {
+            return Err(Error::SizeOverflow {
+                what: "the elements of stochastically rounded parameters",
+                ty: "u32",
+                detail: format!(
+                    "{} elements; the kernels count them in 32 bits",
+                    layout.total()
+                ),
+            });
+        }
         let (chunks, plan) = BlockPlan::new(&layout, chunk_elements(ctx, &options)?)?;
         let tiling = Tiling::new(&layout, &chunks)?;
         let limits = ctx.limits();
@@ -318,19 +325,39 @@ impl GpuOptimizer {
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
         let made = ctx.scoped("allocating parameter buffers", || {
-            let make = |label: &str| -> Vec<wgpu::Buffer> {
+            let make = |label: &str, words: bool| -> Vec<wgpu::Buffer> {
                 chunks
                     .iter()
                     .map(|c| {
                         ctx.device.create_buffer(&wgpu::BufferDescriptor {
                             label: Some(label),
-                            size: super::chunks::padded(c.len, 4) * 4,
+                            size: match words {
+                                true => super::precision::words(c.len) * 4,
+                                false => super::chunks::padded(c.len, 4) * 4,
+                            },
                             usage,
                             mapped_at_creation: false,
                         })
                     })
                     .collect()
             };
+            // Stochastic rounding: each chunk's first element (its
+            // counter's base; below 2^32, checked above).
+            let bases: Vec<wgpu::Buffer> = chunks
+                .iter()
+                .filter(|_| param == Param16::StochasticBf16)
+                .map(|c| {
+                    let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("chunk base"),
+                        size: 16,
+                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    ctx.queue
+                        .write_buffer(&b, 0, bytemuck::cast_slice(&[c.start as u32, 0, 0, 0]));
+                    b
+                })
+                .collect();
             let tables: Vec<wgpu::Buffer> = tables
                 .iter()
                 .map(|t| {
@@ -346,7 +373,7 @@ impl GpuOptimizer {
                 .collect();
             // The model's 16-bit parameters, a pair a word, behind the
             // f32 master (`params`).
-            let model = (param != Param16::F32).then(|| {
+            let model = matches!(param, Param16::MasterBf16 | Param16::MasterF16).then(|| {
                 chunks
                     .iter()
                     .map(|c| {
@@ -359,9 +386,13 @@ impl GpuOptimizer {
                     })
                     .collect::<Vec<_>>()
             });
-            (make("params"), make("grads"), tables, model)
+            let params = match param {
+                Param16::StochasticBf16 => make("bf16 params", true),
+                _ => make("params", false),
+            };
+            (params, make("grads", false), tables, model, bases)
         })?;
-        let (param_buffers, grad_buffers, table_buffers, model) = made;
+        let (param_buffers, grad_buffers, table_buffers, model, chunk_bases) = made;
         let words = plan.words.clone();
         let mut opt = Self::build(
             ctx,
@@ -380,7 +411,7 @@ impl GpuOptimizer {
         opt.precision = Some(GpuPrecision {
             precision,
             model,
-            chunk_bases: Vec::new(),
+            chunk_bases,
             blocks: Some(GpuBlocks {
                 plan,
                 tables: table_buffers,

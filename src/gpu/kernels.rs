@@ -375,8 +375,12 @@ const BLOCKWISE_CONSTANTS: [(&str, u32); 4] = [
 /// The bindings of the 8-bit kernel: the element-wise ones with only the
 /// slots in use, as `u32` words, and `blocks` before `info`.
 fn blockwise_bindings(slots: &[&'static str], bw: Blockwise, param: Param16) -> Vec<Binding> {
+    let param_type = match param {
+        Param16::StochasticBf16 => "array<atomic<u32>>",
+        _ => "array<f32>",
+    };
     let mut b = vec![
-        Binding::new("param", Access::ReadWrite, "array<f32>"),
+        Binding::new("param", Access::ReadWrite, param_type),
         Binding::new("grad", Access::Read, "array<f32>"),
     ];
     b.extend(
@@ -386,8 +390,10 @@ fn blockwise_bindings(slots: &[&'static str], bw: Blockwise, param: Param16) -> 
             .filter(|(k, _)| bw.in_use & (1 << k) != 0)
             .map(|(_, s)| Binding::new(s, Access::ReadWrite, "array<u32>")),
     );
-    if matches!(param, Param16::MasterBf16 | Param16::MasterF16) {
-        b.push(PARAM16_ATOMIC);
+    match param {
+        Param16::MasterBf16 | Param16::MasterF16 => b.push(PARAM16_ATOMIC),
+        Param16::StochasticBf16 => b.push(CHUNK_BASE),
+        Param16::F32 => {}
     }
     b.extend([
         BLOCKS,
@@ -418,7 +424,26 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
         Param16::MasterBf16 => Some("bf16_nearest"),
         Param16::MasterF16 => Some("f16_nearest"),
         Param16::F32 => None,
-        Param16::StochasticBf16 => return None,
+        Param16::StochasticBf16 => {
+            // The parameters are the bf16 words themselves: each read an
+            // atomic load of the word (the other half may be another
+            // workgroup's), each store its half rounded stochastically
+            // with element k's bits of this step (`CounterRng`, as
+            // packed16_body's).
+            s = rewrite_stores(&s, "param")?;
+            s = replace_access(&s, "param[i]", "load_param(i)");
+            helpers.push_str(
+                "fn load_param(i: u32) -> f32 {\n\
+                 \x20   let w = atomicLoad(&param[i >> 1u]);\n\
+                 \x20   return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));\n}\n\
+                 fn store_param(i: u32, v: f32) {\n\
+                 \x20   let r = lowbias32((chunk_base[0] + i) ^ u.tail.sr_key);\n\
+                 \x20   let shift = (i & 1u) * 16u;\n\
+                 \x20   atomicAnd(&param[i >> 1u], ~(0xffffu << shift));\n\
+                 \x20   atomicOr(&param[i >> 1u], bf16_stochastic(v, r) << shift);\n}\n",
+            );
+            None
+        }
     };
     if let Some(pack) = pack {
         s = rewrite_stores(&s, "param")?;
@@ -1428,7 +1453,12 @@ mod tests {
             let KernelShape::ElementWise { slots } = spec.shape else {
                 continue;
             };
-            let params = [Param16::F32, Param16::MasterBf16, Param16::MasterF16];
+            let params = [
+                Param16::F32,
+                Param16::MasterBf16,
+                Param16::MasterF16,
+                Param16::StochasticBf16,
+            ];
             for (in_use, param) in [(1u32 << slots.len()) - 1, 1]
                 .into_iter()
                 .flat_map(|u| params.map(|p| (u, p)))

@@ -65,18 +65,16 @@ impl GpuOptimizer {
     ///
     /// On the GPU so far: bf16 parameters (with master weights, or rounded
     /// stochastically), f16 parameters with master weights, and bf16
-    /// state, for the element-wise rules; 8-bit blockwise state with f32
-    /// parameters, or 16-bit ones behind a master, for the rules the CPU
-    /// keeps in 8 bits (`exp_avg`,
-    /// `exp_avg_sq`: Adam, AdamW, RAdam, NAdam, Lion), one fused kernel
-    /// a step (`shaders/blockwise.wgsl`: a workgroup a block of 256, the
-    /// codes and absmax as the CPU stores them). Refused
+    /// state, for the element-wise rules; 8-bit blockwise state (with any
+    /// of those parameters, or f32 ones) for the rules the CPU keeps in 8
+    /// bits (`exp_avg`, `exp_avg_sq`: Adam, AdamW, RAdam, NAdam, Lion), one
+    /// fused kernel a step (`shaders/blockwise.wgsl`: a workgroup a block
+    /// of 256, the codes and absmax as the CPU stores them). Refused
     /// ([`Error::Unsupported`]) as on the CPU for LAMB and the
-    /// schedule-free rules, and on the GPU for stochastically rounded
-    /// parameters with 8-bit state, `skip_nonfinite` with stochastic rounding, parameter
-    /// groups and views; with 8-bit state `vector_width` must be 1 (or
-    /// `None`) and `max_chunk_elements` at least 256
-    /// ([`Error::InvalidOptions`]).
+    /// schedule-free rules, and on the GPU for `skip_nonfinite` with
+    /// stochastic rounding, parameter groups and views; with 8-bit state
+    /// `vector_width` must be 1 (or `None`) and `max_chunk_elements` at
+    /// least 256 ([`Error::InvalidOptions`]).
     pub fn with_precision(
         ctx: &GpuContext,
         config: impl Into<Config>,

@@ -298,8 +298,7 @@ pub struct BenchArgs {
     /// The parameters' format, f32, bf16 or f16
     /// (`CpuOptimizer::with_precision`, `GpuOptimizer::with_precision`);
     /// bf16 without --master-weights is stochastic rounding. A GPU row in a
-    /// mode the GPU does not have (8-bit state with stochastic rounding) is
-    /// refused.
+    /// mode the GPU does not have is refused.
     #[arg(long, default_value = "f32", value_parser = parse_param_dtype)]
     param_dtype: ParamDtype,
     /// The state's format, f32, bf16 or 8bit (bitsandbytes' blockwise
