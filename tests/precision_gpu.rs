@@ -707,3 +707,32 @@ fn gpu_8bit_nan_spoils_its_block_as_on_the_cpu() {
         );
     }
 }
+
+/// Steps recorded into the caller's encoder (`record_step`, one
+/// submission for three steps) end where three `step_device` calls end:
+/// the 8-bit kernel takes each step's scalars from its own uniform slot.
+#[test]
+fn gpu_8bit_recorded_steps_equal_stepped_ones() {
+    let mut rng = Rng(20);
+    let (params, grads) = data(&mut rng, 1);
+    let make = || {
+        let mut opt =
+            GpuOptimizer::with_precision(ctx(), AdamW::default(), &refs(&params), int8()).unwrap();
+        opt.write_grads(&refs(&grads[0])).unwrap();
+        opt
+    };
+    let mut stepped = make();
+    for _ in 0..3 {
+        stepped.step_device().unwrap();
+    }
+    let mut recorded = make();
+    let mut encoder = ctx().device().create_command_encoder(&Default::default());
+    for _ in 0..3 {
+        recorded.record_step(&mut encoder, None).unwrap();
+    }
+    ctx().queue().submit(Some(encoder.finish()));
+    assert_eq!(
+        recorded.checkpoint().unwrap(),
+        stepped.checkpoint().unwrap()
+    );
+}
