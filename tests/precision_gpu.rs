@@ -736,3 +736,31 @@ fn gpu_8bit_recorded_steps_equal_stepped_ones() {
         stepped.checkpoint().unwrap()
     );
 }
+
+/// A device below what the 8-bit kernel needs (7 storage buffers for
+/// Adam's, 6 KiB of workgroup memory) refuses it with the typed error
+/// naming the limit, before anything is made.
+#[test]
+fn gpu_8bit_below_the_kernels_limits_is_a_typed_error() {
+    let p = vec![0.5f32; 5000];
+    for (limit, shrink) in [
+        (
+            "max_storage_buffers_per_shader_stage",
+            (|l: &mut wgpu::Limits| l.max_storage_buffers_per_shader_stage = 6)
+                as fn(&mut wgpu::Limits),
+        ),
+        ("max_compute_workgroup_storage_size", |l| {
+            l.max_compute_workgroup_storage_size = 4096
+        }),
+    ] {
+        let small = common::device_with_limits(|_| {
+            let mut l = wgpu::Limits::default();
+            shrink(&mut l);
+            l
+        });
+        match GpuOptimizer::with_precision(&small, AdamW::default(), &[&p], int8()) {
+            Err(Error::DeviceLimit { limit: l, .. }) => assert_eq!(l, limit),
+            other => panic!("{limit}: {other:?}"),
+        }
+    }
+}
