@@ -132,6 +132,6 @@ fn main(
         blk_word = blocks[e + 2u];
         blk_absmax = blocks[e + 3u];
         if (lid < len) { update(start + lid); }
-        bw_store_block(lid, len, blk_word, blk_absmax);
+        bw_store_block(lid, start, len, blk_word, blk_absmax);
     }
 }

@@ -412,11 +412,11 @@ fn blockwise_bindings(slots: &[&'static str], bw: Blockwise, param: Param16) -> 
 /// update). A slot not in use reads 0 and stores nothing (it has no
 /// binding). `None` when a store is not a whole `NAME[i] = e;` statement.
 ///
-/// With 16-bit parameters behind an f32 master (`param`), each store of
-/// the parameters also writes the rounded value into its half of the
-/// model's word (`param16`, a pair of elements a word) with two atomics
-/// on that half only (clear, then set): a pair may straddle two blocks,
-/// so two workgroups may write the two halves of one word.
+/// With 16-bit parameters (behind an f32 master, `param16`, or rounded
+/// stochastically, `param` itself; a pair of elements a word) the rounded
+/// values are written after the block's update: a pair inside the block
+/// as one word, a pair that straddles two blocks (whose two workgroups
+/// both write the word) a half at a time, with atomics on that half only.
 fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -> Option<String> {
     let mut s = source.to_string();
     let mut helpers = String::new();
@@ -438,9 +438,7 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
                  \x20   return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));\n}\n\
                  fn store_param(i: u32, v: f32) {\n\
                  \x20   let r = lowbias32((chunk_base[0] + i) ^ u.tail.sr_key);\n\
-                 \x20   let shift = (i & 1u) * 16u;\n\
-                 \x20   atomicAnd(&param[i >> 1u], ~(0xffffu << shift));\n\
-                 \x20   atomicOr(&param[i >> 1u], bf16_stochastic(v, r) << shift);\n}\n",
+                 \x20   wg_half[blk_lid] = bf16_stochastic(v, r);\n}\n",
             );
             None
         }
@@ -451,11 +449,51 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
             helpers,
             "fn store_param(i: u32, v: f32) {{\n\
              \x20   param[i] = v;\n\
-             \x20   let shift = (i & 1u) * 16u;\n\
-             \x20   atomicAnd(&param16[i >> 1u], ~(0xffffu << shift));\n\
-             \x20   atomicOr(&param16[i >> 1u], {pack}(v) << shift);\n}}\n"
+             \x20   wg_half[blk_lid] = {pack}(v);\n}}\n"
         );
     }
+    // 16-bit parameters: each thread's rounded value waits in `wg_half`
+    // until the block's barrier; then a pair inside the block is one
+    // word (an atomic store: the binding is atomic), and only a pair
+    // that straddles the block's start or end, shared with the
+    // neighbouring block's workgroup, is written a half at a time (clear,
+    // then set, with atomics on that half only).
+    let words16 = match param {
+        Param16::MasterBf16 | Param16::MasterF16 => Some("param16"),
+        Param16::StochasticBf16 => Some("param"),
+        Param16::F32 => None,
+    };
+    let (store16, store16_f32) = match words16 {
+        None => (String::new(), String::new()),
+        Some(w) => {
+            let _ = write!(
+                helpers,
+                "var<workgroup> wg_half: array<u32, WORKGROUP_SIZE>;\n\
+                 fn bw_store_param16(lid: u32, start: u32, len: u32) {{\n\
+                 \x20   if (lid >= len) {{ return; }}\n\
+                 \x20   let e = start + lid;\n\
+                 \x20   let h = wg_half[lid];\n\
+                 \x20   if ((e & 1u) == 0u) {{\n\
+                 \x20       if (lid + 1u < len) {{\n\
+                 \x20           atomicStore(&{w}[e >> 1u], h | (wg_half[lid + 1u] << 16u));\n\
+                 \x20       }} else {{\n\
+                 \x20           atomicAnd(&{w}[e >> 1u], 0xffff0000u);\n\
+                 \x20           atomicOr(&{w}[e >> 1u], h);\n\
+                 \x20       }}\n\
+                 \x20   }} else if (lid == 0u) {{\n\
+                 \x20       atomicAnd(&{w}[e >> 1u], 0xffffu);\n\
+                 \x20       atomicOr(&{w}[e >> 1u], h << 16u);\n\
+                 \x20   }}\n}}\n"
+            );
+            (
+                "    bw_store_param16(lid, start, len);\n".to_string(),
+                "        workgroupBarrier();\n\
+                 \x20       bw_store_param16(lid, start, len);\n\
+                 \x20       workgroupBarrier();\n"
+                    .to_string(),
+            )
+        }
+    };
     let (mut red_init, mut red_step, mut quantize) = (String::new(), String::new(), String::new());
     let mut reciprocal = String::new();
     let (mut pack, mut absmax, mut f32_stores) = (String::new(), String::new(), String::new());
@@ -527,14 +565,15 @@ fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -
     let _ = write!(
         helpers,
         "// Stores the block's new state: f32 words, or the codes and absmax.\n\
-         fn bw_store_block(lid: u32, len: u32, word: u32, absmax: u32) {{\n\
+         fn bw_store_block(lid: u32, start: u32, len: u32, word: u32, absmax: u32) {{\n\
          \x20   let inside = lid < len;\n\
          \x20   // Every thread's reads of the block's words come before any\n\
          \x20   // thread's writes to them.\n\
          \x20   storageBarrier();\n\
-         \x20   if (absmax == BW_F32) {{\n{f32_stores}        return;\n    }}\n\
+         \x20   if (absmax == BW_F32) {{\n{f32_stores}{store16_f32}        return;\n    }}\n\
          {red_init}\
          \x20   workgroupBarrier();\n\
+         {store16}\
          \x20   for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {{\n\
          \x20       if (lid < s) {{\n{red_step}        }}\n\
          \x20       workgroupBarrier();\n\
@@ -782,9 +821,14 @@ const TILE_WORKGROUP_BYTES: u64 = WORKGROUP_SIZE * 8 + 4;
 
 /// Workgroup memory of the 8-bit kernel (blockwise.wgsl): the two maps,
 /// one flag, and for each slot in 8 bits its absmax reduction and codes
-/// (256 words each): 6.0 KiB for Adam's two.
-fn blockwise_workgroup_bytes(bw: Blockwise) -> u64 {
-    BW_MAPS as u64 * 4 + 4 + u64::from(bw.in_use.count_ones()) * (WORKGROUP_SIZE * 8 + 4)
+/// (256 words each), with 16-bit parameters their rounded halves (256
+/// words): 6.0 KiB for Adam's two, 7.0 KiB with 16-bit parameters.
+fn blockwise_workgroup_bytes(bw: Blockwise, param: Param16) -> u64 {
+    let halves = match param {
+        Param16::F32 => 0,
+        _ => WORKGROUP_SIZE * 4,
+    };
+    BW_MAPS as u64 * 4 + 4 + halves + u64::from(bw.in_use.count_ones()) * (WORKGROUP_SIZE * 8 + 4)
 }
 
 /// Refuses, naming the limit, a device on which a kernel with these
@@ -942,7 +986,7 @@ pub(super) fn kernel_for(
             &limits,
             &format!("the {name} kernel with 8-bit state"),
             &bindings,
-            blockwise_workgroup_bytes(bw),
+            blockwise_workgroup_bytes(bw, param),
         )?;
         return compile(
             ctx,
@@ -1475,7 +1519,7 @@ mod tests {
                         &defaults,
                         "test",
                         &bindings,
-                        blockwise_workgroup_bytes(bw),
+                        blockwise_workgroup_bytes(bw, param),
                     )
                     .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
                 }
