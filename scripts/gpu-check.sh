@@ -4,7 +4,8 @@
 #   1. `wgpu-optim info`: the adapter, its limits and features;
 #   2. every integration-test binary, conformance against PyTorch included;
 #   3. `wgpu-optim conformance --backend both` on the PyTorch cases;
-#   4. `wgpu-optim bench --json --verify` at $SIZES, and a many-tensor model;
+#   4. `wgpu-optim bench --json --verify` at $SIZES, a many-tensor model, and
+#      AdamW in each precision mode (bf16, master weights, 8-bit state);
 #   5. PyTorch's own fused/foreach steps at the same sizes, when torch has CUDA.
 # Logs and JSON go to $OUT (default ./gpu-check-out); a table prints last.
 #
@@ -104,6 +105,15 @@ last=${SIZES##*,}
 bench --rules adam,adamw,sgd_momentum --sizes "$last" --vector-width 1
 bench --rules adam,adamw,sgd_momentum --sizes "$last" --unchecked
 bench --verify --rules adam,lamb,adam_clip --sizes "$last" --tensors 1000
+# AdamW in each precision mode (issue 16), checked against the CPU twin:
+# bf16 state, bf16 parameters behind a master, both, 8-bit state, 8-bit
+# behind a bf16 master. (Unquoted on purpose: each is several flags.)
+for mode in "--state-dtype bf16" "--param-dtype bf16 --master-weights" \
+  "--param-dtype bf16 --master-weights --state-dtype bf16" "--state-dtype 8bit" \
+  "--param-dtype bf16 --master-weights --state-dtype 8bit"; do
+  # shellcheck disable=SC2086
+  bench --verify --rules adamw --sizes "$SIZES" $mode
+done
 # The largest models last, so a time limit cuts the least.
 if [ -n "$BIG" ]; then
   bench --verify --verify-steps 2 --rules "$RULES" --sizes "$BIG"

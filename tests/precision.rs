@@ -876,7 +876,8 @@ fn lowbias(x: u32) -> u32 {
 }
 
 /// What the GPU does not keep in 16 bits yet is refused with a typed error
-/// before anything is made: f16 parameters without a master, 8-bit state, LAMB and the
+/// before anything is made: f16 parameters without a master (8-bit state:
+/// tests/precision_gpu.rs), LAMB and the
 /// schedule-free rules (as on the CPU), a vector width other than the
 /// pairs, `skip_nonfinite` with stochastic rounding.
 #[test]
@@ -898,12 +899,6 @@ fn gpu_precision_refusals() {
         AdamW::default(),
         &p,
         mode(ParamDtype::F16, StateDtype::F32, false)
-    )));
-    assert!(unsupported(GpuOptimizer::with_precision(
-        &ctx,
-        AdamW::default(),
-        &p,
-        mode(ParamDtype::F32, StateDtype::Int8Blockwise, false)
     )));
     assert!(unsupported(GpuOptimizer::with_precision(
         &ctx,

@@ -24,8 +24,9 @@ mod common;
 // step every kernel (gpu_vs_cpu, lamb_clip: every rule and option against
 // the CPU; golden: against PyTorch), the ones that turn the reduction on
 // and off (nonfinite, checkpoint, setter_sequences, recorded_steps,
-// scalar_state), the matrix rules' products and reductions (matrix_gpu) and
-// the error paths (errors, bad_input). The rest (behaviour, schedule,
+// scalar_state), the matrix rules' products and reductions (matrix_gpu),
+// the 8-bit state's kernel (precision_gpu) and the error paths (errors,
+// bad_input). The rest (behaviour, schedule,
 // faults, train, large_model) drive the same kernels through the same
 // calls, and would add minutes on CI's 2 cores.
 #[path = "bad_input.rs"]
@@ -44,6 +45,8 @@ mod lamb_clip;
 mod matrix_gpu;
 #[path = "nonfinite.rs"]
 mod nonfinite;
+#[path = "precision_gpu.rs"]
+mod precision_gpu;
 #[path = "recorded_steps.rs"]
 mod recorded_steps;
 #[path = "scalar_state.rs"]

@@ -39,7 +39,29 @@ pub(crate) struct Variant {
     pub(super) groups: u32,
     /// 16-bit storage ([`Packed16`]); `None` for f32 everywhere.
     pub(super) packed16: Option<Packed16>,
+    /// 8-bit blockwise state ([`Blockwise`]); `None` otherwise.
+    pub(super) blockwise: Option<Blockwise>,
 }
+
+/// The 8-bit blockwise kernel of a rule (`shaders/blockwise.wgsl`): which
+/// of the rule's state slots it keeps (bit `k`: slot `k`), each in 8-bit
+/// codes with its absmax per block, the map picked by the slot's name
+/// (`precision::store::state_sign`). The other slots have no binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Blockwise {
+    pub(crate) in_use: u32,
+}
+
+/// Where the 8-bit kernel's `blocks` binding keeps what it holds (u32
+/// words): the signed map at 0, the unsigned at [`WORKGROUP_SIZE`] (one
+/// entry a thread), the header (blocks, a zero word), then 4 words a
+/// block; `BW_F32` marks a block of f32 state (a tensor under
+/// `MIN_8BIT_SIZE`).
+pub(super) const BW_MAPS: u32 = 2 * WORKGROUP_SIZE as u32;
+pub(super) const BW_HEADER: u32 = BW_MAPS;
+pub(super) const BW_ENTRIES: u32 = BW_HEADER + 4;
+pub(super) const BW_F32: u32 = u32::MAX;
+const _: () = assert!(WORKGROUP_SIZE as usize == crate::precision::blockwise::BLOCK);
 
 /// How a kernel with 16-bit storage keeps the parameters: it steps pairs
 /// of elements (`V` is `vec2<f32>`), each pair of 16-bit values one `u32`.
@@ -180,6 +202,10 @@ enum Kind {
     /// `shaders/packed16.wgsl`, the rule's file rewritten by
     /// [`packed16_body`].
     Packed16,
+    /// A rule's element-wise kernel with 8-bit blockwise state: `V` is
+    /// `f32`, the entry point `shaders/blockwise.wgsl`, the rule's file
+    /// rewritten by [`blockwise_body`].
+    Blockwise,
 }
 
 /// The whole source of a kernel: the prelude written here, then
@@ -210,7 +236,7 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     s.push_str(StepTail::WGSL);
     s.push_str(TileHeader::WGSL);
     let members = match kind {
-        Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 => {
+        Kind::Elementwise { .. } | Kind::Views { .. } | Kind::Packed16 | Kind::Blockwise => {
             "    tail: StepTail,\n    rule: Scalars,\n"
         }
         Kind::Tiles { rule: true, .. } => {
@@ -240,11 +266,12 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         s.push_str(&tile_accessors(width));
     }
     s.push_str(include_str!("../../shaders/common.wgsl"));
-    if let Kind::Packed16 = kind {
+    if let Kind::Packed16 | Kind::Blockwise = kind {
         s.push_str(PACKED16_WGSL);
     }
     s.push_str(match kind {
         Kind::Elementwise { .. } | Kind::Packed16 => include_str!("../../shaders/elementwise.wgsl"),
+        Kind::Blockwise => BLOCKWISE_WGSL,
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
         Kind::Grouped { .. } => GROUPS_WGSL,
@@ -326,6 +353,243 @@ const VIEW_TILES: Binding = Binding::new("view_tiles", Access::Read, "array<vec4
 
 /// The 16-bit formats' WGSL (`shaders/packed16.wgsl`).
 const PACKED16_WGSL: &str = include_str!("../../shaders/packed16.wgsl");
+
+/// The 8-bit state's entry point (`shaders/blockwise.wgsl`).
+const BLOCKWISE_WGSL: &str = include_str!("../../shaders/blockwise.wgsl");
+
+/// The model's 16-bit parameters in the 8-bit kernel, written a half word
+/// at a time.
+const PARAM16_ATOMIC: Binding = Binding::new("param16", Access::ReadWrite, "array<atomic<u32>>");
+
+/// The 8-bit kernel's table of blocks and maps.
+const BLOCKS: Binding = Binding::new("blocks", Access::Read, "array<u32>");
+
+/// The constants of the 8-bit kernel's `blocks` binding.
+const BLOCKWISE_CONSTANTS: [(&str, u32); 4] = [
+    ("BW_MAPS", BW_MAPS),
+    ("BW_HEADER", BW_HEADER),
+    ("BW_ENTRIES", BW_ENTRIES),
+    ("BW_F32", BW_F32),
+];
+
+/// The bindings of the 8-bit kernel: the element-wise ones with only the
+/// slots in use, as `u32` words, and `blocks` before `info`.
+fn blockwise_bindings(slots: &[&'static str], bw: Blockwise, param: Param16) -> Vec<Binding> {
+    let param_type = match param {
+        Param16::StochasticBf16 => "array<atomic<u32>>",
+        _ => "array<f32>",
+    };
+    let mut b = vec![
+        Binding::new("param", Access::ReadWrite, param_type),
+        Binding::new("grad", Access::Read, "array<f32>"),
+    ];
+    b.extend(
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| bw.in_use & (1 << k) != 0)
+            .map(|(_, s)| Binding::new(s, Access::ReadWrite, "array<u32>")),
+    );
+    match param {
+        Param16::MasterBf16 | Param16::MasterF16 => b.push(PARAM16_ATOMIC),
+        Param16::StochasticBf16 => b.push(CHUNK_BASE),
+        Param16::F32 => {}
+    }
+    b.extend([
+        BLOCKS,
+        Binding::new("info", Access::Read, "array<f32>"),
+        Binding::new("counters", Access::Read, "array<u32>"),
+        Binding::new("u", Access::Uniform, "Uniforms"),
+    ]);
+    b
+}
+
+/// A rule's file as the 8-bit kernel needs it: every access `NAME[i]` to
+/// a state slot read through `load_NAME(i)` (the value dequantized, or
+/// the f32 of a small tensor's block) and every store made
+/// `store_NAME(i, e);`, which keeps the new value for the block's
+/// quantization (`bw_store_block`, written here, after the block's
+/// update). A slot not in use reads 0 and stores nothing (it has no
+/// binding). `None` when a store is not a whole `NAME[i] = e;` statement.
+///
+/// With 16-bit parameters (behind an f32 master, `param16`, or rounded
+/// stochastically, `param` itself; a pair of elements a word) the rounded
+/// values are written after the block's update: a pair inside the block
+/// as one word, a pair that straddles two blocks (whose two workgroups
+/// both write the word) a half at a time, with atomics on that half only.
+fn blockwise_body(source: &str, slots: &[&str], bw: Blockwise, param: Param16) -> Option<String> {
+    let mut s = source.to_string();
+    let mut helpers = String::new();
+    let pack = match param {
+        Param16::MasterBf16 => Some("bf16_nearest"),
+        Param16::MasterF16 => Some("f16_nearest"),
+        Param16::F32 => None,
+        Param16::StochasticBf16 => {
+            // The parameters are the bf16 words themselves: each read an
+            // atomic load of the word (the other half may be another
+            // workgroup's), each store its half rounded stochastically
+            // with element k's bits of this step (`CounterRng`, as
+            // packed16_body's).
+            s = rewrite_stores(&s, "param")?;
+            s = replace_access(&s, "param[i]", "load_param(i)");
+            helpers.push_str(
+                "fn load_param(i: u32) -> f32 {\n\
+                 \x20   let w = atomicLoad(&param[i >> 1u]);\n\
+                 \x20   return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));\n}\n\
+                 fn store_param(i: u32, v: f32) {\n\
+                 \x20   let r = lowbias32((chunk_base[0] + i) ^ u.tail.sr_key);\n\
+                 \x20   wg_half[blk_lid] = bf16_stochastic(v, r);\n}\n",
+            );
+            None
+        }
+    };
+    if let Some(pack) = pack {
+        s = rewrite_stores(&s, "param")?;
+        let _ = write!(
+            helpers,
+            "fn store_param(i: u32, v: f32) {{\n\
+             \x20   param[i] = v;\n\
+             \x20   wg_half[blk_lid] = {pack}(v);\n}}\n"
+        );
+    }
+    // 16-bit parameters: each thread's rounded value waits in `wg_half`
+    // until the block's barrier; then a pair inside the block is one
+    // word (an atomic store: the binding is atomic), and only a pair
+    // that straddles the block's start or end, shared with the
+    // neighbouring block's workgroup, is written a half at a time (clear,
+    // then set, with atomics on that half only).
+    let words16 = match param {
+        Param16::MasterBf16 | Param16::MasterF16 => Some("param16"),
+        Param16::StochasticBf16 => Some("param"),
+        Param16::F32 => None,
+    };
+    let (store16, store16_f32) = match words16 {
+        None => (String::new(), String::new()),
+        Some(w) => {
+            let _ = write!(
+                helpers,
+                "var<workgroup> wg_half: array<u32, WORKGROUP_SIZE>;\n\
+                 fn bw_store_param16(lid: u32, start: u32, len: u32) {{\n\
+                 \x20   if (lid >= len) {{ return; }}\n\
+                 \x20   let e = start + lid;\n\
+                 \x20   let h = wg_half[lid];\n\
+                 \x20   if ((e & 1u) == 0u) {{\n\
+                 \x20       if (lid + 1u < len) {{\n\
+                 \x20           atomicStore(&{w}[e >> 1u], h | (wg_half[lid + 1u] << 16u));\n\
+                 \x20       }} else {{\n\
+                 \x20           atomicAnd(&{w}[e >> 1u], 0xffff0000u);\n\
+                 \x20           atomicOr(&{w}[e >> 1u], h);\n\
+                 \x20       }}\n\
+                 \x20   }} else if (lid == 0u) {{\n\
+                 \x20       atomicAnd(&{w}[e >> 1u], 0xffffu);\n\
+                 \x20       atomicOr(&{w}[e >> 1u], h << 16u);\n\
+                 \x20   }}\n}}\n"
+            );
+            (
+                "    bw_store_param16(lid, start, len);\n".to_string(),
+                "        workgroupBarrier();\n\
+                 \x20       bw_store_param16(lid, start, len);\n\
+                 \x20       workgroupBarrier();\n"
+                    .to_string(),
+            )
+        }
+    };
+    let (mut red_init, mut red_step, mut quantize) = (String::new(), String::new(), String::new());
+    let mut reciprocal = String::new();
+    let (mut pack, mut absmax, mut f32_stores) = (String::new(), String::new(), String::new());
+    for (k, name) in slots.iter().enumerate() {
+        s = rewrite_stores(&s, name)?;
+        s = replace_access(&s, &format!("{name}[i]"), &format!("load_{name}(i)"));
+        if bw.in_use & (1 << k) == 0 {
+            let _ = write!(
+                helpers,
+                "fn load_{name}(i: u32) -> f32 {{ return 0.0; }}\n\
+                 fn store_{name}(i: u32, v: f32) {{}}\n"
+            );
+            continue;
+        }
+        let off = match crate::precision::store::state_sign(name) {
+            Some(false) => WORKGROUP_SIZE,
+            _ => 0,
+        };
+        let _ = write!(
+            helpers,
+            "var<private> new_{name}: f32;\n\
+             var<workgroup> wg_red_{name}: array<u32, WORKGROUP_SIZE>;\n\
+             var<workgroup> wg_codes_{name}: array<u32, WORKGROUP_SIZE>;\n\
+             var<workgroup> wg_inv_{name}: f32;\n\
+             fn load_{name}(i: u32) -> f32 {{\n\
+             \x20   var v: f32;\n\
+             \x20   if (blk_absmax == BW_F32) {{\n\
+             \x20       v = bitcast<f32>({name}[blk_word + blk_lid]);\n\
+             \x20   }} else {{\n\
+             \x20       let w = {name}[blk_word + (blk_lid >> 2u)];\n\
+             \x20       v = bw_dequantize(bw_code(w, blk_lid), {off}u, bitcast<f32>({name}[blk_absmax]));\n\
+             \x20   }}\n\
+             \x20   new_{name} = v;\n\
+             \x20   return v;\n}}\n\
+             fn store_{name}(i: u32, v: f32) {{ new_{name} = v; }}\n"
+        );
+        let _ = writeln!(
+            f32_stores,
+            "        if (inside) {{ {name}[word + lid] = bitcast<u32>(new_{name}); }}"
+        );
+        let _ = writeln!(
+            red_init,
+            "    wg_red_{name}[lid] = select(0u, bitcast<u32>(new_{name}) & 0x7fffffffu, inside);"
+        );
+        let _ = writeln!(
+            red_step,
+            "            wg_red_{name}[lid] = max(wg_red_{name}[lid], wg_red_{name}[lid + s]);"
+        );
+        let _ = writeln!(
+            reciprocal,
+            "        wg_inv_{name} = bw_reciprocal(bitcast<f32>(wg_red_{name}[0]));"
+        );
+        let _ = write!(
+            quantize,
+            "    let m_{name} = bitcast<f32>(wg_red_{name}[0]);\n\
+             \x20   wg_codes_{name}[lid] = select(0u, bw_quantize(new_{name}, m_{name}, \
+             wg_inv_{name}, {off}u), inside);\n"
+        );
+        let _ = write!(
+            pack,
+            "        {name}[word + lid] = wg_codes_{name}[k] | (wg_codes_{name}[k + 1u] << 8u)\n\
+             \x20           | (wg_codes_{name}[k + 2u] << 16u) | (wg_codes_{name}[k + 3u] << 24u);\n"
+        );
+        let _ = writeln!(absmax, "        {name}[absmax] = bitcast<u32>(m_{name});");
+    }
+    // Every slot at once: one reduction tree (the largest magnitude's bits,
+    // which order as the values do, NaN above ∞) and one round of codes,
+    // so a block costs the same barriers whatever the number of states.
+    let _ = write!(
+        helpers,
+        "// Stores the block's new state: f32 words, or the codes and absmax.\n\
+         fn bw_store_block(lid: u32, start: u32, len: u32, word: u32, absmax: u32) {{\n\
+         \x20   let inside = lid < len;\n\
+         \x20   // Every thread's reads of the block's words come before any\n\
+         \x20   // thread's writes to them.\n\
+         \x20   storageBarrier();\n\
+         \x20   if (absmax == BW_F32) {{\n{f32_stores}{store16_f32}        return;\n    }}\n\
+         {red_init}\
+         \x20   workgroupBarrier();\n\
+         {store16}\
+         \x20   for (var s = WORKGROUP_SIZE / 2u; s > 0u; s = s / 2u) {{\n\
+         \x20       if (lid < s) {{\n{red_step}        }}\n\
+         \x20       workgroupBarrier();\n\
+         \x20   }}\n\
+         \x20   // 1/absmax once a block (an integer division: not every thread's).\n\
+         \x20   if (lid == 0u) {{\n{reciprocal}    }}\n\
+         \x20   workgroupBarrier();\n\
+         {quantize}\
+         \x20   workgroupBarrier();\n\
+         \x20   if (lid < (len + 3u) / 4u) {{\n\
+         \x20       let k = 4u * lid;\n{pack}    }}\n\
+         \x20   if (lid == 0u) {{\n{absmax}    }}\n\
+         \x20   workgroupBarrier();\n}}\n"
+    );
+    Some(helpers + &s)
+}
 
 /// The extra bindings of 16-bit storage: the model's bf16 parameters
 /// behind a master, and the chunk's first element (stochastic rounding's
@@ -555,6 +819,18 @@ const REDUCE_ENTRY_POINTS: [&str; 2] = ["clip_partials", "clip_finish"];
 /// none.
 const TILE_WORKGROUP_BYTES: u64 = WORKGROUP_SIZE * 8 + 4;
 
+/// Workgroup memory of the 8-bit kernel (blockwise.wgsl): the two maps,
+/// one flag, and for each slot in 8 bits its absmax reduction and codes
+/// (256 words each), with 16-bit parameters their rounded halves (256
+/// words): 6.0 KiB for Adam's two, 7.0 KiB with 16-bit parameters.
+fn blockwise_workgroup_bytes(bw: Blockwise, param: Param16) -> u64 {
+    let halves = match param {
+        Param16::F32 => 0,
+        _ => WORKGROUP_SIZE * 4,
+    };
+    BW_MAPS as u64 * 4 + 4 + halves + u64::from(bw.in_use.count_ones()) * (WORKGROUP_SIZE * 8 + 4)
+}
+
 /// Refuses, naming the limit, a device on which a kernel with these
 /// bindings and this much workgroup memory cannot be built, before wgpu is
 /// asked (wgpu would report a validation error without naming it).
@@ -644,6 +920,7 @@ pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
         views: false,
         groups: 0,
         packed16: None,
+        blockwise: None,
     })
 }
 
@@ -698,6 +975,29 @@ pub(super) fn kernel_for(
         KernelShape::ElementWise { slots } => slots,
         KernelShape::None => return Err(matrix_rule_unsupported(config)),
     };
+    if let Some(bw) = variant.blockwise {
+        let param = variant.packed16.map_or(Param16::F32, |p| p.param);
+        let body = blockwise_body(source, slots, bw, param)
+            .filter(|_| !variant.views && variant.groups == 0)
+            .filter(|_| !variant.packed16.is_some_and(|p| p.state_bf16))
+            .ok_or_else(|| Error::Unsupported(format!("the {name} kernel with 8-bit state")))?;
+        let bindings = blockwise_bindings(slots, bw, param);
+        check_kernel_limits(
+            &limits,
+            &format!("the {name} kernel with 8-bit state"),
+            &bindings,
+            blockwise_workgroup_bytes(bw, param),
+        )?;
+        return compile(
+            ctx,
+            name,
+            &compose(Kind::Blockwise, &bindings, &BLOCKWISE_CONSTANTS, &body),
+            &["main"],
+            overrides,
+            bindings,
+            variant,
+        );
+    }
     let mut bindings = elementwise_bindings(slots);
     if let Some(packed) = variant.packed16 {
         let body = packed16_body(source, slots, packed)
@@ -837,6 +1137,7 @@ fn reduction_kernel(ctx: &GpuContext, variant: Variant) -> Result<Kernel> {
             views: false,
             groups: 0,
             packed16: None,
+            blockwise: None,
             ..variant
         },
     )
@@ -1183,6 +1484,55 @@ mod tests {
         assert!(rewrite_stores("exp_avg[i] += g;", "exp_avg").is_none());
     }
 
+    /// Every element-wise rule's file rewrites into a valid 8-bit kernel,
+    /// with every slot kept in 8 bits or with only the first, with no
+    /// direct access left to a state slot but through its load and store,
+    /// and within WebGPU's default limits.
+    #[test]
+    fn blockwise_kernels_compose() {
+        let defaults = wgpu::Limits::default();
+        for kind in RuleKind::ALL {
+            let config = kind.default_config();
+            let spec = config.kernel();
+            let KernelShape::ElementWise { slots } = spec.shape else {
+                continue;
+            };
+            let params = [
+                Param16::F32,
+                Param16::MasterBf16,
+                Param16::MasterF16,
+                Param16::StochasticBf16,
+            ];
+            for (in_use, param) in [(1u32 << slots.len()) - 1, 1]
+                .into_iter()
+                .flat_map(|u| params.map(|p| (u, p)))
+            {
+                let bw = Blockwise { in_use };
+                let body = blockwise_body(spec.source, slots, bw, param)
+                    .unwrap_or_else(|| panic!("{}", spec.name));
+                for name in slots {
+                    assert!(!body.contains(&format!(" {name}[i]")), "{}", spec.name);
+                }
+                let bindings = blockwise_bindings(slots, bw, param);
+                if in_use.count_ones() as usize + usize::from(param != Param16::F32) <= 3 {
+                    check_kernel_limits(
+                        &defaults,
+                        "test",
+                        &bindings,
+                        blockwise_workgroup_bytes(bw, param),
+                    )
+                    .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+                }
+                module(&compose(
+                    Kind::Blockwise,
+                    &bindings,
+                    &BLOCKWISE_CONSTANTS,
+                    &body,
+                ));
+            }
+        }
+    }
+
     /// The numbers shared with Rust come from Rust: the rule files and the
     /// shared parts hold no binding numbers, workgroup sizes or flag values
     /// of their own.
@@ -1195,6 +1545,7 @@ mod tests {
             VIEWS_WGSL,
             GROUPS_WGSL,
             PACKED16_WGSL,
+            BLOCKWISE_WGSL,
             REDUCE_WGSL,
         ];
         let rules = RuleKind::ALL.map(|k| k.default_config().kernel().source);

@@ -2,6 +2,7 @@
 //! whose parameters, gradients and state live in GPU buffers
 //! ([`GpuOptimizer`]).
 
+mod blockwise;
 mod chunks;
 mod context;
 mod groups;

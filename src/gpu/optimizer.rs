@@ -46,8 +46,9 @@ pub struct GpuOptions {
     /// them; the state slots a configuration does not use are behind
     /// `override` constants and never touched. The loop ends because the
     /// stride is at least one workgroup. Ignored on views
-    /// ([`GpuOptimizer::from_views`]), whose kernels index with offsets from
-    /// a table.
+    /// ([`GpuOptimizer::from_views`]) and with 8-bit state
+    /// ([`GpuOptimizer::with_precision`]), whose kernels index with offsets
+    /// from a table.
     pub skip_bounds_checks: bool,
 }
 
@@ -293,6 +294,7 @@ impl GpuOptimizer {
             layout.len(),
             UNIFORM_STRIDE,
             false,
+            None,
         )?;
         let scalar_state = config.scalar_state_initial();
         let opt = GpuOptimizer {
@@ -405,6 +407,7 @@ impl GpuOptimizer {
             params_storage,
             Storage::Owned(grad_buffers),
             variant,
+            None,
             None,
         )?;
         ctx.scoped("uploading parameters", || {
@@ -534,6 +537,7 @@ impl GpuOptimizer {
             Storage::Caller(grads),
             variant,
             None,
+            None,
         )
     }
 
@@ -554,6 +558,7 @@ impl GpuOptimizer {
         grads: Storage,
         variant: Variant,
         views: Option<ViewPlan>,
+        state_words: Option<&[u64]>,
     ) -> Result<Self> {
         // LAMB's tile kernels take the same width as the element-wise
         // ones: vec4 accesses wherever a tile covers whole vec4s (every
@@ -575,6 +580,7 @@ impl GpuOptimizer {
             layout.len(),
             rule_stride,
             variant.packed16.is_some_and(|p| p.state_bf16),
+            state_words,
         )?;
         let mut opt = GpuOptimizer {
             ctx: ctx.clone(),
@@ -608,10 +614,10 @@ impl GpuOptimizer {
             // needed from the first step.
             let kernel = opt.kernel.clone();
             opt.attach_tile_groups(&kernel)?;
-        } else if variant.groups == 0 && variant.packed16.is_none() {
+        } else if variant.groups == 0 && variant.packed16.is_none() && variant.blockwise.is_none() {
             // A grouped kernel's bind groups need the group tables
-            // (GpuOptimizer::with_param_groups makes them), a 16-bit one its
-            // buffers (with_precision).
+            // (GpuOptimizer::with_param_groups makes them), a 16-bit or
+            // 8-bit one its buffers (with_precision).
             opt.attach_rule_groups()?;
         }
         Ok(opt)
@@ -990,6 +996,13 @@ impl GpuOptimizer {
             });
         }
         self.layout.check(tensors)?;
+        if self.blocks().is_some() {
+            let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
+            let ctx = self.ctx.clone();
+            return ctx.scoped("writing a state tensor", || {
+                self.write_blockwise_state(i, &flat, |_| None)
+            });
+        }
         if self.state_is_bf16() {
             let flat: Vec<f32> = tensors.iter().flat_map(|t| t.iter().copied()).collect();
             let ctx = self.ctx.clone();
@@ -1022,8 +1035,18 @@ impl GpuOptimizer {
             None
         };
         let mut state = Vec::with_capacity(self.state_names.len());
-        for name in &self.state_names {
-            state.push((name.to_string(), self.read_state_flat(name)?));
+        let mut quantized = Vec::new();
+        if self.blocks().is_some() {
+            // The codes and absmax are the state; `state` their values.
+            let (values, q) = self.quantized_state()?;
+            for (name, v) in self.state_names.iter().zip(values) {
+                state.push((name.to_string(), v));
+            }
+            quantized = q;
+        } else {
+            for name in &self.state_names {
+                state.push((name.to_string(), self.read_state_flat(name)?));
+            }
         }
         let exact = self.exact_counts()?;
         // A checkpoint holds train mode's parameters (`y`).
@@ -1107,7 +1130,7 @@ impl GpuOptimizer {
             group_state,
             precision: self.precision(),
             master_params: self.master_params()?,
-            quantized: Vec::new(),
+            quantized,
         })
     }
 
@@ -1221,6 +1244,18 @@ impl GpuOptimizer {
                     // Lengths validated above (check_fits, check_shapes_fit).
                     let tensors = plan.state_layout(i).split_unchecked(values);
                     plan.write_state(&self.ctx, i, &tensors);
+                    continue;
+                }
+                if self.blocks().is_some() {
+                    // The 8-bit tensors from their own codes and absmax
+                    // (validate checked them against `values`).
+                    let name = self.state_names[i];
+                    self.write_blockwise_state(i, values, |t| {
+                        ckpt.quantized
+                            .iter()
+                            .find(|q| q.tensor == t && q.state == name)
+                            .map(|q| (q.codes.as_slice(), q.absmax.as_slice()))
+                    });
                     continue;
                 }
                 // Lengths validated above; bf16 values (validate) pack
@@ -1366,6 +1401,9 @@ impl GpuOptimizer {
         let i = state_index(&self.config, &self.state_names, name)?;
         if let Some(plan) = &self.matrix {
             return plan.read_state(&self.ctx, i);
+        }
+        if self.blocks().is_some() {
+            return Ok(self.read_blockwise_state(i)?.0);
         }
         if self.state_is_bf16() {
             return self.read_words(&self.buffers.state[i], false);

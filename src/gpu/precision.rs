@@ -27,6 +27,8 @@ pub(super) struct GpuPrecision {
     /// Stochastic rounding: each chunk's first element's index (the
     /// kernels' `chunk_base`).
     pub(super) chunk_bases: Vec<wgpu::Buffer>,
+    /// With 8-bit state: each chunk's blocks and their table.
+    pub(super) blocks: Option<super::blockwise::GpuBlocks>,
 }
 
 /// Words of a chunk of `len` elements in 16-bit storage (the chunk's
@@ -63,11 +65,16 @@ impl GpuOptimizer {
     ///
     /// On the GPU so far: bf16 parameters (with master weights, or rounded
     /// stochastically), f16 parameters with master weights, and bf16
-    /// state, for the element-wise rules; refused
+    /// state, for the element-wise rules; 8-bit blockwise state (with any
+    /// of those parameters, or f32 ones) for the rules the CPU keeps in 8
+    /// bits (`exp_avg`, `exp_avg_sq`: Adam, AdamW, RAdam, NAdam, Lion), one
+    /// fused kernel a step (`shaders/blockwise.wgsl`: a workgroup a block
+    /// of 256, the codes and absmax as the CPU stores them). Refused
     /// ([`Error::Unsupported`]) as on the CPU for LAMB and the
-    /// schedule-free rules, and on the GPU for 8-bit state,
-    /// `skip_nonfinite` with stochastic rounding, parameter groups and
-    /// views.
+    /// schedule-free rules, and on the GPU for `skip_nonfinite` with
+    /// stochastic rounding, parameter groups and views; with 8-bit state
+    /// `vector_width` must be 1 (or `None`) and `max_chunk_elements` at
+    /// least 256 ([`Error::InvalidOptions`]).
     pub fn with_precision(
         ctx: &GpuContext,
         config: impl Into<Config>,
@@ -100,9 +107,8 @@ impl GpuOptimizer {
         let momentum_buffer = config.builds_momentum_buffer();
         let state_names = config.state_names_with(momentum_buffer);
         crate::precision::store::check_rule(&precision, &config, &state_names)?;
-        let unsupported = |what: &str| Err(Error::Unsupported(format!("{what} on the GPU")));
         if precision.state_dtype == StateDtype::Int8Blockwise {
-            return unsupported("8-bit state");
+            return Self::with_blockwise(ctx, config, params, precision, options);
         }
         if options.vector_width.is_some_and(|w| w != 2) {
             return Err(Error::InvalidOptions(
@@ -141,6 +147,7 @@ impl GpuOptimizer {
                 param,
                 state_bf16: precision.state_dtype == StateDtype::Bf16,
             }),
+            blockwise: None,
         };
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
@@ -198,11 +205,13 @@ impl GpuOptimizer {
             Storage::Owned(grad_buffers),
             variant,
             None,
+            None,
         )?;
         opt.precision = Some(GpuPrecision {
             precision,
             model,
             chunk_bases,
+            blocks: None,
         });
         opt.attach_rule_groups()?;
         opt.write_params(params)?;

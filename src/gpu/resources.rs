@@ -115,6 +115,7 @@ impl OwnedResources {
         n_tensors: usize,
         rule_stride: u64,
         state_bf16: bool,
+        state_words: Option<&[u64]>,
     ) -> Result<Self> {
         let tables = tiling.tables();
         let limits = ctx.limits();
@@ -149,7 +150,13 @@ impl OwnedResources {
                     let init = config.state_initial_value(name);
                     chunks
                         .iter()
-                        .map(|c| {
+                        .enumerate()
+                        .map(|(ci, c)| {
+                            // 8-bit state: its words (blockwise.rs), filled
+                            // by its constructor.
+                            if let Some(words) = state_words {
+                                return storage_buffer(name, words[ci] * 4);
+                            }
                             // bf16 state: half the bytes, filled by its
                             // constructor.
                             if state_bf16 {
@@ -231,6 +238,7 @@ impl GpuOptimizer {
             "group_tiles",
             "param16",
             "chunk_base",
+            "blocks",
             "u",
         ];
         for (ci, range) in self.chunks.iter().enumerate() {
@@ -257,7 +265,10 @@ impl GpuOptimizer {
                 .map(|(i, k)| {
                     let packed = self.variant.packed16;
                     let sr = packed.is_some_and(|p| p.param == Param16::StochasticBf16);
-                    let state_words = packed.is_some_and(|p| p.state_bf16);
+                    // 16-bit and 8-bit state are bound whole (their
+                    // buffers are not an f32 an element).
+                    let state_words =
+                        packed.is_some_and(|p| p.state_bf16) || self.variant.blockwise.is_some();
                     let precision = self.precision.as_ref();
                     let resource = match k.name {
                         // 16-bit buffers bound whole: a pair a word.
@@ -265,6 +276,10 @@ impl GpuOptimizer {
                         "param16" => match precision.and_then(|p| p.model.as_ref()) {
                             Some(model) => model[ci].as_entire_binding(),
                             None => unreachable!("a master kernel's bind groups need its model"),
+                        },
+                        "blocks" => match precision.and_then(|p| p.blocks.as_ref()) {
+                            Some(blocks) => blocks.tables[ci].as_entire_binding(),
+                            None => unreachable!("an 8-bit kernel's bind groups need its blocks"),
                         },
                         "chunk_base" => match precision {
                             Some(p) => p.chunk_bases[ci].as_entire_binding(),
@@ -345,6 +360,17 @@ impl GpuOptimizer {
                 let workgroups = match &self.groups {
                     // One workgroup a tile (at most 4096 elements).
                     Some(g) => (g.tiles[ci] as u64).clamp(1, max_groups),
+                    // 8-bit state: a workgroup steps blocks in turn, loading
+                    // the maps once; up to 8 blocks each on large chunks, one
+                    // each (up to 2048 workgroups) on small ones, which
+                    // then still fill a GPU.
+                    None if self.variant.blockwise.is_some() => match self.blocks() {
+                        Some(b) => {
+                            let n = b.plan.blocks_in(ci) as u64;
+                            n.div_ceil(8).max(n.min(2048)).clamp(1, max_groups)
+                        }
+                        None => 1,
+                    },
                     None => {
                         let units = padded(range.len, width) / width as u64;
                         units.div_ceil(WORKGROUP_SIZE).min(max_groups)

@@ -512,6 +512,7 @@ impl GpuOptimizer {
             Storage::Views(grads),
             variant,
             Some(plan),
+            None,
         )
     }
 

@@ -16,7 +16,7 @@
 //! | bf16/f16 parameters, master weights | rounded to nearest even from the master after each step | f32 | any |
 //! | bf16 parameters, no master | stochastically rounded ([`CounterRng`]) | none | any |
 //! | bf16 state | | | each state rounded to nearest even |
-//! | 8-bit state (Adam, AdamW) | | | `exp_avg` signed, `exp_avg_sq` unsigned dynamic map, blocks of 256 ([`blockwise`]); tensors under 4096 elements in f32 |
+//! | 8-bit state (Adam, AdamW, RAdam, NAdam, Lion) | | | `exp_avg` signed, `exp_avg_sq` unsigned dynamic map, blocks of 256 ([`blockwise`]); tensors under 4096 elements in f32 |
 
 pub mod bf16;
 pub mod blockwise;
@@ -49,8 +49,11 @@ pub enum StateDtype {
     F32,
     /// bfloat16, rounded to nearest even on every store.
     Bf16,
-    /// bitsandbytes' 8-bit blockwise quantization ([`blockwise`]); Adam and
-    /// AdamW only, tensors under [`blockwise::MIN_8BIT_SIZE`] elements in f32.
+    /// bitsandbytes' 8-bit blockwise quantization ([`blockwise`]); for the
+    /// rules whose state is `exp_avg`/`exp_avg_sq` (Adam, AdamW, RAdam,
+    /// NAdam, Lion), tensors under [`blockwise::MIN_8BIT_SIZE`] elements in
+    /// f32. The GPU's kernel stores the same codes and absmax
+    /// ([`crate::GpuOptimizer::with_precision`]).
     Int8Blockwise,
 }
 

@@ -295,15 +295,17 @@ pub struct BenchArgs {
     /// this PNG file.
     #[arg(long, value_name = "FILE.png")]
     plot: Option<std::path::PathBuf>,
-    /// CPU only: the parameters' format, f32, bf16 or f16
-    /// (`CpuOptimizer::with_precision`); bf16 without --master-weights is
-    /// stochastic rounding. A GPU row with a non-f32 format is refused.
+    /// The parameters' format, f32, bf16 or f16
+    /// (`CpuOptimizer::with_precision`, `GpuOptimizer::with_precision`);
+    /// bf16 without --master-weights is stochastic rounding. A GPU row in a
+    /// mode the GPU does not have is refused.
     #[arg(long, default_value = "f32", value_parser = parse_param_dtype)]
     param_dtype: ParamDtype,
-    /// CPU only: the state's format, f32, bf16 or 8bit.
+    /// The state's format, f32, bf16 or 8bit (bitsandbytes' blockwise
+    /// scheme; with --verify the GPU's codes are compared with the CPU's).
     #[arg(long, default_value = "f32", value_parser = parse_state_dtype)]
     state_dtype: StateDtype,
-    /// CPU only: keep f32 master weights behind 16-bit parameters.
+    /// Keep f32 master weights behind 16-bit parameters.
     #[arg(long)]
     master_weights: bool,
 }
@@ -668,6 +670,11 @@ fn row_json(r: &Row, args: &BenchArgs) -> Value {
         v["verify_max_abs"] = json!(ver.max_abs);
         v["verify_max_err"] = json!(ver.max_err);
         v["verify_limit"] = json!(ver.limit);
+        if let Some(c) = &ver.codes {
+            v["verify_codes"] = json!(c.total);
+            v["verify_codes_differing"] = json!(c.differing);
+            v["verify_codes_max_step"] = json!(c.max_step);
+        }
     }
     v
 }
