@@ -343,21 +343,7 @@ impl GpuOptimizer {
             };
             // Stochastic rounding: each chunk's first element (its
             // counter's base; below 2^32, checked above).
-            let bases: Vec<wgpu::Buffer> = chunks
-                .iter()
-                .filter(|_| param == Param16::StochasticBf16)
-                .map(|c| {
-                    let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("chunk base"),
-                        size: 16,
-                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    ctx.queue
-                        .write_buffer(&b, 0, bytemuck::cast_slice(&[c.start as u32, 0, 0, 0]));
-                    b
-                })
-                .collect();
+            let bases = super::precision::chunk_bases(ctx, &chunks, param);
             let tables: Vec<wgpu::Buffer> = tables
                 .iter()
                 .map(|t| {

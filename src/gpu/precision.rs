@@ -6,7 +6,7 @@
 //! once, when stored, with the integer operations of the CPU's twin
 //! (src/precision/bf16.rs), so that the GPU stores what the CPU stores.
 
-use super::chunks::{chunk_elements, padded, split_chunks, Tiling};
+use super::chunks::{chunk_elements, padded, split_chunks, ChunkRange, Tiling};
 use super::kernels::{Packed16, Param16, Variant};
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::readback::read_buffer;
@@ -35,6 +35,33 @@ pub(super) struct GpuPrecision {
 /// buffers hold `padded(len, 4)` elements, as the f32 ones do).
 pub(super) fn words(len: u64) -> u64 {
     padded(len, 4) / 2
+}
+
+/// With stochastic rounding, a buffer a chunk holding the chunk's first
+/// element (its counter's base; the caller checked it is below 2^32);
+/// none otherwise.
+pub(super) fn chunk_bases(
+    ctx: &GpuContext,
+    chunks: &[ChunkRange],
+    param: Param16,
+) -> Vec<wgpu::Buffer> {
+    if param != Param16::StochasticBf16 {
+        return Vec::new();
+    }
+    chunks
+        .iter()
+        .map(|c| {
+            let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("chunk base"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue
+                .write_buffer(&b, 0, bytemuck::cast_slice(&[c.start as u32, 0, 0, 0]));
+            b
+        })
+        .collect()
 }
 
 /// `values` as bf16 (with `f16`, f16) words, rounded to nearest even,
@@ -174,22 +201,8 @@ impl GpuOptimizer {
             };
             let model = matches!(param, Param16::MasterBf16 | Param16::MasterF16)
                 .then(|| make("16-bit params", &word_bytes));
-            let bases: Vec<wgpu::Buffer> = chunks
-                .iter()
-                .filter(|_| param == Param16::StochasticBf16)
-                .map(|c| {
-                    let b = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("chunk base"),
-                        size: 16,
-                        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    // Below 2^32: checked above.
-                    ctx.queue
-                        .write_buffer(&b, 0, bytemuck::cast_slice(&[c.start as u32, 0, 0, 0]));
-                    b
-                })
-                .collect();
+            // Below 2^32: checked above.
+            let bases = chunk_bases(ctx, &chunks, param);
             (params, make("grads", &f32_bytes), model, bases)
         })?;
         let (param_buffers, grad_buffers, model, chunk_bases) = made;
