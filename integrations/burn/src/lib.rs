@@ -48,8 +48,6 @@
 //! new buffers, keeping its state. [`ModelOptimizer::copies`] counts the
 //! parameters copied so far.
 
-use std::collections::HashMap;
-
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Tensor};
@@ -489,19 +487,16 @@ impl Stepper {
                 .flush()
                 .map_err(|e| Error::Server(format!("{e:?}")))?;
         }
-        self.bind(&params)?;
-        let b = self.built.as_mut().expect("bound above");
+        let (device, queue) = (self.ctx.device().clone(), self.ctx.queue().clone());
+        let b = self.bind(&params)?;
         before(&mut b.opt)?;
-        let mut encoder =
-            self.ctx
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("wgpu-optim-burn: gradients to staging"),
-                });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("wgpu-optim-burn: gradients to staging"),
+        });
         for ((buf, off, len), dst) in grad_views.iter().zip(&b.offsets) {
             encoder.copy_buffer_to_buffer(buf, *off, &b.staging, *dst, 4 * *len as u64);
         }
-        self.ctx.queue().submit([encoder.finish()]);
+        queue.submit([encoder.finish()]);
         drop(keep);
         b.opt.step_device()?;
         Ok(())
@@ -509,7 +504,7 @@ impl Stepper {
 
     /// Builds the optimizer over `params` at the first step, and rebuilds
     /// it, keeping its state, when burn moved a parameter (a copy).
-    fn bind(&mut self, params: &[Bound]) -> Result<()> {
+    fn bind(&mut self, params: &[Bound]) -> Result<&mut Built> {
         if let Some(b) = &self.built {
             if b.params.len() != params.len()
                 || b.params
@@ -524,12 +519,11 @@ impl Stepper {
                 )));
             }
             if b.params == params {
-                return Ok(());
+                return Ok(self.built.as_mut().expect("checked just above"));
             }
         }
         let built = self.build(params)?;
-        self.built = Some(built);
-        Ok(())
+        Ok(self.built.insert(built))
     }
 
     fn build(&self, params: &[Bound]) -> Result<Built> {
@@ -737,21 +731,4 @@ impl ModelOptimizer {
             Err(error) => Err(Box::new(StepError { module, error })),
         }
     }
-}
-
-/// Each parameter's values as burn holds them, by id (for tests and
-/// examples: a readback).
-pub fn param_values<M: Module>(module: &M) -> HashMap<ParamId, Vec<f32>> {
-    struct Read(HashMap<ParamId, Vec<f32>>);
-    impl burn::module::ModuleVisitor for Read {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let v = param.val().into_data().convert::<f32>().try_to_vec::<f32>();
-            if let Ok(v) = v {
-                self.0.insert(param.id, v);
-            }
-        }
-    }
-    let mut r = Read(HashMap::new());
-    module.visit(&mut r);
-    r.0
 }

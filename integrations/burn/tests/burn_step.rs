@@ -89,6 +89,24 @@ fn assert_close(model: &Mlp, cpu: &CpuOptimizer, start: &[(ParamId, Vec<f32>)], 
     }
 }
 
+/// One step of `step` over `model` with the gradients of the batch `idx`,
+/// and the same gradients (read back from burn) given to the CPU twin.
+fn step_with_twin(
+    model: Mlp,
+    idx: &[usize],
+    train: &digits::Digits,
+    cpu: &mut CpuOptimizer,
+    step: impl FnOnce(Mlp, GradientsParams) -> Mlp,
+) -> Mlp {
+    let (x, y) = train.batch(idx, &device());
+    let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    let host = grad_values(&model, &grads);
+    let model = step(model, grads);
+    let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
+    cpu.step(&refs).unwrap();
+    model
+}
+
 fn adamw() -> AdamW {
     AdamW {
         lr: 1e-2,
@@ -111,12 +129,7 @@ fn model_step_equals_cpu_twin() {
         .take(STEPS)
         .enumerate()
     {
-        let (x, y) = train.batch(idx, &device);
-        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
-        let host = grad_values(&model, &grads);
-        model = opt.step(model, grads).unwrap();
-        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
-        cpu.step(&refs).unwrap();
+        model = step_with_twin(model, idx, &train, &mut cpu, |m, g| opt.step(m, g).unwrap());
         assert_close(&model, &cpu, &start, s + 1);
     }
     assert_eq!(opt.optimizer().unwrap().step_count(), STEPS as u64);
@@ -137,12 +150,7 @@ fn clipped_model_step_equals_cpu_twin() {
     let mut opt = ModelOptimizer::new(gpu(), adamw());
     opt.set_clip_grad_norm(clip).unwrap();
     for (s, idx) in epoch_batches(train.len(), 64, 2).iter().take(3).enumerate() {
-        let (x, y) = train.batch(idx, &device);
-        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
-        let host = grad_values(&model, &grads);
-        model = opt.step(model, grads).unwrap();
-        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
-        cpu.step(&refs).unwrap();
+        model = step_with_twin(model, idx, &train, &mut cpu, |m, g| opt.step(m, g).unwrap());
         // The clip coefficient comes from a norm summed in another order
         // on each side: it differs by a few ε, and scales the whole update
         // (still within a few ε of it), which the bound's 8 per step covers.
@@ -164,13 +172,8 @@ fn burn_trait_step_equals_cpu_twin() {
     let fused = FusedOptimizer::new(gpu(), adamw());
     let mut optim: ModuleOptimizer = fused.clone().into();
     for (s, idx) in epoch_batches(train.len(), 64, 3).iter().take(4).enumerate() {
-        let (x, y) = train.batch(idx, &device);
-        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
-        let host = grad_values(&model, &grads);
-        model = optim.step(1e-2, model, grads);
+        model = step_with_twin(model, idx, &train, &mut cpu, |m, g| optim.step(1e-2, m, g));
         assert!(fused.take_errors().is_empty());
-        let refs: Vec<&[f32]> = host.iter().map(|g| g.as_slice()).collect();
-        cpu.step(&refs).unwrap();
         assert_close(&model, &cpu, &start, s + 1);
     }
 }
@@ -211,22 +214,24 @@ fn a_shared_parameter_is_copied_not_written_over() {
     let model = Mlp::new(16, &device);
     let kept = model.clone();
     let before = values(&kept);
+    let mut cpu = cpu_twin(&model, adamw());
     let mut opt = ModelOptimizer::new(gpu(), adamw());
-    let (x, y) = train.batch(&(0..32).collect::<Vec<_>>(), &device);
-    let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
-    let model = opt.step(model, grads).unwrap();
+    let first: Vec<usize> = (0..32).collect();
+    let model = step_with_twin(model, &first, &train, &mut cpu, |m, g| {
+        opt.step(m, g).unwrap()
+    });
     assert_eq!(values(&kept), before, "the clone kept its values");
     assert_ne!(values(&model), before, "the stepped module moved");
     assert!(opt.copies() >= 4, "every shared parameter was copied");
-    // The next step rebinds to the copies and keeps the state: it equals a
-    // fresh run's second step over the same gradients.
-    let copies = opt.copies();
+    // The next step steps the copies, with the state carried over to
+    // them: both steps equal the CPU twin's.
     drop(kept);
-    let (x, y) = train.batch(&(32..64).collect::<Vec<_>>(), &device);
-    let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
-    let model = opt.step(model, grads).unwrap();
+    let second: Vec<usize> = (32..64).collect();
+    let model = step_with_twin(model, &second, &train, &mut cpu, |m, g| {
+        opt.step(m, g).unwrap()
+    });
     assert_eq!(opt.optimizer().unwrap().step_count(), 2);
-    let _ = (model, copies);
+    assert_close(&model, &cpu, &before, 2);
 }
 
 #[test]
