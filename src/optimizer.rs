@@ -43,9 +43,10 @@ pub trait Optimizer {
 
     /// A LAMB step whose per-tensor `[Σθ², Σu²]` pass through `combine`
     /// before the trust ratios are taken, as
-    /// [`crate::CpuOptimizer::step_combining_tensor_sums`]; what the sharded
-    /// optimizer steps LAMB with. Backends without it (the GPU, so far)
-    /// return [`crate::Error::Unsupported`] and change nothing.
+    /// [`crate::CpuOptimizer::step_combining_tensor_sums`] and
+    /// [`crate::GpuOptimizer::step_combining_tensor_sums`]; what the sharded
+    /// optimizer steps LAMB with. Backends without it return
+    /// [`crate::Error::Unsupported`] and change nothing.
     fn step_combining_tensor_sums(
         &mut self,
         grads: &[&[f32]],
@@ -337,6 +338,16 @@ mod backends {
     impl Optimizer for GpuOptimizer {
         fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
             GpuOptimizer::step(self, grads)
+        }
+        fn step_combining_tensor_sums(
+            &mut self,
+            grads: &[&[f32]],
+            combine: &mut CombineTensorSums<'_>,
+        ) -> Result<()> {
+            GpuOptimizer::step_combining_tensor_sums(self, grads, combine)
+        }
+        fn combines_tensor_sums(&self) -> bool {
+            GpuOptimizer::combines_tensor_sums(self)
         }
         fn config(&self) -> &Config {
             GpuOptimizer::config(self)

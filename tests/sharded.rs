@@ -3,7 +3,7 @@
 //! `mpi_worker`, which checks every rule against a single-process run over
 //! the same summed gradients, bit for bit; clipping, the loss scale and the
 //! skip; shard checkpoint files merged into the single file, which moves
-//! from N ranks to N−1 and to 1; one GPU case on
+//! from N ranks to N−1 and to 1; GPU cases (Adam, LAMB) on
 //! the software adapter; and that ranks disagreeing on shapes all fail.
 //! A further launch checks that a rank that dies ends the job, not hangs it.
 //!
@@ -385,4 +385,40 @@ fn checks(world: &SimpleCommunicator) {
         bits(&reference.read_params().unwrap().concat()),
         "GPU Adam np {n}"
     );
+
+    // GPU LAMB: each rank's tile sums read back, all-gathered over MPI,
+    // added on the host. The moments bit for bit; the parameters within
+    // the bound of src/sharded/tests.rs's GPU case (4e-6 of the distance
+    // moved, plus half an ulp a step: the tile sums are f32 and their
+    // lanes depend on where a tensor starts in the shard).
+    let lamb = rule(RuleKind::Lamb);
+    let mut opt = ShardedOptimizer::new(
+        MpiCollective::new(world.duplicate()),
+        &refs(&params()),
+        GradReduce::Sum,
+        |s| GpuOptimizer::new(&ctx, lamb.clone(), s),
+    )
+    .unwrap();
+    let mut reference = GpuOptimizer::new(&ctx, lamb.clone(), &refs(&params())).unwrap();
+    let steps = 4;
+    for s in 0..steps {
+        opt.step(&refs(&rank_grads(rank, s))).unwrap();
+        let g = reduced(n, s, GradReduce::Sum);
+        reference.step(&layout.split(&g).unwrap()).unwrap();
+    }
+    let (got, want) = (opt.checkpoint().unwrap(), reference.checkpoint().unwrap());
+    for ((name, a), (_, b)) in got.state.iter().zip(&want.state) {
+        assert_eq!(bits(a), bits(b), "GPU lamb np {n}: state {name}");
+    }
+    let p0 = params().concat();
+    let (a, b) = (got.params.as_ref().unwrap(), want.params.as_ref().unwrap());
+    for i in 0..a.len() {
+        let bound = 4e-6 * (b[i] - p0[i]).abs() + steps as f32 * f32::EPSILON * b[i].abs();
+        assert!(
+            (a[i] - b[i]).abs() <= bound,
+            "GPU lamb np {n}: element {i}: {} vs {}",
+            a[i],
+            b[i]
+        );
+    }
 }

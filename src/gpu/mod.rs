@@ -14,6 +14,7 @@ mod precision;
 mod readback;
 mod resources;
 mod skip;
+mod tensor_sums;
 mod uniforms;
 mod views;
 

@@ -32,15 +32,21 @@
 //! LAMB's trust ratio needs the norms of each whole tensor: between its
 //! two passes each rank's per-tensor sums of `θ²` and `u²` (f64, two a
 //! tensor) are all-gathered and added in rank order
-//! ([`Optimizer::step_combining_tensor_sums`]; the CPU backend has it, the
-//! GPU's is refused with [`Error::Unsupported`] when the optimizer is
-//! built). A tensor that lies in one shard ends bit for bit as in one
+//! ([`Optimizer::step_combining_tensor_sums`], which both backends have;
+//! an inner optimizer that cannot, one with its own clipping for example,
+//! is refused with [`Error::Unsupported`] when the sharded one is built).
+//! On the CPU a tensor that lies in one shard ends bit for bit as in one
 //! process. For one cut by a shard boundary the sums are formed in other
 //! pieces: inside a block of 256 elements the squares are added in f32
 //! lanes of 8 (a relative error below `8·2⁻²⁴` each way), so its norms,
 //! and the trust ratio with them, can differ from one process's by about
 //! 1e-6 relative, and the update `lr·ratio·u` by as much; the moments
-//! never differ (they do not depend on the norms).
+//! never differ (they do not depend on the norms). On the GPU every
+//! tensor can differ so: its tiles' f32 sums (up to 4096 squares each) are
+//! read back and added on the host in f64, where one GPU process adds
+//! them in f32 on the GPU, and a tile's lanes depend on where the tensor
+//! starts in the shard; the bound is the same, about 1e-6 relative a
+//! step on the update.
 //!
 //! # Errors
 //!
@@ -237,8 +243,9 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// over its shard's pieces of the tensors ([`shard_lengths`]). Refused
     /// on every rank when any rank's `build` fails, the ranks' tensor
     /// lengths or rules differ ([`Error::RankMismatch`]), or the rule is
-    /// LAMB on a backend without [`Optimizer::step_combining_tensor_sums`]
-    /// (the GPU, [`Error::Unsupported`]).
+    /// LAMB on an inner optimizer that cannot
+    /// [`Optimizer::step_combining_tensor_sums`] (its own clipping or skip,
+    /// groups, low precision: [`Error::Unsupported`]).
     pub fn new(
         comm: C,
         params: &[&[f32]],
@@ -261,7 +268,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             }
             if inner.config().kind() == RuleKind::Lamb && !inner.combines_tensor_sums() {
                 return Err(Error::Unsupported(
-                    "LAMB in a ShardedOptimizer over a backend that cannot combine its per-tensor norms across ranks (the CPU optimizer can)".into(),
+                    "LAMB in a ShardedOptimizer over an inner optimizer that cannot combine its per-tensor norms across ranks (one with its own clipping, non-finite skip, groups or low-precision storage)".into(),
                 ));
             }
             if inner.layout().lengths() != pieces.lengths() {
