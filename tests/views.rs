@@ -13,7 +13,7 @@ mod common;
 use common::{bits, ctx, Rng};
 use wgpu_optim::{
     Adam, AdamW, AdamWScheduleFree, ClipGradNorm, Config, Error, GpuOptimizer, GpuOptions, Lamb,
-    RmsProp, Sgd, TensorView,
+    ParamGroup, RmsProp, Sgd, TensorView,
 };
 
 const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
@@ -145,24 +145,43 @@ fn compare_with_packed(
     align: u64,
     width: u32,
 ) {
+    let label = format!("{config:?}");
+    compare_built_with_packed(
+        &label,
+        |p, g| GpuOptimizer::from_views_with_options(ctx(), config.clone(), p, g, options.clone()),
+        |init| GpuOptimizer::with_options(ctx(), config.clone(), init, options.clone()),
+        clip,
+        lengths,
+        pools,
+        align,
+        width,
+    );
+}
+
+/// As [`compare_with_packed`], the optimizer over views made by `views`
+/// from (parameter views, gradient views), the packed one by `packed`
+/// from the initial tensors.
+#[allow(clippy::too_many_arguments)]
+fn compare_built_with_packed(
+    label: &str,
+    views: impl FnOnce(Vec<TensorView>, Vec<TensorView>) -> Result<GpuOptimizer, Error>,
+    packed: impl FnOnce(&[&[f32]]) -> Result<GpuOptimizer, Error>,
+    clip: bool,
+    lengths: &[usize],
+    pools: usize,
+    align: u64,
+    width: u32,
+) {
     let mut rng = Rng(7);
     let init = tensors(&mut rng, lengths);
     let (p_buffers, p_views) = pooled("params", lengths, pools, align);
     // Another arrangement for the gradients: each gradient at another
     // offset than its parameter.
     let (g_buffers, g_views) = pooled("grads", lengths, pools + 1, align);
-    let mut views = GpuOptimizer::from_views_with_options(
-        ctx(),
-        config.clone(),
-        p_views.clone(),
-        g_views.clone(),
-        options.clone(),
-    )
-    .unwrap();
-    assert_eq!(views.vector_width(), width, "{config:?}");
+    let mut views = views(p_views.clone(), g_views.clone()).unwrap();
+    assert_eq!(views.vector_width(), width, "{label}");
     views.write_params(&refs(&init)).unwrap();
-    let mut packed =
-        GpuOptimizer::with_options(ctx(), config.clone(), &refs(&init), options).unwrap();
+    let mut packed = packed(&refs(&init)).unwrap();
     if clip {
         // A max_norm below the norm of these gradients: clipping scales.
         for opt in [&mut views, &mut packed] {
@@ -187,7 +206,7 @@ fn compare_with_packed(
                 }
             }
         }
-        let name = format!("{config:?}, step {step}");
+        let name = format!("{label}, step {step}");
         assert_eq!(
             bits(&views.read_params_flat().unwrap()),
             bits(&packed.read_params_flat().unwrap()),
@@ -611,6 +630,157 @@ fn usages_of_host_transfers() {
 }
 
 // ------------------------------------------------------ README example
+
+/// Parameter groups on views step as parameter groups on the packed path,
+/// bit for bit (the same rule text, the same per-group scalars and options
+/// selected per tile, the same tiles for the norm): Adam with `amsgrad` in
+/// one group only (a state slot of one group's, zero in the others) and
+/// its lr halved after the first step, SGD with and without Nesterov
+/// momentum and with its own weight decay, with and without clipping, at
+/// scalar and vec4 widths, with tensors straddling windows and chunks.
+#[test]
+fn groups_on_views_equal_groups_on_the_packed_path() {
+    let adam_groups = vec![
+        ParamGroup::new(Adam::default(), vec![0, 2, 4]),
+        ParamGroup::new(
+            Adam {
+                lr: 3e-3,
+                amsgrad: true,
+                ..Adam::default()
+            },
+            vec![1, 3, 5],
+        ),
+    ];
+    let nesterov = Sgd {
+        lr: 0.01,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.1,
+        ..Sgd::default()
+    };
+    let sgd_groups = vec![
+        ParamGroup::new(sgd_momentum(), vec![5, 0]),
+        ParamGroup::new(nesterov, vec![1, 2, 3]),
+        ParamGroup::new(Sgd::default(), vec![4]),
+    ];
+    let small = GpuOptions {
+        max_chunk_elements: Some(64),
+        ..GpuOptions::default()
+    };
+    for groups in [adam_groups, sgd_groups] {
+        for (options, clip, lengths, pools, align, width) in [
+            (GpuOptions::default(), false, LENGTHS, 3, 256, 1),
+            (GpuOptions::default(), true, LENGTHS, 2, 4, 1),
+            (GpuOptions::default(), true, LENGTHS_IN_FOURS, 3, 256, 4),
+            (small.clone(), false, LENGTHS_IN_FOURS, 2, 16, 4),
+            (small.clone(), true, LENGTHS, 1, 4, 1),
+        ] {
+            let label = format!("{groups:?}, clip {clip}, width {width}");
+            let halve = |opt: &mut GpuOptimizer| -> Result<(), Error> {
+                let lr = opt.group_config(1)?.lr();
+                opt.set_group_lr(1, lr * 0.5)
+            };
+            compare_built_with_packed(
+                &label,
+                |p, g| {
+                    let mut opt = GpuOptimizer::from_views_with_groups(
+                        ctx(),
+                        p,
+                        g,
+                        &groups,
+                        options.clone(),
+                    )?;
+                    assert_eq!(opt.group_count(), groups.len());
+                    halve(&mut opt)?;
+                    Ok(opt)
+                },
+                |init| {
+                    let mut opt =
+                        GpuOptimizer::with_param_groups(ctx(), init, &groups, options.clone())?;
+                    halve(&mut opt)?;
+                    Ok(opt)
+                },
+                clip,
+                lengths,
+                pools,
+                align,
+                width,
+            );
+        }
+    }
+}
+
+/// What groups on views refuse, as the packed groups and the views do:
+/// checked groups, LAMB, vec4 loads the views do not allow; the views are
+/// checked first; one group is the one-group view optimizer.
+#[test]
+fn groups_on_views_refusals() {
+    let a = buffer("a", 4096, USAGE);
+    let b = buffer("b", 4096, USAGE);
+    let params = || {
+        vec![
+            TensorView::new(a.clone(), 4, 10),
+            TensorView::new(a.clone(), 256, 8),
+        ]
+    };
+    let grads = || {
+        vec![
+            TensorView::new(b.clone(), 8, 10),
+            TensorView::new(b.clone(), 512, 8),
+        ]
+    };
+    let two = |config: Config| {
+        vec![
+            ParamGroup::new(config.clone(), vec![0]),
+            ParamGroup::new(config, vec![1]),
+        ]
+    };
+    let build = |p, g, groups: &[ParamGroup], options| {
+        GpuOptimizer::from_views_with_groups(ctx(), p, g, groups, options)
+    };
+    let o = GpuOptions::default;
+    let e = build(params(), grads(), &two(Lamb::default().into()), o());
+    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    let e = build(
+        params(),
+        grads(),
+        &[ParamGroup::new(Adam::default(), vec![0])],
+        o(),
+    );
+    assert!(
+        matches!(e, Err(Error::TensorInNoGroup { tensor: 1 })),
+        "{e:?}"
+    );
+    let mixed = vec![
+        ParamGroup::new(Adam::default(), vec![0]),
+        ParamGroup::new(Sgd::default(), vec![1]),
+    ];
+    let e = build(params(), grads(), &mixed, o());
+    assert!(matches!(e, Err(Error::GroupRuleMismatch { .. })), "{e:?}");
+    let wide = GpuOptions {
+        vector_width: Some(4),
+        ..GpuOptions::default()
+    };
+    let e = build(params(), grads(), &two(Adam::default().into()), wide);
+    assert!(matches!(e, Err(Error::InvalidOptions(_))), "{e:?}");
+    // A bad view before the groups: the views' error.
+    let short = vec![TensorView::new(b.clone(), 8, 10)];
+    let e = build(params(), short, &mixed, o());
+    assert!(matches!(e, Err(Error::TensorCountMismatch { .. })), "{e:?}");
+    let one = build(
+        params(),
+        grads(),
+        &[ParamGroup::new(Adam::default(), vec![0, 1])],
+        o(),
+    )
+    .unwrap();
+    assert_eq!(one.group_count(), 1);
+    let mut opt = build(params(), grads(), &two(Adam::default().into()), o()).unwrap();
+    let e = opt.add_param_group(Adam::default(), &[&[1.0; 4]]);
+    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    assert_eq!(opt.group_count(), 2);
+    opt.step_device().unwrap();
+}
 
 /// The code block of the README's "Tensors in your own buffers", compiled
 /// and run; [`readme_block_is_this`] checks that the README holds the same

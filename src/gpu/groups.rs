@@ -6,7 +6,7 @@
 //! steps in the same dispatches as one group would.
 
 use super::chunks::{ChunkRange, Tiling};
-use super::kernels::{rule_options, Variant};
+use super::kernels::{pick_width, rule_options, Variant};
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::resources::Storage;
 use super::GpuContext;
@@ -94,19 +94,33 @@ fn union_state_names(names: &[Vec<&'static str>]) -> Vec<&'static str> {
 
 /// What an optimizer over several groups is built with, worked out from
 /// the groups before anything is made.
-struct GroupPlan {
+pub(super) struct GroupPlan {
     momentum_buffer: Vec<bool>,
     /// The union of the groups' state tensors.
-    state_names: Vec<&'static str>,
+    pub(super) state_names: Vec<&'static str>,
     /// The grouped kernel's variant.
-    variant: Variant,
+    pub(super) variant: Variant,
+}
+
+/// What a grouped kernel over packed tensors needs for `vec4` loads.
+const PACKED_NEEDS: &str =
+    "over parameter groups needs every tensor's length to be a multiple of 4";
+
+/// Whether every tensor of `layout` is a whole number of `vec4`s long.
+fn lengths_in_fours(layout: &Layout) -> bool {
+    layout.lengths().iter().all(|n| n.is_multiple_of(4))
 }
 
 impl GroupPlan {
     /// Refuses what several groups do not take on the GPU, and picks the
-    /// vector width: 4 when every tensor's length is a multiple of 4 (so
-    /// every tile starts and ends at a whole `vec4`).
-    fn new(groups: &[ParamGroup], layout: &Layout, options: &GpuOptions) -> Result<Self> {
+    /// vector width: 4 when the tensors are `aligned` (every tile starts
+    /// and ends at a whole `vec4`), `needs` saying what that takes.
+    pub(super) fn new(
+        groups: &[ParamGroup],
+        aligned: bool,
+        needs: &str,
+        options: &GpuOptions,
+    ) -> Result<Self> {
         let first = &groups[0].config;
         if first.is_matrix_rule() {
             return Err(Error::Unsupported(format!(
@@ -120,19 +134,7 @@ impl GroupPlan {
                 first.kind().name()
             )));
         }
-        let aligned = layout.lengths().iter().all(|n| n.is_multiple_of(4));
-        let width = match options.vector_width {
-            None if aligned => 4,
-            None => 1,
-            Some(4) if !aligned => {
-                return Err(Error::InvalidOptions(
-                    "vector_width 4 over parameter groups needs every tensor's length to be a \
-                     multiple of 4"
-                        .into(),
-                ))
-            }
-            Some(w) => w,
-        };
+        let width = pick_width(options.vector_width, aligned, needs)?;
         let momentum_buffer: Vec<bool> = groups
             .iter()
             .map(|g| g.config.builds_momentum_buffer())
@@ -203,7 +205,7 @@ impl GpuOptimizer {
             return Self::with_options(ctx, groups[0].config.clone(), params, options);
         }
         let layout = Layout::of(params)?;
-        let plan = GroupPlan::new(groups, &layout, &options)?;
+        let plan = GroupPlan::new(groups, lengths_in_fours(&layout), PACKED_NEEDS, &options)?;
         let mut opt = Self::with_layout(
             ctx,
             groups[0].config.clone(),
@@ -236,7 +238,7 @@ impl GpuOptimizer {
             return Self::from_buffers_with_options(ctx, config, lengths, params, grads, options);
         }
         let layout = Layout::new(lengths)?;
-        let plan = GroupPlan::new(groups, &layout, &options)?;
+        let plan = GroupPlan::new(groups, lengths_in_fours(&layout), PACKED_NEEDS, &options)?;
         let mut opt = Self::caller_buffers(
             ctx,
             groups[0].config.clone(),
@@ -252,16 +254,17 @@ impl GpuOptimizer {
         Ok(opt)
     }
 
-    /// Makes the group tables, keeps the groups, and binds the grouped
-    /// kernel; fills each group's initial state.
-    fn attach_groups(&mut self, groups: &[ParamGroup], plan: GroupPlan) -> Result<()> {
-        let mut group_of = vec![0u32; self.layout.len()];
-        for (g, group) in groups.iter().enumerate() {
-            for &t in &group.params {
-                group_of[t] = g as u32;
+    /// Makes the group tables (on views the view plan has them), keeps the
+    /// groups, and binds the grouped kernel; fills each group's initial
+    /// state.
+    pub(super) fn attach_groups(&mut self, groups: &[ParamGroup], plan: GroupPlan) -> Result<()> {
+        let tables = match self.views {
+            Some(_) => Vec::new(),
+            None => {
+                let group_of = group_of(groups, self.layout.len());
+                group_tables(&self.layout, &self.chunks, &group_of, plan.variant.width)?
             }
-        }
-        let tables = group_tables(&self.layout, &self.chunks, &group_of, plan.variant.width)?;
+        };
         let ctx = self.ctx.clone();
         let (buffers, tiles) = ctx.scoped("creating the group tile tables", || {
             let mut buffers = Vec::with_capacity(tables.len());
@@ -557,6 +560,17 @@ impl GpuOptimizer {
         }
         Ok(())
     }
+}
+
+/// The group of each of `tensors` tensors (checked: each in one group).
+pub(super) fn group_of(groups: &[ParamGroup], tensors: usize) -> Vec<u32> {
+    let mut of = vec![0u32; tensors];
+    for (g, group) in groups.iter().enumerate() {
+        for &t in &group.params {
+            of[t] = g as u32;
+        }
+    }
+    of
 }
 
 /// Each chunk's grouped tile table: the reductions' tiles of the chunk

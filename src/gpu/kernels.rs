@@ -194,9 +194,15 @@ enum Kind {
     /// [`view_body`].
     Views { width: u32 },
     /// A rule's element-wise kernel over several parameter groups, `V`
-    /// this wide: the prologue `shaders/groups.wgsl`, the rule's file
-    /// rewritten by [`grouped_body`], uniforms of `groups` groups.
-    Grouped { width: u32, groups: u32 },
+    /// this wide: the prologue `shaders/groups.wgsl` (on views
+    /// `shaders/grouped_views.wgsl`), the rule's file rewritten by
+    /// [`grouped_body`] (on views after [`view_body`]), uniforms of
+    /// `groups` groups.
+    Grouped {
+        width: u32,
+        groups: u32,
+        views: bool,
+    },
     /// A rule's element-wise kernel with 16-bit storage: `V` is
     /// `vec2<f32>`, the prologue `shaders/elementwise.wgsl` after
     /// `shaders/packed16.wgsl`, the rule's file rewritten by
@@ -274,7 +280,8 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
         Kind::Blockwise => BLOCKWISE_WGSL,
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
-        Kind::Grouped { .. } => GROUPS_WGSL,
+        Kind::Grouped { views: false, .. } => GROUPS_WGSL,
+        Kind::Grouped { views: true, .. } => GROUPED_VIEWS_WGSL,
     });
     s.push_str(body);
     s
@@ -688,6 +695,14 @@ fn rewrite_stores(source: &str, name: &str) -> Option<String> {
 /// The prologue of the kernels over several parameter groups.
 const GROUPS_WGSL: &str = include_str!("../../shaders/groups.wgsl");
 
+/// The prologue of the kernels over several parameter groups on views.
+const GROUPED_VIEWS_WGSL: &str = include_str!("../../shaders/grouped_views.wgsl");
+
+/// Bits of a grouped view tile's last word that hold its length; the group
+/// is in the bits above (`shaders/grouped_views.wgsl`). A tile is at most
+/// 4096 elements.
+pub(super) const VIEW_TILE_LEN_BITS: u32 = 16;
+
 /// The table of a grouped kernel's tiles (`group_tiles` in groups.wgsl).
 const GROUP_TILES: Binding = Binding::new("group_tiles", Access::Read, "array<vec4<u32>>");
 
@@ -705,7 +720,7 @@ const GROUP_ENTRY_WGSL: &str = "struct GroupEntry {
 /// lines, in order: bit `k` of a group's option word is option `k`'s
 /// value in the grouped kernel. `None` for an override that is not a
 /// `bool` with a default (the grouped kernel could not set it).
-pub(super) fn rule_options(source: &'static str) -> Option<Vec<(&'static str, bool)>> {
+pub(super) fn rule_options(source: &str) -> Option<Vec<(&str, bool)>> {
     let mut options = Vec::new();
     for line in source.lines() {
         let Some(rest) = line.trim().strip_prefix("override ") else {
@@ -726,7 +741,7 @@ pub(super) fn rule_options(source: &'static str) -> Option<Vec<(&'static str, bo
 /// variable and `u.rule` the private `group_rule`, both set per tile from
 /// the tile's group by `select_group`, written here. One rule text serves
 /// every path.
-fn grouped_body(source: &'static str) -> Option<String> {
+fn grouped_body(source: &str) -> Option<String> {
     let options = rule_options(source)?;
     let mut s = String::with_capacity(source.len() + 1024);
     for line in source.lines() {
@@ -907,6 +922,19 @@ fn check_kernel_limits(
     Ok(())
 }
 
+/// The vector width of a kernel whose tensors allow `vec4` loads when
+/// `aligned`: 4 then, 1 otherwise, or the one `requested`
+/// ([`GpuOptions::vector_width`]); 4 requested where not aligned is
+/// [`Error::InvalidOptions`] saying what 4 `needs`.
+pub(super) fn pick_width(requested: Option<u32>, aligned: bool, needs: &str) -> Result<u32> {
+    match requested {
+        None if aligned => Ok(4),
+        None => Ok(1),
+        Some(4) if !aligned => Err(Error::InvalidOptions(format!("vector_width 4 {needs}"))),
+        Some(w) => Ok(w),
+    }
+}
+
 /// The variant of these options with vectors `width` wide (1 or 4).
 pub(super) fn variant(width: u32, options: &GpuOptions) -> Result<Variant> {
     if width != 1 && width != 4 {
@@ -1037,13 +1065,19 @@ pub(super) fn kernel_for(
         );
     }
     if variant.groups > 0 {
-        let body = grouped_body(source)
-            .filter(|_| !variant.views)
-            .ok_or_else(|| {
-                Error::Unsupported(format!("the {name} kernel over parameter groups"))
-            })?;
+        // On views the rule's accesses are rewritten first, as for one
+        // group; the tile table is the views' (its last word carries the
+        // group).
+        let (body, table) = if variant.views {
+            (view_body(source).and_then(|b| grouped_body(&b)), VIEW_TILES)
+        } else {
+            (grouped_body(source), GROUP_TILES)
+        };
+        let body = body.ok_or_else(|| {
+            Error::Unsupported(format!("the {name} kernel over parameter groups"))
+        })?;
         // Before `u`, the last binding.
-        bindings.insert(bindings.len() - 1, GROUP_TILES);
+        bindings.insert(bindings.len() - 1, table);
         check_kernel_limits(
             &limits,
             &format!("the {name} kernel over parameter groups"),
@@ -1053,6 +1087,7 @@ pub(super) fn kernel_for(
         let kind = Kind::Grouped {
             width: variant.width,
             groups: variant.groups,
+            views: variant.views,
         };
         // The options are each group's, in the uniforms.
         return compile(
@@ -1412,25 +1447,35 @@ mod tests {
                     );
                 }
             }
-            let mut bindings = elementwise_bindings(slots);
-            bindings.insert(bindings.len() - 1, GROUP_TILES);
+            let on_views = view_body(spec.source)
+                .and_then(|b| grouped_body(&b))
+                .unwrap_or_else(|| panic!("{} on views", spec.name));
             let rule_bytes = config.step_scalars(false).bytes().len();
-            for width in [1, 4] {
-                let m = module(&compose(
-                    Kind::Grouped { width, groups: 3 },
-                    &bindings,
-                    &[],
-                    &body,
-                ));
-                let (size, _) = layout(&m, "GroupEntry");
-                assert_eq!(
-                    size as usize,
-                    group_entry_bytes(rule_bytes),
-                    "{}",
-                    spec.name
-                );
-                let (_, members) = layout(&m, "Uniforms");
-                assert_eq!(members[1], ("groups".to_string(), TAIL_BYTES as u32));
+            for (views, body, table) in [(false, &body, GROUP_TILES), (true, &on_views, VIEW_TILES)]
+            {
+                let mut bindings = elementwise_bindings(slots);
+                bindings.insert(bindings.len() - 1, table);
+                for width in [1, 4] {
+                    let m = module(&compose(
+                        Kind::Grouped {
+                            width,
+                            groups: 3,
+                            views,
+                        },
+                        &bindings,
+                        &[],
+                        body,
+                    ));
+                    let (size, _) = layout(&m, "GroupEntry");
+                    assert_eq!(
+                        size as usize,
+                        group_entry_bytes(rule_bytes),
+                        "{}",
+                        spec.name
+                    );
+                    let (_, members) = layout(&m, "Uniforms");
+                    assert_eq!(members[1], ("groups".to_string(), TAIL_BYTES as u32));
+                }
             }
         }
     }

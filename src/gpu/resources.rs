@@ -340,7 +340,8 @@ impl GpuOptimizer {
         let ctx = self.ctx.clone();
         if let Some(plan) = &self.views {
             let (groups, unused) = ctx.scoped("creating the view kernel's bind groups", || {
-                self.view_groups(plan, &self.kernel, &self.buffers.rule_uniforms)
+                let b = &self.buffers;
+                self.view_groups(plan, &self.kernel, &b.rule_uniforms, b.rule_stride)
             })?;
             self.buffers.rule_groups = groups;
             self.buffers.unused_slots.extend(unused);
@@ -393,7 +394,7 @@ impl GpuOptimizer {
         let ctx = self.ctx.clone();
         if let Some(plan) = &self.views {
             let (groups, unused) = ctx.scoped("creating the tile kernels' bind groups", || {
-                self.view_groups(plan, kernel, &self.buffers.tile_uniforms)
+                self.view_groups(plan, kernel, &self.buffers.tile_uniforms, UNIFORM_STRIDE)
             })?;
             self.buffers.tile_groups = groups;
             self.buffers.unused_slots.extend(unused);

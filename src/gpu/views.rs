@@ -15,14 +15,15 @@ use std::num::NonZeroU64;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::groups::{check_groups, ParamGroup};
 use crate::layout::Layout;
 use crate::rules::Config;
 
 use super::chunks::{check_size, chunk_elements, split_chunks, ChunkRange, Tiling};
-use super::kernels::{variant, Kernel, Variant};
+use super::groups::{group_of, GroupPlan};
+use super::kernels::{pick_width, variant, Kernel, Variant, VIEW_TILE_LEN_BITS};
 use super::optimizer::{GpuOptimizer, GpuOptions};
 use super::resources::Storage;
-use super::uniforms::UNIFORM_STRIDE;
 
 /// One tensor of `f32` inside a buffer of the caller's: `len` elements from
 /// byte `offset` of `buffer`, as a framework's memory pool places them
@@ -61,6 +62,10 @@ impl TensorView {
 /// reductions (chunks.rs): so that without windowing the reduction sums the
 /// same tiles in the same order as on the packed path.
 const TILE: u64 = 4096;
+
+/// What the view kernels need for `vec4` loads.
+const VIEWS_NEED: &str = "on views needs every view to start at a multiple of 16 bytes and hold \
+                          a multiple of 4 elements";
 
 /// Whether every view starts at a multiple of 16 bytes and holds a
 /// multiple of 4 elements: then every tile's offsets and length are
@@ -221,7 +226,10 @@ impl ViewPlan {
     /// elements from a multiple of [`TILE`] in the chunk, numbered
     /// in tensor order, and groups them by the windows and chunk they bind;
     /// then makes each group's tables. The views are checked; with `width`
-    /// 4 they are [`vec4_aligned`].
+    /// 4 they are [`vec4_aligned`]. `group_of`: each tensor's parameter
+    /// group, carried in its tiles' last word above the length (the
+    /// grouped view kernel), fewer than 2^16 groups.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         ctx: &GpuContext,
         layout: &Layout,
@@ -230,6 +238,7 @@ impl ViewPlan {
         chunks: &[ChunkRange],
         window: u64,
         width: u32,
+        group_of: Option<&[u32]>,
     ) -> Result<Self> {
         let mut param_buffers = Vec::new();
         let mut grad_buffers = Vec::new();
@@ -279,9 +288,13 @@ impl ViewPlan {
                 );
                 // With width 4 all four are multiples of 4 (vec4_aligned).
                 let w = width;
-                groups[gi]
-                    .rule
-                    .push([po / w, go / w, so / w, take as u32 / w]);
+                // A tile is at most TILE elements: its length fits below
+                // the group's bits.
+                let last = match group_of {
+                    Some(g) => (take as u32 / w) | (g[t] << VIEW_TILE_LEN_BITS),
+                    None => take as u32 / w,
+                };
+                groups[gi].rule.push([po / w, go / w, so / w, last]);
                 groups[gi].reduce.push([go, take as u32, tensor, number]);
                 total += 1;
                 k += take;
@@ -466,31 +479,143 @@ impl GpuOptimizer {
             )));
         }
         let aligned = vec4_aligned(&params, &grads);
-        let width = match options.vector_width {
-            None if aligned => 4,
-            None => 1,
-            Some(4) if !aligned => {
-                return Err(Error::InvalidOptions(
-                    "vector_width 4 on views needs every view to start at a multiple of 16 \
-                     bytes and hold a multiple of 4 elements"
-                        .into(),
-                ))
-            }
-            Some(w) => w,
-        };
+        let width = pick_width(options.vector_width, aligned, VIEWS_NEED)?;
+        // Checks the width (1 or 4) before anything is made.
+        let variant = variant(width, &options)?;
+        let momentum_buffer = config.builds_momentum_buffer();
+        let state_names = config.state_names_with(momentum_buffer);
+        Self::over_views(
+            ctx,
+            config,
+            momentum_buffer,
+            state_names,
+            params,
+            grads,
+            &options,
+            variant,
+            None,
+        )
+    }
+
+    /// An optimizer over tensor views in parameter groups: as
+    /// [`GpuOptimizer::from_views`] for the views (the same checks, the
+    /// same errors, first), and as [`GpuOptimizer::with_param_groups`] for
+    /// the groups (`groups[g].params` index `params`; the same checks and
+    /// refusals after the views'). Every group steps in the same dispatches:
+    /// each piece of tensor in a view tile table carries its group, and the
+    /// uniforms hold each group's scalars. One group is
+    /// [`GpuOptimizer::from_views_with_options`] with its configuration.
+    /// [`GpuOptimizer::add_param_group`] is refused (views cannot grow).
+    ///
+    /// ```no_run
+    /// use wgpu_optim::{AdamW, GpuContext, GpuOptimizer, GpuOptions, ParamGroup, TensorView};
+    /// let ctx = GpuContext::new()?;
+    /// let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+    /// let pool = |label| {
+    ///     ctx.device().create_buffer(&wgpu::BufferDescriptor {
+    ///         label: Some(label),
+    ///         size: 1 << 16,
+    ///         usage,
+    ///         mapped_at_creation: false,
+    ///     })
+    /// };
+    /// let (weights, grads) = (pool("weights"), pool("grads"));
+    /// let params = vec![
+    ///     TensorView::new(weights.clone(), 0, 1024),  // a weight matrix
+    ///     TensorView::new(weights.clone(), 4096, 16), // its bias
+    /// ];
+    /// let grad_views = vec![
+    ///     TensorView::new(grads.clone(), 0, 1024),
+    ///     TensorView::new(grads.clone(), 4096, 16),
+    /// ];
+    /// // No weight decay on the bias.
+    /// let groups = [
+    ///     ParamGroup::new(AdamW::default(), vec![0]),
+    ///     ParamGroup::new(AdamW { weight_decay: 0.0, ..AdamW::default() }, vec![1]),
+    /// ];
+    /// let mut opt = GpuOptimizer::from_views_with_groups(
+    ///     &ctx, params, grad_views, &groups, GpuOptions::default(),
+    /// )?;
+    /// opt.step_device()?;
+    /// # Ok::<(), wgpu_optim::Error>(())
+    /// ```
+    pub fn from_views_with_groups(
+        ctx: &GpuContext,
+        params: Vec<TensorView>,
+        grads: Vec<TensorView>,
+        groups: &[ParamGroup],
+        options: GpuOptions,
+    ) -> Result<Self> {
+        check_views(&params, &grads)?;
+        check_groups(groups, params.len())?;
+        if groups.len() == 1 {
+            let config = groups[0].config.clone();
+            return Self::from_views_with_options(ctx, config, params, grads, options);
+        }
+        if groups.len() >> VIEW_TILE_LEN_BITS != 0 {
+            return Err(Error::SizeOverflow {
+                what: "the number of parameter groups on views",
+                ty: "u16",
+                detail: format!(
+                    "{} groups; a view tile carries its group in 16 bits",
+                    groups.len()
+                ),
+            });
+        }
+        let aligned = vec4_aligned(&params, &grads);
+        let plan = GroupPlan::new(groups, aligned, VIEWS_NEED, &options)?;
+        let of = group_of(groups, params.len());
+        let mut opt = Self::over_views(
+            ctx,
+            groups[0].config.clone(),
+            false,
+            plan.state_names.clone(),
+            params,
+            grads,
+            &options,
+            plan.variant,
+            Some(&of),
+        )?;
+        opt.attach_groups(groups, plan)?;
+        Ok(opt)
+    }
+
+    /// The optimizer over checked views with the kernel `variant` (made a
+    /// view kernel here) and its state set; `group_of`: each tensor's
+    /// group, for the grouped view kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn over_views(
+        ctx: &GpuContext,
+        config: Config,
+        momentum_buffer: bool,
+        state_names: Vec<&'static str>,
+        params: Vec<TensorView>,
+        grads: Vec<TensorView>,
+        options: &GpuOptions,
+        variant: Variant,
+        group_of: Option<&[u32]>,
+    ) -> Result<Self> {
         let lengths: Vec<usize> = params.iter().map(|v| v.len).collect();
         let layout = Layout::new(&lengths)?;
-        let window = chunk_elements(ctx, &options)?;
+        let window = chunk_elements(ctx, options)?;
         let chunks = split_chunks(layout.total() as u64, window);
-        // Checks the width (1 or 4) before anything is made.
         let variant = Variant {
             views: true,
             // The view kernels index with offsets from a table: their
             // bounds checks stay on.
             bounds_checked: true,
-            ..variant(width, &options)?
+            ..variant
         };
-        let plan = ViewPlan::new(ctx, &layout, &params, &grads, &chunks, window, width)?;
+        let plan = ViewPlan::new(
+            ctx,
+            &layout,
+            &params,
+            &grads,
+            &chunks,
+            window,
+            variant.width,
+            group_of,
+        )?;
         // The packed tiles are not used on views: only the partials'
         // count (one per view tile) matters to the resources.
         let tiling = Tiling {
@@ -498,8 +623,6 @@ impl GpuOptimizer {
             tensors: Vec::new(),
             total: plan.tiles,
         };
-        let momentum_buffer = config.builds_momentum_buffer();
-        let state_names = config.state_names_with(momentum_buffer);
         Self::build(
             ctx,
             config,
@@ -524,6 +647,7 @@ impl GpuOptimizer {
         plan: &ViewPlan,
         kernel: &Kernel,
         uniforms: &wgpu::Buffer,
+        stride: u64,
     ) -> (Vec<(wgpu::BindGroup, u32)>, Vec<wgpu::Buffer>) {
         let b = &self.buffers;
         let device = &self.ctx.device;
@@ -576,7 +700,7 @@ impl GpuOptimizer {
                         "u" => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer: uniforms,
                             offset: 0,
-                            size: NonZeroU64::new(UNIFORM_STRIDE),
+                            size: NonZeroU64::new(stride),
                         }),
                         name => match self.state_names.iter().position(|n| *n == name) {
                             Some(si) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {

@@ -314,6 +314,7 @@ impl Optimizer for FusedOptimizer {
             };
         let result = stepper.step(
             vec![taken.bound],
+            vec![String::new()],
             vec![taken.grad],
             vec![taken.keep],
             |opt| {

@@ -13,7 +13,9 @@
 //! - [`ModelOptimizer`]: a whole-model step for hand-written loops,
 //!   `model = opt.step(model, grads)?`, with every parameter of the module
 //!   in one optimizer (global clipping over all of them, as torch's
-//!   `clip_grad_norm_`).
+//!   `clip_grad_norm_`; burn's `ParamGroup`s as parameter groups,
+//!   [`ModelOptimizer::add_group`]), its state saved and restored as
+//!   wgpu-optim's checkpoint ([`ModelOptimizer::checkpoint`]).
 //! - [`FusedOptimizer`]: burn's own [`burn::optim::Optimizer`] trait, so a
 //!   `ModuleOptimizer` (and through it burn-train's `Learner`) can use it.
 //!   burn calls that trait one tensor at a time, so each tensor is its own
@@ -48,14 +50,16 @@
 //! new buffers, keeping its state. [`ModelOptimizer::copies`] counts the
 //! parameters copied so far.
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, Param, ParamGroup as BurnParamGroup, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl_wgpu::{AutoCompiler, WgpuServer};
+use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
-    ClipGradNorm, Config, GpuContext, GpuOptimizer, GpuOptions, Scheduler, TensorView,
+    ClipGradNorm, Config, GpuContext, GpuOptimizer, GpuOptions, GroupScheduler, ParamGroup,
+    Schedule, Scheduler, TensorView,
 };
 
 mod fused;
@@ -301,9 +305,13 @@ fn take_one<const D: usize>(
     })
 }
 
-/// Collects each parameter that has a gradient (see [`take_one`]).
+/// Collects each parameter that has a gradient (see [`take_one`]), with
+/// its module path (burn's: the field names from the module down, joined
+/// by dots, as `ParamGroup::matches` takes it).
 struct Gather<'a> {
     grads: &'a mut GradientsParams,
+    path: Vec<String>,
+    paths: Vec<String>,
     params: Vec<Bound>,
     grad_views: Vec<(wgpu::Buffer, u64, usize)>,
     keep: Vec<CubeTensor>,
@@ -315,6 +323,8 @@ impl<'a> Gather<'a> {
     fn new(grads: &'a mut GradientsParams) -> Self {
         Gather {
             grads,
+            path: Vec::new(),
+            paths: Vec::new(),
             params: Vec::new(),
             grad_views: Vec::new(),
             keep: Vec::new(),
@@ -325,6 +335,14 @@ impl<'a> Gather<'a> {
 }
 
 impl ModuleMapper for Gather<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (id, tensor, mapper) = param.consume();
         if self.error.is_some() {
@@ -335,6 +353,7 @@ impl ModuleMapper for Gather<'_> {
         };
         let tensor = match take_one(id, tensor, grad) {
             Ok(t) => {
+                self.paths.push(self.path.join("."));
                 self.params.push(t.bound);
                 self.grad_views.push(t.grad);
                 self.keep.push(t.keep);
@@ -423,7 +442,14 @@ struct Stepper {
     ctx: GpuContext,
     config: Config,
     options: GpuOptions,
+    /// burn's parameter groups and their configurations, in the order
+    /// added: wgpu-optim's groups 1, 2, ...; group 0 is `config` over the
+    /// parameters no group matches.
+    groups: Vec<(BurnParamGroup, Config)>,
     settings: Settings,
+    /// A checkpoint to load into the optimizer when it is built (its
+    /// parameters stripped: they are the module's).
+    pending: Option<Checkpoint>,
     built: Option<Built>,
 }
 
@@ -433,9 +459,32 @@ impl Stepper {
             ctx,
             config,
             options,
+            groups: Vec::new(),
             settings: Settings::default(),
+            pending: None,
             built: None,
         }
+    }
+
+    /// wgpu-optim's groups over `params` (with their module `paths`): each
+    /// parameter in the last of `groups` that matches it, as burn's
+    /// `ModuleOptimizer::with_group` has it, or in group 0.
+    fn param_groups(&self, params: &[Bound], paths: &[String]) -> Vec<ParamGroup> {
+        let mut out = vec![ParamGroup::new(self.config.clone(), Vec::new())];
+        out.extend(
+            self.groups
+                .iter()
+                .map(|(_, c)| ParamGroup::new(c.clone(), Vec::new())),
+        );
+        for (t, (p, path)) in params.iter().zip(paths).enumerate() {
+            let g = self
+                .groups
+                .iter()
+                .rposition(|(group, _)| group.matches(&p.id, Some(path)))
+                .map_or(0, |k| k + 1);
+            out[g].params.push(t);
+        }
+        out
     }
 
     fn set_clip_grad_norm(&mut self, clip: Option<ClipGradNorm>) -> Result<()> {
@@ -471,6 +520,7 @@ impl Stepper {
     fn step(
         &mut self,
         params: Vec<Bound>,
+        paths: Vec<String>,
         grad_views: Vec<(wgpu::Buffer, u64, usize)>,
         keep: Vec<CubeTensor>,
         before: impl FnOnce(&mut GpuOptimizer) -> Result<()>,
@@ -488,7 +538,7 @@ impl Stepper {
                 .map_err(|e| Error::Server(format!("{e:?}")))?;
         }
         let (device, queue) = (self.ctx.device().clone(), self.ctx.queue().clone());
-        let b = self.bind(&params)?;
+        let b = self.bind(&params, &paths)?;
         before(&mut b.opt)?;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("wgpu-optim-burn: gradients to staging"),
@@ -504,7 +554,7 @@ impl Stepper {
 
     /// Builds the optimizer over `params` at the first step, and rebuilds
     /// it, keeping its state, when burn moved a parameter (a copy).
-    fn bind(&mut self, params: &[Bound]) -> Result<&mut Built> {
+    fn bind(&mut self, params: &[Bound], paths: &[String]) -> Result<&mut Built> {
         if let Some(b) = &self.built {
             if b.params.len() != params.len()
                 || b.params
@@ -522,11 +572,12 @@ impl Stepper {
                 return Ok(self.built.as_mut().expect("checked just above"));
             }
         }
-        let built = self.build(params)?;
+        let built = self.build(params, paths)?;
+        self.pending = None;
         Ok(self.built.insert(built))
     }
 
-    fn build(&self, params: &[Bound]) -> Result<Built> {
+    fn build(&self, params: &[Bound], paths: &[String]) -> Result<Built> {
         let lengths: Vec<usize> = params.iter().map(|p| p.len).collect();
         let mut offsets = Vec::with_capacity(lengths.len());
         let mut total = 0u64;
@@ -551,13 +602,26 @@ impl Stepper {
             .zip(&lengths)
             .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
             .collect();
-        let mut opt = GpuOptimizer::from_views_with_options(
-            &self.ctx,
-            self.config.clone(),
-            param_views,
-            grad_views,
-            self.options.clone(),
-        )?;
+        let options = self.options.clone();
+        let mut opt = match self.groups.is_empty() {
+            true => GpuOptimizer::from_views_with_options(
+                &self.ctx,
+                self.config.clone(),
+                param_views,
+                grad_views,
+                options,
+            )?,
+            false => {
+                let groups = self.param_groups(params, paths);
+                GpuOptimizer::from_views_with_groups(
+                    &self.ctx,
+                    param_views,
+                    grad_views,
+                    &groups,
+                    options,
+                )?
+            }
+        };
         match &self.built {
             Some(old) => {
                 // The state, step count and settings move over; the
@@ -567,6 +631,11 @@ impl Stepper {
                 opt.load_checkpoint(&ckpt)?;
             }
             None => {
+                // The settings were made the checkpoint's when it was
+                // given, and changed by every call since: applied after it.
+                if let Some(ckpt) = &self.pending {
+                    opt.load_checkpoint(ckpt)?;
+                }
                 opt.set_clip_grad_norm(self.settings.clip)?;
                 opt.set_skip_nonfinite(self.settings.skip_nonfinite)?;
                 if let Some(lr) = self.settings.lr {
@@ -614,6 +683,9 @@ impl Stepper {
 pub struct ModelOptimizer {
     stepper: Stepper,
     scheduler: Option<Scheduler>,
+    /// The schedule of every group, and its scheduler once the optimizer
+    /// was built (each group from its own lr then).
+    group_schedule: Option<(Schedule, Option<GroupScheduler>)>,
     copies: usize,
 }
 
@@ -629,8 +701,53 @@ impl ModelOptimizer {
         ModelOptimizer {
             stepper: Stepper::new(gpu.ctx.clone(), config.into(), options),
             scheduler: None,
+            group_schedule: None,
             copies: 0,
         }
+    }
+
+    /// Steps the parameters that burn's `group` matches with `config`, as
+    /// burn's `ModuleOptimizer::with_group` does (by parameter id or module
+    /// path: `ParamGroup::from_predicate("fc1")`, `from_ids`, ...): a
+    /// parameter several groups match takes the last one added, and the
+    /// parameters no group matches take the configuration of
+    /// [`ModelOptimizer::new`]. Every group steps in the one fused step
+    /// (wgpu-optim's [`GpuOptimizer::from_views_with_groups`]; global
+    /// clipping and the non-finite skip over all of them). Returns the
+    /// group's index in wgpu-optim's optimizer: 1 for the first group
+    /// added (group 0 is the rest), as
+    /// [`GpuOptimizer::set_group_lr`] and the checkpoints number them.
+    ///
+    /// Before the first step only ([`Error::Unsupported`] after it: the
+    /// optimizer's tensors are grouped when it is built). A configuration
+    /// of another rule than the optimizer's is wgpu-optim's
+    /// `GroupRuleMismatch`, an invalid one its error; nothing changes on
+    /// error.
+    pub fn add_group(&mut self, group: BurnParamGroup, config: impl Into<Config>) -> Result<usize> {
+        if self.stepper.built.is_some() {
+            return Err(Error::Unsupported(
+                "a parameter group added after the first step".into(),
+            ));
+        }
+        let config = config.into();
+        let index = self.stepper.groups.len() + 1;
+        let first = &self.stepper.config;
+        if config.kind() != first.kind() {
+            return Err(wgpu_optim::Error::GroupRuleMismatch {
+                group: index,
+                expected: first.kind().name(),
+                got: config.kind().name(),
+            }
+            .into());
+        }
+        config.validate()?;
+        self.stepper.groups.push((group, config));
+        Ok(index)
+    }
+
+    /// Groups of parameters: 1 and one a [`ModelOptimizer::add_group`].
+    pub fn group_count(&self) -> usize {
+        self.stepper.groups.len() + 1
     }
 
     /// Global-norm clipping over every parameter (torch's
@@ -651,9 +768,29 @@ impl ModelOptimizer {
     }
 
     /// A learning-rate (and momentum) schedule, advanced once a step: the
-    /// step uses the schedule's current values, then moves it on.
+    /// step uses the schedule's current values, then moves it on. It sets
+    /// one lr: with parameter groups a step refuses it
+    /// ([`Error::Unsupported`]); give the groups
+    /// [`ModelOptimizer::set_group_schedule`].
     pub fn set_scheduler(&mut self, scheduler: Option<Scheduler>) {
         self.scheduler = scheduler;
+    }
+
+    /// `schedule` for every parameter group, each from its own lr and
+    /// momentum (torch's one scheduler over all of `param_groups`,
+    /// wgpu-optim's [`GroupScheduler`]): made when the optimizer is built,
+    /// at the first step (or now, from the lrs in force, when it was),
+    /// advanced once a step.
+    pub fn set_group_schedule(&mut self, schedule: Option<Schedule>) -> Result<()> {
+        self.group_schedule = match (schedule, self.stepper.built.as_ref()) {
+            (None, _) => None,
+            (Some(s), None) => Some((s, None)),
+            (Some(s), Some(b)) => {
+                let sched = GroupScheduler::new(s.clone(), &b.opt)?;
+                Some((s, Some(sched)))
+            }
+        };
+        Ok(())
     }
 
     /// The schedule in force.
@@ -682,6 +819,60 @@ impl ModelOptimizer {
             .unwrap_or_default()
     }
 
+    /// The optimizer's state as wgpu-optim's [`Checkpoint`] (save it with
+    /// `Checkpoint::save`): counters, state tensors, settings, groups, and
+    /// the [`ModelOptimizer::set_scheduler`] schedule's position; not the
+    /// parameters (they are the module's: burn's records keep them). Waits
+    /// for the GPU. [`Error::Unsupported`] before the first step (nothing
+    /// to save: a fresh optimizer is the state) and with a
+    /// [`ModelOptimizer::set_group_schedule`] (its per-group positions are
+    /// not in a checkpoint).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        if self.group_schedule.is_some() {
+            return Err(Error::Unsupported(
+                "a checkpoint with a group schedule (its positions are not saved)".into(),
+            ));
+        }
+        let Some(b) = &self.stepper.built else {
+            return Err(Error::Unsupported(
+                "a checkpoint before the first step".into(),
+            ));
+        };
+        let mut ckpt = b.opt.checkpoint()?;
+        ckpt.params = None;
+        ckpt.set_scheduler(self.scheduler.as_ref());
+        Ok(ckpt)
+    }
+
+    /// Restores a [`ModelOptimizer::checkpoint`]: the state goes on
+    /// exactly as saved, over the same module's parameters (the same
+    /// parameters with gradients, in the same order; build this optimizer
+    /// with the same [`ModelOptimizer::add_group`]s). The schedule saved
+    /// with it replaces [`ModelOptimizer::set_scheduler`]'s. Once the
+    /// optimizer was built it is loaded now (nothing changes on error);
+    /// before the first step it is kept and loaded when the first step
+    /// builds the optimizer, where a checkpoint that does not fit the
+    /// module is that step's error (the module unchanged, the checkpoint
+    /// kept). Parameters in the checkpoint are not loaded.
+    pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        let scheduler = ckpt.scheduler()?;
+        let mut ckpt = ckpt.clone();
+        ckpt.params = None;
+        match &mut self.stepper.built {
+            Some(b) => b.opt.load_checkpoint(&ckpt)?,
+            None => {
+                self.stepper.settings = Settings {
+                    clip: ckpt.clip,
+                    skip_nonfinite: ckpt.skip_nonfinite,
+                    lr: None,
+                };
+                self.stepper.pending = Some(ckpt);
+            }
+        }
+        self.scheduler = scheduler;
+        Ok(())
+    }
+
     /// Parameters copied so far because burn shared their buffers (see
     /// the crate's docs, "In place, and when not").
     pub fn copies(&self) -> usize {
@@ -701,6 +892,7 @@ impl ModelOptimizer {
         let module = module.map(&mut gather);
         let Gather {
             params,
+            paths,
             grad_views,
             keep,
             copies,
@@ -712,18 +904,36 @@ impl ModelOptimizer {
             return Err(Box::new(StepError { module, error }));
         }
         let scheduler = &self.scheduler;
-        let result = self.stepper.step(params, grad_views, keep, |opt| {
+        let group_schedule = &mut self.group_schedule;
+        let result = self.stepper.step(params, paths, grad_views, keep, |opt| {
             if let Some(s) = scheduler {
+                if opt.group_count() > 1 {
+                    return Err(Error::Unsupported(
+                        "one lr schedule over parameter groups (set_scheduler): give the \
+                         groups set_group_schedule"
+                            .into(),
+                    ));
+                }
                 opt.set_lr(s.lr())?;
                 if let Some(m) = s.momentum() {
                     opt.set_momentum(m)?;
                 }
+            }
+            if let Some((schedule, sched)) = group_schedule {
+                let sched = match sched {
+                    Some(s) => s,
+                    None => sched.insert(GroupScheduler::new(schedule.clone(), &*opt)?),
+                };
+                sched.apply(opt)?;
             }
             Ok(())
         });
         match result {
             Ok(()) => {
                 if let Some(s) = &mut self.scheduler {
+                    s.advance();
+                }
+                if let Some((_, Some(s))) = &mut self.group_schedule {
                     s.advance();
                 }
                 Ok(module)
