@@ -195,7 +195,7 @@ enum Kind {
     Views { width: u32 },
     /// A rule's element-wise kernel over several parameter groups, `V`
     /// this wide: the prologue `shaders/groups.wgsl` (on views
-    /// `shaders/grouped_views.wgsl`), the rule's file rewritten by
+    /// `shaders/views.wgsl`), the rule's file rewritten by
     /// [`grouped_body`] (on views after [`view_body`]), uniforms of
     /// `groups` groups.
     Grouped {
@@ -275,13 +275,32 @@ fn compose(kind: Kind, bindings: &[Binding], constants: &[(&str, u32)], body: &s
     if let Kind::Packed16 | Kind::Blockwise = kind {
         s.push_str(PACKED16_WGSL);
     }
+    // views.wgsl's two hooks: one group's step table once a workgroup, or
+    // each tile's group from the bits above its length.
+    match kind {
+        Kind::Views { .. } => s.push_str(
+            "fn begin_views() { begin_step(u.tail.table[table_index()]); }\n\
+             fn select_tile(w: u32) -> u32 { return w; }\n",
+        ),
+        Kind::Grouped { views: true, .. } => {
+            let _ = write!(
+                s,
+                "fn begin_views() {{}}\n\
+                 fn select_tile(w: u32) -> u32 {{\n\
+                 \x20   select_group(w >> {VIEW_TILE_LEN_BITS}u);\n\
+                 \x20   return w & {}u;\n}}\n",
+                (1u32 << VIEW_TILE_LEN_BITS) - 1
+            );
+        }
+        _ => {}
+    }
     s.push_str(match kind {
         Kind::Elementwise { .. } | Kind::Packed16 => include_str!("../../shaders/elementwise.wgsl"),
         Kind::Blockwise => BLOCKWISE_WGSL,
         Kind::Tiles { .. } => include_str!("../../shaders/tiles.wgsl"),
         Kind::Views { .. } => VIEWS_WGSL,
         Kind::Grouped { views: false, .. } => GROUPS_WGSL,
-        Kind::Grouped { views: true, .. } => GROUPED_VIEWS_WGSL,
+        Kind::Grouped { views: true, .. } => VIEWS_WGSL,
     });
     s.push_str(body);
     s
@@ -695,12 +714,9 @@ fn rewrite_stores(source: &str, name: &str) -> Option<String> {
 /// The prologue of the kernels over several parameter groups.
 const GROUPS_WGSL: &str = include_str!("../../shaders/groups.wgsl");
 
-/// The prologue of the kernels over several parameter groups on views.
-const GROUPED_VIEWS_WGSL: &str = include_str!("../../shaders/grouped_views.wgsl");
-
 /// Bits of a grouped view tile's last word that hold its length; the group
-/// is in the bits above (`shaders/grouped_views.wgsl`). A tile is at most
-/// 4096 elements.
+/// is in the bits above (`select_tile`, written by [`compose`]). A tile is
+/// at most 4096 elements.
 pub(super) const VIEW_TILE_LEN_BITS: u32 = 16;
 
 /// The table of a grouped kernel's tiles (`group_tiles` in groups.wgsl).
