@@ -42,6 +42,10 @@
 //!
 //! # In place, and when not
 //!
+//! LAMB's tile kernels take no views: for LAMB the parameters are copied
+//! into one packed buffer before each step and back into burn's buffers
+//! after it (on the GPU, 8 bytes a parameter more).
+//!
 //! A parameter whose buffer burn shares with another tensor (a clone of the
 //! module kept elsewhere, a graph still holding it) is not written over:
 //! it is first copied into a buffer of its own (the step returns the module
@@ -59,7 +63,7 @@ use cubecl_wgpu::{AutoCompiler, WgpuServer};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
     ClipGradNorm, Config, GpuContext, GpuOptimizer, GpuOptions, GroupScheduler, ParamGroup,
-    Schedule, Scheduler, TensorView,
+    RuleKind, Schedule, Scheduler, TensorView,
 };
 
 mod fused;
@@ -408,8 +412,12 @@ struct Built {
     /// parameter, which one dispatch cannot bind both read-write and
     /// read-only; and the gradients move every step).
     staging: wgpu::Buffer,
-    /// Each tensor's byte offset in `staging`.
+    /// Each tensor's byte offset in `staging` (and in `packed_params`).
     offsets: Vec<u64>,
+    /// LAMB: the parameters packed as the gradients, copied in from burn's
+    /// buffers before each step and back after it (LAMB's tile kernels
+    /// index parameters and state alike: they take no views).
+    packed_params: Option<wgpu::Buffer>,
 }
 
 /// Settings given before the first step, applied when the optimizer is
@@ -546,9 +554,23 @@ impl Stepper {
         for ((buf, off, len), dst) in grad_views.iter().zip(&b.offsets) {
             encoder.copy_buffer_to_buffer(buf, *off, &b.staging, *dst, 4 * *len as u64);
         }
+        if let Some(packed) = &b.packed_params {
+            for (p, dst) in b.params.iter().zip(&b.offsets) {
+                encoder.copy_buffer_to_buffer(&p.buffer, p.offset, packed, *dst, 4 * p.len as u64);
+            }
+        }
         queue.submit([encoder.finish()]);
         drop(keep);
         b.opt.step_device()?;
+        if let Some(packed) = &b.packed_params {
+            let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim-burn: stepped parameters back"),
+            });
+            for (p, src) in b.params.iter().zip(&b.offsets) {
+                encoder.copy_buffer_to_buffer(packed, *src, &p.buffer, p.offset, 4 * p.len as u64);
+            }
+            queue.submit([encoder.finish()]);
+        }
         Ok(())
     }
 
@@ -603,15 +625,39 @@ impl Stepper {
             .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
             .collect();
         let options = self.options.clone();
-        let mut opt = match self.groups.is_empty() {
-            true => GpuOptimizer::from_views_with_options(
+        let packed = self.config.kind() == RuleKind::Lamb;
+        let packed_params = packed.then(|| {
+            self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim-burn: parameters (LAMB)"),
+                size: total.max(4),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        });
+        let mut opt = match (&packed_params, self.groups.is_empty()) {
+            (Some(packed), true) => GpuOptimizer::from_buffers_with_options(
+                &self.ctx,
+                self.config.clone(),
+                &lengths,
+                packed.clone(),
+                staging.clone(),
+                options,
+            )?,
+            (Some(_), false) => {
+                return Err(Error::Unsupported(
+                    "LAMB over parameter groups (its tile kernels take one group)".into(),
+                ))
+            }
+            (None, true) => GpuOptimizer::from_views_with_options(
                 &self.ctx,
                 self.config.clone(),
                 param_views,
                 grad_views,
                 options,
             )?,
-            false => {
+            (None, false) => {
                 let groups = self.param_groups(params, paths);
                 GpuOptimizer::from_views_with_groups(
                     &self.ctx,
@@ -648,6 +694,7 @@ impl Stepper {
             params: params.to_vec(),
             staging,
             offsets,
+            packed_params,
         })
     }
 }
@@ -732,6 +779,11 @@ impl ModelOptimizer {
         let config = config.into();
         let index = self.stepper.groups.len() + 1;
         let first = &self.stepper.config;
+        if first.kind() == RuleKind::Lamb {
+            return Err(Error::Unsupported(
+                "LAMB over parameter groups (its tile kernels take one group)".into(),
+            ));
+        }
         if config.kind() != first.kind() {
             return Err(wgpu_optim::Error::GroupRuleMismatch {
                 group: index,
