@@ -1487,8 +1487,10 @@ impl GpuOptimizer {
     }
 
     /// The parameter buffers: one per chunk for buffers the optimizer
-    /// made, or the caller's own (on views, each distinct buffer once, in
-    /// the order of the views that first name them).
+    /// made (for the matrix rules, Adafactor and Muon, one per non-empty
+    /// tensor, in tensor order, each holding its tensor from byte 0), or
+    /// the caller's own (on views, each distinct buffer once, in the order
+    /// of the views that first name them).
     pub fn param_buffers(&self) -> Vec<&wgpu::Buffer> {
         match (&self.views, &self.params) {
             (Some(plan), _) => plan.param_buffers().iter().collect(),

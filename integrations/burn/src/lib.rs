@@ -44,7 +44,11 @@
 //!
 //! LAMB's tile kernels take no views: for LAMB the parameters are copied
 //! into one packed buffer before each step and back into burn's buffers
-//! after it (on the GPU, 8 bytes a parameter more).
+//! after it (on the GPU, 8 bytes a parameter more). The matrix rules
+//! (Adafactor, Muon) step buffers of their own, one a tensor, with burn's
+//! shapes of the parameters (a `Linear`'s weight is `[d_input, d_output]`,
+//! the transpose of torch's); parameters and gradients are copied in, the
+//! parameters back.
 //!
 //! A parameter whose buffer burn shares with another tensor (a clone of the
 //! module kept elsewhere, a graph still holding it) is not written over:
@@ -63,7 +67,7 @@ use cubecl_wgpu::{AutoCompiler, WgpuServer};
 use wgpu_optim::checkpoint::Checkpoint;
 use wgpu_optim::{
     ClipGradNorm, Config, GpuContext, GpuOptimizer, GpuOptions, GroupScheduler, ParamGroup,
-    RuleKind, Schedule, Scheduler, TensorView,
+    RuleKind, Schedule, Scheduler, Shape, TensorView,
 };
 
 mod fused;
@@ -230,6 +234,8 @@ fn writable(cube: CubeTensor) -> (CubeTensor, bool) {
 struct Bound {
     id: ParamId,
     len: usize,
+    /// burn's shape of the parameter (the matrix rules' shapes).
+    dims: Vec<usize>,
     buffer: wgpu::Buffer,
     offset: u64,
 }
@@ -283,6 +289,7 @@ fn take_one<const D: usize>(
         Ok(v) => v,
         Err(e) => return Err(put_back(cube, e)),
     };
+    let dims = cube.meta.shape().to_vec();
     let (cube, copied) = writable(cube);
     let grad = if grad.is_contiguous() {
         grad
@@ -300,6 +307,7 @@ fn take_one<const D: usize>(
         bound: Bound {
             id,
             len,
+            dims,
             buffer,
             offset,
         },
@@ -403,21 +411,24 @@ impl<M> std::error::Error for StepError<M> {
     }
 }
 
-/// The optimizer over the parameters, and the gradients' staging buffer.
+/// The optimizer over the parameters, and where burn's tensors are copied
+/// to for it.
 struct Built {
     opt: GpuOptimizer,
     params: Vec<Bound>,
-    /// The gradients, packed as the parameters: each step copies burn's
-    /// gradients here (burn's pool may hold a gradient in the buffer of a
+    /// Where each step copies each tensor's gradient: (buffer, byte
+    /// offset). A staging buffer of the gradients packed as the
+    /// parameters (burn's pool may hold a gradient in the buffer of a
     /// parameter, which one dispatch cannot bind both read-write and
-    /// read-only; and the gradients move every step).
-    staging: wgpu::Buffer,
-    /// Each tensor's byte offset in `staging` (and in `packed_params`).
-    offsets: Vec<u64>,
-    /// LAMB: the parameters packed as the gradients, copied in from burn's
-    /// buffers before each step and back after it (LAMB's tile kernels
-    /// index parameters and state alike: they take no views).
-    packed_params: Option<wgpu::Buffer>,
+    /// read-only; and the gradients move every step), or the matrix rules'
+    /// own gradient buffers.
+    grad_dst: Vec<(wgpu::Buffer, u64)>,
+    /// Where each tensor's parameters are copied before a step and back
+    /// from after it when the optimizer steps buffers of its own: LAMB
+    /// (its tile kernels index parameters and state alike: they take no
+    /// views) and the matrix rules (a buffer a tensor). `None`: burn's
+    /// buffers are stepped in place.
+    param_dst: Option<Vec<(wgpu::Buffer, u64)>>,
 }
 
 /// Settings given before the first step, applied when the optimizer is
@@ -551,23 +562,30 @@ impl Stepper {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("wgpu-optim-burn: gradients to staging"),
         });
-        for ((buf, off, len), dst) in grad_views.iter().zip(&b.offsets) {
-            encoder.copy_buffer_to_buffer(buf, *off, &b.staging, *dst, 4 * *len as u64);
-        }
-        if let Some(packed) = &b.packed_params {
-            for (p, dst) in b.params.iter().zip(&b.offsets) {
-                encoder.copy_buffer_to_buffer(&p.buffer, p.offset, packed, *dst, 4 * p.len as u64);
+        // Empty tensors copy nothing (their destination is a placeholder).
+        for ((buf, off, len), (dst, at)) in grad_views.iter().zip(&b.grad_dst) {
+            if *len > 0 {
+                encoder.copy_buffer_to_buffer(buf, *off, dst, *at, 4 * *len as u64);
             }
+        }
+        let copied = || {
+            b.params
+                .iter()
+                .zip(b.param_dst.iter().flatten())
+                .filter(|(p, _)| p.len > 0)
+        };
+        for (p, (dst, at)) in copied() {
+            encoder.copy_buffer_to_buffer(&p.buffer, p.offset, dst, *at, 4 * p.len as u64);
         }
         queue.submit([encoder.finish()]);
         drop(keep);
         b.opt.step_device()?;
-        if let Some(packed) = &b.packed_params {
+        if b.param_dst.is_some() {
             let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("wgpu-optim-burn: stepped parameters back"),
             });
-            for (p, src) in b.params.iter().zip(&b.offsets) {
-                encoder.copy_buffer_to_buffer(packed, *src, &p.buffer, p.offset, 4 * p.len as u64);
+            for (p, (src, at)) in copied() {
+                encoder.copy_buffer_to_buffer(src, *at, &p.buffer, p.offset, 4 * p.len as u64);
             }
             queue.submit([encoder.finish()]);
         }
@@ -607,9 +625,13 @@ impl Stepper {
             offsets.push(total);
             total += 4 * len as u64;
         }
+        let lamb = self.config.kind() == RuleKind::Lamb;
+        let matrix = self.config.is_matrix_rule();
+        // The matrix rules' gradients go to their own buffers: the staging
+        // buffer is only a placeholder for empty tensors there.
         let staging = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim-burn: gradients"),
-            size: total.max(4),
+            size: if matrix { 4 } else { total.max(4) },
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
@@ -625,48 +647,69 @@ impl Stepper {
             .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
             .collect();
         let options = self.options.clone();
-        let packed = self.config.kind() == RuleKind::Lamb;
-        let packed_params = packed.then(|| {
-            self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        if (lamb || matrix) && !self.groups.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "{} over parameter groups",
+                self.config.kind()
+            )));
+        }
+        let at_offsets = |buffer: &wgpu::Buffer| -> Vec<(wgpu::Buffer, u64)> {
+            offsets.iter().map(|&o| (buffer.clone(), o)).collect()
+        };
+        let (mut opt, grad_dst, param_dst) = if matrix {
+            let opt = self.matrix_optimizer(params, &options)?;
+            // One buffer a non-empty tensor, in order, from byte 0.
+            let place = |buffers: Vec<&wgpu::Buffer>| -> Vec<(wgpu::Buffer, u64)> {
+                let mut own = buffers.into_iter();
+                params
+                    .iter()
+                    .map(|p| match p.len {
+                        0 => (staging.clone(), 0),
+                        _ => (own.next().unwrap_or(&staging).clone(), 0),
+                    })
+                    .collect()
+            };
+            let (grads, params) = (place(opt.grad_buffers()), place(opt.param_buffers()));
+            (opt, grads, Some(params))
+        } else if lamb {
+            let packed = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-optim-burn: parameters (LAMB)"),
                 size: total.max(4),
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_DST
                     | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
-            })
-        });
-        let mut opt = match (&packed_params, self.groups.is_empty()) {
-            (Some(packed), true) => GpuOptimizer::from_buffers_with_options(
+            });
+            let opt = GpuOptimizer::from_buffers_with_options(
                 &self.ctx,
                 self.config.clone(),
                 &lengths,
                 packed.clone(),
                 staging.clone(),
                 options,
-            )?,
-            (Some(_), false) => {
-                return Err(Error::Unsupported(
-                    "LAMB over parameter groups (its tile kernels take one group)".into(),
-                ))
-            }
-            (None, true) => GpuOptimizer::from_views_with_options(
-                &self.ctx,
-                self.config.clone(),
-                param_views,
-                grad_views,
-                options,
-            )?,
-            (None, false) => {
-                let groups = self.param_groups(params, paths);
-                GpuOptimizer::from_views_with_groups(
+            )?;
+            (opt, at_offsets(&staging), Some(at_offsets(&packed)))
+        } else {
+            let opt = match self.groups.is_empty() {
+                true => GpuOptimizer::from_views_with_options(
                     &self.ctx,
+                    self.config.clone(),
                     param_views,
                     grad_views,
-                    &groups,
                     options,
-                )?
-            }
+                )?,
+                false => {
+                    let groups = self.param_groups(params, paths);
+                    GpuOptimizer::from_views_with_groups(
+                        &self.ctx,
+                        param_views,
+                        grad_views,
+                        &groups,
+                        options,
+                    )?
+                }
+            };
+            (opt, at_offsets(&staging), None)
         };
         match &self.built {
             Some(old) => {
@@ -692,10 +735,33 @@ impl Stepper {
         Ok(Built {
             opt,
             params: params.to_vec(),
-            staging,
-            offsets,
-            packed_params,
+            grad_dst,
+            param_dst,
         })
+    }
+
+    /// A matrix rule's optimizer over burn's shapes of `params`, on buffers
+    /// of its own (their values are copied in before each step). The
+    /// matrix rules take no [`GpuOptions`]: a non-default one is refused.
+    fn matrix_optimizer(&self, params: &[Bound], options: &GpuOptions) -> Result<GpuOptimizer> {
+        if options.max_chunk_elements.is_some()
+            || options.vector_width.is_some()
+            || options.skip_bounds_checks
+        {
+            return Err(Error::Unsupported(format!(
+                "GpuOptions (max_chunk_elements, vector_width, skip_bounds_checks) for {}",
+                self.config.kind()
+            )));
+        }
+        let shapes: Vec<Shape> = params.iter().map(|p| Shape::new(&p.dims)).collect();
+        let zeros: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len]).collect();
+        let refs: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
+        Ok(GpuOptimizer::with_shapes(
+            &self.ctx,
+            self.config.clone(),
+            &refs,
+            &shapes,
+        )?)
     }
 }
 

@@ -490,3 +490,62 @@ fn lamb_model_step_equals_cpu_twin() {
     assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
     assert_eq!(grouped.group_count(), 1);
 }
+
+/// Each parameter's shape as burn keeps it, in the module's visiting order.
+fn shapes<M: Module>(m: &M) -> Vec<wgpu_optim::Shape> {
+    struct S(Vec<wgpu_optim::Shape>);
+    impl ModuleVisitor for S {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(wgpu_optim::Shape::new(&p.val().dims()));
+        }
+    }
+    let mut s = S(Vec::new());
+    m.visit(&mut s);
+    s.0
+}
+
+/// Adafactor (a matrix rule) through the whole-model step: the optimizer
+/// on buffers of its own, one a tensor, with burn's shapes (fc1's weight
+/// 64 × 16, as burn keeps a Linear's weight: the transpose of torch's),
+/// the parameters copied in and back around each step; against the CPU
+/// twin over the same shapes. The bound is the argument of the main
+/// crate's `ADAFACTOR_TOL` (tests/matrix_gpu.rs): the GPU sums the
+/// factored statistics and the RMS in f32 where the CPU sums in f64, each
+/// sum of n terms within about n·2^-24 relatively (here n ≤ 1024: 6e-5 in
+/// the worst case, √n·2^-24 ≈ 2e-6 typically), entering the update
+/// through square roots and RMS(U); 1e-5 of the CPU's largest movement of
+/// the tensor, beyond the parameters' own rounding (an ulp a step), is a
+/// margin over the typical case, and a wrong shape or formula is off by
+/// 1% or more.
+#[test]
+fn adafactor_model_step_equals_cpu_twin() {
+    use wgpu_optim::Adafactor;
+    let device = device();
+    let (train, _) = load();
+    let mut model = Mlp::new(16, &device);
+    let start = values(&model);
+    let shapes = shapes(&model);
+    assert_eq!(shapes[0], wgpu_optim::Shape::matrix(64, 16));
+    let refs: Vec<&[f32]> = start.iter().map(|(_, v)| v.as_slice()).collect();
+    let mut cpu = CpuOptimizer::with_shapes(Adafactor::default(), &refs, &shapes).unwrap();
+    let mut opt = ModelOptimizer::new(gpu(), Adafactor::default());
+    const STEPS: usize = 3;
+    for idx in epoch_batches(train.len(), 64, 8).iter().take(STEPS) {
+        model = step_with_twin(model, idx, &train, &mut cpu, |m, g| opt.step(m, g).unwrap());
+    }
+    let got = values(&model);
+    for (((_, g), w), (_, s)) in got.iter().zip(cpu.params()).zip(&start) {
+        let scale = w
+            .iter()
+            .zip(s)
+            .fold(0.0f32, |m, (w, s)| m.max((w - s).abs()));
+        assert!(scale > 0.0, "the steps moved every tensor");
+        for ((&g, &w), _) in g.iter().zip(w.iter()).zip(s) {
+            let rounding = STEPS as f32 * f32::EPSILON * w.abs();
+            let off = ((g - w).abs() - rounding).max(0.0);
+            assert!(off <= 1e-5 * scale, "gpu {g} cpu {w} (scale {scale})");
+        }
+    }
+    assert_eq!(opt.optimizer().unwrap().step_count(), STEPS as u64);
+    assert_eq!(opt.copies(), 0);
+}
