@@ -803,11 +803,7 @@ impl GpuOptimizer {
             let tiles = &self.buffers.tile_groups;
             let max_groups = self.ctx.limits().max_compute_workgroups_per_dimension;
             let per_tile = |pass: &mut wgpu::ComputePass<'_>, pipeline: &wgpu::ComputePipeline| {
-                pass.set_pipeline(pipeline);
-                for (group, workgroups) in tiles {
-                    pass.set_bind_group(0, group, &offset);
-                    pass.dispatch_workgroups(*workgroups, 1, 1);
-                }
+                dispatch_per_group(pass, pipeline, tiles, &offset)
             };
             let once = |pass: &mut wgpu::ComputePass<'_>,
                         pipeline: &wgpu::ComputePipeline,
@@ -1508,6 +1504,21 @@ impl GpuOptimizer {
             (None, Storage::Caller(b)) => vec![b],
             (None, Storage::Views(v)) => v.iter().map(|v| &v.buffer).collect(),
         }
+    }
+}
+
+/// `pipeline` over each of `groups` (a bind group and its workgroups),
+/// with the uniform slot at `offset`: a tile kernel's dispatches of a step.
+pub(super) fn dispatch_per_group(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    groups: &[(wgpu::BindGroup, u32)],
+    offset: &[u32],
+) {
+    pass.set_pipeline(pipeline);
+    for (group, workgroups) in groups {
+        pass.set_bind_group(0, group, offset);
+        pass.dispatch_workgroups(*workgroups, 1, 1);
     }
 }
 

@@ -4,7 +4,7 @@
 //! tensor that other ranks hold before the trust ratios are taken.
 
 use super::chunks::Tiling;
-use super::optimizer::GpuOptimizer;
+use super::optimizer::{dispatch_per_group, GpuOptimizer};
 use super::readback::read_buffer;
 use super::uniforms::{ScalarsVia, UNIFORM_RING, UNIFORM_STRIDE};
 use crate::error::{Error, Result};
@@ -94,11 +94,12 @@ impl GpuOptimizer {
                         label: Some("lamb step, combined sums"),
                         timestamp_writes: None,
                     });
-                    pass.set_pipeline(&self.kernel.pipelines[pipeline]);
-                    for (group, workgroups) in &self.buffers.tile_groups {
-                        pass.set_bind_group(0, group, &offset);
-                        pass.dispatch_workgroups(*workgroups, 1, 1);
-                    }
+                    dispatch_per_group(
+                        &mut pass,
+                        &self.kernel.pipelines[pipeline],
+                        &self.buffers.tile_groups,
+                        &offset,
+                    );
                 }
                 ctx.queue.submit(Some(encoder.finish()));
                 Ok(())
