@@ -190,17 +190,24 @@ impl GpuOptimizer {
         params: &[&[f32]],
         shapes: &[Shape],
     ) -> Result<Self> {
+        Self::with_shapes_and_options(ctx, config, params, shapes, GpuOptions::default())
+    }
+
+    /// As [`GpuOptimizer::with_shapes`], with [`GpuOptions`] (the
+    /// element-wise rules take them as [`GpuOptimizer::with_options`]
+    /// does; for the matrix rules a non-default one is
+    /// [`Error::Unsupported`]).
+    pub fn with_shapes_and_options(
+        ctx: &GpuContext,
+        config: impl Into<Config>,
+        params: &[&[f32]],
+        shapes: &[Shape],
+        options: GpuOptions,
+    ) -> Result<Self> {
         let config = config.into();
         config.validate()?;
         let momentum_buffer = config.builds_momentum_buffer();
-        Self::with_state_shaped(
-            ctx,
-            config,
-            momentum_buffer,
-            params,
-            shapes,
-            GpuOptions::default(),
-        )
+        Self::with_state_shaped(ctx, config, momentum_buffer, params, shapes, options)
     }
 
     /// [`GpuOptimizer::with_shapes`] with the state set given and options.

@@ -637,27 +637,12 @@ impl Stepper {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let param_views: Vec<TensorView> = params
-            .iter()
-            .map(|p| TensorView::new(p.buffer.clone(), p.offset, p.len))
-            .collect();
-        let grad_views: Vec<TensorView> = offsets
-            .iter()
-            .zip(&lengths)
-            .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
-            .collect();
         let options = self.options.clone();
-        if (lamb || matrix) && !self.groups.is_empty() {
-            return Err(Error::Unsupported(format!(
-                "{} over parameter groups",
-                self.config.kind()
-            )));
-        }
         let at_offsets = |buffer: &wgpu::Buffer| -> Vec<(wgpu::Buffer, u64)> {
             offsets.iter().map(|&o| (buffer.clone(), o)).collect()
         };
         let (mut opt, grad_dst, param_dst) = if matrix {
-            let opt = self.matrix_optimizer(params, &options)?;
+            let opt = self.matrix_optimizer(params, options)?;
             // One buffer a non-empty tensor, in order, from byte 0.
             let place = |buffers: Vec<&wgpu::Buffer>| -> Vec<(wgpu::Buffer, u64)> {
                 let mut own = buffers.into_iter();
@@ -690,6 +675,15 @@ impl Stepper {
             )?;
             (opt, at_offsets(&staging), Some(at_offsets(&packed)))
         } else {
+            let param_views: Vec<TensorView> = params
+                .iter()
+                .map(|p| TensorView::new(p.buffer.clone(), p.offset, p.len))
+                .collect();
+            let grad_views: Vec<TensorView> = offsets
+                .iter()
+                .zip(&lengths)
+                .map(|(&o, &len)| TensorView::new(staging.clone(), o, len))
+                .collect();
             let opt = match self.groups.is_empty() {
                 true => GpuOptimizer::from_views_with_options(
                     &self.ctx,
@@ -742,25 +736,18 @@ impl Stepper {
 
     /// A matrix rule's optimizer over burn's shapes of `params`, on buffers
     /// of its own (their values are copied in before each step). The
-    /// matrix rules take no [`GpuOptions`]: a non-default one is refused.
-    fn matrix_optimizer(&self, params: &[Bound], options: &GpuOptions) -> Result<GpuOptimizer> {
-        if options.max_chunk_elements.is_some()
-            || options.vector_width.is_some()
-            || options.skip_bounds_checks
-        {
-            return Err(Error::Unsupported(format!(
-                "GpuOptions (max_chunk_elements, vector_width, skip_bounds_checks) for {}",
-                self.config.kind()
-            )));
-        }
+    /// matrix rules take no [`GpuOptions`]: wgpu-optim refuses a
+    /// non-default one.
+    fn matrix_optimizer(&self, params: &[Bound], options: GpuOptions) -> Result<GpuOptimizer> {
         let shapes: Vec<Shape> = params.iter().map(|p| Shape::new(&p.dims)).collect();
         let zeros: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len]).collect();
         let refs: Vec<&[f32]> = zeros.iter().map(Vec::as_slice).collect();
-        Ok(GpuOptimizer::with_shapes(
+        Ok(GpuOptimizer::with_shapes_and_options(
             &self.ctx,
             self.config.clone(),
             &refs,
             &shapes,
+            options,
         )?)
     }
 }
@@ -832,7 +819,9 @@ impl ModelOptimizer {
     /// [`GpuOptimizer::set_group_lr`] and the checkpoints number them.
     ///
     /// Before the first step only ([`Error::Unsupported`] after it: the
-    /// optimizer's tensors are grouped when it is built). A configuration
+    /// optimizer's tensors are grouped when it is built), and not for LAMB
+    /// or the matrix rules ([`Error::Unsupported`]: they step a copy of
+    /// the parameters in one group). A configuration
     /// of another rule than the optimizer's is wgpu-optim's
     /// `GroupRuleMismatch`, an invalid one its error; nothing changes on
     /// error.
@@ -845,10 +834,12 @@ impl ModelOptimizer {
         let config = config.into();
         let index = self.stepper.groups.len() + 1;
         let first = &self.stepper.config;
-        if first.kind() == RuleKind::Lamb {
-            return Err(Error::Unsupported(
-                "LAMB over parameter groups (its tile kernels take one group)".into(),
-            ));
+        // Their optimizers step a copy over one group (`Stepper::build`).
+        if first.kind() == RuleKind::Lamb || first.is_matrix_rule() {
+            return Err(Error::Unsupported(format!(
+                "{} over parameter groups",
+                first.kind()
+            )));
         }
         if config.kind() != first.kind() {
             return Err(wgpu_optim::Error::GroupRuleMismatch {

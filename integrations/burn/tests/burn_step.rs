@@ -548,4 +548,10 @@ fn adafactor_model_step_equals_cpu_twin() {
     }
     assert_eq!(opt.optimizer().unwrap().step_count(), STEPS as u64);
     assert_eq!(opt.copies(), 0);
+    // The matrix rules step a copy in one group: a group is refused when added.
+    let mut grouped = ModelOptimizer::new(gpu(), Adafactor::default());
+    let bias = burn::module::ParamGroup::from_predicate("bias");
+    let e = grouped.add_group(bias, Adafactor::default());
+    assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+    assert_eq!(grouped.group_count(), 1);
 }
