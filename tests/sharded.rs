@@ -366,20 +366,25 @@ fn checks(world: &SimpleCommunicator) {
     // see the same operations: bit for bit.
     let ctx = GpuContext::new()
         .unwrap_or_else(|e| panic!("the GPU case needs an adapter (mesa-vulkan-drivers): {e}"));
-    let config = rule(RuleKind::Adam);
-    let mut opt = ShardedOptimizer::new(
-        MpiCollective::new(world.duplicate()),
-        &refs(&params()),
-        GradReduce::Mean,
-        |s| GpuOptimizer::new(&ctx, config.clone(), s),
-    )
-    .unwrap();
-    let mut reference = GpuOptimizer::new(&ctx, config.clone(), &refs(&params())).unwrap();
-    for s in 0..3 {
-        opt.step(&refs(&rank_grads(rank, s))).unwrap();
-        let g = reduced(n, s, GradReduce::Mean);
-        reference.step(&layout.split(&g).unwrap()).unwrap();
-    }
+    // `steps` steps of `config` sharded over the ranks, each rank's shard on
+    // a GpuOptimizer, and of one GpuOptimizer over the reduced gradients.
+    let sharded_and_one = |config: Config, reduce: GradReduce, steps: usize| {
+        let mut opt = ShardedOptimizer::new(
+            MpiCollective::new(world.duplicate()),
+            &refs(&params()),
+            reduce,
+            |s| GpuOptimizer::new(&ctx, config.clone(), s),
+        )
+        .unwrap();
+        let mut reference = GpuOptimizer::new(&ctx, config.clone(), &refs(&params())).unwrap();
+        for s in 0..steps {
+            opt.step(&refs(&rank_grads(rank, s))).unwrap();
+            let g = reduced(n, s, reduce);
+            reference.step(&layout.split(&g).unwrap()).unwrap();
+        }
+        (opt, reference)
+    };
+    let (opt, reference) = sharded_and_one(rule(RuleKind::Adam), GradReduce::Mean, 3);
     assert_eq!(
         bits(opt.params_flat()),
         bits(&reference.read_params().unwrap().concat()),
@@ -391,21 +396,8 @@ fn checks(world: &SimpleCommunicator) {
     // the bound of src/sharded/tests.rs's GPU case (4e-6 of the distance
     // moved, plus half an ulp a step: the tile sums are f32 and their
     // lanes depend on where a tensor starts in the shard).
-    let lamb = rule(RuleKind::Lamb);
-    let mut opt = ShardedOptimizer::new(
-        MpiCollective::new(world.duplicate()),
-        &refs(&params()),
-        GradReduce::Sum,
-        |s| GpuOptimizer::new(&ctx, lamb.clone(), s),
-    )
-    .unwrap();
-    let mut reference = GpuOptimizer::new(&ctx, lamb.clone(), &refs(&params())).unwrap();
     let steps = 4;
-    for s in 0..steps {
-        opt.step(&refs(&rank_grads(rank, s))).unwrap();
-        let g = reduced(n, s, GradReduce::Sum);
-        reference.step(&layout.split(&g).unwrap()).unwrap();
-    }
+    let (opt, reference) = sharded_and_one(rule(RuleKind::Lamb), GradReduce::Sum, steps);
     let (got, want) = (opt.checkpoint().unwrap(), reference.checkpoint().unwrap());
     for ((name, a), (_, b)) in got.state.iter().zip(&want.state) {
         assert_eq!(bits(a), bits(b), "GPU lamb np {n}: state {name}");
