@@ -3,8 +3,10 @@
 //! `mpi_worker`, which checks every rule against a single-process run over
 //! the same summed gradients, bit for bit; clipping, the loss scale and the
 //! skip; shard checkpoint files merged into the single file, which moves
-//! from N ranks to N−1 and to 1; GPU cases (Adam, LAMB) on
-//! the software adapter; and that ranks disagreeing on shapes all fail.
+//! from N ranks to N−1 and to 1; the matrix rules (Adafactor, Muon) with
+//! whole tensors a rank, their checkpoints moved likewise; GPU cases (Adam,
+//! LAMB, Muon) on the software adapter; and that ranks disagreeing on
+//! shapes all fail.
 //! A further launch checks that a rank that dies ends the job, not hangs it.
 //!
 //! Run with `cargo test --features mpi --test sharded` (Open MPI's
@@ -17,7 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use wgpu_optim::rules::RuleKind;
 use wgpu_optim::sharded::{merge, GradReduce, MpiCollective, ShardedOptimizer};
-use wgpu_optim::{Checkpoint, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer};
+use wgpu_optim::{
+    Checkpoint, ClipGradNorm, Config, CpuOptimizer, Error, GpuContext, GpuOptimizer, Shape,
+};
 
 const WORKER: &str = "WGPU_OPTIM_MPI_WORKER";
 const DIR: &str = "WGPU_OPTIM_MPI_DIR";
@@ -200,11 +204,69 @@ fn single(
     o
 }
 
+fn matrix_shapes() -> Vec<Shape> {
+    [[3, 4], [5, 2], [6, 7], [4, 4], [2, 9]]
+        .iter()
+        .map(|d| Shape::new(d))
+        .collect()
+}
+
+fn mixed_shapes() -> Vec<Shape> {
+    let dims: [&[usize]; 6] = [&[3, 4], &[5], &[2, 3, 4], &[6, 7], &[1], &[0]];
+    dims.iter().map(|d| Shape::new(d)).collect()
+}
+
+/// Per-tensor values `f(i)` of the packed index `i`, over `shapes`.
+fn shaped(shapes: &[Shape], f: impl Fn(usize) -> f32) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.numel().unwrap();
+            at += n;
+            (at - n..at).map(&f).collect()
+        })
+        .collect()
+}
+
+/// The rank-order sum of `n` ranks' gradients over `shapes`, step `step`.
+fn shaped_reduced(shapes: &[Shape], n: usize, step: usize) -> Vec<f32> {
+    let mut g = shaped(shapes, |i| grad(0, step, i)).concat();
+    for r in 1..n {
+        let more = shaped(shapes, |i| grad(r, step, i)).concat();
+        g.iter_mut().zip(more).for_each(|(a, b)| *a += b);
+    }
+    g
+}
+
+/// `config` sharded with whole tensors a rank, the gradients summed.
+fn whole_sharded(
+    comm: MpiCollective,
+    config: &Config,
+    shapes: &[Shape],
+) -> ShardedOptimizer<MpiCollective, CpuOptimizer> {
+    let p = shaped(shapes, |i| (i as f32 * 0.37).sin());
+    ShardedOptimizer::with_shapes(comm, &refs(&p), shapes, GradReduce::Sum, |t, s| {
+        CpuOptimizer::with_shapes(config.clone(), t, s)
+    })
+    .unwrap()
+}
+
+/// One process with `shapes` over the rank-order sums of `n` ranks.
+fn shaped_single(config: &Config, shapes: &[Shape], n: usize, steps: usize) -> CpuOptimizer {
+    let p = shaped(shapes, |i| (i as f32 * 0.37).sin());
+    let mut o = CpuOptimizer::with_shapes(config.clone(), &refs(&p), shapes).unwrap();
+    for s in 0..steps {
+        o.step_flat(&shaped_reduced(shapes, n, s)).unwrap();
+    }
+    o
+}
+
 fn checks(world: &SimpleCommunicator) {
     let (n, rank) = (world.size() as usize, world.rank() as usize);
 
-    // Every element-wise rule, sum and mean, bit for bit.
-    // The matrix rules are refused by the sharded optimizer (tests/matrix.rs).
+    // Every element-wise rule, sum and mean, bit for bit (the matrix rules
+    // need whole tensors a rank: `with_shapes`, below).
     for kind in RuleKind::ALL
         .into_iter()
         .filter(|&k| k != RuleKind::Lamb && !k.default_config().is_matrix_rule())
@@ -348,6 +410,82 @@ fn checks(world: &SimpleCommunicator) {
         assert_same(&one.checkpoint(), &want, &format!("{n} ranks -> 1"));
     }
 
+    // The matrix rules, whole tensors a rank (`with_shapes`), bit for bit
+    // against one process with the same shapes: Adafactor over matrices,
+    // a batch of them and vectors; Muon over matrices.
+    for (kind, shapes) in [
+        (RuleKind::Adafactor, mixed_shapes()),
+        (RuleKind::Muon, matrix_shapes()),
+    ] {
+        let config = rule(kind);
+        let mut opt = whole_sharded(MpiCollective::new(world.duplicate()), &config, &shapes);
+        for s in 0..3 {
+            opt.step(&refs(&shaped(&shapes, |i| grad(rank, s, i))))
+                .unwrap();
+        }
+        let want = shaped_single(&config, &shapes, n, 3).checkpoint();
+        let got = opt.checkpoint().unwrap();
+        assert_same(&got, &want, &format!("{} whole np {n}", kind.name()));
+        assert_eq!(got.shapes, shapes);
+    }
+
+    // Adafactor's factored state between rank counts: 3 steps on n ranks,
+    // shard files merged into one, then n−1 ranks and one process go on.
+    let (config, shapes) = (rule(RuleKind::Adafactor), mixed_shapes());
+    let mut opt = whole_sharded(MpiCollective::new(world.duplicate()), &config, &shapes);
+    for s in 0..3 {
+        opt.step(&refs(&shaped(&shapes, |i| grad(rank, s, i))))
+            .unwrap();
+    }
+    let shard_file = |r: usize| dir.join(format!("adafactor-{r}-of-{n}.safetensors"));
+    opt.shard_checkpoint()
+        .unwrap()
+        .save(shard_file(rank))
+        .unwrap();
+    world.barrier();
+    let shards: Vec<Checkpoint> = (0..n)
+        .map(|r| Checkpoint::load(shard_file(r)).unwrap())
+        .collect();
+    let lengths: Vec<usize> = shapes.iter().map(|s| s.numel().unwrap()).collect();
+    let file = merge(&shards, &lengths).unwrap();
+    assert_eq!(file, opt.checkpoint().unwrap());
+    world.barrier();
+    let want = shaped_single(&config, &shapes, n, 5).checkpoint();
+    if let Some(sub) = world.split_by_color(color) {
+        let mut fewer = whole_sharded(MpiCollective::new(sub), &config, &shapes);
+        fewer.load_checkpoint(&file).unwrap();
+        for s in 3..5 {
+            let g = if rank == 0 {
+                shaped_reduced(&shapes, n, s)
+            } else {
+                vec![0.0; lengths.iter().sum()]
+            };
+            fewer
+                .step(
+                    &wgpu_optim::Layout::new(&lengths)
+                        .unwrap()
+                        .split(&g)
+                        .unwrap(),
+                )
+                .unwrap();
+        }
+        assert_same(
+            &fewer.checkpoint().unwrap(),
+            &want,
+            &format!("adafactor {n} ranks -> {}", n - 1),
+        );
+    } else {
+        let mut one = CpuOptimizer::from_checkpoint(&file).unwrap();
+        for s in 3..5 {
+            one.step_flat(&shaped_reduced(&shapes, n, s)).unwrap();
+        }
+        assert_same(
+            &one.checkpoint(),
+            &want,
+            &format!("adafactor {n} ranks -> 1"),
+        );
+    }
+
     // Ranks that disagree on the tensors: every rank refuses, none hangs.
     let lengths: Vec<usize> = if rank == 0 { vec![3, 4] } else { vec![4, 3] };
     let p: Vec<Vec<f32>> = lengths.iter().map(|&k| vec![1.0; k]).collect();
@@ -413,4 +551,33 @@ fn checks(world: &SimpleCommunicator) {
             b[i]
         );
     }
+
+    // GPU Muon, whole tensors a rank: each matrix's Newton–Schulz products
+    // read only that matrix, laid out the same wherever it starts: bit for
+    // bit against one GpuOptimizer over the summed gradients.
+    let shapes = matrix_shapes();
+    let p = shaped(&shapes, |i| (i as f32 * 0.37).sin());
+    let muon = rule(RuleKind::Muon);
+    let mut opt = ShardedOptimizer::with_shapes(
+        MpiCollective::new(world.duplicate()),
+        &refs(&p),
+        &shapes,
+        GradReduce::Sum,
+        |t, s| GpuOptimizer::with_shapes(&ctx, muon.clone(), t, s),
+    )
+    .unwrap();
+    let mut reference = GpuOptimizer::with_shapes(&ctx, muon.clone(), &refs(&p), &shapes).unwrap();
+    let lengths: Vec<usize> = shapes.iter().map(|s| s.numel().unwrap()).collect();
+    let split = wgpu_optim::Layout::new(&lengths).unwrap();
+    for s in 0..3 {
+        opt.step(&refs(&shaped(&shapes, |i| grad(rank, s, i))))
+            .unwrap();
+        let g = shaped_reduced(&shapes, n, s);
+        reference.step(&split.split(&g).unwrap()).unwrap();
+    }
+    assert_same(
+        &opt.checkpoint().unwrap(),
+        &reference.checkpoint().unwrap(),
+        &format!("GPU muon whole np {n}"),
+    );
 }

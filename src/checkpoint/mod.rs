@@ -351,7 +351,7 @@ impl Checkpoint {
 
     /// The layout of the parameter tensors, with their shapes if the
     /// checkpoint has them.
-    fn layout(&self) -> Result<crate::Layout> {
+    pub(crate) fn layout(&self) -> Result<crate::Layout> {
         let layout = crate::Layout::new(&self.lengths)?;
         if self.shapes.is_empty() {
             return Ok(layout);

@@ -16,13 +16,23 @@
 //!    ([`crate::CpuOptimizer`], [`crate::GpuOptimizer`]) built over it;
 //! 4. the shards of the parameters are all-gathered.
 //!
+//! [`ShardedOptimizer::with_shapes`] shards at tensor boundaries instead:
+//! every rank owns whole tensors ([`whole_tensor_shards`], contiguous,
+//! balanced by elements as nearly as whole tensors allow), which the
+//! matrix rules (Adafactor, Muon) need; the step is the same, and it works
+//! for every rule. It needs at least one tensor a rank. Its checkpoints
+//! carry the shapes, by which [`merge`] and [`split`] know the cut.
+//!
 //! # Determinism, and where it differs from one process
 //!
 //! The transport only moves data; every sum is formed here, in rank order,
 //! so a run is reproducible bit for bit for a given N. It ends bit for bit
 //! where one [`crate::CpuOptimizer`] ends when that one is given the same
 //! reduced gradients (summed in rank order, as above), for every
-//! element-wise rule — except for the gradient norm of clipping: one
+//! element-wise rule, and with whole tensors a rank for every rule (each
+//! rank runs one process's code on whole tensors: the matrix rules, and
+//! LAMB on the CPU, bit for bit; tested on both backends for the matrix
+//! rules) — except for the gradient norm of clipping: one
 //! process adds the squares in chunks of 65,536 elements, the ranks in
 //! their shards' pieces of those chunks, so the f64 sums associate
 //! differently (a relative difference of order 1e-16), which after rounding
@@ -78,7 +88,7 @@ pub use collective::{Collective, ThreadCollective};
 use crate::checkpoint::Checkpoint;
 use crate::clip::{sum_squares, ClipGradNorm};
 use crate::error::{Error, Result};
-use crate::layout::Layout;
+use crate::layout::{Layout, Shape};
 use crate::optimizer::Optimizer;
 use crate::rules::{inverse_grad_scale, Config, RuleKind};
 use std::ops::Range;
@@ -99,6 +109,77 @@ pub fn shard_range(total: usize, ranks: usize, rank: usize) -> Range<usize> {
     let (base, extra) = (total / ranks, total % ranks);
     let start = rank * base + rank.min(extra);
     start..start + base + usize::from(rank < extra)
+}
+
+/// The tensors each of `ranks` ranks owns when shards hold whole tensors
+/// ([`ShardedOptimizer::with_shapes`]): contiguous ranges of tensor
+/// indices, each rank at least one tensor, each boundary the tensor
+/// boundary nearest to where [`shard_range`] would cut (the first of two
+/// as near). Refused ([`Error::InvalidOptions`]) with fewer tensors than
+/// ranks.
+pub fn whole_tensor_shards(lengths: &[usize], ranks: usize) -> Result<Vec<Range<usize>>> {
+    let (t, ranks) = (lengths.len(), ranks.max(1));
+    if t < ranks {
+        return Err(Error::InvalidOptions(format!(
+            "{t} tensors cannot be sharded whole over {ranks} ranks: each rank needs one"
+        )));
+    }
+    let mut ends = vec![0usize; t + 1];
+    for (i, &n) in lengths.iter().enumerate() {
+        ends[i + 1] = ends[i] + n;
+    }
+    let total = ends[t];
+    let mut out = Vec::with_capacity(ranks);
+    let mut start = 0;
+    for r in 1..ranks {
+        let target = shard_range(total, ranks, r).start;
+        // At least one tensor for this rank and for each one after it.
+        let (lo, hi) = (start + 1, t - (ranks - r));
+        let cut = (lo..=hi)
+            .min_by_key(|&b| ends[b].abs_diff(target))
+            .unwrap_or(lo);
+        out.push(start..cut);
+        start = cut;
+    }
+    out.push(start..t);
+    Ok(out)
+}
+
+/// One rank's shard: its packed elements and, when shards hold whole
+/// tensors, its tensors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shard {
+    elements: Range<usize>,
+    tensors: Option<Range<usize>>,
+}
+
+/// Every rank's shard of tensors of `lengths`: cut anywhere
+/// ([`shard_range`]) or, with `whole`, at tensor boundaries
+/// ([`whole_tensor_shards`]).
+fn shards_of(lengths: &[usize], ranks: usize, whole: bool) -> Result<Vec<Shard>> {
+    if !whole {
+        let total = lengths.iter().sum();
+        return Ok((0..ranks)
+            .map(|r| Shard {
+                elements: shard_range(total, ranks, r),
+                tensors: None,
+            })
+            .collect());
+    }
+    let layout = Layout::new(lengths)?;
+    Ok(whole_tensor_shards(lengths, ranks)?
+        .into_iter()
+        .map(|t| Shard {
+            elements: span(&layout, t.clone()),
+            tensors: Some(t),
+        })
+        .collect())
+}
+
+/// The packed elements of tensors `tensors` of `layout`.
+fn span(layout: &Layout, tensors: Range<usize>) -> Range<usize> {
+    let at = |i: usize| layout.offsets().get(i).copied().unwrap_or(layout.total());
+    at(tensors.start)..at(tensors.end)
 }
 
 /// The lengths of the pieces of the tensors (`lengths`, packed) that fall in
@@ -195,6 +276,8 @@ pub struct ShardedOptimizer<C: Collective, O: Optimizer> {
     layout: Layout,
     /// Every rank's shard, in rank order.
     ranges: Vec<Range<usize>>,
+    /// Every rank's tensors, when shards hold whole tensors (`with_shapes`).
+    tensor_shards: Option<Vec<Range<usize>>>,
     /// All the parameters, packed, as every rank holds them.
     params: Vec<f32>,
     inner: O,
@@ -208,15 +291,23 @@ pub struct ShardedOptimizer<C: Collective, O: Optimizer> {
     inv_scale: f32,
 }
 
-/// An FNV-1a hash of the tensor lengths and the rule, to compare ranks.
-fn fingerprint(lengths: &[usize], rule: &str) -> u64 {
+/// An FNV-1a hash of the tensor lengths, their shapes if any, and the
+/// rule, to compare ranks.
+fn fingerprint(layout: &Layout, rule: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |b: u8| {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     };
-    for &n in lengths {
+    for &n in layout.lengths() {
         (n as u64).to_le_bytes().into_iter().for_each(&mut eat);
+    }
+    for shape in layout.shapes().unwrap_or_default() {
+        // A separator, so that [2, 3] [4] and [2] [3, 4] differ.
+        eat(0xff);
+        for &d in shape.dims() {
+            (d as u64).to_le_bytes().into_iter().for_each(&mut eat);
+        }
     }
     rule.bytes().for_each(&mut eat);
     h
@@ -242,31 +333,112 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// ranks of `comm`, and builds this rank's inner optimizer with `build`
     /// over its shard's pieces of the tensors ([`shard_lengths`]). Refused
     /// on every rank when any rank's `build` fails, the ranks' tensor
-    /// lengths or rules differ ([`Error::RankMismatch`]), or the rule is
-    /// LAMB on an inner optimizer that cannot
-    /// [`Optimizer::step_combining_tensor_sums`] (its own clipping or skip,
-    /// groups, low precision: [`Error::Unsupported`]).
+    /// lengths or rules differ ([`Error::RankMismatch`]), the rule is a
+    /// matrix rule (a shard cuts its matrices: build it with
+    /// [`ShardedOptimizer::with_shapes`]), or the rule is LAMB on an inner
+    /// optimizer that cannot [`Optimizer::step_combining_tensor_sums`] (its
+    /// own clipping or skip, groups, low precision: [`Error::Unsupported`]).
     pub fn new(
         comm: C,
         params: &[&[f32]],
         reduce: GradReduce,
         build: impl FnOnce(&[&[f32]]) -> Result<O>,
     ) -> Result<Self> {
+        Self::build(comm, params, None, reduce, |pieces, _| build(pieces))
+    }
+
+    /// As [`ShardedOptimizer::new`], with each tensor's [`Shape`], for any
+    /// rule, the matrix rules (Adafactor, Muon) included: shards hold whole
+    /// tensors ([`whole_tensor_shards`]), and `build` gets this rank's
+    /// tensors and their shapes, to build its inner optimizer with
+    /// ([`crate::CpuOptimizer::with_shapes`],
+    /// [`crate::GpuOptimizer::with_shapes`]). Shards are balanced by
+    /// elements as nearly as whole tensors allow: a model whose largest
+    /// tensor is most of it puts most of the state on one rank. Besides
+    /// `new`'s refusals: shapes that do not hold their tensors
+    /// ([`Error::ShapeMismatch`]), fewer tensors than ranks
+    /// ([`Error::InvalidOptions`]), ranks whose shapes differ
+    /// ([`Error::RankMismatch`]), and a matrix rule's inner optimizer built
+    /// over other shapes than its shard's ([`Error::InvalidOptions`]).
+    ///
+    /// ```
+    /// use wgpu_optim::sharded::{GradReduce, ShardedOptimizer, ThreadCollective};
+    /// use wgpu_optim::{CpuOptimizer, Muon, Shape};
+    /// let (w1, w2) = (vec![0.5f32; 6], vec![-0.5f32; 4]);
+    /// let shapes = [Shape::matrix(2, 3), Shape::matrix(2, 2)];
+    /// let owned: Vec<usize> = std::thread::scope(|s| {
+    ///     let handles: Vec<_> = ThreadCollective::group(2)
+    ///         .into_iter()
+    ///         .map(|comm| {
+    ///             let (w1, w2, shapes) = (&w1, &w2, &shapes);
+    ///             s.spawn(move || {
+    ///                 let mut opt = ShardedOptimizer::with_shapes(
+    ///                     comm, &[w1, w2], shapes, GradReduce::Mean,
+    ///                     |tensors, shapes| CpuOptimizer::with_shapes(Muon::default(), tensors, shapes),
+    ///                 )?;
+    ///                 opt.step(&[&[0.1; 6], &[0.2; 4]])?;
+    ///                 Ok::<_, wgpu_optim::Error>(opt.shard().len())
+    ///             })
+    ///         })
+    ///         .collect();
+    ///     handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    /// });
+    /// // Rank 0 owns the 2×3 matrix, rank 1 the 2×2.
+    /// assert_eq!(owned, vec![6, 4]);
+    /// ```
+    pub fn with_shapes(
+        comm: C,
+        params: &[&[f32]],
+        shapes: &[Shape],
+        reduce: GradReduce,
+        build: impl FnOnce(&[&[f32]], &[Shape]) -> Result<O>,
+    ) -> Result<Self> {
+        Self::build(comm, params, Some(shapes), reduce, build)
+    }
+
+    /// `new` (no shapes: shards cut anywhere) or `with_shapes` (whole
+    /// tensors).
+    fn build(
+        comm: C,
+        params: &[&[f32]],
+        shapes: Option<&[Shape]>,
+        reduce: GradReduce,
+        build: impl FnOnce(&[&[f32]], &[Shape]) -> Result<O>,
+    ) -> Result<Self> {
         let (n, rank) = (comm.size(), comm.rank());
         let local = (|| {
             if params.is_empty() {
                 return Err(Error::EmptyParameterList);
             }
-            let layout = Layout::of(params)?;
-            let ranges: Vec<_> = (0..n).map(|r| shard_range(layout.total(), n, r)).collect();
-            let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
-            let mine = &flat[ranges[rank].clone()];
-            let pieces = Layout::new(&shard_lengths(layout.lengths(), ranges[rank].clone()))?;
-            let inner = build(&pieces.split(mine)?)?;
-            if inner.config().is_matrix_rule() {
-                return Err(matrix_rule_unsupported(inner.config()));
+            let mut layout = Layout::of(params)?;
+            if let Some(shapes) = shapes {
+                layout = layout.with_shapes(shapes)?;
             }
-            if inner.config().kind() == RuleKind::Lamb && !inner.combines_tensor_sums() {
+            let shards = shards_of(layout.lengths(), n, shapes.is_some())?;
+            let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
+            let me = &shards[rank];
+            let mine = &flat[me.elements.clone()];
+            let pieces = Layout::new(&match &me.tensors {
+                // Whole tensors, empty ones included.
+                Some(t) => layout.lengths()[t.clone()].to_vec(),
+                None => shard_lengths(layout.lengths(), me.elements.clone()),
+            })?;
+            let my_shapes = match (&me.tensors, shapes) {
+                (Some(t), Some(s)) => s[t.clone()].to_vec(),
+                _ => Vec::new(),
+            };
+            let inner = build(&pieces.split(mine)?, &my_shapes)?;
+            let config = inner.config();
+            if config.is_matrix_rule() && shapes.is_none() {
+                return Err(matrix_rule_unsupported(config));
+            }
+            if config.is_matrix_rule() && inner.layout().shapes() != Some(&my_shapes[..]) {
+                return Err(Error::InvalidOptions(format!(
+                    "{} in a ShardedOptimizer: the inner optimizer was not built over its shard's shapes",
+                    config.kind()
+                )));
+            }
+            if config.kind() == RuleKind::Lamb && !inner.combines_tensor_sums() {
                 return Err(Error::Unsupported(
                     "LAMB in a ShardedOptimizer over an inner optimizer that cannot combine its per-tensor norms across ranks (one with its own clipping, non-finite skip, groups or low-precision storage)".into(),
                 ));
@@ -276,18 +448,18 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
                     "the inner optimizer was not built over the shard given".into(),
                 ));
             }
-            Ok((layout, ranges, flat, inner))
+            Ok((layout, shards, flat, inner))
         })();
         // One call: each rank's success and what it was built with.
         let mine = match &local {
             Ok((layout, _, _, inner)) => {
-                let h = fingerprint(layout.lengths(), inner.config().kind().name());
+                let h = fingerprint(layout, inner.config().kind().name());
                 [0.0, (h >> 32) as f64, (h & 0xffff_ffff) as f64]
             }
             Err(_) => [1.0, 0.0, 0.0],
         };
         let all = comm.all_gather_f64(&mine)?;
-        let (layout, ranges, params, inner) = local?;
+        let (layout, shards, params, inner) = local?;
         if let Some(r) = all.chunks(3).position(|c| c[0] != 0.0) {
             return Err(Error::RankMismatch(format!(
                 "rank {r} failed to build its shard"
@@ -295,13 +467,14 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
         }
         if let Some(r) = all.chunks(3).position(|c| c[1..] != mine[1..]) {
             return Err(Error::RankMismatch(format!(
-                "rank {r} has other tensor lengths or another rule than rank {rank}"
+                "rank {r} has other tensor lengths, shapes or another rule than rank {rank}"
             )));
         }
         Ok(ShardedOptimizer {
             comm,
             layout,
-            ranges,
+            ranges: shards.iter().map(|s| s.elements.clone()).collect(),
+            tensor_shards: shards.into_iter().map(|s| s.tensors).collect(),
             params,
             inner,
             reduce,
@@ -420,6 +593,23 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
         self.ranges[self.comm.rank()].clone()
     }
 
+    /// The tensors whose state this rank holds, when shards hold whole
+    /// tensors ([`ShardedOptimizer::with_shapes`]); `None` when they cut
+    /// anywhere.
+    pub fn shard_tensors(&self) -> Option<Range<usize>> {
+        Some(self.tensor_shards.as_ref()?[self.comm.rank()].clone())
+    }
+
+    /// Every rank's shard, in rank order.
+    fn shards(&self) -> Vec<Shard> {
+        (0..self.ranges.len())
+            .map(|r| Shard {
+                elements: self.ranges[r].clone(),
+                tensors: self.tensor_shards.as_ref().map(|t| t[r].clone()),
+            })
+            .collect()
+    }
+
     /// This rank's optimizer over its shard.
     pub fn inner(&self) -> &O {
         &self.inner
@@ -505,6 +695,12 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// loss scale; [`merge`] makes one single-file checkpoint of all ranks'.
     pub fn shard_checkpoint(&self) -> Result<Checkpoint> {
         let mut c = self.inner.checkpoint()?;
+        // The shard's own shapes with whole tensors (so that `merge` and
+        // `split` know the cut), none for pieces.
+        c.shapes = match (self.shard_tensors(), self.layout.shapes()) {
+            (Some(t), Some(s)) => s[t].to_vec(),
+            _ => Vec::new(),
+        };
         c.clip = self.clip;
         c.skip_nonfinite = self.skip_nonfinite;
         c.skipped_steps = self.skipped;
@@ -516,12 +712,17 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// state all-gathered: the whole state's bytes through each rank).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut c = self.shard_checkpoint()?;
-        let counts: Vec<usize> = self.ranges.iter().map(|r| r.len()).collect();
-        for (_, v) in c.state.iter_mut() {
+        let shards = self.shards();
+        for (name, v) in c.state.iter_mut() {
+            // A state tensor's shard: the shard's elements, or (Adafactor's
+            // factored state) the state of the shard's whole tensors.
+            let state = self.layout.state_layout(self.inner.config(), name);
+            let counts: Vec<usize> = shards.iter().map(|s| state_span(&state, s).len()).collect();
             *v = self.comm.all_gather_f32(v, &counts)?;
         }
         c.params = Some(self.params.clone());
         c.lengths = self.layout.lengths().to_vec();
+        c.shapes = self.layout.shapes().unwrap_or_default().to_vec();
         Ok(c)
     }
 
@@ -530,7 +731,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// [`crate::CpuOptimizer::load_checkpoint`], on every rank: if any rank
     /// refuses, none changes.
     pub fn load_checkpoint(&mut self, ckpt: &Checkpoint) -> Result<()> {
-        let (n, rank) = (self.ranges.len(), self.comm.rank());
+        let rank = self.comm.rank();
         let local = (|| {
             if ckpt.lengths != self.layout.lengths() {
                 return Err(Error::CheckpointMismatch {
@@ -543,7 +744,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             if let Some(c) = ckpt.clip {
                 c.validate()?;
             }
-            let shard = split_one(ckpt, n, rank)?;
+            let shard = split_one(ckpt, &self.shards()[rank])?;
             let before = self.inner.checkpoint()?;
             self.inner.load_checkpoint(&shard)?;
             Ok((before, inv_scale))
@@ -575,20 +776,40 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     }
 }
 
+/// The packed elements of a state tensor (laid out as `state`, from
+/// [`Layout::state_layout`]) that `shard` holds: its elements, or with whole
+/// tensors the state of its tensors.
+fn state_span(state: &Layout, shard: &Shard) -> Range<usize> {
+    match &shard.tensors {
+        Some(t) => span(state, t.clone()),
+        None => shard.elements.clone(),
+    }
+}
+
 /// One rank's shard of a single-file checkpoint.
-fn split_one(full: &Checkpoint, ranks: usize, rank: usize) -> Result<Checkpoint> {
-    let range = shard_range(full.lengths.iter().sum(), ranks, rank);
+fn split_one(full: &Checkpoint, shard: &Shard) -> Result<Checkpoint> {
+    let layout = full.layout()?;
     let mut c = full.clone();
-    c.lengths = shard_lengths(&full.lengths, range.clone());
-    for (_, v) in c.state.iter_mut() {
+    (c.lengths, c.shapes) = match &shard.tensors {
+        Some(t) => (
+            full.lengths[t.clone()].to_vec(),
+            full.shapes.get(t.clone()).unwrap_or_default().to_vec(),
+        ),
+        None => (
+            shard_lengths(&full.lengths, shard.elements.clone()),
+            Vec::new(),
+        ),
+    };
+    for (name, v) in c.state.iter_mut() {
+        let range = state_span(&layout.state_layout(&full.config, name), shard);
         *v = v
-            .get(range.clone())
+            .get(range)
             .ok_or_else(|| Error::Checkpoint("a state tensor is shorter than the tensors".into()))?
             .to_vec();
     }
     if let Some(p) = &mut c.params {
         *p = p
-            .get(range)
+            .get(shard.elements.clone())
             .ok_or_else(|| Error::Checkpoint("the parameters are shorter than the tensors".into()))?
             .to_vec();
     }
@@ -596,32 +817,34 @@ fn split_one(full: &Checkpoint, ranks: usize, rank: usize) -> Result<Checkpoint>
     Ok(c)
 }
 
-/// A shard cuts tensors at any element: a matrix rule (Adafactor, Muon)
-/// needs each matrix whole.
+/// Without shapes a shard cuts tensors at any element: a matrix rule
+/// (Adafactor, Muon) needs each matrix whole.
 fn matrix_rule_unsupported(config: &crate::Config) -> Error {
     Error::Unsupported(format!(
-        "{} in a ShardedOptimizer (a shard cuts its matrices)",
+        "{} in ShardedOptimizer::new, whose shards cut matrices: build it with ShardedOptimizer::with_shapes (whole tensors a rank)",
         config.kind()
     ))
 }
 
 /// The single-file checkpoint over `lengths` of the ranks' shard
 /// checkpoints ([`ShardedOptimizer::shard_checkpoint`]), in rank order:
-/// their state and parameters concatenated. They must agree on everything
-/// else (rule, step, scalar state, options) and their shards must add up
-/// to `lengths` ([`Error::CheckpointMismatch`]).
+/// their state, parameters and shapes concatenated. Shards with shapes are
+/// whole tensors ([`whole_tensor_shards`]), the others pieces
+/// ([`shard_range`]). They must agree on everything else (rule, step,
+/// scalar state, options) and their shards must add up to `lengths`
+/// ([`Error::CheckpointMismatch`]).
 pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
     let Some(first) = shards.first() else {
         return Err(Error::Checkpoint("no shard checkpoints to merge".into()));
     };
-    let total: usize = lengths.iter().sum();
-    if first.config.is_matrix_rule() {
-        return Err(matrix_rule_unsupported(&first.config));
-    }
-    for (r, s) in shards.iter().enumerate() {
+    let whole = !first.shapes.is_empty();
+    let cuts = shards_of(lengths, shards.len(), whole)?;
+    for (r, (s, cut)) in shards.iter().zip(&cuts).enumerate() {
         s.validate()?;
-        let range = shard_range(total, shards.len(), r);
-        let want = shard_lengths(lengths, range);
+        let want = match &cut.tensors {
+            Some(t) => lengths[t.clone()].to_vec(),
+            None => shard_lengths(lengths, cut.elements.clone()),
+        };
         let same = s.config == first.config
             && s.step == first.step
             && s.buffer_filled == first.buffer_filled
@@ -631,6 +854,7 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
             && s.skipped_steps == first.skipped_steps
             && s.grad_scale == first.grad_scale
             && s.params.is_some() == first.params.is_some()
+            && s.shapes.is_empty() != whole
             && s.state
                 .iter()
                 .map(|(n, _)| n)
@@ -643,8 +867,15 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
             });
         }
     }
+    if first.config.is_matrix_rule() && !whole {
+        return Err(matrix_rule_unsupported(&first.config));
+    }
     let mut c = first.clone();
     c.lengths = lengths.to_vec();
+    c.shapes = shards
+        .iter()
+        .flat_map(|s| s.shapes.iter().cloned())
+        .collect();
     for (i, (_, v)) in c.state.iter_mut().enumerate() {
         *v = shards
             .iter()
@@ -666,14 +897,20 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
 /// A single-file checkpoint cut into the shard checkpoints of `ranks`
 /// ranks (the inverse of [`merge`]), to load with
 /// [`Optimizer::load_checkpoint`] into each rank's inner optimizer, or to
-/// save per rank.
+/// save per rank: whole tensors a rank ([`whole_tensor_shards`], as
+/// [`ShardedOptimizer::with_shapes`] cuts) when the checkpoint has shapes,
+/// pieces ([`shard_range`], as [`ShardedOptimizer::new`]) otherwise.
 pub fn split(full: &Checkpoint, ranks: usize) -> Result<Vec<Checkpoint>> {
     full.validate()?;
-    if full.config.is_matrix_rule() {
-        return Err(matrix_rule_unsupported(&full.config));
-    }
     if ranks == 0 {
         return Err(Error::Checkpoint("split into 0 ranks".into()));
     }
-    (0..ranks).map(|r| split_one(full, ranks, r)).collect()
+    let whole = !full.shapes.is_empty();
+    if full.config.is_matrix_rule() && !whole {
+        return Err(matrix_rule_unsupported(&full.config));
+    }
+    shards_of(&full.lengths, ranks, whole)?
+        .iter()
+        .map(|s| split_one(full, s))
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! The sharded optimizer over threads against one CpuOptimizer given the
 //! same reduced gradients: bit for bit (see the module docs for why that
-//! can hold), for every element-wise rule and rank counts 1..4.
+//! can hold), for every element-wise rule and rank counts 1..4, and with
+//! whole tensors a rank for every rule, the matrix rules included.
 
 use super::*;
 use crate::rules::Sgd;
@@ -145,7 +146,7 @@ fn shard_ranges_cover_the_elements_in_order() {
 
 #[test]
 fn every_elementwise_rule_matches_one_process_bit_for_bit() {
-    // The matrix rules are refused (a shard cuts their matrices).
+    // The matrix rules need whole tensors: `with_shapes`, tested below.
     for kind in RuleKind::ALL
         .into_iter()
         .filter(|&k| k != RuleKind::Lamb && !k.default_config().is_matrix_rule())
@@ -527,5 +528,310 @@ fn ranks_with_empty_shards_still_step_together() {
         // The four ranks' gradients sum to (4, −4): norm √32, below 100.
         assert_eq!(norm, Some(32f32.sqrt()));
         assert_eq!(params, vec![1.0 - 0.5 * 4.0, 2.0 + 0.5 * 4.0]);
+    }
+}
+
+/// Shapes for the whole-tensor cases: Muon needs every tensor 2-D; the
+/// mixed set has Adafactor factor two matrices and a batch of them and
+/// keep a full variance for the vectors.
+const MATRICES: [&[usize]; 5] = [&[3, 4], &[5, 2], &[6, 7], &[4, 4], &[2, 9]];
+const MIXED: [&[usize]; 6] = [&[3, 4], &[5], &[2, 3, 4], &[6, 7], &[1], &[0]];
+
+fn shapes_of(dims: &[&[usize]]) -> Vec<Shape> {
+    dims.iter().map(|d| Shape::new(d)).collect()
+}
+
+/// Per-tensor values `f(i)` of the packed index `i`, over `shapes`.
+fn shaped(shapes: &[Shape], f: impl Fn(usize) -> f32) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    shapes
+        .iter()
+        .map(|s| {
+            let n = s.numel().unwrap();
+            at += n;
+            (at - n..at).map(&f).collect()
+        })
+        .collect()
+}
+
+/// `config` with whole tensors a rank over `n` ranks (thread ranks), and
+/// one CpuOptimizer with the same shapes over the rank-order sums: every
+/// rank's single-file checkpoint and the single process's.
+fn run_whole(
+    config: &Config,
+    shapes: &[Shape],
+    n: usize,
+    steps: usize,
+    reduce: GradReduce,
+) -> (Vec<Checkpoint>, Checkpoint) {
+    let p = shaped(shapes, |i| (i as f32 * 0.37).sin());
+    let sharded = on_ranks(n, |comm| {
+        let rank = comm.rank();
+        let mut opt =
+            ShardedOptimizer::with_shapes(comm, &refs(&p), shapes, reduce, |tensors, shapes| {
+                CpuOptimizer::with_shapes(config.clone(), tensors, shapes)
+            })
+            .unwrap();
+        for s in 0..steps {
+            opt.step(&refs(&shaped(shapes, |i| grad(rank, s, i))))
+                .unwrap();
+        }
+        opt.checkpoint().unwrap()
+    });
+    let mut single = CpuOptimizer::with_shapes(config.clone(), &refs(&p), shapes).unwrap();
+    for s in 0..steps {
+        let mut g = shaped(shapes, |i| grad(0, s, i)).concat();
+        for r in 1..n {
+            let more = shaped(shapes, |i| grad(r, s, i)).concat();
+            g.iter_mut().zip(more).for_each(|(a, b)| *a += b);
+        }
+        if reduce == GradReduce::Mean {
+            g.iter_mut().for_each(|a| *a /= n as f32);
+        }
+        single.step_flat(&g).unwrap();
+    }
+    (sharded, single.checkpoint())
+}
+
+#[test]
+fn whole_tensor_shards_are_contiguous_balanced_and_never_empty() {
+    assert_eq!(
+        whole_tensor_shards(&[12, 10, 42, 16, 18], 2).unwrap(),
+        vec![0..3, 3..5]
+    );
+    // One large tensor: the others still get one tensor each.
+    assert_eq!(
+        whole_tensor_shards(&[1000, 1, 1], 3).unwrap(),
+        vec![0..1, 1..2, 2..3]
+    );
+    assert_eq!(
+        whole_tensor_shards(&[4, 4, 4, 4], 4).unwrap(),
+        vec![0..1, 1..2, 2..3, 3..4]
+    );
+    assert_eq!(whole_tensor_shards(&[5, 0, 3], 1).unwrap(), vec![0..3]);
+    assert!(matches!(
+        whole_tensor_shards(&[5, 3], 3),
+        Err(Error::InvalidOptions(_))
+    ));
+    // Every cut is the tensor boundary nearest the element cut.
+    let lengths = [7usize, 1, 0, 17, 38, 600, 1300, 300, 5, 90];
+    for n in 1..=6 {
+        let shards = whole_tensor_shards(&lengths, n).unwrap();
+        let mut at = 0;
+        for t in &shards {
+            assert_eq!(t.start, at);
+            assert!(!t.is_empty());
+            at = t.end;
+        }
+        assert_eq!(at, lengths.len());
+    }
+}
+
+#[test]
+fn every_rule_with_whole_tensors_matches_one_process_bit_for_bit() {
+    // Each rank steps whole tensors with the same CPU code one process
+    // runs on them: bit for bit for every rule, the matrix rules and LAMB
+    // (its norms are then whole-tensor sums, formed as in one process)
+    // included. Muon where every tensor is a matrix, the others over
+    // matrices, vectors, a batch of matrices and an empty tensor.
+    for kind in RuleKind::ALL {
+        let dims: &[&[usize]] = if kind == RuleKind::Muon {
+            &MATRICES
+        } else {
+            &MIXED
+        };
+        let shapes = shapes_of(dims);
+        let config = kind.default_config();
+        for n in 1..=4 {
+            for reduce in [GradReduce::Sum, GradReduce::Mean] {
+                let (sharded, single) = run_whole(&config, &shapes, n, 3, reduce);
+                for (r, c) in sharded.iter().enumerate() {
+                    assert_same(
+                        c,
+                        &single,
+                        &format!("{} whole n={n} {reduce:?} rank {r}", kind.name()),
+                    );
+                    assert_eq!(c.shapes, shapes);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matrix_rule_checkpoints_move_from_four_ranks_to_two_to_one() {
+    // Adafactor's factored state (row and column statistics of the
+    // matrices, a full variance of the vectors) is cut by tensor and
+    // merged back; 4 ranks, then 2, then one CpuOptimizer, against one
+    // process throughout.
+    let config = RuleKind::Adafactor.default_config();
+    let shapes = shapes_of(&MIXED);
+    let p = shaped(&shapes, |i| (i as f32 * 0.37).sin());
+    let g = |s: usize| shaped(&shapes, |i| grad(0, s, i));
+    let steps = |opt: &mut ShardedOptimizer<ThreadCollective, CpuOptimizer>, s: Range<usize>| {
+        for s in s {
+            let share: Vec<Vec<f32>> = if opt.collective().rank() == 0 {
+                g(s)
+            } else {
+                g(s).iter().map(|t| vec![0.0; t.len()]).collect()
+            };
+            opt.step(&refs(&share)).unwrap();
+        }
+    };
+    let sharded = |comm| {
+        ShardedOptimizer::with_shapes(
+            comm,
+            &refs(&p),
+            &shapes,
+            GradReduce::Sum,
+            |tensors, shapes| CpuOptimizer::with_shapes(config.clone(), tensors, shapes),
+        )
+        .unwrap()
+    };
+    let shards = on_ranks(4, |comm| {
+        let mut opt = sharded(comm);
+        steps(&mut opt, 0..3);
+        opt.shard_checkpoint().unwrap()
+    });
+    let lengths: Vec<usize> = shapes.iter().map(|s| s.numel().unwrap()).collect();
+    let merged = merge(&shards, &lengths).unwrap();
+    let merged = Checkpoint::from_bytes(&merged.to_bytes().unwrap()).unwrap();
+    assert_eq!(merged.shapes, shapes);
+    assert_eq!(split(&merged, 4).unwrap(), shards);
+    let two = on_ranks(2, |comm| {
+        let mut opt = sharded(comm);
+        opt.load_checkpoint(&merged).unwrap();
+        steps(&mut opt, 3..5);
+        opt.checkpoint().unwrap()
+    });
+    assert_eq!(two[0], two[1]);
+    let mut one = CpuOptimizer::from_checkpoint(&two[0]).unwrap();
+    one.step(&refs(&g(5))).unwrap();
+    let mut single = CpuOptimizer::with_shapes(config.clone(), &refs(&p), &shapes).unwrap();
+    for s in 0..6 {
+        single.step(&refs(&g(s))).unwrap();
+    }
+    assert_same(
+        &one.checkpoint(),
+        &single.checkpoint(),
+        "adafactor 4 -> 2 -> 1",
+    );
+    // Without shapes a matrix rule's checkpoint cannot be cut.
+    let mut bare = merged.clone();
+    bare.shapes.clear();
+    assert!(split(&bare, 2).is_err());
+}
+
+#[test]
+fn matrix_rules_without_shapes_and_too_few_tensors_are_refused_on_every_rank() {
+    let shapes = shapes_of(&MATRICES);
+    let p = shaped(&shapes, |i| i as f32);
+    // `new` cuts anywhere: a matrix rule is refused, pointing at with_shapes.
+    for e in on_ranks(2, |comm| {
+        ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(RuleKind::Adafactor.default_config(), s)
+        })
+        .err()
+    }) {
+        assert!(
+            matches!(e, Some(Error::Unsupported(ref m)) if m.contains("with_shapes")),
+            "{e:?}"
+        );
+    }
+    // Five tensors over six ranks: one would own none.
+    for e in on_ranks(6, |comm| {
+        ShardedOptimizer::with_shapes(comm, &refs(&p), &shapes, GradReduce::Sum, |t, s| {
+            CpuOptimizer::with_shapes(RuleKind::Muon.default_config(), t, s)
+        })
+        .err()
+    }) {
+        assert!(
+            matches!(
+                e,
+                Some(Error::RankMismatch(_)) | Some(Error::InvalidOptions(_))
+            ),
+            "{e:?}"
+        );
+    }
+    // Ranks that disagree on a shape (same lengths): every rank refuses.
+    for e in on_ranks(2, |comm| {
+        let mut mine = shapes.clone();
+        if comm.rank() == 1 {
+            mine[0] = Shape::matrix(4, 3);
+        }
+        ShardedOptimizer::with_shapes(comm, &refs(&p), &mine, GradReduce::Sum, |t, s| {
+            CpuOptimizer::with_shapes(RuleKind::Muon.default_config(), t, s)
+        })
+        .err()
+    }) {
+        assert!(matches!(e, Some(Error::RankMismatch(_))), "{e:?}");
+    }
+    // An inner matrix-rule optimizer built over other shapes than its shard's.
+    for e in on_ranks(2, |comm| {
+        ShardedOptimizer::with_shapes(comm, &refs(&p), &shapes, GradReduce::Sum, |t, _| {
+            let flat: Vec<Shape> = t.iter().map(|x| Shape::matrix(1, x.len())).collect();
+            CpuOptimizer::with_shapes(RuleKind::Muon.default_config(), t, &flat)
+        })
+        .err()
+    }) {
+        assert!(
+            matches!(
+                e,
+                Some(Error::InvalidOptions(_)) | Some(Error::RankMismatch(_))
+            ),
+            "{e:?}"
+        );
+    }
+}
+
+/// The matrix rules sharded with whole tensors a rank, each rank's on a
+/// GpuOptimizer (the software adapter), against one GpuOptimizer over the
+/// same reduced gradients: a tensor's kernels (Adafactor's row and column
+/// reductions, Muon's Newton–Schulz products) read only that tensor, laid
+/// out the same wherever it starts, so bit for bit.
+#[test]
+fn gpu_matrix_rules_with_whole_tensors_match_one_gpu_process() {
+    let ctx = crate::GpuContext::new()
+        .unwrap_or_else(|e| panic!("the GPU case needs an adapter (mesa-vulkan-drivers): {e}"));
+    for (kind, dims) in [
+        (RuleKind::Adafactor, &MIXED[..]),
+        (RuleKind::Muon, &MATRICES[..]),
+    ] {
+        let shapes = shapes_of(dims);
+        let config = kind.default_config();
+        let p = shaped(&shapes, |i| (i as f32 * 0.37).sin());
+        for n in [2, 3] {
+            let ends = on_ranks(n, |comm| {
+                let rank = comm.rank();
+                let mut opt = ShardedOptimizer::with_shapes(
+                    comm,
+                    &refs(&p),
+                    &shapes,
+                    GradReduce::Mean,
+                    |t, s| crate::GpuOptimizer::with_shapes(&ctx, config.clone(), t, s),
+                )
+                .unwrap();
+                for s in 0..3 {
+                    opt.step(&refs(&shaped(&shapes, |i| grad(rank, s, i))))
+                        .unwrap();
+                }
+                opt.checkpoint().unwrap()
+            });
+            let mut one =
+                crate::GpuOptimizer::with_shapes(&ctx, config.clone(), &refs(&p), &shapes).unwrap();
+            for s in 0..3 {
+                let mut g = shaped(&shapes, |i| grad(0, s, i)).concat();
+                for r in 1..n {
+                    let more = shaped(&shapes, |i| grad(r, s, i)).concat();
+                    g.iter_mut().zip(more).for_each(|(a, b)| *a += b);
+                }
+                g.iter_mut().for_each(|a| *a /= n as f32);
+                one.step(&one.layout().clone().split(&g).unwrap()).unwrap();
+            }
+            let want = one.checkpoint().unwrap();
+            for (r, c) in ends.iter().enumerate() {
+                assert_same(c, &want, &format!("GPU {} n={n} rank {r}", kind.name()));
+            }
+        }
     }
 }
