@@ -262,6 +262,31 @@ fn shaped_single(config: &Config, shapes: &[Shape], n: usize, steps: usize) -> C
     o
 }
 
+/// Each rank saves its own shard checkpoint to a file; every rank merges
+/// the n files into the single file, which must be the one `checkpoint`
+/// gathers.
+fn merged_shard_files(
+    world: &SimpleCommunicator,
+    opt: &ShardedOptimizer<MpiCollective, CpuOptimizer>,
+    tag: &str,
+    lengths: &[usize],
+) -> Checkpoint {
+    let (n, rank) = (world.size() as usize, world.rank() as usize);
+    let dir = std::path::PathBuf::from(std::env::var(DIR).unwrap());
+    let shard_file = |r: usize| dir.join(format!("{tag}-{r}-of-{n}.safetensors"));
+    opt.shard_checkpoint()
+        .unwrap()
+        .save(shard_file(rank))
+        .unwrap();
+    world.barrier();
+    let shards: Vec<Checkpoint> = (0..n)
+        .map(|r| Checkpoint::load(shard_file(r)).unwrap())
+        .collect();
+    let file = merge(&shards, lengths).unwrap();
+    assert_eq!(file, opt.checkpoint().unwrap());
+    file
+}
+
 fn checks(world: &SimpleCommunicator) {
     let (n, rank) = (world.size() as usize, world.rank() as usize);
 
@@ -364,20 +389,7 @@ fn checks(world: &SimpleCommunicator) {
     for s in 0..3 {
         opt.step(&refs(&rank_grads(rank, s))).unwrap();
     }
-    // Each rank saves its own shard; every rank merges the n files into
-    // the single file, which must be the one `checkpoint` gathers.
-    let dir = std::path::PathBuf::from(std::env::var(DIR).unwrap());
-    let shard_file = |r: usize| dir.join(format!("shard-{r}-of-{n}.safetensors"));
-    opt.shard_checkpoint()
-        .unwrap()
-        .save(shard_file(rank))
-        .unwrap();
-    world.barrier();
-    let shards: Vec<Checkpoint> = (0..n)
-        .map(|r| Checkpoint::load(shard_file(r)).unwrap())
-        .collect();
-    let file = merge(&shards, &LENGTHS).unwrap();
-    assert_eq!(file, opt.checkpoint().unwrap());
+    let file = merged_shard_files(world, &opt, "adamw", &LENGTHS);
     world.barrier();
     let layout = wgpu_optim::Layout::new(&LENGTHS).unwrap();
     let want = single(&config, n, 5, GradReduce::Sum, |_| {}).checkpoint();
@@ -437,18 +449,8 @@ fn checks(world: &SimpleCommunicator) {
         opt.step(&refs(&shaped(&shapes, |i| grad(rank, s, i))))
             .unwrap();
     }
-    let shard_file = |r: usize| dir.join(format!("adafactor-{r}-of-{n}.safetensors"));
-    opt.shard_checkpoint()
-        .unwrap()
-        .save(shard_file(rank))
-        .unwrap();
-    world.barrier();
-    let shards: Vec<Checkpoint> = (0..n)
-        .map(|r| Checkpoint::load(shard_file(r)).unwrap())
-        .collect();
     let lengths: Vec<usize> = shapes.iter().map(|s| s.numel().unwrap()).collect();
-    let file = merge(&shards, &lengths).unwrap();
-    assert_eq!(file, opt.checkpoint().unwrap());
+    let file = merged_shard_files(world, &opt, "adafactor", &lengths);
     world.barrier();
     let want = shaped_single(&config, &shapes, n, 5).checkpoint();
     if let Some(sub) = world.split_by_color(color) {

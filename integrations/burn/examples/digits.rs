@@ -3,7 +3,10 @@
 //! same hyperparameters. Prints the loss and held-out accuracy of each
 //! after every epoch, and each optimizer step's median time; then times
 //! the step alone on a larger model (a few million parameters in many
-//! tensors). `--plot FILE` draws the loss curves.
+//! tensors) for every rule burn and this library share (SGD with
+//! momentum, RMSprop, Adam, AdamW, Lion, LAMB, Adafactor, Muon), burn's
+//! against ours. `--plot FILE` draws the loss curves, `--json FILE` writes
+//! the step times.
 //!
 //! ```text
 //! cargo run --release -p wgpu-optim-burn --example digits
@@ -19,11 +22,15 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{
+    AdafactorConfig, AdamConfig, AdamWConfig, GradientsParams, LambConfig, LionConfig,
+    ModuleOptimizer, MuonConfig, RmsPropConfig, SgdConfig,
+};
 use burn::tensor::{Device, Distribution, Tensor};
 use digits::{epoch_batches, load, Mlp};
 use plotters::prelude::*;
-use wgpu_optim::AdamW;
+use wgpu_optim::{Adafactor, Adam, AdamW, Config, Lamb, Lion, Muon, RmsProp, Sgd};
 use wgpu_optim_burn::{BurnGpu, ModelOptimizer};
 
 const LR: f64 = 3e-3;
@@ -70,6 +77,7 @@ struct Args {
     epochs: usize,
     plot: Option<String>,
     large_steps: usize,
+    json: Option<String>,
 }
 
 fn args() -> Args {
@@ -77,6 +85,7 @@ fn args() -> Args {
         epochs: 10,
         plot: None,
         large_steps: 20,
+        json: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,7 +94,10 @@ fn args() -> Args {
             "--epochs" => a.epochs = value().parse().expect("--epochs N"),
             "--plot" => a.plot = Some(value()),
             "--large-steps" => a.large_steps = value().parse().expect("--large-steps N"),
-            other => panic!("unknown argument {other} (--epochs N, --plot FILE, --large-steps N)"),
+            "--json" => a.json = Some(value()),
+            other => panic!(
+                "unknown argument {other} (--epochs N, --plot FILE, --large-steps N, --json FILE)"
+            ),
         }
     }
     a
@@ -156,49 +168,255 @@ struct Deep {
     layers: Vec<Linear>,
 }
 
+impl Deep {
+    /// Every parameter, packed, read back to the host.
+    fn flat(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        for l in &self.layers {
+            out.extend(
+                l.weight
+                    .val()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32 weights"),
+            );
+            if let Some(b) = &l.bias {
+                out.extend(b.val().into_data().try_to_vec::<f32>().expect("f32 biases"));
+            }
+        }
+        out
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// One rule through burn's optimizer and through ours, with the same
+/// hyperparameters (burn's defaults set to torch's where they differ).
+struct Anchor {
+    name: &'static str,
+    burn: ModuleOptimizer,
+    ours: ModelOptimizer,
+    /// burn's learning rate for its `step` (ours is in its config).
+    lr: f64,
+    /// Linear layers with biases (burn's Muon takes 2-D tensors only).
+    bias: bool,
+}
+
+fn anchors(gpu: &BurnGpu) -> Vec<Anchor> {
+    let sgd_momentum = MomentumConfig {
+        momentum: 0.9,
+        dampening: 0.0,
+        nesterov: false,
+    };
+    let anchor = |name, burn, ours: Config, lr, bias| Anchor {
+        name,
+        burn,
+        ours: ModelOptimizer::new(gpu, ours),
+        lr,
+        bias,
+    };
+    vec![
+        anchor(
+            "SGD momentum 0.9",
+            SgdConfig::new().with_momentum(Some(sgd_momentum)).init(),
+            Sgd {
+                lr: LR,
+                momentum: 0.9,
+                ..Sgd::default()
+            }
+            .into(),
+            LR,
+            true,
+        ),
+        anchor(
+            "RMSprop",
+            RmsPropConfig::new()
+                .with_alpha(0.99)
+                .with_momentum(0.0)
+                .with_epsilon(1e-8)
+                .init(),
+            RmsProp {
+                lr: LR,
+                ..RmsProp::default()
+            }
+            .into(),
+            LR,
+            true,
+        ),
+        anchor(
+            "Adam",
+            AdamConfig::new().with_epsilon(1e-8).init(),
+            Adam {
+                lr: LR,
+                ..Adam::default()
+            }
+            .into(),
+            LR,
+            true,
+        ),
+        anchor(
+            "AdamW",
+            burns(),
+            AdamW {
+                lr: LR,
+                weight_decay: WEIGHT_DECAY,
+                ..AdamW::default()
+            }
+            .into(),
+            LR,
+            true,
+        ),
+        anchor(
+            "Lion",
+            LionConfig::new()
+                .with_beta_1(0.9)
+                .with_beta_2(0.99)
+                .with_weight_decay(0.0)
+                .init(),
+            Lion {
+                lr: 1e-4,
+                betas: (0.9, 0.99),
+                weight_decay: 0.0,
+                ..Lion::default()
+            }
+            .into(),
+            1e-4,
+            true,
+        ),
+        anchor(
+            "LAMB",
+            LambConfig::new()
+                .with_epsilon(1e-6)
+                .with_weight_decay(WEIGHT_DECAY as f32)
+                .init(),
+            Lamb {
+                lr: LR,
+                eps: 1e-6,
+                weight_decay: WEIGHT_DECAY,
+                ..Lamb::default()
+            }
+            .into(),
+            LR,
+            true,
+        ),
+        anchor(
+            "Adafactor",
+            AdafactorConfig::new().init(),
+            Adafactor::default().into(),
+            Adafactor::default().lr,
+            true,
+        ),
+        anchor(
+            "Muon",
+            MuonConfig::new().init(),
+            Muon {
+                lr: 0.02,
+                weight_decay: 0.0,
+                ..Muon::default()
+            }
+            .into(),
+            0.02,
+            false,
+        ),
+    ]
+}
+
+/// Each anchor's step on 16 linear layers of 512×512: burn's and ours, on
+/// the same weights and the same input, each model stepped on its own
+/// gradients; the median step times, and how far apart the two models are
+/// after the first step (the same weights and gradients in) against how
+/// far it moved them. Only the first step says whether the two compute the
+/// same rule: this stack's gradients vanish towards its input, and the
+/// adaptive rules turn gradients near 0 into steps of about `lr` whose sign
+/// the last bits decide, so any rounding difference grows after it.
 fn large(gpu: &BurnGpu, args: &Args) {
     const WIDTH: usize = 512;
     const DEPTH: usize = 16;
     let device = gpu.device().clone().autodiff();
-    let deep = Deep {
-        layers: (0..DEPTH)
-            .map(|_| LinearConfig::new(WIDTH, WIDTH).init(&device))
-            .collect(),
-    };
-    let n = DEPTH * (WIDTH * WIDTH + WIDTH);
     let x = Tensor::<2>::random([32, WIDTH], Distribution::Default, &device);
-    let grads = |m: &Deep| {
-        let mut h = x.clone();
-        for l in &m.layers {
-            h = l.forward(h);
-        }
-        GradientsParams::from_grads(h.powi_scalar(2).mean().backward(), m)
-    };
-    let (mut a, mut b) = (deep.clone(), deep);
-    let (mut burn_opt, mut our_opt) = (burns(), ours(gpu));
-    let (mut burn_ms, mut our_ms) = (Vec::new(), Vec::new());
-    for s in 0..args.large_steps + 2 {
-        let g = grads(&a);
-        let (next, ms) = timed(&device, || burn_opt.step(LR, a, g));
-        a = next;
-        let g = grads(&b);
-        let (next, t) = timed(&device, || our_opt.step(b, g));
-        b = next.expect("wgpu-optim's step");
-        // The first two are warm-up (pipelines, the copy of the parameters
-        // the other model's clone shares).
-        if s >= 2 {
-            burn_ms.push(ms);
-            our_ms.push(t);
-        }
-    }
-    let (bm, om) = (median(burn_ms), median(our_ms));
     println!(
-        "optimizer step, median of {} ({} linear layers {WIDTH}x{WIDTH}: {n} parameters in {} tensors): burn AdamW {bm:.3} ms, wgpu-optim AdamW {om:.3} ms ({:.1}x)",
-        args.large_steps,
-        DEPTH,
-        2 * DEPTH,
-        bm / om
+        "optimizer step on {DEPTH} linear layers {WIDTH}x{WIDTH}, median of {} steps (after 2 warm-up steps):",
+        args.large_steps
     );
+    println!(
+        "{:<17} {:>10} {:>9} {:>14} {:>10} {:>12}",
+        "rule", "parameters", "tensors", "burn (ms)", "ours (ms)", "burn / ours"
+    );
+    let mut rows = Vec::new();
+    for mut anchor in anchors(gpu) {
+        let deep = Deep {
+            layers: (0..DEPTH)
+                .map(|_| {
+                    LinearConfig::new(WIDTH, WIDTH)
+                        .with_bias(anchor.bias)
+                        .init(&device)
+                })
+                .collect(),
+        };
+        let n = DEPTH * (WIDTH * WIDTH + if anchor.bias { WIDTH } else { 0 });
+        let tensors = DEPTH * if anchor.bias { 2 } else { 1 };
+        let grads = |m: &Deep| {
+            let mut h = x.clone();
+            for l in &m.layers {
+                h = l.forward(h);
+            }
+            GradientsParams::from_grads(h.powi_scalar(2).mean().backward(), m)
+        };
+        let start = deep.flat();
+        let (mut a, mut b) = (deep.clone(), deep);
+        let (mut burn_ms, mut our_ms) = (Vec::new(), Vec::new());
+        // The first step's agreement: the same weights and gradients in.
+        let (mut apart, mut moved) = (0.0f32, 0.0f32);
+        for s in 0..args.large_steps + 2 {
+            let g = grads(&a);
+            let (next, ms) = timed(&device, || anchor.burn.step(anchor.lr, a, g));
+            a = next;
+            let g = grads(&b);
+            let (next, t) = timed(&device, || anchor.ours.step(b, g));
+            b = next.expect("wgpu-optim's step");
+            if s == 0 {
+                let (pa, pb) = (a.flat(), b.flat());
+                apart = max_abs_diff(&pa, &pb);
+                moved = max_abs_diff(&pb, &start);
+            }
+            // The first two are warm-up (pipelines, the copy of the
+            // parameters the other model's clone shares).
+            if s >= 2 {
+                burn_ms.push(ms);
+                our_ms.push(t);
+            }
+        }
+        let (bm, om) = (median(burn_ms), median(our_ms));
+        println!(
+            "{:<17} {n:>10} {tensors:>9} {bm:>14.3} {om:>10.3} {:>11.1}x   (first step: max |burn - ours| {apart:.2e}, max move {moved:.2e})",
+            anchor.name,
+            bm / om
+        );
+        rows.push((anchor.name, n, tensors, bm, om, apart, moved));
+    }
+    if let Some(path) = &args.json {
+        let rows: Vec<String> = rows
+            .iter()
+            .map(|(name, n, t, bm, om, apart, moved)| {
+                format!(
+                    "{{\"rule\":\"{name}\",\"parameters\":{n},\"tensors\":{t},\"steps\":{},\"burn_median_ms\":{bm},\"ours_median_ms\":{om},\"first_step_max_abs_apart\":{apart},\"first_step_max_abs_moved\":{moved}}}",
+                    args.large_steps
+                )
+            })
+            .collect();
+        let text = format!(
+            "{{\"adapter\":\"{}\",\"large\":[{}]}}\n",
+            gpu.context().adapter_label(),
+            rows.join(",")
+        );
+        std::fs::write(path, text).expect("the JSON file");
+        println!("wrote {path}");
+    }
 }
 
 /// Two panels, loss and held-out accuracy an epoch; burn's line drawn
