@@ -835,3 +835,65 @@ fn gpu_matrix_rules_with_whole_tensors_match_one_gpu_process() {
         }
     }
 }
+
+#[test]
+fn an_elementwise_checkpoint_moves_between_pieces_and_whole_tensors() {
+    // Adam over pieces on 3 ranks, saved; loaded by 2 ranks that own whole
+    // tensors, and back: the state is per element, so either cut takes it,
+    // and the run ends bit for bit as one process's.
+    let config = RuleKind::Adam.default_config();
+    let shapes = shapes_of(&MIXED);
+    let p = shaped(&shapes, |i| (i as f32 * 0.37).sin());
+    let g = |s: usize| shaped(&shapes, |i| grad(0, s, i));
+    let share = |rank: usize, s: usize| -> Vec<Vec<f32>> {
+        if rank == 0 {
+            g(s)
+        } else {
+            g(s).iter().map(|t| vec![0.0; t.len()]).collect()
+        }
+    };
+    let pieces = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(config.clone(), s)
+        })
+        .unwrap();
+        for s in 0..2 {
+            opt.step(&refs(&share(rank, s))).unwrap();
+        }
+        opt.checkpoint().unwrap()
+    });
+    assert!(pieces[0].shapes.is_empty());
+    let whole = on_ranks(2, |comm| {
+        let rank = comm.rank();
+        let mut opt =
+            ShardedOptimizer::with_shapes(comm, &refs(&p), &shapes, GradReduce::Sum, |t, s| {
+                CpuOptimizer::with_shapes(config.clone(), t, s)
+            })
+            .unwrap();
+        assert!(opt.shard_tensors().is_some());
+        opt.load_checkpoint(&pieces[0]).unwrap();
+        for s in 2..4 {
+            opt.step(&refs(&share(rank, s))).unwrap();
+        }
+        opt.checkpoint().unwrap()
+    });
+    assert_eq!(whole[0].shapes, shapes);
+    let again = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let mut opt = ShardedOptimizer::new(comm, &refs(&p), GradReduce::Sum, |s| {
+            CpuOptimizer::new(config.clone(), s)
+        })
+        .unwrap();
+        opt.load_checkpoint(&whole[0]).unwrap();
+        opt.step(&refs(&share(rank, 4))).unwrap();
+        opt.checkpoint().unwrap()
+    });
+    let mut single = CpuOptimizer::new(config.clone(), &refs(&p)).unwrap();
+    for s in 0..5 {
+        single.step(&refs(&g(s))).unwrap();
+    }
+    for c in &again {
+        assert_same(c, &single.checkpoint(), "pieces -> whole -> pieces");
+    }
+}
