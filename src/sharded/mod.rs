@@ -153,6 +153,26 @@ struct Shard {
     tensors: Option<Range<usize>>,
 }
 
+impl Shard {
+    /// The lengths of the tensors (`lengths`, packed) the inner optimizer
+    /// of this shard is built over: its whole tensors, empty ones included,
+    /// or its pieces ([`shard_lengths`]).
+    fn piece_lengths(&self, lengths: &[usize]) -> Vec<usize> {
+        match &self.tensors {
+            Some(t) => lengths[t.clone()].to_vec(),
+            None => shard_lengths(lengths, self.elements.clone()),
+        }
+    }
+
+    /// The tensor of each of those pieces.
+    fn piece_tensors(&self, lengths: &[usize]) -> Vec<usize> {
+        match &self.tensors {
+            Some(t) => t.clone().collect(),
+            None => shard_tensors(lengths, self.elements.clone()),
+        }
+    }
+}
+
 /// Every rank's shard of tensors of `lengths`: cut anywhere
 /// ([`shard_range`]) or, with `whole`, at tensor boundaries
 /// ([`whole_tensor_shards`]).
@@ -275,9 +295,7 @@ pub struct ShardedOptimizer<C: Collective, O: Optimizer> {
     comm: C,
     layout: Layout,
     /// Every rank's shard, in rank order.
-    ranges: Vec<Range<usize>>,
-    /// Every rank's tensors, when shards hold whole tensors (`with_shapes`).
-    tensor_shards: Option<Vec<Range<usize>>>,
+    shards: Vec<Shard>,
     /// All the parameters, packed, as every rank holds them.
     params: Vec<f32>,
     inner: O,
@@ -418,11 +436,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             let flat: Vec<f32> = params.iter().flat_map(|t| t.iter().copied()).collect();
             let me = &shards[rank];
             let mine = &flat[me.elements.clone()];
-            let pieces = Layout::new(&match &me.tensors {
-                // Whole tensors, empty ones included.
-                Some(t) => layout.lengths()[t.clone()].to_vec(),
-                None => shard_lengths(layout.lengths(), me.elements.clone()),
-            })?;
+            let pieces = Layout::new(&me.piece_lengths(layout.lengths()))?;
             let my_shapes = match (&me.tensors, shapes) {
                 (Some(t), Some(s)) => s[t.clone()].to_vec(),
                 _ => Vec::new(),
@@ -473,8 +487,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
         Ok(ShardedOptimizer {
             comm,
             layout,
-            ranges: shards.iter().map(|s| s.elements.clone()).collect(),
-            tensor_shards: shards.into_iter().map(|s| s.tensors).collect(),
+            shards,
             params,
             inner,
             reduce,
@@ -493,7 +506,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// first: on error nothing changes on any rank.
     pub fn step(&mut self, grads: &[&[f32]]) -> Result<()> {
         agree(&self.comm, self.layout.check(grads))?;
-        let counts: Vec<usize> = self.ranges.iter().map(|r| r.len()).collect();
+        let counts: Vec<usize> = self.shards.iter().map(|s| s.elements.len()).collect();
         let me = self.comm.rank();
         let m = counts[me];
         let flat: Vec<f32> = grads.iter().flat_map(|t| t.iter().copied()).collect();
@@ -551,7 +564,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
         }
         let stepped = if self.inner.config().kind() == RuleKind::Lamb {
             let (comm, inner) = (&self.comm, &mut self.inner);
-            let tensors = shard_tensors(self.layout.lengths(), self.ranges[me].clone());
+            let tensors = self.shards[me].piece_tensors(self.layout.lengths());
             let n_tensors = self.layout.len();
             let pieces = inner.layout().split(&g);
             pieces.and_then(|pieces| {
@@ -590,24 +603,14 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
 
     /// The packed elements whose state this rank holds.
     pub fn shard(&self) -> Range<usize> {
-        self.ranges[self.comm.rank()].clone()
+        self.shards[self.comm.rank()].elements.clone()
     }
 
     /// The tensors whose state this rank holds, when shards hold whole
     /// tensors ([`ShardedOptimizer::with_shapes`]); `None` when they cut
     /// anywhere.
     pub fn shard_tensors(&self) -> Option<Range<usize>> {
-        Some(self.tensor_shards.as_ref()?[self.comm.rank()].clone())
-    }
-
-    /// Every rank's shard, in rank order.
-    fn shards(&self) -> Vec<Shard> {
-        (0..self.ranges.len())
-            .map(|r| Shard {
-                elements: self.ranges[r].clone(),
-                tensors: self.tensor_shards.as_ref().map(|t| t[r].clone()),
-            })
-            .collect()
+        self.shards[self.comm.rank()].tensors.clone()
     }
 
     /// This rank's optimizer over its shard.
@@ -684,7 +687,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// rank (plus 8 bytes a collective for the flags and, with clipping or
     /// the skip, 16 for the partial sums, not counted).
     pub fn bytes_sent_per_step(&self) -> u64 {
-        let n = self.ranges.len() as u64;
+        let n = self.shards.len() as u64;
         let m = self.shard().len() as u64;
         let total = self.layout.total() as u64;
         4 * ((total - m) + m * (n - 1))
@@ -712,12 +715,15 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
     /// state all-gathered: the whole state's bytes through each rank).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut c = self.shard_checkpoint()?;
-        let shards = self.shards();
         for (name, v) in c.state.iter_mut() {
             // A state tensor's shard: the shard's elements, or (Adafactor's
             // factored state) the state of the shard's whole tensors.
             let state = self.layout.state_layout(self.inner.config(), name);
-            let counts: Vec<usize> = shards.iter().map(|s| state_span(&state, s).len()).collect();
+            let counts: Vec<usize> = self
+                .shards
+                .iter()
+                .map(|s| state_span(&state, s).len())
+                .collect();
             *v = self.comm.all_gather_f32(v, &counts)?;
         }
         c.params = Some(self.params.clone());
@@ -744,7 +750,7 @@ impl<C: Collective, O: Optimizer> ShardedOptimizer<C, O> {
             if let Some(c) = ckpt.clip {
                 c.validate()?;
             }
-            let shard = split_one(ckpt, &self.shards()[rank])?;
+            let shard = split_one(ckpt, &self.shards[rank])?;
             let before = self.inner.checkpoint()?;
             self.inner.load_checkpoint(&shard)?;
             Ok((before, inv_scale))
@@ -790,15 +796,10 @@ fn state_span(state: &Layout, shard: &Shard) -> Range<usize> {
 fn split_one(full: &Checkpoint, shard: &Shard) -> Result<Checkpoint> {
     let layout = full.layout()?;
     let mut c = full.clone();
-    (c.lengths, c.shapes) = match &shard.tensors {
-        Some(t) => (
-            full.lengths[t.clone()].to_vec(),
-            full.shapes.get(t.clone()).unwrap_or_default().to_vec(),
-        ),
-        None => (
-            shard_lengths(&full.lengths, shard.elements.clone()),
-            Vec::new(),
-        ),
+    c.lengths = shard.piece_lengths(&full.lengths);
+    c.shapes = match &shard.tensors {
+        Some(t) => full.shapes.get(t.clone()).unwrap_or_default().to_vec(),
+        None => Vec::new(),
     };
     for (name, v) in c.state.iter_mut() {
         let range = state_span(&layout.state_layout(&full.config, name), shard);
@@ -841,10 +842,7 @@ pub fn merge(shards: &[Checkpoint], lengths: &[usize]) -> Result<Checkpoint> {
     let cuts = shards_of(lengths, shards.len(), whole)?;
     for (r, (s, cut)) in shards.iter().zip(&cuts).enumerate() {
         s.validate()?;
-        let want = match &cut.tensors {
-            Some(t) => lengths[t.clone()].to_vec(),
-            None => shard_lengths(lengths, cut.elements.clone()),
-        };
+        let want = cut.piece_lengths(lengths);
         let same = s.config == first.config
             && s.step == first.step
             && s.buffer_filled == first.buffer_filled
