@@ -287,6 +287,51 @@ fn merged_shard_files(
     file
 }
 
+/// Steps 3 and 4 from the single file `file` of n ranks: ranks 0..n−1 as
+/// the sharded optimizer `fewer` makes over them, the last rank alone as a
+/// plain CpuOptimizer. The gradients are the n-rank sums `reduced(step)`,
+/// given whole by rank 0 and as zeros by the others (x + 0 = x exactly),
+/// so both runs follow the same sums and must end as `want`.
+fn continue_on_fewer_and_one(
+    world: &SimpleCommunicator,
+    file: &Checkpoint,
+    fewer: impl FnOnce(MpiCollective) -> ShardedOptimizer<MpiCollective, CpuOptimizer>,
+    reduced: impl Fn(usize) -> Vec<f32>,
+    want: &Checkpoint,
+    what: &str,
+) {
+    let (n, rank) = (world.size() as usize, world.rank() as usize);
+    let layout = wgpu_optim::Layout::new(&file.lengths).unwrap();
+    let color = if rank + 1 < n {
+        Color::with_value(0)
+    } else {
+        Color::undefined()
+    };
+    if let Some(sub) = world.split_by_color(color) {
+        let mut fewer = fewer(MpiCollective::new(sub));
+        fewer.load_checkpoint(file).unwrap();
+        for s in 3..5 {
+            let g = if rank == 0 {
+                reduced(s)
+            } else {
+                vec![0.0; layout.total()]
+            };
+            fewer.step(&layout.split(&g).unwrap()).unwrap();
+        }
+        assert_same(
+            &fewer.checkpoint().unwrap(),
+            want,
+            &format!("{what}{n} ranks -> {}", n - 1),
+        );
+    } else {
+        let mut one = CpuOptimizer::from_checkpoint(file).unwrap();
+        for s in 3..5 {
+            one.step_flat(&reduced(s)).unwrap();
+        }
+        assert_same(&one.checkpoint(), want, &format!("{what}{n} ranks -> 1"));
+    }
+}
+
 fn checks(world: &SimpleCommunicator) {
     let (n, rank) = (world.size() as usize, world.rank() as usize);
 
@@ -391,36 +436,15 @@ fn checks(world: &SimpleCommunicator) {
     }
     let file = merged_shard_files(world, &opt, "adamw", &LENGTHS);
     world.barrier();
-    let layout = wgpu_optim::Layout::new(&LENGTHS).unwrap();
     let want = single(&config, n, 5, GradReduce::Sum, |_| {}).checkpoint();
-    let color = if rank + 1 < n {
-        Color::with_value(0)
-    } else {
-        Color::undefined()
-    };
-    if let Some(sub) = world.split_by_color(color) {
-        let mut fewer = cpu_sharded(MpiCollective::new(sub), &config, GradReduce::Sum);
-        fewer.load_checkpoint(&file).unwrap();
-        for s in 3..5 {
-            let g = if rank == 0 {
-                reduced(n, s, GradReduce::Sum)
-            } else {
-                vec![0.0; layout.total()]
-            };
-            fewer.step(&layout.split(&g).unwrap()).unwrap();
-        }
-        assert_same(
-            &fewer.checkpoint().unwrap(),
-            &want,
-            &format!("{n} ranks -> {}", n - 1),
-        );
-    } else {
-        let mut one = CpuOptimizer::from_checkpoint(&file).unwrap();
-        for s in 3..5 {
-            one.step_flat(&reduced(n, s, GradReduce::Sum)).unwrap();
-        }
-        assert_same(&one.checkpoint(), &want, &format!("{n} ranks -> 1"));
-    }
+    continue_on_fewer_and_one(
+        world,
+        &file,
+        |comm| cpu_sharded(comm, &config, GradReduce::Sum),
+        |s| reduced(n, s, GradReduce::Sum),
+        &want,
+        "",
+    );
 
     // The matrix rules, whole tensors a rank (`with_shapes`), bit for bit
     // against one process with the same shapes: Adafactor over matrices,
@@ -453,40 +477,14 @@ fn checks(world: &SimpleCommunicator) {
     let file = merged_shard_files(world, &opt, "adafactor", &lengths);
     world.barrier();
     let want = shaped_single(&config, &shapes, n, 5).checkpoint();
-    if let Some(sub) = world.split_by_color(color) {
-        let mut fewer = whole_sharded(MpiCollective::new(sub), &config, &shapes);
-        fewer.load_checkpoint(&file).unwrap();
-        for s in 3..5 {
-            let g = if rank == 0 {
-                shaped_reduced(&shapes, n, s)
-            } else {
-                vec![0.0; lengths.iter().sum()]
-            };
-            fewer
-                .step(
-                    &wgpu_optim::Layout::new(&lengths)
-                        .unwrap()
-                        .split(&g)
-                        .unwrap(),
-                )
-                .unwrap();
-        }
-        assert_same(
-            &fewer.checkpoint().unwrap(),
-            &want,
-            &format!("adafactor {n} ranks -> {}", n - 1),
-        );
-    } else {
-        let mut one = CpuOptimizer::from_checkpoint(&file).unwrap();
-        for s in 3..5 {
-            one.step_flat(&shaped_reduced(&shapes, n, s)).unwrap();
-        }
-        assert_same(
-            &one.checkpoint(),
-            &want,
-            &format!("adafactor {n} ranks -> 1"),
-        );
-    }
+    continue_on_fewer_and_one(
+        world,
+        &file,
+        |comm| whole_sharded(comm, &config, &shapes),
+        |s| shaped_reduced(&shapes, n, s),
+        &want,
+        "adafactor ",
+    );
 
     // Ranks that disagree on the tensors: every rank refuses, none hangs.
     let lengths: Vec<usize> = if rank == 0 { vec![3, 4] } else { vec![4, 3] };
@@ -508,6 +506,7 @@ fn checks(world: &SimpleCommunicator) {
         .unwrap_or_else(|e| panic!("the GPU case needs an adapter (mesa-vulkan-drivers): {e}"));
     // `steps` steps of `config` sharded over the ranks, each rank's shard on
     // a GpuOptimizer, and of one GpuOptimizer over the reduced gradients.
+    let layout = wgpu_optim::Layout::new(&LENGTHS).unwrap();
     let sharded_and_one = |config: Config, reduce: GradReduce, steps: usize| {
         let mut opt = ShardedOptimizer::new(
             MpiCollective::new(world.duplicate()),
