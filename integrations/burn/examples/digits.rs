@@ -13,6 +13,8 @@
 //! cargo run --release -p wgpu-optim-burn --example digits -- --epochs 10 --plot docs/burn-digits.png
 //! ```
 
+#[path = "common/anchors.rs"]
+mod anchors;
 #[path = "common/digits.rs"]
 mod digits;
 #[path = "../../../examples/common/plot.rs"]
@@ -20,42 +22,17 @@ mod plot;
 
 use std::time::Instant;
 
+use anchors::{adamw, anchors, burn_adamw, LR};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    AdafactorConfig, AdamConfig, AdamWConfig, GradientsParams, LambConfig, LionConfig,
-    ModuleOptimizer, MuonConfig, RmsPropConfig, SgdConfig,
-};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use digits::{epoch_batches, load, Mlp};
 use plotters::prelude::*;
-use wgpu_optim::{Adafactor, Adam, AdamW, Config, Lamb, Lion, Muon, RmsProp, Sgd};
 use wgpu_optim_burn::{BurnGpu, ModelOptimizer};
 
-const LR: f64 = 3e-3;
-const WEIGHT_DECAY: f64 = 0.01;
-
 fn ours(gpu: &BurnGpu) -> ModelOptimizer {
-    ModelOptimizer::new(
-        gpu,
-        AdamW {
-            lr: LR,
-            weight_decay: WEIGHT_DECAY,
-            ..AdamW::default()
-        },
-    )
-}
-
-/// burn's AdamW with torch's values where burn's defaults differ (eps
-/// 1e-5 and weight decay 1e-4 in burn).
-fn burns() -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(WEIGHT_DECAY as f32)
-        .init()
+    ModelOptimizer::new(gpu, adamw())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -112,7 +89,7 @@ fn main() {
     device.seed(42);
     let init = Mlp::new(64, &device);
     let (mut a, mut b) = (init.clone(), init);
-    let (mut burn_opt, mut our_opt) = (burns(), ours(&gpu));
+    let (mut burn_opt, mut our_opt) = (burn_adamw(), ours(&gpu));
     let (mut burn_ms, mut our_ms) = (Vec::new(), Vec::new());
     let mut curves: Vec<[f64; 4]> = Vec::new();
     println!(
@@ -195,137 +172,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// One rule through burn's optimizer and through ours, with the same
-/// hyperparameters (burn's defaults set to torch's where they differ).
-struct Anchor {
-    name: &'static str,
-    burn: ModuleOptimizer,
-    ours: ModelOptimizer,
-    /// burn's learning rate for its `step` (ours is in its config).
-    lr: f64,
-    /// Linear layers with biases (burn's Muon takes 2-D tensors only).
-    bias: bool,
-}
-
-fn anchors(gpu: &BurnGpu) -> Vec<Anchor> {
-    let sgd_momentum = MomentumConfig {
-        momentum: 0.9,
-        dampening: 0.0,
-        nesterov: false,
-    };
-    let anchor = |name, burn, ours: Config, lr, bias| Anchor {
-        name,
-        burn,
-        ours: ModelOptimizer::new(gpu, ours),
-        lr,
-        bias,
-    };
-    vec![
-        anchor(
-            "SGD momentum 0.9",
-            SgdConfig::new().with_momentum(Some(sgd_momentum)).init(),
-            Sgd {
-                lr: LR,
-                momentum: 0.9,
-                ..Sgd::default()
-            }
-            .into(),
-            LR,
-            true,
-        ),
-        anchor(
-            "RMSprop",
-            RmsPropConfig::new()
-                .with_alpha(0.99)
-                .with_momentum(0.0)
-                .with_epsilon(1e-8)
-                .init(),
-            RmsProp {
-                lr: LR,
-                ..RmsProp::default()
-            }
-            .into(),
-            LR,
-            true,
-        ),
-        anchor(
-            "Adam",
-            AdamConfig::new().with_epsilon(1e-8).init(),
-            Adam {
-                lr: LR,
-                ..Adam::default()
-            }
-            .into(),
-            LR,
-            true,
-        ),
-        anchor(
-            "AdamW",
-            burns(),
-            AdamW {
-                lr: LR,
-                weight_decay: WEIGHT_DECAY,
-                ..AdamW::default()
-            }
-            .into(),
-            LR,
-            true,
-        ),
-        anchor(
-            "Lion",
-            LionConfig::new()
-                .with_beta_1(0.9)
-                .with_beta_2(0.99)
-                .with_weight_decay(0.0)
-                .init(),
-            Lion {
-                lr: 1e-4,
-                betas: (0.9, 0.99),
-                weight_decay: 0.0,
-                ..Lion::default()
-            }
-            .into(),
-            1e-4,
-            true,
-        ),
-        anchor(
-            "LAMB",
-            LambConfig::new()
-                .with_epsilon(1e-6)
-                .with_weight_decay(WEIGHT_DECAY as f32)
-                .init(),
-            Lamb {
-                lr: LR,
-                eps: 1e-6,
-                weight_decay: WEIGHT_DECAY,
-                ..Lamb::default()
-            }
-            .into(),
-            LR,
-            true,
-        ),
-        anchor(
-            "Adafactor",
-            AdafactorConfig::new().init(),
-            Adafactor::default().into(),
-            Adafactor::default().lr,
-            true,
-        ),
-        anchor(
-            "Muon",
-            MuonConfig::new().init(),
-            Muon {
-                lr: 0.02,
-                weight_decay: 0.0,
-                ..Muon::default()
-            }
-            .into(),
-            0.02,
-            false,
-        ),
-    ]
-}
-
 /// Each anchor's step on 16 linear layers of 512×512: burn's and ours, on
 /// the same weights and the same input, each model stepped on its own
 /// gradients; the median step times, and how far apart the two models are
@@ -348,7 +194,8 @@ fn large(gpu: &BurnGpu, args: &Args) {
         "rule", "parameters", "tensors", "burn (ms)", "ours (ms)", "burn / ours"
     );
     let mut rows = Vec::new();
-    for mut anchor in anchors(gpu) {
+    for mut anchor in anchors() {
+        let mut ours = ModelOptimizer::new(gpu, anchor.ours.clone());
         let deep = Deep {
             layers: (0..DEPTH)
                 .map(|_| {
@@ -377,7 +224,7 @@ fn large(gpu: &BurnGpu, args: &Args) {
             let (next, ms) = timed(&device, || anchor.burn.step(anchor.lr, a, g));
             a = next;
             let g = grads(&b);
-            let (next, t) = timed(&device, || anchor.ours.step(b, g));
+            let (next, t) = timed(&device, || ours.step(b, g));
             b = next.expect("wgpu-optim's step");
             if s == 0 {
                 let (pa, pb) = (a.flat(), b.flat());

@@ -12,6 +12,8 @@
 //! `STEPS · 8 · ε · scale`, `scale` the larger of the element's magnitude
 //! and the distance it travelled.
 
+#[path = "../examples/common/anchors.rs"]
+mod anchors;
 #[path = "../examples/common/digits.rs"]
 mod digits;
 
@@ -312,105 +314,35 @@ fn trains_like_burn_adamw() {
     );
 }
 
-/// burn's own optimizers as anchors: for every rule burn and this library
-/// compute alike, one step of burn's and one of ours from the same weights
-/// with the same gradients land on the same values within rounding. Both
-/// are f32 with the same formula in a different order of operations: about
-/// 8 roundings a value, as the module docs say, and LAMB's two norms are
-/// tree sums of at most 4096 squares on each side (13 roundings each, and
-/// their ratio), so 64 roundings are given for every rule. Adafactor and
-/// Muon are not in the list: burn's Adafactor adds its eps1 to g² where
-/// torch floors the variance at eps1², and burn's Muon takes classic momentum
-/// (`v ← μv + g`) where torch takes its EMA, which the Newton–Schulz
-/// normalisation makes the same rule except where a gradient's norm is under
-/// eps; both follow torch here.
+/// burn's own optimizers as anchors (`examples/common/anchors.rs`, the
+/// example's table): for every rule burn computes as torch does, one step
+/// of burn's and one of ours from the same weights with the same gradients
+/// land on the same values within rounding. Both are f32 with the same
+/// formula in a different order of operations: about 8 roundings a value,
+/// as the module docs say, and LAMB's two norms are tree sums of at most
+/// 4096 squares on each side (13 roundings each, and their ratio), so 64
+/// roundings are given for every rule. Adafactor and Muon are not the same
+/// rule in burn (the table says why).
 #[test]
 fn first_step_equals_burns_own_optimizers_for_the_shared_rules() {
-    use burn::optim::momentum::MomentumConfig;
-    use burn::optim::{AdamConfig, LambConfig, LionConfig, RmsPropConfig, SgdConfig};
-    use wgpu_optim::{Adam, Config, Lamb, Lion, RmsProp, Sgd};
     let device = device();
     let (train, _) = load();
     device.seed(11);
     let init = Mlp::new(64, &device);
-    let lr = 3e-3;
-    let momentum = MomentumConfig {
-        momentum: 0.9,
-        dampening: 0.0,
-        nesterov: false,
-    };
-    let rules: Vec<(&str, ModuleOptimizer, Config)> = vec![
-        (
-            "sgd",
-            SgdConfig::new().with_momentum(Some(momentum)).init(),
-            Sgd {
-                lr,
-                momentum: 0.9,
-                ..Sgd::default()
-            }
-            .into(),
-        ),
-        (
-            "rmsprop",
-            RmsPropConfig::new()
-                .with_momentum(0.0)
-                .with_epsilon(1e-8)
-                .init(),
-            RmsProp {
-                lr,
-                ..RmsProp::default()
-            }
-            .into(),
-        ),
-        (
-            "adam",
-            AdamConfig::new().with_epsilon(1e-8).init(),
-            Adam {
-                lr,
-                ..Adam::default()
-            }
-            .into(),
-        ),
-        (
-            "adamw",
-            AdamWConfig::new()
-                .with_epsilon(1e-8)
-                .with_weight_decay(0.01)
-                .init(),
-            AdamW {
-                lr,
-                weight_decay: 0.01,
-                ..AdamW::default()
-            }
-            .into(),
-        ),
-        (
-            "lion",
-            LionConfig::new().init(),
-            Lion {
-                lr,
-                ..Lion::default()
-            }
-            .into(),
-        ),
-        (
-            "lamb",
-            LambConfig::new().with_weight_decay(0.01).init(),
-            Lamb {
-                lr,
-                ..Lamb::default()
-            }
-            .into(),
-        ),
-    ];
     let idx: Vec<usize> = epoch_batches(train.len(), 64, 0).remove(0);
     let (x, y) = train.batch(&idx, &device);
     let start = values(&init);
-    for (name, mut theirs, config) in rules {
-        let mut ours = ModelOptimizer::new(gpu(), config);
+    let shared: Vec<_> = anchors::anchors()
+        .into_iter()
+        .filter(|a| a.same_rule)
+        .collect();
+    assert_eq!(shared.len(), 6);
+    for mut anchor in shared {
+        let name = anchor.name;
+        let mut ours = ModelOptimizer::new(gpu(), anchor.ours.clone());
         let (a, b) = (init.clone(), init.clone());
         let g = GradientsParams::from_grads(a.loss(x.clone(), y.clone()).backward(), &a);
-        let a = theirs.step(lr, a, g);
+        let a = anchor.burn.step(anchor.lr, a, g);
         let g = GradientsParams::from_grads(b.loss(x.clone(), y.clone()).backward(), &b);
         let b = ours.step(b, g).unwrap();
         let (mut moved, mut max_tol) = (0.0f32, 0.0f32);
